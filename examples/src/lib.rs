@@ -1,0 +1,1 @@
+//! Shared pieces of the tower-reuse examples and of `reuse-lab`.

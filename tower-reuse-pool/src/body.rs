@@ -1,0 +1,92 @@
+//! `PoolBody`: the response body, which gives the connection back when it ends.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::error::Error;
+use crate::target::Target;
+use crate::target_pool::Outcome;
+
+/// Gives a lease back; type-erased so that `PoolBody` has no type parameters.
+pub(crate) trait BodyGuard: Send + Sync {
+    fn release(self: Box<Self>, outcome: Outcome);
+    fn target(&self) -> &Target;
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from the pool.
+    ///
+    /// For HTTP/1.1 the connection goes back to the pool when the body has
+    /// been read to its end; a body dropped before its end closes the
+    /// connection. For HTTP/2 the stream slot is released either way.
+    pub struct PoolBody {
+        #[pin]
+        inner: Incoming,
+        guard: Option<Box<dyn BodyGuard>>,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl PoolBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        guard: Option<Box<dyn BodyGuard>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        PoolBody {
+            inner,
+            guard,
+            permit,
+        }
+    }
+}
+
+impl Body for PoolBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let mut this = self.project();
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        let outcome = match &polled {
+            None => Some(Outcome::Done),
+            Some(Ok(_)) if this.inner.is_end_stream() => Some(Outcome::Done),
+            Some(Ok(_)) => None,
+            Some(Err(_)) => Some(Outcome::Failed),
+        };
+        let mut target = None;
+        if let Some(outcome) = outcome {
+            if let Some(guard) = this.guard.take() {
+                target = Some(guard.target().clone());
+                guard.release(outcome);
+            }
+            this.permit.take();
+        }
+        Poll::Ready(polled.map(|frame| frame.map_err(|e| Error::body(target.as_ref(), e))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for PoolBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBody")
+            .field("holds_connection", &self.guard.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,182 @@
+//! `PoolControl`: read the pool's state and change its knobs at run time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::{ConfigError, PoolConfig};
+use crate::conn::Protocol;
+use crate::events::CloseReason;
+use crate::target::Target;
+
+/// Counts for one target at one moment.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TargetSnapshot {
+    pub(crate) target: Target,
+    pub(crate) protocol: Option<Protocol>,
+    pub(crate) idle: usize,
+    pub(crate) active: usize,
+    pub(crate) connecting: usize,
+    pub(crate) waiting: usize,
+    pub(crate) opened: u64,
+    pub(crate) reused: u64,
+    pub(crate) checkouts: u64,
+    pub(crate) connect_errors: u64,
+    pub(crate) retries: u64,
+    pub(crate) closed: [u64; CloseReason::ALL.len()],
+}
+
+impl TargetSnapshot {
+    /// The target.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+    /// The protocol its connections speak, once known.
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+    /// Open connections serving nothing.
+    pub fn idle(&self) -> usize {
+        self.idle
+    }
+    /// Open connections serving requests (or draining).
+    pub fn active(&self) -> usize {
+        self.active
+    }
+    /// Connects in flight.
+    pub fn connecting(&self) -> usize {
+        self.connecting
+    }
+    /// Requests waiting for a connection.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+    /// Connections opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened
+    }
+    /// Checkouts that got a connection which had served before.
+    pub fn reused(&self) -> u64 {
+        self.reused
+    }
+    /// Checkouts so far.
+    pub fn checkouts(&self) -> u64 {
+        self.checkouts
+    }
+    /// Connects that failed.
+    pub fn connect_errors(&self) -> u64 {
+        self.connect_errors
+    }
+    /// Requests retried on another connection.
+    pub fn retries(&self) -> u64 {
+        self.retries
+    }
+    /// Connections closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason.index()]
+    }
+    /// Connections closed, for every reason.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.iter().sum()
+    }
+}
+
+/// The pool's state: one snapshot per target.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct PoolSnapshot {
+    /// Per-target counts, in no particular order.
+    pub targets: Vec<TargetSnapshot>,
+}
+
+impl PoolSnapshot {
+    /// The snapshot of `target`, if the pool knows it.
+    pub fn target(&self, target: &Target) -> Option<&TargetSnapshot> {
+        self.targets.iter().find(|t| &t.target == target)
+    }
+
+    /// Sum of `f` over every target.
+    pub fn total(&self, f: impl Fn(&TargetSnapshot) -> u64) -> u64 {
+        self.targets.iter().map(f).sum()
+    }
+}
+
+/// What a control handle needs from a pool; implemented by the pool's shared
+/// state so that the handle has no type parameters.
+pub(crate) trait Controlled: Send + Sync {
+    fn snapshot(&self) -> PoolSnapshot;
+    fn config(&self) -> Arc<PoolConfig>;
+    fn set_config(&self, config: PoolConfig);
+    fn set_target_config(&self, target: &Target, config: Option<PoolConfig>);
+}
+
+/// A handle to read and steer a running pool; cheap to clone.
+///
+/// The adaptive and affinity layers drive a pool through this handle.
+///
+/// ```
+/// use std::time::Duration;
+/// use hyper_util::client::legacy::connect::HttpConnector;
+/// use tower::Layer;
+/// use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pool: Pool<HttpConnector> = PoolLayer::new(PoolConfig::default())
+///     .unwrap()
+///     .layer(HttpConnector::new());
+/// let control = pool.control();
+/// control
+///     .update(|c| c.idle_timeout(Some(Duration::from_secs(20))))
+///     .unwrap();
+/// assert!(control.snapshot().targets.is_empty());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PoolControl {
+    pub(crate) inner: Arc<dyn Controlled>,
+}
+
+impl PoolControl {
+    /// Per-target counts now.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        self.inner.snapshot()
+    }
+
+    /// The pool-wide configuration in force.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.inner.config()
+    }
+
+    /// Change the pool-wide configuration; rejected values leave it as it was.
+    /// Takes effect at each connection's next decision (checkout, check-in,
+    /// expiry).
+    pub fn update(&self, change: impl FnOnce(PoolConfig) -> PoolConfig) -> Result<(), ConfigError> {
+        let config = change((*self.inner.config()).clone()).validate()?;
+        self.inner.set_config(config);
+        Ok(())
+    }
+
+    /// Give `target` its own configuration (`None` returns it to the
+    /// pool-wide one). The target is created if the pool has not seen it.
+    pub fn set_target_config(
+        &self,
+        target: &Target,
+        config: Option<PoolConfig>,
+    ) -> Result<(), ConfigError> {
+        let config = config.map(PoolConfig::validate).transpose()?;
+        self.inner.set_target_config(target, config);
+        Ok(())
+    }
+
+    /// The kill switch: `false` makes every request use a new connection and
+    /// closes idle ones.
+    pub fn set_reuse(&self, reuse: bool) -> Result<(), ConfigError> {
+        self.update(|c| c.reuse(reuse))
+    }
+}
+
+impl fmt::Debug for PoolControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolControl").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,294 @@
+//! The pool's error type: opaque, with a kind, the phase and the target.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::target::Target;
+
+/// A boxed error, as tower passes them around.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request cannot be sent anywhere: no authority, an unsupported scheme.
+    InvalidRequest,
+    /// The connector failed to open a connection.
+    Connect,
+    /// Opening a connection took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// The HTTP handshake on a new connection failed.
+    Handshake,
+    /// No connection became available within `checkout_timeout`.
+    CheckoutTimeout,
+    /// The target already has `max_waiters` requests waiting.
+    TooManyWaiters,
+    /// `call` was made without a successful `poll_ready`.
+    NotReady,
+    /// Sending the request or receiving the response head failed.
+    Send,
+    /// Reading the response body failed.
+    Body,
+    /// The pool was shut down.
+    Closed,
+}
+
+/// The step a request had reached when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Before the pool looked for a connection.
+    Request,
+    /// Opening a connection.
+    Connect,
+    /// Waiting for a connection.
+    Checkout,
+    /// Writing the request and reading the response head.
+    Send,
+    /// Reading the response body.
+    Body,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Request => "request",
+            Phase::Connect => "connect",
+            Phase::Checkout => "checkout",
+            Phase::Send => "send",
+            Phase::Body => "body",
+        })
+    }
+}
+
+/// An error from the pool.
+///
+/// Cheap to clone: one connect failure is handed to every waiter that was
+/// counting on that connection.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    phase: Phase,
+    message: String,
+    target: Option<String>,
+    may_have_been_processed: bool,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    fn new(kind: ErrorKind, phase: Phase, message: impl Into<String>) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                phase,
+                message: message.into(),
+                target: None,
+                may_have_been_processed: false,
+                source: None,
+            }),
+        }
+    }
+
+    fn with_target(mut self, target: &Target) -> Self {
+        self.inner_mut().target = Some(target.to_string());
+        self
+    }
+
+    fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner_mut().source = Some(source.into());
+        self
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("errors are built before they are shared")
+    }
+
+    pub(crate) fn invalid_uri(why: &str, uri: &Uri) -> Self {
+        Error::new(ErrorKind::InvalidRequest, Phase::Request, format!("{why}: {uri}"))
+    }
+
+    pub(crate) fn unsupported_scheme(scheme: &str) -> Self {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            Phase::Request,
+            format!("unsupported scheme {scheme:?}: only http and https"),
+        )
+    }
+
+    pub(crate) fn connect(target: &Target, source: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::Connect, Phase::Connect, "connect failed")
+            .with_target(target)
+            .with_source(source)
+    }
+
+    pub(crate) fn connect_timeout(target: &Target, after: Duration) -> Self {
+        Error::new(
+            ErrorKind::ConnectTimeout,
+            Phase::Connect,
+            format!("connect timed out after {after:?}"),
+        )
+        .with_target(target)
+    }
+
+    pub(crate) fn handshake(target: &Target, source: hyper::Error) -> Self {
+        Error::new(ErrorKind::Handshake, Phase::Connect, "http handshake failed")
+            .with_target(target)
+            .with_source(source)
+    }
+
+    pub(crate) fn checkout_timeout(target: &Target, after: Duration) -> Self {
+        Error::new(
+            ErrorKind::CheckoutTimeout,
+            Phase::Checkout,
+            format!("checkout timed out after {after:?} waiting"),
+        )
+        .with_target(target)
+    }
+
+    pub(crate) fn too_many_waiters(target: &Target, max: usize) -> Self {
+        Error::new(
+            ErrorKind::TooManyWaiters,
+            Phase::Checkout,
+            format!("{max} requests already waiting"),
+        )
+        .with_target(target)
+    }
+
+    pub(crate) fn not_ready() -> Self {
+        Error::new(
+            ErrorKind::NotReady,
+            Phase::Request,
+            "call without a successful poll_ready",
+        )
+    }
+
+    pub(crate) fn closed(target: &Target, why: &str) -> Self {
+        Error::new(ErrorKind::Closed, Phase::Checkout, why.to_owned()).with_target(target)
+    }
+
+    /// A send failure. `processed` says whether the request's bytes may have
+    /// reached the server.
+    pub(crate) fn send(target: &Target, source: hyper::Error, processed: bool) -> Self {
+        let message = if processed {
+            "request failed; it may have been processed by the server"
+        } else {
+            "request failed before it was written"
+        };
+        let mut err = Error::new(ErrorKind::Send, Phase::Send, message)
+            .with_target(target)
+            .with_source(source);
+        err.inner_mut().may_have_been_processed = processed;
+        err
+    }
+
+    pub(crate) fn body(target: Option<&Target>, source: hyper::Error) -> Self {
+        let mut err = Error::new(ErrorKind::Body, Phase::Body, "response body failed").with_source(source);
+        if let Some(target) = target {
+            err = err.with_target(target);
+        }
+        err.inner_mut().may_have_been_processed = true;
+        err
+    }
+
+    pub(crate) fn spent() -> Self {
+        Error::new(
+            ErrorKind::NotReady,
+            Phase::Request,
+            "this connection handle has served its request; check out another",
+        )
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The step the request had reached.
+    pub fn phase(&self) -> Phase {
+        self.inner.phase
+    }
+
+    /// `scheme://authority` of the target, when the error concerns one.
+    pub fn target(&self) -> Option<&str> {
+        self.inner.target.as_deref()
+    }
+
+    /// Whether the request's bytes may have reached the server, so that
+    /// replaying it could apply it twice.
+    pub fn may_have_been_processed(&self) -> bool {
+        self.inner.may_have_been_processed
+    }
+
+    /// The request was malformed (no authority, unsupported scheme).
+    pub fn is_invalid_request(&self) -> bool {
+        self.inner.kind == ErrorKind::InvalidRequest
+    }
+
+    /// Opening a connection failed or timed out, or its handshake failed.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            ErrorKind::Connect | ErrorKind::ConnectTimeout | ErrorKind::Handshake
+        )
+    }
+
+    /// A timeout: connect or checkout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            ErrorKind::ConnectTimeout | ErrorKind::CheckoutTimeout
+        )
+    }
+
+    /// The pool could not hand out a connection in time or had too many waiters.
+    pub fn is_checkout(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            ErrorKind::CheckoutTimeout | ErrorKind::TooManyWaiters
+        )
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("phase", &self.inner.phase)
+            .field("message", &self.inner.message);
+        if let Some(target) = &self.inner.target {
+            d.field("target", target);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)?;
+        if let Some(target) = &self.inner.target {
+            write!(f, " for {target}")?;
+        }
+        write!(f, " ({} phase)", self.inner.phase)
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| &**s as &(dyn StdError + 'static))
+    }
+}

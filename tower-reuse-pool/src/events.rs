@@ -1,0 +1,274 @@
+//! The `PoolEvents` hook: what the pool did, as it happens.
+//!
+//! Every method has a no-op default and `()` implements the trait, so a hook
+//! implements only what it needs. Methods are called outside the pool's
+//! locks; they must not block.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::conn::{ConnId, Protocol};
+use crate::error::Error;
+use crate::target::Target;
+
+/// Receives the pool's events. See the [module docs](self).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use tower_reuse_pool::events::{CheckedOut, PoolEvents};
+///
+/// #[derive(Debug, Default)]
+/// struct CountReuse(AtomicU64);
+///
+/// impl PoolEvents for CountReuse {
+///     fn on_checkout(&self, event: &CheckedOut<'_>) {
+///         if event.reused() {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+/// ```
+pub trait PoolEvents: Send + Sync + 'static {
+    /// A connect started.
+    fn on_connect_start(&self, _event: &ConnectStarted<'_>) {}
+    /// A connect succeeded and the HTTP handshake is done.
+    fn on_connect(&self, _event: &Connected<'_>) {}
+    /// A connect failed.
+    fn on_connect_error(&self, _event: &ConnectFailed<'_>) {}
+    /// A request got a connection.
+    fn on_checkout(&self, _event: &CheckedOut<'_>) {}
+    /// A request gave its connection back.
+    fn on_checkin(&self, _event: &CheckedIn<'_>) {}
+    /// A connection closed.
+    fn on_close(&self, _event: &Closed<'_>) {}
+    /// A request was retried on another connection.
+    fn on_retry(&self, _event: &Retried<'_>) {}
+}
+
+impl PoolEvents for () {}
+
+/// Why a connect was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectReason {
+    /// Requests were waiting and no connection was free.
+    Demand,
+    /// Keeping `min_idle_per_target` warm connections.
+    Prewarm,
+    /// Replacing a connection at its `max_lifetime` (make-before-break).
+    Rotation,
+    /// The kill switch is on: one connection for one request.
+    Dedicated,
+}
+
+/// Why a connection closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Idle longer than `idle_timeout` (or the server's `Keep-Alive: timeout`).
+    IdleTimeout,
+    /// Older than `max_lifetime`.
+    MaxLifetime,
+    /// Served `max_requests_per_connection`.
+    MaxRequests,
+    /// The server closed it.
+    ServerClosed,
+    /// The server asked: `Connection: close`, or HTTP/1.0 without keep-alive.
+    ServerHint,
+    /// The server sent GOAWAY and the connection drained.
+    GoAway,
+    /// A request or response on it failed.
+    Error,
+    /// A response body was dropped unread or a request was cancelled midway.
+    Abandoned,
+    /// More idle connections than `max_idle_per_target`.
+    OverLimit,
+    /// Reuse is switched off: one request per connection.
+    KillSwitch,
+    /// A policy change retired it.
+    PolicyChange,
+    /// The pool was dropped.
+    PoolDropped,
+}
+
+impl CloseReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [CloseReason; 12] = [
+        CloseReason::IdleTimeout,
+        CloseReason::MaxLifetime,
+        CloseReason::MaxRequests,
+        CloseReason::ServerClosed,
+        CloseReason::ServerHint,
+        CloseReason::GoAway,
+        CloseReason::Error,
+        CloseReason::Abandoned,
+        CloseReason::OverLimit,
+        CloseReason::KillSwitch,
+        CloseReason::PolicyChange,
+        CloseReason::PoolDropped,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        CloseReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("ALL lists every reason")
+    }
+
+    /// A short snake_case name, for metrics attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::ServerClosed => "server_closed",
+            CloseReason::ServerHint => "server_hint",
+            CloseReason::GoAway => "goaway",
+            CloseReason::Error => "error",
+            CloseReason::Abandoned => "abandoned",
+            CloseReason::OverLimit => "over_limit",
+            CloseReason::KillSwitch => "kill_switch",
+            CloseReason::PolicyChange => "policy_change",
+            CloseReason::PoolDropped => "pool_dropped",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a request was retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// The connection closed before the request was written.
+    Unwritten,
+    /// The HTTP/2 server refused the stream (`REFUSED_STREAM`).
+    RefusedStream,
+    /// The HTTP/2 server sent GOAWAY below this stream's id.
+    GoAway,
+    /// A reused connection closed after an idempotent, empty-bodied request
+    /// was written and before any response.
+    ClosedIdempotent,
+}
+
+impl RetryReason {
+    /// A short snake_case name, for metrics attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Unwritten => "unwritten",
+            RetryReason::RefusedStream => "refused_stream",
+            RetryReason::GoAway => "goaway",
+            RetryReason::ClosedIdempotent => "closed_idempotent",
+        }
+    }
+}
+
+macro_rules! event {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        #[non_exhaustive]
+        pub struct $name<'a> {
+            pub(crate) target: &'a Target,
+            $(pub(crate) $field: $ty,)*
+        }
+
+        impl<'a> $name<'a> {
+            /// The connection's target.
+            pub fn target(&self) -> &'a Target {
+                self.target
+            }
+            $($(#[$fdoc])* pub fn $field(&self) -> $ty { self.$field.clone() })*
+        }
+    };
+}
+
+event! {
+    /// A connect started.
+    ConnectStarted {
+        /// Why it started.
+        reason: ConnectReason,
+    }
+}
+
+event! {
+    /// A connection is open and ready for requests.
+    Connected {
+        /// Its id.
+        id: ConnId,
+        /// HTTP/1.1 or HTTP/2.
+        protocol: Protocol,
+        /// Why it was opened.
+        reason: ConnectReason,
+        /// Connector (TCP, TLS) plus HTTP handshake time.
+        duration: Duration,
+    }
+}
+
+event! {
+    /// A connect failed.
+    ConnectFailed {
+        /// Why it was started.
+        reason: ConnectReason,
+        /// How long it ran.
+        duration: Duration,
+        /// What failed.
+        error: Error,
+    }
+}
+
+event! {
+    /// A request got a connection.
+    CheckedOut {
+        /// The connection.
+        id: ConnId,
+        /// Whether the connection had served requests before.
+        reused: bool,
+        /// How long the request waited for it.
+        wait: Duration,
+        /// How long the connection had been idle (reused HTTP/1 connections).
+        idle_for: Option<Duration>,
+        /// HTTP/1.1 or HTTP/2.
+        protocol: Protocol,
+    }
+}
+
+event! {
+    /// A request gave its connection back.
+    CheckedIn {
+        /// The connection.
+        id: ConnId,
+        /// Whether it stays in the pool.
+        reusable: bool,
+    }
+}
+
+event! {
+    /// A connection closed.
+    Closed {
+        /// The connection.
+        id: ConnId,
+        /// Why.
+        reason: CloseReason,
+        /// How long it was open.
+        lifetime: Duration,
+        /// How many requests it served.
+        requests_served: u64,
+        /// Whether it was opened to pre-warm the pool.
+        prewarmed: bool,
+    }
+}
+
+event! {
+    /// A request was retried once, on another connection.
+    Retried {
+        /// Why.
+        reason: RetryReason,
+        /// The connection that failed it.
+        failed_on: ConnId,
+    }
+}

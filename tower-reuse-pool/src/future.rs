@@ -1,0 +1,456 @@
+//! The request path: check out, send, retry once when safe, hand back the
+//! response with a body that returns the connection.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CONNECTION, HOST};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
+
+use crate::body::{BodyGuard, PoolBody};
+use crate::conn::Protocol;
+use crate::error::{BoxError, Error};
+use crate::events::{CheckedOut, RetryReason, Retried};
+use crate::hints::ServerHints;
+use crate::info::ConnectionInfo;
+use crate::target::Target;
+use crate::target_pool::{Granted, Lease, Outcome, TargetPool};
+
+/// The response future of [`Pool`](crate::Pool) and [`Pooled`](crate::Pooled).
+///
+/// Boxed once per request: hyper's send futures cannot be named.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<PoolBody>, Error>> + Send>>,
+}
+
+impl ResponseFuture {
+    pub(crate) fn new(
+        future: impl Future<Output = Result<Response<PoolBody>, Error>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<PoolBody>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A checked-out lease; dropping it gives the lease back as abandoned.
+pub(crate) struct Checkout<B: Send + 'static> {
+    pool: Arc<TargetPool<B>>,
+    lease: Option<Lease<B>>,
+    pub(crate) protocol: Protocol,
+    pub(crate) reused: bool,
+    idle_for: Option<Duration>,
+    revalidate: bool,
+    settling: bool,
+    dedicated: bool,
+    wait: Duration,
+}
+
+impl<B: Send + 'static> Checkout<B> {
+    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, start: Instant) -> Self {
+        let checkout = Checkout {
+            lease: Some(granted.lease),
+            protocol: granted.protocol,
+            reused: granted.reused,
+            idle_for: granted.idle_for,
+            revalidate: granted.revalidate,
+            settling: granted.settling,
+            dedicated: granted.dedicated,
+            wait: start.elapsed(),
+            pool,
+        };
+        checkout.pool.common.events.on_checkout(&CheckedOut {
+            target: &checkout.pool.target,
+            id: checkout.id(),
+            reused: checkout.reused,
+            wait: checkout.wait,
+            idle_for: checkout.idle_for,
+            protocol: checkout.protocol,
+        });
+        checkout
+    }
+
+    /// Check out a connection for `pool`, waiting in its queue if need be.
+    pub(crate) async fn acquire(pool: &Arc<TargetPool<B>>) -> Result<Self, Error> {
+        let start = Instant::now();
+        let waiting = match pool.checkout(start) {
+            Ok(granted) => return Ok(Checkout::new(pool.clone(), granted, start)),
+            Err(Err(error)) => return Err(error),
+            Err(Ok(waiting)) => waiting,
+        };
+        let mut guard = WaitGuard {
+            pool,
+            key: waiting.key,
+            rx: Some(waiting.rx),
+        };
+        let rx = guard.rx.as_mut().expect("set above");
+        let received = match pool.common.config.load().checkout_timeout {
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(received) => received,
+                Err(_) => return Err(Error::checkout_timeout(&pool.target, limit)),
+            },
+            None => rx.await,
+        };
+        guard.rx = None;
+        match received {
+            Ok(Ok(granted)) => Ok(Checkout::new(pool.clone(), granted, start)),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::closed(&pool.target, "the pool was dropped")),
+        }
+    }
+
+    fn id(&self) -> crate::conn::ConnId {
+        self.lease.as_ref().expect("a checkout holds its lease").id()
+    }
+
+    fn lease(&mut self) -> &mut Lease<B> {
+        self.lease.as_mut().expect("a checkout holds its lease")
+    }
+
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        if let Some(lease) = self.lease.take() {
+            give_back(&self.pool, lease, self.dedicated, outcome);
+        }
+    }
+}
+
+fn give_back<B: Send + 'static>(
+    pool: &Arc<TargetPool<B>>,
+    lease: Lease<B>,
+    dedicated: bool,
+    outcome: Outcome,
+) {
+    if dedicated {
+        pool.release_dedicated(lease);
+    } else {
+        pool.release(lease, outcome);
+    }
+}
+
+impl<B: Send + 'static> Drop for Checkout<B> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            give_back(&self.pool, lease, self.dedicated, Outcome::Abandoned);
+        }
+    }
+}
+
+impl<B: Send + 'static> BodyGuard for Checkout<B>
+where
+    Lease<B>: Sync,
+{
+    fn release(self: Box<Self>, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    fn target(&self) -> &Target {
+        &self.pool.target
+    }
+}
+
+/// A parked waiter; leaving the queue early gives back anything already granted.
+struct WaitGuard<'a, B: Send + 'static> {
+    pool: &'a Arc<TargetPool<B>>,
+    key: Option<u64>,
+    rx: Option<oneshot::Receiver<Result<Granted<B>, Error>>>,
+}
+
+impl<B: Send + 'static> Drop for WaitGuard<'_, B> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        rx.close();
+        match rx.try_recv() {
+            Ok(Ok(granted)) => give_back(self.pool, granted.lease, granted.dedicated, Outcome::Unused),
+            _ => {
+                if let Some(key) = self.key {
+                    self.pool.cancel_waiter(key);
+                }
+            }
+        }
+    }
+}
+
+/// What one exchange on one connection came to.
+pub(crate) enum Exchange<B> {
+    Response(Response<PoolBody>),
+    Failed {
+        error: Error,
+        /// Safe to send again elsewhere, and why.
+        retry: Option<(RetryReason, Request<B>)>,
+    },
+}
+
+/// Send `req` on `checkout`'s connection and wrap the response.
+pub(crate) async fn exchange<B>(
+    mut checkout: Checkout<B>,
+    mut req: Request<B>,
+    may_retry: bool,
+    retried: Option<RetryReason>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Exchange<B>
+where
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let target = checkout.pool.target.clone();
+    let revalidate = checkout.revalidate;
+    if let Lease::Http1(conn) = checkout.lease() {
+        if revalidate {
+            // Let the connection task see a close that already arrived.
+            tokio::task::yield_now().await;
+        }
+        if conn.tx.ready().await.is_err() {
+            // Closed while idle: nothing was sent, another connection may take it.
+            let reused = checkout.reused;
+            checkout.finish(Outcome::Failed);
+            let error = Error::closed(&target, "the connection closed before the request was sent");
+            let retry = reused.then_some((RetryReason::Unwritten, req));
+            return Exchange::Failed { error, retry };
+        }
+    }
+    prepare(&mut req, checkout.protocol, &checkout.pool.host);
+    let client_close = has_close(&req);
+    let replayable = may_retry
+        && retried.is_none()
+        && req.body().is_end_stream()
+        && (checkout.protocol == Protocol::Http2 || (checkout.reused && is_idempotent(req.method())));
+    let copy = replayable.then(|| replay_copy(&req));
+    match send(checkout.lease(), req).await {
+        Ok(response) => Exchange::Response(respond(checkout, response, client_close, retried, permit)),
+        Err(mut failed) => {
+            let unwritten = failed.take_message();
+            let error = failed.into_error();
+            let (outcome, reason) = classify(&error, checkout.protocol, checkout.reused, unwritten.is_some());
+            checkout.finish(outcome);
+            let written = unwritten.is_none();
+            let again = match (reason, unwritten) {
+                (Some(RetryReason::Unwritten), Some(req)) => Some(req),
+                (Some(_), _) => copy,
+                (None, _) => None,
+            };
+            let retry = reason.zip(again).filter(|_| may_retry && retried.is_none());
+            let processed = written && reason != Some(RetryReason::RefusedStream);
+            Exchange::Failed {
+                error: Error::send(&target, error, processed),
+                retry,
+            }
+        }
+    }
+}
+
+async fn send<B>(
+    lease: &mut Lease<B>,
+    req: Request<B>,
+) -> Result<Response<Incoming>, TrySendError<Request<B>>>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match lease {
+        Lease::Http1(conn) => conn.tx.try_send_request(req).await,
+        Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => tx.try_send_request(req).await,
+    }
+}
+
+/// Whether a failure may be retried, and what it means for the connection.
+fn classify(
+    error: &hyper::Error,
+    protocol: Protocol,
+    reused: bool,
+    unwritten: bool,
+) -> (Outcome, Option<RetryReason>) {
+    if unwritten {
+        // Only a reused connection: a brand-new one failing is no stale-connection race.
+        return (Outcome::Failed, reused.then_some(RetryReason::Unwritten));
+    }
+    if protocol == Protocol::Http2 {
+        if let Some(h2) = find_h2(error) {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return (Outcome::Done, Some(RetryReason::RefusedStream));
+            }
+            if h2.is_go_away() {
+                let graceful = h2.reason() == Some(h2::Reason::NO_ERROR);
+                return (Outcome::GoAway, graceful.then_some(RetryReason::GoAway));
+            }
+        }
+        return (Outcome::Failed, None);
+    }
+    let closed = error.is_incomplete_message() || error.is_canceled() || error.is_closed();
+    (
+        Outcome::Failed,
+        (reused && closed).then_some(RetryReason::ClosedIdempotent),
+    )
+}
+
+fn find_h2(error: &hyper::Error) -> Option<&h2::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn respond<B>(
+    mut checkout: Checkout<B>,
+    response: Response<Incoming>,
+    client_close: bool,
+    retried: Option<RetryReason>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<PoolBody>
+where
+    B: Send + Sync + 'static,
+{
+    if let Lease::Http1(conn) = checkout.lease() {
+        let hints = ServerHints::of(&response);
+        if hints.close || client_close {
+            conn.life.reusable = false;
+        }
+        if let Some(limit) = hints.idle_limit {
+            conn.life.set_server_idle_limit(limit);
+        }
+    }
+    if checkout.settling {
+        // The server's SETTINGS precede any response: the limit is known now.
+        checkout.settling = false;
+        checkout.pool.h2_settled(checkout.id());
+    }
+    let (mut parts, body) = response.into_parts();
+    parts.extensions.insert(ConnectionInfo {
+        id: checkout.id(),
+        protocol: checkout.protocol,
+        reused: checkout.reused,
+        wait: checkout.wait,
+        idle_for: checkout.idle_for,
+        retried,
+    });
+    let guard: Option<Box<dyn BodyGuard>> = if body.is_end_stream() {
+        checkout.finish(Outcome::Done);
+        None
+    } else {
+        Some(Box::new(checkout))
+    };
+    Response::from_parts(parts, PoolBody::new(body, guard, permit))
+}
+
+/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2.
+fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue) {
+    match protocol {
+        Protocol::Http1 => {
+            if req.uri().scheme().is_some() {
+                let origin = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(origin);
+            }
+            if !req.headers().contains_key(HOST) {
+                req.headers_mut().insert(HOST, host.clone());
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        Protocol::Http2 => *req.version_mut() = Version::HTTP_2,
+    }
+}
+
+fn has_close<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The request again, for a replay: only ever built for empty bodies.
+/// Extensions are not `Clone` and do not travel with a replay.
+fn replay_copy<B: Default>(req: &Request<B>) -> Request<B> {
+    let mut copy = Request::new(B::default());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The whole request-level path, with at most one retry.
+pub(crate) async fn request<B>(
+    pool: Arc<TargetPool<B>>,
+    mut req: Request<B>,
+    mut permit: Option<OwnedSemaphorePermit>,
+) -> Result<Response<PoolBody>, Error>
+where
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let may_retry = pool.common.config.load().retry;
+    let mut retried = None;
+    // Connections found closed before anything was written may be skipped
+    // freely, but never endlessly.
+    let mut stale = 0;
+    loop {
+        let checkout = Checkout::acquire(&pool).await?;
+        let failed_on = checkout.id();
+        match exchange(checkout, req, may_retry, retried, permit.take()).await {
+            Exchange::Response(response) => return Ok(response),
+            Exchange::Failed {
+                error,
+                retry: Some((reason, again)),
+            } => {
+                if reason == RetryReason::Unwritten && stale < 8 {
+                    stale += 1;
+                } else if retried.is_none() {
+                    retried = Some(reason);
+                    pool.count_retry();
+                    pool.common.events.on_retry(&Retried {
+                        target: &pool.target,
+                        reason,
+                        failed_on,
+                    });
+                } else {
+                    return Err(error);
+                }
+                req = again;
+            }
+            Exchange::Failed { error, retry: None } => return Err(error),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! What a response tells its caller about the connection it came on.
+
+use std::time::Duration;
+
+use crate::conn::{ConnId, Protocol};
+use crate::events::RetryReason;
+
+/// Inserted into every response's extensions by the pool.
+///
+/// ```no_run
+/// # async fn demo(response: http::Response<tower_reuse_pool::PoolBody>) {
+/// use tower_reuse_pool::ConnectionInfo;
+///
+/// let info = response.extensions().get::<ConnectionInfo>().unwrap();
+/// println!("{} reused={} waited {:?}", info.id(), info.reused(), info.wait());
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    pub(crate) id: ConnId,
+    pub(crate) protocol: Protocol,
+    pub(crate) reused: bool,
+    pub(crate) wait: Duration,
+    pub(crate) idle_for: Option<Duration>,
+    pub(crate) retried: Option<RetryReason>,
+}
+
+impl ConnectionInfo {
+    /// The connection that carried the response.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// HTTP/1.1 or HTTP/2.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether the connection had served a request before this one.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// How long the request waited for a connection (including a connect).
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// How long a reused connection had been idle before this request.
+    pub fn idle_for(&self) -> Option<Duration> {
+        self.idle_for
+    }
+
+    /// Why the request was retried, if it was.
+    pub fn retried(&self) -> Option<RetryReason> {
+        self.retried
+    }
+}

@@ -1,0 +1,70 @@
+//! A tower connection pool for hyper clients.
+//!
+//! [`PoolLayer`] over a connector (hyper-util's `HttpConnector`, or a TLS
+//! connector over it) gives a [`Pool`]: a `tower::Service<http::Request<B>>`
+//! that reuses persistent HTTP/1.1 and HTTP/2 connections per [`Target`]
+//! (scheme, authority and an optional [`Partition`]), with:
+//!
+//! - limits: connections, idle connections, concurrent connects and waiters
+//!   per target, a checkout timeout, requests in flight (real backpressure);
+//! - checkout rules: idle connections LIFO, waiters FIFO, a connect serves
+//!   the queue so connections never exceed demand;
+//! - expiry: idle timeout, max lifetime with jitter and make-before-break
+//!   rotation, max requests, the server's `Connection: close`, HTTP/1.0 and
+//!   `Keep-Alive: timeout`; one reaper task per pool;
+//! - HTTP/2 by prior knowledge or ALPN, honouring the server's stream limit
+//!   and opening more connections when all are full; GOAWAY drains;
+//! - safe retry: at most once, only when the request was never written, the
+//!   stream was refused, or an idempotent empty-bodied request met a reused
+//!   connection closing under it;
+//! - pre-warming (`min_idle_per_target`), a kill switch (`reuse(false)`);
+//! - [`PoolEvents`](events::PoolEvents) hooks, a [`PoolControl`] handle with
+//!   per-target snapshots and run-time knobs, and [`ConnectionInfo`] in every
+//!   response's extensions.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use hyper_util::client::legacy::connect::HttpConnector;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_reuse_pool::{ConnectionInfo, PoolConfig, PoolLayer};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let mut client = ServiceBuilder::new()
+//!     .layer(PoolLayer::new(PoolConfig::default())?)
+//!     .service(HttpConnector::new());
+//! let request = http::Request::get("http://127.0.0.1:8080/").body(Full::<Bytes>::default())?;
+//! let response = client.ready().await?.call(request).await?;
+//! let reused = response.extensions().get::<ConnectionInfo>().unwrap().reused();
+//! let body = response.into_body().collect().await?.to_bytes();
+//! println!("{} bytes, reused connection: {reused}", body.len());
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod config;
+mod conn;
+mod connect;
+mod control;
+mod error;
+pub mod events;
+mod future;
+mod hints;
+mod info;
+mod layer;
+mod reaper;
+mod service;
+mod target;
+mod target_pool;
+
+pub use body::PoolBody;
+pub use config::{ConfigError, PoolConfig};
+pub use conn::{ConnId, Protocol, State};
+pub use control::{PoolControl, PoolSnapshot, TargetSnapshot};
+pub use error::{BoxError, Error, ErrorKind, Phase};
+pub use future::ResponseFuture;
+pub use hints::keep_alive_timeout;
+pub use info::ConnectionInfo;
+pub use layer::PoolLayer;
+pub use service::{Pool, Pooled};
+pub use target::{Partition, Target};

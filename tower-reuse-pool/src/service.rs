@@ -1,0 +1,311 @@
+//! `Pool<C, B>`: the request-level service, and the connection-level checkout.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock, Weak};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::Body;
+use http_body_util::Full;
+use hyper::rt::{Read, Write};
+use hyper_util::client::legacy::connect::Connection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
+use tower_service::Service;
+
+use crate::config::PoolConfig;
+use crate::connect::Dialer;
+use crate::control::{Controlled, PoolControl, PoolSnapshot};
+use crate::error::{BoxError, Error};
+use crate::events::PoolEvents;
+use crate::future::{self, Checkout, Exchange, ResponseFuture};
+use crate::target::Target;
+use crate::target_pool::{Common, Dial, TargetPool};
+
+/// A pooling HTTP client over the connector `C`, for request bodies `B`.
+///
+/// Built by [`PoolLayer`](crate::PoolLayer). Cheap to clone; clones share
+/// the pool. Requests must carry an absolute `http` or `https` URI.
+///
+/// # Backpressure
+///
+/// `poll_ready` is pending while `max_requests_in_flight` requests are in
+/// flight (a request is in flight until its response body ends or is
+/// dropped). Per-target limits queue the request instead, bounded by
+/// `max_waiters_per_target` and `checkout_timeout`.
+pub struct Pool<C, B = Full<Bytes>> {
+    shared: Arc<Shared<C, B>>,
+    semaphore: Option<PollSemaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+pub(crate) struct Shared<C, B> {
+    pub(crate) common: Arc<Common>,
+    dialer: Arc<Dialer<C>>,
+    targets: RwLock<HashMap<Target, Arc<TargetPool<B>>>>,
+}
+
+impl<C, B> Drop for Shared<C, B> {
+    fn drop(&mut self) {
+        // Let the reaper see that the pool is gone.
+        self.common.reaper_wake.notify_one();
+    }
+}
+
+impl<C, B> Clone for Pool<C, B> {
+    fn clone(&self) -> Self {
+        // A clone never inherits a reservation.
+        Pool {
+            shared: self.shared.clone(),
+            semaphore: self.semaphore.clone(),
+            permit: None,
+        }
+    }
+}
+
+impl<C, B> fmt::Debug for Pool<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &**self.shared.common.config.load())
+            .field("ready", &self.permit.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, B> Pool<C, B>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Read + Write + Connection + Unpin + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(connector: C, config: PoolConfig, events: Arc<dyn PoolEvents>) -> Self {
+        let semaphore = config
+            .max_requests_in_flight
+            .map(|max| PollSemaphore::new(Arc::new(Semaphore::new(max))));
+        Pool {
+            shared: Arc::new(Shared {
+                common: Arc::new(Common::new(config, events)),
+                dialer: Arc::new(Dialer { connector }),
+                targets: RwLock::new(HashMap::new()),
+            }),
+            semaphore,
+            permit: None,
+        }
+    }
+
+    /// A handle to read the pool's state and steer it.
+    pub fn control(&self) -> PoolControl {
+        PoolControl {
+            inner: self.shared.clone(),
+        }
+    }
+
+    /// Check out a connection to `target` (connection level). The handle
+    /// serves one request; dropping it unused gives the connection back.
+    pub async fn checkout(&self, target: &Target) -> Result<Pooled<B>, Error> {
+        let pool = self.shared.target_pool(target);
+        Ok(Pooled {
+            checkout: Some(Checkout::acquire(&pool).await?),
+        })
+    }
+}
+
+impl<C, B> Shared<C, B>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Read + Write + Connection + Unpin + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// The pool for `target`, created on first use.
+    fn target_pool(self: &Arc<Self>, target: &Target) -> Arc<TargetPool<B>> {
+        if let Some(pool) = self.read_targets().get(target) {
+            return pool.clone();
+        }
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        let pool = targets
+            .entry(target.clone())
+            .or_insert_with(|| {
+                let dial: Arc<dyn Dial<B>> = self.dialer.clone();
+                Arc::new(TargetPool::new(target.clone(), self.common.clone(), dial))
+            })
+            .clone();
+        drop(targets);
+        if !self.common.reaper_started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            crate::reaper::spawn(self);
+        }
+        pool
+    }
+
+    fn read_targets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Target, Arc<TargetPool<B>>>> {
+        self.targets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn target_pools(&self) -> Vec<Arc<TargetPool<B>>> {
+        self.read_targets().values().cloned().collect()
+    }
+
+    /// Forget targets with nothing open and no recent use.
+    pub(crate) fn forget_idle_targets(&self, now: tokio::time::Instant) {
+        let config = self.common.config.load();
+        let quiet = config
+            .idle_timeout
+            .unwrap_or(std::time::Duration::from_secs(60));
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        targets.retain(|_, pool| !pool.is_forgettable(now, quiet));
+    }
+}
+
+impl<C, B> Controlled for Shared<C, B>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Read + Write + Connection + Unpin + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            targets: self.target_pools().iter().map(|p| p.snapshot()).collect(),
+        }
+    }
+
+    fn config(&self) -> Arc<PoolConfig> {
+        self.common.config.load_full()
+    }
+
+    fn set_config(&self, config: PoolConfig) {
+        self.common.config.store(Arc::new(config));
+        self.common.reaper_wake.notify_one();
+    }
+
+    fn set_target_config(&self, target: &Target, config: Option<PoolConfig>) {
+        // Needs an `Arc<Self>` to create the target; `PoolControl` holds one.
+        let pool = self.read_targets().get(target).cloned();
+        match pool {
+            Some(pool) => pool.set_override(config.map(Arc::new)),
+            None => {
+                let dial: Arc<dyn Dial<B>> = self.dialer.clone();
+                let pool = Arc::new(TargetPool::new(target.clone(), self.common.clone(), dial));
+                pool.set_override(config.map(Arc::new));
+                self.targets
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(target.clone())
+                    .or_insert(pool);
+            }
+        }
+    }
+}
+
+impl<C, B> Service<Request<B>> for Pool<C, B>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Read + Write + Connection + Unpin + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<crate::PoolBody>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let Some(semaphore) = self.semaphore.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        if self.permit.is_none() {
+            match semaphore.poll_acquire(cx) {
+                Poll::Ready(Some(permit)) => self.permit = Some(permit),
+                Poll::Ready(None) => unreachable!("the pool never closes its semaphore"),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let permit = self.permit.take();
+        if self.semaphore.is_some() && permit.is_none() {
+            return ResponseFuture::new(async { Err(Error::not_ready()) });
+        }
+        let target = match Target::from_request(&req) {
+            Ok(target) => target,
+            Err(error) => return ResponseFuture::new(async { Err(error) }),
+        };
+        let pool = self.shared.target_pool(&target);
+        ResponseFuture::new(future::request(pool, req, permit))
+    }
+}
+
+/// A connection checked out of a [`Pool`] for one request.
+///
+/// Call it once (after `poll_ready`); for HTTP/1.1 the connection returns
+/// to the pool when that response's body ends, for HTTP/2 the stream slot
+/// does. Dropped unused, it returns at once.
+pub struct Pooled<B: Send + 'static> {
+    checkout: Option<Checkout<B>>,
+}
+
+impl<B: Send + 'static> fmt::Debug for Pooled<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pooled")
+            .field("protocol", &self.checkout.as_ref().map(|c| c.protocol))
+            .field("reused", &self.checkout.as_ref().map(|c| c.reused))
+            .finish()
+    }
+}
+
+impl<B: Send + 'static> Pooled<B> {
+    /// Whether the connection had served a request before.
+    pub fn is_reused(&self) -> bool {
+        self.checkout.as_ref().is_some_and(|c| c.reused)
+    }
+}
+
+impl<B> Service<Request<B>> for Pooled<B>
+where
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<crate::PoolBody>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(if self.checkout.is_some() {
+            Ok(())
+        } else {
+            Err(Error::spent())
+        })
+    }
+
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let Some(checkout) = self.checkout.take() else {
+            return ResponseFuture::new(async { Err(Error::spent()) });
+        };
+        ResponseFuture::new(async move {
+            match future::exchange(checkout, req, false, None, None).await {
+                Exchange::Response(response) => Ok(response),
+                Exchange::Failed { error, .. } => Err(error),
+            }
+        })
+    }
+}
+
+/// Held by the reaper: the pool, weakly.
+pub(crate) type WeakShared<C, B> = Weak<Shared<C, B>>;

@@ -1,0 +1,149 @@
+//! The pool key: scheme, authority and an optional partition.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Uri};
+
+use crate::error::Error;
+
+/// A tenant, credential set or client identity whose connections must never
+/// be shared with another.
+///
+/// Set it as a request extension; requests without one share the default
+/// partition of their target. The value is never printed: `Debug` shows only
+/// that a partition is present.
+///
+/// ```
+/// use tower_reuse_pool::Partition;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(Partition::new("tenant-a"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Partition(Arc<str>);
+
+impl Partition {
+    /// A partition named `name`.
+    pub fn new(name: impl AsRef<str>) -> Self {
+        Partition(Arc::from(name.as_ref()))
+    }
+
+    /// The partition's name. Treat it as a secret: the pool never records it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Partition(..)")
+    }
+}
+
+/// Where a connection goes: scheme + authority + optional [`Partition`].
+///
+/// Connections are pooled per target and never cross targets.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    partition: Option<Partition>,
+}
+
+impl Target {
+    /// A target for `scheme://authority` in `partition`.
+    ///
+    /// Only `http` and `https` are accepted.
+    pub fn new(
+        scheme: Scheme,
+        authority: Authority,
+        partition: Option<Partition>,
+    ) -> Result<Self, Error> {
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(Error::unsupported_scheme(scheme.as_str()));
+        }
+        Ok(Target {
+            scheme,
+            authority,
+            partition,
+        })
+    }
+
+    /// The target of a URI such as `http://example.com:8080/path`.
+    ///
+    /// ```
+    /// use tower_reuse_pool::Target;
+    ///
+    /// let target = Target::from_uri(&"http://127.0.0.1:8080/x".parse().unwrap(), None).unwrap();
+    /// assert_eq!(target.to_string(), "http://127.0.0.1:8080");
+    /// assert!(Target::from_uri(&"/relative".parse().unwrap(), None).is_err());
+    /// ```
+    pub fn from_uri(uri: &Uri, partition: Option<Partition>) -> Result<Self, Error> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| Error::invalid_uri("the URI has no authority (host)", uri))?;
+        if authority.host().is_empty() {
+            return Err(Error::invalid_uri("the URI has an empty host", uri));
+        }
+        let scheme = uri
+            .scheme()
+            .ok_or_else(|| Error::invalid_uri("the URI has no scheme", uri))?;
+        Target::new(scheme.clone(), authority.clone(), partition)
+    }
+
+    /// The target of a request: its URI and its [`Partition`] extension.
+    pub fn from_request<B>(req: &Request<B>) -> Result<Self, Error> {
+        Target::from_uri(req.uri(), req.extensions().get::<Partition>().cloned())
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// Host and port.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The partition, if the requests carry one.
+    pub fn partition(&self) -> Option<&Partition> {
+        self.partition.as_ref()
+    }
+
+    /// Whether the target is `https`.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// The URI handed to the connector: `scheme://authority/`.
+    pub(crate) fn connect_uri(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme and authority were validated")
+    }
+}
+
+/// Prints `scheme://authority`, never the partition.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Target");
+        d.field("scheme", &self.scheme.as_str())
+            .field("authority", &self.authority.as_str());
+        if self.partition.is_some() {
+            d.field("partition", &"..");
+        }
+        d.finish()
+    }
+}

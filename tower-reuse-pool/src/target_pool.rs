@@ -1,0 +1,1003 @@
+//! One target's connections, waiters and connects: the checkout rules.
+//!
+//! - idle HTTP/1 connections are reused LIFO, so warm ones stay warm;
+//! - waiters are served FIFO, and a new arrival never takes a connection
+//!   from a parked waiter (idle connections exist only when nobody waits);
+//! - a connect serves the queue, not the caller that started it, and no
+//!   more connects run than there are uncovered waiters;
+//! - a connect error reaches every waiter no other connect covers.
+//!
+//! All of it happens under one short lock per target; events are emitted
+//! and connects started after the lock is released.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Uri};
+use hyper::client::conn::http2;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::config::PoolConfig;
+use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol};
+use crate::control::TargetSnapshot;
+use crate::error::Error;
+use crate::events::{CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents};
+use crate::target::Target;
+
+/// What every target of one pool shares.
+pub(crate) struct Common {
+    pub(crate) config: ArcSwap<PoolConfig>,
+    pub(crate) events: Arc<dyn PoolEvents>,
+    next_id: AtomicU64,
+    /// Wakes the reaper when a deadline earlier than its sleep appears.
+    pub(crate) reaper_wake: Notify,
+    /// The reaper's next wake, in nanoseconds since `epoch` (`u64::MAX`: parked).
+    pub(crate) reaper_next: AtomicU64,
+    pub(crate) epoch: Instant,
+    pub(crate) reaper_started: std::sync::atomic::AtomicBool,
+}
+
+impl Common {
+    pub(crate) fn new(config: PoolConfig, events: Arc<dyn PoolEvents>) -> Self {
+        Common {
+            config: ArcSwap::from_pointee(config),
+            events,
+            next_id: AtomicU64::new(1),
+            reaper_wake: Notify::new(),
+            reaper_next: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            reaper_started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Tell the reaper about a deadline, waking it only if it would sleep past it.
+    pub(crate) fn schedule(&self, deadline: Instant) {
+        if self.since_epoch(deadline) < self.reaper_next.load(Ordering::Acquire) {
+            self.reaper_wake.notify_one();
+        }
+    }
+}
+
+/// Starts connects. Implemented by the pool over its connector, so that a
+/// target needs no connector type parameter.
+pub(crate) trait Dial<B>: Send + Sync {
+    /// Start a connect for `pool`. With `direct`, the connection goes to that
+    /// one request and is never pooled (the kill switch).
+    fn dial(&self, pool: Arc<TargetPool<B>>, reason: ConnectReason, direct: Option<Grant<B>>);
+}
+
+/// A sender that hands a connection (or an error) to one waiting request.
+pub(crate) type Grant<B> = oneshot::Sender<Result<Granted<B>, Error>>;
+
+/// A connection (HTTP/1) or a stream slot on one (HTTP/2), handed to a request.
+#[derive(Debug)]
+pub(crate) enum Lease<B> {
+    Http1(Http1Conn<B>),
+    Http2 {
+        tx: http2::SendRequest<B>,
+        id: ConnId,
+    },
+    /// An HTTP/2 connection dedicated to one request (the kill switch).
+    Dedicated2 {
+        tx: http2::SendRequest<B>,
+        life: Lifecycle,
+    },
+}
+
+impl<B> Lease<B> {
+    pub(crate) fn id(&self) -> ConnId {
+        match self {
+            Lease::Http1(conn) => conn.life.id,
+            Lease::Http2 { id, .. } => *id,
+            Lease::Dedicated2 { life, .. } => life.id,
+        }
+    }
+}
+
+/// A lease and what the request should know about it.
+#[derive(Debug)]
+pub(crate) struct Granted<B> {
+    pub(crate) lease: Lease<B>,
+    pub(crate) protocol: Protocol,
+    pub(crate) reused: bool,
+    pub(crate) idle_for: Option<Duration>,
+    pub(crate) revalidate: bool,
+    /// An HTTP/2 connection whose server SETTINGS are not yet known.
+    pub(crate) settling: bool,
+    pub(crate) dedicated: bool,
+}
+
+impl<B> Granted<B> {
+    /// A brand-new connection's first lease.
+    pub(crate) fn fresh(lease: Lease<B>, protocol: Protocol) -> Self {
+        Granted {
+            lease,
+            protocol,
+            reused: false,
+            idle_for: None,
+            revalidate: false,
+            settling: false,
+            dedicated: false,
+        }
+    }
+}
+
+/// How a request ended with its lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The response was read to its end.
+    Done,
+    /// Not used at all (a waiter went away after it was granted).
+    Unused,
+    /// Cancelled midway or the body dropped unread.
+    Abandoned,
+    /// The connection failed.
+    Failed,
+    /// The HTTP/2 server sent GOAWAY: drain.
+    GoAway,
+}
+
+struct Waiter<B> {
+    key: u64,
+    tx: Grant<B>,
+}
+
+#[derive(Default)]
+struct Counters {
+    opened: u64,
+    reused: u64,
+    checkouts: u64,
+    connect_errors: u64,
+    retries: u64,
+    closed: [u64; CloseReason::ALL.len()],
+}
+
+struct State<B> {
+    idle: Vec<Http1Conn<B>>,
+    h2: Vec<Http2Conn<B>>,
+    waiters: VecDeque<Waiter<B>>,
+    next_waiter: u64,
+    /// Connects in flight, of which `prewarming` are pre-warm connects.
+    connecting: usize,
+    prewarming: usize,
+    /// Open connections: idle, active or draining, HTTP/1 and HTTP/2.
+    open: usize,
+    protocol: Option<Protocol>,
+    /// Last seen HTTP/2 stream limit, to judge how much a connect covers.
+    h2_streams_hint: usize,
+    /// Rotation replacements that arrived while the connection to retire was checked out.
+    retirements_due: usize,
+    prewarm_backoff: Option<(Instant, Duration)>,
+    last_active: Instant,
+    counters: Counters,
+    override_config: Option<Arc<PoolConfig>>,
+}
+
+/// One target's pool.
+pub(crate) struct TargetPool<B> {
+    pub(crate) target: Target,
+    pub(crate) host: HeaderValue,
+    pub(crate) connect_uri: Uri,
+    pub(crate) common: Arc<Common>,
+    dial: Arc<dyn Dial<B>>,
+    state: Mutex<State<B>>,
+}
+
+/// Work gathered under the lock and done after it.
+struct Effects {
+    closed: Vec<ClosedInfo>,
+    connects: Vec<ConnectReason>,
+    checkin: Option<(ConnId, bool)>,
+    wake_reaper: Option<Instant>,
+}
+
+struct ClosedInfo {
+    id: ConnId,
+    reason: CloseReason,
+    lifetime: Duration,
+    served: u64,
+    prewarmed: bool,
+}
+
+impl Effects {
+    fn new() -> Self {
+        Effects {
+            closed: Vec::new(),
+            connects: Vec::new(),
+            checkin: None,
+            wake_reaper: None,
+        }
+    }
+
+    fn close(&mut self, life: &mut Lifecycle, reason: CloseReason, now: Instant) {
+        life.close();
+        self.closed.push(ClosedInfo {
+            id: life.id,
+            reason,
+            lifetime: now.saturating_duration_since(life.created),
+            served: life.served,
+            prewarmed: life.prewarmed,
+        });
+    }
+}
+
+impl<B: Send + 'static> TargetPool<B> {
+    pub(crate) fn new(target: Target, common: Arc<Common>, dial: Arc<dyn Dial<B>>) -> Self {
+        let config = common.config.load();
+        let protocol = if config.http2_prior_knowledge {
+            Some(Protocol::Http2)
+        } else if !target.is_https() {
+            Some(Protocol::Http1)
+        } else {
+            None
+        };
+        let host = HeaderValue::from_str(target.authority().as_str())
+            .expect("an authority is a valid header value");
+        let connect_uri = target.connect_uri();
+        TargetPool {
+            target,
+            host,
+            connect_uri,
+            dial,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                h2: Vec::new(),
+                waiters: VecDeque::new(),
+                next_waiter: 0,
+                connecting: 0,
+                prewarming: 0,
+                open: 0,
+                protocol,
+                h2_streams_hint: 100,
+                retirements_due: 0,
+                prewarm_backoff: None,
+                last_active: Instant::now(),
+                counters: Counters::default(),
+                override_config: None,
+            }),
+            common,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
+        // A panic while holding the lock leaves counts that are still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration in force for this target.
+    pub(crate) fn config(&self) -> Arc<PoolConfig> {
+        let state = self.lock();
+        self.config_of(&state)
+    }
+
+    fn config_of(&self, state: &State<B>) -> Arc<PoolConfig> {
+        match &state.override_config {
+            Some(config) => config.clone(),
+            None => self.common.config.load_full(),
+        }
+    }
+
+    /// Check out at once if a connection is free; otherwise join the queue.
+    pub(crate) fn checkout(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Result<Granted<B>, Result<Waiting<B>, Error>> {
+        let mut fx = Effects::new();
+        let result = {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.last_active = now;
+            if !config.reuse {
+                let (tx, rx) = oneshot::channel();
+                state.connecting += 1;
+                drop(state);
+                self.dial
+                    .dial(self.clone(), ConnectReason::Dedicated, Some(tx));
+                return Err(Ok(Waiting { key: None, rx }));
+            }
+            if state.waiters.is_empty()
+                && let Some(granted) = self.grant(&mut state, &config, now, &mut fx)
+            {
+                Ok(granted)
+            } else if config
+                .max_waiters_per_target
+                .is_some_and(|max| state.waiters.len() >= max)
+            {
+                Err(Err(Error::too_many_waiters(
+                    &self.target,
+                    state.waiters.len(),
+                )))
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let key = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push_back(Waiter { key, tx });
+                self.plan(&mut state, &config, now, &mut fx);
+                Err(Ok(Waiting { key: Some(key), rx }))
+            }
+        };
+        self.finish(fx);
+        result
+    }
+
+    /// Take an open connection with room, if any (HTTP/2 first, then idle
+    /// HTTP/1, most recently used first). Closes dead or expired ones on the way.
+    fn grant(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Option<Granted<B>> {
+        if let Some(conn) = state.h2.iter_mut().find(|c| c.has_room()) {
+            conn.streams += 1;
+            let idle_for = conn.life.checkout(now);
+            let reused = conn.life.served > 1;
+            state.counters.checkouts += 1;
+            state.counters.reused += u64::from(reused);
+            return Some(Granted {
+                lease: Lease::Http2 {
+                    tx: conn.tx.clone(),
+                    id: conn.life.id,
+                },
+                protocol: Protocol::Http2,
+                reused,
+                idle_for: idle_for.filter(|_| reused),
+                revalidate: false,
+                settling: conn.capacity() == 1
+                    && !conn.settled.load(Ordering::Acquire),
+                dedicated: false,
+            });
+        }
+        while let Some(mut conn) = state.idle.pop() {
+            let expired = conn.life.idle_deadline(config).is_some_and(|d| d <= now);
+            if conn.tx.is_closed() || expired {
+                let reason = if expired {
+                    CloseReason::IdleTimeout
+                } else {
+                    CloseReason::ServerClosed
+                };
+                state.open -= 1;
+                state.counters.closed[reason.index()] += 1;
+                fx.close(&mut conn.life, reason, now);
+                continue;
+            }
+            let revalidate = conn.life.needs_revalidation(now, config);
+            let idle_for = conn.life.checkout(now);
+            let reused = conn.life.served > 1;
+            state.counters.checkouts += 1;
+            state.counters.reused += u64::from(reused);
+            return Some(Granted {
+                lease: Lease::Http1(conn),
+                protocol: Protocol::Http1,
+                reused,
+                idle_for: idle_for.filter(|_| reused),
+                revalidate,
+                settling: false,
+                dedicated: false,
+            });
+        }
+        None
+    }
+
+    /// Serve parked waiters from whatever capacity there is, FIFO.
+    fn dispatch(&self, state: &mut State<B>, config: &PoolConfig, now: Instant, fx: &mut Effects) {
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.tx.is_closed() {
+                continue;
+            }
+            let Some(granted) = self.grant(state, config, now, fx) else {
+                state.waiters.push_front(waiter);
+                return;
+            };
+            if let Err(Ok(granted)) = waiter.tx.send(Ok(granted)) {
+                // The waiter left between the check and the send.
+                self.put_back(state, granted, now);
+            }
+        }
+    }
+
+    /// Undo a grant that nobody took.
+    fn put_back(&self, state: &mut State<B>, granted: Granted<B>, now: Instant) {
+        state.counters.checkouts -= 1;
+        state.counters.reused -= u64::from(granted.reused);
+        match granted.lease {
+            Lease::Http1(mut conn) => {
+                conn.life.served -= 1;
+                let last_used = now.checked_sub(granted.idle_for.unwrap_or_default());
+                conn.life.checkin(last_used.unwrap_or(now));
+                state.idle.push(conn);
+            }
+            Lease::Http2 { id, .. } => {
+                if let Some(conn) = state.h2.iter_mut().find(|c| c.life.id == id) {
+                    conn.streams -= 1;
+                    conn.life.served -= 1;
+                    conn.life.checkin(now);
+                }
+            }
+            Lease::Dedicated2 { .. } => unreachable!("dedicated connections are never queued"),
+        }
+    }
+
+    /// Start the connects the queue, pre-warming and limits call for.
+    fn plan(&self, state: &mut State<B>, config: &PoolConfig, now: Instant, fx: &mut Effects) {
+        let max_open = config.max_connections();
+        let max_connecting = config.max_connecting();
+        let room = |state: &State<B>| {
+            state.connecting < max_connecting && state.open + state.connecting < max_open
+        };
+        // Demand: waiters that no connect in flight (or settling HTTP/2
+        // connection) will serve.
+        while room(state) {
+            let covered = match state.protocol {
+                // Until the first connection tells HTTP/1 from HTTP/2, one
+                // connect probes: a cold ALPN burst opens one socket, not N.
+                None => {
+                    if state.connecting > 0 {
+                        usize::MAX
+                    } else {
+                        0
+                    }
+                }
+                Some(Protocol::Http1) => state.connecting,
+                Some(Protocol::Http2) => {
+                    if !config.http2_scale_out && !state.h2.is_empty() {
+                        usize::MAX
+                    } else {
+                        let settling: usize = state
+                            .h2
+                            .iter()
+                            .filter(|c| !c.life.is_draining() && c.capacity() == 1)
+                            .map(|c| state.h2_streams_hint.saturating_sub(c.streams))
+                            .sum();
+                        state.connecting * state.h2_streams_hint + settling
+                    }
+                }
+            };
+            if state.waiters.len() <= covered {
+                break;
+            }
+            state.connecting += 1;
+            fx.connects.push(ConnectReason::Demand);
+        }
+        // Pre-warm: keep `min_idle_per_target` connections idle.
+        let idle = state.idle.len() + state.h2.iter().filter(|c| c.streams == 0).count();
+        let backoff = state.prewarm_backoff.is_some_and(|(until, _)| until > now);
+        if let Some((until, _)) = state.prewarm_backoff.filter(|_| backoff) {
+            fx.wake_reaper = Some(until);
+        }
+        while !backoff && idle + state.prewarming < config.min_idle_per_target && room(state) {
+            state.connecting += 1;
+            state.prewarming += 1;
+            fx.connects.push(ConnectReason::Prewarm);
+        }
+    }
+
+    /// Emit events and start connects, after the lock is released.
+    fn finish(self: &Arc<Self>, fx: Effects) {
+        let events = &self.common.events;
+        for closed in &fx.closed {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(target = %self.target, id = %closed.id, reason = %closed.reason, "connection closed");
+            events.on_close(&Closed {
+                target: &self.target,
+                id: closed.id,
+                reason: closed.reason,
+                lifetime: closed.lifetime,
+                requests_served: closed.served,
+                prewarmed: closed.prewarmed,
+            });
+        }
+        if let Some((id, reusable)) = fx.checkin {
+            events.on_checkin(&CheckedIn {
+                target: &self.target,
+                id,
+                reusable,
+            });
+        }
+        if let Some(deadline) = fx.wake_reaper {
+            self.common.schedule(deadline);
+        }
+        for reason in fx.connects {
+            self.dial.dial(self.clone(), reason, None);
+        }
+    }
+
+    /// A request gives its lease back.
+    pub(crate) fn release(self: &Arc<Self>, lease: Lease<B>, outcome: Outcome) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.last_active = now;
+            match lease {
+                Lease::Http1(conn) => self.release_h1(&mut state, &config, conn, outcome, now, &mut fx),
+                Lease::Http2 { id, .. } => {
+                    self.release_h2(&mut state, &config, id, outcome, now, &mut fx)
+                }
+                Lease::Dedicated2 { .. } => unreachable!("dedicated leases go to release_dedicated"),
+            }
+            self.dispatch(&mut state, &config, now, &mut fx);
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    fn release_h1(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        mut conn: Http1Conn<B>,
+        outcome: Outcome,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        if outcome == Outcome::Unused {
+            conn.life.served -= 1;
+        }
+        conn.life.checkin(now);
+        let reason = match outcome {
+            Outcome::Abandoned => Some(CloseReason::Abandoned),
+            Outcome::Failed => Some(CloseReason::Error),
+            Outcome::GoAway => Some(CloseReason::GoAway),
+            Outcome::Done | Outcome::Unused if conn.tx.is_closed() => Some(CloseReason::ServerClosed),
+            Outcome::Done | Outcome::Unused => conn.life.retire_reason(config),
+        };
+        let reason = reason.or_else(|| {
+            if conn.life.rotating && state.retirements_due > 0 {
+                state.retirements_due -= 1;
+                Some(CloseReason::MaxLifetime)
+            } else {
+                None
+            }
+        });
+        fx.checkin = Some((conn.life.id, reason.is_none()));
+        if let Some(reason) = reason {
+            state.open -= 1;
+            state.counters.closed[reason.index()] += 1;
+            fx.close(&mut conn.life, reason, now);
+            return;
+        }
+        start_rotation(&mut state.connecting, config, &mut conn.life, now, fx);
+        if !state.waiters.is_empty() {
+            state.idle.push(conn);
+            return; // `dispatch` hands it to the first waiter.
+        }
+        if config.max_idle_per_target.is_some_and(|max| state.idle.len() >= max) {
+            state.open -= 1;
+            state.counters.closed[CloseReason::OverLimit.index()] += 1;
+            fx.close(&mut conn.life, CloseReason::OverLimit, now);
+            return;
+        }
+        if let Some(deadline) = conn.life.idle_deadline(config) {
+            fx.wake_reaper = Some(deadline);
+        }
+        state.idle.push(conn);
+    }
+
+    fn release_h2(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        id: ConnId,
+        outcome: Outcome,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(pos) = state.h2.iter().position(|c| c.life.id == id) else {
+            return;
+        };
+        let conn = &mut state.h2[pos];
+        conn.streams -= 1;
+        if outcome == Outcome::Unused {
+            conn.life.served -= 1;
+        }
+        conn.life.checkin(now);
+        match outcome {
+            Outcome::GoAway => conn.life.drain(),
+            Outcome::Failed if conn.tx.is_closed() => conn.life.drain(),
+            _ => {}
+        }
+        fx.checkin = Some((id, !conn.life.is_draining()));
+        if conn.streams == 0 {
+            if conn.life.is_draining() || conn.tx.is_closed() {
+                let mut conn = state.h2.swap_remove(pos);
+                let reason = conn.life.retire_reason(config).unwrap_or(CloseReason::ServerClosed);
+                state.open -= 1;
+                state.counters.closed[reason.index()] += 1;
+                fx.close(&mut conn.life, reason, now);
+            } else if let Some(deadline) = conn.life.idle_deadline(config) {
+                fx.wake_reaper = Some(deadline);
+            }
+        }
+    }
+
+    /// A new connection is ready.
+    pub(crate) fn connected(
+        self: &Arc<Self>,
+        lease: Lease<B>,
+        h2: Option<Http2Parts>,
+        life: Lifecycle,
+        reason: ConnectReason,
+    ) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.connecting -= 1;
+            state.open += 1;
+            state.counters.opened += 1;
+            if reason == ConnectReason::Prewarm {
+                state.prewarming -= 1;
+                state.prewarm_backoff = None;
+            }
+            state.protocol.get_or_insert(life.protocol);
+            if reason == ConnectReason::Rotation {
+                self.retire_one(&mut state, now, &mut fx);
+            }
+            match (lease, h2) {
+                (Lease::Http1(mut conn), _) => {
+                    conn.life = life;
+                    state.idle.push(conn);
+                }
+                (Lease::Http2 { tx, .. }, Some(parts)) => {
+                    state.h2_streams_hint = parts.max_streams.load(Ordering::Acquire).max(1);
+                    state.h2.push(Http2Conn {
+                        tx,
+                        life,
+                        streams: 0,
+                        max_streams: parts.max_streams,
+                        settled: parts.settled,
+                    });
+                }
+                (Lease::Http2 { .. } | Lease::Dedicated2 { .. }, _) => {
+                    unreachable!("pooled HTTP/2 connections carry their parts")
+                }
+            }
+            self.dispatch(&mut state, &config, now, &mut fx);
+            if let Some(conn) = state.idle.last()
+                && let Some(deadline) = conn.life.idle_deadline(&config)
+            {
+                fx.wake_reaper = Some(deadline);
+            }
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    /// A rotation replacement is up: retire the oldest rotating connection.
+    fn retire_one(&self, state: &mut State<B>, now: Instant, fx: &mut Effects) {
+        if let Some(pos) = state.idle.iter().position(|c| c.life.rotating) {
+            let mut conn = state.idle.remove(pos);
+            state.open -= 1;
+            state.counters.closed[CloseReason::MaxLifetime.index()] += 1;
+            fx.close(&mut conn.life, CloseReason::MaxLifetime, now);
+        } else if let Some(conn) = state
+            .h2
+            .iter_mut()
+            .find(|c| c.life.rotating && !c.life.is_draining())
+        {
+            conn.life.drain();
+        } else {
+            state.retirements_due += 1;
+        }
+    }
+
+    /// A connect failed: every waiter no other connect covers gets the error.
+    pub(crate) fn connect_failed(self: &Arc<Self>, reason: ConnectReason, error: &Error) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        let mut failed = Vec::new();
+        {
+            let mut state = self.lock();
+            state.connecting -= 1;
+            state.counters.connect_errors += 1;
+            match reason {
+                ConnectReason::Prewarm => {
+                    state.prewarming -= 1;
+                    let backoff = state
+                        .prewarm_backoff
+                        .map_or(Duration::from_millis(100), |(_, b)| (b * 2).min(Duration::from_secs(30)));
+                    let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    state.prewarm_backoff = Some((now + jittered, backoff));
+                    fx.wake_reaper = Some(now + jittered);
+                }
+                ConnectReason::Rotation => {
+                    // Break before make: the old connection retires anyway.
+                    if let Some(conn) = state.idle.iter_mut().find(|c| c.life.rotating) {
+                        conn.life.drain();
+                    }
+                }
+                _ => {}
+            }
+            let covered = if state.protocol.is_none() { 0 } else { state.connecting };
+            while state.waiters.len() > covered {
+                if let Some(waiter) = state.waiters.pop_front() {
+                    failed.push(waiter.tx);
+                }
+            }
+            // Drained idle connections close now.
+            let config = self.config_of(&state);
+            let mut i = 0;
+            while i < state.idle.len() {
+                if state.idle[i].life.is_draining() {
+                    let mut conn = state.idle.remove(i);
+                    state.open -= 1;
+                    state.counters.closed[CloseReason::MaxLifetime.index()] += 1;
+                    fx.close(&mut conn.life, CloseReason::MaxLifetime, now);
+                } else {
+                    i += 1;
+                }
+            }
+            let _ = config;
+        }
+        for tx in failed {
+            let _ = tx.send(Err(error.clone()));
+        }
+        self.finish(fx);
+    }
+
+    /// A dedicated (kill switch) connect finished or failed.
+    pub(crate) fn dedicated_done(&self, opened: bool) {
+        let mut state = self.lock();
+        state.connecting -= 1;
+        if opened {
+            state.counters.opened += 1;
+            state.counters.checkouts += 1;
+        } else {
+            state.counters.connect_errors += 1;
+        }
+    }
+
+    /// A dedicated connection closes after its one request.
+    pub(crate) fn release_dedicated(self: &Arc<Self>, lease: Lease<B>) {
+        let mut life = match lease {
+            Lease::Http1(conn) => conn.life,
+            Lease::Dedicated2 { life, .. } => life,
+            Lease::Http2 { .. } => unreachable!("pooled leases go to release"),
+        };
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        self.lock().counters.closed[CloseReason::KillSwitch.index()] += 1;
+        fx.close(&mut life, CloseReason::KillSwitch, now);
+        self.finish(fx);
+    }
+
+    /// A connection task ended: drop the connection if it sits idle; one
+    /// checked out is closed when it comes back.
+    pub(crate) fn connection_ended(self: &Arc<Self>, id: ConnId, graceful: bool) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            if let Some(pos) = state.idle.iter().position(|c| c.life.id == id) {
+                let mut conn = state.idle.remove(pos);
+                state.open -= 1;
+                state.counters.closed[CloseReason::ServerClosed.index()] += 1;
+                fx.close(&mut conn.life, CloseReason::ServerClosed, now);
+            } else if let Some(pos) = state.h2.iter().position(|c| c.life.id == id) {
+                let conn = &mut state.h2[pos];
+                conn.life.drain();
+                if conn.streams == 0 {
+                    let mut conn = state.h2.swap_remove(pos);
+                    let reason = if graceful {
+                        CloseReason::GoAway
+                    } else {
+                        CloseReason::ServerClosed
+                    };
+                    state.open -= 1;
+                    state.counters.closed[reason.index()] += 1;
+                    fx.close(&mut conn.life, reason, now);
+                }
+            }
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    /// The HTTP/2 connection `id` learned the server's settings or a new
+    /// stream limit: serve waiters.
+    pub(crate) fn h2_capacity_changed(self: &Arc<Self>, limit: usize) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.h2_streams_hint = limit.max(1);
+            self.dispatch(&mut state, &config, now, &mut fx);
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    /// The first response on HTTP/2 connection `id` arrived, so its server's
+    /// SETTINGS have been read: its real stream limit applies.
+    pub(crate) fn h2_settled(self: &Arc<Self>, id: ConnId) {
+        let limit = {
+            let state = self.lock();
+            let Some(conn) = state.h2.iter().find(|c| c.life.id == id) else {
+                return;
+            };
+            conn.settled.store(true, Ordering::Release);
+            conn.max_streams.load(Ordering::Acquire)
+        };
+        self.h2_capacity_changed(limit);
+    }
+
+    /// A waiter left before it was served.
+    pub(crate) fn cancel_waiter(&self, key: u64) {
+        let mut state = self.lock();
+        if let Some(pos) = state.waiters.iter().position(|w| w.key == key) {
+            state.waiters.remove(pos);
+        }
+    }
+
+    /// Close what has expired, start rotations and pre-warm connects; return
+    /// the next deadline.
+    pub(crate) fn reap(self: &Arc<Self>, now: Instant) -> Option<Instant> {
+        let mut fx = Effects::new();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |d: Option<Instant>| {
+            if let Some(d) = d {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        };
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            let keep = config.min_idle_per_target;
+            let state = &mut *state;
+            // Oldest first; the last `keep` (most recently used) stay warm.
+            let mut i = 0;
+            while i < state.idle.len() {
+                let above_min = state.idle.len() > keep;
+                let conn = &mut state.idle[i];
+                let idle_deadline = conn.life.idle_deadline(&config).filter(|_| above_min);
+                let reason = if conn.tx.is_closed() {
+                    Some(CloseReason::ServerClosed)
+                } else if !config.reuse {
+                    Some(CloseReason::KillSwitch)
+                } else if idle_deadline.is_some_and(|d| d <= now) {
+                    Some(CloseReason::IdleTimeout)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let mut conn = state.idle.remove(i);
+                    state.open -= 1;
+                    state.counters.closed[reason.index()] += 1;
+                    fx.close(&mut conn.life, reason, now);
+                    continue;
+                }
+                start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
+                soonest(idle_deadline);
+                soonest(conn.life.lifetime_deadline().filter(|_| !conn.life.rotating));
+                i += 1;
+            }
+            let mut i = 0;
+            while i < state.h2.len() {
+                let conn = &mut state.h2[i];
+                let idle_deadline = conn
+                    .life
+                    .idle_deadline(&config)
+                    .filter(|_| conn.streams == 0);
+                if conn.streams == 0 && idle_deadline.is_some_and(|d| d <= now) {
+                    let mut conn = state.h2.swap_remove(i);
+                    state.open -= 1;
+                    state.counters.closed[CloseReason::IdleTimeout.index()] += 1;
+                    fx.close(&mut conn.life, CloseReason::IdleTimeout, now);
+                    continue;
+                }
+                soonest(idle_deadline);
+                start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
+                soonest(conn.life.lifetime_deadline().filter(|_| !conn.life.rotating));
+                i += 1;
+            }
+            self.plan(state, &config, now, &mut fx);
+            if let Some((until, _)) = state.prewarm_backoff {
+                soonest(Some(until));
+            }
+        }
+        self.finish(fx);
+        next
+    }
+
+    /// Whether nothing is open, connecting or waiting, and nothing was used
+    /// for `idle`: the pool may forget this target.
+    pub(crate) fn is_forgettable(&self, now: Instant, idle: Duration) -> bool {
+        let state = self.lock();
+        let config = self.config_of(&state);
+        state.open == 0
+            && state.connecting == 0
+            && state.waiters.is_empty()
+            && config.min_idle_per_target == 0
+            && state.override_config.is_none()
+            && now.saturating_duration_since(state.last_active) >= idle
+    }
+
+    pub(crate) fn count_retry(&self) {
+        self.lock().counters.retries += 1;
+    }
+
+    pub(crate) fn set_override(self: &Arc<Self>, config: Option<Arc<PoolConfig>>) {
+        self.lock().override_config = config;
+        self.common.reaper_wake.notify_one();
+    }
+
+    pub(crate) fn snapshot(&self) -> TargetSnapshot {
+        let state = self.lock();
+        let idle = state.idle.len()
+            + state
+                .h2
+                .iter()
+                .filter(|c| c.streams == 0 && !c.life.is_draining())
+                .count();
+        TargetSnapshot {
+            target: self.target.clone(),
+            protocol: state.protocol,
+            idle,
+            active: state.open - idle,
+            connecting: state.connecting,
+            waiting: state.waiters.len(),
+            opened: state.counters.opened,
+            reused: state.counters.reused,
+            checkouts: state.counters.checkouts,
+            connect_errors: state.counters.connect_errors,
+            retries: state.counters.retries,
+            closed: state.counters.closed,
+        }
+    }
+}
+
+/// Past its lifetime: start a replacement and keep serving until it is up
+/// (make-before-break). A rotation may exceed `max_connections_per_target` by
+/// the connects in flight, never `max_connecting_per_target`; with no connect
+/// slot free the connection drains instead.
+fn start_rotation(
+    connecting: &mut usize,
+    config: &PoolConfig,
+    life: &mut Lifecycle,
+    now: Instant,
+    fx: &mut Effects,
+) {
+    if life.rotating || !life.lifetime_deadline().is_some_and(|d| d <= now) {
+        return;
+    }
+    life.rotating = true;
+    if *connecting < config.max_connecting() {
+        *connecting += 1;
+        fx.connects.push(ConnectReason::Rotation);
+    } else {
+        life.drain();
+    }
+}
+
+/// The shared cells an HTTP/2 connection task keeps current.
+#[derive(Debug)]
+pub(crate) struct Http2Parts {
+    pub(crate) max_streams: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) settled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A request parked in a target's queue.
+#[derive(Debug)]
+pub(crate) struct Waiting<B> {
+    /// `None` for a dedicated (kill switch) connect, which is not queued.
+    pub(crate) key: Option<u64>,
+    pub(crate) rx: oneshot::Receiver<Result<Granted<B>, Error>>,
+}
