@@ -176,7 +176,10 @@ impl PoolConfig {
     /// Checks every field and every combination, naming the field at fault.
     pub fn validate(self) -> Result<Self, ConfigError> {
         let positive = [
-            ("max_connections_per_target", self.max_connections_per_target),
+            (
+                "max_connections_per_target",
+                self.max_connections_per_target,
+            ),
             ("max_idle_per_target", self.max_idle_per_target),
             ("max_connecting_per_target", self.max_connecting_per_target),
             ("max_waiters_per_target", self.max_waiters_per_target),
@@ -184,7 +187,10 @@ impl PoolConfig {
         ];
         for (field, value) in positive {
             if value == Some(0) {
-                return Err(ConfigError::new(field, "must be at least 1 (use None to disable)"));
+                return Err(ConfigError::new(
+                    field,
+                    "must be at least 1 (use None to disable)",
+                ));
             }
         }
         if self.max_requests_per_connection == Some(0) {
@@ -202,11 +208,17 @@ impl PoolConfig {
         ];
         for (field, value) in durations {
             if value == Some(Duration::ZERO) {
-                return Err(ConfigError::new(field, "must be longer than zero (use None to disable)"));
+                return Err(ConfigError::new(
+                    field,
+                    "must be longer than zero (use None to disable)",
+                ));
             }
         }
         if !(0.0..=0.5).contains(&self.lifetime_jitter) {
-            return Err(ConfigError::new("lifetime_jitter", "must be between 0.0 and 0.5"));
+            return Err(ConfigError::new(
+                "lifetime_jitter",
+                "must be between 0.0 and 0.5",
+            ));
         }
         if let (Some(idle), Some(max)) = (self.max_idle_per_target, self.max_connections_per_target)
             && idle > max
@@ -256,7 +268,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid pool configuration: {} {}", self.field, self.reason)
+        write!(
+            f,
+            "invalid pool configuration: {} {}",
+            self.field, self.reason
+        )
     }
 }
 
@@ -368,7 +384,10 @@ mod tests {
 
     #[test]
     fn parses_durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(Some(Duration::from_millis(250)))
+        );
         assert_eq!(parse_duration("55s"), Ok(Some(Duration::from_secs(55))));
         assert_eq!(parse_duration("2m"), Ok(Some(Duration::from_secs(120))));
         assert_eq!(parse_duration("off"), Ok(None));

@@ -301,11 +301,20 @@ mod tests {
         let config = PoolConfig::default();
         let now = Instant::now();
         let mut life = Lifecycle::established(ConnId(1), Protocol::Http1, now, &config, false);
-        assert_eq!(life.idle_deadline(&config), Some(now + Duration::from_secs(55)));
+        assert_eq!(
+            life.idle_deadline(&config),
+            Some(now + Duration::from_secs(55))
+        );
         life.set_server_idle_limit(Duration::from_secs(5));
-        assert_eq!(life.idle_deadline(&config), Some(now + Duration::from_secs(4)));
+        assert_eq!(
+            life.idle_deadline(&config),
+            Some(now + Duration::from_secs(4))
+        );
         life.set_server_idle_limit(Duration::from_secs(1));
-        assert_eq!(life.idle_deadline(&config), Some(now + Duration::from_millis(750)));
+        assert_eq!(
+            life.idle_deadline(&config),
+            Some(now + Duration::from_millis(750))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -177,7 +177,8 @@ where
                 pool.connection_ended(id, result.is_ok());
             }
         });
-        let placeholder = Lifecycle::established(id, Protocol::Http1, Instant::now(), config, false);
+        let placeholder =
+            Lifecycle::established(id, Protocol::Http1, Instant::now(), config, false);
         Ok((
             Lease::Http1(Http1Conn {
                 tx,

@@ -113,7 +113,11 @@ impl Error {
     }
 
     pub(crate) fn invalid_uri(why: &str, uri: &Uri) -> Self {
-        Error::new(ErrorKind::InvalidRequest, Phase::Request, format!("{why}: {uri}"))
+        Error::new(
+            ErrorKind::InvalidRequest,
+            Phase::Request,
+            format!("{why}: {uri}"),
+        )
     }
 
     pub(crate) fn unsupported_scheme(scheme: &str) -> Self {
@@ -140,9 +144,13 @@ impl Error {
     }
 
     pub(crate) fn handshake(target: &Target, source: hyper::Error) -> Self {
-        Error::new(ErrorKind::Handshake, Phase::Connect, "http handshake failed")
-            .with_target(target)
-            .with_source(source)
+        Error::new(
+            ErrorKind::Handshake,
+            Phase::Connect,
+            "http handshake failed",
+        )
+        .with_target(target)
+        .with_source(source)
     }
 
     pub(crate) fn checkout_timeout(target: &Target, after: Duration) -> Self {
@@ -191,7 +199,8 @@ impl Error {
     }
 
     pub(crate) fn body(target: Option<&Target>, source: hyper::Error) -> Self {
-        let mut err = Error::new(ErrorKind::Body, Phase::Body, "response body failed").with_source(source);
+        let mut err =
+            Error::new(ErrorKind::Body, Phase::Body, "response body failed").with_source(source);
         if let Some(target) = target {
             err = err.with_target(target);
         }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::body::{BodyGuard, PoolBody};
 use crate::conn::Protocol;
 use crate::error::{BoxError, Error};
-use crate::events::{CheckedOut, RetryReason, Retried};
+use crate::events::{CheckedOut, Retried, RetryReason};
 use crate::hints::ServerHints;
 use crate::info::ConnectionInfo;
 use crate::target::Target;
@@ -123,7 +123,10 @@ impl<B: Send + 'static> Checkout<B> {
     }
 
     fn id(&self) -> crate::conn::ConnId {
-        self.lease.as_ref().expect("a checkout holds its lease").id()
+        self.lease
+            .as_ref()
+            .expect("a checkout holds its lease")
+            .id()
     }
 
     fn lease(&mut self) -> &mut Lease<B> {
@@ -185,7 +188,9 @@ impl<B: Send + 'static> Drop for WaitGuard<'_, B> {
         };
         rx.close();
         match rx.try_recv() {
-            Ok(Ok(granted)) => give_back(self.pool, granted.lease, granted.dedicated, Outcome::Unused),
+            Ok(Ok(granted)) => {
+                give_back(self.pool, granted.lease, granted.dedicated, Outcome::Unused)
+            }
             _ => {
                 if let Some(key) = self.key {
                     self.pool.cancel_waiter(key);
@@ -239,14 +244,22 @@ where
     let replayable = may_retry
         && retried.is_none()
         && req.body().is_end_stream()
-        && (checkout.protocol == Protocol::Http2 || (checkout.reused && is_idempotent(req.method())));
+        && (checkout.protocol == Protocol::Http2
+            || (checkout.reused && is_idempotent(req.method())));
     let copy = replayable.then(|| replay_copy(&req));
     match send(checkout.lease(), req).await {
-        Ok(response) => Exchange::Response(respond(checkout, response, client_close, retried, permit)),
+        Ok(response) => {
+            Exchange::Response(respond(checkout, response, client_close, retried, permit))
+        }
         Err(mut failed) => {
             let unwritten = failed.take_message();
             let error = failed.into_error();
-            let (outcome, reason) = classify(&error, checkout.protocol, checkout.reused, unwritten.is_some());
+            let (outcome, reason) = classify(
+                &error,
+                checkout.protocol,
+                checkout.reused,
+                unwritten.is_some(),
+            );
             checkout.finish(outcome);
             let written = unwritten.is_none();
             let again = match (reason, unwritten) {

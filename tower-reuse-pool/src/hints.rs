@@ -68,22 +68,42 @@ mod tests {
     #[test]
     fn reads_connection_close_and_http10() {
         assert!(ServerHints::of(&response(Version::HTTP_11, &[("connection", "Close")])).close);
-        assert!(ServerHints::of(&response(Version::HTTP_11, &[("connection", "upgrade, close")])).close);
+        assert!(
+            ServerHints::of(&response(
+                Version::HTTP_11,
+                &[("connection", "upgrade, close")]
+            ))
+            .close
+        );
         assert!(ServerHints::of(&response(Version::HTTP_10, &[])).close);
-        assert!(!ServerHints::of(&response(Version::HTTP_10, &[("connection", "keep-alive")])).close);
+        assert!(
+            !ServerHints::of(&response(Version::HTTP_10, &[("connection", "keep-alive")])).close
+        );
         assert!(!ServerHints::of(&response(Version::HTTP_11, &[])).close);
     }
 
     #[test]
     fn reads_keep_alive_timeout() {
-        let hints = ServerHints::of(&response(Version::HTTP_11, &[("keep-alive", "timeout=5, max=100")]));
+        let hints = ServerHints::of(&response(
+            Version::HTTP_11,
+            &[("keep-alive", "timeout=5, max=100")],
+        ));
         assert_eq!(hints.idle_limit, Some(Duration::from_secs(5)));
-        assert_eq!(keep_alive_timeout("max=3, TIMEOUT = 7"), Some(Duration::from_secs(7)));
-        assert_eq!(keep_alive_timeout("timeout=\"2\""), Some(Duration::from_secs(2)));
+        assert_eq!(
+            keep_alive_timeout("max=3, TIMEOUT = 7"),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            keep_alive_timeout("timeout=\"2\""),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(keep_alive_timeout("timeout=-1"), None);
         assert_eq!(keep_alive_timeout("timeout="), None);
         assert_eq!(keep_alive_timeout("garbage"), None);
         assert_eq!(keep_alive_timeout("timeout=99999999999999999999"), None);
-        assert_eq!(keep_alive_timeout("timeout=999999999"), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            keep_alive_timeout("timeout=999999999"),
+            Some(Duration::from_secs(86_400))
+        );
     }
 }

@@ -140,7 +140,11 @@ where
             })
             .clone();
         drop(targets);
-        if !self.common.reaper_started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self
+            .common
+            .reaper_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             crate::reaper::spawn(self);
         }
         pool
@@ -273,6 +277,14 @@ impl<B: Send + 'static> Pooled<B> {
     /// Whether the connection had served a request before.
     pub fn is_reused(&self) -> bool {
         self.checkout.as_ref().is_some_and(|c| c.reused)
+    }
+}
+
+impl<B: Send + 'static> Drop for Pooled<B> {
+    fn drop(&mut self) {
+        if let Some(checkout) = self.checkout.take() {
+            checkout.finish(crate::target_pool::Outcome::Unused);
+        }
     }
 }
 

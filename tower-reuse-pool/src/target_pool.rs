@@ -356,8 +356,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 reused,
                 idle_for: idle_for.filter(|_| reused),
                 revalidate: false,
-                settling: conn.capacity() == 1
-                    && !conn.settled.load(Ordering::Acquire),
+                settling: conn.capacity() == 1 && !conn.settled.load(Ordering::Acquire),
                 dedicated: false,
             });
         }
@@ -524,11 +523,15 @@ impl<B: Send + 'static> TargetPool<B> {
             let config = self.config_of(&state);
             state.last_active = now;
             match lease {
-                Lease::Http1(conn) => self.release_h1(&mut state, &config, conn, outcome, now, &mut fx),
+                Lease::Http1(conn) => {
+                    self.release_h1(&mut state, &config, conn, outcome, now, &mut fx)
+                }
                 Lease::Http2 { id, .. } => {
                     self.release_h2(&mut state, &config, id, outcome, now, &mut fx)
                 }
-                Lease::Dedicated2 { .. } => unreachable!("dedicated leases go to release_dedicated"),
+                Lease::Dedicated2 { .. } => {
+                    unreachable!("dedicated leases go to release_dedicated")
+                }
             }
             self.dispatch(&mut state, &config, now, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
@@ -553,8 +556,10 @@ impl<B: Send + 'static> TargetPool<B> {
             Outcome::Abandoned => Some(CloseReason::Abandoned),
             Outcome::Failed => Some(CloseReason::Error),
             Outcome::GoAway => Some(CloseReason::GoAway),
-            Outcome::Done | Outcome::Unused if conn.tx.is_closed() => Some(CloseReason::ServerClosed),
-            Outcome::Done | Outcome::Unused => conn.life.retire_reason(config),
+            Outcome::Done | Outcome::Unused => conn
+                .life
+                .retire_reason(config)
+                .or_else(|| conn.tx.is_closed().then_some(CloseReason::ServerClosed)),
         };
         let reason = reason.or_else(|| {
             if conn.life.rotating && state.retirements_due > 0 {
@@ -576,7 +581,10 @@ impl<B: Send + 'static> TargetPool<B> {
             state.idle.push(conn);
             return; // `dispatch` hands it to the first waiter.
         }
-        if config.max_idle_per_target.is_some_and(|max| state.idle.len() >= max) {
+        if config
+            .max_idle_per_target
+            .is_some_and(|max| state.idle.len() >= max)
+        {
             state.open -= 1;
             state.counters.closed[CloseReason::OverLimit.index()] += 1;
             fx.close(&mut conn.life, CloseReason::OverLimit, now);
@@ -615,7 +623,10 @@ impl<B: Send + 'static> TargetPool<B> {
         if conn.streams == 0 {
             if conn.life.is_draining() || conn.tx.is_closed() {
                 let mut conn = state.h2.swap_remove(pos);
-                let reason = conn.life.retire_reason(config).unwrap_or(CloseReason::ServerClosed);
+                let reason = conn
+                    .life
+                    .retire_reason(config)
+                    .unwrap_or(CloseReason::ServerClosed);
                 state.open -= 1;
                 state.counters.closed[reason.index()] += 1;
                 fx.close(&mut conn.life, reason, now);
@@ -711,7 +722,9 @@ impl<B: Send + 'static> TargetPool<B> {
                     state.prewarming -= 1;
                     let backoff = state
                         .prewarm_backoff
-                        .map_or(Duration::from_millis(100), |(_, b)| (b * 2).min(Duration::from_secs(30)));
+                        .map_or(Duration::from_millis(100), |(_, b)| {
+                            (b * 2).min(Duration::from_secs(30))
+                        });
                     let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
                     state.prewarm_backoff = Some((now + jittered, backoff));
                     fx.wake_reaper = Some(now + jittered);
@@ -724,7 +737,11 @@ impl<B: Send + 'static> TargetPool<B> {
                 }
                 _ => {}
             }
-            let covered = if state.protocol.is_none() { 0 } else { state.connecting };
+            let covered = if state.protocol.is_none() {
+                0
+            } else {
+                state.connecting
+            };
             while state.waiters.len() > covered {
                 if let Some(waiter) = state.waiters.pop_front() {
                     failed.push(waiter.tx);
@@ -886,7 +903,11 @@ impl<B: Send + 'static> TargetPool<B> {
                 }
                 start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
                 soonest(idle_deadline);
-                soonest(conn.life.lifetime_deadline().filter(|_| !conn.life.rotating));
+                soonest(
+                    conn.life
+                        .lifetime_deadline()
+                        .filter(|_| !conn.life.rotating),
+                );
                 i += 1;
             }
             let mut i = 0;
@@ -905,7 +926,11 @@ impl<B: Send + 'static> TargetPool<B> {
                 }
                 soonest(idle_deadline);
                 start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
-                soonest(conn.life.lifetime_deadline().filter(|_| !conn.life.rotating));
+                soonest(
+                    conn.life
+                        .lifetime_deadline()
+                        .filter(|_| !conn.life.rotating),
+                );
                 i += 1;
             }
             self.plan(state, &config, now, &mut fx);

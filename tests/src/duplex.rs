@@ -1,0 +1,131 @@
+//! An in-memory connector: every connect spawns the test server's
+//! connection handler on the other end of a `tokio::io::duplex` pipe. With
+//! no real sockets, tests on paused time stay deterministic.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use tokio::io::DuplexStream;
+use tokio::sync::watch;
+use tower::Service;
+
+use crate::server::{ServerOptions, ServerStats, serve};
+
+/// Connects to an in-process server with the given options.
+#[derive(Clone, Debug)]
+pub struct DuplexConnector {
+    options: Arc<ServerOptions>,
+    /// What the server saw.
+    pub stats: Arc<ServerStats>,
+    /// Connect attempts so far (including refused ones).
+    pub attempts: Arc<AtomicU64>,
+    /// While set, connects fail with `ConnectionRefused`.
+    pub refuse: Arc<AtomicBool>,
+    /// Each connect takes this long.
+    pub connect_delay: Option<Duration>,
+    conn_ids: Arc<AtomicU64>,
+    stop: Arc<watch::Sender<()>>,
+}
+
+impl DuplexConnector {
+    /// A connector to a server with `options`.
+    pub fn new(options: ServerOptions) -> Self {
+        DuplexConnector {
+            options: Arc::new(options),
+            stats: Arc::default(),
+            attempts: Arc::default(),
+            refuse: Arc::default(),
+            connect_delay: None,
+            conn_ids: Arc::default(),
+            stop: Arc::new(watch::channel(()).0),
+        }
+    }
+
+    /// Each connect takes `delay`.
+    pub fn with_connect_delay(mut self, delay: Duration) -> Self {
+        self.connect_delay = Some(delay);
+        self
+    }
+}
+
+/// The client end of a duplex pipe.
+#[derive(Debug)]
+pub struct DuplexIo(TokioIo<DuplexStream>);
+
+impl Connection for DuplexIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for DuplexIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for DuplexIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Service<Uri> for DuplexConnector {
+    type Response = DuplexIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<DuplexIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            this.attempts.fetch_add(1, Ordering::SeqCst);
+            if let Some(delay) = this.connect_delay {
+                tokio::time::sleep(delay).await;
+            }
+            if this.refuse.load(Ordering::SeqCst) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "refused by test",
+                ));
+            }
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let conn_id = this.conn_ids.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(
+                server,
+                conn_id,
+                this.options.clone(),
+                this.stats.clone(),
+                this.stop.subscribe(),
+            ));
+            Ok(DuplexIo(TokioIo::new(client)))
+        })
+    }
+}

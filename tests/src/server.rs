@@ -1,0 +1,240 @@
+//! A hyper server on loopback (HTTP/1.1 and h2c on one port) whose
+//! behaviour a test chooses, counting what it sees from its own side.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How the server behaves.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Close connections idle this long (abruptly, as real servers do).
+    pub idle_close: Option<Duration>,
+    /// After this many requests on a connection, answer with `Connection: close`.
+    pub max_requests_per_conn: Option<u64>,
+    /// Send `Keep-Alive: timeout=N` with every HTTP/1.1 response.
+    pub keep_alive_hint: Option<u64>,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub h2_max_streams: Option<u32>,
+    /// Wait this long before every response.
+    pub delay: Option<Duration>,
+    /// Answer HTTP/1.0 responses.
+    pub http10: bool,
+    /// Response body size in bytes (default 16).
+    pub body_size: Option<usize>,
+}
+
+/// What the server saw.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    accepted: AtomicU64,
+    open: AtomicUsize,
+    requests: AtomicU64,
+    peak_in_flight: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl ServerStats {
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+    /// Most requests in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// A running server; stops when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub stats: Arc<ServerStats>,
+    _stop: watch::Sender<()>,
+}
+
+impl TestServer {
+    /// Start a server on 127.0.0.1 with `options`.
+    pub async fn start(options: ServerOptions) -> TestServer {
+        Self::start_on("127.0.0.1:0", options).await
+    }
+
+    /// Start a server on `addr` with `options`.
+    pub async fn start_on(addr: &str, options: ServerOptions) -> TestServer {
+        let listener = TcpListener::bind(addr).await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let stats = Arc::new(ServerStats::default());
+        let (stop, stopped) = watch::channel(());
+        let options = Arc::new(options);
+        let conn_ids = Arc::new(AtomicU64::new(0));
+        let accept_stats = stats.clone();
+        tokio::spawn(async move {
+            let mut stopped = stopped;
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                    _ = stopped.changed() => return,
+                };
+                let _ = stream.set_nodelay(true);
+                let conn_id = conn_ids.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(
+                    stream,
+                    conn_id,
+                    options.clone(),
+                    accept_stats.clone(),
+                    stopped.clone(),
+                ));
+            }
+        });
+        TestServer {
+            addr,
+            stats,
+            _stop: stop,
+        }
+    }
+
+    /// `http://addr` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+struct ConnState {
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    last_activity: std::sync::Mutex<Instant>,
+}
+
+/// Serve one connection on any byte stream with `options`.
+pub(crate) async fn serve<I>(
+    stream: I,
+    conn_id: u64,
+    options: Arc<ServerOptions>,
+    stats: Arc<ServerStats>,
+    mut stopped: watch::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    stats.accepted.fetch_add(1, Ordering::SeqCst);
+    stats.open.fetch_add(1, Ordering::SeqCst);
+    let conn = Arc::new(ConnState {
+        requests: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        last_activity: std::sync::Mutex::new(Instant::now()),
+    });
+    let svc_conn = conn.clone();
+    let svc_options = options.clone();
+    let svc_stats = stats.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let conn = svc_conn.clone();
+        let options = svc_options.clone();
+        let stats = svc_stats.clone();
+        async move { Ok::<_, Infallible>(respond(req, conn_id, &conn, &options, &stats).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.h2_max_streams);
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    loop {
+        let idle_deadline = options.idle_close.map(|idle| {
+            let last = *conn.last_activity.lock().expect("not poisoned");
+            last + idle
+        });
+        tokio::select! {
+            _ = &mut served => break,
+            _ = stopped.changed() => break,
+            _ = sleep_until(idle_deadline) => {
+                let idle = options.idle_close.expect("deadline implies idle_close");
+                let last = *conn.last_activity.lock().expect("not poisoned");
+                if conn.in_flight.load(Ordering::SeqCst) == 0 && last.elapsed() >= idle {
+                    break; // dropping the connection closes the socket
+                }
+            }
+        }
+    }
+    stats.open.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    conn_id: u64,
+    conn: &ConnState,
+    options: &ServerOptions,
+    stats: &ServerStats,
+) -> Response<Full<Bytes>> {
+    let in_flight = conn.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let total = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.peak_in_flight.fetch_max(total, Ordering::SeqCst);
+    let _ = in_flight;
+    *conn.last_activity.lock().expect("not poisoned") = Instant::now();
+    let served = conn.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(delay) = options.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let body = vec![b'x'; options.body_size.unwrap_or(16)];
+    let mut response = Response::builder()
+        .header("x-conn-id", conn_id)
+        .header("x-served", served);
+    if let Some(id) = req.headers().get("x-request-id") {
+        response = response.header("x-request-id", id);
+    }
+    if req.version() != http::Version::HTTP_2 {
+        if options
+            .max_requests_per_conn
+            .is_some_and(|max| served >= max)
+        {
+            response = response.header("connection", "close");
+        }
+        if let Some(secs) = options.keep_alive_hint {
+            response = response.header("keep-alive", format!("timeout={secs}"));
+        }
+        if options.http10 {
+            response = response.version(http::Version::HTTP_10);
+        }
+    }
+    let response = response
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response");
+    *conn.last_activity.lock().expect("not poisoned") = Instant::now();
+    conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
