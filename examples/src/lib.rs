@@ -1,1 +1,13 @@
-//! Shared pieces of the tower-reuse examples and of `reuse-lab`.
+//! Shared pieces of the tower-reuse examples and of `reuse-lab`: the embedded
+//! test server, the client stacks under comparison, the load driver, the
+//! scenarios and the reports.
+
+pub mod driver;
+pub mod lab;
+pub mod report;
+pub mod results;
+pub mod scenarios;
+pub mod server;
+pub mod stacks;
+pub mod target;
+pub mod tls;

@@ -1,5 +1,181 @@
 //! `reuse-lab`: the tower-reuse benchmark and demo.
+//!
+//! With no arguments it starts an embedded server and runs the scenario suite
+//! against every client stack, printing a comparison table and writing
+//! `target/reuse-lab/results.json` and `target/reuse-lab/report.html`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tower_reuse_examples::lab::{self, LabConfig, LabError};
+use tower_reuse_examples::report::{html, table};
+use tower_reuse_examples::results::Environment;
+use tower_reuse_examples::scenarios::{self, Sizes};
+use tower_reuse_examples::stacks::StackKind;
+use tower_reuse_examples::target::Target;
+use tower_reuse_examples::tls;
+
+/// Connection-reuse benchmark: client stacks side by side against an
+/// embedded hyper server (HTTP/1.1, h2c, TLS) or an external one.
+#[derive(Debug, Parser)]
+#[command(name = "reuse-lab", version)]
+struct Args {
+    /// Scenarios to run, comma separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
+    /// reuse, raw (default: all).
+    #[arg(long, value_delimiter = ',')]
+    stack: Vec<String>,
+    /// The smoke-test suite: short runs, under 30 s in all.
+    #[arg(long)]
+    quick: bool,
+    /// Stop each run after this many requests.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Workers (closed loop), burst size, or in-flight bound (open loop).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// How long each run sends, e.g. `5s`, `500ms`.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Run the client side against this server instead of the embedded one.
+    #[arg(long)]
+    target: Option<String>,
+    /// PEM file of CA certificates to trust for an `https` `--target`.
+    #[arg(long, requires = "target")]
+    ca: Option<PathBuf>,
+    /// Where results.json, report.html and cert.pem go.
+    #[arg(long, default_value = "target/reuse-lab")]
+    out: PathBuf,
+    /// Worker threads of the client runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Worker threads of the embedded server's runtime.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 5s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("invalid unit in {text:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
 
 fn main() {
-    println!("reuse-lab: the benchmark is being built; see the README for its plan.");
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .thread_name("reuse-lab-client")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("reuse-lab: cannot start the client runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("reuse-lab: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), LabError> {
+    let sizes = Sizes {
+        quick: args.quick,
+        requests: args.requests,
+        concurrency: args.concurrency,
+        duration: args.duration,
+    };
+    let names: Vec<String> = if args.scenario.is_empty() {
+        scenarios::ALL.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.scenario.clone()
+    };
+    let mut chosen = Vec::new();
+    for name in &names {
+        let mut scenario = scenarios::build(name, &sizes).ok_or_else(|| {
+            format!(
+                "unknown scenario {name:?}; known: {}",
+                scenarios::ALL.join(", ")
+            )
+        })?;
+        if args.target.is_some() {
+            if scenario.idle_targets > 0 {
+                eprintln!("reuse-lab: {name} needs many embedded targets; skipped with --target");
+                continue;
+            }
+            scenario.addresses = 1;
+        }
+        chosen.push(scenario);
+    }
+    let stacks = if args.stack.is_empty() {
+        StackKind::ALL.to_vec()
+    } else {
+        args.stack
+            .iter()
+            .map(|s| {
+                StackKind::from_name(s).ok_or_else(|| {
+                    let known: Vec<_> = StackKind::ALL.iter().map(|k| k.name()).collect();
+                    format!("unknown stack {s:?}; known: {}", known.join(", "))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let target = args.target.as_deref().map(Target::parse).transpose()?;
+    if let Some(target) = &target {
+        // With --target the scheme decides TLS, whatever the scenario says.
+        for scenario in &mut chosen {
+            scenario.tls = target.is_tls();
+        }
+    }
+    let roots = args.ca.as_deref().map(tls::load_roots).transpose()?;
+    let descriptions: Vec<(String, String)> = chosen
+        .iter()
+        .map(|s| (s.name.to_owned(), s.description.clone()))
+        .collect();
+    let environment = Environment {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        client_threads: args.client_threads.max(1),
+        server_threads: args.server_threads.max(1),
+        quick: args.quick,
+        target: args.target.clone(),
+    };
+    let results = lab::run(LabConfig {
+        scenarios: chosen,
+        stacks,
+        target,
+        roots,
+        out_dir: args.out.clone(),
+        server_threads: args.server_threads.max(1),
+        environment,
+        on_scenario: table::scenario_table,
+    })
+    .await?;
+    let json = args.out.join("results.json");
+    results.write(&json)?;
+    let report = args.out.join("report.html");
+    std::fs::write(&report, html::render(&results, &descriptions))?;
+    println!(
+        "\nwrote {}, {} and {}",
+        json.display(),
+        report.display(),
+        args.out.join("cert.pem").display()
+    );
+    Ok(())
 }

@@ -1,0 +1,321 @@
+//! The three load loops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+use http_body_util::Full;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+use super::{Load, LoadOutcome, Progress, REQUEST_TIMEOUT, Recorder, Zipf};
+use crate::server::X_REQUEST_ID;
+use crate::stacks::{Completed, RequestError, RequestErrorKind, Stack, StackError, WorkerClient};
+use crate::target::Target;
+
+/// Closed-loop workers flush their progress count this often.
+const PROGRESS_BATCH: u64 = 16;
+
+/// Late responses are awaited this long after the load ends.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Runs `load` against `targets` through `stack`. Closed loops send to the
+/// first target. `track_in_flight` keeps `progress.in_flight()` exact (one
+/// more atomic per request; only needed when the server is external).
+pub async fn run(
+    stack: &Stack,
+    targets: &Arc<[Target]>,
+    load: &Load,
+    progress: &Arc<Progress>,
+    track_in_flight: bool,
+) -> Result<LoadOutcome, StackError> {
+    let started = Instant::now();
+    let recorder = match load {
+        Load::Closed {
+            workers,
+            duration,
+            max_requests,
+            think,
+        } => {
+            let deadline = started + *duration;
+            let issued = Arc::new(AtomicU64::new(0));
+            let mut tasks = JoinSet::new();
+            for w in 0..*workers {
+                let client = stack.worker(w).ok_or_else(|| {
+                    StackError::new(format!("{}: no client for worker {w}", stack.kind()))
+                })?;
+                let worker = ClosedWorker {
+                    client,
+                    target: targets[0].clone(),
+                    id_base: (w as u64) << 40,
+                    deadline,
+                    max_requests: *max_requests,
+                    issued: issued.clone(),
+                    think: *think,
+                    progress: progress.clone(),
+                    track_in_flight,
+                };
+                tasks.spawn(worker.run());
+            }
+            let mut all = Recorder::new();
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(recorder) = done {
+                    all.merge(&recorder);
+                }
+            }
+            all
+        }
+        Load::Poisson {
+            rate,
+            duration,
+            max_in_flight,
+            zipf_exponent,
+            max_requests,
+        } => {
+            let zipf = match zipf_exponent {
+                Some(s) => Zipf::new(targets.len(), *s),
+                None => Zipf::uniform(targets.len()),
+            };
+            poisson(
+                stack,
+                targets,
+                &zipf,
+                PoissonSpec {
+                    rate: *rate,
+                    deadline: started + *duration,
+                    max_in_flight: *max_in_flight,
+                    max_requests: max_requests.unwrap_or(u64::MAX),
+                },
+                progress,
+                track_in_flight,
+            )
+            .await?
+        }
+        Load::Bursts { bursts, size, gap } => {
+            let mut all = Recorder::new();
+            let mut next_id = 0u64;
+            for b in 0..*bursts {
+                let mut tasks = JoinSet::new();
+                for _ in 0..*size {
+                    let client = shared(stack)?;
+                    next_id += 1;
+                    tasks.spawn(one_shot(
+                        client,
+                        targets[0].clone(),
+                        next_id,
+                        progress.clone(),
+                        track_in_flight,
+                    ));
+                }
+                let drain_by = Instant::now() + REQUEST_TIMEOUT + DRAIN;
+                collect(&mut tasks, &mut all, drain_by).await;
+                progress.add_done(*size as u64);
+                if b + 1 < *bursts {
+                    sleep(*gap).await;
+                }
+            }
+            all
+        }
+    };
+    Ok(LoadOutcome {
+        recorder,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn shared(stack: &Stack) -> Result<WorkerClient, StackError> {
+    stack.shared().ok_or_else(|| {
+        StackError::new(format!(
+            "{}: cannot share one client between tasks (open-loop load)",
+            stack.kind()
+        ))
+    })
+}
+
+/// The request every stack receives: the pre-parsed absolute URI, an empty
+/// body and one header, `x-request-id`.
+fn request(target: &Target, id: &HeaderValue) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(Bytes::new()));
+    *request.uri_mut() = target.uri.clone();
+    request.headers_mut().insert(X_REQUEST_ID, id.clone());
+    request
+}
+
+async fn send(
+    client: &mut WorkerClient,
+    target: &Target,
+    id: &HeaderValue,
+) -> (Duration, Result<Completed, RequestError>) {
+    let started = Instant::now();
+    let outcome = match timeout(REQUEST_TIMEOUT, client.send(request(target, id), target)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(RequestError::new(
+            RequestErrorKind::Timeout,
+            format!("no response within {REQUEST_TIMEOUT:?}"),
+        )),
+    };
+    (started.elapsed(), outcome)
+}
+
+struct ClosedWorker {
+    client: WorkerClient,
+    target: Target,
+    id_base: u64,
+    deadline: Instant,
+    max_requests: Option<u64>,
+    issued: Arc<AtomicU64>,
+    think: Option<(Duration, Duration)>,
+    progress: Arc<Progress>,
+    track_in_flight: bool,
+}
+
+impl ClosedWorker {
+    async fn run(mut self) -> Recorder {
+        let mut recorder = Recorder::new();
+        let mut seq = 0u64;
+        let mut unreported = 0;
+        loop {
+            if let Some((low, high)) = self.think {
+                let gap = low + (high.saturating_sub(low)).mul_f64(fastrand::f64());
+                sleep_until((Instant::now() + gap).min(self.deadline)).await;
+            }
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            if let Some(max) = self.max_requests
+                && self.issued.fetch_add(1, Relaxed) >= max
+            {
+                break;
+            }
+            seq += 1;
+            let id = HeaderValue::from(self.id_base | seq);
+            if self.track_in_flight {
+                self.progress.in_flight_delta(1);
+            }
+            let (latency, outcome) = send(&mut self.client, &self.target, &id).await;
+            if self.track_in_flight {
+                self.progress.in_flight_delta(-1);
+            }
+            recorder.record(latency, outcome, &id);
+            unreported += 1;
+            if unreported == PROGRESS_BATCH {
+                self.progress.add_done(unreported);
+                unreported = 0;
+            }
+        }
+        self.progress.add_done(unreported);
+        recorder
+    }
+}
+
+type Sample = (Duration, Result<Completed, RequestError>, HeaderValue);
+
+async fn one_shot(
+    mut client: WorkerClient,
+    target: Target,
+    id: u64,
+    progress: Arc<Progress>,
+    track_in_flight: bool,
+) -> Sample {
+    let id = HeaderValue::from(id);
+    if track_in_flight {
+        progress.in_flight_delta(1);
+    }
+    let (latency, outcome) = send(&mut client, &target, &id).await;
+    if track_in_flight {
+        progress.in_flight_delta(-1);
+    }
+    (latency, outcome, id)
+}
+
+/// Awaits every task (until `drain_by`, then aborts the rest as timeouts).
+async fn collect(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, drain_by: Instant) {
+    loop {
+        match tokio::time::timeout_at(drain_by, tasks.join_next()).await {
+            Ok(Some(Ok((latency, outcome, id)))) => recorder.record(latency, outcome, &id),
+            Ok(Some(Err(e))) => recorder.error(RequestError::new(
+                RequestErrorKind::Other,
+                format!("request task failed: {e}"),
+            )),
+            Ok(None) => return,
+            Err(_) => {
+                for _ in 0..tasks.len() {
+                    recorder.error(RequestError::new(
+                        RequestErrorKind::Timeout,
+                        "still outstanding when the run ended",
+                    ));
+                }
+                tasks.abort_all();
+                return;
+            }
+        }
+    }
+}
+
+struct PoissonSpec {
+    rate: f64,
+    deadline: Instant,
+    max_in_flight: usize,
+    max_requests: u64,
+}
+
+async fn poisson(
+    stack: &Stack,
+    targets: &Arc<[Target]>,
+    zipf: &Zipf,
+    spec: PoissonSpec,
+    progress: &Arc<Progress>,
+    track_in_flight: bool,
+) -> Result<Recorder, StackError> {
+    let mut recorder = Recorder::new();
+    let mut tasks = JoinSet::new();
+    let mut next = Instant::now();
+    let mut arrivals = 0u64;
+    let mean_gap = 1.0 / spec.rate.max(1e-3);
+    while arrivals < spec.max_requests {
+        // Exponential inter-arrival time; 1 - u is in (0, 1], so ln is finite.
+        let gap = -(1.0 - fastrand::f64()).ln() * mean_gap;
+        next += Duration::from_secs_f64(gap);
+        if next >= spec.deadline {
+            break;
+        }
+        sleep_until(next).await;
+        while let Some(done) = tasks.try_join_next() {
+            match done {
+                Ok((latency, outcome, id)) => recorder.record(latency, outcome, &id),
+                Err(e) => recorder.error(RequestError::new(
+                    RequestErrorKind::Other,
+                    format!("request task failed: {e}"),
+                )),
+            }
+            progress.add_done(1);
+        }
+        arrivals += 1;
+        if tasks.len() >= spec.max_in_flight {
+            recorder.error(RequestError::new(
+                RequestErrorKind::Overload,
+                format!("{} requests already in flight", spec.max_in_flight),
+            ));
+            continue;
+        }
+        let target = targets[zipf.sample()].clone();
+        tasks.spawn(one_shot(
+            shared(stack)?,
+            target,
+            arrivals,
+            progress.clone(),
+            track_in_flight,
+        ));
+    }
+    let outstanding = tasks.len() as u64;
+    collect(
+        &mut tasks,
+        &mut recorder,
+        Instant::now() + REQUEST_TIMEOUT + DRAIN,
+    )
+    .await;
+    progress.add_done(outstanding);
+    Ok(recorder)
+}

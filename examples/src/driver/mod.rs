@@ -1,0 +1,157 @@
+//! The load driver: closed-loop workers, open-loop Poisson arrivals over
+//! Zipf-distributed targets, and bursts. Every loop is bounded in count and
+//! in time, and every stack is driven identically (pre-parsed targets, the
+//! same headers, one `x-request-id` per request).
+
+mod load;
+mod record;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+pub use load::run;
+pub use record::Recorder;
+
+/// No request may take longer than this; it then counts as a timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shape of the load.
+#[derive(Clone, Debug)]
+pub enum Load {
+    /// `workers` loops, each sending its next request when the last one is
+    /// done (after an optional think time drawn uniformly from `think`),
+    /// until `duration` has passed or `max_requests` were issued in all.
+    Closed {
+        /// Concurrent workers.
+        workers: usize,
+        /// How long to send.
+        duration: Duration,
+        /// Stop after this many requests in all.
+        max_requests: Option<u64>,
+        /// Uniform think time before each request.
+        think: Option<(Duration, Duration)>,
+    },
+    /// Requests arrive as a Poisson process of `rate` per second for
+    /// `duration`, each to a target drawn from a Zipf(`zipf_exponent`)
+    /// distribution over the targets (uniform when `None`). An arrival that
+    /// finds `max_in_flight` requests outstanding is dropped and counted as an
+    /// `overload` error.
+    Poisson {
+        /// Arrivals per second.
+        rate: f64,
+        /// How long arrivals come.
+        duration: Duration,
+        /// Bound on outstanding requests.
+        max_in_flight: usize,
+        /// Zipf exponent over the targets.
+        zipf_exponent: Option<f64>,
+        /// Stop after this many arrivals.
+        max_requests: Option<u64>,
+    },
+    /// `bursts` times: `size` concurrent requests, wait for all, then `gap`.
+    Bursts {
+        /// Number of bursts.
+        bursts: usize,
+        /// Requests per burst.
+        size: usize,
+        /// Idle gap between bursts.
+        gap: Duration,
+    },
+}
+
+impl Load {
+    /// The most requests that can be in flight at once.
+    pub fn peak_concurrency(&self) -> usize {
+        match self {
+            Load::Closed { workers, .. } => *workers,
+            Load::Poisson { max_in_flight, .. } => *max_in_flight,
+            Load::Bursts { size, .. } => *size,
+        }
+    }
+
+    /// How long the load runs, roughly (for progress bars).
+    pub fn nominal_duration(&self) -> Duration {
+        match self {
+            Load::Closed { duration, .. } | Load::Poisson { duration, .. } => *duration,
+            Load::Bursts { bursts, gap, .. } => {
+                (*gap + Duration::from_millis(20)) * u32::try_from(*bursts).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+/// Live counters of a run, read by the progress bar and the client sampler.
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+impl Progress {
+    /// A fresh, shared progress counter.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Requests finished so far (updated in small batches).
+    pub fn done(&self) -> u64 {
+        self.done.load(Relaxed)
+    }
+
+    /// Requests in flight now (only tracked when the run asks for it).
+    pub fn in_flight(&self) -> u64 {
+        u64::try_from(self.in_flight.load(Relaxed)).unwrap_or(0)
+    }
+
+    fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Relaxed);
+    }
+
+    fn in_flight_delta(&self, d: i64) {
+        self.in_flight.fetch_add(d, Relaxed);
+    }
+}
+
+/// What a load run produced.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    /// Every request's outcome, merged.
+    pub recorder: Recorder,
+    /// From the first request sent to the last response read.
+    pub elapsed: Duration,
+}
+
+/// Draws indices `0..n` with probability proportional to `1 / (i + 1)^s`.
+#[derive(Clone, Debug)]
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    /// A Zipf distribution over `n` items with exponent `s`.
+    pub fn new(n: usize, s: f64) -> Self {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (0..n.max(1))
+            .map(|i| {
+                acc += 1.0 / ((i + 1) as f64).powf(s);
+                acc
+            })
+            .collect();
+        for p in &mut cdf {
+            *p /= acc;
+        }
+        Self { cdf }
+    }
+
+    /// A uniform distribution over `n` items.
+    pub fn uniform(n: usize) -> Self {
+        Self::new(n, 0.0)
+    }
+
+    /// Draws an index.
+    pub fn sample(&self) -> usize {
+        let u = fastrand::f64();
+        self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
+    }
+}

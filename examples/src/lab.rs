@@ -1,0 +1,393 @@
+//! The lab runner: for each scenario, each stack gets its own embedded
+//! server (or the `--target`), its own client, the same load; the rows go
+//! into [`Results`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rustls::RootCertStore;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep};
+
+use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
+use crate::results::{CHART_QUANTILES, Environment, Results, RunResult, Skipped};
+use crate::scenarios::Scenario;
+use crate::server::{Server, ServerSnapshot};
+use crate::stacks::{ClientSnapshot, Stack, StackKind};
+use crate::target::Target;
+use crate::tls::{self, TlsIdentity};
+
+mod sampler;
+
+use sampler::{ClientSampler, OpenCount};
+
+/// Any error that stops the lab.
+pub type LabError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to run.
+#[derive(Debug)]
+pub struct LabConfig {
+    /// Scenarios, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Stacks, in table order.
+    pub stacks: Vec<StackKind>,
+    /// An external server instead of the embedded one.
+    pub target: Option<Target>,
+    /// Roots for an external TLS server (`--ca`).
+    pub roots: Option<RootCertStore>,
+    /// Where `cert.pem` goes (next to the results).
+    pub out_dir: PathBuf,
+    /// Embedded server runtime threads.
+    pub server_threads: usize,
+    /// Facts about the run, copied into the results.
+    pub environment: Environment,
+    /// Called with each scenario's rows when it finishes (prints the table).
+    pub on_scenario: fn(&Scenario, &[RunResult], &[Skipped]) -> String,
+}
+
+/// Shared, read-only state of a lab run.
+#[derive(Debug)]
+struct Env {
+    identity: TlsIdentity,
+    roots: Option<RootCertStore>,
+    target: Option<Target>,
+    server_threads: usize,
+}
+
+enum Row {
+    Done(Box<RunResult>),
+    Pending(tokio::task::JoinHandle<RunResult>),
+    Skipped(String),
+}
+
+/// Runs every scenario on every stack and returns the rows.
+pub async fn run(config: LabConfig) -> Result<Results, LabError> {
+    std::fs::create_dir_all(&config.out_dir)?;
+    let identity = TlsIdentity::generate()?;
+    identity.write_cert_pem(&config.out_dir.join("cert.pem"))?;
+    let env = Arc::new(Env {
+        identity,
+        roots: config.roots,
+        target: config.target,
+        server_threads: config.server_threads,
+    });
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>16} [{bar:32}] {percent:>3}% {msg}")?
+        .progress_chars("=> ");
+    let mut runs = Vec::new();
+    let mut skipped = Vec::new();
+    for scenario in config.scenarios {
+        let scenario = Arc::new(scenario);
+        let mut stacks = Vec::new();
+        for &kind in &config.stacks {
+            match scenario.skip_reason(kind) {
+                Some(why) => skipped.push(skip(&scenario, kind, why)),
+                None => stacks.push(kind),
+            }
+        }
+        let bar = multi.add(ProgressBar::new(100 * stacks.len() as u64));
+        bar.set_style(style.clone());
+        bar.set_prefix(scenario.name);
+        let mut rows: Vec<(StackKind, Row)> = Vec::new();
+        if scenario.parallel_stacks {
+            let mut set = JoinSet::new();
+            for (i, &kind) in stacks.iter().enumerate() {
+                let (scenario, env, bar) = (scenario.clone(), env.clone(), bar.clone());
+                set.spawn(async move { (i, kind, run_one(scenario, kind, env, bar).await) });
+            }
+            let mut done = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                done.push(joined?);
+            }
+            done.sort_by_key(|(i, _, _)| *i);
+            for (_, kind, row) in done {
+                rows.push((kind, row?));
+            }
+        } else {
+            for &kind in &stacks {
+                bar.set_message(kind.name());
+                rows.push((
+                    kind,
+                    run_one(scenario.clone(), kind, env.clone(), bar.clone()).await?,
+                ));
+            }
+        }
+        if scenario.tail.is_some() {
+            bar.set_message(format!(
+                "watching open connections for {:?}",
+                scenario.tail.unwrap_or_default()
+            ));
+        }
+        let mut scenario_runs = Vec::new();
+        let mut scenario_skipped = Vec::new();
+        for (kind, row) in rows {
+            match row {
+                Row::Done(r) => scenario_runs.push(*r),
+                Row::Pending(handle) => scenario_runs.push(handle.await?),
+                Row::Skipped(why) => scenario_skipped.push(skip(&scenario, kind, &why)),
+            }
+        }
+        bar.finish_with_message("done");
+        let table = (config.on_scenario)(&scenario, &scenario_runs, &scenario_skipped);
+        multi.suspend(|| println!("{table}"));
+        runs.extend(scenario_runs);
+        skipped.extend(scenario_skipped);
+    }
+    Ok(Results {
+        version: 1,
+        runs,
+        skipped,
+        environment: config.environment,
+    })
+}
+
+fn skip(scenario: &Scenario, kind: StackKind, why: &str) -> Skipped {
+    Skipped {
+        scenario: scenario.name.to_owned(),
+        stack: kind.name().to_owned(),
+        reason: why.to_owned(),
+    }
+}
+
+async fn run_one(
+    scenario: Arc<Scenario>,
+    kind: StackKind,
+    env: Arc<Env>,
+    bar: ProgressBar,
+) -> Result<Row, LabError> {
+    let server = match &env.target {
+        Some(_) => None,
+        None => Some(Server::start(
+            scenario
+                .server
+                .clone()
+                .addresses(scenario.addresses)
+                .tls(scenario.tls.then(|| env.identity.clone()))
+                .worker_threads(env.server_threads),
+        )?),
+    };
+    let targets: Arc<[Target]> = match (&server, &env.target) {
+        (Some(server), _) => (0..server.addrs().len())
+            .map(|i| Target::parse(&server.url(i)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into(),
+        (None, Some(target)) => vec![target.clone()].into(),
+        (None, None) => unreachable!("either embedded or external"),
+    };
+    let roots = env
+        .roots
+        .clone()
+        .unwrap_or_else(|| env.identity.root_store());
+    let tls = tls::client_config(roots)?;
+    let workers = scenario.load.peak_concurrency();
+    // Counted from before the stack exists: `raw`'s pre-established
+    // connections are part of its cost.
+    let mut baseline = Baseline::take(server.as_ref(), None);
+    let stack = match Stack::build(kind, scenario.protocol, tls, workers, &targets[0]).await {
+        Ok(stack) => stack,
+        Err(e) => {
+            bar.inc(100);
+            return Ok(Row::Skipped(e.to_string()));
+        }
+    };
+
+    let mut warmup = Recorder::new();
+    let mut rss_per_target = None;
+    if scenario.idle_targets > 0 && targets.len() > 1 {
+        let idle = &targets[1..targets.len().min(scenario.idle_targets + 1)];
+        let before = rss_bytes();
+        // One request per idle target, in order, so each gets exactly one.
+        let one_request = Load::Bursts {
+            bursts: 1,
+            size: 1,
+            gap: Duration::ZERO,
+        };
+        for target in idle {
+            let one: Arc<[Target]> = vec![target.clone()].into();
+            let outcome = driver::run(&stack, &one, &one_request, &Progress::new(), false).await?;
+            warmup.merge(&outcome.recorder);
+        }
+        if let (Some(before), Some(after)) = (before, rss_bytes()) {
+            rss_per_target = Some(after.saturating_sub(before) as f64 / idle.len() as f64);
+        }
+        // The idle targets' connections are the setting, not the load.
+        baseline = Baseline::take(server.as_ref(), Some(&stack));
+    }
+
+    let progress = Progress::new();
+    let open_count = match &server {
+        Some(server) => OpenCount::Server(server.stats().clone()),
+        None => OpenCount::Client(stack.client_stats().clone()),
+    };
+    let sampler = ClientSampler::start(open_count, progress.clone());
+    let load_started = Instant::now();
+    let (stop_ticker, stopped) = oneshot::channel();
+    let ticker = tokio::spawn(tick(
+        bar.clone(),
+        progress.clone(),
+        scenario.load.clone(),
+        stopped,
+    ));
+    let outcome = driver::run(&stack, &targets, &scenario.load, &progress, true).await;
+    let _ = stop_ticker.send(());
+    let _ = ticker.await;
+    let outcome = outcome?;
+    let load_end = load_started.elapsed();
+
+    let tail = scenario.tail;
+    let finish = move |server: Option<Server>, stack: Stack| {
+        let mut row = row(
+            &scenario,
+            kind,
+            &outcome,
+            server.as_ref(),
+            &baseline,
+            &stack,
+        );
+        let (idle_seconds, samples) = sampler.finish();
+        row.idle_socket_seconds = idle_seconds;
+        row.open_connections = samples;
+        row.load_end_s = load_end.as_secs_f64();
+        row.idle_targets = scenario.idle_targets;
+        row.rss_per_idle_target_bytes = rss_per_target;
+        if warmup.errors() > 0 {
+            row.errors_by_kind.insert("warmup".into(), warmup.errors());
+        }
+        row
+    };
+    Ok(match tail {
+        Some(tail) => Row::Pending(tokio::spawn(async move {
+            sleep(tail).await;
+            finish(server, stack)
+        })),
+        None => Row::Done(Box::new(finish(server, stack))),
+    })
+}
+
+/// Counters before the measured part of a run.
+struct Baseline {
+    server: Option<ServerSnapshot>,
+    client: ClientSnapshot,
+    retries: u64,
+}
+
+impl Baseline {
+    fn take(server: Option<&Server>, stack: Option<&Stack>) -> Self {
+        Self {
+            server: server.map(|s| s.stats().snapshot()),
+            client: stack
+                .map(|s| s.client_stats().snapshot())
+                .unwrap_or_default(),
+            retries: stack.map_or(0, Stack::retries),
+        }
+    }
+}
+
+fn row(
+    scenario: &Scenario,
+    kind: StackKind,
+    outcome: &LoadOutcome,
+    server: Option<&Server>,
+    baseline: &Baseline,
+    stack: &Stack,
+) -> RunResult {
+    let rec = &outcome.recorder;
+    let duration_s = outcome.elapsed.as_secs_f64();
+    let mut r = RunResult {
+        scenario: scenario.name.to_owned(),
+        stack: kind.name().to_owned(),
+        requests: rec.requests(),
+        errors: rec.errors(),
+        retries: stack.retries().saturating_sub(baseline.retries),
+        duration_s,
+        rps: if duration_s > 0.0 {
+            rec.ok() as f64 / duration_s
+        } else {
+            0.0
+        },
+        p50_us: rec.quantile_us(0.5),
+        p99_us: rec.quantile_us(0.99),
+        p999_us: rec.quantile_us(0.999),
+        misdelivered: rec.misdelivered(),
+        peak_concurrency: scenario.load.peak_concurrency(),
+        errors_by_kind: rec
+            .errors_by_kind()
+            .iter()
+            .map(|(k, n)| (k.name().to_owned(), *n))
+            .collect(),
+        first_error: rec.first_error().map(str::to_owned),
+        unechoed: rec.unechoed(),
+        latency_quantiles_us: rec.quantiles_us(&CHART_QUANTILES),
+        ..RunResult::default()
+    };
+    match (server, &baseline.server) {
+        (Some(server), Some(base)) => {
+            let now = server.stats().snapshot();
+            r.counted_by = "server".into();
+            r.connections_opened = now.accepted - base.accepted;
+            r.peak_open_connections = now.peak_open;
+            r.server_idle_socket_seconds = now.idle_socket_seconds - base.idle_socket_seconds;
+            r.tls_full = now.tls_full - base.tls_full;
+            r.tls_resumed = now.tls_resumed - base.tls_resumed;
+            r.max_requests_on_connection = now.max_requests_on_connection;
+        }
+        _ => {
+            let now = stack.client_stats().snapshot();
+            r.counted_by = "client".into();
+            r.connections_opened = now.opened - baseline.client.opened;
+            r.peak_open_connections = now.peak_open;
+            r.tls_full = now.tls_full - baseline.client.tls_full;
+            r.tls_resumed = now.tls_resumed - baseline.client.tls_resumed;
+        }
+    }
+    if r.requests > 0 {
+        r.connections_per_1000_requests = r.connections_opened as f64 * 1000.0 / r.requests as f64;
+        r.connections_per_1000_lower_bound =
+            (r.peak_concurrency.max(1) as f64).min(r.requests as f64) * 1000.0 / r.requests as f64;
+    }
+    r
+}
+
+/// Moves the scenario's bar as the run progresses (percent of this stack's
+/// share, by time or by request count, whichever is further).
+async fn tick(
+    bar: ProgressBar,
+    progress: Arc<Progress>,
+    load: Load,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let started = Instant::now();
+    let nominal = load.nominal_duration().as_secs_f64().max(1e-3);
+    let expected = match &load {
+        Load::Closed { max_requests, .. } | Load::Poisson { max_requests, .. } => *max_requests,
+        Load::Bursts { bursts, size, .. } => Some((bursts * size) as u64),
+    };
+    let mut shown = 0u64;
+    loop {
+        tokio::select! {
+            _ = sleep(Duration::from_millis(100)) => {}
+            _ = &mut stop => {
+                bar.inc(100 - shown);
+                return;
+            }
+        }
+        let by_time = started.elapsed().as_secs_f64() / nominal;
+        let by_count = expected.map_or(0.0, |n| progress.done() as f64 / n.max(1) as f64);
+        let percent = ((by_time.max(by_count) * 100.0) as u64).min(99);
+        if percent > shown {
+            bar.inc(percent - shown);
+            shown = percent;
+        }
+    }
+}
+
+/// Resident memory of this process, from `/proc/self/status`.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

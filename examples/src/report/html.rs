@@ -1,0 +1,209 @@
+//! `report.html`: one self-contained page (inline CSS and SVG, no scripts,
+//! no network fetches).
+
+use std::fmt::Write as _;
+
+use super::svg::{Axis, Series, bar_chart, escape, line_chart};
+use crate::results::{Results, RunResult};
+
+/// The color of a stack in every chart.
+pub fn stack_color(stack: &str) -> &'static str {
+    match stack {
+        "fresh" => "#d62728",
+        "hyper-util" => "#1f77b4",
+        "hyper-util-tuned" => "#17becf",
+        "reuse" => "#2ca02c",
+        "raw" => "#7f7f7f",
+        _ => "#9467bd",
+    }
+}
+
+/// x position of quantile `q` on a "nines" axis: -log10(1 - q), capped.
+fn nines(q: f64) -> f64 {
+    (-(1.0 - q).max(1e-5).log10()).min(5.0)
+}
+
+/// Renders the page. `descriptions` maps scenario names to one line each.
+pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
+    let env = &results.environment;
+    let mut page = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>reuse-lab report</title>\
+         <style>body{font-family:sans-serif;margin:24px;max-width:1200px}\
+         table{border-collapse:collapse;font-size:13px;margin:8px 0}\
+         td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}\
+         td:first-child,th:first-child{text-align:left}\
+         .charts{display:flex;flex-wrap:wrap;gap:12px}.empty{color:#888}\
+         .note{color:#555;font-size:13px}</style></head><body><h1>reuse-lab report</h1>",
+    );
+    let _ = write!(
+        page,
+        "<p class=\"note\">Command: <code>{}</code><br>{} CPUs, client runtime {} threads, \
+         embedded server {} threads{}{}. Connections, TLS handshakes and idle sockets are \
+         counted on the {} side.</p>",
+        escape(&env.command),
+        env.cpus,
+        env.client_threads,
+        env.server_threads,
+        if env.quick { ", --quick" } else { "" },
+        env.target
+            .as_ref()
+            .map(|t| format!(", target {}", escape(t)))
+            .unwrap_or_default(),
+        if env.target.is_some() {
+            "client"
+        } else {
+            "server"
+        },
+    );
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in &results.runs {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    for name in scenarios {
+        let runs: Vec<&RunResult> = results.runs.iter().filter(|r| r.scenario == name).collect();
+        let description = descriptions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, d)| d.as_str());
+        let _ = write!(
+            page,
+            "<h2>{}</h2><p class=\"note\">{}</p>",
+            escape(name),
+            escape(description)
+        );
+        page.push_str(&table(&runs));
+        for s in results.skipped.iter().filter(|s| s.scenario == name) {
+            let _ = write!(
+                page,
+                "<p class=\"note\">skipped {}: {}</p>",
+                escape(&s.stack),
+                escape(&s.reason)
+            );
+        }
+        page.push_str("<div class=\"charts\">");
+        page.push_str(&latency_chart(name, &runs));
+        page.push_str(&bar_chart(
+            &format!("{name}: connections opened"),
+            "connections",
+            &runs
+                .iter()
+                .map(|r| {
+                    (
+                        r.stack.clone(),
+                        r.connections_opened as f64,
+                        stack_color(&r.stack),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ));
+        page.push_str(&open_chart(name, &runs));
+        page.push_str("</div>");
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+fn table(runs: &[&RunResult]) -> String {
+    let base = |stack: &str| {
+        runs.iter()
+            .find(|r| r.stack == stack && r.rps > 0.0)
+            .map(|r| r.rps)
+    };
+    let (hu, raw) = (base("hyper-util"), base("raw"));
+    let ratio = |b: Option<f64>, v: f64| b.map_or("-".to_owned(), |b| format!("{:.2}x", v / b));
+    let mut t = String::from(
+        "<table><tr><th>stack</th><th>req/s</th><th>vs hyper-util</th><th>vs raw</th>\
+         <th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>errors</th><th>connections</th>\
+         <th>per 1000 req</th><th>peak open</th><th>idle socket s</th><th>TLS full/resumed</th>\
+         <th>misdelivered</th></tr>",
+    );
+    for r in runs {
+        let _ = write!(
+            t,
+            "<tr><td style=\"color:{}\">{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.0}</td>\
+             <td>{:.0}</td><td>{:.0}</td><td title=\"{}\">{}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
+             <td>{:.1}</td><td>{}/{}</td><td>{}</td></tr>",
+            stack_color(&r.stack),
+            escape(&r.stack),
+            r.rps,
+            ratio(hu, r.rps),
+            ratio(raw, r.rps),
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            escape(r.first_error.as_deref().unwrap_or("")),
+            r.errors,
+            r.connections_opened,
+            r.connections_per_1000_requests,
+            r.peak_open_connections,
+            r.idle_socket_seconds,
+            r.tls_full,
+            r.tls_resumed,
+            r.misdelivered
+        );
+    }
+    t.push_str("</table>");
+    t
+}
+
+fn latency_chart(name: &str, runs: &[&RunResult]) -> String {
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|r| Series {
+            name: r.stack.clone(),
+            color: stack_color(&r.stack),
+            points: r
+                .latency_quantiles_us
+                .iter()
+                .filter(|(_, us)| *us > 0.0)
+                .map(|&(q, us)| (nines(q), us))
+                .collect(),
+            step: false,
+        })
+        .collect();
+    let x = Axis {
+        label: "percentile".into(),
+        log: false,
+        ticks: [
+            (0.5, "p50"),
+            (0.9, "p90"),
+            (0.99, "p99"),
+            (0.999, "p99.9"),
+            (0.9999, "p99.99"),
+            (1.0, "max"),
+        ]
+        .iter()
+        .map(|(q, l)| (nines(*q), (*l).to_owned()))
+        .collect(),
+    };
+    line_chart(
+        &format!("{name}: latency distribution"),
+        &x,
+        &Axis::log("latency (us)"),
+        &series,
+    )
+}
+
+fn open_chart(name: &str, runs: &[&RunResult]) -> String {
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|r| Series {
+            name: r.stack.clone(),
+            color: stack_color(&r.stack),
+            points: r
+                .open_connections
+                .iter()
+                .map(|s| (s.at_s.max(0.0), s.open as f64))
+                .collect(),
+            step: true,
+        })
+        .collect();
+    line_chart(
+        &format!("{name}: open connections over time"),
+        &Axis::linear("seconds from load start"),
+        &Axis::linear("open connections"),
+        &series,
+    )
+}

@@ -1,0 +1,6 @@
+//! Reports: the comparison table on stdout and the self-contained
+//! `report.html` with inline SVG charts.
+
+pub mod html;
+pub mod svg;
+pub mod table;

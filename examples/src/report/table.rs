@@ -1,0 +1,96 @@
+//! The comparison table printed on stdout: stacks side by side per scenario,
+//! with requests/s ratios against `hyper-util` and `raw`.
+
+use std::fmt::Write as _;
+
+use crate::results::{RunResult, Skipped};
+use crate::scenarios::Scenario;
+
+/// Renders one scenario's rows.
+pub fn scenario_table(scenario: &Scenario, runs: &[RunResult], skipped: &[Skipped]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n== {}: {}", scenario.name, scenario.description);
+    out.push_str(&rows(runs));
+    for s in skipped {
+        let _ = writeln!(out, "   skipped {}: {}", s.stack, s.reason);
+    }
+    out
+}
+
+/// Renders rows of one scenario (all stacks), header first.
+pub fn rows(runs: &[RunResult]) -> String {
+    let rps_of = |stack: &str| {
+        runs.iter()
+            .find(|r| r.stack == stack && r.rps > 0.0)
+            .map(|r| r.rps)
+    };
+    let hyper_util = rps_of("hyper-util");
+    let raw = rps_of("raw");
+    let ratio = |base: Option<f64>, rps: f64| match base {
+        Some(base) => format!("{:.2}x", rps / base),
+        None => "-".to_owned(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<17}{:>9}{:>8}{:>8}{:>9}{:>9}{:>10}{:>7}{:>7}{:>8}{:>6}{:>9}{:>11}{:>7}",
+        "stack",
+        "req/s",
+        "/h-u",
+        "/raw",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "errors",
+        "conns",
+        "c/1k",
+        "peak",
+        "idle s",
+        "tls f/r",
+        "misdel"
+    );
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "{:<17}{:>9.0}{:>8}{:>8}{:>9.0}{:>9.0}{:>10.0}{:>7}{:>7}{:>8.1}{:>6}{:>9.1}{:>11}{:>7}",
+            r.stack,
+            r.rps,
+            ratio(hyper_util, r.rps),
+            ratio(raw, r.rps),
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.errors,
+            r.connections_opened,
+            r.connections_per_1000_requests,
+            r.peak_open_connections,
+            r.idle_socket_seconds,
+            format!("{}/{}", r.tls_full, r.tls_resumed),
+            r.misdelivered
+        );
+        if r.errors > 0 {
+            let kinds: Vec<String> = r
+                .errors_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<17}errors: {} (first: {})",
+                "",
+                kinds.join(", "),
+                r.first_error.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(bytes) = r.rss_per_idle_target_bytes {
+            let _ = writeln!(
+                out,
+                "{:<17}{} idle targets: {:.1} KiB resident per target (client + embedded server)",
+                "",
+                r.idle_targets,
+                bytes / 1024.0
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,140 @@
+//! `results.json`: one row per (scenario, stack), with exactly the fields of
+//! issue 3 first, then extras.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::server::OpenSample;
+
+/// The quantiles stored for the latency charts.
+pub const CHART_QUANTILES: [f64; 13] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+/// The whole file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    /// Always 1.
+    pub version: u32,
+    /// One row per stack per scenario.
+    pub runs: Vec<RunResult>,
+    /// Stacks not run on a scenario, and why.
+    pub skipped: Vec<Skipped>,
+    /// How the run was made.
+    pub environment: Environment,
+}
+
+/// Where and how the results were produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    /// The command line.
+    pub command: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Client runtime worker threads.
+    pub client_threads: usize,
+    /// Embedded server runtime worker threads.
+    pub server_threads: usize,
+    /// `--quick`.
+    pub quick: bool,
+    /// `--target`, when the server was external.
+    pub target: Option<String>,
+}
+
+/// A stack that did not run on a scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    /// The scenario.
+    pub scenario: String,
+    /// The stack.
+    pub stack: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One stack on one scenario.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    /// Scenario name.
+    pub scenario: String,
+    /// Stack name.
+    pub stack: String,
+    /// Requests attempted (successes + errors).
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Retries the stack reported (0 for stacks that report none).
+    pub retries: u64,
+    /// Connections opened (server's count when embedded), from before the
+    /// stack was built (`raw`'s pre-established connections count); for
+    /// `scale-targets`, from after the idle targets were set up.
+    pub connections_opened: u64,
+    /// Most connections open at once.
+    pub peak_open_connections: u64,
+    /// Time integral of idle sockets: open connections (server's count when
+    /// embedded) minus the lab's requests in flight, at least 0, sampled
+    /// every 25 ms from the load's start to the end of the run (its tail
+    /// included).
+    pub idle_socket_seconds: f64,
+    /// Full TLS handshakes.
+    pub tls_full: u64,
+    /// Resumed TLS handshakes.
+    pub tls_resumed: u64,
+    /// Load duration: first request sent to last response read.
+    pub duration_s: f64,
+    /// Successful requests per second.
+    pub rps: f64,
+    /// Median latency of successful requests.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Responses carrying another request's `x-request-id`.
+    pub misdelivered: u64,
+
+    /// `"server"` (embedded) or `"client"` (`--target`): who counted
+    /// connections, TLS handshakes and idle sockets.
+    pub counted_by: String,
+    /// The most requests the load can have in flight.
+    pub peak_concurrency: usize,
+    /// Connections opened per 1000 requests.
+    pub connections_per_1000_requests: f64,
+    /// The ideal: peak concurrency per 1000 requests (at least one connection).
+    pub connections_per_1000_lower_bound: f64,
+    /// Errors by kind.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// The first error's message.
+    pub first_error: Option<String>,
+    /// Successful responses without `x-request-id` (external servers).
+    pub unechoed: u64,
+    /// The server's own, exact view of idle sockets: time integral of
+    /// connections with no request being processed by the server (the
+    /// client's round trip counts as idle here). Embedded server only.
+    pub server_idle_socket_seconds: f64,
+    /// Most requests one connection served (embedded server only).
+    pub max_requests_on_connection: u64,
+    /// Latency (us) at [`CHART_QUANTILES`].
+    pub latency_quantiles_us: Vec<(f64, f64)>,
+    /// Open connections over time, seconds from the run's start.
+    pub open_connections: Vec<OpenSample>,
+    /// When the load ended, seconds from the run's start.
+    pub load_end_s: f64,
+    /// `scale-targets`: targets holding an idle connection during the load.
+    pub idle_targets: usize,
+    /// `scale-targets`: resident memory added while opening the idle
+    /// targets' connections, per target. With the embedded server this
+    /// includes the server's side of each connection (same process).
+    pub rss_per_idle_target_bytes: Option<f64>,
+}
+
+impl Results {
+    /// Writes the file, pretty-printed.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        std::fs::write(path, json)
+    }
+}

@@ -1,0 +1,255 @@
+//! The scenario suite of issue 3: what the server does, what load the
+//! clients get, and which stacks a scenario is meaningful for.
+
+use std::time::Duration;
+
+use crate::driver::Load;
+use crate::server::ServerConfig;
+use crate::stacks::{Protocol, StackKind};
+
+/// Every scenario, in suite order.
+pub const ALL: [&str; 9] = [
+    "steady-h1",
+    "steady-h1-tls",
+    "steady-h2",
+    "h2-stream-limit",
+    "bursty",
+    "keepalive-race",
+    "tls-churn",
+    "zipf-endpoints",
+    "scale-targets",
+];
+
+/// Size overrides from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Sizes {
+    /// The smoke-test suite (under 30 s in all).
+    pub quick: bool,
+    /// Stop each run after this many requests.
+    pub requests: Option<u64>,
+    /// Workers (closed loop), burst size, or in-flight bound (open loop).
+    pub concurrency: Option<usize>,
+    /// How long each run sends.
+    pub duration: Option<Duration>,
+}
+
+impl Sizes {
+    fn duration(&self, full: Duration, quick: Duration) -> Duration {
+        self.duration
+            .unwrap_or(if self.quick { quick } else { full })
+    }
+
+    fn concurrency(&self, default: usize) -> usize {
+        self.concurrency.unwrap_or(default).max(1)
+    }
+}
+
+/// One scenario, fully sized.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its name (`--scenario`).
+    pub name: &'static str,
+    /// One line for the table and the report.
+    pub description: String,
+    /// HTTP version.
+    pub protocol: Protocol,
+    /// Whether it runs over TLS.
+    pub tls: bool,
+    /// The embedded server's knobs (the lab adds the TLS identity).
+    pub server: ServerConfig,
+    /// Loopback addresses the server listens on (= targets).
+    pub addresses: usize,
+    /// The load on the targets.
+    pub load: Load,
+    /// Targets (after the first) that get one request each before the load,
+    /// leaving an idle connection in a pooling client (`scale-targets`).
+    pub idle_targets: usize,
+    /// How long open connections are still watched after the load ends.
+    pub tail: Option<Duration>,
+    /// Run every stack at once (each with its own server): only for
+    /// scenarios whose load is too light to interfere.
+    pub parallel_stacks: bool,
+    /// Stacks this scenario means nothing for, with the reason.
+    pub skip: Vec<(StackKind, &'static str)>,
+}
+
+impl Scenario {
+    /// The reason `stack` is skipped here, if it is.
+    pub fn skip_reason(&self, stack: StackKind) -> Option<&'static str> {
+        self.skip
+            .iter()
+            .find(|(kind, _)| *kind == stack)
+            .map(|(_, why)| *why)
+    }
+}
+
+const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
+
+/// Builds scenario `name` at `sizes`, or `None` for an unknown name.
+pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
+    let steady = |workers: usize| Load::Closed {
+        workers: sizes.concurrency(workers),
+        duration: sizes.duration(Duration::from_secs(3), Duration::from_millis(500)),
+        max_requests: sizes.requests,
+        think: None,
+    };
+    let base = ServerConfig::default()
+        .response_size(100)
+        .idle_timeout(Some(Duration::from_secs(30)));
+    let scenario = |name: &'static str, description: String, protocol, tls, load| Scenario {
+        name,
+        description,
+        protocol,
+        tls,
+        server: base.clone(),
+        addresses: 1,
+        load,
+        idle_targets: 0,
+        tail: None,
+        parallel_stacks: false,
+        skip: Vec::new(),
+    };
+    let workers = sizes.concurrency(32);
+    Some(match name {
+        "steady-h1" => scenario(
+            "steady-h1",
+            format!("{workers} workers, closed loop, HTTP/1.1, 100-byte responses"),
+            Protocol::Http1,
+            false,
+            steady(32),
+        ),
+        "steady-h1-tls" => scenario(
+            "steady-h1-tls",
+            format!("{workers} workers, closed loop, HTTP/1.1 over TLS 1.3, 100-byte responses"),
+            Protocol::Http1,
+            true,
+            steady(32),
+        ),
+        "steady-h2" => scenario(
+            "steady-h2",
+            format!("{workers} workers, closed loop, h2c, 100-byte responses"),
+            Protocol::Http2,
+            false,
+            steady(32),
+        ),
+        "h2-stream-limit" => {
+            let workers = sizes.concurrency(256);
+            let mut s = scenario(
+                "h2-stream-limit",
+                format!(
+                    "h2c, server allows 16 streams and adds 5 ms; {workers} concurrent requests"
+                ),
+                Protocol::Http2,
+                false,
+                steady(256),
+            );
+            s.server = s
+                .server
+                .h2_max_concurrent_streams(Some(16))
+                .latency(Some(Duration::from_millis(5)));
+            s
+        }
+        "bursty" => {
+            let size = sizes.concurrency(64);
+            let bursts = if sizes.quick { 8 } else { 50 };
+            let mut s = scenario(
+                "bursty",
+                format!(
+                    "{bursts} bursts of {size}, 200 ms gaps, server keep-alive 30 s, then open connections watched"
+                ),
+                Protocol::Http1,
+                false,
+                Load::Bursts {
+                    bursts,
+                    size,
+                    gap: Duration::from_millis(200),
+                },
+            );
+            s.tail = Some(if sizes.quick {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(10)
+            });
+            s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
+            s
+        }
+        "keepalive-race" => {
+            let workers = sizes.concurrency(16);
+            let duration = sizes.duration(Duration::from_secs(20), Duration::from_secs(3));
+            let mut s = scenario(
+                "keepalive-race",
+                format!(
+                    "server closes connections idle 1 s; {workers} workers, gaps 0.5-1.5 s, {}s",
+                    duration.as_secs_f64()
+                ),
+                Protocol::Http1,
+                false,
+                Load::Closed {
+                    workers,
+                    duration,
+                    max_requests: sizes.requests,
+                    think: Some((Duration::from_millis(500), Duration::from_millis(1500))),
+                },
+            );
+            s.server = s.server.idle_timeout(Some(Duration::from_secs(1)));
+            s.parallel_stacks = true;
+            s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
+            s
+        }
+        "tls-churn" => {
+            let mut s = scenario(
+                "tls-churn",
+                format!("TLS, server closes every connection after 10 requests, {workers} workers"),
+                Protocol::Http1,
+                true,
+                steady(32),
+            );
+            s.server = s.server.max_requests_per_connection(Some(10));
+            s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
+            s
+        }
+        "zipf-endpoints" => {
+            let in_flight = sizes.concurrency(256);
+            let rate = if sizes.quick { 2_000.0 } else { 3_000.0 };
+            let mut s = scenario(
+                "zipf-endpoints",
+                format!(
+                    "64 endpoints on 64 loopback addresses, Zipf(1.1) targets, Poisson arrivals at {rate}/s"
+                ),
+                Protocol::Http1,
+                false,
+                Load::Poisson {
+                    rate,
+                    duration: sizes.duration(Duration::from_secs(3), Duration::from_millis(500)),
+                    max_in_flight: in_flight,
+                    zipf_exponent: Some(1.1),
+                    max_requests: sizes.requests,
+                },
+            );
+            s.addresses = 64;
+            s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
+            s
+        }
+        "scale-targets" => {
+            let idle = if sizes.quick { 100 } else { 1_000 };
+            let mut s = scenario(
+                "scale-targets",
+                format!(
+                    "steady-h1 load on one target while {idle} other targets each hold one idle connection"
+                ),
+                Protocol::Http1,
+                false,
+                steady(32),
+            );
+            s.addresses = idle + 1;
+            s.idle_targets = idle;
+            s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
+            s.skip.push((
+                StackKind::Fresh,
+                "fresh holds no idle connection: nothing to scale",
+            ));
+            s
+        }
+        _ => return None,
+    })
+}

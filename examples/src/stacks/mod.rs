@@ -1,0 +1,269 @@
+//! The client stacks under comparison, all driven through one interface:
+//! [`Stack::worker`] / [`Stack::shared`] hand out a [`WorkerClient`] whose
+//! [`send`](WorkerClient::send) takes the same `Request<Full<Bytes>>` for
+//! every stack and reads the whole response.
+
+mod connector;
+mod worker;
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+use tower_service::Service;
+
+pub use connector::{
+    BoxError, ClientSnapshot, ClientStats, ConnectFuture, Counted, LabConnector, LabStream,
+};
+pub use worker::{
+    Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
+    complete,
+};
+
+use crate::target::Target;
+
+/// Which client stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StackKind {
+    /// A new connection per request.
+    Fresh,
+    /// `hyper_util::client::legacy::Client`, defaults + nodelay + pool timer.
+    HyperUtil,
+    /// The same with `pool_max_idle_per_host(8)`, `pool_idle_timeout(2s)`.
+    HyperUtilTuned,
+    /// This workspace's stack (`tower_reuse_pool`).
+    Reuse,
+    /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
+    Raw,
+}
+
+impl StackKind {
+    /// Every stack, in table order.
+    pub const ALL: [StackKind; 5] = [
+        StackKind::Fresh,
+        StackKind::HyperUtil,
+        StackKind::HyperUtilTuned,
+        StackKind::Reuse,
+        StackKind::Raw,
+    ];
+
+    /// The name used on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            StackKind::Fresh => "fresh",
+            StackKind::HyperUtil => "hyper-util",
+            StackKind::HyperUtilTuned => "hyper-util-tuned",
+            StackKind::Reuse => "reuse",
+            StackKind::Raw => "raw",
+        }
+    }
+
+    /// Parses a name from [`StackKind::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for StackKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The HTTP version a scenario speaks (h2 over plain TCP is prior knowledge,
+/// over TLS it is negotiated with ALPN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// Why a stack could not be built.
+#[derive(Debug)]
+pub struct StackError(String);
+
+impl StackError {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StackError {}
+
+/// A built client stack.
+#[derive(Debug)]
+pub struct Stack {
+    kind: StackKind,
+    protocol: Protocol,
+    connector_stats: ClientStats,
+    inner: Inner,
+}
+
+// One per stack: size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    Fresh(LabConnector),
+    Legacy(Client<LabConnector, Full<Bytes>>),
+    RawHttp1(Mutex<Vec<http1::SendRequest<Full<Bytes>>>>),
+    RawHttp2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Inner::Fresh(_) => "Fresh",
+            Inner::Legacy(_) => "Legacy",
+            Inner::RawHttp1(_) => "RawHttp1",
+            Inner::RawHttp2(_) => "RawHttp2",
+        })
+    }
+}
+
+impl Stack {
+    /// Builds `kind` for `protocol`. `tls` is used for `https` targets (build
+    /// a new one per stack so TLS sessions do not carry over). `raw`
+    /// pre-establishes `workers` connections (HTTP/1) or one (h2) to `target`.
+    pub async fn build(
+        kind: StackKind,
+        protocol: Protocol,
+        tls: rustls::ClientConfig,
+        workers: usize,
+        target: &Target,
+    ) -> Result<Self, StackError> {
+        let connector = LabConnector::new(protocol, tls);
+        let connector_stats = connector.stats().clone();
+        let inner = match kind {
+            StackKind::Fresh => Inner::Fresh(connector),
+            StackKind::HyperUtil | StackKind::HyperUtilTuned => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_timer(TokioTimer::new());
+                if protocol == Protocol::Http2 {
+                    builder.http2_only(true);
+                }
+                if kind == StackKind::HyperUtilTuned {
+                    builder
+                        .pool_max_idle_per_host(8)
+                        .pool_idle_timeout(Duration::from_secs(2));
+                }
+                Inner::Legacy(builder.build(connector))
+            }
+            StackKind::Reuse => {
+                return Err(StackError(
+                    "reuse: tower-reuse-pool is not wired into reuse-lab yet".into(),
+                ));
+            }
+            StackKind::Raw => match protocol {
+                Protocol::Http1 => {
+                    let mut senders = Vec::with_capacity(workers);
+                    for _ in 0..workers {
+                        senders.push(connect_http1(connector.clone(), target).await?);
+                    }
+                    Inner::RawHttp1(Mutex::new(senders))
+                }
+                Protocol::Http2 => Inner::RawHttp2(connect_http2(connector, target).await?),
+            },
+        };
+        Ok(Self {
+            kind,
+            protocol,
+            connector_stats,
+            inner,
+        })
+    }
+
+    /// Which stack this is.
+    pub fn kind(&self) -> StackKind {
+        self.kind
+    }
+
+    /// Client-side connection counters.
+    pub fn client_stats(&self) -> &ClientStats {
+        &self.connector_stats
+    }
+
+    /// Requests the stack retried on its own and reported (0 for stacks that
+    /// do not report retries).
+    pub fn retries(&self) -> u64 {
+        0
+    }
+
+    /// Whether one client can be shared by any number of concurrent tasks
+    /// (everything but `raw` over HTTP/1).
+    pub fn is_shareable(&self) -> bool {
+        !matches!(self.inner, Inner::RawHttp1(_))
+    }
+
+    /// The client for closed-loop worker `i`: for `raw` HTTP/1, worker `i`'s
+    /// own connection (each handed out once); otherwise a shared client.
+    pub fn worker(&self, _i: usize) -> Option<WorkerClient> {
+        match &self.inner {
+            Inner::RawHttp1(senders) => senders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+                .map(WorkerClient::RawHttp1),
+            _ => self.shared(),
+        }
+    }
+
+    /// A client any task may use, when the stack is shareable.
+    pub fn shared(&self) -> Option<WorkerClient> {
+        Some(match &self.inner {
+            Inner::Fresh(connector) => WorkerClient::Fresh {
+                connector: connector.clone(),
+                protocol: self.protocol,
+            },
+            Inner::Legacy(client) => WorkerClient::Legacy(client.clone()),
+            Inner::RawHttp2(sender) => WorkerClient::RawHttp2(sender.clone()),
+            Inner::RawHttp1(_) => return None,
+        })
+    }
+}
+
+pub(crate) async fn connect_http1(
+    mut connector: LabConnector,
+    target: &Target,
+) -> Result<http1::SendRequest<Full<Bytes>>, StackError> {
+    let io = connector
+        .call(target.uri.clone())
+        .await
+        .map_err(|e| StackError(format!("connecting to {}: {e}", target.uri)))?;
+    let (sender, connection) = http1::handshake(io)
+        .await
+        .map_err(|e| StackError(format!("HTTP/1 handshake with {}: {e}", target.uri)))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+pub(crate) async fn connect_http2(
+    mut connector: LabConnector,
+    target: &Target,
+) -> Result<http2::SendRequest<Full<Bytes>>, StackError> {
+    let io = connector
+        .call(target.uri.clone())
+        .await
+        .map_err(|e| StackError(format!("connecting to {}: {e}", target.uri)))?;
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|e| StackError(format!("HTTP/2 handshake with {}: {e}", target.uri)))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}

@@ -1,0 +1,270 @@
+//! [`WorkerClient`]: one uniform way to send a request on any stack and read
+//! the whole response.
+
+use std::error::Error as _;
+use std::fmt;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+use tower_service::Service;
+
+use super::{BoxError, LabConnector, Protocol};
+use crate::server::X_REQUEST_ID;
+use crate::target::Target;
+
+/// A client a load worker sends through; see [`super::Stack::worker`].
+// Built once per worker or task and never copied around: size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum WorkerClient {
+    /// Opens a connection for every request.
+    Fresh {
+        /// The connector.
+        connector: LabConnector,
+        /// HTTP/1.1 or HTTP/2 on each new connection.
+        protocol: Protocol,
+    },
+    /// hyper-util's legacy client.
+    Legacy(Client<LabConnector, Full<Bytes>>),
+    /// One pre-established HTTP/1 connection, owned by this worker.
+    RawHttp1(http1::SendRequest<Full<Bytes>>),
+    /// A handle on the shared pre-established HTTP/2 connection.
+    RawHttp2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// A response read to the end.
+#[derive(Clone, Debug)]
+pub struct Completed {
+    /// The response status.
+    pub status: StatusCode,
+    /// The `x-request-id` the response carried.
+    pub request_id: Option<HeaderValue>,
+    /// Body bytes read.
+    pub body_bytes: usize,
+}
+
+/// What kind of failure a request met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestErrorKind {
+    /// The connection could not be established.
+    Connect,
+    /// The connection closed before the response was complete (the stale
+    /// pooled connection case) or the request was cancelled.
+    Closed,
+    /// The server refused the stream (HTTP/2 `REFUSED_STREAM`): more streams
+    /// were opened than it allows.
+    Refused,
+    /// The request took longer than the lab's per-request limit.
+    Timeout,
+    /// The response status was not a success.
+    Status,
+    /// Reading the response body failed.
+    Body,
+    /// The open-loop driver had too many requests in flight and dropped one.
+    Overload,
+    /// Anything else.
+    Other,
+}
+
+impl RequestErrorKind {
+    /// A short name for tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestErrorKind::Connect => "connect",
+            RequestErrorKind::Closed => "closed",
+            RequestErrorKind::Refused => "refused-stream",
+            RequestErrorKind::Timeout => "timeout",
+            RequestErrorKind::Status => "status",
+            RequestErrorKind::Body => "body",
+            RequestErrorKind::Overload => "overload",
+            RequestErrorKind::Other => "other",
+        }
+    }
+}
+
+/// A failed request.
+#[derive(Debug)]
+pub struct RequestError {
+    /// The kind of failure.
+    pub kind: RequestErrorKind,
+    /// What happened.
+    pub message: String,
+}
+
+impl RequestError {
+    /// A failure of `kind` described by `message`.
+    pub fn new(kind: RequestErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.message)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Classifies a `hyper::Error`.
+pub fn classify_hyper(e: &hyper::Error) -> RequestErrorKind {
+    let h2 = e.source().and_then(|s| s.downcast_ref::<h2::Error>());
+    if h2.and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM) {
+        RequestErrorKind::Refused
+    } else if e.is_timeout() {
+        RequestErrorKind::Timeout
+    } else if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
+        RequestErrorKind::Closed
+    } else {
+        RequestErrorKind::Other
+    }
+}
+
+/// Classifies any boxed error by looking for a `hyper::Error` in its chain.
+pub fn classify_boxed(e: &(dyn std::error::Error + 'static)) -> RequestErrorKind {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return classify_hyper(h);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => RequestErrorKind::Connect,
+                std::io::ErrorKind::TimedOut => RequestErrorKind::Timeout,
+                _ => RequestErrorKind::Closed,
+            };
+        }
+        cur = err.source();
+    }
+    RequestErrorKind::Other
+}
+
+fn hyper_error(e: hyper::Error) -> RequestError {
+    RequestError::new(classify_hyper(&e), chain(&e))
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cur = err.source();
+    }
+    text
+}
+
+fn connect_error(e: BoxError) -> RequestError {
+    RequestError::new(RequestErrorKind::Connect, e.to_string())
+}
+
+/// Reads a response to the end.
+pub async fn complete<B>(response: Response<B>) -> Result<Completed, RequestError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let mut body = std::pin::pin!(body);
+    let mut body_bytes = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let e: BoxError = e.into();
+            let kind = match classify_boxed(e.as_ref()) {
+                RequestErrorKind::Other => RequestErrorKind::Body,
+                kind => kind,
+            };
+            RequestError::new(kind, chain(e.as_ref()))
+        })?;
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len();
+        }
+    }
+    Ok(Completed {
+        status: parts.status,
+        request_id: parts.headers.get(X_REQUEST_ID).cloned(),
+        body_bytes,
+    })
+}
+
+impl WorkerClient {
+    /// Sends `request` (its URI is `target.uri`) and reads the response.
+    pub async fn send(
+        &mut self,
+        mut request: Request<Full<Bytes>>,
+        target: &Target,
+    ) -> Result<Completed, RequestError> {
+        match self {
+            WorkerClient::Fresh {
+                connector,
+                protocol,
+            } => {
+                let io = connector
+                    .call(target.uri.clone())
+                    .await
+                    .map_err(connect_error)?;
+                match protocol {
+                    Protocol::Http1 => {
+                        let (mut sender, connection) =
+                            http1::handshake(io).await.map_err(hyper_error)?;
+                        tokio::spawn(connection);
+                        to_origin_form(&mut request, target);
+                        let response = sender.send_request(request).await.map_err(hyper_error)?;
+                        complete(response).await
+                    }
+                    Protocol::Http2 => {
+                        let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .handshake(io)
+                            .await
+                            .map_err(hyper_error)?;
+                        tokio::spawn(connection);
+                        let response = sender.send_request(request).await.map_err(hyper_error)?;
+                        complete(response).await
+                    }
+                }
+            }
+            WorkerClient::Legacy(client) => {
+                let response = client.request(request).await.map_err(|e| {
+                    let kind = if e.is_connect() {
+                        RequestErrorKind::Connect
+                    } else {
+                        e.source().map_or(RequestErrorKind::Other, classify_boxed)
+                    };
+                    RequestError::new(kind, chain(&e))
+                })?;
+                complete(response).await
+            }
+            WorkerClient::RawHttp1(sender) => {
+                sender.ready().await.map_err(hyper_error)?;
+                to_origin_form(&mut request, target);
+                let response = sender.send_request(request).await.map_err(hyper_error)?;
+                complete(response).await
+            }
+            WorkerClient::RawHttp2(sender) => {
+                sender.ready().await.map_err(hyper_error)?;
+                let response = sender.send_request(request).await.map_err(hyper_error)?;
+                complete(response).await
+            }
+        }
+    }
+}
+
+/// What hyper-util's client does before writing an HTTP/1 request: origin-form
+/// URI and a `Host` header (both pre-built, so no formatting per request).
+fn to_origin_form<B>(request: &mut Request<B>, target: &Target) {
+    *request.uri_mut() = target.origin.clone();
+    request.headers_mut().insert(HOST, target.host.clone());
+}
