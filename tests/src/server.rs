@@ -158,7 +158,10 @@ pub(crate) async fn serve<I>(
         async move { Ok::<_, Infallible>(respond(req, conn_id, &conn, &options, &stats).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())

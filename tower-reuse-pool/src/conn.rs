@@ -257,17 +257,24 @@ pub(crate) struct Http2Conn<B> {
 }
 
 impl<B> Http2Conn<B> {
-    pub(crate) fn capacity(&self) -> usize {
+    /// Streams this connection may carry: the server's limit once its
+    /// SETTINGS have been seen, until then the limit this target's servers
+    /// advertised before (`learned`), or one stream.
+    pub(crate) fn capacity(&self, learned: Option<usize>) -> usize {
         use std::sync::atomic::Ordering::Acquire;
-        if self.settled.load(Acquire) {
+        if self.is_settled() {
             self.max_streams.load(Acquire)
         } else {
-            1
+            learned.unwrap_or(1)
         }
     }
 
-    pub(crate) fn has_room(&self) -> bool {
-        !self.life.is_draining() && !self.tx.is_closed() && self.streams < self.capacity()
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn has_room(&self, learned: Option<usize>) -> bool {
+        !self.life.is_draining() && !self.tx.is_closed() && self.streams < self.capacity(learned)
     }
 }
 

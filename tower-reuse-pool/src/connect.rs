@@ -121,6 +121,11 @@ where
     }
 }
 
+/// The stream limit assumed until the server's SETTINGS arrive. A connection
+/// whose limit still reads this has not been heard from (or the server chose
+/// this very value): it carries one stream until its first response.
+const ASSUMED_MAX_STREAMS: usize = 100;
+
 /// Connector, then HTTP/1.1 or HTTP/2 handshake; spawns the connection task.
 async fn open<C, B>(
     mut connector: C,
@@ -150,13 +155,15 @@ where
     if h2 {
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_max_send_streams(ASSUMED_MAX_STREAMS)
             .handshake(io)
             .await
             .map_err(|e| Error::handshake(target, e))?;
-        let initial = conn.current_max_send_streams();
+        // The server's SETTINGS may already have been read.
+        let now = conn.current_max_send_streams();
         let parts = Http2Parts {
-            max_streams: Arc::new(AtomicUsize::new(initial)),
-            settled: Arc::new(AtomicBool::new(false)),
+            max_streams: Arc::new(AtomicUsize::new(now)),
+            settled: Arc::new(AtomicBool::new(now != ASSUMED_MAX_STREAMS)),
         };
         tokio::spawn(drive_h2(
             Box::pin(conn),
@@ -203,7 +210,7 @@ async fn drive_h2<F, B>(
     F: Future<Output = hyper::Result<()>> + MaxStreams,
     B: Send + 'static,
 {
-    let mut last = max_streams.load(Ordering::Acquire);
+    let mut last = ASSUMED_MAX_STREAMS;
     let result = poll_fn(|cx| {
         let polled = conn.as_mut().poll(cx);
         let now = conn.max_send_streams();

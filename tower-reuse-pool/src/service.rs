@@ -158,12 +158,12 @@ where
         self.read_targets().values().cloned().collect()
     }
 
-    /// Forget targets with nothing open and no recent use.
+    /// Forget targets with nothing open and no use for `idle_timeout` or a
+    /// minute, whichever is longer (their counts go with them).
     pub(crate) fn forget_idle_targets(&self, now: tokio::time::Instant) {
         let config = self.common.config.load();
-        let quiet = config
-            .idle_timeout
-            .unwrap_or(std::time::Duration::from_secs(60));
+        let minute = std::time::Duration::from_secs(60);
+        let quiet = config.idle_timeout.map_or(minute, |idle| idle.max(minute));
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
         targets.retain(|_, pool| !pool.is_forgettable(now, quiet));
     }

@@ -177,6 +177,9 @@ struct State<B> {
     protocol: Option<Protocol>,
     /// Last seen HTTP/2 stream limit, to judge how much a connect covers.
     h2_streams_hint: usize,
+    /// The stream limit this target's servers advertised, once one has;
+    /// new connections carry that many streams before their own SETTINGS.
+    h2_learned: Option<usize>,
     /// Rotation replacements that arrived while the connection to retire was checked out.
     retirements_due: usize,
     prewarm_backoff: Option<(Instant, Duration)>,
@@ -261,6 +264,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 open: 0,
                 protocol,
                 h2_streams_hint: 100,
+                h2_learned: None,
                 retirements_due: 0,
                 prewarm_backoff: None,
                 last_active: Instant::now(),
@@ -341,7 +345,8 @@ impl<B: Send + 'static> TargetPool<B> {
         now: Instant,
         fx: &mut Effects,
     ) -> Option<Granted<B>> {
-        if let Some(conn) = state.h2.iter_mut().find(|c| c.has_room()) {
+        let learned = state.h2_learned;
+        if let Some(conn) = state.h2.iter_mut().find(|c| c.has_room(learned)) {
             conn.streams += 1;
             let idle_for = conn.life.checkout(now);
             let reused = conn.life.served > 1;
@@ -356,7 +361,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 reused,
                 idle_for: idle_for.filter(|_| reused),
                 revalidate: false,
-                settling: conn.capacity() == 1 && !conn.settled.load(Ordering::Acquire),
+                settling: !conn.is_settled(),
                 dedicated: false,
             });
         }
@@ -458,7 +463,7 @@ impl<B: Send + 'static> TargetPool<B> {
                         let settling: usize = state
                             .h2
                             .iter()
-                            .filter(|c| !c.life.is_draining() && c.capacity() == 1)
+                            .filter(|c| !c.life.is_draining() && !c.is_settled())
                             .map(|c| state.h2_streams_hint.saturating_sub(c.streams))
                             .sum();
                         state.connecting * state.h2_streams_hint + settling
@@ -666,7 +671,11 @@ impl<B: Send + 'static> TargetPool<B> {
                     state.idle.push(conn);
                 }
                 (Lease::Http2 { tx, .. }, Some(parts)) => {
-                    state.h2_streams_hint = parts.max_streams.load(Ordering::Acquire).max(1);
+                    if parts.settled.load(Ordering::Acquire) {
+                        let limit = parts.max_streams.load(Ordering::Acquire).max(1);
+                        state.h2_streams_hint = limit;
+                        state.h2_learned = Some(limit);
+                    }
                     state.h2.push(Http2Conn {
                         tx,
                         life,
@@ -836,6 +845,7 @@ impl<B: Send + 'static> TargetPool<B> {
             let mut state = self.lock();
             let config = self.config_of(&state);
             state.h2_streams_hint = limit.max(1);
+            state.h2_learned = Some(limit.max(1));
             self.dispatch(&mut state, &config, now, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
         }

@@ -1,0 +1,335 @@
+//! Timing logic on paused tokio time, over the in-memory connector:
+//! expiry, rotation, pre-warming, waiting, backpressure.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::time::{Instant, advance};
+use tower::{Layer, Service, ServiceExt};
+use tower_reuse_pool::events::CloseReason;
+use tower_reuse_pool::{ConnectionInfo, ErrorKind, Pool, PoolConfig, PoolLayer, TargetSnapshot};
+use tower_reuse_tests::duplex::DuplexConnector;
+use tower_reuse_tests::server::ServerOptions;
+use tower_reuse_tests::{get, send};
+
+const URL: &str = "http://pool.test/";
+
+fn client(connector: DuplexConnector, config: PoolConfig) -> Pool<DuplexConnector> {
+    PoolLayer::<Full<Bytes>>::new(config)
+        .unwrap()
+        .layer(connector)
+}
+
+/// Let spawned tasks (connection tasks, the reaper) run at the current instant.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn only(client: &Pool<DuplexConnector>) -> TargetSnapshot {
+    let snapshot = client.control().snapshot();
+    assert_eq!(snapshot.targets.len(), 1, "{snapshot:?}");
+    snapshot.targets[0].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn evicts_idle_connection_exactly_at_idle_timeout() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default().idle_timeout(Some(Duration::from_secs(10))),
+    );
+    send(&mut client, get(URL, 1)).await.unwrap();
+    settle().await;
+    assert_eq!(only(&client).idle(), 1);
+    advance(Duration::from_secs(10) - Duration::from_millis(1)).await;
+    settle().await;
+    assert_eq!(only(&client).idle(), 1, "expired early");
+    advance(Duration::from_millis(1)).await;
+    settle().await;
+    let snapshot = only(&client);
+    assert_eq!(snapshot.idle(), 0, "not expired at the deadline");
+    assert_eq!(snapshot.closed(CloseReason::IdleTimeout), 1);
+    settle().await;
+    assert_eq!(connector.stats.open(), 0, "the socket was closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn honours_the_servers_keep_alive_timeout() {
+    let connector = DuplexConnector::new(ServerOptions {
+        keep_alive_hint: Some(2),
+        ..ServerOptions::default()
+    });
+    let mut client = client(connector, PoolConfig::default());
+    send(&mut client, get(URL, 1)).await.unwrap();
+    // timeout=2 less a 400 ms margin: expire at 1.6 s, before the server.
+    advance(Duration::from_millis(1599)).await;
+    settle().await;
+    assert_eq!(only(&client).idle(), 1);
+    advance(Duration::from_millis(1)).await;
+    settle().await;
+    assert_eq!(only(&client).closed(CloseReason::IdleTimeout), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotates_at_max_lifetime_before_breaking() {
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delay(Duration::from_millis(50));
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .max_lifetime(Some(Duration::from_secs(30)))
+            .lifetime_jitter(0.0),
+    );
+    let (parts, _) = send(&mut client, get(URL, 1)).await.unwrap();
+    let first = parts.extensions.get::<ConnectionInfo>().unwrap().id();
+    advance(Duration::from_secs(30)).await;
+    settle().await;
+    // The replacement connects while the old connection still serves.
+    assert_eq!(only(&client).connecting(), 1, "{:?}", only(&client));
+    assert_eq!(only(&client).idle(), 1);
+    advance(Duration::from_millis(50)).await;
+    settle().await;
+    let snapshot = only(&client);
+    assert_eq!(snapshot.closed(CloseReason::MaxLifetime), 1);
+    assert_eq!(snapshot.idle(), 1);
+    let start = Instant::now();
+    let (parts, _) = send(&mut client, get(URL, 2)).await.unwrap();
+    let info = parts.extensions.get::<ConnectionInfo>().unwrap();
+    assert_ne!(info.id(), first);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the request paid for a handshake"
+    );
+    assert_eq!(connector.attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prewarms_min_idle_and_backs_off_on_failure() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default().min_idle_per_target(3),
+    );
+    send(&mut client, get(URL, 1)).await.unwrap();
+    settle().await;
+    // Three pre-warmed while the first served its request, which came back.
+    assert_eq!(only(&client).idle(), 4);
+    // Idle expiry keeps the warm minimum.
+    advance(Duration::from_secs(120)).await;
+    settle().await;
+    assert_eq!(only(&client).idle(), 3);
+    assert_eq!(only(&client).closed(CloseReason::IdleTimeout), 1);
+    assert_eq!(
+        connector.attempts.load(Ordering::SeqCst),
+        4,
+        "{:?}",
+        only(&client)
+    );
+
+    // Connects fail: refills back off instead of looping.
+    connector.refuse.store(true, Ordering::SeqCst);
+    let held: Vec<_> = futures_lite_join(&client, 4).await;
+    drop(held);
+    let before = connector.attempts.load(Ordering::SeqCst);
+    advance(Duration::from_secs(1)).await;
+    settle().await;
+    let after = connector.attempts.load(Ordering::SeqCst);
+    assert!(
+        after - before < 10,
+        "{} connect attempts in 1 s",
+        after - before
+    );
+}
+
+/// Check out `n` connections at once and hold their responses.
+async fn futures_lite_join(
+    client: &Pool<DuplexConnector>,
+    n: u64,
+) -> Vec<Result<http::Response<tower_reuse_pool::PoolBody>, tower_reuse_pool::Error>> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut client = client.clone();
+        set.spawn(async move { client.ready().await?.call(get(URL, i)).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkout_times_out_exactly_and_frees_its_place() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector,
+        PoolConfig::default()
+            .max_connections_per_target(Some(1))
+            .checkout_timeout(Some(Duration::from_secs(2))),
+    );
+    let held = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(URL, 1))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let err = send(&mut client, get(URL, 2)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CheckoutTimeout);
+    assert!(err.is_timeout());
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(only(&client).waiting(), 0);
+    held.into_body().collect().await.unwrap();
+    send(&mut client, get(URL, 3)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_fifo_and_limited() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let client = client(
+        connector,
+        PoolConfig::default()
+            .max_connections_per_target(Some(1))
+            .max_waiters_per_target(Some(3)),
+    );
+    let held = client.clone().oneshot(get(URL, 0)).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 1..=3u64 {
+        let client = client.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let response = client.oneshot(get(URL, i)).await.unwrap();
+            response.into_body().collect().await.unwrap();
+            tx.send(i).unwrap();
+        });
+        settle().await;
+    }
+    assert_eq!(only(&client).waiting(), 3);
+    let err = client.clone().oneshot(get(URL, 4)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooManyWaiters);
+    held.into_body().collect().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(rx.recv().await.unwrap());
+    }
+    assert_eq!(order, [1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_waiter_does_not_cancel_the_shared_connect() {
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delay(Duration::from_millis(100));
+    let client = client(connector.clone(), PoolConfig::default());
+    let first = tokio::spawn(client.clone().oneshot(get(URL, 1)));
+    settle().await;
+    assert_eq!(only(&client).connecting(), 1);
+    advance(Duration::from_millis(60)).await;
+    first.abort();
+    let _ = first.await;
+    settle().await;
+    assert_eq!(only(&client).waiting(), 0);
+    assert_eq!(only(&client).connecting(), 1, "the connect was cancelled");
+    let start = Instant::now();
+    let second = client.clone().oneshot(get(URL, 2)).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(40),
+        "the second request did not get the first one's connect"
+    );
+    second.into_body().collect().await.unwrap();
+    assert_eq!(connector.attempts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_error_reaches_every_waiter_without_a_storm() {
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delay(Duration::from_millis(10));
+    connector.refuse.store(true, Ordering::SeqCst);
+    let client = client(
+        connector.clone(),
+        PoolConfig::default().max_connecting_per_target(Some(2)),
+    );
+    let results = futures_lite_join(&client, 20).await;
+    assert_eq!(results.len(), 20);
+    for result in results {
+        let err = result.unwrap_err();
+        assert!(err.is_connect(), "{err:?}");
+    }
+    let attempts = connector.attempts.load(Ordering::SeqCst);
+    assert!(attempts <= 2, "{attempts} connects for one failing burst");
+    assert_eq!(only(&client).waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_applies_backpressure_and_clones_do_not_inherit_it() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector,
+        PoolConfig::default().max_requests_in_flight(Some(1)),
+    );
+    let held = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(URL, 1))
+        .await
+        .unwrap();
+
+    let mut waiting = tokio_test_task(client.clone());
+    settle().await;
+    assert!(
+        !waiting.is_finished(),
+        "poll_ready was ready past the limit"
+    );
+    held.into_body().collect().await.unwrap();
+    settle().await;
+    assert!(waiting.is_finished(), "poll_ready was not woken");
+    (&mut waiting).await.unwrap();
+
+    // A ready service's clone is not ready: the permit stays with the original.
+    let mut ready = client.clone();
+    std::future::poll_fn(|cx| ready.poll_ready(cx))
+        .await
+        .unwrap();
+    let mut clone = ready.clone();
+    let err = clone.call(get(URL, 2)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    let response = ready.call(get(URL, 3)).await.unwrap();
+    response.into_body().collect().await.unwrap();
+}
+
+fn tokio_test_task(mut client: Pool<DuplexConnector>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        client.ready().await.unwrap();
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_pool_does_not_wake_the_reaper() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector,
+        PoolConfig::default().idle_timeout(Some(Duration::from_secs(1))),
+    );
+    send(&mut client, get(URL, 1)).await.unwrap();
+    advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(only(&client).idle(), 0);
+    // With nothing left to expire, time can pass with no timer pending: the
+    // runtime's auto-advance would otherwise jump to the reaper's next wake.
+    let before = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(before.elapsed(), Duration::from_secs(3600));
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert!(
+        metrics.num_alive_tasks() <= 2,
+        "{} tasks alive",
+        metrics.num_alive_tasks()
+    );
+}
