@@ -41,6 +41,10 @@
 //! # Ok(()) }
 //! ```
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod body;
 mod config;
 mod conn;

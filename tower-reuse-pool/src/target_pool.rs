@@ -1010,7 +1010,7 @@ fn start_rotation(
     now: Instant,
     fx: &mut Effects,
 ) {
-    if life.rotating || !life.lifetime_deadline().is_some_and(|d| d <= now) {
+    if life.rotating || life.lifetime_deadline().is_none_or(|d| d > now) {
         return;
     }
     life.rotating = true;
