@@ -16,6 +16,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
+use tower_layer::Layer;
+use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
 use tower_service::Service;
 
 pub use connector::{
@@ -122,6 +124,7 @@ enum Inner {
     Legacy(Client<LabConnector, Full<Bytes>>),
     RawHttp1(Mutex<Vec<http1::SendRequest<Full<Bytes>>>>),
     RawHttp2(http2::SendRequest<Full<Bytes>>),
+    Reuse(Pool<LabConnector, Full<Bytes>>),
 }
 
 impl fmt::Debug for Inner {
@@ -131,6 +134,7 @@ impl fmt::Debug for Inner {
             Inner::Legacy(_) => "Legacy",
             Inner::RawHttp1(_) => "RawHttp1",
             Inner::RawHttp2(_) => "RawHttp2",
+            Inner::Reuse(_) => "Reuse",
         })
     }
 }
@@ -164,9 +168,13 @@ impl Stack {
                 Inner::Legacy(builder.build(connector))
             }
             StackKind::Reuse => {
-                return Err(StackError(
-                    "reuse: tower-reuse-pool is not wired into reuse-lab yet".into(),
-                ));
+                // The pool's defaults, no per-scenario tuning; h2c needs prior
+                // knowledge (over TLS, ALPN decides).
+                let h2c = protocol == Protocol::Http2 && !target.is_tls();
+                let config = PoolConfig::default().http2_prior_knowledge(h2c);
+                let layer = PoolLayer::new(config)
+                    .map_err(|e| StackError(format!("reuse: invalid pool config: {e}")))?;
+                Inner::Reuse(layer.layer(connector))
             }
             StackKind::Raw => match protocol {
                 Protocol::Http1 => {
@@ -200,7 +208,10 @@ impl Stack {
     /// Requests the stack retried on its own and reported (0 for stacks that
     /// do not report retries).
     pub fn retries(&self) -> u64 {
-        0
+        match &self.inner {
+            Inner::Reuse(pool) => pool.control().snapshot().total(|t| t.retries()),
+            _ => 0,
+        }
     }
 
     /// Whether one client can be shared by any number of concurrent tasks
@@ -231,6 +242,7 @@ impl Stack {
             },
             Inner::Legacy(client) => WorkerClient::Legacy(client.clone()),
             Inner::RawHttp2(sender) => WorkerClient::RawHttp2(sender.clone()),
+            Inner::Reuse(pool) => WorkerClient::Reuse(pool.clone()),
             Inner::RawHttp1(_) => return None,
         })
     }

@@ -13,6 +13,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
+use tower_reuse_pool::Pool;
 use tower_service::Service;
 
 use super::{BoxError, LabConnector, Protocol};
@@ -37,6 +38,8 @@ pub enum WorkerClient {
     RawHttp1(http1::SendRequest<Full<Bytes>>),
     /// A handle on the shared pre-established HTTP/2 connection.
     RawHttp2(http2::SendRequest<Full<Bytes>>),
+    /// A clone of this workspace's pool.
+    Reuse(Pool<LabConnector, Full<Bytes>>),
 }
 
 /// A response read to the end.
@@ -166,6 +169,22 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+fn pool_error(e: tower_reuse_pool::Error) -> RequestError {
+    let kind = if e.is_connect() {
+        RequestErrorKind::Connect
+    } else if e.is_timeout() {
+        RequestErrorKind::Timeout
+    } else {
+        match classify_boxed(&e) {
+            RequestErrorKind::Other if e.kind() == tower_reuse_pool::ErrorKind::Closed => {
+                RequestErrorKind::Closed
+            }
+            kind => kind,
+        }
+    };
+    RequestError::new(kind, chain(&e))
+}
+
 fn connect_error(e: BoxError) -> RequestError {
     RequestError::new(RequestErrorKind::Connect, e.to_string())
 }
@@ -256,6 +275,13 @@ impl WorkerClient {
             WorkerClient::RawHttp2(sender) => {
                 sender.ready().await.map_err(hyper_error)?;
                 let response = sender.send_request(request).await.map_err(hyper_error)?;
+                complete(response).await
+            }
+            WorkerClient::Reuse(pool) => {
+                std::future::poll_fn(|cx| pool.poll_ready(cx))
+                    .await
+                    .map_err(pool_error)?;
+                let response = pool.call(request).await.map_err(pool_error)?;
                 complete(response).await
             }
         }
