@@ -82,9 +82,10 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
     for scenario in config.scenarios {
         let scenario = Arc::new(scenario);
         let mut stacks = Vec::new();
+        let mut scenario_skipped = Vec::new();
         for &kind in &config.stacks {
             match scenario.skip_reason(kind) {
-                Some(why) => skipped.push(skip(&scenario, kind, why)),
+                Some(why) => scenario_skipped.push(skip(&scenario, kind, why)),
                 None => stacks.push(kind),
             }
         }
@@ -122,7 +123,6 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
             ));
         }
         let mut scenario_runs = Vec::new();
-        let mut scenario_skipped = Vec::new();
         for (kind, row) in rows {
             match row {
                 Row::Done(r) => scenario_runs.push(*r),
