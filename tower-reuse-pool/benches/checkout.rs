@@ -17,10 +17,17 @@
 //! through its throughput. Every stack is driven the same way, so the
 //! differences are the stacks' own per-request costs.
 //!
-//! The server (hyper-util's auto server, HTTP/1.1 and h2c, a 2-byte body)
-//! runs on its own single-threaded tokio runtime and thread; the clients
-//! share another single-threaded runtime on the bench thread: two threads
-//! for a two-core machine.
+//! The server is hyper-util's auto server (HTTP/1.1 and h2c, a 2-byte
+//! body). The clients share a single-threaded tokio runtime on the bench
+//! thread. Both groups run twice:
+//!
+//! - as named: the server on its own single-threaded runtime and thread, two
+//!   threads for a two-core machine. A sequential request then pays two
+//!   cross-thread wake-ups, which on a VM with idle vCPUs can cost far more
+//!   than the stacks themselves (and vary with the machine's other load);
+//! - `*_one_thread`: the server as a task on the clients' runtime. Nothing
+//!   sleeps during a request, so the figure is the CPU cost of client plus
+//!   server, and differences between stacks are their own per-request cost.
 //!
 //! Run with `cargo bench -p tower-reuse-pool --bench checkout`.
 
@@ -30,7 +37,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use http::header::{ACCEPT, HOST};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
@@ -49,13 +57,14 @@ use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
 /// Requests in flight per iteration in the `concurrent_32` group.
 const CONCURRENCY: usize = 32;
 /// Requests sent through every stack before criterion's own warm-up.
-const WARM_UP_REQUESTS: usize = 200;
+const WARM_UP_REQUESTS: u64 = 256;
 
 type ReqBody = Full<Bytes>;
 
 /// The pre-parsed parts every stack builds its requests from.
 #[derive(Clone)]
 struct Template {
+    addr: SocketAddr,
     /// Absolute form, for the pool and the legacy client.
     absolute: Uri,
     /// Origin form and a `Host` header, for raw HTTP/1.1 connections (what
@@ -68,6 +77,7 @@ struct Template {
 impl Template {
     fn new(addr: SocketAddr) -> Self {
         Template {
+            addr,
             absolute: format!("http://{addr}/").parse().expect("valid uri"),
             origin: Uri::from_static("/"),
             host: HeaderValue::from_str(&addr.to_string()).expect("valid host"),
@@ -156,6 +166,26 @@ impl Stack for LegacyClient {
     }
 }
 
+/// Accept connections on `listener` and serve each with hyper-util's auto
+/// server (HTTP/1.1 and h2c), answering every request with `ok`.
+async fn serve(listener: TcpListener) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = listener.accept().await.expect("accept");
+        stream.set_nodelay(true).expect("nodelay");
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            // Connections end when the bench process exits.
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// Start the server on its own thread and runtime; returns its address.
 fn start_server() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -170,25 +200,19 @@ fn start_server() -> SocketAddr {
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 tx.send(listener.local_addr().expect("local addr"))
                     .expect("report address");
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                loop {
-                    let (stream, _) = listener.accept().await.expect("accept");
-                    stream.set_nodelay(true).expect("nodelay");
-                    let builder = builder.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(|_req| async {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                        });
-                        // Connections end when the bench process exits.
-                        let _ = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
+                serve(listener).await;
             });
         })
         .expect("spawn server thread");
     rx.recv().expect("server address")
+}
+
+/// Start the server as a task on the calling runtime; returns its address.
+async fn local_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(serve(listener));
+    addr
 }
 
 fn connector() -> HttpConnector {
@@ -266,86 +290,64 @@ async fn concurrent<S: Stack>(handles: &mut Vec<S>, template: &Template, iters: 
     start.elapsed()
 }
 
-fn bench_sequential(c: &mut Criterion, rt: &Runtime, template: &Template, addr: SocketAddr) {
-    let mut group = c.benchmark_group("sequential");
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
+
+/// Warm `stack` up, then measure one request at a time through it.
+fn measure_sequential<S: Stack>(
+    group: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    stack: &mut S,
+    template: &Template,
+) {
+    rt.block_on(sequential(stack, template, WARM_UP_REQUESTS));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| rt.block_on(sequential(stack, template, iters)))
+    });
+}
+
+/// Warm `handles` up, then measure rounds of one request per handle.
+fn measure_concurrent<S: Stack>(
+    group: &mut Group<'_>,
+    rt: &Runtime,
+    name: &str,
+    handles: &mut Vec<S>,
+    template: &Template,
+) {
+    let rounds = WARM_UP_REQUESTS / handles.len() as u64;
+    rt.block_on(concurrent(handles, template, rounds));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| rt.block_on(concurrent(handles, template, iters)))
+    });
+}
+
+fn bench_sequential(c: &mut Criterion, rt: &Runtime, template: &Template, topology: &str) {
+    let addr = template.addr;
+    let mut group = c.benchmark_group(format!("sequential{topology}"));
     group.throughput(Throughput::Elements(1));
-
-    let mut run = |name: &str, stack: &mut dyn FnMut(u64) -> Duration| {
-        group.bench_function(name, |b| b.iter_custom(&mut *stack));
-    };
-
-    let mut pool_h1 = pool(false);
-    rt.block_on(sequential(&mut pool_h1, template, WARM_UP_REQUESTS as u64));
-    run("pool_h1", &mut |iters| {
-        rt.block_on(sequential(&mut pool_h1, template, iters))
-    });
-
-    let mut pool_h2c = pool(true);
-    rt.block_on(sequential(&mut pool_h2c, template, WARM_UP_REQUESTS as u64));
-    run("pool_h2c", &mut |iters| {
-        rt.block_on(sequential(&mut pool_h2c, template, iters))
-    });
-
-    let mut raw_h1 = rt.block_on(raw_h1(addr));
-    rt.block_on(sequential(&mut raw_h1, template, WARM_UP_REQUESTS as u64));
-    run("raw_h1", &mut |iters| {
-        rt.block_on(sequential(&mut raw_h1, template, iters))
-    });
-
-    let mut raw_h2c = rt.block_on(raw_h2c(addr));
-    rt.block_on(sequential(&mut raw_h2c, template, WARM_UP_REQUESTS as u64));
-    run("raw_h2c", &mut |iters| {
-        rt.block_on(sequential(&mut raw_h2c, template, iters))
-    });
-
-    let mut legacy_h1 = legacy(false);
-    rt.block_on(sequential(
-        &mut legacy_h1,
-        template,
-        WARM_UP_REQUESTS as u64,
-    ));
-    run("legacy_h1", &mut |iters| {
-        rt.block_on(sequential(&mut legacy_h1, template, iters))
-    });
-
-    let mut legacy_h2c = legacy(true);
-    rt.block_on(sequential(
-        &mut legacy_h2c,
-        template,
-        WARM_UP_REQUESTS as u64,
-    ));
-    run("legacy_h2c", &mut |iters| {
-        rt.block_on(sequential(&mut legacy_h2c, template, iters))
-    });
-
+    let t = template;
+    measure_sequential(&mut group, rt, "pool_h1", &mut pool(false), t);
+    measure_sequential(&mut group, rt, "pool_h2c", &mut pool(true), t);
+    let mut raw = rt.block_on(raw_h1(addr));
+    measure_sequential(&mut group, rt, "raw_h1", &mut raw, t);
+    let mut raw = rt.block_on(raw_h2c(addr));
+    measure_sequential(&mut group, rt, "raw_h2c", &mut raw, t);
+    measure_sequential(&mut group, rt, "legacy_h1", &mut legacy(false), t);
+    measure_sequential(&mut group, rt, "legacy_h2c", &mut legacy(true), t);
     group.finish();
 }
 
-fn bench_concurrent(c: &mut Criterion, rt: &Runtime, template: &Template, addr: SocketAddr) {
-    let mut group = c.benchmark_group(format!("concurrent_{CONCURRENCY}"));
+fn bench_concurrent(c: &mut Criterion, rt: &Runtime, template: &Template, topology: &str) {
+    let addr = template.addr;
+    let mut group = c.benchmark_group(format!("concurrent_{CONCURRENCY}{topology}"));
     group.throughput(Throughput::Elements(CONCURRENCY as u64));
-    let warm_rounds = (WARM_UP_REQUESTS / CONCURRENCY) as u64;
-
-    let mut run = |name: &str, stack: &mut dyn FnMut(u64) -> Duration| {
-        group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter_custom(&mut *stack)
-        });
-    };
-
-    // Clones share one pool; each task holds its own clone, as the raw
-    // stack holds its own connection.
+    let t = template;
+    // Clones share one pool (or one legacy client); each task holds its own
+    // handle, as each raw task holds its own connection.
     let mut pools = vec![pool(false); CONCURRENCY];
-    rt.block_on(concurrent(&mut pools, template, warm_rounds));
-    run("pool_h1", &mut |iters| {
-        rt.block_on(concurrent(&mut pools, template, iters))
-    });
-
+    measure_concurrent(&mut group, rt, "pool_h1", &mut pools, t);
     let mut pools = vec![pool(true); CONCURRENCY];
-    rt.block_on(concurrent(&mut pools, template, warm_rounds));
-    run("pool_h2c", &mut |iters| {
-        rt.block_on(concurrent(&mut pools, template, iters))
-    });
-
+    measure_concurrent(&mut group, rt, "pool_h2c", &mut pools, t);
     let mut raws = rt.block_on(async {
         let mut raws = Vec::with_capacity(CONCURRENCY);
         for _ in 0..CONCURRENCY {
@@ -353,23 +355,13 @@ fn bench_concurrent(c: &mut Criterion, rt: &Runtime, template: &Template, addr: 
         }
         raws
     });
-    rt.block_on(concurrent(&mut raws, template, warm_rounds));
-    run("raw_h1", &mut |iters| {
-        rt.block_on(concurrent(&mut raws, template, iters))
-    });
-
+    measure_concurrent(&mut group, rt, "raw_h1", &mut raws, t);
     let mut legacies = vec![legacy(false); CONCURRENCY];
-    rt.block_on(concurrent(&mut legacies, template, warm_rounds));
-    run("legacy_h1", &mut |iters| {
-        rt.block_on(concurrent(&mut legacies, template, iters))
-    });
-
+    measure_concurrent(&mut group, rt, "legacy_h1", &mut legacies, t);
     group.finish();
 }
 
 fn main() {
-    let addr = start_server();
-    let template = Template::new(addr);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -377,9 +369,17 @@ fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
+        .sample_size(20)
         .configure_from_args();
-    bench_sequential(&mut c, &rt, &template, addr);
-    bench_concurrent(&mut c, &rt, &template, addr);
+    // Server on its own thread: every sequential request pays two
+    // cross-thread wake-ups.
+    let template = Template::new(start_server());
+    bench_sequential(&mut c, &rt, &template, "");
+    bench_concurrent(&mut c, &rt, &template, "");
+    // Server on the client's runtime: nothing sleeps during a request, so
+    // the figures are CPU cost (client plus server), free of wake-up latency.
+    let template = Template::new(rt.block_on(local_server()));
+    bench_sequential(&mut c, &rt, &template, "_one_thread");
+    bench_concurrent(&mut c, &rt, &template, "_one_thread");
     c.final_summary();
 }
