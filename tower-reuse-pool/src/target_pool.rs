@@ -947,6 +947,12 @@ impl<B: Send + 'static> TargetPool<B> {
             if let Some((until, _)) = state.prewarm_backoff {
                 soonest(Some(until));
             }
+            // Connections checked out now come back with an idle deadline no
+            // sooner than this: waking here keeps check-ins from waking the
+            // reaper on every request.
+            if state.open > 0 {
+                soonest(config.idle_timeout.map(|idle| now + idle));
+            }
         }
         self.finish(fx);
         next
