@@ -5,7 +5,6 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::Poll;
 
 use http::Uri;
 use http_body::Body;
@@ -17,7 +16,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::PoolConfig;
-use crate::conn::{Http1Conn, Lifecycle, Protocol};
+use crate::conn::{ConnId, Http1Conn, Lifecycle, Protocol};
 use crate::error::{BoxError, Error};
 use crate::events::{ConnectFailed, ConnectReason, ConnectStarted, Connected};
 use crate::target_pool::{Dial, Grant, Granted, Http2Parts, Lease, TargetPool};
@@ -55,13 +54,8 @@ where
             };
             let duration = start.elapsed();
             match opened {
-                Ok((lease, parts)) => {
-                    let protocol = if parts.is_some() {
-                        Protocol::Http2
-                    } else {
-                        Protocol::Http1
-                    };
-                    let id = lease.id();
+                Ok((id, opened)) => {
+                    let protocol = opened.protocol();
                     #[cfg(feature = "tracing")]
                     tracing::debug!(target = %pool.target, %id, ?protocol, ?duration, "connected");
                     pool.common.events.on_connect(&Connected {
@@ -81,14 +75,9 @@ where
                     match direct {
                         Some(grant) => {
                             pool.dedicated_done(true);
-                            let lease = match lease {
-                                Lease::Http1(mut conn) => {
-                                    conn.life = life;
-                                    Lease::Http1(conn)
-                                }
-                                Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => {
-                                    Lease::Dedicated2 { tx, life }
-                                }
+                            let lease = match opened {
+                                Opened::Http1(tx) => Lease::Http1(Http1Conn { tx, life }),
+                                Opened::Http2(tx, _) => Lease::Dedicated2 { tx, life },
                             };
                             let mut granted = Granted::fresh(lease, protocol);
                             granted.dedicated = true;
@@ -96,7 +85,7 @@ where
                                 pool.release_dedicated(granted.lease);
                             }
                         }
-                        None => pool.connected(lease, parts, life, reason),
+                        None => pool.connected(opened, life, reason),
                     }
                 }
                 Err(error) => {
@@ -126,12 +115,28 @@ where
 /// this very value): it carries one stream until its first response.
 const ASSUMED_MAX_STREAMS: usize = 100;
 
+/// A connection just opened, before the pool gives it a lifecycle.
+#[derive(Debug)]
+pub(crate) enum Opened<B> {
+    Http1(http1::SendRequest<B>),
+    Http2(http2::SendRequest<B>, Http2Parts),
+}
+
+impl<B> Opened<B> {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Opened::Http1(_) => Protocol::Http1,
+            Opened::Http2(..) => Protocol::Http2,
+        }
+    }
+}
+
 /// Connector, then HTTP/1.1 or HTTP/2 handshake; spawns the connection task.
 async fn open<C, B>(
     mut connector: C,
     pool: &Arc<TargetPool<B>>,
     config: &PoolConfig,
-) -> Result<(Lease<B>, Option<Http2Parts>), Error>
+) -> Result<(ConnId, Opened<B>), Error>
 where
     C: Service<Uri> + Send + 'static,
     C::Response: Read + Write + Connection + Unpin + Send + 'static,
@@ -172,7 +177,7 @@ where
             weak,
             id,
         ));
-        Ok((Lease::Http2 { tx, id }, Some(parts)))
+        Ok((id, Opened::Http2(tx, parts)))
     } else {
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
@@ -184,15 +189,7 @@ where
                 pool.connection_ended(id, result.is_ok());
             }
         });
-        let placeholder =
-            Lifecycle::established(id, Protocol::Http1, Instant::now(), config, false);
-        Ok((
-            Lease::Http1(Http1Conn {
-                tx,
-                life: placeholder,
-            }),
-            None,
-        ))
+        Ok((id, Opened::Http1(tx)))
     }
 }
 
@@ -205,7 +202,7 @@ async fn drive_h2<F, B>(
     max_streams: Arc<AtomicUsize>,
     settled: Arc<AtomicBool>,
     pool: Weak<TargetPool<B>>,
-    id: crate::conn::ConnId,
+    id: ConnId,
 ) where
     F: Future<Output = hyper::Result<()>> + MaxStreams,
     B: Send + 'static,
@@ -222,10 +219,7 @@ async fn drive_h2<F, B>(
                 pool.h2_capacity_changed(now);
             }
         }
-        match polled {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => Poll::Pending,
-        }
+        polled
     })
     .await;
     if let Some(pool) = pool.upgrade() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONNECTION, HOST};
+use http::header::HOST;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -20,7 +20,7 @@ use crate::body::{BodyGuard, PoolBody};
 use crate::conn::Protocol;
 use crate::error::{BoxError, Error};
 use crate::events::{CheckedOut, Retried, RetryReason};
-use crate::hints::ServerHints;
+use crate::hints::{self, ServerHints};
 use crate::info::ConnectionInfo;
 use crate::target::Target;
 use crate::target_pool::{Granted, Lease, Outcome, TargetPool};
@@ -240,7 +240,7 @@ where
         }
     }
     prepare(&mut req, checkout.protocol, &checkout.pool.host);
-    let client_close = has_close(&req);
+    let client_close = hints::has_token(req.headers(), "close");
     let replayable = may_retry
         && retried.is_none()
         && req.body().is_end_stream()
@@ -394,15 +394,6 @@ fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue
         }
         Protocol::Http2 => *req.version_mut() = Version::HTTP_2,
     }
-}
-
-fn has_close<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -30,7 +30,8 @@ impl ServerHints {
     }
 }
 
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a `Connection` header lists `token`.
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()

@@ -1,6 +1,7 @@
 //! The pool key: scheme, authority and an optional partition.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
@@ -45,7 +46,7 @@ impl fmt::Debug for Partition {
 /// Where a connection goes: scheme + authority + optional [`Partition`].
 ///
 /// Connections are pooled per target and never cross targets.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     scheme: Scheme,
     authority: Authority,
@@ -129,6 +130,23 @@ impl Target {
     }
 }
 
+/// Hashed on every request: the authority goes to the hasher in bulk rather
+/// than a byte at a time (as `Authority`'s own `Hash` does), lowercased so
+/// that it agrees with `Authority`'s case-insensitive equality.
+impl Hash for Target {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.scheme.hash(state);
+        let mut buf = [0u8; 64];
+        for chunk in self.authority.as_str().as_bytes().chunks(buf.len()) {
+            let lower = &mut buf[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            state.write(lower);
+        }
+        self.partition.hash(state);
+    }
+}
+
 /// Prints `scheme://authority`, never the partition.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -145,5 +163,31 @@ impl fmt::Debug for Target {
             d.field("partition", &"..");
         }
         d.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn authorities_differing_in_case_are_one_target() {
+        let upper = Target::from_uri(&"http://Example.COM:8080/".parse().unwrap(), None).unwrap();
+        let lower = Target::from_uri(&"http://example.com:8080/x".parse().unwrap(), None).unwrap();
+        assert_eq!(upper, lower);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&upper), hasher.hash_one(&lower));
+        let long = format!("http://{}.example:1/", "A".repeat(100));
+        let a = Target::from_uri(&long.parse().unwrap(), None).unwrap();
+        let b = Target::from_uri(&long.to_lowercase().parse().unwrap(), None).unwrap();
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        let tenant = Target::from_uri(
+            &"http://example.com:8080/".parse().unwrap(),
+            Some(Partition::new("t")),
+        )
+        .unwrap();
+        assert_ne!(tenant, lower);
     }
 }

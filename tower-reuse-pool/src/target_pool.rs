@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol};
+use crate::connect::Opened;
 use crate::control::TargetSnapshot;
 use crate::error::Error;
 use crate::events::{CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents};
@@ -283,13 +284,18 @@ impl<B: Send + 'static> TargetPool<B> {
     /// The configuration in force for this target.
     pub(crate) fn config(&self) -> Arc<PoolConfig> {
         let state = self.lock();
-        self.config_of(&state)
-    }
-
-    fn config_of(&self, state: &State<B>) -> Arc<PoolConfig> {
         match &state.override_config {
             Some(config) => config.clone(),
             None => self.common.config.load_full(),
+        }
+    }
+
+    /// Without a per-target override (the common case) this costs no
+    /// reference-count traffic: a guard, not an `Arc` clone.
+    fn config_of(&self, state: &State<B>) -> ConfigRef {
+        match &state.override_config {
+            Some(config) => ConfigRef::Target(config.clone()),
+            None => ConfigRef::Pool(self.common.config.load()),
         }
     }
 
@@ -644,8 +650,7 @@ impl<B: Send + 'static> TargetPool<B> {
     /// A new connection is ready.
     pub(crate) fn connected(
         self: &Arc<Self>,
-        lease: Lease<B>,
-        h2: Option<Http2Parts>,
+        opened: Opened<B>,
         life: Lifecycle,
         reason: ConnectReason,
     ) {
@@ -665,12 +670,9 @@ impl<B: Send + 'static> TargetPool<B> {
             if reason == ConnectReason::Rotation {
                 self.retire_one(&mut state, now, &mut fx);
             }
-            match (lease, h2) {
-                (Lease::Http1(mut conn), _) => {
-                    conn.life = life;
-                    state.idle.push(conn);
-                }
-                (Lease::Http2 { tx, .. }, Some(parts)) => {
+            match opened {
+                Opened::Http1(tx) => state.idle.push(Http1Conn { tx, life }),
+                Opened::Http2(tx, parts) => {
                     if parts.settled.load(Ordering::Acquire) {
                         let limit = parts.max_streams.load(Ordering::Acquire).max(1);
                         state.h2_streams_hint = limit;
@@ -683,9 +685,6 @@ impl<B: Send + 'static> TargetPool<B> {
                         max_streams: parts.max_streams,
                         settled: parts.settled,
                     });
-                }
-                (Lease::Http2 { .. } | Lease::Dedicated2 { .. }, _) => {
-                    unreachable!("pooled HTTP/2 connections carry their parts")
                 }
             }
             self.dispatch(&mut state, &config, now, &mut fx);
@@ -757,7 +756,6 @@ impl<B: Send + 'static> TargetPool<B> {
                 }
             }
             // Drained idle connections close now.
-            let config = self.config_of(&state);
             let mut i = 0;
             while i < state.idle.len() {
                 if state.idle[i].life.is_draining() {
@@ -769,7 +767,6 @@ impl<B: Send + 'static> TargetPool<B> {
                     i += 1;
                 }
             }
-            let _ = config;
         }
         for tx in failed {
             let _ = tx.send(Err(error.clone()));
@@ -1025,6 +1022,23 @@ fn start_rotation(
         fx.connects.push(ConnectReason::Rotation);
     } else {
         life.drain();
+    }
+}
+
+/// The configuration in force for a target.
+enum ConfigRef {
+    Pool(arc_swap::Guard<Arc<PoolConfig>>),
+    Target(Arc<PoolConfig>),
+}
+
+impl std::ops::Deref for ConfigRef {
+    type Target = PoolConfig;
+
+    fn deref(&self) -> &PoolConfig {
+        match self {
+            ConfigRef::Pool(guard) => guard,
+            ConfigRef::Target(config) => config,
+        }
     }
 }
 
