@@ -87,12 +87,20 @@ impl TargetSnapshot {
 pub struct PoolSnapshot {
     /// Per-target counts, in no particular order.
     pub targets: Vec<TargetSnapshot>,
+    pub(crate) reaper_wakeups: u64,
 }
 
 impl PoolSnapshot {
     /// The snapshot of `target`, if the pool knows it.
     pub fn target(&self, target: &Target) -> Option<&TargetSnapshot> {
         self.targets.iter().find(|t| &t.target == target)
+    }
+
+    /// How many times the pool's expiry task has woken so far: the pool's
+    /// own background cost. It wakes for deadlines, not per request, and not
+    /// at all while nothing is pooled.
+    pub fn reaper_wakeups(&self) -> u64 {
+        self.reaper_wakeups
     }
 
     /// Sum of `f` over every target.

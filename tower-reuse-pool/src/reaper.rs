@@ -43,6 +43,7 @@ where
         let Some(shared) = weak.upgrade() else {
             return;
         };
+        shared.common.reaper_wakeups.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let next = shared
             .target_pools()

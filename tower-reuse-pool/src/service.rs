@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
@@ -182,6 +183,7 @@ where
     fn snapshot(&self) -> PoolSnapshot {
         PoolSnapshot {
             targets: self.target_pools().iter().map(|p| p.snapshot()).collect(),
+            reaper_wakeups: self.common.reaper_wakeups.load(Ordering::Relaxed),
         }
     }
 

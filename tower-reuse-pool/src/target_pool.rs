@@ -40,6 +40,7 @@ pub(crate) struct Common {
     pub(crate) reaper_next: AtomicU64,
     pub(crate) epoch: Instant,
     pub(crate) reaper_started: std::sync::atomic::AtomicBool,
+    pub(crate) reaper_wakeups: AtomicU64,
 }
 
 impl Common {
@@ -52,6 +53,7 @@ impl Common {
             reaper_next: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             reaper_started: std::sync::atomic::AtomicBool::new(false),
+            reaper_wakeups: AtomicU64::new(0),
         }
     }
 
