@@ -42,6 +42,22 @@ where
     Ok((parts, body))
 }
 
+/// Run `work(0)` .. `work(n - 1)` as concurrent tasks and collect their
+/// outputs in order; a panic in any of them fails the caller.
+pub async fn concurrently<F, Fut, T>(n: u64, work: F) -> Vec<T>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(work(i))).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.expect("a worker panicked"));
+    }
+    outputs
+}
+
 /// The `x-request-id` a response echoed.
 pub fn echoed_id(parts: &http::response::Parts) -> Option<u64> {
     parts

@@ -202,10 +202,9 @@ async fn respond(
     options: &ServerOptions,
     stats: &ServerStats,
 ) -> Response<Full<Bytes>> {
-    let in_flight = conn.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    conn.in_flight.fetch_add(1, Ordering::SeqCst);
     let total = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     stats.peak_in_flight.fetch_max(total, Ordering::SeqCst);
-    let _ = in_flight;
     *conn.last_activity.lock().expect("not poisoned") = Instant::now();
     let served = conn.requests.fetch_add(1, Ordering::SeqCst) + 1;
     stats.requests.fetch_add(1, Ordering::SeqCst);

@@ -1,16 +1,14 @@
 //! The pool over real HTTP/1.1 servers on loopback.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
-use tower_reuse_pool::events::{CloseReason, PoolEvents, Retried};
+use tower_reuse_pool::events::CloseReason;
 use tower_reuse_pool::{ConnectionInfo, ErrorKind, Partition, PoolConfig, PoolLayer, Target};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
-use tower_reuse_tests::{echoed_id, get, pool, send, server_conn};
+use tower_reuse_tests::{concurrently, echoed_id, get, pool, send, server_conn};
 
 #[tokio::test]
 async fn reuses_one_connection_for_sequential_requests() {
@@ -51,21 +49,18 @@ async fn steady_load_opens_at_most_one_connection_per_worker() {
     let server = TestServer::start(ServerOptions::default()).await;
     let client = pool(PoolConfig::default());
     let workers = 16;
-    let mut tasks = Vec::new();
-    for w in 0..workers {
+    concurrently(workers, |w| {
         let mut client = client.clone();
         let url = server.url("/");
-        tasks.push(tokio::spawn(async move {
+        async move {
             for i in 0..50 {
                 let id = w * 1000 + i;
                 let (parts, _) = send(&mut client, get(&url, id)).await.unwrap();
                 assert_eq!(echoed_id(&parts), Some(id));
             }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+        }
+    })
+    .await;
     assert!(
         server.stats.accepted() <= workers,
         "opened {} connections for {workers} workers",
@@ -82,11 +77,10 @@ async fn responses_match_requests_under_concurrent_cancellations() {
     })
     .await;
     let client = pool(PoolConfig::default());
-    let mut tasks = Vec::new();
-    for w in 0..16u64 {
+    let completed: u64 = concurrently(16u64, |w| {
         let mut client = client.clone();
         let url = server.url("/");
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut completed = 0;
             for i in 0..40u64 {
                 let id = w * 1000 + i;
@@ -103,12 +97,11 @@ async fn responses_match_requests_under_concurrent_cancellations() {
                 }
             }
             completed
-        }));
-    }
-    let mut completed = 0;
-    for task in tasks {
-        completed += task.await.unwrap();
-    }
+        }
+    })
+    .await
+    .into_iter()
+    .sum();
     assert!(completed > 0);
     // Every connection is accounted for: nothing leaked as active.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -206,15 +199,6 @@ async fn kill_switch_gives_every_request_a_new_connection() {
     assert!(parts.extensions.get::<ConnectionInfo>().unwrap().reused());
 }
 
-#[derive(Debug, Default)]
-struct CountRetries(AtomicU64);
-
-impl PoolEvents for CountRetries {
-    fn on_retry(&self, _event: &Retried<'_>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// The keep-alive race: the server closes connections idle for 1 s while
 /// requests arrive every 0.5 to 1.5 s. No GET may fail.
 #[tokio::test]
@@ -224,16 +208,13 @@ async fn server_idle_close_race_fails_no_get() {
         ..ServerOptions::default()
     })
     .await;
-    let retries = Arc::new(CountRetries::default());
     // Independent clients, so that each one's gaps are its connection's gaps.
-    let mut tasks = Vec::new();
-    for w in 0..4u64 {
+    concurrently(4u64, |w| {
         let mut client = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
             .unwrap()
-            .shared_events(retries.clone())
             .layer(hyper_util::client::legacy::connect::HttpConnector::new());
         let url = server.url("/");
-        tasks.push(tokio::spawn(async move {
+        async move {
             for i in 0..8u64 {
                 let gap = 500 + fastrand_like(w * 100 + i) % 1000;
                 tokio::time::sleep(Duration::from_millis(gap)).await;
@@ -242,11 +223,9 @@ async fn server_idle_close_race_fails_no_get() {
                     .unwrap_or_else(|e| panic!("GET failed in the keep-alive race: {e:?}"));
                 assert_eq!(echoed_id(&parts), Some(w * 100 + i));
             }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+        }
+    })
+    .await;
     assert!(
         server.stats.accepted() > 1,
         "the server did close idle connections"

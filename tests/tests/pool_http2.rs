@@ -4,26 +4,23 @@ use std::time::Duration;
 
 use tower_reuse_pool::{ConnectionInfo, PoolConfig, Protocol};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
-use tower_reuse_tests::{echoed_id, get, pool, send};
+use tower_reuse_tests::{concurrently, echoed_id, get, pool, send};
 
 #[tokio::test]
 async fn multiplexes_requests_on_one_connection() {
     let server = TestServer::start(ServerOptions::default()).await;
     let client = pool(PoolConfig::default().http2_prior_knowledge(true));
-    let mut tasks = Vec::new();
-    for i in 0..32u64 {
+    concurrently(32u64, |i| {
         let mut client = client.clone();
         let url = server.url("/");
-        tasks.push(tokio::spawn(async move {
+        async move {
             let (parts, _) = send(&mut client, get(&url, i)).await.unwrap();
             assert_eq!(echoed_id(&parts), Some(i));
             let info = parts.extensions.get::<ConnectionInfo>().unwrap().clone();
             assert_eq!(info.protocol(), Protocol::Http2);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+        }
+    })
+    .await;
     assert_eq!(server.stats.accepted(), 1);
 }
 
@@ -40,18 +37,15 @@ async fn opens_connections_up_to_the_servers_stream_limit() {
     send(&mut client.clone(), get(&server.url("/"), 0))
         .await
         .unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..16u64 {
+    concurrently(16u64, |i| {
         let mut client = client.clone();
         let url = server.url("/");
-        tasks.push(tokio::spawn(async move {
+        async move {
             let (parts, _) = send(&mut client, get(&url, i)).await.unwrap();
             assert_eq!(echoed_id(&parts), Some(i));
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+        }
+    })
+    .await;
     // 16 concurrent streams at 4 per connection: 4 connections, all used
     // to their limit, none beyond.
     assert_eq!(server.stats.accepted(), 4);
@@ -75,17 +69,14 @@ async fn scale_out_can_be_switched_off() {
             .http2_prior_knowledge(true)
             .http2_scale_out(false),
     );
-    let mut tasks = Vec::new();
-    for i in 0..8u64 {
+    concurrently(8u64, |i| {
         let mut client = client.clone();
         let url = server.url("/");
-        tasks.push(tokio::spawn(async move {
+        async move {
             send(&mut client, get(&url, i)).await.unwrap();
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+        }
+    })
+    .await;
     assert_eq!(server.stats.accepted(), 1);
     assert!(server.stats.peak_in_flight() <= 2);
 }

@@ -12,7 +12,7 @@ use tower_reuse_pool::events::CloseReason;
 use tower_reuse_pool::{ConnectionInfo, ErrorKind, Pool, PoolConfig, PoolLayer, TargetSnapshot};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::ServerOptions;
-use tower_reuse_tests::{get, send};
+use tower_reuse_tests::{concurrently, get, send};
 
 const URL: &str = "http://pool.test/";
 
@@ -133,7 +133,7 @@ async fn prewarms_min_idle_and_backs_off_on_failure() {
 
     // Connects fail: refills back off instead of looping.
     connector.refuse.store(true, Ordering::SeqCst);
-    let held: Vec<_> = futures_lite_join(&client, 4).await;
+    let held = call_all(&client, 4).await;
     drop(held);
     let before = connector.attempts.load(Ordering::SeqCst);
     advance(Duration::from_secs(1)).await;
@@ -146,21 +146,12 @@ async fn prewarms_min_idle_and_backs_off_on_failure() {
     );
 }
 
-/// Check out `n` connections at once and hold their responses.
-async fn futures_lite_join(
+/// Call the pool `n` times at once; the responses come back unread.
+async fn call_all(
     client: &Pool<DuplexConnector>,
     n: u64,
 ) -> Vec<Result<http::Response<tower_reuse_pool::PoolBody>, tower_reuse_pool::Error>> {
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let mut client = client.clone();
-        set.spawn(async move { client.ready().await?.call(get(URL, i)).await });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        out.push(r.unwrap());
-    }
-    out
+    concurrently(n, |i| client.clone().oneshot(get(URL, i))).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -255,7 +246,7 @@ async fn connect_error_reaches_every_waiter_without_a_storm() {
         connector.clone(),
         PoolConfig::default().max_connecting_per_target(Some(2)),
     );
-    let results = futures_lite_join(&client, 20).await;
+    let results = call_all(&client, 20).await;
     assert_eq!(results.len(), 20);
     for result in results {
         let err = result.unwrap_err();
@@ -281,7 +272,10 @@ async fn poll_ready_applies_backpressure_and_clones_do_not_inherit_it() {
         .await
         .unwrap();
 
-    let mut waiting = tokio_test_task(client.clone());
+    let mut blocked = client.clone();
+    let mut waiting = tokio::spawn(async move {
+        blocked.ready().await.unwrap();
+    });
     settle().await;
     assert!(
         !waiting.is_finished(),
@@ -302,12 +296,6 @@ async fn poll_ready_applies_backpressure_and_clones_do_not_inherit_it() {
     assert_eq!(err.kind(), ErrorKind::NotReady);
     let response = ready.call(get(URL, 3)).await.unwrap();
     response.into_body().collect().await.unwrap();
-}
-
-fn tokio_test_task(mut client: Pool<DuplexConnector>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        client.ready().await.unwrap();
-    })
 }
 
 #[tokio::test(start_paused = true)]
