@@ -148,21 +148,30 @@ fn table(runs: &[&RunResult]) -> String {
     t
 }
 
-fn latency_chart(name: &str, runs: &[&RunResult]) -> String {
-    let series: Vec<Series> = runs
-        .iter()
+/// One series per stack, in the stack's colour.
+fn per_stack(
+    runs: &[&RunResult],
+    step: bool,
+    points: impl Fn(&RunResult) -> Vec<(f64, f64)>,
+) -> Vec<Series> {
+    runs.iter()
         .map(|r| Series {
             name: r.stack.clone(),
             color: stack_color(&r.stack),
-            points: r
-                .latency_quantiles_us
-                .iter()
-                .filter(|(_, us)| *us > 0.0)
-                .map(|&(q, us)| (nines(q), us))
-                .collect(),
-            step: false,
+            points: points(r),
+            step,
         })
-        .collect();
+        .collect()
+}
+
+fn latency_chart(name: &str, runs: &[&RunResult]) -> String {
+    let series = per_stack(runs, false, |r| {
+        r.latency_quantiles_us
+            .iter()
+            .filter(|(_, us)| *us > 0.0)
+            .map(|&(q, us)| (nines(q), us))
+            .collect()
+    });
     let x = Axis {
         label: "percentile".into(),
         log: false,
@@ -187,19 +196,12 @@ fn latency_chart(name: &str, runs: &[&RunResult]) -> String {
 }
 
 fn open_chart(name: &str, runs: &[&RunResult]) -> String {
-    let series: Vec<Series> = runs
-        .iter()
-        .map(|r| Series {
-            name: r.stack.clone(),
-            color: stack_color(&r.stack),
-            points: r
-                .open_connections
-                .iter()
-                .map(|s| (s.at_s.max(0.0), s.open as f64))
-                .collect(),
-            step: true,
-        })
-        .collect();
+    let series = per_stack(runs, true, |r| {
+        r.open_connections
+            .iter()
+            .map(|s| (s.at_s.max(0.0), s.open as f64))
+            .collect()
+    });
     line_chart(
         &format!("{name}: open connections over time"),
         &Axis::linear("seconds from load start"),
