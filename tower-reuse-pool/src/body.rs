@@ -63,15 +63,19 @@ impl Body for PoolBody {
             Some(Ok(_)) => None,
             Some(Err(_)) => Some(Outcome::Failed),
         };
-        let mut target = None;
-        if let Some(outcome) = outcome {
-            if let Some(guard) = this.guard.take() {
-                target = Some(guard.target().clone());
-                guard.release(outcome);
-            }
-            this.permit.take();
+        let Some(outcome) = outcome else {
+            return Poll::Ready(polled.map(|frame| frame.map_err(|e| Error::body(None, e))));
+        };
+        let guard = this.guard.take();
+        // The target is named only in an error: no clone on the good path.
+        let polled = polled.map(|frame| {
+            frame.map_err(|e| Error::body(guard.as_deref().map(BodyGuard::target), e))
+        });
+        if let Some(guard) = guard {
+            guard.release(outcome);
         }
-        Poll::Ready(polled.map(|frame| frame.map_err(|e| Error::body(target.as_ref(), e))))
+        this.permit.take();
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -223,7 +223,6 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let target = checkout.pool.target.clone();
     let revalidate = checkout.revalidate;
     if let Lease::Http1(conn) = checkout.lease() {
         if revalidate {
@@ -232,10 +231,12 @@ where
         }
         if conn.tx.ready().await.is_err() {
             // Closed while idle: nothing was sent, another connection may take it.
-            let reused = checkout.reused;
+            let error = Error::closed(
+                &checkout.pool.target,
+                "the connection closed before the request was sent",
+            );
+            let retry = checkout.reused.then_some((RetryReason::Unwritten, req));
             checkout.finish(Outcome::Failed);
-            let error = Error::closed(&target, "the connection closed before the request was sent");
-            let retry = reused.then_some((RetryReason::Unwritten, req));
             return Exchange::Failed { error, retry };
         }
     }
@@ -260,7 +261,6 @@ where
                 checkout.reused,
                 unwritten.is_some(),
             );
-            checkout.finish(outcome);
             let written = unwritten.is_none();
             let again = match (reason, unwritten) {
                 (Some(RetryReason::Unwritten), Some(req)) => Some(req),
@@ -269,10 +269,9 @@ where
             };
             let retry = reason.zip(again).filter(|_| may_retry && retried.is_none());
             let processed = written && reason != Some(RetryReason::RefusedStream);
-            Exchange::Failed {
-                error: Error::send(&target, error, processed),
-                retry,
-            }
+            let error = Error::send(&checkout.pool.target, error, processed);
+            checkout.finish(outcome);
+            Exchange::Failed { error, retry }
         }
     }
 }

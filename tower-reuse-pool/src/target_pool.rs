@@ -485,6 +485,9 @@ impl<B: Send + 'static> TargetPool<B> {
             fx.connects.push(ConnectReason::Demand);
         }
         // Pre-warm: keep `min_idle_per_target` connections idle.
+        if config.min_idle_per_target == 0 {
+            return;
+        }
         let idle = state.idle.len() + state.h2.iter().filter(|c| c.streams == 0).count();
         let backoff = state.prewarm_backoff.is_some_and(|(until, _)| until > now);
         if let Some((until, _)) = state.prewarm_backoff.filter(|_| backoff) {
