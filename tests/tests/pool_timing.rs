@@ -327,3 +327,24 @@ async fn check_ins_do_not_wake_the_reaper_per_request() {
     let woke = client.control().snapshot().reaper_wakeups();
     assert!(woke <= 3, "the reaper woke {woke} times for 100 requests");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_configured_before_its_first_request_still_expires() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(connector, PoolConfig::default());
+    let target = tower_reuse_pool::Target::from_uri(&URL.parse().unwrap(), None).unwrap();
+    client
+        .control()
+        .set_target_config(
+            &target,
+            Some(PoolConfig::default().idle_timeout(Some(Duration::from_secs(5)))),
+        )
+        .unwrap();
+    send(&mut client, get(URL, 1)).await.unwrap();
+    settle().await;
+    assert_eq!(only(&client).idle(), 1);
+    advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(only(&client).closed(CloseReason::IdleTimeout), 1);
+    assert_eq!(only(&client).idle(), 0);
+}

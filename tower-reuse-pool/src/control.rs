@@ -115,7 +115,9 @@ pub(crate) trait Controlled: Send + Sync {
     fn snapshot(&self) -> PoolSnapshot;
     fn config(&self) -> Arc<PoolConfig>;
     fn set_config(&self, config: PoolConfig);
-    fn set_target_config(&self, target: &Target, config: Option<PoolConfig>);
+    /// Creates the target if need be, through the one path that also starts
+    /// the reaper; hence the `Arc` receiver.
+    fn set_target_config(self: Arc<Self>, target: &Target, config: Option<PoolConfig>);
 }
 
 /// A handle to read and steer a running pool; cheap to clone.
@@ -172,7 +174,7 @@ impl PoolControl {
         config: Option<PoolConfig>,
     ) -> Result<(), ConfigError> {
         let config = config.map(PoolConfig::validate).transpose()?;
-        self.inner.set_target_config(target, config);
+        self.inner.clone().set_target_config(target, config);
         Ok(())
     }
 

@@ -196,22 +196,8 @@ where
         self.common.reaper_wake.notify_one();
     }
 
-    fn set_target_config(&self, target: &Target, config: Option<PoolConfig>) {
-        // Needs an `Arc<Self>` to create the target; `PoolControl` holds one.
-        let pool = self.read_targets().get(target).cloned();
-        match pool {
-            Some(pool) => pool.set_override(config.map(Arc::new)),
-            None => {
-                let dial: Arc<dyn Dial<B>> = self.dialer.clone();
-                let pool = Arc::new(TargetPool::new(target.clone(), self.common.clone(), dial));
-                pool.set_override(config.map(Arc::new));
-                self.targets
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(target.clone())
-                    .or_insert(pool);
-            }
-        }
+    fn set_target_config(self: Arc<Self>, target: &Target, config: Option<PoolConfig>) {
+        self.target_pool(target).set_override(config.map(Arc::new));
     }
 }
 
