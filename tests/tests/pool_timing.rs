@@ -348,3 +348,36 @@ async fn a_target_configured_before_its_first_request_still_expires() {
     assert_eq!(only(&client).closed(CloseReason::IdleTimeout), 1);
     assert_eq!(only(&client).idle(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_rotation_still_retires_a_busy_connection() {
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delay(Duration::from_millis(50));
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .max_lifetime(Some(Duration::from_secs(30)))
+            .lifetime_jitter(0.0),
+    );
+    send(&mut client, get(URL, 1)).await.unwrap();
+    connector.refuse.store(true, Ordering::SeqCst);
+    advance(Duration::from_secs(30)).await;
+    settle().await;
+    assert_eq!(only(&client).connecting(), 1, "the rotation started");
+    // The old connection is busy when the replacement fails.
+    let held = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(URL, 2))
+        .await
+        .unwrap();
+    advance(Duration::from_millis(50)).await;
+    settle().await;
+    assert_eq!(only(&client).connect_errors(), 1);
+    held.into_body().collect().await.unwrap();
+    settle().await;
+    let snapshot = only(&client);
+    assert_eq!(snapshot.closed(CloseReason::MaxLifetime), 1, "{snapshot:?}");
+    assert_eq!(snapshot.idle(), 0);
+}

@@ -742,12 +742,9 @@ impl<B: Send + 'static> TargetPool<B> {
                     state.prewarm_backoff = Some((now + jittered, backoff));
                     fx.wake_reaper = Some(now + jittered);
                 }
-                ConnectReason::Rotation => {
-                    // Break before make: the old connection retires anyway.
-                    if let Some(conn) = state.idle.iter_mut().find(|c| c.life.rotating) {
-                        conn.life.drain();
-                    }
-                }
+                // Break before make: the old connection retires anyway,
+                // exactly as if its replacement had come up.
+                ConnectReason::Rotation => self.retire_one(&mut state, now, &mut fx),
                 _ => {}
             }
             let covered = if state.protocol.is_none() {
@@ -758,18 +755,6 @@ impl<B: Send + 'static> TargetPool<B> {
             while state.waiters.len() > covered {
                 if let Some(waiter) = state.waiters.pop_front() {
                     failed.push(waiter.tx);
-                }
-            }
-            // Drained idle connections close now.
-            let mut i = 0;
-            while i < state.idle.len() {
-                if state.idle[i].life.is_draining() {
-                    let mut conn = state.idle.remove(i);
-                    state.open -= 1;
-                    state.counters.closed[CloseReason::MaxLifetime.index()] += 1;
-                    fx.close(&mut conn.life, CloseReason::MaxLifetime, now);
-                } else {
-                    i += 1;
                 }
             }
         }
