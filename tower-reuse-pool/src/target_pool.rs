@@ -191,6 +191,21 @@ struct State<B> {
     override_config: Option<Arc<PoolConfig>>,
 }
 
+impl<B> State<B> {
+    /// Account for a connection that left the pool, and report it.
+    fn closed(
+        &mut self,
+        life: &mut Lifecycle,
+        reason: CloseReason,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        self.open -= 1;
+        self.counters.closed[reason.index()] += 1;
+        fx.close(life, reason, now);
+    }
+}
+
 /// One target's pool.
 pub(crate) struct TargetPool<B> {
     pub(crate) target: Target,
@@ -381,9 +396,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 } else {
                     CloseReason::ServerClosed
                 };
-                state.open -= 1;
-                state.counters.closed[reason.index()] += 1;
-                fx.close(&mut conn.life, reason, now);
+                state.closed(&mut conn.life, reason, now, fx);
                 continue;
             }
             let revalidate = conn.life.needs_revalidation(now, config);
@@ -587,9 +600,7 @@ impl<B: Send + 'static> TargetPool<B> {
         });
         fx.checkin = Some((conn.life.id, reason.is_none()));
         if let Some(reason) = reason {
-            state.open -= 1;
-            state.counters.closed[reason.index()] += 1;
-            fx.close(&mut conn.life, reason, now);
+            state.closed(&mut conn.life, reason, now, fx);
             return;
         }
         start_rotation(&mut state.connecting, config, &mut conn.life, now, fx);
@@ -601,9 +612,7 @@ impl<B: Send + 'static> TargetPool<B> {
             .max_idle_per_target
             .is_some_and(|max| state.idle.len() >= max)
         {
-            state.open -= 1;
-            state.counters.closed[CloseReason::OverLimit.index()] += 1;
-            fx.close(&mut conn.life, CloseReason::OverLimit, now);
+            state.closed(&mut conn.life, CloseReason::OverLimit, now, fx);
             return;
         }
         if let Some(deadline) = conn.life.idle_deadline(config) {
@@ -643,9 +652,7 @@ impl<B: Send + 'static> TargetPool<B> {
                     .life
                     .retire_reason(config)
                     .unwrap_or(CloseReason::ServerClosed);
-                state.open -= 1;
-                state.counters.closed[reason.index()] += 1;
-                fx.close(&mut conn.life, reason, now);
+                state.closed(&mut conn.life, reason, now, fx);
             } else if let Some(deadline) = conn.life.idle_deadline(config) {
                 fx.wake_reaper = Some(deadline);
             }
@@ -707,9 +714,7 @@ impl<B: Send + 'static> TargetPool<B> {
     fn retire_one(&self, state: &mut State<B>, now: Instant, fx: &mut Effects) {
         if let Some(pos) = state.idle.iter().position(|c| c.life.rotating) {
             let mut conn = state.idle.remove(pos);
-            state.open -= 1;
-            state.counters.closed[CloseReason::MaxLifetime.index()] += 1;
-            fx.close(&mut conn.life, CloseReason::MaxLifetime, now);
+            state.closed(&mut conn.life, CloseReason::MaxLifetime, now, fx);
         } else if let Some(conn) = state
             .h2
             .iter_mut()
@@ -800,9 +805,7 @@ impl<B: Send + 'static> TargetPool<B> {
             let config = self.config_of(&state);
             if let Some(pos) = state.idle.iter().position(|c| c.life.id == id) {
                 let mut conn = state.idle.remove(pos);
-                state.open -= 1;
-                state.counters.closed[CloseReason::ServerClosed.index()] += 1;
-                fx.close(&mut conn.life, CloseReason::ServerClosed, now);
+                state.closed(&mut conn.life, CloseReason::ServerClosed, now, &mut fx);
             } else if let Some(pos) = state.h2.iter().position(|c| c.life.id == id) {
                 let conn = &mut state.h2[pos];
                 conn.life.drain();
@@ -813,9 +816,7 @@ impl<B: Send + 'static> TargetPool<B> {
                     } else {
                         CloseReason::ServerClosed
                     };
-                    state.open -= 1;
-                    state.counters.closed[reason.index()] += 1;
-                    fx.close(&mut conn.life, reason, now);
+                    state.closed(&mut conn.life, reason, now, &mut fx);
                 }
             }
             self.plan(&mut state, &config, now, &mut fx);
@@ -893,9 +894,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 };
                 if let Some(reason) = reason {
                     let mut conn = state.idle.remove(i);
-                    state.open -= 1;
-                    state.counters.closed[reason.index()] += 1;
-                    fx.close(&mut conn.life, reason, now);
+                    state.closed(&mut conn.life, reason, now, &mut fx);
                     continue;
                 }
                 start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
@@ -916,9 +915,7 @@ impl<B: Send + 'static> TargetPool<B> {
                     .filter(|_| conn.streams == 0);
                 if conn.streams == 0 && idle_deadline.is_some_and(|d| d <= now) {
                     let mut conn = state.h2.swap_remove(i);
-                    state.open -= 1;
-                    state.counters.closed[CloseReason::IdleTimeout.index()] += 1;
-                    fx.close(&mut conn.life, CloseReason::IdleTimeout, now);
+                    state.closed(&mut conn.life, CloseReason::IdleTimeout, now, &mut fx);
                     continue;
                 }
                 soonest(idle_deadline);
