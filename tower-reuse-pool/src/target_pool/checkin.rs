@@ -1,0 +1,155 @@
+//! Requests giving their leases back: connections return to the pool, go
+//! to the next waiter, or close.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Effects, Lease, Outcome, State, TargetPool, start_rotation};
+use crate::config::PoolConfig;
+use crate::conn::{ConnId, Http1Conn};
+use crate::events::CloseReason;
+
+impl<B: Send + 'static> TargetPool<B> {
+    /// A request gives its lease back.
+    pub(crate) fn release(self: &Arc<Self>, lease: Lease<B>, outcome: Outcome) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.last_active = now;
+            match lease {
+                Lease::Http1(conn) => {
+                    self.release_h1(&mut state, &config, conn, outcome, now, &mut fx)
+                }
+                Lease::Http2 { id, .. } => {
+                    self.release_h2(&mut state, &config, id, outcome, now, &mut fx)
+                }
+                Lease::Dedicated2 { .. } => {
+                    unreachable!("dedicated leases go to release_dedicated")
+                }
+            }
+            self.dispatch(&mut state, &config, now, &mut fx);
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    fn release_h1(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        mut conn: Http1Conn<B>,
+        outcome: Outcome,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        if outcome == Outcome::Unused {
+            conn.life.served -= 1;
+        }
+        conn.life.checkin(now);
+        let reason = match outcome {
+            Outcome::Abandoned => Some(CloseReason::Abandoned),
+            Outcome::Failed => Some(CloseReason::Error),
+            Outcome::GoAway => Some(CloseReason::GoAway),
+            Outcome::Done | Outcome::Unused => conn
+                .life
+                .retire_reason(config)
+                .or_else(|| conn.tx.is_closed().then_some(CloseReason::ServerClosed)),
+        };
+        let reason = reason.or_else(|| {
+            if conn.life.rotating && state.retirements_due > 0 {
+                state.retirements_due -= 1;
+                Some(CloseReason::MaxLifetime)
+            } else {
+                None
+            }
+        });
+        fx.checkin = Some((conn.life.id, reason.is_none()));
+        if let Some(reason) = reason {
+            state.closed(&mut conn.life, reason, now, fx);
+            return;
+        }
+        start_rotation(&mut state.connecting, config, &mut conn.life, now, fx);
+        if !state.waiters.is_empty() {
+            state.idle.push(conn);
+            return; // `dispatch` hands it to the first waiter.
+        }
+        if config
+            .max_idle_per_target
+            .is_some_and(|max| state.idle.len() >= max)
+        {
+            state.closed(&mut conn.life, CloseReason::OverLimit, now, fx);
+            return;
+        }
+        if let Some(deadline) = conn.life.idle_deadline(config) {
+            fx.wake_reaper = Some(deadline);
+        }
+        state.idle.push(conn);
+    }
+
+    fn release_h2(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        id: ConnId,
+        outcome: Outcome,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(pos) = state.h2.iter().position(|c| c.life.id == id) else {
+            return;
+        };
+        let conn = &mut state.h2[pos];
+        conn.streams -= 1;
+        if outcome == Outcome::Unused {
+            conn.life.served -= 1;
+        }
+        conn.life.checkin(now);
+        match outcome {
+            Outcome::GoAway => conn.life.drain(),
+            Outcome::Failed if conn.tx.is_closed() => conn.life.drain(),
+            _ => {}
+        }
+        fx.checkin = Some((id, !conn.life.is_draining()));
+        if conn.streams == 0 {
+            if conn.life.is_draining() || conn.tx.is_closed() {
+                let mut conn = state.h2.swap_remove(pos);
+                let reason = conn
+                    .life
+                    .retire_reason(config)
+                    .unwrap_or(CloseReason::ServerClosed);
+                state.closed(&mut conn.life, reason, now, fx);
+            } else if let Some(deadline) = conn.life.idle_deadline(config) {
+                fx.wake_reaper = Some(deadline);
+            }
+        }
+    }
+
+    /// A dedicated (kill switch) connect finished or failed.
+    pub(crate) fn dedicated_done(&self, opened: bool) {
+        let mut state = self.lock();
+        state.connecting -= 1;
+        if opened {
+            state.counters.opened += 1;
+            state.counters.checkouts += 1;
+        } else {
+            state.counters.connect_errors += 1;
+        }
+    }
+
+    /// A dedicated connection closes after its one request.
+    pub(crate) fn release_dedicated(self: &Arc<Self>, lease: Lease<B>) {
+        let mut life = match lease {
+            Lease::Http1(conn) => conn.life,
+            Lease::Dedicated2 { life, .. } => life,
+            Lease::Http2 { .. } => unreachable!("pooled leases go to release"),
+        };
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        self.lock().counters.closed[CloseReason::KillSwitch.index()] += 1;
+        fx.close(&mut life, CloseReason::KillSwitch, now);
+        self.finish(fx);
+    }
+}

@@ -1,0 +1,185 @@
+//! What connections report: connected, failed to connect, ended, learned
+//! the server's HTTP/2 stream limit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Effects, State, TargetPool};
+use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle};
+use crate::connect::Opened;
+use crate::error::Error;
+use crate::events::{CloseReason, ConnectReason};
+
+impl<B: Send + 'static> TargetPool<B> {
+    /// A new connection is ready.
+    pub(crate) fn connected(
+        self: &Arc<Self>,
+        opened: Opened<B>,
+        life: Lifecycle,
+        reason: ConnectReason,
+    ) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.connecting -= 1;
+            state.open += 1;
+            state.counters.opened += 1;
+            if reason == ConnectReason::Prewarm {
+                state.prewarming -= 1;
+                state.prewarm_backoff = None;
+            }
+            state.protocol.get_or_insert(life.protocol);
+            if reason == ConnectReason::Rotation {
+                self.retire_one(&mut state, now, &mut fx);
+            }
+            match opened {
+                Opened::Http1(tx) => state.idle.push(Http1Conn { tx, life }),
+                Opened::Http2(tx, parts) => {
+                    if parts.settled.load(Ordering::Acquire) {
+                        let limit = parts.max_streams.load(Ordering::Acquire).max(1);
+                        state.h2_streams_hint = limit;
+                        state.h2_learned = Some(limit);
+                    }
+                    state.h2.push(Http2Conn {
+                        tx,
+                        life,
+                        streams: 0,
+                        max_streams: parts.max_streams,
+                        settled: parts.settled,
+                    });
+                }
+            }
+            self.dispatch(&mut state, &config, now, &mut fx);
+            if let Some(conn) = state.idle.last()
+                && let Some(deadline) = conn.life.idle_deadline(&config)
+            {
+                fx.wake_reaper = Some(deadline);
+            }
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    /// A rotation replacement is up: retire the oldest rotating connection.
+    fn retire_one(&self, state: &mut State<B>, now: Instant, fx: &mut Effects) {
+        if let Some(pos) = state.idle.iter().position(|c| c.life.rotating) {
+            let mut conn = state.idle.remove(pos);
+            state.closed(&mut conn.life, CloseReason::MaxLifetime, now, fx);
+        } else if let Some(conn) = state
+            .h2
+            .iter_mut()
+            .find(|c| c.life.rotating && !c.life.is_draining())
+        {
+            conn.life.drain();
+        } else {
+            state.retirements_due += 1;
+        }
+    }
+
+    /// A connect failed: every waiter no other connect covers gets the error.
+    pub(crate) fn connect_failed(self: &Arc<Self>, reason: ConnectReason, error: &Error) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        let mut failed = Vec::new();
+        {
+            let mut state = self.lock();
+            state.connecting -= 1;
+            state.counters.connect_errors += 1;
+            match reason {
+                ConnectReason::Prewarm => {
+                    state.prewarming -= 1;
+                    let backoff = state
+                        .prewarm_backoff
+                        .map_or(Duration::from_millis(100), |(_, b)| {
+                            (b * 2).min(Duration::from_secs(30))
+                        });
+                    let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    state.prewarm_backoff = Some((now + jittered, backoff));
+                    fx.wake_reaper = Some(now + jittered);
+                }
+                // Break before make: the old connection retires anyway,
+                // exactly as if its replacement had come up.
+                ConnectReason::Rotation => self.retire_one(&mut state, now, &mut fx),
+                _ => {}
+            }
+            let covered = if state.protocol.is_none() {
+                0
+            } else {
+                state.connecting
+            };
+            while state.waiters.len() > covered {
+                if let Some(waiter) = state.waiters.pop_front() {
+                    failed.push(waiter.tx);
+                }
+            }
+        }
+        for tx in failed {
+            let _ = tx.send(Err(error.clone()));
+        }
+        self.finish(fx);
+    }
+
+    /// A connection task ended: drop the connection if it sits idle; one
+    /// checked out is closed when it comes back.
+    pub(crate) fn connection_ended(self: &Arc<Self>, id: ConnId, graceful: bool) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            if let Some(pos) = state.idle.iter().position(|c| c.life.id == id) {
+                let mut conn = state.idle.remove(pos);
+                state.closed(&mut conn.life, CloseReason::ServerClosed, now, &mut fx);
+            } else if let Some(pos) = state.h2.iter().position(|c| c.life.id == id) {
+                let conn = &mut state.h2[pos];
+                conn.life.drain();
+                if conn.streams == 0 {
+                    let mut conn = state.h2.swap_remove(pos);
+                    let reason = if graceful {
+                        CloseReason::GoAway
+                    } else {
+                        CloseReason::ServerClosed
+                    };
+                    state.closed(&mut conn.life, reason, now, &mut fx);
+                }
+            }
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    /// The HTTP/2 connection `id` learned the server's settings or a new
+    /// stream limit: serve waiters.
+    pub(crate) fn h2_capacity_changed(self: &Arc<Self>, limit: usize) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.h2_streams_hint = limit.max(1);
+            state.h2_learned = Some(limit.max(1));
+            self.dispatch(&mut state, &config, now, &mut fx);
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    /// The first response on HTTP/2 connection `id` arrived, so its server's
+    /// SETTINGS have been read: its real stream limit applies.
+    pub(crate) fn h2_settled(self: &Arc<Self>, id: ConnId) {
+        let limit = {
+            let state = self.lock();
+            let Some(conn) = state.h2.iter().find(|c| c.life.id == id) else {
+                return;
+            };
+            conn.settled.store(true, Ordering::Release);
+            conn.max_streams.load(Ordering::Acquire)
+        };
+        self.h2_capacity_changed(limit);
+    }
+}

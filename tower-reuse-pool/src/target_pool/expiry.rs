@@ -1,0 +1,130 @@
+//! Deadlines: idle expiry, rotation at max lifetime, pre-warm refills, and
+//! forgetting quiet targets. Driven by the pool's reaper.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Effects, TargetPool};
+use crate::config::PoolConfig;
+use crate::conn::Lifecycle;
+use crate::events::{CloseReason, ConnectReason};
+
+impl<B: Send + 'static> TargetPool<B> {
+    /// Close what has expired, start rotations and pre-warm connects; return
+    /// the next deadline.
+    pub(crate) fn reap(self: &Arc<Self>, now: Instant) -> Option<Instant> {
+        let mut fx = Effects::new();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |d: Option<Instant>| {
+            if let Some(d) = d {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        };
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            let keep = config.min_idle_per_target;
+            let state = &mut *state;
+            // Oldest first; the last `keep` (most recently used) stay warm.
+            let mut i = 0;
+            while i < state.idle.len() {
+                let above_min = state.idle.len() > keep;
+                let conn = &mut state.idle[i];
+                let idle_deadline = conn.life.idle_deadline(&config).filter(|_| above_min);
+                let reason = if conn.tx.is_closed() {
+                    Some(CloseReason::ServerClosed)
+                } else if !config.reuse {
+                    Some(CloseReason::KillSwitch)
+                } else if idle_deadline.is_some_and(|d| d <= now) {
+                    Some(CloseReason::IdleTimeout)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let mut conn = state.idle.remove(i);
+                    state.closed(&mut conn.life, reason, now, &mut fx);
+                    continue;
+                }
+                start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
+                soonest(idle_deadline);
+                soonest(
+                    conn.life
+                        .lifetime_deadline()
+                        .filter(|_| !conn.life.rotating),
+                );
+                i += 1;
+            }
+            let mut i = 0;
+            while i < state.h2.len() {
+                let conn = &mut state.h2[i];
+                let idle_deadline = conn
+                    .life
+                    .idle_deadline(&config)
+                    .filter(|_| conn.streams == 0);
+                if conn.streams == 0 && idle_deadline.is_some_and(|d| d <= now) {
+                    let mut conn = state.h2.swap_remove(i);
+                    state.closed(&mut conn.life, CloseReason::IdleTimeout, now, &mut fx);
+                    continue;
+                }
+                soonest(idle_deadline);
+                start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
+                soonest(
+                    conn.life
+                        .lifetime_deadline()
+                        .filter(|_| !conn.life.rotating),
+                );
+                i += 1;
+            }
+            self.plan(state, &config, now, &mut fx);
+            if let Some((until, _)) = state.prewarm_backoff {
+                soonest(Some(until));
+            }
+            // Connections checked out now come back with an idle deadline no
+            // sooner than this: waking here keeps check-ins from waking the
+            // reaper on every request.
+            if state.open > 0 {
+                soonest(config.idle_timeout.map(|idle| now + idle));
+            }
+        }
+        self.finish(fx);
+        next
+    }
+
+    /// Whether nothing is open, connecting or waiting, and nothing was used
+    /// for `idle`: the pool may forget this target.
+    pub(crate) fn is_forgettable(&self, now: Instant, idle: Duration) -> bool {
+        let state = self.lock();
+        let config = self.config_of(&state);
+        state.open == 0
+            && state.connecting == 0
+            && state.waiters.is_empty()
+            && config.min_idle_per_target == 0
+            && state.override_config.is_none()
+            && now.saturating_duration_since(state.last_active) >= idle
+    }
+}
+
+/// Past its lifetime: start a replacement and keep serving until it is up
+/// (make-before-break). A rotation may exceed `max_connections_per_target` by
+/// the connects in flight, never `max_connecting_per_target`; with no connect
+/// slot free the connection drains instead.
+pub(super) fn start_rotation(
+    connecting: &mut usize,
+    config: &PoolConfig,
+    life: &mut Lifecycle,
+    now: Instant,
+    fx: &mut Effects,
+) {
+    if life.rotating || life.lifetime_deadline().is_none_or(|d| d > now) {
+        return;
+    }
+    life.rotating = true;
+    if *connecting < config.max_connecting() {
+        *connecting += 1;
+        fx.connects.push(ConnectReason::Rotation);
+    } else {
+        life.drain();
+    }
+}
