@@ -74,16 +74,19 @@ async fn honours_the_servers_keep_alive_timeout() {
     assert_eq!(only(&client).closed(CloseReason::IdleTimeout), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rotates_at_max_lifetime_before_breaking() {
+/// Connections live 30 s exactly; connects take 50 ms.
+fn rotating_client() -> (DuplexConnector, Pool<DuplexConnector>) {
     let connector = DuplexConnector::new(ServerOptions::default())
         .with_connect_delay(Duration::from_millis(50));
-    let mut client = client(
-        connector.clone(),
-        PoolConfig::default()
-            .max_lifetime(Some(Duration::from_secs(30)))
-            .lifetime_jitter(0.0),
-    );
+    let config = PoolConfig::default()
+        .max_lifetime(Some(Duration::from_secs(30)))
+        .lifetime_jitter(0.0);
+    (connector.clone(), client(connector, config))
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotates_at_max_lifetime_before_breaking() {
+    let (connector, mut client) = rotating_client();
     let (parts, _) = send(&mut client, get(URL, 1)).await.unwrap();
     let first = parts.extensions.get::<ConnectionInfo>().unwrap().id();
     advance(Duration::from_secs(30)).await;
@@ -351,14 +354,7 @@ async fn a_target_configured_before_its_first_request_still_expires() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_rotation_still_retires_a_busy_connection() {
-    let connector = DuplexConnector::new(ServerOptions::default())
-        .with_connect_delay(Duration::from_millis(50));
-    let mut client = client(
-        connector.clone(),
-        PoolConfig::default()
-            .max_lifetime(Some(Duration::from_secs(30)))
-            .lifetime_jitter(0.0),
-    );
+    let (connector, mut client) = rotating_client();
     send(&mut client, get(URL, 1)).await.unwrap();
     connector.refuse.store(true, Ordering::SeqCst);
     advance(Duration::from_secs(30)).await;
