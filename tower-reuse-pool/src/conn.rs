@@ -53,6 +53,30 @@ impl Protocol {
     }
 }
 
+/// The TLS handshake a connection made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsHandshake {
+    /// A full handshake.
+    Full,
+    /// A full handshake after the server asked for another key share
+    /// (HelloRetryRequest): one more round trip.
+    FullWithRetry,
+    /// A resumed session: no certificate exchange.
+    Resumed,
+}
+
+impl TlsHandshake {
+    /// `"full"`, `"full_with_retry"` or `"resumed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsHandshake::Full => "full",
+            TlsHandshake::FullWithRetry => "full_with_retry",
+            TlsHandshake::Resumed => "resumed",
+        }
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -79,6 +103,8 @@ pub(crate) struct Lifecycle {
     pub(crate) created: Instant,
     pub(crate) last_used: Instant,
     pub(crate) served: u64,
+    /// The TLS handshake, for encrypted connections.
+    pub(crate) tls: Option<TlsHandshake>,
     state: State,
     /// The server's `Keep-Alive: timeout`, less a safety margin.
     server_idle_limit: Option<Duration>,
@@ -110,6 +136,7 @@ impl Lifecycle {
             created: now,
             last_used: now,
             served: 0,
+            tls: None,
             state: State::Idle,
             server_idle_limit: None,
             lifetime_deadline,
@@ -117,6 +144,21 @@ impl Lifecycle {
             reusable: true,
             prewarmed,
         }
+    }
+
+    /// What the connector reported: the TLS handshake, and an age at which
+    /// the connection retires even before `max_lifetime`.
+    pub(crate) fn with_transport(
+        mut self,
+        tls: Option<TlsHandshake>,
+        max_age: Option<Duration>,
+    ) -> Self {
+        self.tls = tls;
+        if let Some(age) = max_age {
+            let cap = self.created + age;
+            self.lifetime_deadline = Some(self.lifetime_deadline.map_or(cap, |d| d.min(cap)));
+        }
+        self
     }
 
     #[cfg(test)]

@@ -1,10 +1,12 @@
-//! Opening connections: the connector, the HTTP handshake, and the task that
-//! drives each connection and reports its end.
+//! Opening connections: the [`Connect`] trait connectors implement, the HTTP
+//! handshake, and the task that drives each connection and reports its end.
 
+use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use http::Uri;
 use http_body::Body;
@@ -16,10 +18,171 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::PoolConfig;
-use crate::conn::{ConnId, Http1Conn, Lifecycle, Protocol};
+use crate::conn::{ConnId, Http1Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::error::{BoxError, Error};
 use crate::events::{ConnectFailed, ConnectReason, ConnectStarted, Connected};
+use crate::target::Target;
 use crate::target_pool::{Dial, Grant, Granted, Http2Parts, Lease, TargetPool};
+
+/// Opens transport connections (TCP, TLS) to a pool's targets.
+///
+/// Every `tower::Service<Uri>` whose response is a hyper IO that reports
+/// [`Connection`] metadata (hyper-util's `HttpConnector`, hyper-rustls'
+/// `HttpsConnector`, ...) is a `Connect`: it is called with
+/// `scheme://authority/`. Implement the trait directly to see the whole
+/// [`Target`] (its [`Partition`](crate::Partition) in particular) and to
+/// report TLS facts, as [`tls::TlsConnector`](crate::tls) does.
+pub trait Connect: Clone + Send + Sync + 'static {
+    /// The connection's byte stream.
+    type Io: Read + Write + Unpin + Send + 'static;
+    /// A connect in progress.
+    type Future: Future<Output = Result<Established<Self::Io>, ConnectError>> + Send + 'static;
+
+    /// Open a connection to `target`.
+    fn connect(&self, target: &Target) -> Self::Future;
+}
+
+impl<S> Connect for S
+where
+    S: Service<Uri> + Clone + Send + Sync + 'static,
+    S::Response: Read + Write + Connection + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Io = S::Response;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Established<S::Response>, ConnectError>> + Send>>;
+
+    fn connect(&self, target: &Target) -> Self::Future {
+        let mut service = self.clone();
+        let uri = target.connect_uri();
+        Box::pin(async move {
+            poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .map_err(ConnectError::transport)?;
+            let io = service.call(uri).await.map_err(ConnectError::transport)?;
+            let h2 = io.connected().is_negotiated_h2();
+            Ok(Established::new(io).negotiated_h2(h2))
+        })
+    }
+}
+
+/// A transport connection a [`Connect`] opened, with what the pool should
+/// know about it.
+#[derive(Debug)]
+pub struct Established<Io> {
+    io: Io,
+    negotiated_h2: bool,
+    tls: Option<TlsHandshake>,
+    max_age: Option<Duration>,
+}
+
+impl<Io> Established<Io> {
+    /// A connection with nothing negotiated (plain TCP, HTTP/1.1 unless the
+    /// pool is told HTTP/2 by prior knowledge).
+    pub fn new(io: Io) -> Self {
+        Established {
+            io,
+            negotiated_h2: false,
+            tls: None,
+            max_age: None,
+        }
+    }
+
+    /// ALPN selected `h2`.
+    #[must_use]
+    pub fn negotiated_h2(mut self, yes: bool) -> Self {
+        self.negotiated_h2 = yes;
+        self
+    }
+
+    /// The TLS handshake this connection made.
+    #[must_use]
+    pub fn tls(mut self, handshake: TlsHandshake) -> Self {
+        self.tls = Some(handshake);
+        self
+    }
+
+    /// Retire the connection (make-before-break, as for `max_lifetime`) at
+    /// this age at the latest.
+    #[must_use]
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// The byte stream.
+    pub fn io(&self) -> &Io {
+        &self.io
+    }
+
+    /// The TLS handshake, if the connection is encrypted.
+    pub fn tls_handshake(&self) -> Option<TlsHandshake> {
+        self.tls
+    }
+}
+
+/// Why a [`Connect`] failed: the transport (DNS, TCP) or the TLS handshake.
+/// The pool reports the first as [`ErrorKind::Connect`](crate::ErrorKind)
+/// and the second as [`ErrorKind::Handshake`](crate::ErrorKind), with this
+/// error's source as the pool error's source.
+pub struct ConnectError {
+    tls: bool,
+    source: BoxError,
+}
+
+impl ConnectError {
+    /// Resolving or connecting failed.
+    pub fn transport(source: impl Into<BoxError>) -> Self {
+        ConnectError {
+            tls: false,
+            source: source.into(),
+        }
+    }
+
+    /// The TLS handshake failed.
+    pub fn tls(source: impl Into<BoxError>) -> Self {
+        ConnectError {
+            tls: true,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the TLS handshake failed (rather than the transport).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn into_error(self, target: &Target) -> Error {
+        if self.tls {
+            Error::tls_handshake(target, self.source)
+        } else {
+            Error::connect(target, self.source)
+        }
+    }
+}
+
+impl fmt::Debug for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectError")
+            .field("tls", &self.tls)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.tls { "tls handshake" } else { "connect" };
+        write!(f, "{what} failed: {}", self.source)
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
 
 /// Opens connections for a pool with a connector `C`.
 #[derive(Debug)]
@@ -29,10 +192,7 @@ pub(crate) struct Dialer<C> {
 
 impl<C, B> Dial<B> for Dialer<C>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -42,19 +202,19 @@ where
             target: &pool.target,
             reason,
         });
-        let connector = self.connector.clone();
+        let connecting = self.connector.connect(&pool.target);
         tokio::spawn(async move {
             let start = Instant::now();
             let config = pool.config();
             let opened = match config.connect_timeout {
-                Some(limit) => tokio::time::timeout(limit, open(connector, &pool, &config))
+                Some(limit) => tokio::time::timeout(limit, open(connecting, &pool, &config))
                     .await
                     .unwrap_or_else(|_| Err(Error::connect_timeout(&pool.target, limit))),
-                None => open(connector, &pool, &config).await,
+                None => open(connecting, &pool, &config).await,
             };
             let duration = start.elapsed();
             match opened {
-                Ok((id, opened)) => {
+                Ok((id, opened, facts)) => {
                     let protocol = opened.protocol();
                     #[cfg(feature = "tracing")]
                     tracing::debug!(target = %pool.target, %id, ?protocol, ?duration, "connected");
@@ -62,6 +222,7 @@ where
                         target: &pool.target,
                         id,
                         protocol,
+                        tls: facts.tls,
                         reason,
                         duration,
                     });
@@ -71,15 +232,16 @@ where
                         Instant::now(),
                         &config,
                         reason == ConnectReason::Prewarm,
-                    );
+                    )
+                    .with_transport(facts.tls, facts.max_age);
                     match direct {
                         Some(grant) => {
-                            pool.dedicated_done(true);
+                            pool.dedicated_opened(facts.tls);
                             let lease = match opened {
                                 Opened::Http1(tx) => Lease::Http1(Http1Conn { tx, life }),
                                 Opened::Http2(tx, _) => Lease::Dedicated2 { tx, life },
                             };
-                            let mut granted = Granted::fresh(lease, protocol);
+                            let mut granted = Granted::fresh(lease, protocol, facts.tls);
                             granted.dedicated = true;
                             if let Err(Ok(granted)) = grant.send(Ok(granted)) {
                                 pool.release_dedicated(granted.lease);
@@ -99,7 +261,7 @@ where
                     });
                     match direct {
                         Some(grant) => {
-                            pool.dedicated_done(false);
+                            pool.dedicated_failed();
                             let _ = grant.send(Err(error));
                         }
                         None => pool.connect_failed(reason, &error),
@@ -131,30 +293,34 @@ impl<B> Opened<B> {
     }
 }
 
+/// What the transport told the pool about a new connection.
+struct TransportFacts {
+    tls: Option<TlsHandshake>,
+    max_age: Option<Duration>,
+}
+
 /// Connector, then HTTP/1.1 or HTTP/2 handshake; spawns the connection task.
-async fn open<C, B>(
-    mut connector: C,
+async fn open<F, Io, B>(
+    connecting: F,
     pool: &Arc<TargetPool<B>>,
     config: &PoolConfig,
-) -> Result<(ConnId, Opened<B>), Error>
+) -> Result<(ConnId, Opened<B>, TransportFacts), Error>
 where
-    C: Service<Uri> + Send + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    F: Future<Output = Result<Established<Io>, ConnectError>>,
+    Io: Read + Write + Unpin + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     let target = &pool.target;
-    poll_fn(|cx| connector.poll_ready(cx))
-        .await
-        .map_err(|e| Error::connect(target, e))?;
-    let io = connector
-        .call(pool.connect_uri.clone())
-        .await
-        .map_err(|e| Error::connect(target, e))?;
-    let h2 = config.http2_prior_knowledge || io.connected().is_negotiated_h2();
+    let Established {
+        io,
+        negotiated_h2,
+        tls,
+        max_age,
+    } = connecting.await.map_err(|e| e.into_error(target))?;
+    let facts = TransportFacts { tls, max_age };
+    let h2 = config.http2_prior_knowledge || negotiated_h2;
     let id = pool.common.next_id();
     let weak = Arc::downgrade(pool);
     if h2 {
@@ -177,7 +343,7 @@ where
             weak,
             id,
         ));
-        Ok((id, Opened::Http2(tx, parts)))
+        Ok((id, Opened::Http2(tx, parts), facts))
     } else {
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
@@ -189,7 +355,7 @@ where
                 pool.connection_ended(id, result.is_ok());
             }
         });
-        Ok((id, Opened::Http1(tx)))
+        Ok((id, Opened::Http1(tx), facts))
     }
 }
 

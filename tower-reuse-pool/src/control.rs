@@ -23,6 +23,8 @@ pub struct TargetSnapshot {
     pub(crate) checkouts: u64,
     pub(crate) connect_errors: u64,
     pub(crate) retries: u64,
+    pub(crate) tls_full: u64,
+    pub(crate) tls_resumed: u64,
     pub(crate) closed: [u64; CloseReason::ALL.len()],
 }
 
@@ -71,6 +73,16 @@ impl TargetSnapshot {
     pub fn retries(&self) -> u64 {
         self.retries
     }
+    /// Connections opened with a full TLS handshake (with or without a retry).
+    pub fn tls_full(&self) -> u64 {
+        self.tls_full
+    }
+
+    /// Connections opened with a resumed TLS session.
+    pub fn tls_resumed(&self) -> u64 {
+        self.tls_resumed
+    }
+
     /// Connections closed for `reason`.
     pub fn closed(&self, reason: CloseReason) -> u64 {
         self.closed[reason.index()]

@@ -22,7 +22,7 @@ pub enum ErrorKind {
     Connect,
     /// Opening a connection took longer than `connect_timeout`.
     ConnectTimeout,
-    /// The HTTP handshake on a new connection failed.
+    /// The TLS or HTTP handshake on a new connection failed.
     Handshake,
     /// No connection became available within `checkout_timeout`.
     CheckoutTimeout,
@@ -151,6 +151,12 @@ impl Error {
         )
         .with_target(target)
         .with_source(source)
+    }
+
+    pub(crate) fn tls_handshake(target: &Target, source: BoxError) -> Self {
+        Error::new(ErrorKind::Handshake, Phase::Connect, "tls handshake failed")
+            .with_target(target)
+            .with_source(source)
     }
 
     pub(crate) fn checkout_timeout(target: &Target, after: Duration) -> Self {

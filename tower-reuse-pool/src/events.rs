@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::conn::{ConnId, Protocol};
+use crate::conn::{ConnId, Protocol, TlsHandshake};
 use crate::error::Error;
 use crate::target::Target;
 
@@ -202,6 +202,8 @@ event! {
         id: ConnId,
         /// HTTP/1.1 or HTTP/2.
         protocol: Protocol,
+        /// The TLS handshake, for an encrypted connection.
+        tls: Option<TlsHandshake>,
         /// Why it was opened.
         reason: ConnectReason,
         /// Connector (TCP, TLS) plus HTTP handshake time.
@@ -234,6 +236,8 @@ event! {
         idle_for: Option<Duration>,
         /// HTTP/1.1 or HTTP/2.
         protocol: Protocol,
+        /// The connection's TLS handshake, if it is encrypted.
+        tls: Option<TlsHandshake>,
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
 use crate::body::{BodyGuard, PoolBody};
-use crate::conn::Protocol;
+use crate::conn::{Protocol, TlsHandshake};
 use crate::error::{BoxError, Error};
 use crate::events::{CheckedOut, Retried, RetryReason};
 use crate::hints::{self, ServerHints};
@@ -61,6 +61,7 @@ pub(crate) struct Checkout<B: Send + 'static> {
     pool: Arc<TargetPool<B>>,
     lease: Option<Lease<B>>,
     pub(crate) protocol: Protocol,
+    tls: Option<TlsHandshake>,
     pub(crate) reused: bool,
     idle_for: Option<Duration>,
     revalidate: bool,
@@ -74,6 +75,7 @@ impl<B: Send + 'static> Checkout<B> {
         let checkout = Checkout {
             lease: Some(granted.lease),
             protocol: granted.protocol,
+            tls: granted.tls,
             reused: granted.reused,
             idle_for: granted.idle_for,
             revalidate: granted.revalidate,
@@ -89,6 +91,7 @@ impl<B: Send + 'static> Checkout<B> {
             wait: checkout.wait,
             idle_for: checkout.idle_for,
             protocol: checkout.protocol,
+            tls: checkout.tls,
         });
         checkout
     }
@@ -360,6 +363,7 @@ where
     parts.extensions.insert(ConnectionInfo {
         id: checkout.id(),
         protocol: checkout.protocol,
+        tls: checkout.tls,
         reused: checkout.reused,
         wait: checkout.wait,
         idle_for: checkout.idle_for,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::conn::{ConnId, Protocol};
+use crate::conn::{ConnId, Protocol, TlsHandshake};
 use crate::events::RetryReason;
 
 /// Inserted into every response's extensions by the pool.
@@ -20,6 +20,7 @@ use crate::events::RetryReason;
 pub struct ConnectionInfo {
     pub(crate) id: ConnId,
     pub(crate) protocol: Protocol,
+    pub(crate) tls: Option<TlsHandshake>,
     pub(crate) reused: bool,
     pub(crate) wait: Duration,
     pub(crate) idle_for: Option<Duration>,
@@ -35,6 +36,11 @@ impl ConnectionInfo {
     /// HTTP/1.1 or HTTP/2.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// The connection's TLS handshake (full or resumed), if it is encrypted.
+    pub fn tls_handshake(&self) -> Option<TlsHandshake> {
+        self.tls
     }
 
     /// Whether the connection had served a request before this one.

@@ -5,15 +5,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Uri;
 use http_body::Body;
 use http_body_util::Full;
-use hyper::rt::{Read, Write};
-use hyper_util::client::legacy::connect::Connection;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::config::{ConfigError, PoolConfig};
+use crate::connect::Connect;
 use crate::error::BoxError;
 use crate::events::PoolEvents;
 use crate::service::Pool;
@@ -87,10 +84,7 @@ impl<B> fmt::Debug for PoolLayer<B> {
 
 impl<C, B> Layer<C> for PoolLayer<B>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,

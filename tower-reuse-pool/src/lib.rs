@@ -63,7 +63,8 @@ mod target_pool;
 
 pub use body::PoolBody;
 pub use config::{ConfigError, PoolConfig};
-pub use conn::{ConnId, Protocol, State};
+pub use conn::{ConnId, Protocol, State, TlsHandshake};
+pub use connect::{Connect, ConnectError, Established};
 pub use control::{PoolControl, PoolSnapshot, TargetSnapshot};
 pub use error::{BoxError, Error, ErrorKind, Phase};
 pub use future::ResponseFuture;

@@ -5,23 +5,17 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::Uri;
 use http_body::Body;
-use hyper::rt::{Read, Write};
-use hyper_util::client::legacy::connect::Connection;
 use tokio::time::Instant;
-use tower_service::Service;
 
+use crate::connect::Connect;
 use crate::error::BoxError;
 use crate::service::{Shared, WeakShared};
 
 /// Spawn the reaper for `shared`.
 pub(crate) fn spawn<C, B>(shared: &Arc<Shared<C, B>>)
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -31,10 +25,7 @@ where
 
 async fn run<C, B>(weak: WeakShared<C, B>)
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,

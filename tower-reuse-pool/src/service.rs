@@ -7,17 +7,15 @@ use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use hyper::rt::{Read, Write};
-use hyper_util::client::legacy::connect::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use crate::config::PoolConfig;
-use crate::connect::Dialer;
+use crate::connect::{Connect, Dialer};
 use crate::control::{Controlled, PoolControl, PoolSnapshot};
 use crate::error::{BoxError, Error};
 use crate::events::PoolEvents;
@@ -77,10 +75,7 @@ impl<C, B> fmt::Debug for Pool<C, B> {
 
 impl<C, B> Pool<C, B>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -119,10 +114,7 @@ where
 
 impl<C, B> Shared<C, B>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -172,10 +164,7 @@ where
 
 impl<C, B> Controlled for Shared<C, B>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -203,10 +192,7 @@ where
 
 impl<C, B> Service<Request<B>> for Pool<C, B>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Connection + Unpin + Send + 'static,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
+    C: Connect,
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Effects, Lease, Outcome, State, TargetPool, start_rotation};
 use crate::config::PoolConfig;
-use crate::conn::{ConnId, Http1Conn};
+use crate::conn::{ConnId, Http1Conn, TlsHandshake};
 use crate::events::CloseReason;
 
 impl<B: Send + 'static> TargetPool<B> {
@@ -127,16 +127,19 @@ impl<B: Send + 'static> TargetPool<B> {
         }
     }
 
-    /// A dedicated (kill switch) connect finished or failed.
-    pub(crate) fn dedicated_done(&self, opened: bool) {
+    /// A dedicated (kill switch) connection opened.
+    pub(crate) fn dedicated_opened(&self, tls: Option<TlsHandshake>) {
         let mut state = self.lock();
         state.connecting -= 1;
-        if opened {
-            state.counters.opened += 1;
-            state.counters.checkouts += 1;
-        } else {
-            state.counters.connect_errors += 1;
-        }
+        state.counters.opened(tls);
+        state.counters.checkouts += 1;
+    }
+
+    /// A dedicated (kill switch) connect failed.
+    pub(crate) fn dedicated_failed(&self) {
+        let mut state = self.lock();
+        state.connecting -= 1;
+        state.counters.connect_errors += 1;
     }
 
     /// A dedicated connection closes after its one request.

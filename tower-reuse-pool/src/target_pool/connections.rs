@@ -28,7 +28,7 @@ impl<B: Send + 'static> TargetPool<B> {
             let config = self.config_of(&state);
             state.connecting -= 1;
             state.open += 1;
-            state.counters.opened += 1;
+            state.counters.opened(life.tls);
             if reason == ConnectReason::Prewarm {
                 state.prewarming -= 1;
                 state.prewarm_backoff = None;

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Uri};
+use http::HeaderValue;
 use hyper::client::conn::http2;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
-use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol};
+use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::control::TargetSnapshot;
 use crate::error::Error;
 use crate::events::{CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents};
@@ -119,6 +119,7 @@ impl<B> Lease<B> {
 pub(crate) struct Granted<B> {
     pub(crate) lease: Lease<B>,
     pub(crate) protocol: Protocol,
+    pub(crate) tls: Option<TlsHandshake>,
     pub(crate) reused: bool,
     pub(crate) idle_for: Option<Duration>,
     pub(crate) revalidate: bool,
@@ -129,10 +130,11 @@ pub(crate) struct Granted<B> {
 
 impl<B> Granted<B> {
     /// A brand-new connection's first lease.
-    pub(crate) fn fresh(lease: Lease<B>, protocol: Protocol) -> Self {
+    pub(crate) fn fresh(lease: Lease<B>, protocol: Protocol, tls: Option<TlsHandshake>) -> Self {
         Granted {
             lease,
             protocol,
+            tls,
             reused: false,
             idle_for: None,
             revalidate: false,
@@ -169,7 +171,21 @@ struct Counters {
     checkouts: u64,
     connect_errors: u64,
     retries: u64,
+    tls_full: u64,
+    tls_resumed: u64,
     closed: [u64; CloseReason::ALL.len()],
+}
+
+impl Counters {
+    /// A connection opened, with the TLS handshake it made.
+    fn opened(&mut self, tls: Option<TlsHandshake>) {
+        self.opened += 1;
+        match tls {
+            Some(TlsHandshake::Resumed) => self.tls_resumed += 1,
+            Some(_) => self.tls_full += 1,
+            None => {}
+        }
+    }
 }
 
 struct State<B> {
@@ -215,7 +231,6 @@ impl<B> State<B> {
 pub(crate) struct TargetPool<B> {
     pub(crate) target: Target,
     pub(crate) host: HeaderValue,
-    pub(crate) connect_uri: Uri,
     pub(crate) common: Arc<Common>,
     dial: Arc<dyn Dial<B>>,
     state: Mutex<State<B>>,
@@ -271,11 +286,9 @@ impl<B: Send + 'static> TargetPool<B> {
         };
         let host = HeaderValue::from_str(target.authority().as_str())
             .expect("an authority is a valid header value");
-        let connect_uri = target.connect_uri();
         TargetPool {
             target,
             host,
-            connect_uri,
             dial,
             state: Mutex::new(State {
                 idle: Vec::new(),
@@ -386,6 +399,7 @@ impl<B: Send + 'static> TargetPool<B> {
                     id: conn.life.id,
                 },
                 protocol: Protocol::Http2,
+                tls: conn.life.tls,
                 reused,
                 idle_for: idle_for.filter(|_| reused),
                 revalidate: false,
@@ -409,9 +423,11 @@ impl<B: Send + 'static> TargetPool<B> {
             let reused = conn.life.served > 1;
             state.counters.checkouts += 1;
             state.counters.reused += u64::from(reused);
+            let tls = conn.life.tls;
             return Some(Granted {
                 lease: Lease::Http1(conn),
                 protocol: Protocol::Http1,
+                tls,
                 reused,
                 idle_for: idle_for.filter(|_| reused),
                 revalidate,
@@ -585,6 +601,8 @@ impl<B: Send + 'static> TargetPool<B> {
             checkouts: state.counters.checkouts,
             connect_errors: state.counters.connect_errors,
             retries: state.counters.retries,
+            tls_full: state.counters.tls_full,
+            tls_resumed: state.counters.tls_resumed,
             closed: state.counters.closed,
         }
     }
