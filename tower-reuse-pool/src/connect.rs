@@ -71,10 +71,10 @@ where
 /// know about it.
 #[derive(Debug)]
 pub struct Established<Io> {
-    io: Io,
+    pub(crate) io: Io,
     negotiated_h2: bool,
     tls: Option<TlsHandshake>,
-    max_age: Option<Duration>,
+    pub(crate) max_age: Option<Duration>,
 }
 
 impl<Io> Established<Io> {
@@ -109,6 +109,16 @@ impl<Io> Established<Io> {
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = Some(age);
         self
+    }
+
+    /// The same facts about another byte stream.
+    pub fn map_io<T>(self, f: impl FnOnce(Io) -> T) -> Established<T> {
+        Established {
+            io: f(self.io),
+            negotiated_h2: self.negotiated_h2,
+            tls: self.tls,
+            max_age: self.max_age,
+        }
     }
 
     /// The byte stream.

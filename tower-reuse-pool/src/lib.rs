@@ -60,6 +60,8 @@ mod reaper;
 mod service;
 mod target;
 mod target_pool;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use body::PoolBody;
 pub use config::{ConfigError, PoolConfig};
