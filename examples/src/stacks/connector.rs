@@ -1,7 +1,8 @@
-//! The connector every client stack shares: hyper-util's `HttpConnector`
-//! (`set_nodelay(true)`) under hyper-rustls, wrapped to count connections
-//! on the client's side (used for `--target`, where the server's counters
-//! are out of reach).
+//! The stacks' connectors, all over hyper-util's `HttpConnector`
+//! (`set_nodelay(true)`) and counting connections on the client's side
+//! (used for `--target`, where the server's counters are out of reach):
+//! hyper-rustls for the peers ([`LabConnector`]), this workspace's
+//! `TlsConnector` for `reuse` ([`ReuseConnector`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tower_reuse_pool::TlsHandshake;
+use tower_reuse_pool::events::{Connected as PoolConnected, PoolEvents};
+use tower_reuse_pool::tls::TlsConnector;
 use tower_service::Service;
 
 use super::Protocol;
@@ -75,18 +79,39 @@ impl ClientStats {
     }
 
     fn opened(&self, stream: &LabStream) -> OpenGuard {
+        if let MaybeHttpsStream::Https(tls) = stream {
+            self.handshake(
+                tls.inner().get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            );
+        }
+        self.opened_tcp()
+    }
+
+    fn opened_tcp(&self) -> OpenGuard {
         let c = &self.inner;
         c.opened.fetch_add(1, Relaxed);
         let open = c.open.fetch_add(1, Relaxed) + 1;
         c.peak_open.fetch_max(open, Relaxed);
-        if let MaybeHttpsStream::Https(tls) = stream {
-            match tls.inner().get_ref().1.handshake_kind() {
-                Some(rustls::HandshakeKind::Resumed) => c.tls_resumed.fetch_add(1, Relaxed),
-                _ => c.tls_full.fetch_add(1, Relaxed),
-            };
-        }
         OpenGuard {
             stats: self.clone(),
+        }
+    }
+
+    fn handshake(&self, resumed: bool) {
+        let counter = if resumed {
+            &self.inner.tls_resumed
+        } else {
+            &self.inner.tls_full
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// The `reuse` stack counts TLS handshakes from the pool's events.
+impl PoolEvents for ClientStats {
+    fn on_connect(&self, event: &PoolConnected<'_>) {
+        if let Some(kind) = event.tls() {
+            self.handshake(kind == TlsHandshake::Resumed);
         }
     }
 }
@@ -236,5 +261,48 @@ impl<T: hyper::rt::Write> hyper::rt::Write for Counted<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         self.project().inner.poll_write_vectored(cx, bufs)
+    }
+}
+
+/// `HttpConnector` (nodelay), counting connections: the transport under the
+/// `reuse` stack's [`TlsConnector`].
+#[derive(Clone, Debug)]
+pub struct TcpConnector {
+    inner: HttpConnector,
+    stats: ClientStats,
+}
+
+/// The `reuse` stack's connector: this workspace's TLS over [`TcpConnector`].
+pub type ReuseConnector = TlsConnector<TcpConnector>;
+
+impl TcpConnector {
+    /// A counting TCP connector sharing `stats`.
+    pub fn new(stats: ClientStats) -> Self {
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        inner.enforce_http(false);
+        Self { inner, stats }
+    }
+}
+
+impl Service<Uri> for TcpConnector {
+    type Response = Counted<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let stats = self.stats.clone();
+        Box::pin(async move {
+            let stream = connecting.await?;
+            Ok(Counted {
+                inner: stream,
+                _guard: stats.opened_tcp(),
+            })
+        })
     }
 }

@@ -17,11 +17,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use tower_layer::Layer;
+use tower_reuse_pool::tls::TlsLayer;
 use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
 use tower_service::Service;
 
 pub use connector::{
     BoxError, ClientSnapshot, ClientStats, ConnectFuture, Counted, LabConnector, LabStream,
+    ReuseConnector, TcpConnector,
 };
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
@@ -124,7 +126,7 @@ enum Inner {
     Legacy(Client<LabConnector, Full<Bytes>>),
     RawHttp1(Mutex<Vec<http1::SendRequest<Full<Bytes>>>>),
     RawHttp2(http2::SendRequest<Full<Bytes>>),
-    Reuse(Pool<LabConnector, Full<Bytes>>),
+    Reuse(Pool<ReuseConnector, Full<Bytes>>),
 }
 
 impl fmt::Debug for Inner {
@@ -150,7 +152,7 @@ impl Stack {
         workers: usize,
         target: &Target,
     ) -> Result<Self, StackError> {
-        let connector = LabConnector::new(protocol, tls);
+        let connector = LabConnector::new(protocol, tls.clone());
         let connector_stats = connector.stats().clone();
         let inner = match kind {
             StackKind::Fresh => Inner::Fresh(connector),
@@ -173,7 +175,16 @@ impl Stack {
                 let h2c = protocol == Protocol::Http2 && !target.is_tls();
                 let config = PoolConfig::default().http2_prior_knowledge(h2c);
                 let layer = PoolLayer::new(config)
-                    .map_err(|e| StackError(format!("reuse: invalid pool config: {e}")))?;
+                    .map_err(|e| StackError(format!("reuse: invalid pool config: {e}")))?
+                    .events(connector_stats.clone());
+                // The scenario's protocol over ALPN, as the peers offer it.
+                let mut tls = tls;
+                tls.alpn_protocols = vec![match protocol {
+                    Protocol::Http1 => b"http/1.1".to_vec(),
+                    Protocol::Http2 => b"h2".to_vec(),
+                }];
+                let transport = TcpConnector::new(connector_stats.clone());
+                let connector = TlsLayer::new(std::sync::Arc::new(tls)).layer(transport);
                 Inner::Reuse(layer.layer(connector))
             }
             StackKind::Raw => match protocol {

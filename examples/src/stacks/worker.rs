@@ -16,7 +16,7 @@ use serde::Serialize;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
 
-use super::{BoxError, LabConnector, Protocol};
+use super::{BoxError, LabConnector, Protocol, ReuseConnector};
 use crate::server::X_REQUEST_ID;
 use crate::target::Target;
 
@@ -39,7 +39,7 @@ pub enum WorkerClient {
     /// A handle on the shared pre-established HTTP/2 connection.
     RawHttp2(http2::SendRequest<Full<Bytes>>),
     /// A clone of this workspace's pool.
-    Reuse(Pool<LabConnector, Full<Bytes>>),
+    Reuse(Pool<ReuseConnector, Full<Bytes>>),
 }
 
 /// A response read to the end.
