@@ -20,8 +20,11 @@ use crate::stacks::{ClientSnapshot, Stack, StackKind};
 use crate::target::Target;
 use crate::tls::{self, TlsIdentity};
 
+mod idle_servers;
 mod sampler;
 
+use idle_servers::IdleServers;
+pub use idle_servers::{SERVE_IDLE_FLAG, serve as serve_idle};
 use sampler::{ClientSampler, OpenCount};
 
 /// Any error that stops the lab.
@@ -169,9 +172,15 @@ async fn run_one(
                 .worker_threads(env.server_threads),
         )?),
     };
+    let idle_servers = match &server {
+        Some(_) if scenario.idle_targets > 0 => Some(IdleServers::spawn(scenario.idle_targets)?),
+        _ => None,
+    };
     let targets: Arc<[Target]> = match (&server, &env.target) {
         (Some(server), _) => (0..server.addrs().len())
-            .map(|i| Target::parse(&server.url(i)))
+            .map(|i| server.url(i))
+            .chain(idle_servers.iter().flat_map(|s| s.urls().iter().cloned()))
+            .map(|url| Target::parse(&url))
             .collect::<Result<Vec<_>, _>>()?
             .into(),
         (None, Some(target)) => vec![target.clone()].into(),

@@ -125,9 +125,10 @@ pub struct RunResult {
     pub load_end_s: f64,
     /// `scale-targets`: targets holding an idle connection during the load.
     pub idle_targets: usize,
-    /// `scale-targets`: resident memory added while opening the idle
-    /// targets' connections, per target. With the embedded server this
-    /// includes the server's side of each connection (same process).
+    /// `scale-targets`: the client's resident memory added while opening
+    /// the idle targets' connections, per target (the idle targets are
+    /// served by a child process, so the server's side is not counted;
+    /// neither are the sockets' kernel buffers).
     pub rss_per_idle_target_bytes: Option<f64>,
 }
 

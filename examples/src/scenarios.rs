@@ -241,7 +241,6 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 false,
                 steady(32),
             );
-            s.addresses = idle + 1;
             s.idle_targets = idle;
             s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
             s.skip.push((

@@ -55,6 +55,10 @@ struct Args {
     /// Worker threads of the embedded server's runtime.
     #[arg(long, default_value_t = 1)]
     server_threads: usize,
+    /// Internal: serve this many idle targets for `scale-targets` (the lab
+    /// runs itself as a child process with this flag).
+    #[arg(long = &lab::SERVE_IDLE_FLAG[2..], hide = true)]
+    serve_idle: Option<usize>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -76,6 +80,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() {
     let args = Args::parse();
+    if let Some(n) = args.serve_idle {
+        if let Err(e) = lab::serve_idle(n) {
+            eprintln!("reuse-lab {}: {e}", lab::SERVE_IDLE_FLAG);
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .thread_name("reuse-lab-client")

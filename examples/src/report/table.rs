@@ -85,7 +85,7 @@ pub fn rows(runs: &[RunResult]) -> String {
         if let Some(bytes) = r.rss_per_idle_target_bytes {
             let _ = writeln!(
                 out,
-                "{:<17}{} idle targets: {:.1} KiB resident per target (client + embedded server)",
+                "{:<17}{} idle targets: {:.1} KiB resident per target (client only: the idle servers run in a child process)",
                 "",
                 r.idle_targets,
                 bytes / 1024.0

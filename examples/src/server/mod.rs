@@ -53,6 +53,7 @@ pub fn loopback_addr(i: usize) -> IpAddr {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     addresses: usize,
+    first_address: usize,
     port: u16,
     tls: Option<TlsIdentity>,
     idle_timeout: Option<Duration>,
@@ -70,6 +71,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             addresses: 1,
+            first_address: 0,
             port: 0,
             tls: None,
             idle_timeout: None,
@@ -89,6 +91,13 @@ impl ServerConfig {
     /// Listen on `n` loopback addresses (see [`loopback_addr`]). Defaults to 1.
     pub fn addresses(mut self, n: usize) -> Self {
         self.addresses = n.max(1);
+        self
+    }
+
+    /// Start at the `i`-th loopback address instead of `127.0.0.1`, so that
+    /// two servers never share an address. Defaults to 0.
+    pub fn first_address(mut self, i: usize) -> Self {
+        self.first_address = i;
         self
     }
 
@@ -215,7 +224,7 @@ impl Server {
         {
             let _enter = runtime.enter();
             for i in 0..config.addresses {
-                let addr = SocketAddr::new(loopback_addr(i), config.port);
+                let addr = SocketAddr::new(loopback_addr(config.first_address + i), config.port);
                 let socket = TcpSocket::new_v4()?;
                 socket.set_reuseaddr(true)?;
                 socket
@@ -252,7 +261,7 @@ impl Server {
         })
     }
 
-    /// The bound addresses, in order (`127.0.0.1` first).
+    /// The bound addresses, in order (the first address first).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
