@@ -20,7 +20,9 @@
 //! - pre-warming (`min_idle_per_target`), a kill switch (`reuse(false)`);
 //! - [`PoolEvents`](events::PoolEvents) hooks, a [`PoolControl`] handle with
 //!   per-target snapshots and run-time knobs, and [`ConnectionInfo`] in every
-//!   response's extensions.
+//!   response's extensions;
+//! - with the `tls` feature, module `tls`: `SessionCache`, a rustls session
+//!   store that is partitioned like the pool and sized for reconnect bursts.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -60,6 +62,8 @@ mod reaper;
 mod service;
 mod target;
 mod target_pool;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use body::PoolBody;
 pub use config::{ConfigError, PoolConfig};
