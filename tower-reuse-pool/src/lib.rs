@@ -20,7 +20,10 @@
 //! - pre-warming (`min_idle_per_target`), a kill switch (`reuse(false)`);
 //! - [`PoolEvents`](events::PoolEvents) hooks, a [`PoolControl`] handle with
 //!   per-target snapshots and run-time knobs, and [`ConnectionInfo`] in every
-//!   response's extensions.
+//!   response's extensions;
+//! - with the `tls` feature, module `tls`: a rustls `TlsConnector` whose
+//!   `SessionCache` is partitioned like the pool and sized for reconnect
+//!   bursts, with handshake kinds reported to the pool.
 //!
 //! ```no_run
 //! use bytes::Bytes;

@@ -37,7 +37,8 @@ use crate::target::{Partition, Target};
 ///     .layer(PoolLayer::new(PoolConfig::default())?)
 ///     .layer(TlsLayer::new(config))
 ///     .service(HttpConnector::new());
-/// # let _ = client; Ok(()) }
+/// # let _: tower_reuse_pool::Pool<tower_reuse_pool::tls::TlsConnector<HttpConnector>> = client;
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct TlsLayer {
