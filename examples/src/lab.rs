@@ -45,6 +45,9 @@ pub struct LabConfig {
     pub out_dir: PathBuf,
     /// Embedded server runtime threads.
     pub server_threads: usize,
+    /// The `reuse` stack's pool configuration (`--policy FILE`); `None`
+    /// for the defaults.
+    pub policy: Option<tower_reuse_pool::PoolConfig>,
     /// Facts about the run, copied into the results.
     pub environment: Environment,
     /// Called with each scenario's rows when it finishes (prints the table).
@@ -58,6 +61,7 @@ struct Env {
     roots: Option<RootCertStore>,
     target: Option<Target>,
     server_threads: usize,
+    policy: Option<tower_reuse_pool::PoolConfig>,
 }
 
 enum Row {
@@ -76,6 +80,7 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
         roots: config.roots,
         target: config.target,
         server_threads: config.server_threads,
+        policy: config.policy,
     });
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>16} [{bar:32}] {percent:>3}% {msg}")?
@@ -195,7 +200,16 @@ async fn run_one(
     // Counted from before the stack exists: `raw`'s pre-established
     // connections are part of its cost.
     let mut baseline = Baseline::take(server.as_ref(), None);
-    let stack = match Stack::build(kind, scenario.protocol, tls, workers, &targets[0]).await {
+    let stack = match Stack::build(
+        kind,
+        scenario.protocol,
+        tls,
+        workers,
+        &targets[0],
+        env.policy.as_ref(),
+    )
+    .await
+    {
         Ok(stack) => stack,
         Err(e) => {
             bar.inc(100);

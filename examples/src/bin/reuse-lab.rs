@@ -15,6 +15,7 @@ use tower_reuse_examples::scenarios::{self, Sizes};
 use tower_reuse_examples::stacks::StackKind;
 use tower_reuse_examples::target::Target;
 use tower_reuse_examples::tls;
+use tower_reuse_pool::PoolConfig;
 
 /// Connection-reuse benchmark: client stacks side by side against an
 /// embedded hyper server (HTTP/1.1, h2c, TLS) or an external one.
@@ -46,6 +47,10 @@ struct Args {
     /// PEM file of CA certificates to trust for an `https` `--target`.
     #[arg(long, requires = "target")]
     ca: Option<PathBuf>,
+    /// A TOML file of pool settings for the `reuse` stack instead of its
+    /// defaults (keys as in the README's configuration reference).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Where results.json, report.html and cert.pem go.
     #[arg(long, default_value = "target/reuse-lab")]
     out: PathBuf,
@@ -59,6 +64,17 @@ struct Args {
     /// runs itself as a child process with this flag).
     #[arg(long = &lab::SERVE_IDLE_FLAG[2..], hide = true)]
     serve_idle: Option<usize>,
+}
+
+/// Reads and checks a `--policy` file.
+fn load_policy(path: &std::path::Path) -> Result<PoolConfig, LabError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--policy {}: {e}", path.display()))?;
+    let config: PoolConfig =
+        toml::from_str(&text).map_err(|e| format!("--policy {}: {e}", path.display()))?;
+    Ok(config
+        .validate()
+        .map_err(|e| format!("--policy {}: {e}", path.display()))?)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -155,6 +171,7 @@ async fn run(args: Args) -> Result<(), LabError> {
         }
     }
     let roots = args.ca.as_deref().map(tls::load_roots).transpose()?;
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
     let descriptions: Vec<(String, String)> = chosen
         .iter()
         .map(|s| (s.name.to_owned(), s.description.clone()))
@@ -174,6 +191,7 @@ async fn run(args: Args) -> Result<(), LabError> {
         roots,
         out_dir: args.out.clone(),
         server_threads: args.server_threads.max(1),
+        policy,
         environment,
         on_scenario: table::scenario_table,
     })

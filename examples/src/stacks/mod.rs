@@ -145,12 +145,15 @@ impl Stack {
     /// Builds `kind` for `protocol`. `tls` is used for `https` targets (build
     /// a new one per stack so TLS sessions do not carry over). `raw`
     /// pre-establishes `workers` connections (HTTP/1) or one (h2) to `target`.
+    ///
+    /// `reuse` runs with `policy` (`--policy FILE`), else the pool's defaults.
     pub async fn build(
         kind: StackKind,
         protocol: Protocol,
         tls: rustls::ClientConfig,
         workers: usize,
         target: &Target,
+        policy: Option<&PoolConfig>,
     ) -> Result<Self, StackError> {
         let connector = LabConnector::new(protocol, tls.clone());
         let connector_stats = connector.stats().clone();
@@ -170,10 +173,13 @@ impl Stack {
                 Inner::Legacy(builder.build(connector))
             }
             StackKind::Reuse => {
-                // The pool's defaults, no per-scenario tuning; h2c needs prior
-                // knowledge (over TLS, ALPN decides).
+                // The pool's defaults (or the policy file), no per-scenario
+                // tuning; h2c needs prior knowledge (over TLS, ALPN decides).
                 let h2c = protocol == Protocol::Http2 && !target.is_tls();
-                let config = PoolConfig::default().http2_prior_knowledge(h2c);
+                let config = policy
+                    .cloned()
+                    .unwrap_or_default()
+                    .http2_prior_knowledge(h2c);
                 let layer = PoolLayer::new(config)
                     .map_err(|e| StackError(format!("reuse: invalid pool config: {e}")))?
                     .events(connector_stats.clone());
