@@ -1,8 +1,10 @@
 //! Support for the tower-reuse integration tests: real hyper servers on
-//! loopback whose behaviour each test sets, and an in-memory connector for
-//! tests on paused time.
+//! loopback whose behaviour each test sets, a misbehaving HTTP/2 server for
+//! the GOAWAY and refused-stream paths, and an in-memory connector for tests
+//! on paused time.
 
 pub mod duplex;
+pub mod h2server;
 pub mod server;
 
 use bytes::Bytes;

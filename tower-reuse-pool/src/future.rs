@@ -271,7 +271,13 @@ where
                 (None, _) => None,
             };
             let retry = reason.zip(again).filter(|_| may_retry && retried.is_none());
-            let processed = written && reason != Some(RetryReason::RefusedStream);
+            // The server did not process a refused stream, nor one above the
+            // last stream id of its GOAWAY (RFC 9113, 8.7).
+            let processed = written
+                && !matches!(
+                    reason,
+                    Some(RetryReason::RefusedStream | RetryReason::GoAway)
+                );
             let error = Error::send(&checkout.pool.target, error, processed);
             checkout.finish(outcome);
             Exchange::Failed { error, retry }
