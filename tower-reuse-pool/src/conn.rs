@@ -253,6 +253,17 @@ impl Lifecycle {
         self.lifetime_deadline
     }
 
+    /// The next time the reaper must look at this connection: its idle
+    /// expiry (when `idle`) or the start of its rotation, whichever is first.
+    pub(crate) fn next_deadline(&self, config: &PoolConfig, idle: bool) -> Option<Instant> {
+        let idle = self.idle_deadline(config).filter(|_| idle);
+        let rotation = self.lifetime_deadline.filter(|_| !self.rotating);
+        match (idle, rotation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether the connection may take another request, and if not, why.
     pub(crate) fn retire_reason(&self, config: &PoolConfig) -> Option<CloseReason> {
         if !config.reuse {
@@ -290,9 +301,8 @@ pub(crate) struct Http2Conn<B> {
     pub(crate) life: Lifecycle,
     /// Streams checked out now.
     pub(crate) streams: usize,
-    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, kept current by the
-    /// connection task.
-    pub(crate) max_streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, read live.
+    pub(crate) limit: std::sync::Arc<dyn crate::connect::StreamLimit>,
     /// Whether the server's SETTINGS have been seen; until then the
     /// connection carries one stream.
     pub(crate) settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -303,9 +313,8 @@ impl<B> Http2Conn<B> {
     /// SETTINGS have been seen, until then the limit this target's servers
     /// advertised before (`learned`), or one stream.
     pub(crate) fn capacity(&self, learned: Option<usize>) -> usize {
-        use std::sync::atomic::Ordering::Acquire;
         if self.is_settled() {
-            self.max_streams.load(Acquire)
+            self.limit.current()
         } else {
             learned.unwrap_or(1)
         }

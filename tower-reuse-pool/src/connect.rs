@@ -4,8 +4,8 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use http::Uri;
@@ -342,17 +342,12 @@ where
             .map_err(|e| Error::handshake(target, e))?;
         // The server's SETTINGS may already have been read.
         let now = conn.current_max_send_streams();
+        let conn = Arc::new(SharedH2(Mutex::new(Box::pin(conn))));
         let parts = Http2Parts {
-            max_streams: Arc::new(AtomicUsize::new(now)),
+            limit: conn.clone(),
             settled: Arc::new(AtomicBool::new(now != ASSUMED_MAX_STREAMS)),
         };
-        tokio::spawn(drive_h2(
-            Box::pin(conn),
-            parts.max_streams.clone(),
-            parts.settled.clone(),
-            weak,
-            id,
-        ));
+        tokio::spawn(drive_h2(conn, parts.settled.clone(), weak, id));
         Ok((id, Opened::Http2(tx, parts), facts))
     } else {
         let (tx, conn) = http1::Builder::new()
@@ -369,13 +364,41 @@ where
     }
 }
 
-/// Drives an HTTP/2 connection, keeping the server's stream limit current
-/// for the pool and telling it when the limit changes and when the
-/// connection ends. Holds the pool weakly: a dropped pool closes its
-/// connections.
+/// An HTTP/2 connection shared by the task that drives it and the pool,
+/// which reads the server's live stream limit at checkout: hyper's
+/// connection task is not woken by a SETTINGS frame, so a limit kept by the
+/// task alone would be stale until the next request, which is too late for
+/// that request.
+pub(crate) struct SharedH2<F>(Mutex<Pin<Box<F>>>);
+
+impl<F> fmt::Debug for SharedH2<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedH2")
+    }
+}
+
+impl<F> SharedH2<F> {
+    fn lock(&self) -> MutexGuard<'_, Pin<Box<F>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The live `SETTINGS_MAX_CONCURRENT_STREAMS` of one HTTP/2 connection.
+pub(crate) trait StreamLimit: fmt::Debug + Send + Sync {
+    fn current(&self) -> usize;
+}
+
+impl<F: MaxStreams + Send> StreamLimit for SharedH2<F> {
+    fn current(&self) -> usize {
+        self.lock().max_send_streams()
+    }
+}
+
+/// Drives an HTTP/2 connection, telling the pool when the server's stream
+/// limit changes and when the connection ends. Holds the pool weakly: a
+/// dropped pool closes its connections.
 async fn drive_h2<F, B>(
-    mut conn: Pin<Box<F>>,
-    max_streams: Arc<AtomicUsize>,
+    conn: Arc<SharedH2<F>>,
     settled: Arc<AtomicBool>,
     pool: Weak<TargetPool<B>>,
     id: ConnId,
@@ -385,11 +408,12 @@ async fn drive_h2<F, B>(
 {
     let mut last = ASSUMED_MAX_STREAMS;
     let result = poll_fn(|cx| {
-        let polled = conn.as_mut().poll(cx);
-        let now = conn.max_send_streams();
+        let (polled, now) = {
+            let mut conn = conn.lock();
+            (conn.as_mut().poll(cx), conn.max_send_streams())
+        };
         if now != last {
             last = now;
-            max_streams.store(now, Ordering::Release);
             settled.store(true, Ordering::Release);
             if let Some(pool) = pool.upgrade() {
                 pool.h2_capacity_changed(now);

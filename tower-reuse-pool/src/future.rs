@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
 use crate::body::{BodyGuard, PoolBody};
-use crate::conn::{Protocol, TlsHandshake};
+use crate::conn::{ConnId, Protocol, TlsHandshake};
 use crate::error::{BoxError, Error};
 use crate::events::{CheckedOut, Retried, RetryReason};
 use crate::hints::{self, ServerHints};
@@ -96,10 +96,14 @@ impl<B: Send + 'static> Checkout<B> {
         checkout
     }
 
-    /// Check out a connection for `pool`, waiting in its queue if need be.
-    pub(crate) async fn acquire(pool: &Arc<TargetPool<B>>) -> Result<Self, Error> {
+    /// Check out a connection for `pool`, waiting in its queue if need be;
+    /// not `avoid` unless nothing else can serve.
+    pub(crate) async fn acquire(
+        pool: &Arc<TargetPool<B>>,
+        avoid: Option<ConnId>,
+    ) -> Result<Self, Error> {
         let start = Instant::now();
-        let waiting = match pool.checkout(start) {
+        let waiting = match pool.checkout(start, avoid) {
             Ok(granted) => return Ok(Checkout::new(pool.clone(), granted, start)),
             Err(Err(error)) => return Err(error),
             Err(Ok(waiting)) => waiting,
@@ -125,7 +129,7 @@ impl<B: Send + 'static> Checkout<B> {
         }
     }
 
-    fn id(&self) -> crate::conn::ConnId {
+    fn id(&self) -> ConnId {
         self.lease
             .as_ref()
             .expect("a checkout holds its lease")
@@ -439,8 +443,9 @@ where
     // Connections found closed before anything was written may be skipped
     // freely, but never endlessly.
     let mut stale = 0;
+    let mut avoid = None;
     loop {
-        let checkout = Checkout::acquire(&pool).await?;
+        let checkout = Checkout::acquire(&pool, avoid).await?;
         let failed_on = checkout.id();
         match exchange(checkout, req, may_retry, retried, permit.take()).await {
             Exchange::Response(response) => return Ok(response),
@@ -462,6 +467,7 @@ where
                     return Err(error);
                 }
                 req = again;
+                avoid = Some(failed_on);
             }
             Exchange::Failed { error, retry: None } => return Err(error),
         }

@@ -107,7 +107,7 @@ where
     pub async fn checkout(&self, target: &Target) -> Result<Pooled<B>, Error> {
         let pool = self.shared.target_pool(target);
         Ok(Pooled {
-            checkout: Some(Checkout::acquire(&pool).await?),
+            checkout: Some(Checkout::acquire(&pool, None).await?),
         })
     }
 }

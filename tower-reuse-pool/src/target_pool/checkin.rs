@@ -83,9 +83,7 @@ impl<B: Send + 'static> TargetPool<B> {
             state.closed(&mut conn.life, CloseReason::OverLimit, now, fx);
             return;
         }
-        if let Some(deadline) = conn.life.idle_deadline(config) {
-            fx.wake_reaper = Some(deadline);
-        }
+        fx.wake_reaper = conn.life.next_deadline(config, true);
         state.idle.push(conn);
     }
 
@@ -121,9 +119,11 @@ impl<B: Send + 'static> TargetPool<B> {
                     .retire_reason(config)
                     .unwrap_or(CloseReason::ServerClosed);
                 state.closed(&mut conn.life, reason, now, fx);
-            } else if let Some(deadline) = conn.life.idle_deadline(config) {
-                fx.wake_reaper = Some(deadline);
+            } else {
+                fx.wake_reaper = conn.life.next_deadline(config, true);
             }
+        } else {
+            fx.wake_reaper = conn.life.next_deadline(config, false);
         }
     }
 

@@ -22,6 +22,7 @@ impl<B: Send + 'static> TargetPool<B> {
         reason: ConnectReason,
     ) {
         let now = Instant::now();
+        let id = life.id;
         let mut fx = Effects::new();
         {
             let mut state = self.lock();
@@ -41,7 +42,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 Opened::Http1(tx) => state.idle.push(Http1Conn { tx, life }),
                 Opened::Http2(tx, parts) => {
                     if parts.settled.load(Ordering::Acquire) {
-                        let limit = parts.max_streams.load(Ordering::Acquire).max(1);
+                        let limit = parts.limit.current().max(1);
                         state.h2_streams_hint = limit;
                         state.h2_learned = Some(limit);
                     }
@@ -49,17 +50,20 @@ impl<B: Send + 'static> TargetPool<B> {
                         tx,
                         life,
                         streams: 0,
-                        max_streams: parts.max_streams,
+                        limit: parts.limit,
                         settled: parts.settled,
                     });
                 }
             }
+            let deadline = match state.h2.last() {
+                Some(conn) if conn.life.id == id => conn.life.next_deadline(&config, true),
+                _ => state
+                    .idle
+                    .last()
+                    .and_then(|c| c.life.next_deadline(&config, true)),
+            };
+            fx.wake_reaper = deadline;
             self.dispatch(&mut state, &config, now, &mut fx);
-            if let Some(conn) = state.idle.last()
-                && let Some(deadline) = conn.life.idle_deadline(&config)
-            {
-                fx.wake_reaper = Some(deadline);
-            }
             self.plan(&mut state, &config, now, &mut fx);
         }
         self.finish(fx);
@@ -70,12 +74,17 @@ impl<B: Send + 'static> TargetPool<B> {
         if let Some(pos) = state.idle.iter().position(|c| c.life.rotating) {
             let mut conn = state.idle.remove(pos);
             state.closed(&mut conn.life, CloseReason::MaxLifetime, now, fx);
-        } else if let Some(conn) = state
+        } else if let Some(pos) = state
             .h2
-            .iter_mut()
-            .find(|c| c.life.rotating && !c.life.is_draining())
+            .iter()
+            .position(|c| c.life.rotating && !c.life.is_draining())
         {
-            conn.life.drain();
+            if state.h2[pos].streams == 0 {
+                let mut conn = state.h2.swap_remove(pos);
+                state.closed(&mut conn.life, CloseReason::MaxLifetime, now, fx);
+            } else {
+                state.h2[pos].life.drain();
+            }
         } else {
             state.retirements_due += 1;
         }
@@ -178,7 +187,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 return;
             };
             conn.settled.store(true, Ordering::Release);
-            conn.max_streams.load(Ordering::Acquire)
+            conn.limit.current()
         };
         self.h2_capacity_changed(limit);
     }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshake};
+use crate::connect::StreamLimit;
 use crate::control::TargetSnapshot;
 use crate::error::Error;
 use crate::events::{CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents};
@@ -162,6 +163,8 @@ pub(crate) enum Outcome {
 struct Waiter<B> {
     key: u64,
     tx: Grant<B>,
+    /// A connection this request should not go back to (it refused it).
+    avoid: Option<ConnId>,
 }
 
 #[derive(Default)]
@@ -335,9 +338,12 @@ impl<B: Send + 'static> TargetPool<B> {
     }
 
     /// Check out at once if a connection is free; otherwise join the queue.
+    /// A retry names the connection that failed it in `avoid`: it goes
+    /// there again only if nothing else is open or coming.
     pub(crate) fn checkout(
         self: &Arc<Self>,
         now: Instant,
+        avoid: Option<ConnId>,
     ) -> Result<Granted<B>, Result<Waiting<B>, Error>> {
         let mut fx = Effects::new();
         let result = {
@@ -353,7 +359,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 return Err(Ok(Waiting { key: None, rx }));
             }
             if state.waiters.is_empty()
-                && let Some(granted) = self.grant(&mut state, &config, now, &mut fx)
+                && let Some(granted) = self.grant(&mut state, &config, now, &mut fx, avoid)
             {
                 Ok(granted)
             } else if config
@@ -368,8 +374,12 @@ impl<B: Send + 'static> TargetPool<B> {
                 let (tx, rx) = oneshot::channel();
                 let key = state.next_waiter;
                 state.next_waiter += 1;
-                state.waiters.push_back(Waiter { key, tx });
+                state.waiters.push_back(Waiter { key, tx, avoid });
                 self.plan(&mut state, &config, now, &mut fx);
+                if avoid.is_some() {
+                    // Nothing else may be coming: the fallback in `dispatch`.
+                    self.dispatch(&mut state, &config, now, &mut fx);
+                }
                 Err(Ok(Waiting { key: Some(key), rx }))
             }
         };
@@ -385,9 +395,14 @@ impl<B: Send + 'static> TargetPool<B> {
         config: &PoolConfig,
         now: Instant,
         fx: &mut Effects,
+        avoid: Option<ConnId>,
     ) -> Option<Granted<B>> {
         let learned = state.h2_learned;
-        if let Some(conn) = state.h2.iter_mut().find(|c| c.has_room(learned)) {
+        if let Some(conn) = state
+            .h2
+            .iter_mut()
+            .find(|c| Some(c.life.id) != avoid && c.has_room(learned))
+        {
             conn.streams += 1;
             let idle_for = conn.life.checkout(now);
             let reused = conn.life.served > 1;
@@ -444,7 +459,15 @@ impl<B: Send + 'static> TargetPool<B> {
             if waiter.tx.is_closed() {
                 continue;
             }
-            let Some(granted) = self.grant(state, config, now, fx) else {
+            // A retry avoiding a connection takes it after all when no
+            // other connection is coming.
+            let granted = match self.grant(state, config, now, fx, waiter.avoid) {
+                None if waiter.avoid.is_some() && state.connecting == 0 => {
+                    self.grant(state, config, now, fx, None)
+                }
+                granted => granted,
+            };
+            let Some(granted) = granted else {
                 state.waiters.push_front(waiter);
                 return;
             };
@@ -502,13 +525,18 @@ impl<B: Send + 'static> TargetPool<B> {
                     if !config.http2_scale_out && !state.h2.is_empty() {
                         usize::MAX
                     } else {
-                        let settling: usize = state
+                        // Saturating: a server without a stream limit
+                        // advertises `usize::MAX`.
+                        let settling = state
                             .h2
                             .iter()
                             .filter(|c| !c.life.is_draining() && !c.is_settled())
                             .map(|c| state.h2_streams_hint.saturating_sub(c.streams))
-                            .sum();
-                        state.connecting * state.h2_streams_hint + settling
+                            .fold(0, usize::saturating_add);
+                        state
+                            .connecting
+                            .saturating_mul(state.h2_streams_hint)
+                            .saturating_add(settling)
                     }
                 }
             };
@@ -628,7 +656,7 @@ impl std::ops::Deref for ConfigRef {
 /// The shared cells an HTTP/2 connection task keeps current.
 #[derive(Debug)]
 pub(crate) struct Http2Parts {
-    pub(crate) max_streams: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) limit: Arc<dyn StreamLimit>,
     pub(crate) settled: Arc<std::sync::atomic::AtomicBool>,
 }
 
