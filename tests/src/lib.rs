@@ -1,9 +1,10 @@
 //! Support for the tower-reuse integration tests: real hyper servers on
-//! loopback whose behaviour each test sets, and an in-memory connector for
-//! tests on paused time.
+//! loopback whose behaviour each test sets (plain, and TLS with an rcgen
+//! CA), and in-memory connectors for tests on paused time.
 
 pub mod duplex;
 pub mod server;
+pub mod tls_server;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -33,11 +33,13 @@ use crate::target::{Partition, Target};
 ///
 /// # fn demo(config: Arc<rustls::ClientConfig>) -> Result<(), Box<dyn std::error::Error>> {
 /// // `config` is yours: roots, crypto provider, client certificate.
+/// let mut tcp = HttpConnector::new();
+/// tcp.enforce_http(false); // let `https` targets through to TLS
 /// let client = ServiceBuilder::new()
 ///     .layer(PoolLayer::new(PoolConfig::default())?)
 ///     .layer(TlsLayer::new(config))
-///     .service(HttpConnector::new());
-/// # let _ = client; Ok(()) }
+///     .service(tcp);
+/// # let _: tower_reuse_pool::Pool<_> = client; Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct TlsLayer {
@@ -146,8 +148,11 @@ impl TlsLayer {
     }
 
     /// Refresh the traffic keys of every open TLS 1.3 connection this
-    /// often, with a KeyUpdate message (no reconnect). Default off: rustls
-    /// already updates keys before a cipher's confidentiality limit.
+    /// often, with a KeyUpdate message (no reconnect). A connection that
+    /// sent nothing since its last update is skipped: peers such as rustls
+    /// and BoringSSL close a connection after 32 KeyUpdates with no data
+    /// between them. Default off: rustls already updates keys before a
+    /// cipher's confidentiality limit.
     #[must_use]
     pub fn key_update_interval(self, every: Option<Duration>) -> Self {
         self.edit(|tls| tls.key_update_interval = every)
@@ -191,9 +196,9 @@ impl<C> Layer<C> for TlsLayer {
     }
 }
 
-/// rustls over a transport connector `C` (hyper-util's `HttpConnector`, or
-/// any [`Connect`]); built by [`TlsLayer`]. `https` targets get TLS, `http`
-/// targets the transport as it is.
+/// rustls over a transport connector `C` (hyper-util's `HttpConnector` with
+/// `enforce_http(false)`, or any [`Connect`]); built by [`TlsLayer`].
+/// `https` targets get TLS, `http` targets the transport as it is.
 ///
 /// Each [`Partition`] resumes only its own sessions and uses its own
 /// configuration if one was given; the handshake kind of every connection
