@@ -60,6 +60,13 @@ impl DuplexConnector {
 #[derive(Debug)]
 pub struct DuplexIo(TokioIo<DuplexStream>);
 
+impl DuplexIo {
+    /// The client end of a pipe whose other end a test server serves.
+    pub(crate) fn new(client: DuplexStream) -> Self {
+        DuplexIo(TokioIo::new(client))
+    }
+}
+
 impl Connection for DuplexIo {
     fn connected(&self) -> Connected {
         Connected::new()
@@ -125,7 +132,7 @@ impl Service<Uri> for DuplexConnector {
                 this.stats.clone(),
                 this.stop.subscribe(),
             ));
-            Ok(DuplexIo(TokioIo::new(client)))
+            Ok(DuplexIo::new(client))
         })
     }
 }

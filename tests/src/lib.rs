@@ -1,11 +1,12 @@
 //! Support for the tower-reuse integration tests: real hyper servers on
-//! loopback whose behaviour each test sets, a misbehaving HTTP/2 server for
-//! the GOAWAY and refused-stream paths, and an in-memory connector for tests
-//! on paused time.
+//! loopback whose behaviour each test sets (plain, and TLS with an rcgen
+//! CA), a misbehaving HTTP/2 server for the GOAWAY and refused-stream paths,
+//! and in-memory connectors for tests on paused time.
 
 pub mod duplex;
 pub mod h2server;
 pub mod server;
+pub mod tls_server;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -262,8 +262,6 @@ async fn stream_above_goaway_last_stream_id_is_retried_once_on_a_new_connection(
 /// the connection that refused it (it still has room), is refused again and
 /// surfaces as an error, although connection 1 would have served it.
 #[tokio::test]
-#[ignore = "pool bug: a refused stream is retried on the connection that refused it; \
-            the fix belongs in target_pool checkout (a way to avoid one connection)"]
 async fn refused_stream_is_retried_once_on_another_connection() {
     // Connection 0 serves its first stream and refuses every later one.
     let server = H2Server::start(H2Options::replying(|s| {
@@ -361,8 +359,6 @@ async fn lowered_max_streams_is_honoured_once_the_pool_has_read_it() {
 /// the pool still sees the old limit and hands the next request to
 /// connection 0, where h2 queues it behind the held stream.
 #[tokio::test]
-#[ignore = "pool bug: connect.rs drive_h2 reads a lowered stream limit only once the next \
-            request is already queued on the connection, where h2 holds it until a stream frees"]
 async fn lowering_max_streams_to_one_sends_new_requests_elsewhere() {
     let server = H2Server::start(H2Options::replying(|s| {
         if is(s, 0, 1) {
@@ -395,8 +391,6 @@ async fn lowering_max_streams_to_one_sends_new_requests_elsewhere() {
 /// connection 0 and h2 waits for a stream that never frees. Later requests
 /// do go elsewhere.
 #[tokio::test]
-#[ignore = "pool bug: connect.rs drive_h2 reads a lowered stream limit only once the next \
-            request is already queued on the connection, where h2 holds it until a stream frees"]
 async fn lowering_max_streams_to_zero_sends_new_requests_elsewhere() {
     let server = H2Server::start(H2Options::default()).await;
     let (client, _) = h2_pool();
@@ -486,4 +480,32 @@ async fn goaway_before_every_first_stream_fails_each_request_after_two_connectio
     let reasons: Vec<_> = retries.seen().iter().map(|(reason, _)| *reason).collect();
     assert_eq!(reasons, [RetryReason::GoAway; 5]);
     assert_eq!(only(&client).closed(CloseReason::GoAway), 10);
+}
+
+#[tokio::test]
+async fn a_server_without_a_stream_limit_takes_a_burst_on_prewarmed_connections() {
+    // No SETTINGS_MAX_CONCURRENT_STREAMS: h2 reads the limit as usize::MAX,
+    // which the pool's arithmetic must take without overflowing.
+    let server = H2Server::start(H2Options {
+        max_concurrent_streams: None,
+        ..H2Options::default()
+    })
+    .await;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = PoolLayer::new(
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .min_idle_per_target(3),
+    )
+    .expect("valid config")
+    .layer(connector);
+    let url = server.url("/");
+    send(&mut client.clone(), get(&url, 0)).await.unwrap();
+    let burst: Vec<_> = (1..=20).map(|i| spawn_get(&client, &url, i)).collect();
+    for (task, i) in burst.into_iter().zip(1..) {
+        let (parts, _) = bounded(task).await.unwrap().expect("served");
+        assert_eq!(echoed_id(&parts), Some(i));
+    }
+    assert!(server.seen().conns.len() <= 4, "{:?}", server.seen());
 }

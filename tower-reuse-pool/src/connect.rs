@@ -6,6 +6,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::Uri;
@@ -342,7 +343,7 @@ where
             .map_err(|e| Error::handshake(target, e))?;
         // The server's SETTINGS may already have been read.
         let now = conn.current_max_send_streams();
-        let conn = Arc::new(SharedH2(Mutex::new(Box::pin(conn))));
+        let conn = Arc::new(SharedH2(Mutex::new(Some(Box::pin(conn)))));
         let parts = Http2Parts {
             limit: conn.clone(),
             settled: Arc::new(AtomicBool::new(now != ASSUMED_MAX_STREAMS)),
@@ -368,8 +369,9 @@ where
 /// which reads the server's live stream limit at checkout: hyper's
 /// connection task is not woken by a SETTINGS frame, so a limit kept by the
 /// task alone would be stale until the next request, which is too late for
-/// that request.
-pub(crate) struct SharedH2<F>(Mutex<Pin<Box<F>>>);
+/// that request. Once the connection ends it is dropped here, whoever
+/// still holds the `SharedH2`: hyper closes its request channel on drop.
+pub(crate) struct SharedH2<F>(Mutex<Option<Pin<Box<F>>>>);
 
 impl<F> fmt::Debug for SharedH2<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -378,7 +380,7 @@ impl<F> fmt::Debug for SharedH2<F> {
 }
 
 impl<F> SharedH2<F> {
-    fn lock(&self) -> MutexGuard<'_, Pin<Box<F>>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Pin<Box<F>>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -389,8 +391,11 @@ pub(crate) trait StreamLimit: fmt::Debug + Send + Sync {
 }
 
 impl<F: MaxStreams + Send> StreamLimit for SharedH2<F> {
+    /// 0 once the connection has ended.
     fn current(&self) -> usize {
-        self.lock().max_send_streams()
+        self.lock()
+            .as_ref()
+            .map_or(0, |conn| conn.max_send_streams())
     }
 }
 
@@ -409,8 +414,16 @@ async fn drive_h2<F, B>(
     let mut last = ASSUMED_MAX_STREAMS;
     let result = poll_fn(|cx| {
         let (polled, now) = {
-            let mut conn = conn.lock();
-            (conn.as_mut().poll(cx), conn.max_send_streams())
+            let mut guard = conn.lock();
+            let Some(inner) = guard.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let polled = inner.as_mut().poll(cx);
+            let now = inner.max_send_streams();
+            if polled.is_ready() {
+                *guard = None;
+            }
+            (polled, now)
         };
         if now != last {
             last = now;

@@ -119,6 +119,28 @@ impl Target {
         self.scheme == Scheme::HTTPS
     }
 
+    /// The plain-TCP target under a TLS layer: `http`, same host and port
+    /// (the port written out: `https`' default 443 is not `http`'s), same
+    /// partition. A transport connector that refuses `https` URIs, such as
+    /// hyper-util's `HttpConnector` by default, accepts it.
+    pub fn transport(&self) -> Target {
+        if !self.is_https() {
+            return self.clone();
+        }
+        let port = self.authority.port_u16().unwrap_or(443);
+        let authority = match self.authority.port() {
+            Some(_) => self.authority.clone(),
+            None => format!("{}:{port}", self.authority.host())
+                .parse()
+                .unwrap_or_else(|_| self.authority.clone()),
+        };
+        Target {
+            scheme: Scheme::HTTP,
+            authority,
+            partition: self.partition.clone(),
+        }
+    }
+
     /// The URI handed to the connector: `scheme://authority/`.
     pub(crate) fn connect_uri(&self) -> Uri {
         Uri::builder()

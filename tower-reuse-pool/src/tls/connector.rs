@@ -147,8 +147,11 @@ impl TlsLayer {
     }
 
     /// Refresh the traffic keys of every open TLS 1.3 connection this
-    /// often, with a KeyUpdate message (no reconnect). Default off: rustls
-    /// already updates keys before a cipher's confidentiality limit.
+    /// often, with a KeyUpdate message (no reconnect). A connection that
+    /// sent nothing since its last update is skipped: peers such as rustls
+    /// and BoringSSL close a connection after 32 KeyUpdates with no data
+    /// between them. Default off: rustls already updates keys before a
+    /// cipher's confidentiality limit.
     #[must_use]
     pub fn key_update_interval(self, every: Option<Duration>) -> Self {
         self.edit(|tls| tls.key_update_interval = every)
@@ -193,8 +196,9 @@ impl<C> Layer<C> for TlsLayer {
 }
 
 /// rustls over a transport connector `C` (hyper-util's `HttpConnector`, or
-/// any [`Connect`]); built by [`TlsLayer`]. `https` targets get TLS, `http`
-/// targets the transport as it is.
+/// any [`Connect`]); built by [`TlsLayer`]. `https` targets get TLS over the
+/// transport to [`Target::transport`] (plain `http`, same host, port and
+/// partition); `http` targets the transport as it is.
 ///
 /// Each [`Partition`] resumes only its own sessions and uses its own
 /// configuration if one was given; the handshake kind of every connection
@@ -289,7 +293,7 @@ impl<C: Connect> Connect for TlsConnector<C> {
     type Future = Pin<Box<dyn Future<Output = Result<Established<Self::Io>, ConnectError>> + Send>>;
 
     fn connect(&self, target: &Target) -> Self::Future {
-        let transport = self.inner.connect(target);
+        let transport = self.inner.connect(&target.transport());
         if !target.is_https() {
             return Box::pin(async move { Ok(transport.await?.map_io(TlsIo::plain)) });
         }

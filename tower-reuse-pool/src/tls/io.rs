@@ -50,12 +50,15 @@ impl<Io> TlsIo<Io> {
     }
 }
 
-/// Refreshes the traffic keys of one connection every `every`.
+/// Refreshes the traffic keys of one connection every `every`, if it has
+/// sent data since the last refresh.
 #[derive(Debug)]
 pub(crate) struct KeyUpdate {
     every: Duration,
     sleep: Pin<Box<Sleep>>,
     done: Arc<AtomicU64>,
+    /// Application data was written since the last key update.
+    wrote: bool,
 }
 
 impl KeyUpdate {
@@ -64,6 +67,7 @@ impl KeyUpdate {
             every,
             sleep: Box::pin(tokio::time::sleep(every)),
             done,
+            wrote: false,
         }
     }
 }
@@ -84,6 +88,10 @@ where
     /// Called from every read and write, so the connection task's waker
     /// is registered with the timer whether the connection is busy or idle
     /// (hyper keeps a read pending on idle connections).
+    ///
+    /// A connection that wrote nothing since its last update is skipped:
+    /// its keys encrypted nothing new, and peers (rustls, BoringSSL) close
+    /// a connection after 32 KeyUpdates with no application data between.
     fn update_keys_if_due(&mut self, cx: &mut Context<'_>) {
         let Some(schedule) = self.key_update.as_mut() else {
             return;
@@ -96,11 +104,22 @@ where
             .as_mut()
             .reset(Instant::now() + schedule.every);
         let _ = schedule.sleep.as_mut().poll(cx);
+        if !schedule.wrote {
+            return;
+        }
         if self.stream.get_mut().1.refresh_traffic_keys().is_ok() {
+            schedule.wrote = false;
             schedule.done.fetch_add(1, Ordering::Relaxed);
             // The KeyUpdate message waits in rustls' buffer: send it now,
             // not with the next request.
             let _ = Pin::new(&mut self.stream).poll_flush(cx);
+        }
+    }
+
+    /// Remember that application data went out, for the next key update.
+    fn note_written(&mut self, written: &Poll<io::Result<usize>>) {
+        if let (Some(schedule), Poll::Ready(Ok(1..))) = (self.key_update.as_mut(), written) {
+            schedule.wrote = true;
         }
     }
 }
@@ -131,7 +150,9 @@ where
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.update_keys_if_due(cx);
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.note_written(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -141,7 +162,9 @@ where
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.update_keys_if_due(cx);
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.note_written(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
