@@ -157,9 +157,11 @@ impl PoolConfig {
         http2_scale_out: bool
     }
     setter! {
-        /// Retry a request once when it is safe: it was never written, or the
-        /// server refused the stream, or it is idempotent with an empty body
-        /// and a reused connection closed under it. Defaults to `true`.
+        /// Retry a request once, on another connection, when it is safe and
+        /// its connection was reused: it was never written, the server
+        /// refused the stream or sent GOAWAY below it, or it is idempotent
+        /// with an empty body and the connection closed under it. Defaults
+        /// to `true`.
         retry: bool
     }
     setter! {

@@ -251,9 +251,9 @@ where
     let client_close = hints::has_token(req.headers(), "close");
     let replayable = may_retry
         && retried.is_none()
+        && checkout.reused
         && req.body().is_end_stream()
-        && (checkout.protocol == Protocol::Http2
-            || (checkout.reused && is_idempotent(req.method())));
+        && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
     let copy = replayable.then(|| replay_copy(&req));
     match send(checkout.lease(), req).await {
         Ok(response) => {
@@ -262,19 +262,16 @@ where
         Err(mut failed) => {
             let unwritten = failed.take_message();
             let error = failed.into_error();
-            let (outcome, reason) = classify(
-                &error,
-                checkout.protocol,
-                checkout.reused,
-                unwritten.is_some(),
-            );
+            let (outcome, reason) = classify(&error, checkout.protocol, unwritten.is_some());
             let written = unwritten.is_none();
             let again = match (reason, unwritten) {
                 (Some(RetryReason::Unwritten), Some(req)) => Some(req),
                 (Some(_), _) => copy,
                 (None, _) => None,
             };
-            let retry = reason.zip(again).filter(|_| may_retry && retried.is_none());
+            let retry = reason
+                .zip(again)
+                .filter(|_| checkout.reused && may_retry && retried.is_none());
             // The server did not process a refused stream, nor one above the
             // last stream id of its GOAWAY (RFC 9113, 8.7).
             let processed = written
@@ -304,16 +301,17 @@ where
     }
 }
 
-/// Whether a failure may be retried, and what it means for the connection.
+/// What a failure means for the connection, and what would make a replay
+/// safe. Whether to replay is the caller's decision: only on a reused
+/// connection (a brand-new one failing is no stale-connection race, and
+/// retrying it could dial in a loop).
 fn classify(
     error: &hyper::Error,
     protocol: Protocol,
-    reused: bool,
     unwritten: bool,
 ) -> (Outcome, Option<RetryReason>) {
     if unwritten {
-        // Only a reused connection: a brand-new one failing is no stale-connection race.
-        return (Outcome::Failed, reused.then_some(RetryReason::Unwritten));
+        return (Outcome::Failed, Some(RetryReason::Unwritten));
     }
     if protocol == Protocol::Http2 {
         if let Some(h2) = find_h2(error) {
@@ -330,7 +328,7 @@ fn classify(
     let closed = error.is_incomplete_message() || error.is_canceled() || error.is_closed();
     (
         Outcome::Failed,
-        (reused && closed).then_some(RetryReason::ClosedIdempotent),
+        closed.then_some(RetryReason::ClosedIdempotent),
     )
 }
 

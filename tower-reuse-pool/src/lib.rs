@@ -14,8 +14,9 @@
 //!   `Keep-Alive: timeout`; one reaper task per pool;
 //! - HTTP/2 by prior knowledge or ALPN, honouring the server's stream limit
 //!   and opening more connections when all are full; GOAWAY drains;
-//! - safe retry: at most once, only when the request was never written, the
-//!   stream was refused, or an idempotent empty-bodied request met a reused
+//! - safe retry: at most once, only on a reused connection, only when the
+//!   request was never written, the stream was refused or above a GOAWAY's
+//!   last stream id, or an idempotent empty-bodied request met the
 //!   connection closing under it;
 //! - pre-warming (`min_idle_per_target`), a kill switch (`reuse(false)`);
 //! - [`PoolEvents`](events::PoolEvents) hooks, a [`PoolControl`] handle with
