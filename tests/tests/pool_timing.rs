@@ -377,3 +377,46 @@ async fn a_failed_rotation_still_retires_a_busy_connection() {
     assert_eq!(snapshot.closed(CloseReason::MaxLifetime), 1, "{snapshot:?}");
     assert_eq!(snapshot.idle(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_keeps_the_target_it_served_last_from_being_forgotten() {
+    // Each handle remembers the target it served last, to skip the lookup;
+    // that target must stay the pool's one and only pool for it.
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut fresh = client(connector, PoolConfig::default());
+    let mut remembers = fresh.clone();
+    send(&mut remembers, get(URL, 1)).await.unwrap();
+    // A quiet hour: the idle connection expires; the target would be
+    // forgotten if no handle held it.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    settle().await;
+    send(&mut remembers, get(URL, 2)).await.unwrap();
+    send(&mut fresh, get(URL, 3)).await.unwrap();
+    let target = only(&fresh);
+    assert_eq!(
+        (target.opened(), target.reused()),
+        (2, 1),
+        "both handles used one pool for the target: {target:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_target_no_handle_holds_is_forgotten() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(connector, PoolConfig::default());
+    send(&mut client, get(URL, 1)).await.unwrap();
+    send(&mut client, get("http://other.test/", 2))
+        .await
+        .unwrap();
+    assert_eq!(client.control().snapshot().targets.len(), 2);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    settle().await;
+    // The handle now holds the other target only: this one goes.
+    let snapshot = client.control().snapshot();
+    let left: Vec<_> = snapshot
+        .targets
+        .iter()
+        .map(|t| t.target().to_string())
+        .collect();
+    assert_eq!(left, ["http://other.test"]);
+}

@@ -71,7 +71,8 @@ pub(crate) struct Checkout<B: Send + 'static> {
 }
 
 impl<B: Send + 'static> Checkout<B> {
-    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, start: Instant) -> Self {
+    /// `waited_since` is `None` for a grant made at once: no wait to time.
+    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, waited_since: Option<Instant>) -> Self {
         let checkout = Checkout {
             lease: Some(granted.lease),
             protocol: granted.protocol,
@@ -81,7 +82,7 @@ impl<B: Send + 'static> Checkout<B> {
             revalidate: granted.revalidate,
             settling: granted.settling,
             dedicated: granted.dedicated,
-            wait: start.elapsed(),
+            wait: waited_since.map_or(Duration::ZERO, |start| start.elapsed()),
             pool,
         };
         checkout.pool.common.events.on_checkout(&CheckedOut {
@@ -104,7 +105,7 @@ impl<B: Send + 'static> Checkout<B> {
     ) -> Result<Self, Error> {
         let start = Instant::now();
         let waiting = match pool.checkout(start, avoid) {
-            Ok(granted) => return Ok(Checkout::new(pool.clone(), granted, start)),
+            Ok(granted) => return Ok(Checkout::new(pool.clone(), granted, None)),
             Err(Err(error)) => return Err(error),
             Err(Ok(waiting)) => waiting,
         };
@@ -123,7 +124,7 @@ impl<B: Send + 'static> Checkout<B> {
         };
         guard.rx = None;
         match received {
-            Ok(Ok(granted)) => Ok(Checkout::new(pool.clone(), granted, start)),
+            Ok(Ok(granted)) => Ok(Checkout::new(pool.clone(), granted, Some(start))),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::closed(&pool.target, "the pool was dropped")),
         }
@@ -248,7 +249,7 @@ where
         }
     }
     prepare(&mut req, checkout.protocol, &checkout.pool.host);
-    let client_close = hints::has_token(req.headers(), "close");
+    let client_close = hints::ConnectionTokens::of(req.headers()).close;
     let replayable = may_retry
         && retried.is_none()
         && checkout.reused

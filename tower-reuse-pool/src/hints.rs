@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use http::header::{CONNECTION, HeaderMap};
+use http::header::{CONNECTION, HeaderMap, HeaderName};
 use http::{Response, StatusCode, Version};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The server's word on reuse, read from a response head.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,12 +19,12 @@ pub(crate) struct ServerHints {
 impl ServerHints {
     pub(crate) fn of<B>(response: &Response<B>) -> Self {
         let headers = response.headers();
-        let keep_alive = has_token(headers, "keep-alive");
-        let close = has_token(headers, "close")
-            || (response.version() == Version::HTTP_10 && !keep_alive)
+        let tokens = ConnectionTokens::of(headers);
+        let close = tokens.close
+            || (response.version() == Version::HTTP_10 && !tokens.keep_alive)
             || response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let idle_limit = headers
-            .get_all("keep-alive")
+            .get_all(KEEP_ALIVE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(keep_alive_timeout);
@@ -30,14 +32,26 @@ impl ServerHints {
     }
 }
 
-/// Whether a `Connection` header lists `token`.
-pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// The `close` and `keep-alive` tokens of the `Connection` headers, read in
+/// one pass.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionTokens {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+}
+
+impl ConnectionTokens {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut tokens = ConnectionTokens::default();
+        for value in &headers.get_all(CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                tokens.close |= token.eq_ignore_ascii_case(b"close");
+                tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        tokens
+    }
 }
 
 /// Parses the `timeout` parameter of a `Keep-Alive` header value, such as

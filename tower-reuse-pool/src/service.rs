@@ -38,6 +38,10 @@ pub struct Pool<C, B = Full<Bytes>> {
     shared: Arc<Shared<C, B>>,
     semaphore: Option<PollSemaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The target this handle served last: a handle sending to one target
+    /// again skips building a `Target` and the shared map's lookup. Holding
+    /// it keeps the target from being forgotten (see `is_forgettable`).
+    last: Option<Arc<TargetPool<B>>>,
 }
 
 pub(crate) struct Shared<C, B> {
@@ -60,6 +64,7 @@ impl<C, B> Clone for Pool<C, B> {
             shared: self.shared.clone(),
             semaphore: self.semaphore.clone(),
             permit: None,
+            last: self.last.clone(),
         }
     }
 }
@@ -92,6 +97,7 @@ where
             }),
             semaphore,
             permit: None,
+            last: None,
         }
     }
 
@@ -151,14 +157,11 @@ where
         self.read_targets().values().cloned().collect()
     }
 
-    /// Forget targets with nothing open and no use for `idle_timeout` or a
-    /// minute, whichever is longer (their counts go with them).
+    /// Forget targets with nothing open and no use for a while (see
+    /// `forget_after`); their counts go with them.
     pub(crate) fn forget_idle_targets(&self, now: tokio::time::Instant) {
-        let config = self.common.config.load();
-        let minute = std::time::Duration::from_secs(60);
-        let quiet = config.idle_timeout.map_or(minute, |idle| idle.max(minute));
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
-        targets.retain(|_, pool| !pool.is_forgettable(now, quiet));
+        targets.retain(|_, pool| !pool.is_forgettable(now));
     }
 }
 
@@ -220,11 +223,18 @@ where
         if self.semaphore.is_some() && permit.is_none() {
             return ResponseFuture::new(async { Err(Error::not_ready()) });
         }
-        let target = match Target::from_request(&req) {
-            Ok(target) => target,
-            Err(error) => return ResponseFuture::new(async { Err(error) }),
+        let pool = match &self.last {
+            Some(pool) if pool.target.is_for(&req) => pool.clone(),
+            _ => {
+                let target = match Target::from_request(&req) {
+                    Ok(target) => target,
+                    Err(error) => return ResponseFuture::new(async { Err(error) }),
+                };
+                let pool = self.shared.target_pool(&target);
+                self.last = Some(pool.clone());
+                pool
+            }
         };
-        let pool = self.shared.target_pool(&target);
         ResponseFuture::new(future::request(pool, req, permit))
     }
 }

@@ -94,6 +94,20 @@ impl Target {
         Target::new(scheme.clone(), authority.clone(), partition)
     }
 
+    /// Whether `req` goes to this target: the check a pool handle makes
+    /// against the target it served last, without building a `Target`.
+    pub(crate) fn is_for<B>(&self, req: &Request<B>) -> bool {
+        let uri = req.uri();
+        // Byte equality first: `Authority`'s own is a slower case-insensitive
+        // walk, needed only when the bytes differ.
+        let same_authority = uri.authority().is_some_and(|authority| {
+            authority.as_str() == self.authority.as_str() || *authority == self.authority
+        });
+        same_authority
+            && uri.scheme() == Some(&self.scheme)
+            && req.extensions().get::<Partition>() == self.partition.as_ref()
+    }
+
     /// The target of a request: its URI and its [`Partition`] extension.
     pub fn from_request<B>(req: &Request<B>) -> Result<Self, Error> {
         Target::from_uri(req.uri(), req.extensions().get::<Partition>().cloned())

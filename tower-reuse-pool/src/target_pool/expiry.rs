@@ -86,15 +86,23 @@ impl<B: Send + 'static> TargetPool<B> {
             // reaper on every request.
             if state.open > 0 {
                 soonest(config.idle_timeout.map(|idle| now + idle));
+            } else if state.connecting == 0 && state.waiters.is_empty() {
+                // Look again when the target may be forgotten (never a past
+                // instant: a target a handle holds is not forgotten then).
+                soonest(Some(state.last_active + forget_after(&config)).filter(|&at| at > now));
             }
         }
         self.finish(fx);
         next
     }
 
-    /// Whether nothing is open, connecting or waiting, and nothing was used
-    /// for `idle`: the pool may forget this target.
-    pub(crate) fn is_forgettable(&self, now: Instant, idle: Duration) -> bool {
+    /// Whether nothing is open, connecting or waiting, nothing was used for
+    /// [`forget_after`], and no pool handle holds it as the target it served
+    /// last: the pool may forget this target.
+    pub(crate) fn is_forgettable(self: &Arc<Self>, now: Instant) -> bool {
+        if Arc::strong_count(self) > 1 {
+            return false;
+        }
         let state = self.lock();
         let config = self.config_of(&state);
         state.open == 0
@@ -102,8 +110,15 @@ impl<B: Send + 'static> TargetPool<B> {
             && state.waiters.is_empty()
             && config.min_idle_per_target == 0
             && state.override_config.is_none()
-            && now.saturating_duration_since(state.last_active) >= idle
+            && now.saturating_duration_since(state.last_active) >= forget_after(&config)
     }
+}
+
+/// How long a target with nothing open stays known to the pool: its idle
+/// timeout or a minute, whichever is longer (its counts go with it).
+pub(crate) fn forget_after(config: &PoolConfig) -> Duration {
+    let minute = Duration::from_secs(60);
+    config.idle_timeout.map_or(minute, |idle| idle.max(minute))
 }
 
 /// Past its lifetime: start a replacement and keep serving until it is up
