@@ -206,5 +206,16 @@ async fn run(args: Args) -> Result<(), LabError> {
         report.display(),
         args.out.join("cert.pem").display()
     );
+    // A response carrying another request's id is a bug in a client stack,
+    // never noise: the run fails (CI's smoke test relies on it).
+    let misdelivered: Vec<String> = results
+        .runs
+        .iter()
+        .filter(|r| r.misdelivered > 0)
+        .map(|r| format!("{}/{}: {}", r.scenario, r.stack, r.misdelivered))
+        .collect();
+    if !misdelivered.is_empty() {
+        return Err(format!("misdelivered responses: {}", misdelivered.join(", ")).into());
+    }
     Ok(())
 }
