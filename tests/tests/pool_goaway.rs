@@ -6,13 +6,14 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::Reason;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::task::JoinHandle;
-use tower::Layer;
+use tower::{Layer, Service};
 use tower_reuse_pool::events::{CloseReason, PoolEvents, Retried, RetryReason};
 use tower_reuse_pool::{
     ConnId, ConnectionInfo, Error, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
@@ -258,9 +259,8 @@ async fn stream_above_goaway_last_stream_id_is_retried_once_on_a_new_connection(
     assert_eq!((seen.streams_on(0), seen.streams_on(1)), (2, 1));
 }
 
-/// Fails today: the retry is checked out like any request, so it lands on
-/// the connection that refused it (it still has room), is refused again and
-/// surfaces as an error, although connection 1 would have served it.
+/// The retry avoids the connection that refused it (which still has room),
+/// so connection 1 serves it.
 #[tokio::test]
 async fn refused_stream_is_retried_once_on_another_connection() {
     // Connection 0 serves its first stream and refuses every later one.
@@ -355,9 +355,9 @@ async fn lowered_max_streams_is_honoured_once_the_pool_has_read_it() {
     assert_eq!(server.seen().streams_on(0), 3);
 }
 
-/// Fails today: hyper's dispatch task is not woken by a SETTINGS frame, so
-/// the pool still sees the old limit and hands the next request to
-/// connection 0, where h2 queues it behind the held stream.
+/// hyper's dispatch task is not woken by a SETTINGS frame: the pool reads
+/// the live limit at checkout, so the next request goes elsewhere instead of
+/// queueing in h2 behind the held stream.
 #[tokio::test]
 async fn lowering_max_streams_to_one_sends_new_requests_elsewhere() {
     let server = H2Server::start(H2Options::replying(|s| {
@@ -387,9 +387,8 @@ async fn lowering_max_streams_to_one_sends_new_requests_elsewhere() {
     assert_eq!(server.seen().streams_on(0), 2);
 }
 
-/// Fails today, as above: the first request after the SETTINGS goes to
-/// connection 0 and h2 waits for a stream that never frees. Later requests
-/// do go elsewhere.
+/// As above, with a limit of 0: the first request after the SETTINGS must
+/// not go to connection 0, where h2 would wait for a stream that never frees.
 #[tokio::test]
 async fn lowering_max_streams_to_zero_sends_new_requests_elsewhere() {
     let server = H2Server::start(H2Options::default()).await;
@@ -508,4 +507,36 @@ async fn a_server_without_a_stream_limit_takes_a_burst_on_prewarmed_connections(
         assert_eq!(echoed_id(&parts), Some(i));
     }
     assert!(server.seen().conns.len() <= 4, "{:?}", server.seen());
+}
+
+#[tokio::test]
+async fn a_retried_request_keeps_its_in_flight_permit() {
+    // Connection 0 refuses its second stream; connection 1 holds the retry.
+    let server = H2Server::start(H2Options::replying(|s| match (s.conn, s.index) {
+        (0, 0) => Reply::Respond,
+        (0, _) => Reply::Refuse,
+        _ => Reply::Hold,
+    }))
+    .await;
+    let client: Pool<HttpConnector> = PoolLayer::new(
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .max_requests_in_flight(Some(1)),
+    )
+    .expect("valid config")
+    .layer(HttpConnector::new());
+    let url = server.url("/");
+    send(&mut client.clone(), get(&url, 0)).await.unwrap();
+    let retried = spawn_get(&client, &url, 1);
+    bounded(server.wait_until(|seen| seen.streams_on(1) == 1)).await;
+    // The retry is in flight: the pool's one permit is still taken.
+    let mut other = client.clone();
+    let ready = std::future::poll_fn(|cx| Poll::Ready(other.poll_ready(cx).is_ready())).await;
+    assert!(
+        !ready,
+        "a second request got a permit while the retry was in flight"
+    );
+    server.release();
+    let (parts, _) = bounded(retried).await.unwrap().expect("the retry succeeds");
+    assert_eq!(server_conn(&parts), 1);
 }

@@ -420,3 +420,103 @@ async fn a_quiet_target_no_handle_holds_is_forgotten() {
         .collect();
     assert_eq!(left, ["http://other.test"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_prewarmed_http2_connection_is_not_closed_below_min_idle() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .min_idle_per_target(1)
+            .idle_timeout(Some(Duration::from_secs(10))),
+    );
+    send(&mut client, get(URL, 1)).await.unwrap();
+    settle().await;
+    // The demand connection and the pre-warm one: one expires, one stays.
+    advance(Duration::from_secs(15)).await;
+    settle().await;
+    let before = only(&client);
+    for _ in 0..6 {
+        advance(Duration::from_secs(5)).await;
+        settle().await;
+    }
+    // Closing the last one at its idle timeout would only reopen it.
+    let after = only(&client);
+    assert_eq!(after.idle(), 1, "{after:?}");
+    assert_eq!(
+        (after.opened(), after.closed_total()),
+        (before.opened(), before.closed_total()),
+        "no close-and-reopen churn: {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kill_switch_keeps_to_the_connection_limits() {
+    let connector = DuplexConnector::new(ServerOptions {
+        delay: Some(Duration::from_secs(1)),
+        ..ServerOptions::default()
+    });
+    let client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .reuse(false)
+            .max_connections_per_target(Some(2)),
+    );
+    let tasks: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(client.clone().oneshot(get(URL, i))))
+        .collect();
+    settle().await;
+    advance(Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(
+        connector.stats.open(),
+        2,
+        "no connect storm when reuse is off"
+    );
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    let target = only(&client);
+    assert_eq!(
+        (target.opened(), target.closed(CloseReason::KillSwitch)),
+        (10, 10)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connects_that_outlive_their_waiters_leave_no_more_than_max_idle() {
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delay(Duration::from_millis(100));
+    let client = client(
+        connector,
+        PoolConfig::default()
+            .max_idle_per_target(Some(2))
+            .checkout_timeout(Some(Duration::from_millis(50))),
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(client.clone().oneshot(get(URL, i))))
+        .collect();
+    for task in tasks {
+        let error = task.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::CheckoutTimeout);
+    }
+    advance(Duration::from_millis(100)).await;
+    settle().await;
+    let target = only(&client);
+    assert_eq!(target.idle(), 2, "{target:?}");
+    assert_eq!(target.closed(CloseReason::OverLimit), target.opened() - 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_in_flight_limit_is_fixed_when_the_pool_is_built() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let client = client(connector, PoolConfig::default());
+    let error = client
+        .control()
+        .update(|c| c.max_requests_in_flight(Some(1)))
+        .unwrap_err();
+    assert_eq!(error.field(), "max_requests_in_flight");
+    assert_eq!(*client.control().config(), PoolConfig::default());
+}

@@ -127,6 +127,8 @@ pub(crate) trait Controlled: Send + Sync {
     fn snapshot(&self) -> PoolSnapshot;
     fn config(&self) -> Arc<PoolConfig>;
     fn set_config(&self, config: PoolConfig);
+    /// Held across an update's read, change and store.
+    fn update_lock(&self) -> std::sync::MutexGuard<'_, ()>;
     /// Creates the target if need be, through the one path that also starts
     /// the reaper; hence the `Arc` receiver.
     fn set_target_config(self: Arc<Self>, target: &Target, config: Option<PoolConfig>);
@@ -171,9 +173,19 @@ impl PoolControl {
 
     /// Change the pool-wide configuration; rejected values leave it as it was.
     /// Takes effect at each connection's next decision (checkout, check-in,
-    /// expiry).
+    /// expiry). Concurrent updates apply one after the other, none lost.
+    /// `max_requests_in_flight` is fixed when the pool is built: changing it
+    /// here is an error.
     pub fn update(&self, change: impl FnOnce(PoolConfig) -> PoolConfig) -> Result<(), ConfigError> {
-        let config = change((*self.inner.config()).clone()).validate()?;
+        let _one_at_a_time = self.inner.update_lock();
+        let current = self.inner.config();
+        let config = change((*current).clone()).validate()?;
+        if config.max_requests_in_flight != current.max_requests_in_flight {
+            return Err(ConfigError::new(
+                "max_requests_in_flight",
+                "is fixed when the pool is built",
+            ));
+        }
         self.inner.set_config(config);
         Ok(())
     }

@@ -189,6 +189,16 @@ impl Error {
         Error::new(ErrorKind::Closed, Phase::Checkout, why.to_owned()).with_target(target)
     }
 
+    /// The connection closed before the request was written: not processed.
+    pub(crate) fn unsent(target: &Target) -> Self {
+        Error::new(
+            ErrorKind::Send,
+            Phase::Send,
+            "the connection closed before the request was sent",
+        )
+        .with_target(target)
+    }
+
     /// A send failure. `processed` says whether the request's bytes may have
     /// reached the server.
     pub(crate) fn send(target: &Target, source: hyper::Error, processed: bool) -> Self {

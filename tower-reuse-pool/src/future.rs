@@ -218,13 +218,15 @@ pub(crate) enum Exchange<B> {
     },
 }
 
-/// Send `req` on `checkout`'s connection and wrap the response.
+/// Send `req` on `checkout`'s connection and wrap the response. The
+/// in-flight `permit` goes with the response's body; after a failure it
+/// stays for the retry.
 pub(crate) async fn exchange<B>(
     mut checkout: Checkout<B>,
     mut req: Request<B>,
     may_retry: bool,
     retried: Option<RetryReason>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Exchange<B>
 where
     B: Body + Default + Send + Sync + Unpin + 'static,
@@ -239,11 +241,8 @@ where
         }
         if conn.tx.ready().await.is_err() {
             // Closed while idle: nothing was sent, another connection may take it.
-            let error = Error::closed(
-                &checkout.pool.target,
-                "the connection closed before the request was sent",
-            );
-            let retry = checkout.reused.then_some((RetryReason::Unwritten, req));
+            let error = Error::unsent(&checkout.pool.target);
+            let retry = (checkout.reused && may_retry).then_some((RetryReason::Unwritten, req));
             checkout.finish(Outcome::Failed);
             return Exchange::Failed { error, retry };
         }
@@ -257,9 +256,13 @@ where
         && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
     let copy = replayable.then(|| replay_copy(&req));
     match send(checkout.lease(), req).await {
-        Ok(response) => {
-            Exchange::Response(respond(checkout, response, client_close, retried, permit))
-        }
+        Ok(response) => Exchange::Response(respond(
+            checkout,
+            response,
+            client_close,
+            retried,
+            permit.take(),
+        )),
         Err(mut failed) => {
             let unwritten = failed.take_message();
             let error = failed.into_error();
@@ -446,7 +449,7 @@ where
     loop {
         let checkout = Checkout::acquire(&pool, avoid).await?;
         let failed_on = checkout.id();
-        match exchange(checkout, req, may_retry, retried, permit.take()).await {
+        match exchange(checkout, req, may_retry, retried, &mut permit).await {
             Exchange::Response(response) => return Ok(response),
             Exchange::Failed {
                 error,

@@ -183,6 +183,13 @@ where
         self.common.config.load_full()
     }
 
+    fn update_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.common
+            .updating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_config(&self, config: PoolConfig) {
         self.common.config.store(Arc::new(config));
         self.common.reaper_wake.notify_one();
@@ -295,7 +302,7 @@ where
             return ResponseFuture::new(async { Err(Error::spent()) });
         };
         ResponseFuture::new(async move {
-            match future::exchange(checkout, req, false, None, None).await {
+            match future::exchange(checkout, req, false, None, &mut None).await {
                 Exchange::Response(response) => Ok(response),
                 Exchange::Failed { error, .. } => Err(error),
             }

@@ -43,7 +43,7 @@ impl<B: Send + 'static> TargetPool<B> {
         mut conn: Http1Conn<B>,
         outcome: Outcome,
         now: Instant,
-        fx: &mut Effects,
+        fx: &mut Effects<B>,
     ) {
         if outcome == Outcome::Unused {
             conn.life.served -= 1;
@@ -94,7 +94,7 @@ impl<B: Send + 'static> TargetPool<B> {
         id: ConnId,
         outcome: Outcome,
         now: Instant,
-        fx: &mut Effects,
+        fx: &mut Effects<B>,
     ) {
         let Some(pos) = state.h2.iter().position(|c| c.life.id == id) else {
             return;
@@ -128,18 +128,35 @@ impl<B: Send + 'static> TargetPool<B> {
     }
 
     /// A dedicated (kill switch) connection opened.
-    pub(crate) fn dedicated_opened(&self, tls: Option<TlsHandshake>) {
-        let mut state = self.lock();
-        state.connecting -= 1;
-        state.counters.opened(tls);
-        state.counters.checkouts += 1;
+    pub(crate) fn dedicated_opened(self: &Arc<Self>, tls: Option<TlsHandshake>) {
+        self.dedicated_changed(|state| {
+            state.connecting -= 1;
+            state.dedicated_open += 1;
+            state.counters.opened(tls);
+            state.counters.checkouts += 1;
+        });
     }
 
     /// A dedicated (kill switch) connect failed.
-    pub(crate) fn dedicated_failed(&self) {
-        let mut state = self.lock();
-        state.connecting -= 1;
-        state.counters.connect_errors += 1;
+    pub(crate) fn dedicated_failed(self: &Arc<Self>) {
+        self.dedicated_changed(|state| {
+            state.connecting -= 1;
+            state.counters.connect_errors += 1;
+        });
+    }
+
+    /// Apply `change` to the dedicated counts, then start what the freed
+    /// room allows.
+    fn dedicated_changed(self: &Arc<Self>, change: impl FnOnce(&mut State<B>)) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            change(&mut state);
+            self.plan(&mut state, &config, now, &mut fx);
+        }
+        self.finish(fx);
     }
 
     /// A dedicated connection closes after its one request.
@@ -151,8 +168,14 @@ impl<B: Send + 'static> TargetPool<B> {
         };
         let now = Instant::now();
         let mut fx = Effects::new();
-        self.lock().counters.closed[CloseReason::KillSwitch.index()] += 1;
         fx.close(&mut life, CloseReason::KillSwitch, now);
+        {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.dedicated_open -= 1;
+            state.counters.closed[CloseReason::KillSwitch.index()] += 1;
+            self.plan(&mut state, &config, now, &mut fx);
+        }
         self.finish(fx);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Effects, State, TargetPool};
-use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle};
+use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol};
 use crate::connect::Opened;
 use crate::error::Error;
 use crate::events::{CloseReason, ConnectReason};
@@ -64,13 +64,21 @@ impl<B: Send + 'static> TargetPool<B> {
             };
             fx.wake_reaper = deadline;
             self.dispatch(&mut state, &config, now, &mut fx);
+            // Connects outlived the demand that started them: keep no more
+            // idle than allowed, the oldest going first.
+            if let Some(max) = config.max_idle_per_target {
+                while state.idle.len() > max {
+                    let mut conn = state.idle.remove(0);
+                    state.closed(&mut conn.life, CloseReason::OverLimit, now, &mut fx);
+                }
+            }
             self.plan(&mut state, &config, now, &mut fx);
         }
         self.finish(fx);
     }
 
     /// A rotation replacement is up: retire the oldest rotating connection.
-    fn retire_one(&self, state: &mut State<B>, now: Instant, fx: &mut Effects) {
+    fn retire_one(&self, state: &mut State<B>, now: Instant, fx: &mut Effects<B>) {
         if let Some(pos) = state.idle.iter().position(|c| c.life.rotating) {
             let mut conn = state.idle.remove(pos);
             state.closed(&mut conn.life, CloseReason::MaxLifetime, now, fx);
@@ -116,13 +124,16 @@ impl<B: Send + 'static> TargetPool<B> {
                 ConnectReason::Rotation => self.retire_one(&mut state, now, &mut fx),
                 _ => {}
             }
-            let covered = if state.protocol.is_none() {
-                0
-            } else {
-                state.connecting
+            // The waiters no connect still in flight covers (as `plan`
+            // counts them) get the error; the queue's front is served first,
+            // so they are taken from its back.
+            let covered = match state.protocol {
+                None => 0,
+                Some(Protocol::Http1) => state.connecting,
+                Some(Protocol::Http2) => state.connecting.saturating_mul(state.h2_streams_hint),
             };
             while state.waiters.len() > covered {
-                if let Some(waiter) = state.waiters.pop_front() {
+                if let Some(waiter) = state.waiters.pop_back() {
                     failed.push(waiter.tx);
                 }
             }

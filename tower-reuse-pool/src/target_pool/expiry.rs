@@ -56,16 +56,20 @@ impl<B: Send + 'static> TargetPool<B> {
                 );
                 i += 1;
             }
+            // HTTP/2 connections with no stream count towards `min_idle` too.
+            let mut idle_h2 = state.h2.iter().filter(|c| c.streams == 0).count();
             let mut i = 0;
             while i < state.h2.len() {
+                let above_min = state.idle.len() + idle_h2 > keep;
                 let conn = &mut state.h2[i];
                 let idle_deadline = conn
                     .life
                     .idle_deadline(&config)
-                    .filter(|_| conn.streams == 0);
-                if conn.streams == 0 && idle_deadline.is_some_and(|d| d <= now) {
+                    .filter(|_| conn.streams == 0 && above_min);
+                if idle_deadline.is_some_and(|d| d <= now) {
                     let mut conn = state.h2.swap_remove(i);
                     state.closed(&mut conn.life, CloseReason::IdleTimeout, now, &mut fx);
+                    idle_h2 -= 1;
                     continue;
                 }
                 soonest(idle_deadline);
@@ -125,12 +129,12 @@ pub(crate) fn forget_after(config: &PoolConfig) -> Duration {
 /// (make-before-break). A rotation may exceed `max_connections_per_target` by
 /// the connects in flight, never `max_connecting_per_target`; with no connect
 /// slot free the connection drains instead.
-pub(super) fn start_rotation(
+pub(super) fn start_rotation<B>(
     connecting: &mut usize,
     config: &PoolConfig,
     life: &mut Lifecycle,
     now: Instant,
-    fx: &mut Effects,
+    fx: &mut Effects<B>,
 ) {
     if life.rotating || life.lifetime_deadline().is_none_or(|d| d > now) {
         return;

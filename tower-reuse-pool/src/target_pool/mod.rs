@@ -47,6 +47,8 @@ pub(crate) struct Common {
     pub(crate) epoch: Instant,
     pub(crate) reaper_started: std::sync::atomic::AtomicBool,
     pub(crate) reaper_wakeups: AtomicU64,
+    /// Serializes configuration updates (read, change, store).
+    pub(crate) updating: Mutex<()>,
 }
 
 impl Common {
@@ -60,6 +62,7 @@ impl Common {
             epoch: Instant::now(),
             reaper_started: std::sync::atomic::AtomicBool::new(false),
             reaper_wakeups: AtomicU64::new(0),
+            updating: Mutex::new(()),
         }
     }
 
@@ -201,6 +204,10 @@ struct State<B> {
     prewarming: usize,
     /// Open connections: idle, active or draining, HTTP/1 and HTTP/2.
     open: usize,
+    /// Dedicated (kill switch) connections in use, and requests waiting for
+    /// one: they count against the same limits as pooled connections.
+    dedicated_open: usize,
+    dedicated_waiters: VecDeque<Grant<B>>,
     protocol: Option<Protocol>,
     /// Last seen HTTP/2 stream limit, to judge how much a connect covers.
     h2_streams_hint: usize,
@@ -222,7 +229,7 @@ impl<B> State<B> {
         life: &mut Lifecycle,
         reason: CloseReason,
         now: Instant,
-        fx: &mut Effects,
+        fx: &mut Effects<B>,
     ) {
         self.open -= 1;
         self.counters.closed[reason.index()] += 1;
@@ -240,9 +247,11 @@ pub(crate) struct TargetPool<B> {
 }
 
 /// Work gathered under the lock and done after it.
-struct Effects {
+struct Effects<B> {
     closed: Vec<ClosedInfo>,
     connects: Vec<ConnectReason>,
+    /// Dedicated (kill switch) connects, each for one waiting request.
+    dedicated: Vec<Grant<B>>,
     checkin: Option<(ConnId, bool)>,
     wake_reaper: Option<Instant>,
 }
@@ -255,11 +264,12 @@ struct ClosedInfo {
     prewarmed: bool,
 }
 
-impl Effects {
+impl<B> Effects<B> {
     fn new() -> Self {
         Effects {
             closed: Vec::new(),
             connects: Vec::new(),
+            dedicated: Vec::new(),
             checkin: None,
             wake_reaper: None,
         }
@@ -301,6 +311,8 @@ impl<B: Send + 'static> TargetPool<B> {
                 connecting: 0,
                 prewarming: 0,
                 open: 0,
+                dedicated_open: 0,
+                dedicated_waiters: VecDeque::new(),
                 protocol,
                 h2_streams_hint: 100,
                 h2_learned: None,
@@ -351,11 +363,20 @@ impl<B: Send + 'static> TargetPool<B> {
             let config = self.config_of(&state);
             state.last_active = now;
             if !config.reuse {
+                if config
+                    .max_waiters_per_target
+                    .is_some_and(|max| state.dedicated_waiters.len() >= max)
+                {
+                    return Err(Err(Error::too_many_waiters(
+                        &self.target,
+                        state.dedicated_waiters.len(),
+                    )));
+                }
                 let (tx, rx) = oneshot::channel();
-                state.connecting += 1;
+                state.dedicated_waiters.push_back(tx);
+                self.plan(&mut state, &config, now, &mut fx);
                 drop(state);
-                self.dial
-                    .dial(self.clone(), ConnectReason::Dedicated, Some(tx));
+                self.finish(fx);
                 return Err(Ok(Waiting { key: None, rx }));
             }
             if state.waiters.is_empty()
@@ -394,7 +415,7 @@ impl<B: Send + 'static> TargetPool<B> {
         state: &mut State<B>,
         config: &PoolConfig,
         now: Instant,
-        fx: &mut Effects,
+        fx: &mut Effects<B>,
         avoid: Option<ConnId>,
     ) -> Option<Granted<B>> {
         let learned = state.h2_learned;
@@ -454,7 +475,13 @@ impl<B: Send + 'static> TargetPool<B> {
     }
 
     /// Serve parked waiters from whatever capacity there is, FIFO.
-    fn dispatch(&self, state: &mut State<B>, config: &PoolConfig, now: Instant, fx: &mut Effects) {
+    fn dispatch(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        now: Instant,
+        fx: &mut Effects<B>,
+    ) {
         while let Some(waiter) = state.waiters.pop_front() {
             if waiter.tx.is_closed() {
                 continue;
@@ -501,12 +528,23 @@ impl<B: Send + 'static> TargetPool<B> {
     }
 
     /// Start the connects the queue, pre-warming and limits call for.
-    fn plan(&self, state: &mut State<B>, config: &PoolConfig, now: Instant, fx: &mut Effects) {
+    fn plan(&self, state: &mut State<B>, config: &PoolConfig, now: Instant, fx: &mut Effects<B>) {
         let max_open = config.max_connections();
         let max_connecting = config.max_connecting();
         let room = |state: &State<B>| {
-            state.connecting < max_connecting && state.open + state.connecting < max_open
+            state.connecting < max_connecting
+                && state.open + state.dedicated_open + state.connecting < max_open
         };
+        // Dedicated (kill switch) requests, FIFO, within the same limits.
+        while room(state) {
+            let Some(tx) = state.dedicated_waiters.pop_front() else {
+                break;
+            };
+            if !tx.is_closed() {
+                state.connecting += 1;
+                fx.dedicated.push(tx);
+            }
+        }
         // Demand: waiters that no connect in flight (or settling HTTP/2
         // connection) will serve.
         while room(state) {
@@ -563,7 +601,7 @@ impl<B: Send + 'static> TargetPool<B> {
     }
 
     /// Emit events and start connects, after the lock is released.
-    fn finish(self: &Arc<Self>, fx: Effects) {
+    fn finish(self: &Arc<Self>, fx: Effects<B>) {
         let events = &self.common.events;
         for closed in &fx.closed {
             #[cfg(feature = "tracing")]
@@ -589,6 +627,10 @@ impl<B: Send + 'static> TargetPool<B> {
         }
         for reason in fx.connects {
             self.dial.dial(self.clone(), reason, None);
+        }
+        for grant in fx.dedicated {
+            self.dial
+                .dial(self.clone(), ConnectReason::Dedicated, Some(grant));
         }
     }
 

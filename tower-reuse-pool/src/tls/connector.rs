@@ -83,7 +83,7 @@ impl TlsLayer {
                 base: config,
                 partitions: HashMap::new(),
                 cache: Some(SessionCache::default()),
-                handshake_timeout: Some(Duration::from_secs(10)),
+                handshake_timeout: Some(Duration::from_secs(5)),
                 key_update_interval: None,
                 max_age: None,
                 derived: Mutex::new(HashMap::new()),
@@ -139,8 +139,11 @@ impl TlsLayer {
         })
     }
 
-    /// Give up on a handshake after this long (default 10 s; `None`: wait
-    /// as long as the pool's `connect_timeout` allows).
+    /// Give up on a handshake after this long, with
+    /// [`TlsErrorKind::Timeout`](super::TlsErrorKind::Timeout). Default 5 s:
+    /// shorter than the pool's default `connect_timeout` (10 s, which covers
+    /// TCP, TLS and HTTP handshakes together), so that a stalled handshake
+    /// is reported as one. `None`: the pool's `connect_timeout` alone.
     #[must_use]
     pub fn handshake_timeout(self, timeout: Option<Duration>) -> Self {
         self.edit(|tls| tls.handshake_timeout = timeout)
