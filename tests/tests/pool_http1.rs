@@ -289,5 +289,23 @@ async fn connection_level_checkout_serves_one_request() {
     assert!(handle.is_reused());
     drop(handle); // unused: back to the pool
     assert_eq!(client.control().snapshot().targets[0].idle(), 1);
+    // The same through the make-service face.
+    let mut connections = client.connections();
+    let mut handle = connections
+        .ready()
+        .await
+        .unwrap()
+        .call(target)
+        .await
+        .unwrap();
+    assert!(handle.is_reused());
+    let response = handle
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&server.url("/"), 8))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
     assert_eq!(server.stats.accepted(), 1);
 }

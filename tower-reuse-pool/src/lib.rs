@@ -77,5 +77,5 @@ pub use future::ResponseFuture;
 pub use hints::keep_alive_timeout;
 pub use info::ConnectionInfo;
 pub use layer::PoolLayer;
-pub use service::{Pool, Pooled};
+pub use service::{Connections, Pool, Pooled};
 pub use target::{Partition, Target};

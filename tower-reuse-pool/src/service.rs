@@ -116,6 +116,16 @@ where
             checkout: Some(Checkout::acquire(&pool, None).await?),
         })
     }
+
+    /// The connection level as a make-service: a `Service<Target>` whose
+    /// responses are [`Pooled`] handles, each a `Service<Request>` for one
+    /// request, checked in on drop (the shape of hyper-util's pool and of
+    /// linkerd's stacks).
+    pub fn connections(&self) -> Connections<C, B> {
+        Connections {
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 impl<C, B> Shared<C, B>
@@ -243,6 +253,57 @@ where
             }
         };
         ResponseFuture::new(future::request(pool, req, permit))
+    }
+}
+
+/// The connection-level face of a [`Pool`], from [`Pool::connections`]:
+/// `call(target)` checks out a connection to `target`.
+///
+/// # Backpressure
+///
+/// Always ready: per-target limits queue the checkout, bounded by
+/// `max_waiters_per_target` and `checkout_timeout`.
+pub struct Connections<C, B = Full<Bytes>> {
+    shared: Arc<Shared<C, B>>,
+}
+
+impl<C, B> Clone for Connections<C, B> {
+    fn clone(&self) -> Self {
+        Connections {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C, B> fmt::Debug for Connections<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+impl<C, B> Service<Target> for Connections<C, B>
+where
+    C: Connect,
+    B: Body + Default + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Pooled<B>;
+    type Error = Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Pooled<B>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: Target) -> Self::Future {
+        let pool = self.shared.target_pool(&target);
+        Box::pin(async move {
+            Ok(Pooled {
+                checkout: Some(Checkout::acquire(&pool, None).await?),
+            })
+        })
     }
 }
 
