@@ -76,7 +76,9 @@ impl TlsLayer {
     /// crypto provider and client identity are used as they are. If it
     /// offers no ALPN protocols, the connector offers `h2` and `http/1.1`.
     /// Resumption goes through a [`SessionCache`] with default bounds
-    /// (see [`session_cache`](Self::session_cache)).
+    /// (see [`session_cache`](Self::session_cache)): the configuration's
+    /// own `resumption` store is replaced (and so is a partition
+    /// configuration's), unless the cache is turned off.
     pub fn new(config: Arc<ClientConfig>) -> Self {
         TlsLayer {
             tls: Arc::new(Shared {
