@@ -1,9 +1,12 @@
 //! A real rustls server for the TLS tests, on loopback or over in-memory
 //! pipes (for paused time): an rcgen CA signs its certificate (for
 //! `127.0.0.1` and `localhost`) and the clients' identities; each test picks
-//! the ALPN protocols, client authentication, TLS version, a close after N
-//! requests or a stall. The server records every handshake from its own
-//! side: full or resumed, and the client certificate it saw.
+//! the ALPN protocols, client authentication, TLS version, key-exchange
+//! groups, tickets per handshake, a close after N requests, a delay before
+//! the handshake or a stall. The server records every handshake from its own
+//! side: its kind (full, full after a HelloRetryRequest, resumed) and the
+//! client certificate it saw; its in-memory connector records every URI it
+//! was asked to dial.
 //!
 //! Every rustls configuration here gets the `ring` provider explicitly
 //! (`builder_with_provider`), never the process default.
@@ -16,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use rcgen::{
@@ -25,7 +29,9 @@ use rcgen::{
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, RootCertStore, ServerConfig};
+use rustls::{
+    ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, RootCertStore, ServerConfig,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -216,17 +222,30 @@ pub struct TlsServerOptions {
     pub close_after: Option<u64>,
     /// Accept connections and never answer: no handshake, no close.
     pub stall: bool,
+    /// Accept connections and wait this long before reading the
+    /// ClientHello: every client hello of a burst is sent (and its ticket
+    /// taken) before any handshake completes.
+    pub handshake_delay: Option<Duration>,
+    /// The only key-exchange groups the server accepts (of ring's); `None`
+    /// for all of them. A client whose first key share is not among them
+    /// gets a HelloRetryRequest.
+    pub kx_groups: Option<Vec<NamedGroup>>,
+    /// TLS 1.3 tickets sent after each handshake, full or resumed; `None`
+    /// for rustls' default (2).
+    pub tickets_per_handshake: Option<usize>,
     /// The HTTP behaviour behind TLS.
     pub http: ServerOptions,
 }
 
 /// One completed handshake, as the server saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Handshake {
     /// The connection (`x-conn-id` of its responses).
     pub conn: u64,
     /// A resumed session, not a full handshake.
     pub resumed: bool,
+    /// What rustls reports: full, full with a HelloRetryRequest, resumed.
+    pub kind: Option<HandshakeKind>,
     /// The client identity presented (kept in resumed sessions too), by
     /// [`ClientIdentity::name`]; `"unknown"` for a certificate the CA did
     /// not issue through [`TestCa::client_identity`].
@@ -328,6 +347,7 @@ impl TlsServer {
         let handler = Arc::new(Handler {
             acceptor: TlsAcceptor::from(server_config(ca, &options)),
             stall: options.stall,
+            handshake_delay: options.handshake_delay,
             http: Arc::new(http),
             stats: stats.clone(),
             issued: ca.issued.clone(),
@@ -356,6 +376,7 @@ impl TlsServer {
     pub fn connector(&self) -> MemoryConnector {
         MemoryConnector {
             handler: self.handler.clone(),
+            dialed: Arc::default(),
         }
     }
 }
@@ -367,7 +388,21 @@ fn server_config(ca: &TestCa, options: &TlsServerOptions) -> Arc<ServerConfig> {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
         TlsVersion::Tls12 => &[&rustls::version::TLS12],
     };
-    let builder = ServerConfig::builder_with_provider(provider())
+    let server_provider = match &options.kx_groups {
+        Some(groups) => {
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider
+                .kx_groups
+                .retain(|group| groups.contains(&group.name()));
+            assert!(
+                !provider.kx_groups.is_empty(),
+                "ring has none of {groups:?}"
+            );
+            Arc::new(provider)
+        }
+        None => provider(),
+    };
+    let builder = ServerConfig::builder_with_provider(server_provider)
         .with_protocol_versions(versions)
         .expect("ring supports TLS 1.2 and 1.3");
     let verifier = || WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider());
@@ -396,6 +431,9 @@ fn server_config(ca: &TestCa, options: &TlsServerOptions) -> Arc<ServerConfig> {
         Alpn::Http1Only => vec![b"http/1.1".to_vec()],
         Alpn::Off => Vec::new(),
     };
+    if let Some(tickets) = options.tickets_per_handshake {
+        config.send_tls13_tickets = tickets;
+    }
     Arc::new(config)
 }
 
@@ -403,6 +441,7 @@ fn server_config(ca: &TestCa, options: &TlsServerOptions) -> Arc<ServerConfig> {
 struct Handler {
     acceptor: TlsAcceptor,
     stall: bool,
+    handshake_delay: Option<Duration>,
     http: Arc<ServerOptions>,
     stats: Arc<TlsServerStats>,
     issued: Issued,
@@ -414,6 +453,7 @@ impl fmt::Debug for Handler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handler")
             .field("stall", &self.stall)
+            .field("handshake_delay", &self.handshake_delay)
             .finish_non_exhaustive()
     }
 }
@@ -432,6 +472,12 @@ impl Handler {
             let _ = stopped.changed().await;
             drop(io);
             return;
+        }
+        if let Some(delay) = self.handshake_delay {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped.changed() => return,
+            }
         }
         let accepted = tokio::select! {
             accepted = self.acceptor.accept(io) => accepted,
@@ -455,6 +501,7 @@ impl Handler {
         let handshake = Handshake {
             conn,
             resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
+            kind: session.handshake_kind(),
             client,
             version: session.protocol_version(),
             alpn: session.alpn_protocol().map(<[u8]>::to_vec),
@@ -476,10 +523,19 @@ impl Handler {
 }
 
 /// Connects to a [`TlsServer`] over in-memory pipes; a `Service<Uri>`, so
-/// a transport for the pool's TLS connector.
+/// a transport for the pool's TLS connector. Its clones share the record of
+/// the URIs dialed.
 #[derive(Clone, Debug)]
 pub struct MemoryConnector {
     handler: Arc<Handler>,
+    dialed: Arc<Mutex<Vec<Uri>>>,
+}
+
+impl MemoryConnector {
+    /// The URIs this connector and its clones were asked to dial, in order.
+    pub fn dialed(&self) -> Vec<Uri> {
+        self.dialed.lock().expect("not poisoned").clone()
+    }
 }
 
 impl Service<Uri> for MemoryConnector {
@@ -491,7 +547,8 @@ impl Service<Uri> for MemoryConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _uri: Uri) -> Self::Future {
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        self.dialed.lock().expect("not poisoned").push(uri);
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(self.handler.clone().handle(server));
         ready(Ok(DuplexIo::new(client)))

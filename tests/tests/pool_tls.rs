@@ -1,8 +1,9 @@
-//! The pool's TLS connector against real rustls servers: session
-//! resumption and its partition scopes, per-partition client identities,
-//! typed handshake failures, ALPN, scheduled key updates and a maximum age.
-//! Loopback servers for the handshakes, in-memory ones on paused time for
-//! the schedules.
+//! The pool's TLS connector against real rustls servers: the transport it
+//! dials, session resumption and its partition scopes, the session cache's
+//! bounds and ticket age, HelloRetryRequest reporting, per-partition client
+//! identities, typed handshake failures and timeouts, ALPN, scheduled key
+//! updates and a maximum age. Loopback servers for the handshakes, in-memory
+//! ones on paused time for the schedules.
 
 use std::error::Error as _;
 use std::sync::{Arc, Mutex};
@@ -11,15 +12,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::{HandshakeKind, NamedGroup};
 use tower::Layer;
 use tower_reuse_pool::events::{CheckedOut, CloseReason, Connected, PoolEvents};
-use tower_reuse_pool::tls::{TlsConnector, TlsError, TlsErrorKind, TlsLayer};
+use tower_reuse_pool::tls::{
+    SessionCache, SessionCacheConfig, SessionCacheStats, TlsConnector, TlsError, TlsErrorKind,
+    TlsLayer,
+};
 use tower_reuse_pool::{
     Connect, ConnectionInfo, Error, ErrorKind, Partition, Phase, Pool, PoolConfig, PoolLayer,
     Protocol, Target, TargetSnapshot, TlsHandshake,
 };
 use tower_reuse_tests::tls_server::{
-    Alpn, ClientAuth, MemoryConnector, TestCa, TlsServer, TlsServerOptions, TlsVersion,
+    Alpn, ClientAuth, Handshake, MemoryConnector, TestCa, TlsServer, TlsServerOptions, TlsVersion,
 };
 use tower_reuse_tests::{concurrently, echoed_id, get, send, server_conn};
 
@@ -627,4 +632,348 @@ async fn max_age_retires_every_generation_of_http1_connections() {
 #[tokio::test(start_paused = true)]
 async fn max_age_retires_every_generation_of_http2_connections() {
     retire_generations(Alpn::H2AndHttp1).await;
+}
+
+#[tokio::test]
+async fn a_default_http_connector_carries_https_targets() {
+    let ca = TestCa::new("transport-ca");
+    let server = TlsServer::start(&ca, TlsServerOptions::default()).await;
+    let layer = TlsLayer::new(Arc::new(ca.client_config(None)));
+    // `HttpConnector::new()` enforces `http`: it refuses `https` URIs, so
+    // the TLS connector must dial it with the plain transport target.
+    let (connector, mut client) = tls_pool(
+        &layer,
+        HttpConnector::new(),
+        PoolConfig::default(),
+        Arc::new(()),
+    );
+    let url = server.url("/");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (parts, _) = send(&mut client, get(&url, 1)).await.unwrap();
+    assert_eq!(echoed_id(&parts), Some(1));
+    assert_eq!(info(&parts).tls_handshake(), Some(TlsHandshake::Full));
+    assert_eq!(server.stats.handshakes().len(), 1);
+    assert_eq!(connector.stats().full, 1);
+}
+
+#[test]
+fn the_transport_of_an_https_target_is_http_with_the_port_written_out() {
+    let tenant = Some(Partition::new("tenant"));
+    let target = |uri: &str, partition: Option<Partition>| {
+        Target::from_uri(&uri.parse().unwrap(), partition).unwrap()
+    };
+    for (https, transport) in [
+        ("https://example.test/", "example.test:443"),
+        ("https://example.test:8443/", "example.test:8443"),
+        ("https://[::1]/", "[::1]:443"),
+    ] {
+        let tcp = target(https, tenant.clone()).transport();
+        assert_eq!(tcp.scheme(), &http::uri::Scheme::HTTP, "{https}");
+        assert_eq!(tcp.authority().as_str(), transport, "{https}");
+        assert_eq!(tcp.partition(), tenant.as_ref(), "{https}");
+        assert_eq!(tcp, target(&format!("http://{transport}/"), tenant.clone()));
+    }
+    // Plain targets are their own transport: no port is added.
+    let plain = target("http://example.test/", None);
+    assert_eq!(plain.transport(), plain);
+    assert_eq!(plain.transport().authority().port(), None);
+}
+
+#[tokio::test]
+async fn dials_a_port_less_https_target_on_port_443() {
+    let ca = TestCa::new("port-less-ca");
+    let server = TlsServer::in_memory(&ca, TlsServerOptions::default());
+    let transport = server.connector();
+    let layer = TlsLayer::new(Arc::new(ca.client_config(None)));
+    let (_, mut client) = tls_pool(
+        &layer,
+        transport.clone(),
+        PoolConfig::default(),
+        Arc::new(()),
+    );
+    let url = server.url("/");
+    assert_eq!(url, "https://localhost/");
+    let (parts, _) = send(&mut client, get(&url, 1)).await.unwrap();
+    assert_eq!(echoed_id(&parts), Some(1));
+    let dialed: Vec<String> = transport.dialed().iter().map(|u| u.to_string()).collect();
+    assert_eq!(dialed, ["http://localhost:443/"]);
+}
+
+#[tokio::test]
+async fn a_hello_retry_request_is_reported_as_full_with_retry() {
+    let ca = TestCa::new("hello-retry-ca");
+    let config = ca.client_config(None);
+    // The client sends a key share for its first group only.
+    let first_group = config.crypto_provider().kx_groups[0].name();
+    assert_eq!(first_group, NamedGroup::X25519);
+    // No tickets: every connection is a full handshake, on which a retry
+    // shows (rustls reports a resumed handshake as resumed, retry or not).
+    let server = TlsServer::in_memory(
+        &ca,
+        TlsServerOptions {
+            kx_groups: Some(vec![NamedGroup::secp256r1]),
+            tickets_per_handshake: Some(0),
+            ..one_request_per_connection()
+        },
+    );
+    let events = Arc::new(TlsEvents::default());
+    let layer = TlsLayer::new(Arc::new(config));
+    let (connector, mut client) = tls_pool(
+        &layer,
+        server.connector(),
+        PoolConfig::default(),
+        events.clone(),
+    );
+    let url = server.url("/");
+    let (parts, _) = send(&mut client, get(&url, 0)).await.unwrap();
+    let seen = server.stats.handshake(server_conn(&parts)).unwrap();
+    assert_eq!(
+        seen.kind,
+        Some(HandshakeKind::FullWithHelloRetryRequest),
+        "{seen:?}"
+    );
+    assert_eq!(
+        info(&parts).tls_handshake(),
+        Some(TlsHandshake::FullWithRetry)
+    );
+    assert_eq!(
+        *events.connected.lock().unwrap(),
+        [Some(TlsHandshake::FullWithRetry)]
+    );
+    assert_eq!(
+        *events.checked_out.lock().unwrap(),
+        [Some(TlsHandshake::FullWithRetry)]
+    );
+    let snapshot = snapshot_of(&client, &url);
+    assert_eq!((snapshot.tls_full(), snapshot.tls_resumed()), (1, 0));
+    assert_eq!((connector.stats().full, connector.stats().resumed), (1, 0));
+
+    // The session cache kept the group the server chose as a hint: the next
+    // connection sends a key share for it at once, with no retry.
+    let (parts, _) = send(&mut client, get(&url, 1)).await.unwrap();
+    let seen = server.stats.handshake(server_conn(&parts)).unwrap();
+    assert_eq!(seen.kind, Some(HandshakeKind::Full), "{seen:?}");
+    assert_eq!(info(&parts).tls_handshake(), Some(TlsHandshake::Full));
+    use TlsHandshake::{Full, FullWithRetry};
+    assert_eq!(
+        *events.connected.lock().unwrap(),
+        [Some(FullWithRetry), Some(Full)]
+    );
+    let snapshot = snapshot_of(&client, &url);
+    assert_eq!((snapshot.tls_full(), snapshot.tls_resumed()), (2, 0));
+    assert_eq!(server.stats.accepted(), 2);
+}
+
+/// Records the session cache's ticket count at every connect.
+#[derive(Debug)]
+struct TicketsAtConnect {
+    cache: SessionCache,
+    seen: Mutex<Vec<usize>>,
+}
+
+impl PoolEvents for TicketsAtConnect {
+    fn on_connect(&self, _event: &Connected<'_>) {
+        let tickets = self.cache.stats().tickets();
+        self.seen.lock().unwrap().push(tickets);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_burst_resumes_no_more_connections_than_tickets_per_server() {
+    const TICKETS_PER_SERVER: usize = 2;
+    const BURST: u64 = 6;
+    let ca = TestCa::new("ticket-bound-ca");
+    // Four tickets per handshake; each handshake waits a second, so every
+    // hello of the burst goes out (taking its ticket, if any) before the
+    // first ticket of the burst comes back.
+    let server = TlsServer::in_memory(
+        &ca,
+        TlsServerOptions {
+            alpn: Alpn::Http1Only,
+            tickets_per_handshake: Some(4),
+            handshake_delay: Some(Duration::from_secs(1)),
+            ..TlsServerOptions::default()
+        },
+    );
+    let cache =
+        SessionCache::new(SessionCacheConfig::default().tickets_per_server(TICKETS_PER_SERVER))
+            .unwrap();
+    let layer = TlsLayer::new(Arc::new(ca.client_config(None))).session_cache(Some(cache.clone()));
+    let events = Arc::new(TicketsAtConnect {
+        cache: cache.clone(),
+        seen: Mutex::default(),
+    });
+    // Every request on a new connection; the burst within the default eight
+    // concurrent connects.
+    let config = PoolConfig::default()
+        .max_requests_per_connection(Some(1))
+        .idle_timeout(Some(Duration::from_secs(600)));
+    let (connector, client) = tls_pool(&layer, server.connector(), config, events.clone());
+    let url = server.url("/");
+
+    let (parts, _) = send(&mut client.clone(), get(&url, 0)).await.unwrap();
+    assert_eq!(info(&parts).tls_handshake(), Some(TlsHandshake::Full));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.inserts(), stats.tickets(), stats.tickets_evicted()),
+        (4, TICKETS_PER_SERVER, 2),
+        "after the first handshake: {stats:?}"
+    );
+
+    let burst: Vec<_> = (1..=BURST)
+        .map(|i| {
+            let mut client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move { send(&mut client, get(&url, i)).await })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(
+        server.stats.accepted(),
+        1 + BURST,
+        "one connect per request"
+    );
+    assert_eq!(server.stats.handshakes().len(), 1, "the burst is held");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits(), stats.misses(), stats.tickets()),
+        (
+            TICKETS_PER_SERVER as u64,
+            1 + BURST - TICKETS_PER_SERVER as u64,
+            0
+        ),
+        "every hello of the burst is out: {stats:?}"
+    );
+
+    let mut kinds = Vec::new();
+    for request in burst {
+        let (parts, _) = request.await.unwrap().unwrap();
+        kinds.push(info(&parts).tls_handshake().unwrap());
+    }
+    let resumed = kinds
+        .iter()
+        .filter(|k| **k == TlsHandshake::Resumed)
+        .count();
+    assert_eq!(resumed, TICKETS_PER_SERVER, "pool: {kinds:?}");
+    let burst_seen = &server.stats.handshakes()[1..];
+    assert_eq!(burst_seen.len() as u64, BURST);
+    assert_eq!(
+        burst_seen.iter().filter(|h| h.resumed).count(),
+        TICKETS_PER_SERVER,
+        "server: {burst_seen:?}"
+    );
+    assert_eq!(connector.stats().resumed, TICKETS_PER_SERVER as u64);
+
+    // Every handshake, resumed ones too, brought four tickets; the cache
+    // kept two at a time.
+    let stats = cache.stats();
+    assert_eq!(stats.inserts(), 4 * (1 + BURST));
+    assert_eq!(stats.tickets(), TICKETS_PER_SERVER, "{stats:?}");
+    assert_eq!(
+        stats.tickets_evicted(),
+        stats.inserts() - stats.hits() - TICKETS_PER_SERVER as u64,
+        "{stats:?}"
+    );
+    let seen = events.seen.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, 1 + BURST);
+    assert!(
+        seen.iter().all(|&tickets| tickets <= TICKETS_PER_SERVER),
+        "tickets held at each connect: {seen:?}"
+    );
+}
+
+/// Connect (a full handshake, two tickets), wait `wait`, reconnect (the
+/// server closes each connection after its request), with tickets good for
+/// 10 s: the second handshake as the server and the pool saw it, and the
+/// cache's counts.
+async fn reconnect_after(wait: Duration) -> (Handshake, TlsHandshake, SessionCacheStats) {
+    let ca = TestCa::new("ticket-age-ca");
+    let server = TlsServer::in_memory(&ca, one_request_per_connection());
+    let cache = SessionCache::new(
+        SessionCacheConfig::default().max_ticket_age(Some(Duration::from_secs(10))),
+    )
+    .unwrap();
+    let layer = TlsLayer::new(Arc::new(ca.client_config(None))).session_cache(Some(cache.clone()));
+    let (_, mut client) = memory_pool(&layer, &server);
+    let url = server.url("/");
+    let (parts, _) = send(&mut client, get(&url, 0)).await.unwrap();
+    assert_eq!(info(&parts).tls_handshake(), Some(TlsHandshake::Full));
+    assert_eq!(cache.stats().tickets(), 2);
+    // No look at the cache while waiting: `stats()` drops expired tickets
+    // itself, and the connect is to find them.
+    tokio::time::advance(wait).await;
+    let (parts, _) = send(&mut client, get(&url, 1)).await.unwrap();
+    let seen = server.stats.handshake(server_conn(&parts)).unwrap();
+    let kind = info(&parts).tls_handshake().unwrap();
+    assert_eq!(server.stats.accepted(), 2);
+    (seen, kind, cache.stats())
+}
+
+#[tokio::test(start_paused = true)]
+async fn resumes_with_a_ticket_just_younger_than_max_ticket_age() {
+    let (seen, kind, stats) = reconnect_after(Duration::from_millis(9_999)).await;
+    assert_eq!(seen.kind, Some(HandshakeKind::Resumed), "{seen:?}");
+    assert_eq!(kind, TlsHandshake::Resumed);
+    assert_eq!((stats.hits(), stats.tickets_expired()), (1, 0), "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn does_not_resume_with_a_ticket_at_max_ticket_age() {
+    let (seen, kind, stats) = reconnect_after(Duration::from_secs(10)).await;
+    assert_eq!(seen.kind, Some(HandshakeKind::Full), "{seen:?}");
+    assert_eq!(kind, TlsHandshake::Full);
+    // Both tickets of the first handshake expired unused; the second
+    // handshake's two are held.
+    assert_eq!(
+        (stats.hits(), stats.tickets_expired(), stats.tickets()),
+        (0, 2, 2),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "needs the 5 s default handshake timeout"]
+async fn with_default_settings_a_stalled_handshake_times_out_as_tls_at_5s() {
+    let ca = TestCa::new("default-stall-ca");
+    let server = TlsServer::in_memory(
+        &ca,
+        TlsServerOptions {
+            stall: true,
+            ..TlsServerOptions::default()
+        },
+    );
+    // Every default: the handshake timeout (5 s) fires before the pool's
+    // connect timeout (10 s), so the error says the TLS handshake stalled.
+    let layer = TlsLayer::new(Arc::new(ca.client_config(None)));
+    let (connector, client) = tls_pool(
+        &layer,
+        server.connector(),
+        PoolConfig::default(),
+        Arc::new(()),
+    );
+    let url = server.url("/");
+    let request = tokio::spawn({
+        let mut client = client.clone();
+        let url = url.clone();
+        async move { send(&mut client, get(&url, 1)).await }
+    });
+    settle().await;
+    assert_eq!(server.stats.accepted(), 1, "the transport is up");
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    settle().await;
+    assert!(!request.is_finished(), "gave up before 5 s");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    settle().await;
+    assert!(request.is_finished(), "still waiting at 5 s");
+    let error = request.await.unwrap().unwrap_err();
+    assert_eq!(
+        (error.kind(), error.phase()),
+        (ErrorKind::Handshake, Phase::Connect),
+        "{error:?}"
+    );
+    let tls = tls_error(&error);
+    assert_eq!(tls.kind(), TlsErrorKind::Timeout, "{tls:?}");
+    assert_eq!(connector.stats().failed, 1);
+    assert_eq!(snapshot_of(&client, &url).connect_errors(), 1);
+    assert!(server.stats.handshakes().is_empty());
 }
