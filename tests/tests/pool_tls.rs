@@ -932,7 +932,6 @@ async fn does_not_resume_with_a_ticket_at_max_ticket_age() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the 5 s default handshake timeout"]
 async fn with_default_settings_a_stalled_handshake_times_out_as_tls_at_5s() {
     let ca = TestCa::new("default-stall-ca");
     let server = TlsServer::in_memory(
