@@ -31,6 +31,8 @@ pub struct DuplexConnector {
     pub refuse: Arc<AtomicBool>,
     /// Each connect takes this long.
     pub connect_delay: Option<Duration>,
+    /// Connect `n` (from 0) takes `connect_delays[n]`, where given, instead.
+    pub connect_delays: Arc<[Duration]>,
     conn_ids: Arc<AtomicU64>,
     stop: Arc<watch::Sender<()>>,
 }
@@ -44,6 +46,7 @@ impl DuplexConnector {
             attempts: Arc::default(),
             refuse: Arc::default(),
             connect_delay: None,
+            connect_delays: Arc::new([]),
             conn_ids: Arc::default(),
             stop: Arc::new(watch::channel(()).0),
         }
@@ -52,6 +55,12 @@ impl DuplexConnector {
     /// Each connect takes `delay`.
     pub fn with_connect_delay(mut self, delay: Duration) -> Self {
         self.connect_delay = Some(delay);
+        self
+    }
+
+    /// Connect `n` (from 0) takes `delays[n]`; later ones the connect delay.
+    pub fn with_connect_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.connect_delays = delays.into_iter().collect();
         self
     }
 }
@@ -113,8 +122,12 @@ impl Service<Uri> for DuplexConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            this.attempts.fetch_add(1, Ordering::SeqCst);
-            if let Some(delay) = this.connect_delay {
+            let attempt = this.attempts.fetch_add(1, Ordering::SeqCst);
+            let delay = usize::try_from(attempt)
+                .ok()
+                .and_then(|n| this.connect_delays.get(n).copied())
+                .or(this.connect_delay);
+            if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
             if this.refuse.load(Ordering::SeqCst) {

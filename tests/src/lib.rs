@@ -1,10 +1,12 @@
 //! Support for the tower-reuse integration tests: real hyper servers on
 //! loopback whose behaviour each test sets (plain, and TLS with an rcgen
 //! CA), a misbehaving HTTP/2 server for the GOAWAY and refused-stream paths,
-//! and in-memory connectors for tests on paused time.
+//! a hand-written HTTP/1.1 server for the failures hyper's server never
+//! produces, and in-memory connectors for tests on paused time.
 
 pub mod duplex;
 pub mod h2server;
+pub mod raw_http1;
 pub mod server;
 pub mod tls_server;
 

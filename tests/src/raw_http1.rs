@@ -1,0 +1,179 @@
+//! An HTTP/1.1 server on loopback written by hand over a `TcpListener`, for
+//! the failures a well-behaved hyper server never produces: it reads a
+//! request and closes without answering, or announces a body longer than
+//! the one it sends. It records every request it reads.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the server does with one request, once it has read all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `200 OK` with a 2-byte body; the connection stays open.
+    Respond,
+    /// Close the connection without answering.
+    Close,
+    /// Announce a 100-byte body, send 10 bytes of it, close the connection.
+    TruncateBody,
+}
+
+/// A request the server read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRequest {
+    /// The connection, numbered from 0 in accept order.
+    pub conn: usize,
+    /// The request's place on its connection, from 0.
+    pub index: u64,
+    /// The request method.
+    pub method: String,
+    /// The request body.
+    pub body: Vec<u8>,
+}
+
+type Script = dyn Fn(usize, u64) -> Answer + Send + Sync;
+
+/// A running server; stops accepting when dropped.
+pub struct RawHttp1Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    _stop: watch::Sender<()>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    accepted: usize,
+    requests: Vec<RawRequest>,
+}
+
+impl fmt::Debug for RawHttp1Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawHttp1Server")
+            .field("addr", &self.addr)
+            .field("seen", &*lock(&self.seen))
+            .finish()
+    }
+}
+
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RawHttp1Server {
+    /// Start a server on 127.0.0.1 answering request `index` on connection
+    /// `conn` with `answer(conn, index)`.
+    pub async fn start(answer: impl Fn(usize, u64) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let answer: Arc<Script> = Arc::new(answer);
+        let (stop, mut stopped) = watch::channel(());
+        let accepting = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let socket = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, _)) => socket,
+                        Err(_) => continue,
+                    },
+                    _ = stopped.changed() => return,
+                };
+                let _ = socket.set_nodelay(true);
+                let conn = {
+                    let mut seen = lock(&accepting);
+                    seen.accepted += 1;
+                    seen.accepted - 1
+                };
+                tokio::spawn(serve(socket, conn, answer.clone(), accepting.clone()));
+            }
+        });
+        RawHttp1Server {
+            addr,
+            seen,
+            _stop: stop,
+        }
+    }
+
+    /// `http://addr` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        lock(&self.seen).accepted
+    }
+
+    /// Every request read so far, in the order read.
+    pub fn requests(&self) -> Vec<RawRequest> {
+        lock(&self.seen).requests.clone()
+    }
+}
+
+async fn serve(socket: TcpStream, conn: usize, answer: Arc<Script>, seen: Arc<Mutex<Seen>>) {
+    let mut socket = BufReader::new(socket);
+    for index in 0.. {
+        let Some((method, body)) = read_request(&mut socket).await else {
+            return;
+        };
+        lock(&seen).requests.push(RawRequest {
+            conn,
+            index,
+            method,
+            body,
+        });
+        let written = match answer(conn, index) {
+            Answer::Respond => {
+                let head =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-conn-id: {conn}\r\n\r\nok");
+                socket.write_all(head.as_bytes()).await
+            }
+            Answer::Close => return,
+            Answer::TruncateBody => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.flush().await;
+                return;
+            }
+        };
+        if written.is_err() || socket.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Read one request: its method and its `content-length` body. `None` at
+/// the end of the stream or on anything malformed.
+async fn read_request(socket: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut line = String::new();
+    if socket.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let method = line.split_whitespace().next()?.to_owned();
+    let mut length = 0;
+    loop {
+        line.clear();
+        if socket.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    socket.read_exact(&mut body).await.ok()?;
+    Some((method, body))
+}
