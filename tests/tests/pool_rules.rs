@@ -220,9 +220,6 @@ async fn a_burst_leaves_at_most_max_idle_connections_idle() {
 /// Connects started for a burst land after one connection has served it:
 /// they arrive with nobody waiting and must respect the idle cap too.
 #[tokio::test(start_paused = true)]
-#[ignore = "pool bug: TargetPool::connected pushes a new HTTP/1 connection onto the idle list \
-            without checking max_idle_per_target, so demand connects that land after their \
-            waiters were served elsewhere stay idle above the cap (until idle_timeout)"]
 async fn connections_landing_after_the_burst_respect_max_idle() {
     let fast = Duration::from_millis(10);
     let slow = Duration::from_millis(50);
