@@ -33,6 +33,10 @@ pub struct DuplexConnector {
     pub connect_delay: Option<Duration>,
     /// Connect `n` (from 0) takes `connect_delays[n]`, where given, instead.
     pub connect_delays: Arc<[Duration]>,
+    /// Connections opened before this many connects are black-holed: what
+    /// the client writes vanishes and nothing more arrives, as when a
+    /// network path dies without a reset.
+    pub blackholed: Arc<AtomicU64>,
     conn_ids: Arc<AtomicU64>,
     stop: Arc<watch::Sender<()>>,
 }
@@ -47,6 +51,7 @@ impl DuplexConnector {
             refuse: Arc::default(),
             connect_delay: None,
             connect_delays: Arc::new([]),
+            blackholed: Arc::default(),
             conn_ids: Arc::default(),
             stop: Arc::new(watch::channel(()).0),
         }
@@ -58,6 +63,12 @@ impl DuplexConnector {
         self
     }
 
+    /// Black-hole every connection opened so far.
+    pub fn blackhole_open_connections(&self) {
+        self.blackholed
+            .store(self.conn_ids.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
     /// Connect `n` (from 0) takes `delays[n]`; later ones the connect delay.
     pub fn with_connect_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
         self.connect_delays = delays.into_iter().collect();
@@ -67,12 +78,25 @@ impl DuplexConnector {
 
 /// The client end of a duplex pipe.
 #[derive(Debug)]
-pub struct DuplexIo(TokioIo<DuplexStream>);
+pub struct DuplexIo {
+    io: TokioIo<DuplexStream>,
+    /// This connection's id and the connector's black-hole mark.
+    blackhole: Option<(u64, Arc<AtomicU64>)>,
+}
 
 impl DuplexIo {
     /// The client end of a pipe whose other end a test server serves.
     pub(crate) fn new(client: DuplexStream) -> Self {
-        DuplexIo(TokioIo::new(client))
+        DuplexIo {
+            io: TokioIo::new(client),
+            blackhole: None,
+        }
+    }
+
+    fn is_blackholed(&self) -> bool {
+        self.blackhole
+            .as_ref()
+            .is_some_and(|(id, mark)| *id < mark.load(Ordering::SeqCst))
     }
 }
 
@@ -88,7 +112,10 @@ impl hyper::rt::Read for DuplexIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if self.is_blackholed() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -98,15 +125,18 @@ impl hyper::rt::Write for DuplexIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        if self.is_blackholed() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -145,7 +175,9 @@ impl Service<Uri> for DuplexConnector {
                 this.stats.clone(),
                 this.stop.subscribe(),
             ));
-            Ok(DuplexIo::new(client))
+            let mut io = DuplexIo::new(client);
+            io.blackhole = Some((conn_id, this.blackholed.clone()));
+            Ok(io)
         })
     }
 }

@@ -9,7 +9,9 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_pool::events::CloseReason;
-use tower_reuse_pool::{ConnectionInfo, ErrorKind, Pool, PoolConfig, PoolLayer, TargetSnapshot};
+use tower_reuse_pool::{
+    ConnectionInfo, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
+};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::ServerOptions;
 use tower_reuse_tests::{concurrently, get, send};
@@ -519,4 +521,62 @@ async fn the_in_flight_limit_is_fixed_when_the_pool_is_built() {
         .unwrap_err();
     assert_eq!(error.field(), "max_requests_in_flight");
     assert_eq!(*client.control().config(), PoolConfig::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_response_times_out_and_frees_its_connection() {
+    let connector = DuplexConnector::new(ServerOptions {
+        delay: Some(Duration::from_secs(60)),
+        ..ServerOptions::default()
+    });
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default().response_timeout(Some(Duration::from_secs(2))),
+    );
+    let started = Instant::now();
+    let error = send(&mut client, get(URL, 1)).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        (error.kind(), error.phase()),
+        (ErrorKind::ResponseTimeout, Phase::Send)
+    );
+    assert!(error.may_have_been_processed());
+    assert!(error.is_timeout());
+    assert!(error.to_string().contains("pool.test"), "{error}");
+    settle().await;
+    // The HTTP/1.1 connection, whose response may still come, is closed.
+    let target = only(&client);
+    assert_eq!(
+        (
+            target.active(),
+            target.idle(),
+            target.closed(CloseReason::Abandoned)
+        ),
+        (0, 0, 1)
+    );
+    assert_eq!(connector.stats.open(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blackholed_http2_connection_is_evicted_by_ping() {
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .http2_ping_interval(Some(Duration::from_secs(5))),
+    );
+    send(&mut client, get(URL, 1)).await.unwrap();
+    connector.blackhole_open_connections();
+    // A PING at most one interval later, unanswered for one more.
+    for _ in 0..11 {
+        advance(Duration::from_secs(1)).await;
+        settle().await;
+    }
+    let target = only(&client);
+    assert_eq!((target.idle(), target.active()), (0, 0), "{target:?}");
+    assert_eq!(target.closed_total(), 1);
+    // The next request goes to a new, live connection.
+    send(&mut client, get(URL, 2)).await.unwrap();
+    assert_eq!(only(&client).opened(), 2);
 }

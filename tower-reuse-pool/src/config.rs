@@ -32,6 +32,10 @@ pub struct PoolConfig {
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
     pub(crate) connect_timeout: Option<Duration>,
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
+    pub(crate) response_timeout: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
+    pub(crate) http2_ping_interval: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
     pub(crate) idle_timeout: Option<Duration>,
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
     pub(crate) max_lifetime: Option<Duration>,
@@ -56,6 +60,8 @@ impl Default for PoolConfig {
             max_waiters_per_target: Some(4096),
             checkout_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Some(Duration::from_secs(10)),
+            response_timeout: None,
+            http2_ping_interval: None,
             idle_timeout: Some(Duration::from_secs(55)),
             max_lifetime: None,
             lifetime_jitter: 0.1,
@@ -112,6 +118,21 @@ impl PoolConfig {
         /// Longest a connect (TCP and TLS, through the connector) may take.
         /// Defaults to 10 seconds.
         connect_timeout: Option<Duration>
+    }
+    setter! {
+        /// Longest wait, once a request is on a connection, for its response
+        /// head: a server that stalls or dribbles its headers fails the
+        /// request with [`ErrorKind::ResponseTimeout`](crate::ErrorKind::ResponseTimeout)
+        /// (which may have been processed) and frees the slot; an HTTP/1.1
+        /// connection is closed. Defaults to `None` (long polls are legitimate).
+        response_timeout: Option<Duration>
+    }
+    setter! {
+        /// Send an HTTP/2 PING this often, idle or not, and close the
+        /// connection if the answer takes longer than the interval: a
+        /// black-holed peer is evicted within twice the interval. Defaults
+        /// to `None`.
+        http2_ping_interval: Option<Duration>
     }
     setter! {
         /// Idle connections are closed after this long unused. Defaults to 55
@@ -204,6 +225,8 @@ impl PoolConfig {
         let durations = [
             ("checkout_timeout", self.checkout_timeout),
             ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+            ("http2_ping_interval", self.http2_ping_interval),
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
             ("revalidate_after_idle", self.revalidate_after_idle),

@@ -335,9 +335,17 @@ where
     let id = pool.common.next_id();
     let weak = Arc::downgrade(pool);
     if h2 {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
-            .initial_max_send_streams(ASSUMED_MAX_STREAMS)
+            .initial_max_send_streams(ASSUMED_MAX_STREAMS);
+        if let Some(every) = config.http2_ping_interval {
+            builder
+                .keep_alive_interval(every)
+                .keep_alive_timeout(every)
+                .keep_alive_while_idle(true);
+        }
+        let (tx, conn) = builder
             .handshake(io)
             .await
             .map_err(|e| Error::handshake(target, e))?;

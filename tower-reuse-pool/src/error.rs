@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Handshake,
     /// No connection became available within `checkout_timeout`.
     CheckoutTimeout,
+    /// The response head did not arrive within `response_timeout`.
+    ResponseTimeout,
     /// The target already has `max_waiters` requests waiting.
     TooManyWaiters,
     /// `call` was made without a successful `poll_ready`.
@@ -159,6 +161,17 @@ impl Error {
             .with_source(source)
     }
 
+    pub(crate) fn response_timeout(target: &Target, after: Duration) -> Self {
+        let mut error = Error::new(
+            ErrorKind::ResponseTimeout,
+            Phase::Send,
+            format!("no response head within {after:?}; the request may have been processed"),
+        )
+        .with_target(target);
+        error.inner_mut().may_have_been_processed = true;
+        error
+    }
+
     pub(crate) fn checkout_timeout(target: &Target, after: Duration) -> Self {
         Error::new(
             ErrorKind::CheckoutTimeout,
@@ -270,7 +283,7 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(
             self.inner.kind,
-            ErrorKind::ConnectTimeout | ErrorKind::CheckoutTimeout
+            ErrorKind::ConnectTimeout | ErrorKind::CheckoutTimeout | ErrorKind::ResponseTimeout
         )
     }
 

@@ -137,6 +137,11 @@ impl<B: Send + 'static> Checkout<B> {
             .id()
     }
 
+    /// The configuration in force for this checkout's target.
+    pub(crate) fn target_config(&self) -> Arc<crate::PoolConfig> {
+        self.pool.config()
+    }
+
     fn lease(&mut self) -> &mut Lease<B> {
         self.lease.as_mut().expect("a checkout holds its lease")
     }
@@ -225,6 +230,7 @@ pub(crate) async fn exchange<B>(
     mut checkout: Checkout<B>,
     mut req: Request<B>,
     may_retry: bool,
+    response_timeout: Option<Duration>,
     retried: Option<RetryReason>,
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Exchange<B>
@@ -255,7 +261,20 @@ where
         && req.body().is_end_stream()
         && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
     let copy = replayable.then(|| replay_copy(&req));
-    match send(checkout.lease(), req).await {
+    let sent = match response_timeout {
+        None => send(checkout.lease(), req).await,
+        Some(limit) => match tokio::time::timeout(limit, send(checkout.lease(), req)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                // Dropping the send cancels it: an HTTP/1.1 connection is
+                // closed, an HTTP/2 stream reset.
+                let error = Error::response_timeout(&checkout.pool.target, limit);
+                checkout.finish(Outcome::Abandoned);
+                return Exchange::Failed { error, retry: None };
+            }
+        },
+    };
+    match sent {
         Ok(response) => Exchange::Response(respond(
             checkout,
             response,
@@ -440,7 +459,11 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let may_retry = pool.common.config.load().retry;
+    // The target's configuration (its own, or the pool's), once per request.
+    let (may_retry, response_timeout) = {
+        let config = pool.config();
+        (config.retry, config.response_timeout)
+    };
     let mut retried = None;
     // Connections found closed before anything was written may be skipped
     // freely, but never endlessly.
@@ -449,7 +472,16 @@ where
     loop {
         let checkout = Checkout::acquire(&pool, avoid).await?;
         let failed_on = checkout.id();
-        match exchange(checkout, req, may_retry, retried, &mut permit).await {
+        match exchange(
+            checkout,
+            req,
+            may_retry,
+            response_timeout,
+            retried,
+            &mut permit,
+        )
+        .await
+        {
             Exchange::Response(response) => return Ok(response),
             Exchange::Failed {
                 error,

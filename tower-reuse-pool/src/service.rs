@@ -363,7 +363,8 @@ where
             return ResponseFuture::new(async { Err(Error::spent()) });
         };
         ResponseFuture::new(async move {
-            match future::exchange(checkout, req, false, None, &mut None).await {
+            let response_timeout = checkout.target_config().response_timeout;
+            match future::exchange(checkout, req, false, response_timeout, None, &mut None).await {
                 Exchange::Response(response) => Ok(response),
                 Exchange::Failed { error, .. } => Err(error),
             }
