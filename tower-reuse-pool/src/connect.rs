@@ -252,7 +252,7 @@ where
                                 Opened::Http1(tx) => Lease::Http1(Http1Conn { tx, life }),
                                 Opened::Http2(tx, _) => Lease::Dedicated2 { tx, life },
                             };
-                            let mut granted = Granted::fresh(lease, protocol, facts.tls);
+                            let mut granted = Granted::fresh(lease, protocol, facts.tls, &config);
                             granted.dedicated = true;
                             if let Err(Ok(granted)) = grant.send(Ok(granted)) {
                                 pool.release_dedicated(granted.lease);

@@ -23,7 +23,7 @@ use crate::events::{CheckedOut, Retried, RetryReason};
 use crate::hints::{self, ServerHints};
 use crate::info::ConnectionInfo;
 use crate::target::Target;
-use crate::target_pool::{Granted, Lease, Outcome, TargetPool};
+use crate::target_pool::{Granted, Lease, Outcome, RequestPolicy, TargetPool};
 
 /// The response future of [`Pool`](crate::Pool) and [`Pooled`](crate::Pooled).
 ///
@@ -67,6 +67,7 @@ pub(crate) struct Checkout<B: Send + 'static> {
     revalidate: bool,
     settling: bool,
     dedicated: bool,
+    policy: RequestPolicy,
     wait: Duration,
 }
 
@@ -82,6 +83,7 @@ impl<B: Send + 'static> Checkout<B> {
             revalidate: granted.revalidate,
             settling: granted.settling,
             dedicated: granted.dedicated,
+            policy: granted.policy,
             wait: waited_since.map_or(Duration::ZERO, |start| start.elapsed()),
             pool,
         };
@@ -135,11 +137,6 @@ impl<B: Send + 'static> Checkout<B> {
             .as_ref()
             .expect("a checkout holds its lease")
             .id()
-    }
-
-    /// The configuration in force for this checkout's target.
-    pub(crate) fn target_config(&self) -> Arc<crate::PoolConfig> {
-        self.pool.config()
     }
 
     fn lease(&mut self) -> &mut Lease<B> {
@@ -230,7 +227,6 @@ pub(crate) async fn exchange<B>(
     mut checkout: Checkout<B>,
     mut req: Request<B>,
     may_retry: bool,
-    response_timeout: Option<Duration>,
     retried: Option<RetryReason>,
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Exchange<B>
@@ -239,6 +235,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    // The caller's say (a `Pooled` handle never retries), then the target's.
+    let may_retry = may_retry && checkout.policy.retry;
+    let response_timeout = checkout.policy.response_timeout;
     let revalidate = checkout.revalidate;
     if let Lease::Http1(conn) = checkout.lease() {
         if revalidate {
@@ -262,17 +261,27 @@ where
         && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
     let copy = replayable.then(|| replay_copy(&req));
     let sent = match response_timeout {
-        None => send(checkout.lease(), req).await,
-        Some(limit) => match tokio::time::timeout(limit, send(checkout.lease(), req)).await {
-            Ok(sent) => sent,
-            Err(_) => {
-                // Dropping the send cancels it: an HTTP/1.1 connection is
-                // closed, an HTTP/2 stream reset.
-                let error = Error::response_timeout(&checkout.pool.target, limit);
-                checkout.finish(Outcome::Abandoned);
-                return Exchange::Failed { error, retry: None };
+        // The send inline (not through `send`): one copy of the request
+        // fewer in a future allocated for every request.
+        None => match checkout.lease() {
+            Lease::Http1(conn) => conn.tx.try_send_request(req).await,
+            Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => {
+                tx.try_send_request(req).await
             }
         },
+        // Boxed: the timer stays out of every request's future unless used.
+        Some(limit) => {
+            match Box::pin(tokio::time::timeout(limit, send(checkout.lease(), req))).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    // Dropping the send cancels it: an HTTP/1.1 connection is
+                    // closed, an HTTP/2 stream reset.
+                    let error = Error::response_timeout(&checkout.pool.target, limit);
+                    checkout.finish(Outcome::Abandoned);
+                    return Exchange::Failed { error, retry: None };
+                }
+            }
+        }
     };
     match sent {
         Ok(response) => Exchange::Response(respond(
@@ -459,11 +468,6 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    // The target's configuration (its own, or the pool's), once per request.
-    let (may_retry, response_timeout) = {
-        let config = pool.config();
-        (config.retry, config.response_timeout)
-    };
     let mut retried = None;
     // Connections found closed before anything was written may be skipped
     // freely, but never endlessly.
@@ -472,16 +476,7 @@ where
     loop {
         let checkout = Checkout::acquire(&pool, avoid).await?;
         let failed_on = checkout.id();
-        match exchange(
-            checkout,
-            req,
-            may_retry,
-            response_timeout,
-            retried,
-            &mut permit,
-        )
-        .await
-        {
+        match exchange(checkout, req, true, retried, &mut permit).await {
             Exchange::Response(response) => return Ok(response),
             Exchange::Failed {
                 error,

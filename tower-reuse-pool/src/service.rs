@@ -363,8 +363,7 @@ where
             return ResponseFuture::new(async { Err(Error::spent()) });
         };
         ResponseFuture::new(async move {
-            let response_timeout = checkout.target_config().response_timeout;
-            match future::exchange(checkout, req, false, response_timeout, None, &mut None).await {
+            match future::exchange(checkout, req, false, None, &mut None).await {
                 Exchange::Response(response) => Ok(response),
                 Exchange::Failed { error, .. } => Err(error),
             }

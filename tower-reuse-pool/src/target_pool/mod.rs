@@ -130,11 +130,35 @@ pub(crate) struct Granted<B> {
     /// An HTTP/2 connection whose server SETTINGS are not yet known.
     pub(crate) settling: bool,
     pub(crate) dedicated: bool,
+    /// What the target's configuration says for the request, read under
+    /// the checkout's lock rather than once more per request.
+    pub(crate) policy: RequestPolicy,
+}
+
+/// The per-request knobs of the configuration in force at checkout.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestPolicy {
+    pub(crate) retry: bool,
+    pub(crate) response_timeout: Option<Duration>,
+}
+
+impl RequestPolicy {
+    fn of(config: &PoolConfig) -> Self {
+        RequestPolicy {
+            retry: config.retry,
+            response_timeout: config.response_timeout,
+        }
+    }
 }
 
 impl<B> Granted<B> {
     /// A brand-new connection's first lease.
-    pub(crate) fn fresh(lease: Lease<B>, protocol: Protocol, tls: Option<TlsHandshake>) -> Self {
+    pub(crate) fn fresh(
+        lease: Lease<B>,
+        protocol: Protocol,
+        tls: Option<TlsHandshake>,
+        config: &PoolConfig,
+    ) -> Self {
         Granted {
             lease,
             protocol,
@@ -144,6 +168,7 @@ impl<B> Granted<B> {
             revalidate: false,
             settling: false,
             dedicated: false,
+            policy: RequestPolicy::of(config),
         }
     }
 }
@@ -441,6 +466,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 revalidate: false,
                 settling: !conn.is_settled(),
                 dedicated: false,
+                policy: RequestPolicy::of(config),
             });
         }
         while let Some(mut conn) = state.idle.pop() {
@@ -469,6 +495,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 revalidate,
                 settling: false,
                 dedicated: false,
+                policy: RequestPolicy::of(config),
             });
         }
         None
