@@ -342,7 +342,7 @@ pub(crate) mod duration_opt {
 }
 
 /// Parses `"250ms"`, `"55s"`, `"5m"`, `"1h"` or `"off"`.
-#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "serde", test)), allow(dead_code))]
 pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("none") {

@@ -62,6 +62,8 @@ mod future;
 mod hints;
 mod info;
 mod layer;
+#[cfg(test)]
+mod parsers_fuzz;
 mod reaper;
 mod service;
 mod target;
