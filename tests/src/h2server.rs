@@ -29,6 +29,12 @@ pub enum Reply {
     Respond,
     /// Reset the stream with `REFUSED_STREAM`: not processed, safe to retry.
     Refuse,
+    /// Reset the stream with this reason (`INTERNAL_ERROR`, say): the
+    /// server took it and may have processed it.
+    Reset(Reason),
+    /// Close the connection, with no GOAWAY and no answer: the client reads
+    /// the end of the stream.
+    Close,
     /// Answer 200 once [`H2Server::release`] has been called.
     Hold,
     /// Answer 200, then shut the connection down gracefully (GOAWAY).
@@ -358,9 +364,17 @@ async fn answer(
     shared: Arc<Shared>,
     shutdown: mpsc::UnboundedSender<Shutdown>,
 ) {
-    if reply == Reply::Refuse {
-        respond.send_reset(Reason::REFUSED_STREAM);
-        return;
+    match reply {
+        Reply::Refuse => return respond.send_reset(Reason::REFUSED_STREAM),
+        Reply::Reset(reason) => return respond.send_reset(reason),
+        Reply::Close => {
+            // The relay writes nothing after `End`: not even the reset that
+            // dropping `respond` makes.
+            let conns = shared.conns.lock().expect("not poisoned");
+            let _ = conns[conn].outgoing.send(Outgoing::End);
+            return;
+        }
+        _ => {}
     }
     if reply == Reply::Hold {
         let mut released = shared.released.subscribe();

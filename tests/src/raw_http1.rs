@@ -1,11 +1,15 @@
 //! An HTTP/1.1 server on loopback written by hand over a `TcpListener`, for
 //! the failures a well-behaved hyper server never produces: it reads a
-//! request and closes without answering, or announces a body longer than
-//! the one it sends. It records every request it reads.
+//! request and closes without answering, announces a body longer than the
+//! one it sends, answers late, sends bytes nobody asked for on an idle
+//! connection, ends a body by closing, or sends a head larger than any
+//! client reads. It records every request it reads, and its answers echo
+//! the request's `x-request-id`.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +24,22 @@ pub enum Answer {
     Close,
     /// Announce a 100-byte body, send 10 bytes of it, close the connection.
     TruncateBody,
+    /// Wait this long, then answer as [`Answer::Respond`].
+    RespondAfter(Duration),
+    /// Answer as [`Answer::Respond`]; this long after, write these bytes,
+    /// which no request asked for, and keep the connection open.
+    RespondThenSend(Duration, &'static [u8]),
+    /// `200 OK` with neither `content-length` nor chunking: the body ends
+    /// when the server closes the connection, which it does.
+    CloseDelimited,
+    /// `200 OK` whose head carries `headers` more headers with values of
+    /// `size` bytes each, then as [`Answer::Respond`].
+    HugeHead {
+        /// How many filler headers.
+        headers: usize,
+        /// The length of each filler header's value.
+        size: usize,
+    },
 }
 
 /// A request the server read.
@@ -31,6 +51,8 @@ pub struct RawRequest {
     pub index: u64,
     /// The request method.
     pub method: String,
+    /// The request's `x-request-id`, if it carried a number there.
+    pub id: Option<u64>,
     /// The request body.
     pub body: Vec<u8>,
 }
@@ -120,44 +142,75 @@ impl RawHttp1Server {
 async fn serve(socket: TcpStream, conn: usize, answer: Arc<Script>, seen: Arc<Mutex<Seen>>) {
     let mut socket = BufReader::new(socket);
     for index in 0.. {
-        let Some((method, body)) = read_request(&mut socket).await else {
+        let Some(request) = read_request(&mut socket, conn, index).await else {
             return;
         };
-        lock(&seen).requests.push(RawRequest {
-            conn,
-            index,
-            method,
-            body,
-        });
+        let id = request.id;
+        lock(&seen).requests.push(request);
+        // Echoed when the request carried one.
+        let echo = id.map_or_else(String::new, |id| format!("x-request-id: {id}\r\n"));
+        let ok =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-conn-id: {conn}\r\n{echo}\r\nok");
         let written = match answer(conn, index) {
-            Answer::Respond => {
-                let head =
-                    format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-conn-id: {conn}\r\n\r\nok");
-                socket.write_all(head.as_bytes()).await
-            }
+            Answer::Respond => write(&mut socket, ok.as_bytes()).await,
             Answer::Close => return,
             Answer::TruncateBody => {
                 let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
-                let _ = socket.write_all(head.as_bytes()).await;
-                let _ = socket.flush().await;
+                let _ = write(&mut socket, head.as_bytes()).await;
                 return;
             }
+            Answer::RespondAfter(delay) => {
+                tokio::time::sleep(delay).await;
+                write(&mut socket, ok.as_bytes()).await
+            }
+            Answer::RespondThenSend(after, unsolicited) => {
+                if write(&mut socket, ok.as_bytes()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(after).await;
+                write(&mut socket, unsolicited).await
+            }
+            Answer::CloseDelimited => {
+                let head = format!("HTTP/1.1 200 OK\r\nx-conn-id: {conn}\r\n{echo}\r\nok");
+                let _ = write(&mut socket, head.as_bytes()).await;
+                return;
+            }
+            Answer::HugeHead { headers, size } => {
+                let filler = "a".repeat(size);
+                let mut head = format!("HTTP/1.1 200 OK\r\nx-conn-id: {conn}\r\n{echo}");
+                for n in 0..headers {
+                    head.push_str(&format!("x-filler-{n}: {filler}\r\n"));
+                }
+                head.push_str("content-length: 2\r\n\r\nok");
+                write(&mut socket, head.as_bytes()).await
+            }
         };
-        if written.is_err() || socket.flush().await.is_err() {
+        if written.is_err() {
             return;
         }
     }
 }
 
-/// Read one request: its method and its `content-length` body. `None` at
-/// the end of the stream or on anything malformed.
-async fn read_request(socket: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+async fn write(socket: &mut BufReader<TcpStream>, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
+/// Read request `index` of connection `conn`: its method, its
+/// `x-request-id` and its `content-length` body. `None` at the end of the
+/// stream or on anything malformed.
+async fn read_request(
+    socket: &mut BufReader<TcpStream>,
+    conn: usize,
+    index: u64,
+) -> Option<RawRequest> {
     let mut line = String::new();
     if socket.read_line(&mut line).await.ok()? == 0 {
         return None;
     }
     let method = line.split_whitespace().next()?.to_owned();
     let mut length = 0;
+    let mut id = None;
     loop {
         line.clear();
         if socket.read_line(&mut line).await.ok()? == 0 {
@@ -167,13 +220,22 @@ async fn read_request(socket: &mut BufReader<TcpStream>) -> Option<(String, Vec<
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.trim().eq_ignore_ascii_case("content-length")
-        {
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("content-length") {
             length = value.trim().parse().ok()?;
+        } else if name.trim().eq_ignore_ascii_case("x-request-id") {
+            id = value.trim().parse().ok();
         }
     }
     let mut body = vec![0; length];
     socket.read_exact(&mut body).await.ok()?;
-    Some((method, body))
+    Some(RawRequest {
+        conn,
+        index,
+        method,
+        id,
+        body,
+    })
 }
