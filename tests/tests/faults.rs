@@ -391,9 +391,10 @@ async fn a_goaway_storm_costs_at_most_one_connection_per_request_and_no_spin() {
     assert_eq!(snapshot.connect_errors(), 0);
 }
 
-// Cases 11 (black-holed peer) and 12 (an endpoint restarts or moves) are
-// not here: the pool has no HTTP/2 PING or read timeout yet, and 12 needs a
-// resolver the tests can steer.
+// Case 11 (black-holed peer): pool_timing.rs,
+// a_blackholed_http2_connection_is_evicted_by_ping. Case 12 (an endpoint
+// restarts or moves) is not here yet: it needs a resolver the tests can
+// steer.
 
 /// Case 13: 1 MB of response headers (1024 of 1 KB each: more headers
 /// than hyper reads), and one 512 KB header (more than hyper's ~400 KB read
@@ -446,8 +447,9 @@ async fn huge_response_headers_are_a_send_error_and_free_the_slot() {
     }
 }
 
-// Case 13, headers dribbled slowly: the pool has no response-head timeout
-// yet.
+// Case 13, a head that stalls or dribbles: pool_timing.rs,
+// a_stalled_response_times_out_and_frees_its_connection (`response_timeout`
+// bounds the whole head, however slowly its bytes come).
 
 // Case 14, connect refused under a burst: pool_timing.rs,
 // connect_error_reaches_every_waiter_without_a_storm.
