@@ -392,9 +392,8 @@ async fn a_goaway_storm_costs_at_most_one_connection_per_request_and_no_spin() {
 }
 
 // Case 11 (black-holed peer): pool_timing.rs,
-// a_blackholed_http2_connection_is_evicted_by_ping. Case 12 (an endpoint
-// restarts or moves) is not here yet: it needs a resolver the tests can
-// steer.
+// a_blackholed_http2_connection_is_evicted_by_ping. Case 12: below,
+// a_moved_endpoint_is_reached_within_the_max_lifetime.
 
 /// Case 13: 1 MB of response headers (1024 of 1 KB each: more headers
 /// than hyper reads), and one 512 KB header (more than hyper's ~400 KB read
@@ -610,4 +609,63 @@ async fn a_rejected_certificate_under_a_burst_reaches_every_waiter_without_a_sto
     let snapshot = only(&client);
     assert_eq!((snapshot.waiting(), snapshot.connecting()), (0, 0));
     assert_eq!(snapshot.connect_errors(), 2);
+}
+
+/// Case 12: the endpoint moves (its name now resolves elsewhere, as after a
+/// restart behind DNS): connections to the old address retire at their
+/// max lifetime, replacements go to the new one, and no request fails.
+#[tokio::test]
+async fn a_moved_endpoint_is_reached_within_the_max_lifetime() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::sync::Mutex;
+
+    use hyper_util::client::legacy::connect::dns::Name;
+
+    let old = TestServer::start_on("127.0.0.2:0", ServerOptions::default()).await;
+    let port = old.addr.port();
+    let new = TestServer::start_on(&format!("127.0.0.3:{port}"), ServerOptions::default()).await;
+    let resolves_to = Arc::new(Mutex::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+    let dns = {
+        let resolves_to = resolves_to.clone();
+        tower::service_fn(move |_: Name| {
+            let ip = *resolves_to.lock().unwrap();
+            async move { Ok::<_, std::io::Error>(std::iter::once(SocketAddr::new(ip, port))) }
+        })
+    };
+    let lifetime = Duration::from_millis(200);
+    let mut client = PoolLayer::new(
+        PoolConfig::default()
+            .max_lifetime(Some(lifetime))
+            .lifetime_jitter(0.0),
+    )
+    .expect("valid config")
+    .layer(HttpConnector::new_with_resolver(dns));
+    let url = format!("http://svc.test:{port}/");
+    let started = tokio::time::Instant::now();
+    bounded(send(&mut client, get(&url, 0)))
+        .await
+        .expect("served");
+    *resolves_to.lock().unwrap() = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+    // Bounded: 30 requests, 40 ms apart.
+    let mut late_on_old = Vec::new();
+    for id in 1..=30 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let before = old.stats.requests();
+        bounded(send(&mut client, get(&url, id)))
+            .await
+            .unwrap_or_else(|e| panic!("request {id} failed: {e}"));
+        // A request sent well after the lifetime ran out (slack for the
+        // replacement's connect) must not reach the old address.
+        if started.elapsed() > lifetime * 3 && old.stats.requests() > before {
+            late_on_old.push(id);
+        }
+    }
+    assert!(
+        late_on_old.is_empty(),
+        "still on the old address: {late_on_old:?}"
+    );
+    assert!(new.stats.requests() > 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(old.stats.open(), 0, "the old connection retired");
 }
