@@ -37,6 +37,11 @@ pub struct DuplexConnector {
     /// the client writes vanishes and nothing more arrives, as when a
     /// network path dies without a reset.
     pub blackholed: Arc<AtomicU64>,
+    /// A middlebox between client and server resets connections idle
+    /// longer than this: the client sees the reset when it next writes.
+    pub reset_idle_after: Option<Duration>,
+    /// Resets that middlebox sent.
+    pub resets: Arc<AtomicU64>,
     conn_ids: Arc<AtomicU64>,
     stop: Arc<watch::Sender<()>>,
 }
@@ -52,6 +57,8 @@ impl DuplexConnector {
             connect_delay: None,
             connect_delays: Arc::new([]),
             blackholed: Arc::default(),
+            reset_idle_after: None,
+            resets: Arc::default(),
             conn_ids: Arc::default(),
             stop: Arc::new(watch::channel(()).0),
         }
@@ -60,6 +67,12 @@ impl DuplexConnector {
     /// Each connect takes `delay`.
     pub fn with_connect_delay(mut self, delay: Duration) -> Self {
         self.connect_delay = Some(delay);
+        self
+    }
+
+    /// A middlebox resets connections idle longer than `after`.
+    pub fn with_idle_reset(mut self, after: Duration) -> Self {
+        self.reset_idle_after = Some(after);
         self
     }
 
@@ -82,6 +95,32 @@ pub struct DuplexIo {
     io: TokioIo<DuplexStream>,
     /// This connection's id and the connector's black-hole mark.
     blackhole: Option<(u64, Arc<AtomicU64>)>,
+    /// The middlebox: its idle limit, the last time bytes moved, whether
+    /// it has reset this connection, and its reset count.
+    middlebox: Option<Middlebox>,
+}
+
+#[derive(Debug)]
+struct Middlebox {
+    reset_after: Duration,
+    last_activity: tokio::time::Instant,
+    reset: bool,
+    resets: Arc<AtomicU64>,
+}
+
+impl Middlebox {
+    /// Whether the connection is (now) reset; bytes moving keep it alive.
+    fn check(&mut self) -> bool {
+        if !self.reset && self.last_activity.elapsed() > self.reset_after {
+            self.reset = true;
+            self.resets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.reset
+    }
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "reset by the middlebox")
 }
 
 impl DuplexIo {
@@ -90,6 +129,7 @@ impl DuplexIo {
         DuplexIo {
             io: TokioIo::new(client),
             blackhole: None,
+            middlebox: None,
         }
     }
 
@@ -115,7 +155,14 @@ impl hyper::rt::Read for DuplexIo {
         if self.is_blackholed() {
             return Poll::Pending;
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if self.middlebox.as_mut().is_some_and(Middlebox::check) {
+            return Poll::Ready(Err(reset_error()));
+        }
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(middlebox)) = (&read, self.middlebox.as_mut()) {
+            middlebox.last_activity = tokio::time::Instant::now();
+        }
+        read
     }
 }
 
@@ -128,7 +175,14 @@ impl hyper::rt::Write for DuplexIo {
         if self.is_blackholed() {
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        if self.middlebox.as_mut().is_some_and(Middlebox::check) {
+            return Poll::Ready(Err(reset_error()));
+        }
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(_)), Some(middlebox)) = (&written, self.middlebox.as_mut()) {
+            middlebox.last_activity = tokio::time::Instant::now();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -177,6 +231,12 @@ impl Service<Uri> for DuplexConnector {
             ));
             let mut io = DuplexIo::new(client);
             io.blackhole = Some((conn_id, this.blackholed.clone()));
+            io.middlebox = this.reset_idle_after.map(|reset_after| Middlebox {
+                reset_after,
+                last_activity: tokio::time::Instant::now(),
+                reset: false,
+                resets: this.resets.clone(),
+            });
             Ok(io)
         })
     }

@@ -669,3 +669,37 @@ async fn a_moved_endpoint_is_reached_within_the_max_lifetime() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(old.stats.open(), 0, "the old connection retired");
 }
+
+/// Case 3: a middlebox resets connections idle longer than 2 s. Told the
+/// limit (an idle timeout below it), the pool never offers the middlebox a
+/// connection to reset; not told, it meets resets (and survives them: the
+/// request had not been written, so it goes out on a new connection).
+#[tokio::test(start_paused = true)]
+async fn a_middlebox_resetting_idle_connections_resets_none_once_the_pool_is_told() {
+    // Gaps between requests, in tenths of a second: some under the
+    // middlebox's limit, some over.
+    const GAPS: [u64; 16] = [1, 15, 30, 5, 25, 2, 40, 19, 21, 3, 35, 8, 22, 1, 50, 12];
+    async fn run(config: PoolConfig) -> u64 {
+        let connector =
+            DuplexConnector::new(ServerOptions::default()).with_idle_reset(Duration::from_secs(2));
+        let mut client = client(connector.clone(), config);
+        for (id, gap) in (0..).zip(GAPS) {
+            tokio::time::sleep(Duration::from_millis(gap * 100)).await;
+            send(&mut client, get(URL, id))
+                .await
+                .unwrap_or_else(|e| panic!("request {id} failed: {e}"));
+        }
+        connector.resets.load(Ordering::SeqCst)
+    }
+    let told = PoolConfig::default().idle_timeout(Some(Duration::from_millis(1500)));
+    let resets = run(told).await;
+    assert_eq!(
+        resets, 0,
+        "the pool retired idle connections before the middlebox"
+    );
+    let resets = run(PoolConfig::default()).await;
+    assert!(
+        resets > 0,
+        "with a 55 s idle timeout the middlebox resets some"
+    );
+}
