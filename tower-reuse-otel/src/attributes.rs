@@ -1,0 +1,146 @@
+//! Attribute names and the low-cardinality values this crate records.
+
+use http::Uri;
+use opentelemetry::KeyValue;
+
+// Semantic conventions.
+pub(crate) const HTTP_REQUEST_METHOD: &str = "http.request.method";
+pub(crate) const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+pub(crate) const SERVER_ADDRESS: &str = "server.address";
+pub(crate) const SERVER_PORT: &str = "server.port";
+pub(crate) const URL_SCHEME: &str = "url.scheme";
+pub(crate) const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+pub(crate) const ERROR_TYPE: &str = "error.type";
+#[cfg(feature = "pool")]
+pub(crate) const TLS_RESUMED: &str = "tls.resumed";
+#[cfg(feature = "pool")]
+pub(crate) const HTTP_CONNECTION_STATE: &str = "http.connection.state";
+
+// No convention: prefixed.
+#[cfg(feature = "pool")]
+pub(crate) const CONNECTION_ID: &str = "tower_reuse.connection.id";
+#[cfg(feature = "pool")]
+pub(crate) const CONNECTION_REUSED: &str = "tower_reuse.connection.reused";
+#[cfg(feature = "pool")]
+pub(crate) const CHECKOUT_WAIT: &str = "tower_reuse.checkout.wait";
+#[cfg(feature = "pool")]
+pub(crate) const CONNECTION_IDLE_FOR: &str = "tower_reuse.connection.idle_for";
+#[cfg(feature = "pool")]
+pub(crate) const RETRY_REASON: &str = "tower_reuse.retry.reason";
+#[cfg(feature = "pool")]
+pub(crate) const CONNECT_REASON: &str = "tower_reuse.connect.reason";
+#[cfg(feature = "pool")]
+pub(crate) const CLOSE_REASON: &str = "tower_reuse.close.reason";
+#[cfg(feature = "pool")]
+pub(crate) const TLS_HANDSHAKE: &str = "tower_reuse.tls.handshake";
+#[cfg(feature = "pool")]
+pub(crate) const PREWARM_OUTCOME: &str = "tower_reuse.prewarm.outcome";
+
+/// The method as the conventions spell it: one of the known methods, else
+/// `_OTHER` (so a client sending arbitrary methods cannot blow up
+/// cardinality).
+pub(crate) fn method(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+/// `server.address`, `server.port` and `url.scheme` for a scheme and
+/// authority: the host without IPv6 brackets, the port made explicit.
+/// Never the path, the query or user info.
+pub(crate) fn server(scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(3);
+    if let Some(host) = host {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        attributes.push(KeyValue::new(SERVER_ADDRESS, host.to_owned()));
+    }
+    let port = port.or(match scheme {
+        Some("http") => Some(80),
+        Some("https") => Some(443),
+        _ => None,
+    });
+    if let Some(port) = port {
+        attributes.push(KeyValue::new(SERVER_PORT, i64::from(port)));
+    }
+    if let Some(scheme) = scheme {
+        let scheme = match scheme {
+            "http" => "http",
+            "https" => "https",
+            _ => "_OTHER",
+        };
+        attributes.push(KeyValue::new(URL_SCHEME, scheme));
+    }
+    attributes
+}
+
+/// The server attributes of a request URI.
+pub(crate) fn uri_server(uri: &Uri) -> Vec<KeyValue> {
+    server(uri.scheme_str(), uri.host(), uri.port_u16())
+}
+
+/// `network.protocol.version` for an HTTP version.
+pub(crate) fn version(version: http::Version) -> Option<&'static str> {
+    Some(match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_11 => "1.1",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => return None,
+    })
+}
+
+/// `error.type` for a pool error: its kind in snake case.
+#[cfg(feature = "pool")]
+pub(crate) fn pool_error(error: &tower_reuse_pool::Error) -> &'static str {
+    use tower_reuse_pool::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidRequest => "invalid_request",
+        ErrorKind::Connect => "connect",
+        ErrorKind::ConnectTimeout => "connect_timeout",
+        ErrorKind::Handshake => "handshake",
+        ErrorKind::CheckoutTimeout => "checkout_timeout",
+        ErrorKind::ResponseTimeout => "response_timeout",
+        ErrorKind::TooManyWaiters => "too_many_waiters",
+        ErrorKind::NotReady => "not_ready",
+        ErrorKind::Send => "send",
+        ErrorKind::Body => "body",
+        ErrorKind::Closed => "closed",
+        _ => "_OTHER",
+    }
+}
+
+/// `error.type` for any service error: a pool error's kind (also inside a
+/// `BoxError`), else `_OTHER`.
+pub(crate) fn error_type<E: 'static>(error: &E) -> &'static str {
+    #[cfg(feature = "pool")]
+    {
+        let any: &dyn std::any::Any = error;
+        if let Some(error) = any.downcast_ref::<tower_reuse_pool::Error>() {
+            return pool_error(error);
+        }
+        if let Some(error) = any
+            .downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+            .and_then(|e| e.downcast_ref::<tower_reuse_pool::Error>())
+        {
+            return pool_error(error);
+        }
+    }
+    #[cfg(not(feature = "pool"))]
+    let _ = error;
+    "_OTHER"
+}
+
+/// A duration in seconds, as the conventions measure time.
+pub(crate) fn seconds(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64()
+}

@@ -1,0 +1,318 @@
+//! `OtelPoolEvents`: the pool's hook, recording connection metrics.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use tower_reuse_pool::events::{
+    CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectReason, Connected, PoolEvents, Retried,
+};
+use tower_reuse_pool::{ConnId, Target};
+
+use crate::attributes::{
+    self, CLOSE_REASON, CONNECT_REASON, CONNECTION_REUSED, ERROR_TYPE, HTTP_CONNECTION_STATE,
+    NETWORK_PROTOCOL_VERSION, PREWARM_OUTCOME, RETRY_REASON, TLS_HANDSHAKE,
+};
+
+/// Bucket boundaries for `http.client.connection.duration`, in seconds:
+/// the semantic conventions' advice.
+const CONNECTION_DURATION_BOUNDARIES: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Bucket boundaries for `tower_reuse.checkout.wait`, in seconds: most
+/// checkouts take microseconds, a connect takes milliseconds.
+const CHECKOUT_WAIT_BOUNDARIES: [f64; 15] = [
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The pool's [`PoolEvents`] hook as OpenTelemetry metrics (see the
+/// [crate docs](crate) for every instrument).
+///
+/// Connection ids are unique within one pool: give each pool its own
+/// `OtelPoolEvents` (built from the same meter if you like; the
+/// instruments are shared by name).
+///
+/// ```
+/// use opentelemetry::global;
+/// use tower_reuse_otel::OtelPoolEvents;
+/// use tower_reuse_pool::{PoolConfig, PoolLayer};
+///
+/// let layer = PoolLayer::<String>::new(PoolConfig::default())
+///     .unwrap()
+///     .events(OtelPoolEvents::new(&global::meter("my-client")));
+/// # let _ = layer;
+/// ```
+pub struct OtelPoolEvents {
+    instruments: Instruments,
+    /// Open connections, by id: their attributes and requests in flight,
+    /// so `http.client.open_connections` moves between idle and active
+    /// consistently and each close takes away what its connect added.
+    open: Mutex<HashMap<ConnId, Open>>,
+}
+
+struct Instruments {
+    open_connections: UpDownCounter<i64>,
+    connection_duration: Histogram<f64>,
+    checkout_wait: Histogram<f64>,
+    opened: Counter<u64>,
+    closed: Counter<u64>,
+    connect_errors: Counter<u64>,
+    tls_handshakes: Counter<u64>,
+    retries: Counter<u64>,
+    prewarm: Counter<u64>,
+}
+
+struct Open {
+    in_flight: u32,
+    attributes: Arc<ConnAttributes>,
+}
+
+/// One connection's attribute sets, built once at connect.
+struct ConnAttributes {
+    /// Server attributes and `network.protocol.version`.
+    base: Vec<KeyValue>,
+    idle: Vec<KeyValue>,
+    active: Vec<KeyValue>,
+}
+
+impl OtelPoolEvents {
+    /// A hook recording with `meter`.
+    pub fn new(meter: &Meter) -> Self {
+        let instruments = Instruments {
+            open_connections: meter
+                .i64_up_down_counter("http.client.open_connections")
+                .with_description("Number of connections in the pool, by state.")
+                .with_unit("{connection}")
+                .build(),
+            connection_duration: meter
+                .f64_histogram("http.client.connection.duration")
+                .with_description("How long connections stayed open.")
+                .with_unit("s")
+                .with_boundaries(CONNECTION_DURATION_BOUNDARIES.to_vec())
+                .build(),
+            checkout_wait: meter
+                .f64_histogram("tower_reuse.checkout.wait")
+                .with_description("How long requests waited for a connection.")
+                .with_unit("s")
+                .with_boundaries(CHECKOUT_WAIT_BOUNDARIES.to_vec())
+                .build(),
+            opened: meter
+                .u64_counter("tower_reuse.connection.opened")
+                .with_description("Connections opened, by why they were opened.")
+                .with_unit("{connection}")
+                .build(),
+            closed: meter
+                .u64_counter("tower_reuse.connection.closed")
+                .with_description("Connections closed, by why they closed.")
+                .with_unit("{connection}")
+                .build(),
+            connect_errors: meter
+                .u64_counter("tower_reuse.connect.errors")
+                .with_description("Connects that failed.")
+                .with_unit("{connect}")
+                .build(),
+            tls_handshakes: meter
+                .u64_counter("tower_reuse.tls.handshakes")
+                .with_description("TLS handshakes on new connections, by kind.")
+                .with_unit("{handshake}")
+                .build(),
+            retries: meter
+                .u64_counter("tower_reuse.retries")
+                .with_description("Requests retried on another connection, by why.")
+                .with_unit("{retry}")
+                .build(),
+            prewarm: meter
+                .u64_counter("tower_reuse.prewarm.connects")
+                .with_description("Pre-warming connects, by outcome.")
+                .with_unit("{connect}")
+                .build(),
+        };
+        OtelPoolEvents {
+            instruments,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Open>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for OtelPoolEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtelPoolEvents")
+            .field("open", &self.open().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `server.address`, `server.port`, `url.scheme` of a target. Never its
+/// partition.
+fn target_attributes(target: &Target) -> Vec<KeyValue> {
+    let authority = target.authority();
+    attributes::server(
+        Some(target.scheme().as_str()),
+        Some(authority.host()),
+        authority.port_u16(),
+    )
+}
+
+fn with(mut attributes: Vec<KeyValue>, extra: impl IntoIterator<Item = KeyValue>) -> Vec<KeyValue> {
+    attributes.extend(extra);
+    attributes
+}
+
+fn connect_reason(reason: ConnectReason) -> &'static str {
+    match reason {
+        ConnectReason::Demand => "demand",
+        ConnectReason::Prewarm => "prewarm",
+        ConnectReason::Rotation => "rotation",
+        ConnectReason::Dedicated => "dedicated",
+        _ => "_OTHER",
+    }
+}
+
+fn state(state: &'static str) -> KeyValue {
+    KeyValue::new(HTTP_CONNECTION_STATE, state)
+}
+
+impl PoolEvents for OtelPoolEvents {
+    fn on_connect(&self, event: &Connected<'_>) {
+        let target = target_attributes(event.target());
+        let base = with(
+            target.clone(),
+            [KeyValue::new(
+                NETWORK_PROTOCOL_VERSION,
+                event.protocol().as_str(),
+            )],
+        );
+        let reason = KeyValue::new(CONNECT_REASON, connect_reason(event.reason()));
+        let i = &self.instruments;
+        i.opened.add(1, &with(base.clone(), [reason]));
+        if let Some(handshake) = event.tls() {
+            i.tls_handshakes.add(
+                1,
+                &with(
+                    target.clone(),
+                    [KeyValue::new(TLS_HANDSHAKE, handshake.as_str())],
+                ),
+            );
+        }
+        if event.reason() == ConnectReason::Prewarm {
+            i.prewarm.add(
+                1,
+                &with(target, [KeyValue::new(PREWARM_OUTCOME, "connected")]),
+            );
+        }
+        let attributes = Arc::new(ConnAttributes {
+            idle: with(base.clone(), [state("idle")]),
+            active: with(base.clone(), [state("active")]),
+            base,
+        });
+        i.open_connections.add(1, &attributes.idle);
+        self.open().insert(
+            event.id(),
+            Open {
+                in_flight: 0,
+                attributes,
+            },
+        );
+    }
+
+    fn on_connect_error(&self, event: &ConnectFailed<'_>) {
+        let target = target_attributes(event.target());
+        let error = KeyValue::new(ERROR_TYPE, attributes::pool_error(&event.error()));
+        let i = &self.instruments;
+        i.connect_errors.add(
+            1,
+            &with(
+                target.clone(),
+                [
+                    KeyValue::new(CONNECT_REASON, connect_reason(event.reason())),
+                    error.clone(),
+                ],
+            ),
+        );
+        if event.reason() == ConnectReason::Prewarm {
+            i.prewarm.add(
+                1,
+                &with(target, [KeyValue::new(PREWARM_OUTCOME, "failed"), error]),
+            );
+        }
+    }
+
+    fn on_checkout(&self, event: &CheckedOut<'_>) {
+        self.instruments.checkout_wait.record(
+            attributes::seconds(event.wait()),
+            &with(
+                target_attributes(event.target()),
+                [KeyValue::new(CONNECTION_REUSED, event.reused())],
+            ),
+        );
+        let became_active = {
+            let mut open = self.open();
+            open.get_mut(&event.id()).and_then(|conn| {
+                conn.in_flight += 1;
+                (conn.in_flight == 1).then(|| conn.attributes.clone())
+            })
+        };
+        if let Some(attributes) = became_active {
+            let open_connections = &self.instruments.open_connections;
+            open_connections.add(-1, &attributes.idle);
+            open_connections.add(1, &attributes.active);
+        }
+    }
+
+    fn on_checkin(&self, event: &CheckedIn<'_>) {
+        let became_idle = {
+            let mut open = self.open();
+            open.get_mut(&event.id()).and_then(|conn| {
+                if conn.in_flight == 0 {
+                    return None;
+                }
+                conn.in_flight -= 1;
+                (conn.in_flight == 0).then(|| conn.attributes.clone())
+            })
+        };
+        if let Some(attributes) = became_idle {
+            let open_connections = &self.instruments.open_connections;
+            open_connections.add(-1, &attributes.active);
+            open_connections.add(1, &attributes.idle);
+        }
+    }
+
+    fn on_close(&self, event: &Closed<'_>) {
+        let reason = KeyValue::new(CLOSE_REASON, event.reason().as_str());
+        let closed = self.open().remove(&event.id());
+        let i = &self.instruments;
+        let base = match &closed {
+            Some(conn) => {
+                let state = if conn.in_flight > 0 {
+                    &conn.attributes.active
+                } else {
+                    &conn.attributes.idle
+                };
+                i.open_connections.add(-1, state);
+                conn.attributes.base.clone()
+            }
+            None => target_attributes(event.target()),
+        };
+        let attributes = with(base, [reason]);
+        i.closed.add(1, &attributes);
+        i.connection_duration
+            .record(attributes::seconds(event.lifetime()), &attributes);
+    }
+
+    fn on_retry(&self, event: &Retried<'_>) {
+        self.instruments.retries.add(
+            1,
+            &with(
+                target_attributes(event.target()),
+                [KeyValue::new(RETRY_REASON, event.reason().as_str())],
+            ),
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! `Otel`: the service that records a span and metrics per request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::attributes::{self, HTTP_REQUEST_METHOD};
+use crate::future::{Recording, ResponseFuture};
+
+/// Bucket boundaries for `http.client.request.duration`, in seconds: the
+/// semantic conventions' advice.
+pub(crate) const REQUEST_DURATION_BOUNDARIES: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The request instruments, shared by every clone of a layer's services.
+#[derive(Debug)]
+pub(crate) struct Instruments {
+    pub(crate) duration: Histogram<f64>,
+    pub(crate) active: UpDownCounter<i64>,
+}
+
+impl Instruments {
+    pub(crate) fn new(meter: &Meter) -> Self {
+        Instruments {
+            duration: meter
+                .f64_histogram("http.client.request.duration")
+                .with_description("Duration of HTTP client requests, to the response head.")
+                .with_unit("s")
+                .with_boundaries(REQUEST_DURATION_BOUNDARIES.to_vec())
+                .build(),
+            active: meter
+                .i64_up_down_counter("http.client.active_requests")
+                .with_description("Number of outbound HTTP requests in flight.")
+                .with_unit("{request}")
+                .build(),
+        }
+    }
+}
+
+/// Records a client span and request metrics around an inner HTTP client
+/// service. Built by [`OtelLayer`](crate::OtelLayer).
+///
+/// The span is current while the inner service's future is polled, so
+/// spans it starts are children of the request span. The span and the
+/// duration end at the response head: a body streamed afterwards is not
+/// timed.
+pub struct Otel<S, T> {
+    inner: S,
+    tracer: Arc<T>,
+    instruments: Arc<Instruments>,
+}
+
+impl<S, T> Otel<S, T> {
+    pub(crate) fn new(inner: S, tracer: Arc<T>, instruments: Arc<Instruments>) -> Self {
+        Otel {
+            inner,
+            tracer,
+            instruments,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, T> Clone for Otel<S, T> {
+    fn clone(&self) -> Self {
+        Otel {
+            inner: self.inner.clone(),
+            tracer: self.tracer.clone(),
+            instruments: self.instruments.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, T> fmt::Debug for Otel<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Otel")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, T, B, ResB> Service<Request<B>> for Otel<S, T>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: 'static,
+    T: Tracer,
+    T::Span: Send + Sync + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let method = attributes::method(req.method());
+        let mut request_attributes = Vec::with_capacity(4);
+        request_attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
+        request_attributes.extend(attributes::uri_server(req.uri()));
+        let name = if method == "_OTHER" { "HTTP" } else { method };
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .with_attributes(request_attributes.clone())
+            .start(&*self.tracer);
+        let otel_cx = opentelemetry::Context::current_with_span(span);
+        self.instruments.active.add(1, &request_attributes);
+        let recording = Recording::new(
+            otel_cx.clone(),
+            request_attributes,
+            Instant::now(),
+            self.instruments.clone(),
+        );
+        let inner = {
+            let _current = otel_cx.attach();
+            self.inner.call(req)
+        };
+        ResponseFuture::new(inner, recording)
+    }
+}
