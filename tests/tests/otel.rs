@@ -1,0 +1,585 @@
+//! tower-reuse-otel with the real OpenTelemetry SDK and its in-memory
+//! exporters: requests through `OtelLayer` over a `Pool` whose hook is
+//! `OtelPoolEvents`, against real loopback servers (plain, TLS, and a raw
+//! HTTP/1.1 server that closes a connection under a request).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
+use tower::Layer;
+use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
+use tower_reuse_pool::tls::TlsLayer;
+use tower_reuse_pool::{Connect, Pool, PoolConfig, PoolLayer};
+use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
+use tower_reuse_tests::server::{ServerOptions, TestServer};
+use tower_reuse_tests::tls_server::{Alpn, TestCa, TlsServer, TlsServerOptions};
+use tower_reuse_tests::{get, send};
+
+/// A query string that must never reach an attribute.
+const SECRET_QUERY: &str = "?token=secret-query-value";
+
+/// The crate docs, whose table lists every instrument.
+const CRATE_DOCS: &str = include_str!("../../tower-reuse-otel/src/lib.rs");
+
+/// SDK providers exporting to memory; nothing global.
+struct Telemetry {
+    spans: InMemorySpanExporter,
+    tracer_provider: SdkTracerProvider,
+    metrics: InMemoryMetricExporter,
+    meter_provider: SdkMeterProvider,
+}
+
+/// One exported metric, summarised.
+#[derive(Debug)]
+struct Metric {
+    unit: String,
+    kind: &'static str,
+    /// Each data point's attributes and value (a sum, or a histogram's count).
+    points: Points,
+}
+
+impl Metric {
+    fn keys(&self) -> BTreeSet<String> {
+        self.points
+            .iter()
+            .flat_map(|(attributes, _)| attributes.keys().cloned())
+            .collect()
+    }
+
+    /// The sum of the values of points carrying every `(key, value)` of `with`.
+    fn total(&self, with: &[(&str, &str)]) -> f64 {
+        self.points
+            .iter()
+            .filter(|(attributes, _)| {
+                with.iter()
+                    .all(|(k, v)| attributes.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+}
+
+impl Telemetry {
+    fn new() -> Self {
+        let spans = InMemorySpanExporter::default();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let metrics = InMemoryMetricExporter::default();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        Telemetry {
+            spans,
+            tracer_provider,
+            metrics,
+            meter_provider,
+        }
+    }
+
+    fn layer(&self) -> OtelLayer<SdkTracer> {
+        OtelLayer::new(
+            self.tracer_provider.tracer("otel-test"),
+            &self.meter_provider.meter("otel-test"),
+        )
+    }
+
+    fn hook(&self) -> OtelPoolEvents {
+        OtelPoolEvents::new(&self.meter_provider.meter("otel-test"))
+    }
+
+    /// `OtelLayer` over a pool over `connector` with the hook.
+    fn client<C: Connect>(&self, config: PoolConfig, connector: C) -> Otel<Pool<C>, SdkTracer> {
+        let pool = PoolLayer::new(config)
+            .unwrap()
+            .events(self.hook())
+            .layer(connector);
+        self.layer().layer(pool)
+    }
+
+    fn finished_spans(&self) -> Vec<SpanData> {
+        self.tracer_provider.force_flush().unwrap();
+        self.spans.get_finished_spans().unwrap()
+    }
+
+    /// Every metric by name, as of now (cumulative: the last export holds
+    /// everything).
+    fn metrics(&self) -> BTreeMap<String, Metric> {
+        self.meter_provider.force_flush().unwrap();
+        let exported = self.metrics.get_finished_metrics().unwrap();
+        let last = exported.last().expect("an export");
+        let mut out = BTreeMap::new();
+        for scope in last.scope_metrics() {
+            for metric in scope.metrics() {
+                let (kind, points) = summarise(metric.data());
+                out.insert(
+                    metric.name().to_owned(),
+                    Metric {
+                        unit: metric.unit().to_owned(),
+                        kind,
+                        points,
+                    },
+                );
+            }
+        }
+        out
+    }
+}
+
+fn attribute_map<'a>(attributes: impl Iterator<Item = &'a KeyValue>) -> BTreeMap<String, String> {
+    attributes
+        .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+        .collect()
+}
+
+type Points = Vec<(BTreeMap<String, String>, f64)>;
+
+fn summarise(data: &AggregatedMetrics) -> (&'static str, Points) {
+    match data {
+        AggregatedMetrics::F64(data) => summarise_data(data, |v| v),
+        AggregatedMetrics::U64(data) => summarise_data(data, |v| v as f64),
+        AggregatedMetrics::I64(data) => summarise_data(data, |v| v as f64),
+    }
+}
+
+fn summarise_data<T: Copy + std::fmt::Debug>(
+    data: &MetricData<T>,
+    to_f64: fn(T) -> f64,
+) -> (&'static str, Points) {
+    match data {
+        MetricData::Sum(sum) => (
+            if sum.is_monotonic() {
+                "Counter"
+            } else {
+                "UpDownCounter"
+            },
+            sum.data_points()
+                .map(|p| (attribute_map(p.attributes()), to_f64(p.value())))
+                .collect(),
+        ),
+        MetricData::Histogram(histogram) => (
+            "Histogram",
+            histogram
+                .data_points()
+                .map(|p| (attribute_map(p.attributes()), p.count() as f64))
+                .collect(),
+        ),
+        other => panic!("unexpected aggregation {other:?}"),
+    }
+}
+
+/// One row of the crate docs' instrument table.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    kind: String,
+    unit: String,
+    attributes: BTreeSet<String>,
+}
+
+/// Backticked words in `text` (values have no dot; attribute names do).
+fn backticked(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn docs_table() -> Vec<Row> {
+    let rows: Vec<Row> = CRATE_DOCS
+        .lines()
+        .filter_map(|line| line.strip_prefix("//! | `"))
+        .map(|line| {
+            let line = format!("`{line}");
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            Row {
+                name: backticked(cells[0]).remove(0),
+                kind: cells[1].to_owned(),
+                unit: backticked(cells[2]).remove(0),
+                attributes: backticked(cells[3])
+                    .into_iter()
+                    .filter(|a| a.contains('.'))
+                    .collect(),
+            }
+        })
+        .collect();
+    assert!(rows.len() >= 10, "the docs table has {} rows", rows.len());
+    rows
+}
+
+/// A loopback port that refuses connections.
+async fn refusing_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Plain HTTP/1.1: one request, then one that reuses its connection, with
+/// one pre-warmed connection kept.
+async fn reuse_run(telemetry: &Telemetry, server: &TestServer) {
+    let mut client = telemetry.client(PoolConfig::default().min_idle_per_target(1), tcp());
+    for i in 0..2 {
+        let (parts, _) = send(
+            &mut client,
+            get(&server.url(&format!("/a{SECRET_QUERY}")), i),
+        )
+        .await
+        .unwrap();
+        assert!(parts.status.is_success());
+    }
+    // The pre-warmed connection opens in the background.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// A connect refused: the request fails, and so does the pre-warming
+/// connect the request's target then starts.
+async fn refused_run(telemetry: &Telemetry) {
+    let port = refusing_port().await;
+    let mut client = telemetry.client(PoolConfig::default().min_idle_per_target(1), tcp());
+    let url = format!("http://127.0.0.1:{port}/b{SECRET_QUERY}");
+    let error = send(&mut client, get(&url, 1)).await.unwrap_err();
+    assert!(error.is_connect(), "{error}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// A reused connection closed under a GET: retried once, on a new one.
+async fn retry_run(telemetry: &Telemetry) {
+    let server = RawHttp1Server::start(|conn, index| match (conn, index) {
+        (0, 1) => Answer::Close,
+        _ => Answer::Respond,
+    })
+    .await;
+    let mut client = telemetry.client(PoolConfig::default(), tcp());
+    for i in 0..2 {
+        send(
+            &mut client,
+            get(&server.url(&format!("/c{SECRET_QUERY}")), i),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// TLS 1.3, one request per connection: a full handshake, then a resumed one.
+async fn tls_run(telemetry: &Telemetry) {
+    let ca = TestCa::new("otel-ca");
+    let server = TlsServer::start(
+        &ca,
+        TlsServerOptions {
+            alpn: Alpn::Http1Only,
+            close_after: Some(1),
+            ..TlsServerOptions::default()
+        },
+    )
+    .await;
+    let connector = TlsLayer::new(Arc::new(ca.client_config(None))).layer(tcp());
+    let mut client = telemetry.client(PoolConfig::default(), connector);
+    for i in 0..2 {
+        send(
+            &mut client,
+            get(&server.url(&format!("/d{SECRET_QUERY}")), i),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// TCP to loopback servers, letting `https` through for the TLS layer.
+fn tcp() -> hyper_util::client::legacy::connect::HttpConnector {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    connector
+}
+
+fn span_keys(span: &SpanData) -> BTreeSet<String> {
+    span.attributes
+        .iter()
+        .map(|kv| kv.key.to_string())
+        .collect()
+}
+
+fn span_attribute(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+fn set(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| (*k).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attributes() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    reuse_run(&telemetry, &server).await;
+    refused_run(&telemetry).await;
+    retry_run(&telemetry).await;
+    tls_run(&telemetry).await;
+
+    let metrics = telemetry.metrics();
+    let table = docs_table();
+    for row in &table {
+        let metric = metrics
+            .get(&row.name)
+            .unwrap_or_else(|| panic!("{} was not emitted; got {:?}", row.name, metrics.keys()));
+        assert_eq!(metric.unit, row.unit, "unit of {}", row.name);
+        assert_eq!(metric.kind, row.kind, "kind of {}", row.name);
+        assert_eq!(
+            metric.keys(),
+            row.attributes,
+            "attribute keys of {}",
+            row.name
+        );
+    }
+    let documented: BTreeSet<_> = table.iter().map(|r| r.name.clone()).collect();
+    let emitted: BTreeSet<_> = metrics.keys().cloned().collect();
+    assert_eq!(
+        emitted, documented,
+        "every emitted instrument is in the table"
+    );
+
+    // The facts behind the attributes.
+    let wait = &metrics["tower_reuse.checkout.wait"];
+    assert!(wait.total(&[("tower_reuse.connection.reused", "true")]) >= 1.0);
+    assert!(wait.total(&[("tower_reuse.connection.reused", "false")]) >= 1.0);
+    let handshakes = &metrics["tower_reuse.tls.handshakes"];
+    assert_eq!(
+        handshakes.total(&[("tower_reuse.tls.handshake", "full")]),
+        1.0
+    );
+    assert_eq!(
+        handshakes.total(&[("tower_reuse.tls.handshake", "resumed")]),
+        1.0
+    );
+    let retries = &metrics["tower_reuse.retries"];
+    assert_eq!(
+        retries.total(&[("tower_reuse.retry.reason", "closed_idempotent")]),
+        1.0
+    );
+    let prewarm = &metrics["tower_reuse.prewarm.connects"];
+    assert!(prewarm.total(&[("tower_reuse.prewarm.outcome", "connected")]) >= 1.0);
+    assert!(
+        prewarm.total(&[
+            ("tower_reuse.prewarm.outcome", "failed"),
+            ("error.type", "connect")
+        ]) >= 1.0
+    );
+    let opened = &metrics["tower_reuse.connection.opened"];
+    assert!(opened.total(&[("tower_reuse.connect.reason", "demand")]) >= 1.0);
+    assert!(opened.total(&[("tower_reuse.connect.reason", "prewarm")]) >= 1.0);
+    let duration = &metrics["http.client.request.duration"];
+    assert_eq!(duration.total(&[("error.type", "connect")]), 1.0);
+    assert_eq!(duration.total(&[("http.response.status_code", "200")]), 6.0);
+    let active = &metrics["http.client.active_requests"];
+    assert_eq!(active.total(&[]), 0.0, "every request left: {active:?}");
+
+    // Nothing of any URL's path or query in any attribute.
+    for (name, metric) in &metrics {
+        for (attributes, _) in &metric.points {
+            for value in attributes.values() {
+                assert!(
+                    !value.contains("secret") && !value.contains('/'),
+                    "{name} recorded {value:?}"
+                );
+            }
+        }
+    }
+    for span in telemetry.finished_spans() {
+        for kv in &span.attributes {
+            let value = kv.value.as_str();
+            assert!(
+                !value.contains("secret") && !value.contains('/'),
+                "span {} recorded {}={value:?}",
+                span.name,
+                kv.key
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_move_between_idle_and_active_and_return_to_zero() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions {
+        delay: Some(Duration::from_millis(300)),
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut client = telemetry.client(
+        PoolConfig::default().idle_timeout(Some(Duration::from_millis(400))),
+        tcp(),
+    );
+    let url = server.url("/");
+    let mut background = client.clone();
+    let in_flight = tokio::spawn(async move { send(&mut background, get(&url, 1)).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let open = |state: &str| {
+        telemetry.metrics()["http.client.open_connections"]
+            .total(&[("http.connection.state", state)])
+    };
+    assert_eq!(
+        (open("active"), open("idle")),
+        (1.0, 0.0),
+        "one request in flight"
+    );
+    in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        (open("active"), open("idle")),
+        (0.0, 1.0),
+        "its connection idle"
+    );
+    send(&mut client, get(&server.url("/"), 2)).await.unwrap();
+    assert_eq!(
+        (open("active"), open("idle")),
+        (0.0, 1.0),
+        "reused, idle again"
+    );
+    // Past the idle timeout the pool closes it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!((open("active"), open("idle")), (0.0, 0.0), "closed");
+    let metrics = telemetry.metrics();
+    assert_eq!(
+        metrics["tower_reuse.connection.closed"]
+            .total(&[("tower_reuse.close.reason", "idle_timeout")]),
+        1.0
+    );
+    assert_eq!(metrics["http.client.connection.duration"].total(&[]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_carry_the_conventions_and_the_connection_facts() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let mut client = telemetry.client(PoolConfig::default(), tcp());
+    for i in 0..2 {
+        send(
+            &mut client,
+            get(&server.url(&format!("/a{SECRET_QUERY}")), i),
+        )
+        .await
+        .unwrap();
+    }
+    let spans = telemetry.finished_spans();
+    assert_eq!(spans.len(), 2);
+    let conventions = [
+        "http.request.method",
+        "server.address",
+        "server.port",
+        "url.scheme",
+        "http.response.status_code",
+        "network.protocol.version",
+    ];
+    let facts = [
+        "tower_reuse.connection.id",
+        "tower_reuse.connection.reused",
+        "tower_reuse.checkout.wait",
+    ];
+    let first_keys: Vec<_> = conventions.iter().chain(&facts).copied().collect();
+    assert_eq!(span_keys(&spans[0]), set(&first_keys));
+    let second_keys: Vec<_> = first_keys
+        .iter()
+        .copied()
+        .chain(["tower_reuse.connection.idle_for"])
+        .collect();
+    assert_eq!(span_keys(&spans[1]), set(&second_keys));
+    for span in &spans {
+        assert_eq!(span.name, "GET");
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.status, Status::Unset);
+        assert_eq!(
+            span_attribute(span, "http.request.method").as_deref(),
+            Some("GET")
+        );
+        assert_eq!(
+            span_attribute(span, "server.address").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            span_attribute(span, "server.port"),
+            Some(server.addr.port().to_string())
+        );
+        assert_eq!(span_attribute(span, "url.scheme").as_deref(), Some("http"));
+        assert_eq!(
+            span_attribute(span, "http.response.status_code").as_deref(),
+            Some("200")
+        );
+        assert_eq!(
+            span_attribute(span, "network.protocol.version").as_deref(),
+            Some("1.1")
+        );
+    }
+    let reused = |span: &SpanData| span_attribute(span, "tower_reuse.connection.reused");
+    assert_eq!(reused(&spans[0]).as_deref(), Some("false"));
+    assert_eq!(reused(&spans[1]).as_deref(), Some("true"));
+    assert_eq!(
+        span_attribute(&spans[0], "tower_reuse.connection.id"),
+        span_attribute(&spans[1], "tower_reuse.connection.id")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_sets_error_type_on_the_span_and_the_duration() {
+    let telemetry = Telemetry::new();
+    refused_run(&telemetry).await;
+    let spans = telemetry.finished_spans();
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(
+        span_keys(span),
+        set(&[
+            "http.request.method",
+            "server.address",
+            "server.port",
+            "url.scheme",
+            "error.type"
+        ])
+    );
+    assert_eq!(
+        span_attribute(span, "error.type").as_deref(),
+        Some("connect")
+    );
+    assert!(
+        matches!(span.status, Status::Error { .. }),
+        "{:?}",
+        span.status
+    );
+    let duration = &telemetry.metrics()["http.client.request.duration"];
+    assert_eq!(duration.points.len(), 1);
+    assert_eq!(
+        duration.keys(),
+        set(&[
+            "http.request.method",
+            "server.address",
+            "server.port",
+            "url.scheme",
+            "error.type"
+        ])
+    );
+    assert_eq!(duration.total(&[("error.type", "connect")]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_say_whether_a_tls_session_was_resumed() {
+    let telemetry = Telemetry::new();
+    tls_run(&telemetry).await;
+    let spans = telemetry.finished_spans();
+    let resumed: Vec<_> = spans
+        .iter()
+        .map(|span| span_attribute(span, "tls.resumed"))
+        .collect();
+    assert_eq!(resumed, [Some("false".to_owned()), Some("true".to_owned())]);
+    assert_eq!(
+        span_attribute(&spans[0], "url.scheme").as_deref(),
+        Some("https")
+    );
+}
