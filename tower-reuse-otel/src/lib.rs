@@ -18,13 +18,13 @@
 //! use hyper_util::client::legacy::connect::HttpConnector;
 //! use opentelemetry::global;
 //! use tower::ServiceBuilder;
-//! use tower_reuse_otel::{OtelLayer, OtelPoolEvents};
-//! use tower_reuse_pool::{PoolConfig, PoolLayer};
+//! use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
+//! use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! // The application's own providers; the globals here for brevity.
 //! let meter = global::meter("my-client");
-//! let client = ServiceBuilder::new()
+//! let client: Otel<Pool<HttpConnector>, _> = ServiceBuilder::new()
 //!     .layer(OtelLayer::new(global::tracer("my-client"), &meter))
 //!     .layer(
 //!         PoolLayer::new(PoolConfig::default())
