@@ -335,6 +335,7 @@ fn row(
         p99_us: rec.quantile_us(0.99),
         p999_us: rec.quantile_us(0.999),
         misdelivered: rec.misdelivered(),
+        lost: rec.lost(),
         peak_concurrency: scenario.load.peak_concurrency(),
         errors_by_kind: rec
             .errors_by_kind()
@@ -356,6 +357,9 @@ fn row(
             r.tls_full = now.tls_full - base.tls_full;
             r.tls_resumed = now.tls_resumed - base.tls_resumed;
             r.max_requests_on_connection = now.max_requests_on_connection;
+            if scenario.server.injects_faults() {
+                r.faults_injected = Some(now.faults.since(&base.faults));
+            }
         }
         _ => {
             let now = stack.client_stats().snapshot();

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::server::OpenSample;
+use crate::server::{FaultCounts, OpenSample};
 
 /// The quantiles stored for the latency charts.
 pub const CHART_QUANTILES: [f64; 13] = [
@@ -62,7 +62,7 @@ pub struct RunResult {
     pub scenario: String,
     /// Stack name.
     pub stack: String,
-    /// Requests attempted (successes + errors).
+    /// Requests attempted: successes + errors + lost.
     pub requests: u64,
     /// Failed requests.
     pub errors: u64,
@@ -96,6 +96,13 @@ pub struct RunResult {
     /// Responses carrying another request's `x-request-id`.
     pub misdelivered: u64,
 
+    /// Requests sent that got neither a response nor an error from the
+    /// stack within the lab's 10 s limit, or left no record (issue 6: must
+    /// be 0).
+    pub lost: u64,
+    /// Faults the embedded server injected during the load (`chaos`
+    /// scenarios): `closed`, `reset`, `stalled`, `goaway`.
+    pub faults_injected: Option<FaultCounts>,
     /// `"server"` (embedded) or `"client"` (`--target`): who counted
     /// connections, TLS handshakes and idle sockets.
     pub counted_by: String,

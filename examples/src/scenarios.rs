@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::driver::Load;
-use crate::server::ServerConfig;
+use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
-/// Every scenario, in suite order.
+/// The default suite, in order.
 pub const ALL: [&str; 9] = [
     "steady-h1",
     "steady-h1-tls",
@@ -19,6 +19,11 @@ pub const ALL: [&str; 9] = [
     "zipf-endpoints",
     "scale-targets",
 ];
+
+/// Scenarios run only when named with `--scenario`: the fault-injection
+/// runs, which check correctness rather than measure speed and would take
+/// the default suite past 3 minutes.
+pub const OPT_IN: [&str; 2] = ["chaos", "chaos-h2"];
 
 /// Size overrides from the command line.
 #[derive(Clone, Debug, Default)]
@@ -85,6 +90,27 @@ impl Scenario {
 
 const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
 
+const RAW_CANNOT_RECONNECT: &str =
+    "raw cannot reconnect: the first connection the server closes ends its worker";
+
+const FRESH_UNDER_CHAOS: &str = "fresh opens a connection per request: nothing pooled for the \
+     faults to catch (each fails exactly its own request); skipped to keep the run short";
+
+/// The faults of the `chaos` scenarios, with the seed fixed so that runs
+/// and stacks see the same draws per connection.
+fn chaos_faults(protocol: Protocol) -> Chaos {
+    let stall = (Duration::from_millis(50), Duration::from_millis(200));
+    let chaos = Chaos::default()
+        .stall(0.005, stall.0, stall.1)
+        .goaway(0.005);
+    match protocol {
+        Protocol::Http1 => chaos.close(0.005).reset(0.005),
+        // One connection carries every stream: a close or a reset fails
+        // all 32 requests in flight, so they are rarer.
+        Protocol::Http2 => chaos.close(0.0005).reset(0.0005),
+    }
+}
+
 /// Builds scenario `name` at `sizes`, or `None` for an unknown name.
 pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     let steady = |workers: usize| Load::Closed {
@@ -92,6 +118,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         duration: sizes.duration(Duration::from_secs(3), Duration::from_millis(500)),
         max_requests: sizes.requests,
         think: None,
+        post_every: None,
     };
     let base = ServerConfig::default()
         .response_size(100)
@@ -189,6 +216,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     duration,
                     max_requests: sizes.requests,
                     think: Some((Duration::from_millis(500), Duration::from_millis(1500))),
+                    post_every: None,
                 },
             );
             s.server = s.server.idle_timeout(Some(Duration::from_secs(1)));
@@ -247,6 +275,38 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 StackKind::Fresh,
                 "fresh holds no idle connection: nothing to scale",
             ));
+            s
+        }
+        "chaos" | "chaos-h2" => {
+            let (name, protocol, version) = if name == "chaos" {
+                ("chaos", Protocol::Http1, "HTTP/1.1")
+            } else {
+                ("chaos-h2", Protocol::Http2, "h2c")
+            };
+            let requests = sizes
+                .requests
+                .unwrap_or(if sizes.quick { 5_000 } else { 200_000 });
+            let faults = chaos_faults(protocol);
+            let mut s = scenario(
+                name,
+                format!(
+                    "{requests} requests, {workers} workers, closed loop, {version}, every 10th a \
+                     POST with a 64-byte body; the server closes, resets, stalls (50-200 ms) and \
+                     GOAWAYs connections at random: {faults}"
+                ),
+                protocol,
+                false,
+                Load::Closed {
+                    workers,
+                    duration: sizes.duration(Duration::from_secs(120), Duration::from_secs(30)),
+                    max_requests: Some(requests),
+                    think: None,
+                    post_every: Some(10),
+                },
+            );
+            s.server = s.server.chaos(Some(faults));
+            s.skip.push((StackKind::Raw, RAW_CANNOT_RECONNECT));
+            s.skip.push((StackKind::Fresh, FRESH_UNDER_CHAOS));
             s
         }
         _ => return None,

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use super::{Load, LoadOutcome, Progress, REQUEST_TIMEOUT, Recorder, Zipf};
+use super::{Load, LoadOutcome, POST_BODY, Progress, REQUEST_TIMEOUT, Recorder, Zipf};
 use crate::server::X_REQUEST_ID;
 use crate::stacks::{Completed, RequestError, RequestErrorKind, Stack, StackError, WorkerClient};
 use crate::target::Target;
@@ -24,6 +24,10 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// Runs `load` against `targets` through `stack`. Closed loops send to the
 /// first target. `track_in_flight` keeps `progress.in_flight()` exact (one
 /// more atomic per request; only needed when the server is external).
+///
+/// Every request sent is accounted for: a response, an error, or lost (no
+/// answer within [`REQUEST_TIMEOUT`], or no record at all, counted against
+/// the requests sent).
 pub async fn run(
     stack: &Stack,
     targets: &Arc<[Target]>,
@@ -32,12 +36,14 @@ pub async fn run(
     track_in_flight: bool,
 ) -> Result<LoadOutcome, StackError> {
     let started = Instant::now();
-    let recorder = match load {
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut recorder = match load {
         Load::Closed {
             workers,
             duration,
             max_requests,
             think,
+            post_every,
         } => {
             let deadline = started + *duration;
             let issued = Arc::new(AtomicU64::new(0));
@@ -54,6 +60,8 @@ pub async fn run(
                     max_requests: *max_requests,
                     issued: issued.clone(),
                     think: *think,
+                    post_every: post_every.map(u64::from),
+                    sent: sent.clone(),
                     progress: progress.clone(),
                     track_in_flight,
                 };
@@ -61,6 +69,8 @@ pub async fn run(
             }
             let mut all = Recorder::new();
             while let Some(done) = tasks.join_next().await {
+                // A worker that panicked leaves no record: its requests are
+                // counted lost below.
                 if let Ok(recorder) = done {
                     all.merge(&recorder);
                 }
@@ -88,6 +98,7 @@ pub async fn run(
                     max_in_flight: *max_in_flight,
                     max_requests: max_requests.unwrap_or(u64::MAX),
                 },
+                &sent,
                 progress,
                 track_in_flight,
             )
@@ -105,6 +116,7 @@ pub async fn run(
                         client,
                         targets[0].clone(),
                         next_id,
+                        sent.clone(),
                         progress.clone(),
                         track_in_flight,
                     ));
@@ -119,6 +131,7 @@ pub async fn run(
             all
         }
     };
+    recorder.reconcile(sent.load(Relaxed));
     Ok(LoadOutcome {
         recorder,
         elapsed: started.elapsed(),
@@ -134,29 +147,51 @@ fn shared(stack: &Stack) -> Result<WorkerClient, StackError> {
     })
 }
 
-/// The request every stack receives: the pre-parsed absolute URI, an empty
-/// body and one header, `x-request-id`.
-fn request(target: &Target, id: &HeaderValue) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(Bytes::new()));
+/// The request every stack receives: the pre-parsed absolute URI, one
+/// header, `x-request-id`, and an empty body (a GET) or [`POST_BODY`].
+fn request(target: &Target, id: &HeaderValue, post: bool) -> Request<Full<Bytes>> {
+    let body = if post {
+        Bytes::from_static(POST_BODY)
+    } else {
+        Bytes::new()
+    };
+    let mut request = Request::new(Full::new(body));
+    if post {
+        *request.method_mut() = Method::POST;
+    }
     *request.uri_mut() = target.uri.clone();
     request.headers_mut().insert(X_REQUEST_ID, id.clone());
     request
 }
 
+/// A request's fate: `None` when the stack neither answered nor failed
+/// within [`REQUEST_TIMEOUT`] (lost).
+type Answer = Option<Result<Completed, RequestError>>;
+
+/// Sends one request, counting it in `sent` first.
 async fn send(
     client: &mut WorkerClient,
     target: &Target,
     id: &HeaderValue,
-) -> (Duration, Result<Completed, RequestError>) {
+    post: bool,
+    sent: &AtomicU64,
+) -> (Duration, Answer) {
     let started = Instant::now();
-    let outcome = match timeout(REQUEST_TIMEOUT, client.send(request(target, id), target)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(RequestError::new(
-            RequestErrorKind::Timeout,
-            format!("no response within {REQUEST_TIMEOUT:?}"),
-        )),
-    };
-    (started.elapsed(), outcome)
+    sent.fetch_add(1, Relaxed);
+    let answer = timeout(
+        REQUEST_TIMEOUT,
+        client.send(request(target, id, post), target),
+    )
+    .await
+    .ok();
+    (started.elapsed(), answer)
+}
+
+fn note(recorder: &mut Recorder, latency: Duration, answer: Answer, id: &HeaderValue) {
+    match answer {
+        Some(outcome) => recorder.record(latency, outcome, id),
+        None => recorder.record_lost(),
+    }
 }
 
 struct ClosedWorker {
@@ -167,6 +202,8 @@ struct ClosedWorker {
     max_requests: Option<u64>,
     issued: Arc<AtomicU64>,
     think: Option<(Duration, Duration)>,
+    post_every: Option<u64>,
+    sent: Arc<AtomicU64>,
     progress: Arc<Progress>,
     track_in_flight: bool,
 }
@@ -194,11 +231,15 @@ impl ClosedWorker {
             if self.track_in_flight {
                 self.progress.in_flight_delta(1);
             }
-            let (latency, outcome) = send(&mut self.client, &self.target, &id).await;
+            let post = self
+                .post_every
+                .is_some_and(|n| seq.is_multiple_of(n.max(1)));
+            let (latency, answer) =
+                send(&mut self.client, &self.target, &id, post, &self.sent).await;
             if self.track_in_flight {
                 self.progress.in_flight_delta(-1);
             }
-            recorder.record(latency, outcome, &id);
+            note(&mut recorder, latency, answer, &id);
             unreported += 1;
             if unreported == PROGRESS_BATCH {
                 self.progress.add_done(unreported);
@@ -210,12 +251,13 @@ impl ClosedWorker {
     }
 }
 
-type Sample = (Duration, Result<Completed, RequestError>, HeaderValue);
+type Sample = (Duration, Answer, HeaderValue);
 
 async fn one_shot(
     mut client: WorkerClient,
     target: Target,
     id: u64,
+    sent: Arc<AtomicU64>,
     progress: Arc<Progress>,
     track_in_flight: bool,
 ) -> Sample {
@@ -223,30 +265,23 @@ async fn one_shot(
     if track_in_flight {
         progress.in_flight_delta(1);
     }
-    let (latency, outcome) = send(&mut client, &target, &id).await;
+    let (latency, answer) = send(&mut client, &target, &id, false, &sent).await;
     if track_in_flight {
         progress.in_flight_delta(-1);
     }
-    (latency, outcome, id)
+    (latency, answer, id)
 }
 
-/// Awaits every task (until `drain_by`, then aborts the rest as timeouts).
+/// Awaits every task (until `drain_by`, then aborts the rest). A task that
+/// failed or was aborted leaves no record: [`Recorder::reconcile`] counts
+/// its request lost.
 async fn collect(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, drain_by: Instant) {
     loop {
         match tokio::time::timeout_at(drain_by, tasks.join_next()).await {
-            Ok(Some(Ok((latency, outcome, id)))) => recorder.record(latency, outcome, &id),
-            Ok(Some(Err(e))) => recorder.error(RequestError::new(
-                RequestErrorKind::Other,
-                format!("request task failed: {e}"),
-            )),
+            Ok(Some(Ok((latency, answer, id)))) => note(recorder, latency, answer, &id),
+            Ok(Some(Err(_))) => {}
             Ok(None) => return,
             Err(_) => {
-                for _ in 0..tasks.len() {
-                    recorder.error(RequestError::new(
-                        RequestErrorKind::Timeout,
-                        "still outstanding when the run ended",
-                    ));
-                }
                 tasks.abort_all();
                 return;
             }
@@ -266,6 +301,7 @@ async fn poisson(
     targets: &Arc<[Target]>,
     zipf: &Zipf,
     spec: PoissonSpec,
+    sent: &Arc<AtomicU64>,
     progress: &Arc<Progress>,
     track_in_flight: bool,
 ) -> Result<Recorder, StackError> {
@@ -283,12 +319,9 @@ async fn poisson(
         }
         sleep_until(next).await;
         while let Some(done) = tasks.try_join_next() {
-            match done {
-                Ok((latency, outcome, id)) => recorder.record(latency, outcome, &id),
-                Err(e) => recorder.error(RequestError::new(
-                    RequestErrorKind::Other,
-                    format!("request task failed: {e}"),
-                )),
+            // A failed task leaves no record: reconciled as lost.
+            if let Ok((latency, answer, id)) = done {
+                note(&mut recorder, latency, answer, &id);
             }
             progress.add_done(1);
         }
@@ -305,6 +338,7 @@ async fn poisson(
             shared(stack)?,
             target,
             arrivals,
+            sent.clone(),
             progress.clone(),
             track_in_flight,
         ));

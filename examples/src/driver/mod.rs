@@ -13,8 +13,13 @@ use std::time::Duration;
 pub use load::run;
 pub use record::Recorder;
 
-/// No request may take longer than this; it then counts as a timeout.
+/// A request the stack has neither answered nor failed after this long is
+/// given up on and counted as lost.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The 64-byte body of the load's POST requests ([`Load::Closed`]'s `post_every`).
+pub const POST_BODY: &[u8] =
+    b"{\"reuse-lab\":\"a small POST body, sixty-four bytes with padding\"}";
 
 /// The shape of the load.
 #[derive(Clone, Debug)]
@@ -31,6 +36,9 @@ pub enum Load {
         max_requests: Option<u64>,
         /// Uniform think time before each request.
         think: Option<(Duration, Duration)>,
+        /// Every `n`-th request of a worker is a POST with a small body
+        /// ([`POST_BODY`]); the others are GETs. `None`: all GETs.
+        post_every: Option<u32>,
     },
     /// Requests arrive as a Poisson process of `rate` per second for
     /// `duration`, each to a target drawn from a Zipf(`zipf_exponent`)

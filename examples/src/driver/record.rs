@@ -1,5 +1,5 @@
-//! Per-request recording: latency histogram, errors by kind, misdelivered
-//! responses.
+//! Per-request recording: latency histogram, errors by kind, lost requests,
+//! misdelivered responses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +20,7 @@ pub struct Recorder {
     latency_ns: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<RequestErrorKind, u64>,
+    lost: u64,
     misdelivered: u64,
     unechoed: u64,
     first_error: Option<String>,
@@ -41,6 +42,7 @@ impl Recorder {
                 .expect("constant histogram bounds are valid"),
             ok: 0,
             errors: BTreeMap::new(),
+            lost: 0,
             misdelivered: 0,
             unechoed: 0,
             first_error: None,
@@ -73,7 +75,27 @@ impl Recorder {
         }
     }
 
-    /// Records a request that failed before it was sent.
+    /// Records a request the stack neither answered nor failed within the
+    /// lab's limit ([`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT)).
+    pub fn record_lost(&mut self) {
+        self.lost += 1;
+    }
+
+    /// Counts as lost every one of `sent` requests that has no record here:
+    /// no response, no error, not counted lost yet (a request task that
+    /// panicked or was still running when the run ended). Requests refused
+    /// by the driver itself (`overload`) were never sent.
+    pub fn reconcile(&mut self, sent: u64) {
+        let unsent = self
+            .errors
+            .get(&RequestErrorKind::Overload)
+            .copied()
+            .unwrap_or(0);
+        let accounted = self.requests() - unsent;
+        self.lost += sent.saturating_sub(accounted);
+    }
+
+    /// Records an error; also for a request that failed before it was sent.
     pub fn error(&mut self, error: RequestError) {
         *self.errors.entry(error.kind).or_default() += 1;
         if self.first_error.is_none() {
@@ -88,6 +110,7 @@ impl Recorder {
         for (kind, n) in &other.errors {
             *self.errors.entry(*kind).or_default() += n;
         }
+        self.lost += other.lost;
         self.misdelivered += other.misdelivered;
         self.unechoed += other.unechoed;
         if self.first_error.is_none() {
@@ -110,9 +133,14 @@ impl Recorder {
         &self.errors
     }
 
-    /// Requests attempted: successes and failures.
+    /// Requests attempted: successes, failures and lost requests.
     pub fn requests(&self) -> u64 {
-        self.ok + self.errors()
+        self.ok + self.errors() + self.lost
+    }
+
+    /// Requests sent that got neither a response nor an error.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Responses that carried another request's `x-request-id`.
@@ -145,5 +173,74 @@ impl Recorder {
             .iter()
             .map(|&q| (q, self.quantile_us(q)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    fn response(id: &str) -> Result<Completed, RequestError> {
+        Ok(Completed {
+            status: StatusCode::OK,
+            request_id: Some(HeaderValue::from_str(id).expect("a valid id")),
+            body_bytes: 100,
+        })
+    }
+
+    #[test]
+    fn every_request_sent_is_a_response_an_error_or_lost() {
+        let id = HeaderValue::from_static("1");
+        let mut recorder = Recorder::new();
+        recorder.record(Duration::from_millis(1), response("1"), &id);
+        recorder.record(
+            Duration::from_millis(1),
+            Err(RequestError::new(RequestErrorKind::Closed, "closed")),
+            &id,
+        );
+        recorder.record_lost();
+        // Refused by the driver: never sent.
+        recorder.error(RequestError::new(RequestErrorKind::Overload, "full"));
+        // Five sent: three recorded, two left no record.
+        recorder.reconcile(5);
+        assert_eq!(
+            (recorder.ok(), recorder.errors(), recorder.lost()),
+            (1, 2, 3)
+        );
+        assert_eq!(recorder.requests(), 6);
+    }
+
+    #[test]
+    fn reconciling_a_complete_record_loses_nothing() {
+        let id = HeaderValue::from_static("1");
+        let mut recorder = Recorder::new();
+        for _ in 0..3 {
+            recorder.record(Duration::from_millis(1), response("1"), &id);
+        }
+        recorder.reconcile(3);
+        assert_eq!(recorder.lost(), 0);
+    }
+
+    #[test]
+    fn another_requests_id_is_misdelivered() {
+        let mut recorder = Recorder::new();
+        recorder.record(
+            Duration::from_millis(1),
+            response("2"),
+            &HeaderValue::from_static("1"),
+        );
+        assert_eq!((recorder.ok(), recorder.misdelivered()), (1, 1));
+    }
+
+    #[test]
+    fn merging_adds_lost_requests() {
+        let mut a = Recorder::new();
+        let mut b = Recorder::new();
+        a.record_lost();
+        b.record_lost();
+        a.merge(&b);
+        assert_eq!(a.lost(), 2);
     }
 }

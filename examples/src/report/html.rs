@@ -74,6 +74,7 @@ pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
             escape(description)
         );
         page.push_str(&table(&runs));
+        page.push_str(&accounting(&runs));
         for s in results.skipped.iter().filter(|s| s.scenario == name) {
             let _ = write!(
                 page,
@@ -117,14 +118,14 @@ fn table(runs: &[&RunResult]) -> String {
         "<table><tr><th>stack</th><th>req/s</th><th>vs hyper-util</th><th>vs raw</th>\
          <th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>errors</th><th>connections</th>\
          <th>per 1000 req</th><th>peak open</th><th>idle socket s</th><th>TLS full/resumed</th>\
-         <th>misdelivered</th></tr>",
+         <th>misdelivered</th><th>lost</th></tr>",
     );
     for r in runs {
         let _ = write!(
             t,
             "<tr><td style=\"color:{}\">{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.0}</td>\
              <td>{:.0}</td><td>{:.0}</td><td title=\"{}\">{}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
-             <td>{:.1}</td><td>{}/{}</td><td>{}</td></tr>",
+             <td>{:.1}</td><td>{}/{}</td><td>{}</td><td>{}</td></tr>",
             stack_color(&r.stack),
             escape(&r.stack),
             r.rps,
@@ -141,11 +142,46 @@ fn table(runs: &[&RunResult]) -> String {
             r.idle_socket_seconds,
             r.tls_full,
             r.tls_resumed,
-            r.misdelivered
+            r.misdelivered,
+            r.lost
         );
     }
     t.push_str("</table>");
     t
+}
+
+/// For the fault-injection scenarios: each request's fate, the retries and
+/// the server's faults, one line per stack.
+fn accounting(runs: &[&RunResult]) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let Some(faults) = r.faults_injected else {
+            continue;
+        };
+        let kinds: Vec<String> = r
+            .errors_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = write!(
+            out,
+            "<p class=\"note\">{}: {} requests = {} ok + {} errors ({}) + {} lost; {} retries; \
+             {} misdelivered. The server closed {}, reset {}, stalled {} and sent GOAWAY on {}.</p>",
+            escape(&r.stack),
+            r.requests,
+            r.requests - r.errors - r.lost,
+            r.errors,
+            escape(&kinds.join(", ")),
+            r.lost,
+            r.retries,
+            r.misdelivered,
+            faults.closed,
+            faults.reset,
+            faults.stalled,
+            faults.goaway
+        );
+    }
+    out
 }
 
 /// One series per stack, in the stack's colour.

@@ -11,6 +11,9 @@ pub fn scenario_table(scenario: &Scenario, runs: &[RunResult], skipped: &[Skippe
     let mut out = String::new();
     let _ = writeln!(out, "\n== {}: {}", scenario.name, scenario.description);
     out.push_str(&rows(runs));
+    if scenario.server.injects_faults() {
+        out.push_str(&accounting(runs));
+    }
     for s in skipped {
         let _ = writeln!(out, "   skipped {}: {}", s.stack, s.reason);
     }
@@ -82,6 +85,13 @@ pub fn rows(runs: &[RunResult]) -> String {
                 r.first_error.as_deref().unwrap_or("-")
             );
         }
+        if r.lost > 0 {
+            let _ = writeln!(
+                out,
+                "{:<17}lost: {} requests got neither a response nor an error",
+                "", r.lost
+            );
+        }
         if let Some(bytes) = r.rss_per_idle_target_bytes {
             let _ = writeln!(
                 out,
@@ -91,6 +101,49 @@ pub fn rows(runs: &[RunResult]) -> String {
                 bytes / 1024.0
             );
         }
+    }
+    out
+}
+
+/// Every request's fate and the server's faults, for the fault-injection
+/// scenarios: requests = ok + errors + lost.
+pub fn accounting(runs: &[RunResult]) -> String {
+    let mut out = String::from(
+        "-- requests = ok + errors + lost; faults injected, as counted by the server\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<17}{:>9}{:>9}{:>8}{:>8}{:>6}{:>7}{:>8}{:>7}{:>8}{:>7}",
+        "stack",
+        "requests",
+        "ok",
+        "errors",
+        "retries",
+        "lost",
+        "misdel",
+        "closed",
+        "reset",
+        "stalled",
+        "goaway"
+    );
+    for r in runs {
+        let ok = r.requests - r.errors - r.lost;
+        let faults = r.faults_injected.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<17}{:>9}{:>9}{:>8}{:>8}{:>6}{:>7}{:>8}{:>7}{:>8}{:>7}",
+            r.stack,
+            r.requests,
+            ok,
+            r.errors,
+            r.retries,
+            r.lost,
+            r.misdelivered,
+            faults.closed,
+            faults.reset,
+            faults.stalled,
+            faults.goaway
+        );
     }
     out
 }

@@ -1,15 +1,18 @@
-//! One accepted connection: the request handler, the in-flight bookkeeping
-//! and the keep-alive idle timer that hyper's HTTP/1 server lacks.
+//! One accepted connection: the request handler, the in-flight bookkeeping,
+//! the keep-alive idle timer that hyper's HTTP/1 server lacks, and the
+//! injected faults (a handler asks the connection's task to drop the
+//! connection; HTTP/2 handlers, which run on their own, wait for the drop).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
-use http_body_util::Full;
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::ServerStats;
+use super::chaos::{Chaos, Fault, FaultGenerator};
 
 /// The header the server echoes back, and the lab checks.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,6 +32,9 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// A connection still draining this long after its graceful shutdown began is dropped.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
+/// Handlers of an aborted HTTP/2 connection are waited for this long.
+const ABORT_LIMIT: Duration = Duration::from_secs(1);
+
 /// Per-server settings every connection reads.
 #[derive(Debug)]
 pub(crate) struct Settings {
@@ -36,6 +43,7 @@ pub(crate) struct Settings {
     pub(crate) max_requests: Option<u64>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) keep_alive_hint: Option<HeaderValue>,
+    pub(crate) chaos: Option<Chaos>,
 }
 
 /// Shared state of one connection.
@@ -48,6 +56,20 @@ struct Conn {
     requests: AtomicU64,
     last_activity_ns: AtomicU64,
     goaway: Notify,
+    chaos: Option<ConnChaos>,
+}
+
+/// A connection's fault injection: its draws, and the abort handshake
+/// between a handler and the connection's task.
+#[derive(Debug)]
+struct ConnChaos {
+    faults: FaultGenerator,
+    /// A handler asks the connection's task to drop the connection.
+    abort: Notify,
+    /// Set before the drop: the close is a reset.
+    reset_on_drop: Arc<AtomicBool>,
+    /// `true` once the connection is dropped.
+    closed: watch::Sender<bool>,
 }
 
 impl Conn {
@@ -66,6 +88,45 @@ impl Conn {
             self.stats.connection_busy();
         }
         InFlight { conn: self.clone() }
+    }
+
+    /// Asks the connection's task to drop the connection now, with a reset
+    /// if `reset`.
+    fn abort(&self, reset: bool) {
+        if let Some(chaos) = &self.chaos {
+            chaos.reset_on_drop.store(reset, Relaxed);
+            chaos.abort.notify_one();
+        }
+    }
+
+    /// Resolves when a handler has asked for an abort.
+    async fn abort_requested(&self) {
+        match &self.chaos {
+            Some(chaos) => chaos.abort.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves once the connection was dropped after an abort.
+    async fn closed(&self) {
+        match &self.chaos {
+            Some(chaos) => {
+                let _ = chaos.closed.subscribe().wait_for(|closed| *closed).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sleeps for `d`, or less if the connection is dropped meanwhile (an
+    /// HTTP/2 handler would otherwise outlive its aborted connection).
+    async fn pause(&self, d: Duration) {
+        if self.chaos.is_none() {
+            return sleep(d).await;
+        }
+        tokio::select! {
+            _ = sleep(d) => {}
+            _ = self.closed() => {}
+        }
     }
 }
 
@@ -89,20 +150,41 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _in_flight = conn.begin();
     let served = conn.requests.fetch_add(1, Relaxed) + 1;
+    let (parts, body) = req.into_parts();
+    if !body.is_end_stream() {
+        // Read a request body (POST) to the end, as a real handler would.
+        let _ = body.collect().await;
+    }
     let settings = &conn.settings;
+    let fault = conn.chaos.as_ref().and_then(|c| c.faults.draw());
+    if let Some(fault) = fault {
+        conn.stats.fault_injected(fault);
+    }
+    match fault {
+        Some(Fault::Close | Fault::Reset) => {
+            conn.abort(fault == Some(Fault::Reset));
+            // HTTP/1.1: this handler is dropped with the connection. HTTP/2:
+            // it runs on its own, so it waits for the drop: no answer goes out.
+            conn.closed().await;
+            return Ok(Response::new(Full::default()));
+        }
+        Some(Fault::Stall(stall)) => conn.pause(stall).await,
+        _ => {}
+    }
     if let Some(latency) = settings.latency {
-        sleep(latency).await;
+        conn.pause(latency).await;
     }
     let mut response = Response::new(Full::new(settings.body.clone()));
     let headers = response.headers_mut();
-    if let Some(id) = req.headers().get(X_REQUEST_ID) {
+    if let Some(id) = parts.headers.get(X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID, id.clone());
     }
-    let h2 = req.version() == Version::HTTP_2;
+    let h2 = parts.version == Version::HTTP_2;
     if let (Some(hint), false) = (&settings.keep_alive_hint, h2) {
         headers.insert(KEEP_ALIVE, hint.clone());
     }
-    if settings.max_requests.is_some_and(|max| served >= max) {
+    let last = settings.max_requests.is_some_and(|max| served >= max);
+    if last || fault == Some(Fault::GoAway) {
         if h2 {
             conn.goaway.notify_one();
         } else {
@@ -133,8 +215,12 @@ async fn idle_expired(conn: &Conn, idle: Option<Duration>) {
 }
 
 /// Serves one connection (plain TCP or an accepted TLS stream) to the end.
+/// `index` is its place in accept order (it seeds the fault draws);
+/// `reset_on_drop` is its [`ServerStream`](super::chaos::ServerStream)'s flag.
 pub(crate) async fn serve<IO>(
     io: IO,
+    index: u64,
+    reset_on_drop: Arc<AtomicBool>,
     stats: ServerStats,
     settings: Arc<Settings>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -142,6 +228,12 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let chaos = settings.chaos.as_ref().map(|chaos| ConnChaos {
+        faults: chaos.generator(index),
+        abort: Notify::new(),
+        reset_on_drop,
+        closed: watch::channel(false).0,
+    });
     let conn = Arc::new(Conn {
         stats: stats.clone(),
         settings,
@@ -150,6 +242,7 @@ pub(crate) async fn serve<IO>(
         requests: AtomicU64::new(0),
         last_activity_ns: AtomicU64::new(0),
         goaway: Notify::new(),
+        chaos,
     });
     stats.connection_opened();
     {
@@ -164,6 +257,7 @@ pub(crate) async fn serve<IO>(
             let closing = drain_deadline.is_some();
             tokio::select! {
                 _ = connection.as_mut() => break,
+                _ = conn.abort_requested() => break,
                 _ = &mut idle, if !closing => {}
                 _ = conn.goaway.notified(), if !closing => {}
                 _ = shutdown.changed(), if !closing => {}
@@ -173,6 +267,15 @@ pub(crate) async fn serve<IO>(
                 drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                 connection.as_mut().graceful_shutdown();
             }
+        }
+    }
+    if let Some(chaos) = &conn.chaos {
+        // Dropped (by an abort or not): HTTP/2 handlers still running end
+        // now; wait for them so that the idle count stays exact.
+        chaos.closed.send_replace(true);
+        let give_up = Instant::now() + ABORT_LIMIT;
+        while conn.in_flight.load(Relaxed) > 0 && Instant::now() < give_up {
+            sleep(Duration::from_millis(1)).await;
         }
     }
     stats.connection_closed(

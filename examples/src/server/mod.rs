@@ -5,7 +5,8 @@
 //! Every response echoes the request's `x-request-id` header, so a client can
 //! detect a response delivered to the wrong request. The server keeps its own
 //! counters ([`ServerStats`]) and shuts down when its [`Server`] handle is
-//! dropped.
+//! dropped. With [`ServerConfig::chaos`] it injects faults: connections
+//! closed or reset instead of answered, stalled answers, GOAWAY.
 //!
 //! ```no_run
 //! use tower_reuse_examples::server::{Server, ServerConfig};
@@ -16,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod chaos;
 mod conn;
 mod stats;
 
@@ -32,10 +34,14 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+pub use chaos::Chaos;
 pub use conn::X_REQUEST_ID;
-pub use stats::{OpenSample, REQUESTS_PER_CONNECTION_BUCKETS, ServerSnapshot, ServerStats};
+pub use stats::{
+    FaultCounts, OpenSample, REQUESTS_PER_CONNECTION_BUCKETS, ServerSnapshot, ServerStats,
+};
 
 use crate::tls::TlsIdentity;
+use chaos::ServerStream;
 
 /// A TLS handshake that has not finished after this long is abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +71,7 @@ pub struct ServerConfig {
     worker_threads: usize,
     sample_interval: Duration,
     backlog: u32,
+    chaos: Option<Chaos>,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +90,7 @@ impl Default for ServerConfig {
             worker_threads: 1,
             sample_interval: Duration::from_millis(25),
             backlog: 1024,
+            chaos: None,
         }
     }
 }
@@ -171,6 +179,19 @@ impl ServerConfig {
         self.backlog = backlog;
         self
     }
+
+    /// Inject faults: close, reset or stall connections, send GOAWAY (see
+    /// [`Chaos`]); each is counted in [`ServerSnapshot::faults`]. Defaults
+    /// to `None`.
+    pub fn chaos(mut self, chaos: Option<Chaos>) -> Self {
+        self.chaos = chaos;
+        self
+    }
+
+    /// Whether the server injects faults.
+    pub fn injects_faults(&self) -> bool {
+        self.chaos.is_some()
+    }
 }
 
 /// A running embedded server. Dropping it stops the server: listeners
@@ -209,6 +230,7 @@ impl Server {
                 .map(|d| HeaderValue::from_str(&format!("timeout={}", d.as_secs())))
                 .transpose()
                 .map_err(io::Error::other)?,
+            chaos: config.chaos.clone(),
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -327,8 +349,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        stats.accepted_connection();
+        let index = stats.accepted_connection();
         let _ = stream.set_nodelay(true);
+        let stream = ServerStream::new(stream);
+        let reset_on_drop = stream.reset_on_drop();
         let (stats, settings, builder, shutdown) = (
             stats.clone(),
             settings.clone(),
@@ -337,7 +361,15 @@ async fn accept_loop(
         );
         match &tls {
             None => {
-                tokio::spawn(conn::serve(stream, stats, settings, builder, shutdown));
+                tokio::spawn(conn::serve(
+                    stream,
+                    index,
+                    reset_on_drop,
+                    stats,
+                    settings,
+                    builder,
+                    shutdown,
+                ));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -347,7 +379,16 @@ async fn accept_loop(
                     match handshake {
                         Ok(Ok(stream)) => {
                             stats.tls_handshake(stream.get_ref().1.handshake_kind());
-                            conn::serve(stream, stats, settings, builder, shutdown).await;
+                            conn::serve(
+                                stream,
+                                index,
+                                reset_on_drop,
+                                stats,
+                                settings,
+                                builder,
+                                shutdown,
+                            )
+                            .await;
                         }
                         _ => stats.tls_handshake(None),
                     }
@@ -367,3 +408,6 @@ async fn sampler(stats: ServerStats, every: Duration, mut shutdown: watch::Recei
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

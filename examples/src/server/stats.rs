@@ -8,11 +8,18 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::chaos::Fault;
+
 /// Number of log2 buckets in the requests-per-connection histogram.
 pub const REQUESTS_PER_CONNECTION_BUCKETS: usize = 24;
 
 /// At most this many open-connection samples are kept per server.
 const MAX_SAMPLES: usize = 200_000;
+
+const FAULT_CLOSED: usize = 0;
+const FAULT_RESET: usize = 1;
+const FAULT_STALLED: usize = 2;
+const FAULT_GOAWAY: usize = 3;
 
 /// A cheap, clonable handle on the server's counters.
 #[derive(Clone, Debug)]
@@ -33,6 +40,7 @@ struct Inner {
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failed: AtomicU64,
+    faults: [AtomicU64; 4],
     idle: Mutex<IdleIntegral>,
     samples: Mutex<Vec<OpenSample>>,
 }
@@ -84,6 +92,40 @@ pub struct ServerSnapshot {
     pub tls_failed: u64,
     /// Time integral of open connections with no request in flight.
     pub idle_socket_seconds: f64,
+    /// Faults injected (see [`Chaos`](super::Chaos)).
+    pub faults: FaultCounts,
+}
+
+/// Faults the server injected, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FaultCounts {
+    /// Connections closed (FIN) after reading a request, without answering.
+    pub closed: u64,
+    /// Connections reset (RST) after reading a request, without answering.
+    pub reset: u64,
+    /// Answers stalled.
+    pub stalled: u64,
+    /// Connections closed gracefully after an answer (GOAWAY on HTTP/2,
+    /// `Connection: close` on HTTP/1.1).
+    pub goaway: u64,
+}
+
+impl FaultCounts {
+    /// Every fault, all kinds.
+    pub fn total(&self) -> u64 {
+        self.closed + self.reset + self.stalled + self.goaway
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &FaultCounts) -> FaultCounts {
+        FaultCounts {
+            closed: self.closed - earlier.closed,
+            reset: self.reset - earlier.reset,
+            stalled: self.stalled - earlier.stalled,
+            goaway: self.goaway - earlier.goaway,
+        }
+    }
 }
 
 impl ServerStats {
@@ -102,6 +144,7 @@ impl ServerStats {
                 tls_full: AtomicU64::new(0),
                 tls_resumed: AtomicU64::new(0),
                 tls_failed: AtomicU64::new(0),
+                faults: std::array::from_fn(|_| AtomicU64::new(0)),
                 idle: Mutex::new(IdleIntegral {
                     idle_now: 0,
                     last_change: now,
@@ -147,6 +190,12 @@ impl ServerStats {
             tls_resumed: i.tls_resumed.load(Relaxed),
             tls_failed: i.tls_failed.load(Relaxed),
             idle_socket_seconds: self.idle_socket_seconds(),
+            faults: FaultCounts {
+                closed: i.faults[FAULT_CLOSED].load(Relaxed),
+                reset: i.faults[FAULT_RESET].load(Relaxed),
+                stalled: i.faults[FAULT_STALLED].load(Relaxed),
+                goaway: i.faults[FAULT_GOAWAY].load(Relaxed),
+            },
         }
     }
 
@@ -216,8 +265,19 @@ impl ServerStats {
         }
     }
 
-    pub(crate) fn accepted_connection(&self) {
-        self.inner.accepted.fetch_add(1, Relaxed);
+    /// Counts an accepted connection and returns its index (0 for the first).
+    pub(crate) fn accepted_connection(&self) -> u64 {
+        self.inner.accepted.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn fault_injected(&self, fault: Fault) {
+        let i = match fault {
+            Fault::Close => FAULT_CLOSED,
+            Fault::Reset => FAULT_RESET,
+            Fault::Stall(_) => FAULT_STALLED,
+            Fault::GoAway => FAULT_GOAWAY,
+        };
+        self.inner.faults[i].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn tls_handshake(&self, kind: Option<rustls::HandshakeKind>) {

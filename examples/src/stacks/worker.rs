@@ -62,10 +62,17 @@ pub enum RequestErrorKind {
     /// The connection closed before the response was complete (the stale
     /// pooled connection case) or the request was cancelled.
     Closed,
+    /// The peer reset the connection (a TCP RST) before the response was
+    /// complete.
+    Reset,
     /// The server refused the stream (HTTP/2 `REFUSED_STREAM`): more streams
     /// were opened than it allows.
     Refused,
-    /// The request took longer than the lab's per-request limit.
+    /// The server's HTTP/2 GOAWAY ended the stream unprocessed (its id was
+    /// above the last one the server took).
+    GoAway,
+    /// The stack gave up waiting (its connect, checkout or response
+    /// timeout). A request the stack never answers is lost, not an error.
     Timeout,
     /// The response status was not a success.
     Status,
@@ -83,7 +90,9 @@ impl RequestErrorKind {
         match self {
             RequestErrorKind::Connect => "connect",
             RequestErrorKind::Closed => "closed",
+            RequestErrorKind::Reset => "reset",
             RequestErrorKind::Refused => "refused-stream",
+            RequestErrorKind::GoAway => "goaway",
             RequestErrorKind::Timeout => "timeout",
             RequestErrorKind::Status => "status",
             RequestErrorKind::Body => "body",
@@ -122,35 +131,85 @@ impl std::error::Error for RequestError {}
 
 /// Classifies a `hyper::Error`.
 pub fn classify_hyper(e: &hyper::Error) -> RequestErrorKind {
-    let h2 = e.source().and_then(|s| s.downcast_ref::<h2::Error>());
-    if h2.and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM) {
-        RequestErrorKind::Refused
+    let cause = transport_cause(e);
+    if let Some(kind) = cause.and_then(classify_cause) {
+        kind
     } else if e.is_timeout() {
         RequestErrorKind::Timeout
     } else if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
         RequestErrorKind::Closed
+    } else if let Some(Cause::Io(io)) = cause {
+        classify_io(io)
     } else {
         RequestErrorKind::Other
     }
 }
 
-/// Classifies any boxed error by looking for a `hyper::Error` in its chain.
+/// Classifies any boxed error by looking for a `hyper::Error`, an HTTP/2
+/// error or an I/O error in its chain.
 pub fn classify_boxed(e: &(dyn std::error::Error + 'static)) -> RequestErrorKind {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             return classify_hyper(h);
         }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return classify_cause(Cause::H2(h2)).unwrap_or(RequestErrorKind::Other);
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => RequestErrorKind::Connect,
-                std::io::ErrorKind::TimedOut => RequestErrorKind::Timeout,
-                _ => RequestErrorKind::Closed,
-            };
+            return classify_io(io);
         }
         cur = err.source();
     }
     RequestErrorKind::Other
+}
+
+/// The transport error under a hyper error.
+#[derive(Clone, Copy)]
+enum Cause<'a> {
+    H2(&'a h2::Error),
+    Io(&'a std::io::Error),
+}
+
+/// The first HTTP/2 or I/O error in `e`'s sources.
+fn transport_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<Cause<'a>> {
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return Some(Cause::H2(h2));
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(Cause::Io(io));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The kinds a transport error decides on its own: a refused stream, the
+/// server's GOAWAY, a reset connection.
+fn classify_cause(cause: Cause<'_>) -> Option<RequestErrorKind> {
+    match cause {
+        Cause::H2(h2) if h2.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+            Some(RequestErrorKind::Refused)
+        }
+        Cause::H2(h2) if h2.is_go_away() && h2.is_remote() => Some(RequestErrorKind::GoAway),
+        Cause::H2(h2) => h2.get_io().map(classify_io),
+        Cause::Io(io) => {
+            (classify_io(io) == RequestErrorKind::Reset).then_some(RequestErrorKind::Reset)
+        }
+    }
+}
+
+fn classify_io(io: &std::io::Error) -> RequestErrorKind {
+    match io.kind() {
+        std::io::ErrorKind::ConnectionRefused => RequestErrorKind::Connect,
+        std::io::ErrorKind::TimedOut => RequestErrorKind::Timeout,
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+            RequestErrorKind::Reset
+        }
+        _ => RequestErrorKind::Closed,
+    }
 }
 
 fn hyper_error(e: hyper::Error) -> RequestError {
