@@ -22,6 +22,8 @@ pub enum Answer {
     Respond,
     /// Close the connection without answering.
     Close,
+    /// Reset the connection (an RST, not a FIN) without answering.
+    Reset,
     /// Announce a 100-byte body, send 10 bytes of it, close the connection.
     TruncateBody,
     /// Wait this long, then answer as [`Answer::Respond`].
@@ -154,6 +156,10 @@ async fn serve(socket: TcpStream, conn: usize, answer: Arc<Script>, seen: Arc<Mu
         let written = match answer(conn, index) {
             Answer::Respond => write(&mut socket, ok.as_bytes()).await,
             Answer::Close => return,
+            Answer::Reset => {
+                let _ = socket.get_ref().set_zero_linger();
+                return;
+            }
             Answer::TruncateBody => {
                 let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
                 let _ = write(&mut socket, head.as_bytes()).await;

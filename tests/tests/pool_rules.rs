@@ -386,27 +386,32 @@ async fn a_new_connection_failing_its_first_request_is_not_retried() {
 
 #[tokio::test]
 async fn a_get_on_a_reused_connection_closed_under_it_is_retried_once() {
-    // Connection 0 answers its first request and closes on its second.
-    let server = RawHttp1Server::start(|conn, index| match (conn, index) {
-        (0, 1) => Answer::Close,
-        _ => Answer::Respond,
-    })
-    .await;
-    let mut client = pool(PoolConfig::default());
-    let (first, _) = send(&mut client, get(&server.url("/"), 1)).await.unwrap();
-    let (parts, body) = send(&mut client, get(&server.url("/"), 2)).await.unwrap();
-    assert_eq!(&body[..], b"ok");
-    let retried = info(&parts);
-    assert_eq!(retried.retried(), Some(RetryReason::ClosedIdempotent));
-    assert_ne!(retried.id(), info(&first).id());
-    assert!(!retried.reused());
-    let seen: Vec<_> = server
-        .requests()
-        .into_iter()
-        .map(|r| (r.conn, r.index))
-        .collect();
-    assert_eq!(seen, [(0, 0), (0, 1), (1, 0)]);
-    assert_eq!(only(&client).retries(), 1);
+    // Connection 0 answers its first request and, on its second, closes
+    // (a FIN) or resets (an RST): the same race for the client.
+    for fault in [Answer::Close, Answer::Reset] {
+        let server = RawHttp1Server::start(move |conn, index| match (conn, index) {
+            (0, 1) => fault,
+            _ => Answer::Respond,
+        })
+        .await;
+        let mut client = pool(PoolConfig::default());
+        let (first, _) = send(&mut client, get(&server.url("/"), 1)).await.unwrap();
+        let (parts, body) = send(&mut client, get(&server.url("/"), 2))
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert_eq!(&body[..], b"ok");
+        let retried = info(&parts);
+        assert_eq!(retried.retried(), Some(RetryReason::ClosedIdempotent));
+        assert_ne!(retried.id(), info(&first).id());
+        assert!(!retried.reused());
+        let seen: Vec<_> = server
+            .requests()
+            .into_iter()
+            .map(|r| (r.conn, r.index))
+            .collect();
+        assert_eq!(seen, [(0, 0), (0, 1), (1, 0)], "{fault:?}");
+        assert_eq!(only(&client).retries(), 1);
+    }
 }
 
 #[tokio::test]

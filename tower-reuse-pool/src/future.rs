@@ -357,11 +357,32 @@ fn classify(
         }
         return (Outcome::Failed, None);
     }
-    let closed = error.is_incomplete_message() || error.is_canceled() || error.is_closed();
+    let closed = error.is_incomplete_message()
+        || error.is_canceled()
+        || error.is_closed()
+        || is_reset(error);
     (
         Outcome::Failed,
         closed.then_some(RetryReason::ClosedIdempotent),
     )
+}
+
+/// Whether the connection was reset or broken under the request: for a
+/// reused connection the same race as a close.
+fn is_reset(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn find_h2(error: &hyper::Error) -> Option<&h2::Error> {
