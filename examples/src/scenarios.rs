@@ -96,6 +96,8 @@ const RAW_CANNOT_RECONNECT: &str =
 const FRESH_UNDER_CHAOS: &str = "fresh opens a connection per request: nothing pooled for the \
      faults to catch (each fails exactly its own request); skipped to keep the run short";
 
+const OTEL_IN_STEADY_ONLY: &str = "measured in steady-h1 and steady-h1-tls only (the OpenTelemetry overhead), to keep the suite short";
+
 /// The faults of the `chaos` scenarios, with the seed fixed so that runs
 /// and stacks see the same draws per connection.
 fn chaos_faults(protocol: Protocol) -> Chaos {
@@ -137,7 +139,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         skip: Vec::new(),
     };
     let workers = sizes.concurrency(32);
-    Some(match name {
+    let mut built = match name {
         "steady-h1" => scenario(
             "steady-h1",
             format!("{workers} workers, closed loop, HTTP/1.1, 100-byte responses"),
@@ -310,5 +312,9 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             s
         }
         _ => return None,
-    })
+    };
+    if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
+        built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
+    }
+    Some(built)
 }

@@ -30,7 +30,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
-    /// reuse, raw (default: all).
+    /// reuse, reuse+otel, raw (default: all; reuse+otel runs in steady-h1
+    /// and steady-h1-tls only).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
     /// The smoke-test suite: short runs, under 30 s in all.
@@ -51,7 +52,7 @@ struct Args {
     /// PEM file of CA certificates to trust for an `https` `--target`.
     #[arg(long, requires = "target")]
     ca: Option<PathBuf>,
-    /// A TOML file of pool settings for the `reuse` stack instead of its
+    /// A TOML file of pool settings for the `reuse` stacks instead of their
     /// defaults (keys as in the README's configuration reference).
     #[arg(long)]
     policy: Option<PathBuf>,

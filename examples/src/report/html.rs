@@ -13,6 +13,7 @@ pub fn stack_color(stack: &str) -> &'static str {
         "hyper-util" => "#1f77b4",
         "hyper-util-tuned" => "#17becf",
         "reuse" => "#2ca02c",
+        "reuse+otel" => "#98df8a",
         "raw" => "#7f7f7f",
         _ => "#9467bd",
     }

@@ -1,5 +1,6 @@
 //! The comparison table printed on stdout: stacks side by side per scenario,
-//! with requests/s ratios against `hyper-util` and `raw`.
+//! with requests/s ratios against `hyper-util` and `raw` (and `reuse+otel`
+//! against `reuse`, on a line of its own).
 
 use std::fmt::Write as _;
 
@@ -29,6 +30,7 @@ pub fn rows(runs: &[RunResult]) -> String {
     };
     let hyper_util = rps_of("hyper-util");
     let raw = rps_of("raw");
+    let reuse = rps_of("reuse");
     let ratio = |base: Option<f64>, rps: f64| match base {
         Some(base) => format!("{:.2}x", rps / base),
         None => "-".to_owned(),
@@ -71,6 +73,16 @@ pub fn rows(runs: &[RunResult]) -> String {
             format!("{}/{}", r.tls_full, r.tls_resumed),
             r.misdelivered
         );
+        if r.stack == "reuse+otel"
+            && let Some(reuse) = reuse
+        {
+            let _ = writeln!(
+                out,
+                "{:<17}{:.2}x reuse's req/s (the cost of OpenTelemetry)",
+                "",
+                r.rps / reuse
+            );
+        }
         if r.errors > 0 {
             let kinds: Vec<String> = r
                 .errors_by_kind

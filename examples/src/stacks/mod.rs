@@ -4,6 +4,7 @@
 //! every stack and reads the whole response.
 
 mod connector;
+mod otel;
 mod worker;
 
 use std::fmt;
@@ -15,8 +16,10 @@ use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry_sdk::trace::SdkTracer;
 use serde::Serialize;
 use tower_layer::Layer;
+use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::tls::TlsLayer;
 use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
 use tower_service::Service;
@@ -44,17 +47,22 @@ pub enum StackKind {
     HyperUtilTuned,
     /// This workspace's stack (`tower_reuse_pool`).
     Reuse,
+    /// `reuse` with OpenTelemetry on: `OtelLayer` on top and
+    /// `OtelPoolEvents` as the pool's hook, over the real SDK exporting
+    /// nowhere (batched spans dropped, metrics never collected mid-run).
+    ReuseOtel,
     /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
     Raw,
 }
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 5] = [
+    pub const ALL: [StackKind; 6] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
         StackKind::Reuse,
+        StackKind::ReuseOtel,
         StackKind::Raw,
     ];
 
@@ -65,6 +73,7 @@ impl StackKind {
             StackKind::HyperUtil => "hyper-util",
             StackKind::HyperUtilTuned => "hyper-util-tuned",
             StackKind::Reuse => "reuse",
+            StackKind::ReuseOtel => "reuse+otel",
             StackKind::Raw => "raw",
         }
     }
@@ -127,6 +136,11 @@ enum Inner {
     RawHttp1(Mutex<Vec<http1::SendRequest<Full<Bytes>>>>),
     RawHttp2(http2::SendRequest<Full<Bytes>>),
     Reuse(Pool<ReuseConnector, Full<Bytes>>),
+    ReuseOtel {
+        client: Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>,
+        // Held for the providers' lifetime; dropping it shuts them down.
+        _telemetry: otel::Telemetry,
+    },
 }
 
 impl fmt::Debug for Inner {
@@ -137,6 +151,7 @@ impl fmt::Debug for Inner {
             Inner::RawHttp1(_) => "RawHttp1",
             Inner::RawHttp2(_) => "RawHttp2",
             Inner::Reuse(_) => "Reuse",
+            Inner::ReuseOtel { .. } => "ReuseOtel",
         })
     }
 }
@@ -146,7 +161,8 @@ impl Stack {
     /// a new one per stack so TLS sessions do not carry over). `raw`
     /// pre-establishes `workers` connections (HTTP/1) or one (h2) to `target`.
     ///
-    /// `reuse` runs with `policy` (`--policy FILE`), else the pool's defaults.
+    /// `reuse` and `reuse+otel` run with `policy` (`--policy FILE`), else the
+    /// pool's defaults.
     pub async fn build(
         kind: StackKind,
         protocol: Protocol,
@@ -173,25 +189,24 @@ impl Stack {
                 Inner::Legacy(builder.build(connector))
             }
             StackKind::Reuse => {
-                // The pool's defaults (or the policy file), no per-scenario
-                // tuning; h2c needs prior knowledge (over TLS, ALPN decides).
-                let h2c = protocol == Protocol::Http2 && !target.is_tls();
-                let config = policy
-                    .cloned()
-                    .unwrap_or_default()
-                    .http2_prior_knowledge(h2c);
-                let layer = PoolLayer::new(config)
-                    .map_err(|e| StackError(format!("reuse: invalid pool config: {e}")))?
-                    .events(connector_stats.clone());
-                // The scenario's protocol over ALPN, as the peers offer it.
-                let mut tls = tls;
-                tls.alpn_protocols = vec![match protocol {
-                    Protocol::Http1 => b"http/1.1".to_vec(),
-                    Protocol::Http2 => b"h2".to_vec(),
-                }];
-                let transport = TcpConnector::new(connector_stats.clone());
-                let connector = TlsLayer::new(std::sync::Arc::new(tls)).layer(transport);
-                Inner::Reuse(layer.layer(connector))
+                let layer = pool_layer(kind, protocol, target, policy)?;
+                let connector = reuse_connector(protocol, tls, &connector_stats);
+                Inner::Reuse(layer.events(connector_stats.clone()).layer(connector))
+            }
+            StackKind::ReuseOtel => {
+                // Exactly `reuse`, plus both OpenTelemetry pieces; the lab
+                // still counts TLS handshakes from the pool's events.
+                let telemetry = otel::Telemetry::new();
+                let meter = telemetry.meter();
+                let events =
+                    otel::BothEvents::new(connector_stats.clone(), OtelPoolEvents::new(&meter));
+                let layer = pool_layer(kind, protocol, target, policy)?.events(events);
+                let connector = reuse_connector(protocol, tls, &connector_stats);
+                let pool = layer.layer(connector);
+                Inner::ReuseOtel {
+                    client: OtelLayer::new(telemetry.tracer(), &meter).layer(pool),
+                    _telemetry: telemetry,
+                }
             }
             StackKind::Raw => match protocol {
                 Protocol::Http1 => {
@@ -227,6 +242,9 @@ impl Stack {
     pub fn retries(&self) -> u64 {
         match &self.inner {
             Inner::Reuse(pool) => pool.control().snapshot().total(|t| t.retries()),
+            Inner::ReuseOtel { client, .. } => {
+                client.get_ref().control().snapshot().total(|t| t.retries())
+            }
             _ => 0,
         }
     }
@@ -260,9 +278,41 @@ impl Stack {
             Inner::Legacy(client) => WorkerClient::Legacy(client.clone()),
             Inner::RawHttp2(sender) => WorkerClient::RawHttp2(sender.clone()),
             Inner::Reuse(pool) => WorkerClient::Reuse(pool.clone()),
+            Inner::ReuseOtel { client, .. } => WorkerClient::ReuseOtel(client.clone()),
             Inner::RawHttp1(_) => return None,
         })
     }
+}
+
+/// The `reuse` stacks' pool layer: the pool's defaults (or the policy
+/// file), no per-scenario tuning; h2c needs prior knowledge (over TLS, ALPN
+/// decides).
+fn pool_layer(
+    kind: StackKind,
+    protocol: Protocol,
+    target: &Target,
+    policy: Option<&PoolConfig>,
+) -> Result<PoolLayer<Full<Bytes>>, StackError> {
+    let h2c = protocol == Protocol::Http2 && !target.is_tls();
+    let config = policy
+        .cloned()
+        .unwrap_or_default()
+        .http2_prior_knowledge(h2c);
+    PoolLayer::new(config).map_err(|e| StackError(format!("{kind}: invalid pool config: {e}")))
+}
+
+/// The `reuse` stacks' connector: the lab's counting TCP connector under
+/// the pool's TLS layer, offering the scenario's protocol over ALPN.
+fn reuse_connector(
+    protocol: Protocol,
+    mut tls: rustls::ClientConfig,
+    stats: &ClientStats,
+) -> ReuseConnector {
+    tls.alpn_protocols = vec![match protocol {
+        Protocol::Http1 => b"http/1.1".to_vec(),
+        Protocol::Http2 => b"h2".to_vec(),
+    }];
+    TlsLayer::new(std::sync::Arc::new(tls)).layer(TcpConnector::new(stats.clone()))
 }
 
 pub(crate) async fn connect_http1(

@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry_sdk::trace::SdkTracer;
 use serde::Serialize;
+use tower_reuse_otel::Otel;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
 
@@ -40,6 +42,8 @@ pub enum WorkerClient {
     RawHttp2(http2::SendRequest<Full<Bytes>>),
     /// A clone of this workspace's pool.
     Reuse(Pool<ReuseConnector, Full<Bytes>>),
+    /// A clone of the pool under `OtelLayer`.
+    ReuseOtel(Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>),
 }
 
 /// A response read to the end.
@@ -341,6 +345,13 @@ impl WorkerClient {
                     .await
                     .map_err(pool_error)?;
                 let response = pool.call(request).await.map_err(pool_error)?;
+                complete(response).await
+            }
+            WorkerClient::ReuseOtel(client) => {
+                std::future::poll_fn(|cx| client.poll_ready(cx))
+                    .await
+                    .map_err(pool_error)?;
+                let response = client.call(request).await.map_err(pool_error)?;
                 complete(response).await
             }
         }
