@@ -1,12 +1,16 @@
 //! The `reuse+otel` stack's telemetry: the real OpenTelemetry SDK, set up as
 //! an application would, exporting nowhere.
 //!
-//! Spans go through the SDK's batch span processor (its own thread, the
-//! default queue and batch sizes) to an exporter that drops each batch:
-//! every span is sampled, built, ended and queued as in production, only
-//! the network write is missing. Metrics are aggregated by the SDK for a
-//! periodic reader whose interval is longer than any run, so no collection
-//! happens while the load runs. No global provider is set.
+//! The SDK's defaults wherever an application would keep them, including
+//! its reading of the `OTEL_*` environment variables: parent-based
+//! always-on sampling unless `OTEL_TRACES_SAMPLER` says otherwise, the
+//! batch span processor's queue and batch sizes unless `OTEL_BSP_*` do.
+//! Spans go through that batch span processor (its own thread) to an
+//! exporter that drops each batch: every span is sampled, built, ended and
+//! queued as in production, only the network write is missing. Metrics are
+//! aggregated by the SDK for a periodic reader whose interval is longer
+//! than any run, so no collection happens while the load runs. No global
+//! provider is set.
 
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 use tower_reuse_pool::events::{
     CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectStarted, Connected, PoolEvents, Retried,
 };
@@ -36,11 +40,10 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    /// Both providers: parent-based always-on sampling, batched spans,
-    /// metrics for a reader that does not collect during the run.
+    /// Both providers: the SDK's default sampler, batched spans, metrics
+    /// for a reader that does not collect during the run.
     pub(crate) fn new() -> Self {
         let tracer_provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_batch_exporter(DiscardSpans)
             .build();
         let reader = PeriodicReader::builder(DiscardMetrics)
