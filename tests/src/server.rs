@@ -1,15 +1,22 @@
 //! A hyper server on loopback (HTTP/1.1 and h2c on one port) whose
-//! behaviour a test chooses, counting what it sees from its own side.
+//! behaviour a test chooses, counting what it sees from its own side and
+//! recording every request head as it arrives.
+//!
+//! A request may ask for more, by header:
+//! - `x-delay-ms: N`: wait N more milliseconds before answering;
+//! - `x-body-size: N`: answer with N bytes (instead of the configured size);
+//! - `x-fault: drop`: the first time this `x-request-id` arrives, drop the
+//!   connection without answering (HTTP/1.1; an HTTP/2 stream is reset), as
+//!   a server dying mid-request would; it is answered when sent again.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -45,6 +52,23 @@ pub struct ServerStats {
     requests: AtomicU64,
     peak_in_flight: AtomicUsize,
     in_flight: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// One request as the server saw it, recorded when its head arrived
+/// (before any delay, and whether or not it was answered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The connection it came on (`x-conn-id` of its response).
+    pub conn: u64,
+    /// Its place on that connection, from 1 (`x-served` of its response).
+    pub served: u64,
+    /// Its method.
+    pub method: Method,
+    /// Its `x-request-id`.
+    pub request_id: Option<String>,
+    /// Its `x-partition`: the tenant the client says it sends for.
+    pub partition: Option<String>,
 }
 
 impl ServerStats {
@@ -63,6 +87,18 @@ impl ServerStats {
     /// Most requests in flight at once.
     pub fn peak_in_flight(&self) -> usize {
         self.peak_in_flight.load(Ordering::SeqCst)
+    }
+    /// Every request head so far, in order of arrival.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+    /// Whether a request with `x-request-id: id` has arrived.
+    pub fn saw(&self, id: &str) -> bool {
+        self.seen
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(|seen| seen.request_id.as_deref() == Some(id))
     }
 }
 
@@ -155,7 +191,7 @@ pub(crate) async fn serve<I>(
         let conn = svc_conn.clone();
         let options = svc_options.clone();
         let stats = svc_stats.clone();
-        async move { Ok::<_, Infallible>(respond(req, conn_id, &conn, &options, &stats).await) }
+        async move { respond(req, conn_id, &conn, &options, &stats).await }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -171,7 +207,13 @@ pub(crate) async fn serve<I>(
     loop {
         let idle_deadline = options.idle_close.map(|idle| {
             let last = *conn.last_activity.lock().expect("not poisoned");
-            last + idle
+            if conn.in_flight.load(Ordering::SeqCst) > 0 {
+                // Busy past its deadline: look again later rather than spin
+                // (a spin would also stop paused time from advancing).
+                last.max(Instant::now()) + idle
+            } else {
+                last + idle
+            }
         });
         tokio::select! {
             _ = &mut served => break,
@@ -195,30 +237,77 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// A header's value as text.
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    Some(headers.get(name)?.to_str().ok()?.to_owned())
+}
+
+/// A header's value as a number.
+fn number<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    header(headers, name)?.parse().ok()
+}
+
+/// Why a connection was dropped without an answer.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dropped without an answer, as asked by x-fault")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
 async fn respond(
     req: Request<Incoming>,
     conn_id: u64,
     conn: &ConnState,
     options: &ServerOptions,
     stats: &ServerStats,
-) -> Response<Full<Bytes>> {
+) -> Result<Response<Full<Bytes>>, Dropped> {
     conn.in_flight.fetch_add(1, Ordering::SeqCst);
     let total = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     stats.peak_in_flight.fetch_max(total, Ordering::SeqCst);
     *conn.last_activity.lock().expect("not poisoned") = Instant::now();
     let served = conn.requests.fetch_add(1, Ordering::SeqCst) + 1;
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    let headers = req.headers();
+    let request_id = header(headers, "x-request-id");
+    let first_sighting = request_id.as_deref().is_none_or(|id| !stats.saw(id));
+    let drop_it = first_sighting && header(headers, "x-fault").as_deref() == Some("drop");
+    let extra_delay = number(headers, "x-delay-ms").map(Duration::from_millis);
+    let body_size = number(headers, "x-body-size").or(options.body_size);
+    stats.seen.lock().expect("not poisoned").push(Seen {
+        conn: conn_id,
+        served,
+        method: req.method().clone(),
+        request_id: request_id.clone(),
+        partition: header(headers, "x-partition"),
+    });
+    let version = req.version();
+    // Read the request body, as a real handler would; a client that gives
+    // up halfway leaves nothing to answer, but the answer is still built.
+    let _ = req.into_body().collect().await;
     if let Some(delay) = options.delay {
         tokio::time::sleep(delay).await;
     }
-    let body = vec![b'x'; options.body_size.unwrap_or(16)];
+    if let Some(delay) = extra_delay {
+        tokio::time::sleep(delay).await;
+    }
+    if drop_it {
+        conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        return Err(Dropped);
+    }
+    let body = vec![b'x'; body_size.unwrap_or(16)];
     let mut response = Response::builder()
         .header("x-conn-id", conn_id)
         .header("x-served", served);
-    if let Some(id) = req.headers().get("x-request-id") {
+    if let Some(id) = request_id {
         response = response.header("x-request-id", id);
     }
-    if req.version() != http::Version::HTTP_2 {
+    if version != http::Version::HTTP_2 {
         if options
             .max_requests_per_conn
             .is_some_and(|max| served >= max)
@@ -238,5 +327,5 @@ async fn respond(
     *conn.last_activity.lock().expect("not poisoned") = Instant::now();
     conn.in_flight.fetch_sub(1, Ordering::SeqCst);
     stats.in_flight.fetch_sub(1, Ordering::SeqCst);
-    response
+    Ok(response)
 }

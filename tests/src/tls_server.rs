@@ -4,8 +4,10 @@
 //! the ALPN protocols, client authentication, TLS version, key-exchange
 //! groups, tickets per handshake, a close after N requests, a delay before
 //! the handshake or a stall. The server records every handshake from its own
-//! side: its kind (full, full after a HelloRetryRequest, resumed) and the
-//! client certificate it saw; its in-memory connector records every URI it
+//! side: its kind (full, full after a HelloRetryRequest, resumed), the
+//! client certificate it saw and, for a resumed one, which connection's
+//! session it resumed; the HTTP requests it served (see
+//! [`server`](crate::server)); its in-memory connector records every URI it
 //! was asked to dial.
 //!
 //! Every rustls configuration here gets the `ring` provider explicitly
@@ -39,7 +41,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::duplex::DuplexIo;
-use crate::server::{ServerOptions, ServerStats, serve};
+use crate::server::{Seen, ServerOptions, ServerStats, serve};
 
 /// The crypto provider of every configuration in these tests.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -244,6 +246,10 @@ pub struct Handshake {
     pub conn: u64,
     /// A resumed session, not a full handshake.
     pub resumed: bool,
+    /// For a session resumed under TLS 1.3, the connection whose handshake
+    /// issued it: the server writes each connection's id into the sessions
+    /// it hands out (rustls gives it back for TLS 1.3 resumptions only).
+    pub resumed_from: Option<u64>,
     /// What rustls reports: full, full with a HelloRetryRequest, resumed.
     pub kind: Option<HandshakeKind>,
     /// The client identity presented (kept in resumed sessions too), by
@@ -297,6 +303,10 @@ impl TlsServerStats {
     /// Connections open now, past their handshake.
     pub fn open(&self) -> usize {
         self.http.open()
+    }
+    /// Every request head the server saw, in order of arrival.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.http.seen()
     }
 }
 
@@ -480,7 +490,9 @@ impl Handler {
             }
         }
         let accepted = tokio::select! {
-            accepted = self.acceptor.accept(io) => accepted,
+            accepted = self.acceptor.accept_with(io, |session| {
+                session.set_resumption_data(&conn.to_be_bytes());
+            }) => accepted,
             _ = stopped.changed() => return,
         };
         let Ok(stream) = accepted else {
@@ -501,6 +513,9 @@ impl Handler {
         let handshake = Handshake {
             conn,
             resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
+            resumed_from: session
+                .received_resumption_data()
+                .and_then(|data| Some(u64::from_be_bytes(data.try_into().ok()?))),
             kind: session.handshake_kind(),
             client,
             version: session.protocol_version(),
