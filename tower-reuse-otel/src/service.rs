@@ -183,7 +183,7 @@ where
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
-            .with_attributes(target.attributes.iter().cloned())
+            .with_attributes(span_attributes(&target.attributes))
             .start(&*self.tracer);
         let otel_cx = opentelemetry::Context::current_with_span(span);
         let recording = Recording::new(
@@ -198,4 +198,18 @@ where
         };
         ResponseFuture::new(inner, recording)
     }
+}
+
+/// Most attributes a request span gets: the target's four, then the
+/// response's status code, protocol version and error type, and six
+/// connection facts.
+const SPAN_ATTRIBUTES: usize = 13;
+
+/// The target's attributes in a `Vec` with room for the rest, which the
+/// SDK keeps as the span's: setting them at the response head does not
+/// reallocate.
+fn span_attributes(target: &[KeyValue]) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES.max(target.len()));
+    attributes.extend_from_slice(target);
+    attributes
 }
