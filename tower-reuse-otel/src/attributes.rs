@@ -1,7 +1,8 @@
 //! Attribute names and the low-cardinality values this crate records.
 
-use http::Uri;
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
+use opentelemetry::{KeyValue, StringValue, Value};
 
 // Semantic conventions.
 pub(crate) const HTTP_REQUEST_METHOD: &str = "http.request.method";
@@ -56,12 +57,14 @@ pub(crate) fn method(method: &http::Method) -> &'static str {
 
 /// `server.address`, `server.port` and `url.scheme` for a scheme and
 /// authority: the host without IPv6 brackets, the port made explicit.
-/// Never the path, the query or user info.
+/// Never the path, the query or user info. The address is reference
+/// counted: cloning these attributes allocates no string.
 pub(crate) fn server(scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(3);
     if let Some(host) = host {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        attributes.push(KeyValue::new(SERVER_ADDRESS, host.to_owned()));
+        let host = StringValue::from(Arc::<str>::from(host));
+        attributes.push(KeyValue::new(SERVER_ADDRESS, Value::String(host)));
     }
     let port = port.or(match scheme {
         Some("http") => Some(80),
@@ -80,11 +83,6 @@ pub(crate) fn server(scheme: Option<&str>, host: Option<&str>, port: Option<u16>
         attributes.push(KeyValue::new(URL_SCHEME, scheme));
     }
     attributes
-}
-
-/// The server attributes of a request URI.
-pub(crate) fn uri_server(uri: &Uri) -> Vec<KeyValue> {
-    server(uri.scheme_str(), uri.host(), uri.port_u16())
 }
 
 /// `network.protocol.version` for an HTTP version.

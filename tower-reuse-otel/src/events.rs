@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tower_reuse_pool::events::{
     CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectReason, Connected, PoolEvents, Retried,
 };
@@ -15,6 +17,7 @@ use crate::attributes::{
     self, CLOSE_REASON, CONNECT_REASON, CONNECTION_REUSED, ERROR_TYPE, HTTP_CONNECTION_STATE,
     NETWORK_PROTOCOL_VERSION, PREWARM_OUTCOME, RETRY_REASON, TLS_HANDSHAKE,
 };
+use crate::gauges::{self, Gauges};
 
 /// Bucket boundaries for `http.client.connection.duration`, in seconds:
 /// the semantic conventions' advice.
@@ -50,11 +53,37 @@ pub struct OtelPoolEvents {
     /// Open connections, by id: their attributes and requests in flight,
     /// so `http.client.open_connections` moves between idle and active
     /// consistently and each close takes away what its connect added.
-    open: Mutex<HashMap<ConnId, Open>>,
+    open: Mutex<OpenConnections>,
+}
+
+/// Open connections by id. Ids are a pool's sequence numbers, so a
+/// multiplicative hash spreads them as well as SipHash, for a fraction of
+/// the cost on every checkout and checkin.
+type OpenConnections = HashMap<ConnId, Open, BuildHasherDefault<ConnIdHasher>>;
+
+/// Fibonacci hashing of a connection id.
+#[derive(Default)]
+struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 struct Instruments {
-    open_connections: UpDownCounter<i64>,
+    /// `http.client.open_connections`, one count per attribute set.
+    open_connections: Gauges,
     connection_duration: Histogram<f64>,
     checkout_wait: Histogram<f64>,
     opened: Counter<u64>,
@@ -70,23 +99,39 @@ struct Open {
     attributes: Arc<ConnAttributes>,
 }
 
-/// One connection's attribute sets, built once at connect.
+/// One connection's attribute sets and counts, built once at connect.
 struct ConnAttributes {
     /// Server attributes and `network.protocol.version`.
     base: Vec<KeyValue>,
-    idle: Vec<KeyValue>,
-    active: Vec<KeyValue>,
+    /// `tower_reuse.checkout.wait`'s attributes for a checkout of it as a
+    /// new connection (`reused` false) and as a reused one.
+    checkout_new: Vec<KeyValue>,
+    checkout_reused: Vec<KeyValue>,
+    /// Its `http.client.open_connections` counts, idle and active.
+    idle: Arc<AtomicI64>,
+    active: Arc<AtomicI64>,
+}
+
+impl ConnAttributes {
+    fn checkout(&self, reused: bool) -> &[KeyValue] {
+        if reused {
+            &self.checkout_reused
+        } else {
+            &self.checkout_new
+        }
+    }
 }
 
 impl OtelPoolEvents {
     /// A hook recording with `meter`.
     pub fn new(meter: &Meter) -> Self {
         let instruments = Instruments {
-            open_connections: meter
-                .i64_up_down_counter("http.client.open_connections")
-                .with_description("Number of connections in the pool, by state.")
-                .with_unit("{connection}")
-                .build(),
+            open_connections: Gauges::new(
+                meter,
+                "http.client.open_connections",
+                "Number of connections in the pool, by state.",
+                "{connection}",
+            ),
             connection_duration: meter
                 .f64_histogram("http.client.connection.duration")
                 .with_description("How long connections stayed open.")
@@ -132,11 +177,11 @@ impl OtelPoolEvents {
         };
         OtelPoolEvents {
             instruments,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(OpenConnections::default()),
         }
     }
 
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Open>> {
+    fn open(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -204,15 +249,21 @@ impl PoolEvents for OtelPoolEvents {
         if event.reason() == ConnectReason::Prewarm {
             i.prewarm.add(
                 1,
-                &with(target, [KeyValue::new(PREWARM_OUTCOME, "connected")]),
+                &with(
+                    target.clone(),
+                    [KeyValue::new(PREWARM_OUTCOME, "connected")],
+                ),
             );
         }
+        let open_connections = &i.open_connections;
         let attributes = Arc::new(ConnAttributes {
-            idle: with(base.clone(), [state("idle")]),
-            active: with(base.clone(), [state("active")]),
+            idle: open_connections.count(with(base.clone(), [state("idle")])),
+            active: open_connections.count(with(base.clone(), [state("active")])),
+            checkout_new: with(target.clone(), [KeyValue::new(CONNECTION_REUSED, false)]),
+            checkout_reused: with(target, [KeyValue::new(CONNECTION_REUSED, true)]),
             base,
         });
-        i.open_connections.add(1, &attributes.idle);
+        gauges::add(&attributes.idle, 1);
         self.open().insert(
             event.id(),
             Open {
@@ -245,42 +296,43 @@ impl PoolEvents for OtelPoolEvents {
     }
 
     fn on_checkout(&self, event: &CheckedOut<'_>) {
-        self.instruments.checkout_wait.record(
-            attributes::seconds(event.wait()),
-            &with(
-                target_attributes(event.target()),
-                [KeyValue::new(CONNECTION_REUSED, event.reused())],
-            ),
-        );
-        let became_active = {
+        let attributes = {
             let mut open = self.open();
-            open.get_mut(&event.id()).and_then(|conn| {
+            open.get_mut(&event.id()).map(|conn| {
                 conn.in_flight += 1;
-                (conn.in_flight == 1).then(|| conn.attributes.clone())
+                if conn.in_flight == 1 {
+                    gauges::add(&conn.attributes.idle, -1);
+                    gauges::add(&conn.attributes.active, 1);
+                }
+                conn.attributes.clone()
             })
         };
-        if let Some(attributes) = became_active {
-            let open_connections = &self.instruments.open_connections;
-            open_connections.add(-1, &attributes.idle);
-            open_connections.add(1, &attributes.active);
+        let wait = attributes::seconds(event.wait());
+        match attributes {
+            Some(attributes) => self
+                .instruments
+                .checkout_wait
+                .record(wait, attributes.checkout(event.reused())),
+            None => self.instruments.checkout_wait.record(
+                wait,
+                &with(
+                    target_attributes(event.target()),
+                    [KeyValue::new(CONNECTION_REUSED, event.reused())],
+                ),
+            ),
         }
     }
 
     fn on_checkin(&self, event: &CheckedIn<'_>) {
-        let became_idle = {
-            let mut open = self.open();
-            open.get_mut(&event.id()).and_then(|conn| {
-                if conn.in_flight == 0 {
-                    return None;
-                }
-                conn.in_flight -= 1;
-                (conn.in_flight == 0).then(|| conn.attributes.clone())
-            })
-        };
-        if let Some(attributes) = became_idle {
-            let open_connections = &self.instruments.open_connections;
-            open_connections.add(-1, &attributes.active);
-            open_connections.add(1, &attributes.idle);
+        let mut open = self.open();
+        if let Some(conn) = open.get_mut(&event.id())
+            && conn.in_flight > 0
+        {
+            conn.in_flight -= 1;
+            if conn.in_flight == 0 {
+                gauges::add(&conn.attributes.active, -1);
+                gauges::add(&conn.attributes.idle, 1);
+            }
         }
     }
 
@@ -295,7 +347,7 @@ impl PoolEvents for OtelPoolEvents {
                 } else {
                     &conn.attributes.idle
                 };
-                i.open_connections.add(-1, state);
+                gauges::add(state, -1);
                 conn.attributes.base.clone()
             }
             None => target_attributes(event.target()),

@@ -13,7 +13,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::attributes::{self, ERROR_TYPE, HTTP_RESPONSE_STATUS_CODE, NETWORK_PROTOCOL_VERSION};
-use crate::service::Instruments;
+use crate::gauges;
+use crate::service::{Instruments, RequestTarget};
 
 pin_project! {
     /// The future [`Otel`](crate::Otel) returns: the inner response future,
@@ -68,11 +69,10 @@ where
 }
 
 /// One request's span and metric attributes, until its response head.
-/// Dropping it (done or cancelled) takes the request out of
-/// `http.client.active_requests`: exactly once.
+/// Counted in `http.client.active_requests` from its creation to its drop.
 pub(crate) struct Recording {
     otel_cx: opentelemetry::Context,
-    request_attributes: Vec<KeyValue>,
+    target: Arc<RequestTarget>,
     start: Instant,
     instruments: Arc<Instruments>,
 }
@@ -80,24 +80,30 @@ pub(crate) struct Recording {
 impl Recording {
     pub(crate) fn new(
         otel_cx: opentelemetry::Context,
-        request_attributes: Vec<KeyValue>,
+        target: Arc<RequestTarget>,
         start: Instant,
         instruments: Arc<Instruments>,
     ) -> Self {
+        gauges::add(&target.active, 1);
         Recording {
             otel_cx,
-            request_attributes,
+            target,
             start,
             instruments,
         }
     }
 
+    /// The target's attributes with room for `extra` more.
+    fn metric_attributes(&self, extra: usize) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(self.target.attributes.len() + extra);
+        attributes.extend_from_slice(&self.target.attributes);
+        attributes
+    }
+
     fn response<B>(self, response: &Response<B>) {
-        let span = self.otel_cx.span();
         let status = response.status().as_u16();
-        let mut metric = self.request_attributes.clone();
+        let mut metric = self.metric_attributes(3);
         metric.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
-        span.set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
         #[cfg(feature = "pool")]
         let info = response
             .extensions()
@@ -111,43 +117,47 @@ impl Recording {
         let version = attributes::version(response.version());
         if let Some(version) = version {
             metric.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, version));
-            span.set_attribute(KeyValue::new(NETWORK_PROTOCOL_VERSION, version));
         }
         if status >= 400 {
-            let error = Value::from(status.to_string());
-            metric.push(KeyValue::new(ERROR_TYPE, error.clone()));
-            span.set_attribute(KeyValue::new(ERROR_TYPE, error));
-            span.set_status(Status::error(""));
-        }
-        #[cfg(feature = "pool")]
-        if let Some(info) = info {
-            connection_facts(&span, info);
+            metric.push(KeyValue::new(ERROR_TYPE, Value::from(status.to_string())));
         }
         self.instruments
             .duration
             .record(attributes::seconds(self.start.elapsed()), &metric);
+
+        // The span's attributes in one batch: the response's (those after
+        // the target's in `metric`), then the connection's.
+        let span = self.otel_cx.span();
+        if status >= 400 {
+            span.set_status(Status::error(""));
+        }
+        let response_attributes = metric.drain(self.target.attributes.len()..);
+        #[cfg(feature = "pool")]
+        match info {
+            Some(info) => span.set_attributes(response_attributes.chain(connection_facts(info))),
+            None => span.set_attributes(response_attributes),
+        }
+        #[cfg(not(feature = "pool"))]
+        span.set_attributes(response_attributes);
         span.end();
     }
 
     fn error(self, error_type: &'static str) {
-        let span = self.otel_cx.span();
-        let mut metric = self.request_attributes.clone();
+        let mut metric = self.metric_attributes(1);
         metric.push(KeyValue::new(ERROR_TYPE, error_type));
-        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
-        span.set_status(Status::error(error_type));
         self.instruments
             .duration
             .record(attributes::seconds(self.start.elapsed()), &metric);
+        let span = self.otel_cx.span();
+        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+        span.set_status(Status::error(error_type));
         span.end();
     }
 }
 
 /// The pool's facts about the connection a response came on.
 #[cfg(feature = "pool")]
-fn connection_facts(
-    span: &opentelemetry::trace::SpanRef<'_>,
-    info: &tower_reuse_pool::ConnectionInfo,
-) {
+fn connection_facts(info: &tower_reuse_pool::ConnectionInfo) -> impl Iterator<Item = KeyValue> {
     use crate::attributes::{
         CHECKOUT_WAIT, CONNECTION_ID, CONNECTION_IDLE_FOR, CONNECTION_REUSED, RETRY_REASON,
         TLS_RESUMED,
@@ -155,31 +165,26 @@ fn connection_facts(
     use tower_reuse_pool::TlsHandshake;
 
     let id = i64::try_from(info.id().get()).unwrap_or(i64::MAX);
-    span.set_attribute(KeyValue::new(CONNECTION_ID, id));
-    span.set_attribute(KeyValue::new(CONNECTION_REUSED, info.reused()));
-    span.set_attribute(KeyValue::new(
-        CHECKOUT_WAIT,
-        attributes::seconds(info.wait()),
-    ));
-    if let Some(idle_for) = info.idle_for() {
-        span.set_attribute(KeyValue::new(
-            CONNECTION_IDLE_FOR,
-            attributes::seconds(idle_for),
-        ));
-    }
-    if let Some(handshake) = info.tls_handshake() {
-        span.set_attribute(KeyValue::new(
-            TLS_RESUMED,
-            handshake == TlsHandshake::Resumed,
-        ));
-    }
-    if let Some(reason) = info.retried() {
-        span.set_attribute(KeyValue::new(RETRY_REASON, reason.as_str()));
-    }
+    [
+        Some(KeyValue::new(CONNECTION_ID, id)),
+        Some(KeyValue::new(CONNECTION_REUSED, info.reused())),
+        Some(KeyValue::new(
+            CHECKOUT_WAIT,
+            attributes::seconds(info.wait()),
+        )),
+        info.idle_for()
+            .map(|idle_for| KeyValue::new(CONNECTION_IDLE_FOR, attributes::seconds(idle_for))),
+        info.tls_handshake()
+            .map(|handshake| KeyValue::new(TLS_RESUMED, handshake == TlsHandshake::Resumed)),
+        info.retried()
+            .map(|reason| KeyValue::new(RETRY_REASON, reason.as_str())),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        self.instruments.active.add(-1, &self.request_attributes);
+        gauges::add(&self.target.active, -1);
     }
 }

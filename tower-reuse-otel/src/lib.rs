@@ -46,8 +46,8 @@
 //! | Instrument | Kind | Unit | Attributes | Recorded by |
 //! |---|---|---|---|---|
 //! | `http.client.request.duration` | Histogram | `s` | `http.request.method`, `server.address`, `server.port`, `url.scheme`, `http.response.status_code` (with a response), `network.protocol.version` (with a response), `error.type` (on failure or a status of 400 and above) | [`OtelLayer`], at the response head |
-//! | `http.client.active_requests` | UpDownCounter | `{request}` | `http.request.method`, `server.address`, `server.port`, `url.scheme` | [`OtelLayer`] |
-//! | `http.client.open_connections` | UpDownCounter | `{connection}` | `http.connection.state`, `server.address`, `server.port`, `url.scheme`, `network.protocol.version` | [`OtelPoolEvents`]: +1 idle at connect, idle to active at a connection's first request in flight and back at its last, -1 at close |
+//! | `http.client.active_requests` | ObservableUpDownCounter | `{request}` | `http.request.method`, `server.address`, `server.port`, `url.scheme` | [`OtelLayer`], counted in an atomic per attribute set and read at collection |
+//! | `http.client.open_connections` | ObservableUpDownCounter | `{connection}` | `http.connection.state`, `server.address`, `server.port`, `url.scheme`, `network.protocol.version` | [`OtelPoolEvents`], counted in an atomic per attribute set and read at collection: +1 idle at connect, idle to active at a connection's first request in flight and back at its last, -1 at close |
 //! | `http.client.connection.duration` | Histogram | `s` | `server.address`, `server.port`, `url.scheme`, `network.protocol.version`, `tower_reuse.close.reason` | [`OtelPoolEvents`], at close |
 //! | `tower_reuse.checkout.wait` | Histogram | `s` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.connection.reused` | [`OtelPoolEvents`], at checkout |
 //! | `tower_reuse.connection.opened` | Counter | `{connection}` | `server.address`, `server.port`, `url.scheme`, `network.protocol.version`, `tower_reuse.connect.reason` | [`OtelPoolEvents`] |
@@ -56,6 +56,14 @@
 //! | `tower_reuse.tls.handshakes` | Counter | `{handshake}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.tls.handshake` | [`OtelPoolEvents`], per new TLS connection |
 //! | `tower_reuse.retries` | Counter | `{retry}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.retry.reason` | [`OtelPoolEvents`] |
 //! | `tower_reuse.prewarm.connects` | Counter | `{connect}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.prewarm.outcome`, `error.type` (when failed) | [`OtelPoolEvents`], per pre-warming connect |
+//!
+//! The two up-down counters are observable: a request or checkout only
+//! adds to an atomic count, and the SDK reads the counts when it collects.
+//! Exported, they are the same non-monotonic sums a synchronous
+//! `UpDownCounter` gives. Each [`OtelLayer`] (with its clones) and each
+//! [`OtelPoolEvents`] observes its own counts: two of them built from one
+//! meter should not count the same attribute set (the same target), as
+//! the SDK keeps one observation per attribute set, not their sum.
 //!
 //! Attribute values:
 //!
@@ -103,6 +111,7 @@ mod attributes;
 #[cfg(feature = "pool")]
 mod events;
 pub mod future;
+mod gauges;
 mod layer;
 mod service;
 

@@ -4,15 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use std::sync::atomic::AtomicI64;
+
+use http::{Request, Response, Uri};
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::attributes::{self, HTTP_REQUEST_METHOD};
 use crate::future::{Recording, ResponseFuture};
+use crate::gauges::Gauges;
 
 /// Bucket boundaries for `http.client.request.duration`, in seconds: the
 /// semantic conventions' advice.
@@ -24,7 +27,8 @@ pub(crate) const REQUEST_DURATION_BOUNDARIES: [f64; 14] = [
 #[derive(Debug)]
 pub(crate) struct Instruments {
     pub(crate) duration: Histogram<f64>,
-    pub(crate) active: UpDownCounter<i64>,
+    /// `http.client.active_requests`, one count per request attribute set.
+    active: Gauges,
 }
 
 impl Instruments {
@@ -36,12 +40,56 @@ impl Instruments {
                 .with_unit("s")
                 .with_boundaries(REQUEST_DURATION_BOUNDARIES.to_vec())
                 .build(),
-            active: meter
-                .i64_up_down_counter("http.client.active_requests")
-                .with_description("Number of outbound HTTP requests in flight.")
-                .with_unit("{request}")
-                .build(),
+            active: Gauges::new(
+                meter,
+                "http.client.active_requests",
+                "Number of outbound HTTP requests in flight.",
+                "{request}",
+            ),
         }
+    }
+
+    /// The attributes and in-flight count of requests like `method uri`,
+    /// built once per target.
+    fn target(&self, method: &'static str, uri: &Uri) -> Arc<RequestTarget> {
+        let mut attributes = Vec::with_capacity(4);
+        attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
+        attributes.extend(attributes::server(
+            uri.scheme_str(),
+            uri.host(),
+            uri.port_u16(),
+        ));
+        Arc::new(RequestTarget {
+            method,
+            scheme: uri.scheme_str().map(Box::from),
+            host: uri.host().map(Box::from),
+            port: uri.port_u16(),
+            active: self.active.count(attributes.clone()),
+            attributes: attributes.into(),
+        })
+    }
+}
+
+/// What every request to one target (method, scheme, host, port) records
+/// alike: its attributes, built once, and its `http.client.active_requests`
+/// count.
+#[derive(Debug)]
+pub(crate) struct RequestTarget {
+    method: &'static str,
+    scheme: Option<Box<str>>,
+    host: Option<Box<str>>,
+    port: Option<u16>,
+    /// `http.request.method`, `server.address`, `server.port`, `url.scheme`.
+    pub(crate) attributes: Arc<[KeyValue]>,
+    pub(crate) active: Arc<AtomicI64>,
+}
+
+impl RequestTarget {
+    fn is(&self, method: &'static str, uri: &Uri) -> bool {
+        self.method == method
+            && self.scheme.as_deref() == uri.scheme_str()
+            && self.host.as_deref() == uri.host()
+            && self.port == uri.port_u16()
     }
 }
 
@@ -56,6 +104,8 @@ pub struct Otel<S, T> {
     inner: S,
     tracer: Arc<T>,
     instruments: Arc<Instruments>,
+    /// The last request's target, reused while requests go to it.
+    last_target: Option<Arc<RequestTarget>>,
 }
 
 impl<S, T> Otel<S, T> {
@@ -64,6 +114,7 @@ impl<S, T> Otel<S, T> {
             inner,
             tracer,
             instruments,
+            last_target: None,
         }
     }
 
@@ -89,6 +140,7 @@ impl<S: Clone, T> Clone for Otel<S, T> {
             inner: self.inner.clone(),
             tracer: self.tracer.clone(),
             instruments: self.instruments.clone(),
+            last_target: self.last_target.clone(),
         }
     }
 }
@@ -118,21 +170,25 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let method = attributes::method(req.method());
-        let mut request_attributes = Vec::with_capacity(4);
-        request_attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
-        request_attributes.extend(attributes::uri_server(req.uri()));
+        let target = match &self.last_target {
+            Some(target) if target.is(method, req.uri()) => target.clone(),
+            _ => {
+                let target = self.instruments.target(method, req.uri());
+                self.last_target = Some(target.clone());
+                target
+            }
+        };
         let name = if method == "_OTHER" { "HTTP" } else { method };
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
-            .with_attributes(request_attributes.clone())
+            .with_attributes(span_attributes(&target.attributes))
             .start(&*self.tracer);
         let otel_cx = opentelemetry::Context::current_with_span(span);
-        self.instruments.active.add(1, &request_attributes);
         let recording = Recording::new(
             otel_cx.clone(),
-            request_attributes,
+            target,
             Instant::now(),
             self.instruments.clone(),
         );
@@ -142,4 +198,18 @@ where
         };
         ResponseFuture::new(inner, recording)
     }
+}
+
+/// Most attributes a request span gets: the target's four, then the
+/// response's status code, protocol version and error type, and six
+/// connection facts.
+const SPAN_ATTRIBUTES: usize = 13;
+
+/// The target's attributes in a `Vec` with room for the rest, which the
+/// SDK keeps as the span's: setting them at the response head does not
+/// reallocate.
+fn span_attributes(target: &[KeyValue]) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES.max(target.len()));
+    attributes.extend_from_slice(target);
+    attributes
 }
