@@ -10,11 +10,17 @@ pub mod raw_http1;
 pub mod server;
 pub mod tls_server;
 
+use std::future::Future;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{Layer, Service, ServiceExt};
-use tower_reuse_pool::{Error, Pool, PoolBody, PoolConfig, PoolLayer};
+use tower_reuse_pool::tls::TlsError;
+use tower_reuse_pool::{
+    Connect, ConnectionInfo, Error, Pool, PoolBody, PoolConfig, PoolLayer, TargetSnapshot,
+};
 
 /// A pool over a plain `HttpConnector` with `config`.
 pub fn pool(config: PoolConfig) -> Pool<HttpConnector> {
@@ -23,6 +29,68 @@ pub fn pool(config: PoolConfig) -> Pool<HttpConnector> {
     PoolLayer::new(config)
         .expect("valid config")
         .layer(connector)
+}
+
+/// A pool over `connector` with `config`.
+pub fn client<C: Connect>(connector: C, config: PoolConfig) -> Pool<C> {
+    PoolLayer::<Full<Bytes>>::new(config)
+        .expect("valid config")
+        .layer(connector)
+}
+
+/// The snapshot of the pool's only target.
+pub fn only<C: Connect>(client: &Pool<C>) -> TargetSnapshot {
+    let snapshot = client.control().snapshot();
+    assert_eq!(snapshot.targets.len(), 1, "{snapshot:?}");
+    snapshot.targets[0].clone()
+}
+
+/// What the pool says about the connection a response came on.
+pub fn info(parts: &http::response::Parts) -> ConnectionInfo {
+    parts
+        .extensions
+        .get::<ConnectionInfo>()
+        .expect("every response carries ConnectionInfo")
+        .clone()
+}
+
+/// Let spawned tasks (connection tasks, the reaper) run at the current
+/// instant: for tests on paused time.
+pub async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Wait on real time until `done` holds, at most a second.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Fails the test if `work` is not done within 2 s: a guard against hangs,
+/// not a performance assertion.
+pub async fn bounded<T>(work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(2), work)
+        .await
+        .expect("hung: not done within 2 s")
+}
+
+/// The `TlsError` somewhere in `error`'s source chain.
+pub fn tls_error(error: &Error) -> &TlsError {
+    let mut source = std::error::Error::source(error);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<TlsError>() {
+            return tls;
+        }
+        source = err.source();
+    }
+    panic!("no TlsError in the source chain of {error:?}")
 }
 
 /// A GET for `uri` carrying `x-request-id: id`.

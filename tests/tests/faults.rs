@@ -6,98 +6,34 @@
 //! Cases already covered exactly elsewhere are pointed to, not repeated.
 //! Every wait on real time is bounded.
 
-use std::error::Error as _;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use h2::Reason;
 use http::Uri;
-use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_pool::events::CloseReason;
-use tower_reuse_pool::tls::{TlsError, TlsErrorKind, TlsLayer};
-use tower_reuse_pool::{
-    Connect, ConnectionInfo, Error, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, Protocol,
-    TargetSnapshot,
-};
+use tower_reuse_pool::tls::{TlsErrorKind, TlsLayer};
+use tower_reuse_pool::{ErrorKind, Phase, Pool, PoolConfig, PoolLayer, Protocol};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply};
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::tls_server::{Alpn, MemoryConnector, TestCa, TlsServer, TlsServerOptions};
-use tower_reuse_tests::{echoed_id, get, pool, send, server_conn};
+use tower_reuse_tests::{
+    bounded, client, echoed_id, get, info, only, pool, send, server_conn, settle, tls_error, until,
+};
 
 /// The target of the in-memory tests.
 const URL: &str = "http://pool.test/";
 
-fn client<C: Connect>(connector: C, config: PoolConfig) -> Pool<C> {
-    PoolLayer::<Full<Bytes>>::new(config)
-        .expect("valid config")
-        .layer(connector)
-}
-
 /// An h2c pool over TCP.
 fn h2_pool() -> Pool<HttpConnector> {
     pool(PoolConfig::default().http2_prior_knowledge(true))
-}
-
-/// The pool's only target.
-fn only<C: Connect>(client: &Pool<C>) -> TargetSnapshot {
-    let snapshot = client.control().snapshot();
-    assert_eq!(snapshot.targets.len(), 1, "{snapshot:?}");
-    snapshot.targets[0].clone()
-}
-
-fn info(parts: &http::response::Parts) -> ConnectionInfo {
-    parts
-        .extensions
-        .get::<ConnectionInfo>()
-        .expect("every response carries ConnectionInfo")
-        .clone()
-}
-
-/// Let spawned tasks run at the current instant (paused time).
-async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Wait on real time until `done` holds, at most a second.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-/// Fails the test if `work` is not done within 2 s: a guard against hangs,
-/// never a performance assertion.
-async fn bounded<T>(work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(2), work)
-        .await
-        .expect("hung: not done within 2 s")
-}
-
-/// The `TlsError` somewhere in `error`'s source chain.
-fn tls_error(error: &Error) -> &TlsError {
-    let mut source = error.source();
-    while let Some(err) = source {
-        if let Some(tls) = err.downcast_ref::<TlsError>() {
-            return tls;
-        }
-        source = err.source();
-    }
-    panic!("no TlsError in the source chain of {error:?}")
 }
 
 /// Case 1: the server closes connections idle for 100 ms; the next request

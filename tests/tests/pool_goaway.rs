@@ -4,7 +4,6 @@
 //! Every wait is bounded by [`bounded`], a guard against hangs that is never
 //! a performance assertion.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use tower_reuse_pool::{
     ConnId, ConnectionInfo, Error, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
 };
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply, StreamAt};
-use tower_reuse_tests::{concurrently, echoed_id, get, send, server_conn};
+use tower_reuse_tests::{bounded, concurrently, echoed_id, get, only, send, server_conn};
 
 /// Records every retry the pool reports.
 #[derive(Debug, Default)]
@@ -61,20 +60,6 @@ fn spawn_get(
     let mut client = client.clone();
     let req = get(url, id);
     tokio::spawn(async move { send(&mut client, req).await })
-}
-
-/// Fails the test if `work` is not done within 2 s: a guard against hangs.
-async fn bounded<T>(work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(2), work)
-        .await
-        .expect("hung: not done within 2 s")
-}
-
-/// The pool's only target.
-fn only(client: &Pool<HttpConnector>) -> TargetSnapshot {
-    let snapshot = client.control().snapshot();
-    assert_eq!(snapshot.targets.len(), 1, "{snapshot:?}");
-    snapshot.targets[0].clone()
 }
 
 /// Wait (bounded) until the pool's only target satisfies `done`.

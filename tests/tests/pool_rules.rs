@@ -23,36 +23,17 @@ use tower_reuse_pool::events::{
     Connected as ConnectedEvent, PoolEvents, RetryReason,
 };
 use tower_reuse_pool::{
-    Connect, ConnectionInfo, ErrorKind, Phase, Pool, PoolBody, PoolConfig, PoolLayer, Protocol,
-    Target, TargetSnapshot,
+    ConnectionInfo, ErrorKind, Phase, Pool, PoolBody, PoolConfig, PoolLayer, Protocol, Target,
 };
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
-use tower_reuse_tests::{concurrently, get, pool, send, server_conn};
+use tower_reuse_tests::{
+    client, concurrently, get, info, only, pool, send, server_conn, settle, until,
+};
 
 /// The target of the in-memory tests.
 const URL: &str = "http://pool.test/";
-
-fn client<C: Connect>(connector: C, config: PoolConfig) -> Pool<C> {
-    PoolLayer::<Full<Bytes>>::new(config)
-        .unwrap()
-        .layer(connector)
-}
-
-fn only<C: Connect>(client: &Pool<C>) -> TargetSnapshot {
-    let snapshot = client.control().snapshot();
-    assert_eq!(snapshot.targets.len(), 1, "{snapshot:?}");
-    snapshot.targets[0].clone()
-}
-
-fn info(parts: &http::response::Parts) -> ConnectionInfo {
-    parts
-        .extensions
-        .get::<ConnectionInfo>()
-        .expect("every response carries ConnectionInfo")
-        .clone()
-}
 
 fn info_of(response: &http::Response<PoolBody>) -> ConnectionInfo {
     response
@@ -68,24 +49,6 @@ fn header(parts: &http::response::Parts, name: &str) -> u64 {
         .expect("ascii")
         .parse()
         .expect("a number")
-}
-
-/// Let spawned tasks run at the current instant (paused time).
-async fn settle() {
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Wait on real time until `done` holds, at most a second.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

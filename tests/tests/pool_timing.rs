@@ -4,38 +4,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tokio::time::{Instant, advance};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_reuse_pool::events::CloseReason;
-use tower_reuse_pool::{
-    ConnectionInfo, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
-};
+use tower_reuse_pool::{ConnectionInfo, ErrorKind, Phase, Pool, PoolConfig};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::ServerOptions;
-use tower_reuse_tests::{concurrently, get, send};
+use tower_reuse_tests::{client, concurrently, get, only, send, settle};
 
 const URL: &str = "http://pool.test/";
-
-fn client(connector: DuplexConnector, config: PoolConfig) -> Pool<DuplexConnector> {
-    PoolLayer::<Full<Bytes>>::new(config)
-        .unwrap()
-        .layer(connector)
-}
-
-/// Let spawned tasks (connection tasks, the reaper) run at the current instant.
-async fn settle() {
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-}
-
-fn only(client: &Pool<DuplexConnector>) -> TargetSnapshot {
-    let snapshot = client.control().snapshot();
-    assert_eq!(snapshot.targets.len(), 1, "{snapshot:?}");
-    snapshot.targets[0].clone()
-}
 
 #[tokio::test(start_paused = true)]
 async fn evicts_idle_connection_exactly_at_idle_timeout() {

@@ -5,7 +5,6 @@
 //! updates and a maximum age. Loopback servers for the handshakes, in-memory
 //! ones on paused time for the schedules.
 
-use std::error::Error as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,17 +15,16 @@ use rustls::{HandshakeKind, NamedGroup};
 use tower::Layer;
 use tower_reuse_pool::events::{CheckedOut, CloseReason, Connected, PoolEvents};
 use tower_reuse_pool::tls::{
-    SessionCache, SessionCacheConfig, SessionCacheStats, TlsConnector, TlsError, TlsErrorKind,
-    TlsLayer,
+    SessionCache, SessionCacheConfig, SessionCacheStats, TlsConnector, TlsErrorKind, TlsLayer,
 };
 use tower_reuse_pool::{
-    Connect, ConnectionInfo, Error, ErrorKind, Partition, Phase, Pool, PoolConfig, PoolLayer,
-    Protocol, Target, TargetSnapshot, TlsHandshake,
+    Connect, ErrorKind, Partition, Phase, Pool, PoolConfig, PoolLayer, Protocol, Target,
+    TargetSnapshot, TlsHandshake,
 };
 use tower_reuse_tests::tls_server::{
     Alpn, ClientAuth, Handshake, MemoryConnector, TestCa, TlsServer, TlsServerOptions, TlsVersion,
 };
-use tower_reuse_tests::{concurrently, echoed_id, get, send, server_conn};
+use tower_reuse_tests::{concurrently, echoed_id, get, info, send, server_conn, settle, tls_error};
 
 /// The TLS events the pool reported, in order.
 #[derive(Debug, Default)]
@@ -96,22 +94,6 @@ fn snapshot_in<C: Connect>(
         .expect("the pool knows the target")
 }
 
-fn info(parts: &http::response::Parts) -> ConnectionInfo {
-    parts.extensions.get::<ConnectionInfo>().unwrap().clone()
-}
-
-/// The `TlsError` somewhere in `error`'s source chain.
-fn tls_error(error: &Error) -> &TlsError {
-    let mut source = error.source();
-    while let Some(err) = source {
-        if let Some(tls) = err.downcast_ref::<TlsError>() {
-            return tls;
-        }
-        source = err.source();
-    }
-    panic!("no TlsError in the source chain of {error:?}")
-}
-
 /// A GET for `url` in `partition`.
 fn get_in(url: &str, id: u64, partition: &str) -> http::Request<Full<Bytes>> {
     let mut req = get(url, id);
@@ -126,14 +108,6 @@ fn one_request_per_connection() -> TlsServerOptions {
         alpn: Alpn::Http1Only,
         close_after: Some(1),
         ..TlsServerOptions::default()
-    }
-}
-
-/// Let spawned tasks (connection tasks, the reaper, the server) run at the
-/// current instant.
-async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
     }
 }
 
