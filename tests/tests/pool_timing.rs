@@ -558,3 +558,46 @@ async fn a_blackholed_http2_connection_is_evicted_by_ping() {
     send(&mut client, get(URL, 2)).await.unwrap();
     assert_eq!(only(&client).opened(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_pool_closes_every_connection_and_says_so() {
+    use std::sync::Mutex;
+    use tower::Layer;
+    use tower_reuse_pool::events::{Closed, PoolEvents};
+
+    #[derive(Default)]
+    struct Closes(Mutex<Vec<CloseReason>>);
+    impl PoolEvents for Closes {
+        fn on_close(&self, event: &Closed<'_>) {
+            self.0.lock().unwrap().push(event.reason());
+        }
+    }
+    let closes = std::sync::Arc::new(Closes::default());
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let pool: Pool<DuplexConnector> = tower_reuse_pool::PoolLayer::new(PoolConfig::default())
+        .unwrap()
+        .shared_events(closes.clone())
+        .layer(connector.clone());
+    // One idle connection, and one busy with an unread body.
+    let mut a = pool.clone();
+    let mut b = pool.clone();
+    let (first, second) = tokio::join!(
+        a.ready().await.unwrap().call(get(URL, 1)),
+        b.ready().await.unwrap().call(get(URL, 2))
+    );
+    first.unwrap().into_body().collect().await.unwrap();
+    let busy = second.unwrap();
+    send(&mut a, get(URL, 3)).await.unwrap();
+    assert_eq!(only(&pool).idle(), 1);
+    drop((a, b, pool));
+    settle().await;
+    assert_eq!(*closes.0.lock().unwrap(), [CloseReason::PoolDropped]);
+    // The busy one closes when its body is done, not back into a pool.
+    busy.into_body().collect().await.unwrap();
+    settle().await;
+    assert_eq!(
+        *closes.0.lock().unwrap(),
+        [CloseReason::PoolDropped, CloseReason::PoolDropped]
+    );
+    assert_eq!(connector.stats.open(), 0);
+}

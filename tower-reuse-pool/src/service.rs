@@ -52,6 +52,11 @@ pub(crate) struct Shared<C, B> {
 
 impl<C, B> Drop for Shared<C, B> {
     fn drop(&mut self) {
+        // Connections close (and say so in events) rather than vanish.
+        let targets = self.targets.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, pool) in targets.drain() {
+            pool.shut_down();
+        }
         // Let the reaper see that the pool is gone.
         self.common.reaper_wake.notify_one();
     }

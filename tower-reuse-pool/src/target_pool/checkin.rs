@@ -10,7 +10,7 @@ use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, TlsHandshake};
 use crate::events::CloseReason;
 
-impl<B: Send + 'static> TargetPool<B> {
+impl<B> TargetPool<B> {
     /// A request gives its lease back.
     pub(crate) fn release(self: &Arc<Self>, lease: Lease<B>, outcome: Outcome) {
         let now = Instant::now();
@@ -50,6 +50,7 @@ impl<B: Send + 'static> TargetPool<B> {
         }
         conn.life.checkin(now);
         let reason = match outcome {
+            _ if state.shut => Some(CloseReason::PoolDropped),
             Outcome::Abandoned => Some(CloseReason::Abandoned),
             Outcome::Failed => Some(CloseReason::Error),
             Outcome::GoAway => Some(CloseReason::GoAway),
@@ -114,10 +115,13 @@ impl<B: Send + 'static> TargetPool<B> {
         if conn.streams == 0 {
             if conn.life.is_draining() || conn.tx.is_closed() {
                 let mut conn = state.h2.swap_remove(pos);
-                let reason = conn
-                    .life
-                    .retire_reason(config)
-                    .unwrap_or(CloseReason::ServerClosed);
+                let reason = if state.shut {
+                    CloseReason::PoolDropped
+                } else {
+                    conn.life
+                        .retire_reason(config)
+                        .unwrap_or(CloseReason::ServerClosed)
+                };
                 state.closed(&mut conn.life, reason, now, fx);
             } else {
                 fx.wake_reaper = conn.life.next_deadline(config, true);

@@ -13,7 +13,7 @@ use crate::connect::Opened;
 use crate::error::Error;
 use crate::events::{CloseReason, ConnectReason};
 
-impl<B: Send + 'static> TargetPool<B> {
+impl<B> TargetPool<B> {
     /// A new connection is ready.
     pub(crate) fn connected(
         self: &Arc<Self>,
@@ -35,6 +35,15 @@ impl<B: Send + 'static> TargetPool<B> {
                 state.prewarm_backoff = None;
             }
             state.protocol.get_or_insert(life.protocol);
+            if state.shut {
+                // The pool went away while this was connecting.
+                let mut life = life;
+                state.closed(&mut life, CloseReason::PoolDropped, now, &mut fx);
+                drop(opened);
+                drop(state);
+                self.finish(fx);
+                return;
+            }
             if reason == ConnectReason::Rotation {
                 self.retire_one(&mut state, now, &mut fx);
             }

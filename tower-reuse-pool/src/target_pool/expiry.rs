@@ -11,7 +11,7 @@ use crate::config::PoolConfig;
 use crate::conn::Lifecycle;
 use crate::events::{CloseReason, ConnectReason};
 
-impl<B: Send + 'static> TargetPool<B> {
+impl<B> TargetPool<B> {
     /// Close what has expired, start rotations and pre-warm connects; return
     /// the next deadline.
     pub(crate) fn reap(self: &Arc<Self>, now: Instant) -> Option<Instant> {
@@ -98,6 +98,44 @@ impl<B: Send + 'static> TargetPool<B> {
         }
         self.finish(fx);
         next
+    }
+
+    /// The pool was dropped: close what is free now (each reported as
+    /// `PoolDropped`), drain the rest, fail the waiters; connections still
+    /// in use close when they come back.
+    pub(crate) fn shut_down(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut fx = Effects::new();
+        let (waiters, dedicated) = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            state.shut = true;
+            while let Some(mut conn) = state.idle.pop() {
+                state.closed(&mut conn.life, CloseReason::PoolDropped, now, &mut fx);
+            }
+            let mut i = 0;
+            while i < state.h2.len() {
+                if state.h2[i].streams == 0 {
+                    let mut conn = state.h2.swap_remove(i);
+                    state.closed(&mut conn.life, CloseReason::PoolDropped, now, &mut fx);
+                } else {
+                    state.h2[i].life.drain();
+                    i += 1;
+                }
+            }
+            (
+                std::mem::take(&mut state.waiters),
+                std::mem::take(&mut state.dedicated_waiters),
+            )
+        };
+        let error = crate::error::Error::closed(&self.target, "the pool was dropped");
+        for waiter in waiters {
+            let _ = waiter.tx.send(Err(error.clone()));
+        }
+        for tx in dedicated {
+            let _ = tx.send(Err(error.clone()));
+        }
+        self.finish(fx);
     }
 
     /// Whether nothing is open, connecting or waiting, nothing was used for

@@ -245,6 +245,8 @@ struct State<B> {
     last_active: Instant,
     counters: Counters,
     override_config: Option<Arc<PoolConfig>>,
+    /// The pool was dropped: every connection closes as soon as it is free.
+    shut: bool,
 }
 
 impl<B> State<B> {
@@ -312,7 +314,7 @@ impl<B> Effects<B> {
     }
 }
 
-impl<B: Send + 'static> TargetPool<B> {
+impl<B> TargetPool<B> {
     pub(crate) fn new(target: Target, common: Arc<Common>, dial: Arc<dyn Dial<B>>) -> Self {
         let config = common.config.load();
         let protocol = if config.http2_prior_knowledge {
@@ -346,6 +348,7 @@ impl<B: Send + 'static> TargetPool<B> {
                 last_active: Instant::now(),
                 counters: Counters::default(),
                 override_config: None,
+                shut: false,
             }),
             common,
         }
@@ -556,6 +559,9 @@ impl<B: Send + 'static> TargetPool<B> {
 
     /// Start the connects the queue, pre-warming and limits call for.
     fn plan(&self, state: &mut State<B>, config: &PoolConfig, now: Instant, fx: &mut Effects<B>) {
+        if state.shut {
+            return;
+        }
         let max_open = config.max_connections();
         let max_connecting = config.max_connecting();
         let room = |state: &State<B>| {
