@@ -80,3 +80,23 @@ async fn scale_out_can_be_switched_off() {
     assert_eq!(server.stats.accepted(), 1);
     assert!(server.stats.peak_in_flight() <= 2);
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_holds_for_http2() {
+    let server = TestServer::start(ServerOptions::default()).await;
+    let mut client = pool(
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .max_requests_per_connection(Some(2)),
+    );
+    let url = server.url("/");
+    for i in 0..6 {
+        send(&mut client, get(&url, i)).await.unwrap();
+    }
+    assert_eq!(server.stats.accepted(), 3, "two requests per connection");
+    let target = client.control().snapshot().targets[0].clone();
+    assert!(
+        target.closed(tower_reuse_pool::events::CloseReason::MaxRequests) >= 2,
+        "{target:?}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -210,25 +210,31 @@ async fn connections_landing_after_the_burst_respect_max_idle() {
     assert_eq!(snapshot.closed(CloseReason::OverLimit), 3, "{snapshot:?}");
 }
 
-/// Reports `negotiated_h2()` on every connection, as ALPN would.
+/// Reports `negotiated_h2()` on every new connection while `h2` is set, as
+/// ALPN would (the server behind it speaks both).
 #[derive(Clone, Debug)]
-struct AlpnH2Connector(HttpConnector);
+struct AlpnH2Connector(HttpConnector, Arc<AtomicBool>);
 
 impl AlpnH2Connector {
     fn new() -> Self {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
-        AlpnH2Connector(tcp)
+        AlpnH2Connector(tcp, Arc::new(AtomicBool::new(true)))
     }
 }
 
 #[derive(Debug)]
-struct AlpnH2Io(TokioIo<TcpStream>);
+struct AlpnH2Io(TokioIo<TcpStream>, bool);
 
 impl Connection for AlpnH2Io {
     fn connected(&self) -> Connected {
-        self.0.connected().negotiated_h2()
+        let connected = self.0.connected();
+        if self.1 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }
 
@@ -271,7 +277,8 @@ impl Service<Uri> for AlpnH2Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.0.call(uri);
-        Box::pin(async move { connecting.await.map(AlpnH2Io) })
+        let h2 = self.1.load(Ordering::SeqCst);
+        Box::pin(async move { connecting.await.map(|io| AlpnH2Io(io, h2)) })
     }
 }
 
@@ -296,6 +303,42 @@ async fn alpn_through_a_tower_connector_speaks_http2_on_one_connection() {
         "a cold burst opened one connection"
     );
     assert_eq!(only(&client).protocol(), Some(Protocol::Http2));
+}
+
+#[tokio::test]
+async fn a_target_whose_alpn_changes_to_http1_gets_connections_for_every_waiter() {
+    // Every connection serves one request, so each request dials; the
+    // server answers after 50 ms, so a burst overlaps.
+    let server = TestServer::start(ServerOptions {
+        delay: Some(Duration::from_millis(50)),
+        ..ServerOptions::default()
+    })
+    .await;
+    let connector = AlpnH2Connector::new();
+    let client = client(
+        connector.clone(),
+        PoolConfig::default().max_requests_per_connection(Some(1)),
+    );
+    let url = format!("https://{}/", server.addr);
+    send(&mut client.clone(), get(&url, 0)).await.unwrap();
+    assert_eq!(only(&client).protocol(), Some(Protocol::Http2));
+    // The backend now negotiates HTTP/1.1: one connect no longer covers
+    // many waiters.
+    connector.1.store(false, Ordering::SeqCst);
+    send(&mut client.clone(), get(&url, 1)).await.unwrap();
+    assert_eq!(only(&client).protocol(), Some(Protocol::Http1));
+    let infos = concurrently(8, |i| {
+        let mut client = client.clone();
+        let url = url.clone();
+        async move { info(&send(&mut client, get(&url, 10 + i)).await.unwrap().0) }
+    })
+    .await;
+    assert!(infos.iter().all(|i| i.protocol() == Protocol::Http1));
+    assert!(
+        server.stats.peak_in_flight() >= 4,
+        "the burst's connects ran side by side (peak {})",
+        server.stats.peak_in_flight()
+    );
 }
 
 #[tokio::test]

@@ -109,6 +109,9 @@ impl<B> TargetPool<B> {
         match outcome {
             Outcome::GoAway => conn.life.drain(),
             Outcome::Failed if conn.tx.is_closed() => conn.life.drain(),
+            // Served its share (`max_requests_per_connection`), or the
+            // kill switch: closes when its last stream ends.
+            _ if conn.life.retire_reason(config).is_some() => conn.life.drain(),
             _ => {}
         }
         fx.checkin = Some((id, !conn.life.is_draining()));

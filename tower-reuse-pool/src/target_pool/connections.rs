@@ -34,7 +34,9 @@ impl<B> TargetPool<B> {
                 state.prewarming -= 1;
                 state.prewarm_backoff = None;
             }
-            state.protocol.get_or_insert(life.protocol);
+            // The newest connection says what the target speaks now: a
+            // backend whose ALPN changed is planned for as it is.
+            state.protocol = Some(life.protocol);
             if state.shut {
                 // The pool went away while this was connecting.
                 let mut life = life;

@@ -447,11 +447,13 @@ impl<B> TargetPool<B> {
         avoid: Option<ConnId>,
     ) -> Option<Granted<B>> {
         let learned = state.h2_learned;
-        if let Some(conn) = state
-            .h2
-            .iter_mut()
-            .find(|c| Some(c.life.id) != avoid && c.has_room(learned))
-        {
+        if let Some(conn) = state.h2.iter_mut().find(|c| {
+            Some(c.life.id) != avoid
+                && c.has_room(learned)
+                && config
+                    .max_requests_per_connection
+                    .is_none_or(|max| c.life.served < max)
+        }) {
             conn.streams += 1;
             let idle_for = conn.life.checkout(now);
             let reused = conn.life.served > 1;
