@@ -615,7 +615,8 @@ async fn a_middlebox_resetting_idle_connections_resets_none_once_the_pool_is_tol
     // Gaps between requests, in tenths of a second: some under the
     // middlebox's limit, some over.
     const GAPS: [u64; 16] = [1, 15, 30, 5, 25, 2, 40, 19, 21, 3, 35, 8, 22, 1, 50, 12];
-    async fn run(config: PoolConfig) -> u64 {
+    /// The middlebox's resets, and the pool's stale skips and retries.
+    async fn run(config: PoolConfig) -> (u64, u64) {
         let connector =
             DuplexConnector::new(ServerOptions::default()).with_idle_reset(Duration::from_secs(2));
         let mut client = client(connector.clone(), config);
@@ -625,17 +626,27 @@ async fn a_middlebox_resetting_idle_connections_resets_none_once_the_pool_is_tol
                 .await
                 .unwrap_or_else(|e| panic!("request {id} failed: {e}"));
         }
-        connector.resets.load(Ordering::SeqCst)
+        let target = only(&client);
+        (
+            connector.resets.load(Ordering::SeqCst),
+            target.stale_skips() + target.retries(),
+        )
     }
     let told = PoolConfig::default().idle_timeout(Some(Duration::from_millis(1500)));
-    let resets = run(told).await;
+    let (resets, _) = run(told).await;
     assert_eq!(
         resets, 0,
         "the pool retired idle connections before the middlebox"
     );
-    let resets = run(PoolConfig::default()).await;
+    let (resets, recovered) = run(PoolConfig::default()).await;
     assert!(
         resets > 0,
         "with a 55 s idle timeout the middlebox resets some"
+    );
+    // Each reset met a request that went out again on a new connection,
+    // and the pool counted it.
+    assert_eq!(
+        recovered, resets,
+        "every reset request was skipped or retried"
     );
 }

@@ -23,6 +23,7 @@ pub struct TargetSnapshot {
     pub(crate) checkouts: u64,
     pub(crate) connect_errors: u64,
     pub(crate) retries: u64,
+    pub(crate) stale_skips: u64,
     pub(crate) tls_full: u64,
     pub(crate) tls_resumed: u64,
     pub(crate) closed: [u64; CloseReason::ALL.len()],
@@ -73,6 +74,13 @@ impl TargetSnapshot {
     pub fn retries(&self) -> u64 {
         self.retries
     }
+    /// Requests that found their pooled connection closed before anything
+    /// was written and moved on to another (not retries: nothing reached a
+    /// server).
+    pub fn stale_skips(&self) -> u64 {
+        self.stale_skips
+    }
+
     /// Connections opened with a full TLS handshake (with or without a retry).
     pub fn tls_full(&self) -> u64 {
         self.tls_full

@@ -505,6 +505,7 @@ where
             } => {
                 if reason == RetryReason::Unwritten && stale < 8 {
                     stale += 1;
+                    pool.count_stale_skip();
                 } else if retried.is_none() {
                     retried = Some(reason);
                     pool.count_retry();

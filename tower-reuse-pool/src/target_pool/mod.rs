@@ -202,6 +202,7 @@ struct Counters {
     checkouts: u64,
     connect_errors: u64,
     retries: u64,
+    stale_skips: u64,
     tls_full: u64,
     tls_resumed: u64,
     closed: [u64; CloseReason::ALL.len()],
@@ -681,6 +682,12 @@ impl<B> TargetPool<B> {
         self.lock().counters.retries += 1;
     }
 
+    /// A request moved on from a pooled connection found closed before
+    /// anything was written (not a retry: nothing reached a server).
+    pub(crate) fn count_stale_skip(&self) {
+        self.lock().counters.stale_skips += 1;
+    }
+
     pub(crate) fn set_override(self: &Arc<Self>, config: Option<Arc<PoolConfig>>) {
         self.lock().override_config = config;
         self.common.reaper_wake.notify_one();
@@ -706,6 +713,7 @@ impl<B> TargetPool<B> {
             checkouts: state.counters.checkouts,
             connect_errors: state.counters.connect_errors,
             retries: state.counters.retries,
+            stale_skips: state.counters.stale_skips,
             tls_full: state.counters.tls_full,
             tls_resumed: state.counters.tls_resumed,
             closed: state.counters.closed,
