@@ -346,7 +346,7 @@ fn classify(
         return (Outcome::Failed, Some(RetryReason::Unwritten));
     }
     if protocol == Protocol::Http2 {
-        if let Some(h2) = find_h2(error) {
+        if let Some(h2) = source_of::<h2::Error>(error) {
             if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
                 return (Outcome::Done, Some(RetryReason::RefusedStream));
             }
@@ -370,26 +370,22 @@ fn classify(
 /// Whether the connection was reset or broken under the request: for a
 /// reused connection the same race as a close.
 fn is_reset(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = err.source();
-    }
-    false
+    source_of::<std::io::Error>(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        )
+    })
 }
 
-fn find_h2(error: &hyper::Error) -> Option<&h2::Error> {
+/// The first error of type `T` in `error`'s source chain.
+fn source_of<T: std::error::Error + 'static>(error: &hyper::Error) -> Option<&T> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return Some(h2);
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
         }
         source = err.source();
     }
