@@ -17,6 +17,7 @@ use crate::attributes::{
     self, CLOSE_REASON, CONNECT_REASON, CONNECTION_REUSED, ERROR_TYPE, HTTP_CONNECTION_STATE,
     NETWORK_PROTOCOL_VERSION, PREWARM_OUTCOME, RETRY_REASON, TLS_HANDSHAKE,
 };
+use crate::bound::BoundF64;
 use crate::gauges::{self, Gauges};
 
 /// Bucket boundaries for `http.client.connection.duration`, in seconds:
@@ -103,17 +104,17 @@ struct Open {
 struct ConnAttributes {
     /// Server attributes and `network.protocol.version`.
     base: Vec<KeyValue>,
-    /// `tower_reuse.checkout.wait`'s attributes for a checkout of it as a
-    /// new connection (`reused` false) and as a reused one.
-    checkout_new: Vec<KeyValue>,
-    checkout_reused: Vec<KeyValue>,
+    /// Its `tower_reuse.checkout.wait` points as a new connection
+    /// (`reused` false) and as a reused one.
+    checkout_new: BoundF64,
+    checkout_reused: BoundF64,
     /// Its `http.client.open_connections` counts, idle and active.
     idle: Arc<AtomicI64>,
     active: Arc<AtomicI64>,
 }
 
 impl ConnAttributes {
-    fn checkout(&self, reused: bool) -> &[KeyValue] {
+    fn checkout(&self, reused: bool) -> &BoundF64 {
         if reused {
             &self.checkout_reused
         } else {
@@ -259,8 +260,14 @@ impl PoolEvents for OtelPoolEvents {
         let attributes = Arc::new(ConnAttributes {
             idle: open_connections.count(with(base.clone(), [state("idle")])),
             active: open_connections.count(with(base.clone(), [state("active")])),
-            checkout_new: with(target.clone(), [KeyValue::new(CONNECTION_REUSED, false)]),
-            checkout_reused: with(target, [KeyValue::new(CONNECTION_REUSED, true)]),
+            checkout_new: BoundF64::new(
+                &i.checkout_wait,
+                &with(target.clone(), [KeyValue::new(CONNECTION_REUSED, false)]),
+            ),
+            checkout_reused: BoundF64::new(
+                &i.checkout_wait,
+                &with(target, [KeyValue::new(CONNECTION_REUSED, true)]),
+            ),
             base,
         });
         gauges::add(&attributes.idle, 1);
@@ -309,10 +316,7 @@ impl PoolEvents for OtelPoolEvents {
         };
         let wait = attributes::seconds(event.wait());
         match attributes {
-            Some(attributes) => self
-                .instruments
-                .checkout_wait
-                .record(wait, attributes.checkout(event.reused())),
+            Some(attributes) => attributes.checkout(event.reused()).record(wait),
             None => self.instruments.checkout_wait.record(
                 wait,
                 &with(

@@ -7,28 +7,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::Response;
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span, Status, TraceContextExt};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::attributes::{self, ERROR_TYPE, HTTP_RESPONSE_STATUS_CODE, NETWORK_PROTOCOL_VERSION};
+use crate::attributes::{self, ERROR_TYPE};
 use crate::gauges;
-use crate::service::{Instruments, RequestTarget};
+use crate::service::{Outcome, RequestTarget};
 
 pin_project! {
     /// The future [`Otel`](crate::Otel) returns: the inner response future,
     /// recorded when it completes. Dropped before that, it still takes the
-    /// request out of `http.client.active_requests`.
-    pub struct ResponseFuture<F> {
+    /// request out of `http.client.active_requests`, and the span `S` ends
+    /// as dropped.
+    pub struct ResponseFuture<F, S> {
         #[pin]
         inner: F,
-        recording: Option<Recording>,
+        recording: Option<Recording<S>>,
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, recording: Recording) -> Self {
+impl<F, S> ResponseFuture<F, S> {
+    pub(crate) fn new(inner: F, recording: Recording<S>) -> Self {
         ResponseFuture {
             inner,
             recording: Some(recording),
@@ -36,16 +37,17 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, S> fmt::Debug for ResponseFuture<F, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, S, B, E> Future for ResponseFuture<F, S>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: 'static,
+    S: Span,
 {
     type Output = Result<Response<B>, E>;
 
@@ -68,42 +70,40 @@ where
     }
 }
 
-/// One request's span and metric attributes, until its response head.
-/// Counted in `http.client.active_requests` from its creation to its drop.
-pub(crate) struct Recording {
+/// One request's span and target, until its response head. Counted in
+/// `http.client.active_requests` from its creation to its drop.
+pub(crate) struct Recording<S> {
+    /// The request's span, owned here: recorded and ended without the
+    /// lock and dynamic dispatch of a span shared through a `Context`.
+    span: S,
+    /// The caller's context with the span's context as the current span:
+    /// what the inner service runs in, so its spans are the request's
+    /// children and propagators send the request's trace.
     otel_cx: opentelemetry::Context,
     target: Arc<RequestTarget>,
     start: Instant,
-    instruments: Arc<Instruments>,
 }
 
-impl Recording {
-    pub(crate) fn new(
-        otel_cx: opentelemetry::Context,
-        target: Arc<RequestTarget>,
-        start: Instant,
-        instruments: Arc<Instruments>,
-    ) -> Self {
+impl<S: Span> Recording<S> {
+    pub(crate) fn new(span: S, target: Arc<RequestTarget>, start: Instant) -> Self {
+        let otel_cx =
+            opentelemetry::Context::current().with_remote_span_context(span.span_context().clone());
         gauges::add(&target.active, 1);
         Recording {
+            span,
             otel_cx,
             target,
             start,
-            instruments,
         }
     }
 
-    /// The target's attributes with room for `extra` more.
-    fn metric_attributes(&self, extra: usize) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(self.target.attributes.len() + extra);
-        attributes.extend_from_slice(&self.target.attributes);
-        attributes
+    /// The context the inner service runs in.
+    pub(crate) fn context(&self) -> &opentelemetry::Context {
+        &self.otel_cx
     }
 
-    fn response<B>(self, response: &Response<B>) {
+    fn response<B>(mut self, response: &Response<B>) {
         let status = response.status().as_u16();
-        let mut metric = self.metric_attributes(3);
-        metric.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
         #[cfg(feature = "pool")]
         let info = response
             .extensions()
@@ -115,40 +115,32 @@ impl Recording {
         };
         #[cfg(not(feature = "pool"))]
         let version = attributes::version(response.version());
-        if let Some(version) = version {
-            metric.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, version));
-        }
-        if status >= 400 {
-            metric.push(KeyValue::new(ERROR_TYPE, Value::from(status.to_string())));
-        }
-        self.instruments
-            .duration
-            .record(attributes::seconds(self.start.elapsed()), &metric);
+        let outcome = Outcome::Response { status, version };
+        self.target
+            .record_duration(outcome, attributes::seconds(self.start.elapsed()));
 
-        // The span's attributes in one batch: the response's (those after
-        // the target's in `metric`), then the connection's.
-        let span = self.otel_cx.span();
+        // The span's attributes in one batch: the response's, then the
+        // connection's.
+        let span = &mut self.span;
         if status >= 400 {
             span.set_status(Status::error(""));
         }
-        let response_attributes = metric.drain(self.target.attributes.len()..);
         #[cfg(feature = "pool")]
         match info {
-            Some(info) => span.set_attributes(response_attributes.chain(connection_facts(info))),
-            None => span.set_attributes(response_attributes),
+            Some(info) => span.set_attributes(outcome.attributes().chain(connection_facts(info))),
+            None => span.set_attributes(outcome.attributes()),
         }
         #[cfg(not(feature = "pool"))]
-        span.set_attributes(response_attributes);
+        span.set_attributes(outcome.attributes());
         span.end();
     }
 
-    fn error(self, error_type: &'static str) {
-        let mut metric = self.metric_attributes(1);
-        metric.push(KeyValue::new(ERROR_TYPE, error_type));
-        self.instruments
-            .duration
-            .record(attributes::seconds(self.start.elapsed()), &metric);
-        let span = self.otel_cx.span();
+    fn error(mut self, error_type: &'static str) {
+        self.target.record_duration(
+            Outcome::Error(error_type),
+            attributes::seconds(self.start.elapsed()),
+        );
+        let span = &mut self.span;
         span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
         span.set_status(Status::error(error_type));
         span.end();
@@ -183,7 +175,7 @@ fn connection_facts(info: &tower_reuse_pool::ConnectionInfo) -> impl Iterator<It
     .flatten()
 }
 
-impl Drop for Recording {
+impl<S> Drop for Recording<S> {
     fn drop(&mut self) {
         gauges::add(&self.target.active, -1);
     }

@@ -108,6 +108,7 @@
 //! - `pool` (default): [`OtelPoolEvents`] and the connection facts on spans.
 
 mod attributes;
+mod bound;
 #[cfg(feature = "pool")]
 mod events;
 pub mod future;

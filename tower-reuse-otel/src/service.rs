@@ -1,19 +1,21 @@
 //! `Otel`: the service that records a span and metrics per request.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
-use std::sync::atomic::AtomicI64;
-
 use http::{Request, Response, Uri};
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanKind, Tracer};
+use opentelemetry::{KeyValue, Value};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::attributes::{self, HTTP_REQUEST_METHOD};
+use crate::attributes::{
+    self, ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, NETWORK_PROTOCOL_VERSION,
+};
+use crate::bound::BoundF64;
 use crate::future::{Recording, ResponseFuture};
 use crate::gauges::Gauges;
 
@@ -26,7 +28,7 @@ pub(crate) const REQUEST_DURATION_BOUNDARIES: [f64; 14] = [
 /// The request instruments, shared by every clone of a layer's services.
 #[derive(Debug)]
 pub(crate) struct Instruments {
-    pub(crate) duration: Histogram<f64>,
+    duration: Histogram<f64>,
     /// `http.client.active_requests`, one count per request attribute set.
     active: Gauges,
 }
@@ -49,8 +51,8 @@ impl Instruments {
         }
     }
 
-    /// The attributes and in-flight count of requests like `method uri`,
-    /// built once per target.
+    /// The attributes, in-flight count and duration points of requests
+    /// like `method uri`, built once per target.
     fn target(&self, method: &'static str, uri: &Uri) -> Arc<RequestTarget> {
         let mut attributes = Vec::with_capacity(4);
         attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
@@ -62,34 +64,94 @@ impl Instruments {
         Arc::new(RequestTarget {
             method,
             scheme: uri.scheme_str().map(Box::from),
-            host: uri.host().map(Box::from),
-            port: uri.port_u16(),
+            authority: uri.authority().map(|a| Box::from(a.as_str())),
             active: self.active.count(attributes.clone()),
             attributes: attributes.into(),
+            duration: self.duration.clone(),
+            durations: RwLock::default(),
         })
     }
 }
 
-/// What every request to one target (method, scheme, host, port) records
-/// alike: its attributes, built once, and its `http.client.active_requests`
-/// count.
+/// Most outcomes (status and protocol, or error) whose
+/// `http.client.request.duration` point a target keeps resolved; rarer
+/// ones are recorded with their attributes each time.
+const MAX_OUTCOMES: usize = 32;
+
+/// How a request ended, as far as its metric attributes tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A response head with this status, on this protocol version.
+    Response {
+        status: u16,
+        version: Option<&'static str>,
+    },
+    /// No response: `error.type`.
+    Error(&'static str),
+}
+
+impl Outcome {
+    /// `http.response.status_code`, `network.protocol.version` and
+    /// `error.type`, as far as they apply.
+    pub(crate) fn attributes(self) -> impl Iterator<Item = KeyValue> {
+        let (status, version, error) = match self {
+            Outcome::Response { status, version } => (
+                Some(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status))),
+                version.map(|v| KeyValue::new(NETWORK_PROTOCOL_VERSION, v)),
+                (status >= 400).then(|| KeyValue::new(ERROR_TYPE, Value::from(status.to_string()))),
+            ),
+            Outcome::Error(error) => (None, None, Some(KeyValue::new(ERROR_TYPE, error))),
+        };
+        [status, version, error].into_iter().flatten()
+    }
+}
+
+/// What every request to one target (method, scheme, authority) records
+/// alike: its attributes, built once, its `http.client.active_requests`
+/// count and its `http.client.request.duration` points.
 #[derive(Debug)]
 pub(crate) struct RequestTarget {
     method: &'static str,
     scheme: Option<Box<str>>,
-    host: Option<Box<str>>,
-    port: Option<u16>,
+    /// Compared, never recorded (it may hold user info).
+    authority: Option<Box<str>>,
     /// `http.request.method`, `server.address`, `server.port`, `url.scheme`.
     pub(crate) attributes: Arc<[KeyValue]>,
     pub(crate) active: Arc<AtomicI64>,
+    duration: Histogram<f64>,
+    /// The duration point of each outcome seen, resolved once.
+    durations: RwLock<Vec<(Outcome, BoundF64)>>,
 }
 
 impl RequestTarget {
     fn is(&self, method: &'static str, uri: &Uri) -> bool {
         self.method == method
             && self.scheme.as_deref() == uri.scheme_str()
-            && self.host.as_deref() == uri.host()
-            && self.port == uri.port_u16()
+            && self.authority.as_deref() == uri.authority().map(|a| a.as_str())
+    }
+
+    /// Records a request's `http.client.request.duration`.
+    pub(crate) fn record_duration(&self, outcome: Outcome, seconds: f64) {
+        let durations = self
+            .durations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, point)) = durations.iter().find(|(o, _)| *o == outcome) {
+            point.record(seconds);
+            return;
+        }
+        drop(durations);
+        let mut attributes = self.attributes.to_vec();
+        attributes.extend(outcome.attributes());
+        let point = BoundF64::new(&self.duration, &attributes);
+        point.record(seconds);
+        let mut durations = self
+            .durations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if durations.len() < MAX_OUTCOMES && !durations.iter().any(|(o, _)| *o == outcome) {
+            durations.push((outcome, point));
+        }
     }
 }
 
@@ -162,7 +224,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, T::Span>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -185,15 +247,9 @@ where
             .with_kind(SpanKind::Client)
             .with_attributes(span_attributes(&target.attributes))
             .start(&*self.tracer);
-        let otel_cx = opentelemetry::Context::current_with_span(span);
-        let recording = Recording::new(
-            otel_cx.clone(),
-            target,
-            Instant::now(),
-            self.instruments.clone(),
-        );
+        let recording = Recording::new(span, target, Instant::now());
         let inner = {
-            let _current = otel_cx.attach();
+            let _current = recording.context().clone().attach();
             self.inner.call(req)
         };
         ResponseFuture::new(inner, recording)
