@@ -14,9 +14,9 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
 use tower::Layer;
-use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
-use tower_reuse_pool::tls::TlsLayer;
-use tower_reuse_pool::{Connect, Pool, PoolConfig, PoolLayer};
+use tower_reuse_otel::{ConnectionSpans, Otel, OtelLayer, OtelPoolEvents, OtelSessionCache};
+use tower_reuse_pool::tls::{SessionCache, TlsLayer};
+use tower_reuse_pool::{Connect, Partition, Pool, PoolConfig, PoolLayer};
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::tls_server::{Alpn, TestCa, TlsServer, TlsServerOptions};
@@ -164,6 +164,13 @@ fn summarise_data<T: Copy + std::fmt::Debug>(
                 .map(|p| (attribute_map(p.attributes()), to_f64(p.value())))
                 .collect(),
         ),
+        MetricData::Gauge(gauge) => (
+            "Gauge",
+            gauge
+                .data_points()
+                .map(|p| (attribute_map(p.attributes()), to_f64(p.value())))
+                .collect(),
+        ),
         MetricData::Histogram(histogram) => (
             "Histogram",
             histogram
@@ -267,8 +274,10 @@ async fn retry_run(telemetry: &Telemetry) {
     }
 }
 
-/// TLS 1.3, one request per connection: a full handshake, then a resumed one.
-async fn tls_run(telemetry: &Telemetry) {
+/// TLS 1.3, one request per connection: a full handshake, then a resumed
+/// one; the session cache is observed for as long as the returned value
+/// lives.
+async fn tls_run(telemetry: &Telemetry) -> OtelSessionCache {
     let ca = TestCa::new("otel-ca");
     let server = TlsServer::start(
         &ca,
@@ -279,7 +288,11 @@ async fn tls_run(telemetry: &Telemetry) {
         },
     )
     .await;
-    let connector = TlsLayer::new(Arc::new(ca.client_config(None))).layer(tcp());
+    let cache = SessionCache::default();
+    let observed = OtelSessionCache::new(&telemetry.meter_provider.meter("otel-test"), &cache);
+    let connector = TlsLayer::new(Arc::new(ca.client_config(None)))
+        .session_cache(Some(cache))
+        .layer(tcp());
     let mut client = telemetry.client(PoolConfig::default(), connector);
     for i in 0..2 {
         send(
@@ -289,6 +302,7 @@ async fn tls_run(telemetry: &Telemetry) {
         .await
         .unwrap();
     }
+    observed
 }
 
 /// TCP to loopback servers, letting `https` through for the TLS layer.
@@ -324,7 +338,8 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
     reuse_run(&telemetry, &server).await;
     refused_run(&telemetry).await;
     retry_run(&telemetry).await;
-    tls_run(&telemetry).await;
+    // Observed until the metrics are read.
+    let _session_cache = tls_run(&telemetry).await;
 
     let metrics = telemetry.metrics();
     let table = docs_table();
@@ -385,6 +400,48 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
     assert_eq!(duration.total(&[("http.response.status_code", "200")]), 6.0);
     let active = &metrics["http.client.active_requests"];
     assert_eq!(active.total(&[]), 0.0, "every request left: {active:?}");
+
+    // The derived figures. `reuse_run`'s target: the share of its
+    // checkouts that reused a connection, as the checkout histogram counts
+    // them; each pre-warmed connection reported when the pool closed it
+    // (served or not: which connection lands first serves the request).
+    let port = server.addr.port().to_string();
+    let at = [("server.port", port.as_str())];
+    let reused = wait.total(&[
+        ("server.port", &port),
+        ("tower_reuse.connection.reused", "true"),
+    ]);
+    assert!(reused >= 1.0);
+    assert_eq!(
+        metrics["tower_reuse.connection.reuse_ratio"].total(&at),
+        reused / wait.total(&at)
+    );
+    assert!(metrics["tower_reuse.handshake.time_avoided"].total(&at) > 0.0);
+    let prewarmed = metrics["tower_reuse.prewarm.connections"].total(&at);
+    assert!(prewarmed >= 1.0);
+    assert_eq!(
+        prewarmed,
+        opened.total(&[
+            ("server.port", &port),
+            ("tower_reuse.connect.reason", "prewarm")
+        ])
+    );
+    // The TLS target: one full handshake, one resumed, both seen by the
+    // session cache.
+    let tls_target = [("url.scheme", "https")];
+    assert_eq!(
+        metrics["tower_reuse.tls.resumption_ratio"].total(&tls_target),
+        0.5
+    );
+    let lookups = &metrics["tower_reuse.tls.session_cache.lookups"];
+    assert_eq!(
+        lookups.total(&[("tower_reuse.tls.session_cache.result", "hit")]),
+        1.0
+    );
+    assert_eq!(
+        lookups.total(&[("tower_reuse.tls.session_cache.result", "miss")]),
+        1.0
+    );
 
     // Nothing of any URL's path or query in any attribute.
     for (name, metric) in &metrics {
@@ -638,5 +695,154 @@ async fn active_requests_are_counted_per_target_while_in_flight() {
             .total(&[("server.port", &slow.addr.port().to_string())]),
         2.0,
         "the dropped request has no duration"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_opted_into_is_recorded() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let layer = telemetry
+        .layer()
+        .record_url_full()
+        .record_request_header(http::HeaderName::from_static("x-request-id"))
+        .record_response_header(http::HeaderName::from_static("x-request-id"))
+        .record_partition();
+    let hook = telemetry.hook().record_partition(true);
+    let pool = PoolLayer::new(PoolConfig::default())
+        .unwrap()
+        .events(hook)
+        .layer(tcp());
+    let mut client = layer.layer(pool);
+    let url = server.url(&format!("/opted{SECRET_QUERY}"));
+    let mut request = get(&url, 7);
+    request.extensions_mut().insert(Partition::new("tenant-7"));
+    send(&mut client, request).await.unwrap();
+
+    let spans = telemetry.finished_spans();
+    let span = &spans[0];
+    assert_eq!(
+        span_attribute(span, "url.full").as_deref(),
+        Some(url.as_str())
+    );
+    assert_eq!(
+        span_attribute(span, "http.request.header.x-request-id").as_deref(),
+        Some("[\"7\"]")
+    );
+    assert_eq!(
+        span_attribute(span, "http.response.header.x-request-id").as_deref(),
+        Some("[\"7\"]")
+    );
+    assert_eq!(
+        span_attribute(span, "tower_reuse.partition").as_deref(),
+        Some("tenant-7")
+    );
+    let metrics = telemetry.metrics();
+    for name in [
+        "tower_reuse.connection.opened",
+        "http.client.open_connections",
+        "tower_reuse.checkout.wait",
+    ] {
+        assert_eq!(
+            metrics[name].total(&[("tower_reuse.partition", "tenant-7")]),
+            1.0,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_link_to_the_span_of_their_connection() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let spans = ConnectionSpans::new(telemetry.tracer_provider.tracer("otel-test"));
+    let pool = PoolLayer::new(PoolConfig::default())
+        .unwrap()
+        .events(telemetry.hook().connection_spans(spans.clone()))
+        .layer(tcp());
+    let mut client = telemetry.layer().link_connection_spans(spans).layer(pool);
+    for i in 0..3 {
+        send(&mut client, get(&server.url("/"), i)).await.unwrap();
+    }
+    // The connection span ends when the connection closes: with the pool.
+    drop(client);
+
+    let finished = telemetry.finished_spans();
+    let (connections, requests): (Vec<_>, Vec<_>) = finished
+        .iter()
+        .partition(|span| span.name == "HTTP connection");
+    assert_eq!((connections.len(), requests.len()), (1, 3));
+    let connection = connections[0];
+    assert_eq!(
+        span_keys(connection),
+        set(&[
+            "server.address",
+            "server.port",
+            "url.scheme",
+            "network.protocol.version",
+            "tower_reuse.connection.id",
+            "tower_reuse.connect.reason",
+            "tower_reuse.close.reason",
+            "tower_reuse.connection.requests",
+        ])
+    );
+    assert_eq!(
+        span_attribute(connection, "tower_reuse.connection.requests").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        span_attribute(connection, "tower_reuse.close.reason").as_deref(),
+        Some("pool_dropped")
+    );
+    assert_eq!(
+        connection.parent_span_id,
+        opentelemetry::trace::SpanId::INVALID
+    );
+    for request in requests {
+        let links: Vec<_> = request
+            .links
+            .iter()
+            .map(|l| l.span_context.clone())
+            .collect();
+        assert_eq!(
+            links,
+            std::slice::from_ref(&connection.span_context),
+            "{}",
+            request.name
+        );
+        assert_eq!(
+            span_attribute(request, "tower_reuse.connection.id"),
+            span_attribute(connection, "tower_reuse.connection.id")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_of_two_pools_add_up() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let first = telemetry.hook();
+    let second = first.for_another_pool();
+    let mut clients = Vec::new();
+    for hook in [first, second] {
+        let pool = PoolLayer::new(PoolConfig::default())
+            .unwrap()
+            .events(hook)
+            .layer(tcp());
+        clients.push(telemetry.layer().layer(pool));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        send(client, get(&server.url("/"), i as u64)).await.unwrap();
+    }
+    let metrics = telemetry.metrics();
+    assert_eq!(
+        metrics["http.client.open_connections"].total(&[("http.connection.state", "idle")]),
+        2.0,
+        "one idle connection in each pool"
+    );
+    assert_eq!(
+        metrics["tower_reuse.connection.reuse_ratio"].total(&[]),
+        0.0,
+        "two checkouts, both on new connections"
     );
 }

@@ -12,6 +12,7 @@ pub(crate) const SERVER_PORT: &str = "server.port";
 pub(crate) const URL_SCHEME: &str = "url.scheme";
 pub(crate) const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
 pub(crate) const ERROR_TYPE: &str = "error.type";
+pub(crate) const URL_FULL: &str = "url.full";
 #[cfg(feature = "pool")]
 pub(crate) const TLS_RESUMED: &str = "tls.resumed";
 #[cfg(feature = "pool")]
@@ -36,6 +37,16 @@ pub(crate) const CLOSE_REASON: &str = "tower_reuse.close.reason";
 pub(crate) const TLS_HANDSHAKE: &str = "tower_reuse.tls.handshake";
 #[cfg(feature = "pool")]
 pub(crate) const PREWARM_OUTCOME: &str = "tower_reuse.prewarm.outcome";
+#[cfg(feature = "pool")]
+pub(crate) const PREWARM_SERVED: &str = "tower_reuse.prewarm.served";
+#[cfg(feature = "pool")]
+pub(crate) const CONNECTION_REQUESTS: &str = "tower_reuse.connection.requests";
+#[cfg(feature = "pool")]
+pub(crate) const PARTITION: &str = "tower_reuse.partition";
+#[cfg(feature = "tls")]
+pub(crate) const SESSION_CACHE_RESULT: &str = "tower_reuse.tls.session_cache.result";
+#[cfg(feature = "tls")]
+pub(crate) const SESSION_CACHE_EVICTION: &str = "tower_reuse.tls.session_cache.eviction";
 
 /// The method as the conventions spell it: one of the known methods, else
 /// `_OTHER` (so a client sending arbitrary methods cannot blow up
@@ -136,6 +147,12 @@ pub(crate) fn error_type<E: 'static>(error: &E) -> &'static str {
     #[cfg(not(feature = "pool"))]
     let _ = error;
     "_OTHER"
+}
+
+/// A connection id as an attribute value.
+#[cfg(feature = "pool")]
+pub(crate) fn conn_id(id: tower_reuse_pool::ConnId) -> i64 {
+    i64::try_from(id.get()).unwrap_or(i64::MAX)
 }
 
 /// A duration in seconds, as the conventions measure time.

@@ -5,8 +5,10 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::KeyValue;
+use opentelemetry::global::BoxedSpan;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tower_reuse_pool::events::{
     CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectReason, Connected, PoolEvents, Retried,
@@ -14,10 +16,13 @@ use tower_reuse_pool::events::{
 use tower_reuse_pool::{ConnId, Target};
 
 use crate::attributes::{
-    self, CLOSE_REASON, CONNECT_REASON, CONNECTION_REUSED, ERROR_TYPE, HTTP_CONNECTION_STATE,
-    NETWORK_PROTOCOL_VERSION, PREWARM_OUTCOME, RETRY_REASON, TLS_HANDSHAKE,
+    self, CLOSE_REASON, CONNECT_REASON, CONNECTION_ID, CONNECTION_REQUESTS, CONNECTION_REUSED,
+    ERROR_TYPE, HTTP_CONNECTION_STATE, NETWORK_PROTOCOL_VERSION, PARTITION, PREWARM_OUTCOME,
+    PREWARM_SERVED, RETRY_REASON, TLS_HANDSHAKE,
 };
 use crate::bound::BoundF64;
+use crate::connection_spans::ConnectionSpans;
+use crate::derived::{Derived, TargetStats};
 use crate::gauges::{self, Gauges};
 
 /// Bucket boundaries for `http.client.connection.duration`, in seconds:
@@ -50,11 +55,24 @@ const CHECKOUT_WAIT_BOUNDARIES: [f64; 15] = [
 /// # let _ = layer;
 /// ```
 pub struct OtelPoolEvents {
-    instruments: Instruments,
+    /// The instruments and per-target counts, shared with the hooks of
+    /// other pools made by [`for_another_pool`](Self::for_another_pool).
+    shared: Arc<Shared>,
     /// Open connections, by id: their attributes and requests in flight,
     /// so `http.client.open_connections` moves between idle and active
     /// consistently and each close takes away what its connect added.
     open: Mutex<OpenConnections>,
+    record_partition: bool,
+    connection_spans: Option<ConnectionSpans>,
+}
+
+/// What the hooks of several pools share: counts of one attribute set
+/// add up instead of overwriting each other's observations.
+struct Shared {
+    instruments: Instruments,
+    derived: Derived,
+    /// Each target's derived counts, made at its first connection.
+    targets: Mutex<HashMap<Target, Arc<TargetStats>>>,
 }
 
 /// Open connections by id. Ids are a pool's sequence numbers, so a
@@ -93,11 +111,14 @@ struct Instruments {
     tls_handshakes: Counter<u64>,
     retries: Counter<u64>,
     prewarm: Counter<u64>,
+    prewarm_closed: Counter<u64>,
 }
 
 struct Open {
     in_flight: u32,
     attributes: Arc<ConnAttributes>,
+    /// Its span, when connection spans are on.
+    span: Option<BoxedSpan>,
 }
 
 /// One connection's attribute sets and counts, built once at connect.
@@ -111,6 +132,8 @@ struct ConnAttributes {
     /// Its `http.client.open_connections` counts, idle and active.
     idle: Arc<AtomicI64>,
     active: Arc<AtomicI64>,
+    /// Its target's derived counts.
+    target: Arc<TargetStats>,
 }
 
 impl ConnAttributes {
@@ -175,11 +198,77 @@ impl OtelPoolEvents {
                 .with_description("Pre-warming connects, by outcome.")
                 .with_unit("{connect}")
                 .build(),
+            prewarm_closed: meter
+                .u64_counter("tower_reuse.prewarm.connections")
+                .with_description(
+                    "Pre-warmed connections at their close, by whether they served a request.",
+                )
+                .with_unit("{connection}")
+                .build(),
         };
         OtelPoolEvents {
-            instruments,
+            shared: Arc::new(Shared {
+                instruments,
+                derived: Derived::new(meter),
+                targets: Mutex::default(),
+            }),
             open: Mutex::new(OpenConnections::default()),
+            record_partition: false,
+            connection_spans: None,
         }
+    }
+
+    /// A hook for another pool recording into the same instruments, so
+    /// the two pools' counts of one target add up (two hooks built with
+    /// [`new`](Self::new) from one meter would each observe their own, and
+    /// the SDK keeps one observation per attribute set). Its options are
+    /// this hook's; give it its own [`ConnectionSpans`].
+    pub fn for_another_pool(&self) -> Self {
+        OtelPoolEvents {
+            shared: self.shared.clone(),
+            open: Mutex::new(OpenConnections::default()),
+            record_partition: self.record_partition,
+            connection_spans: None,
+        }
+    }
+
+    /// Opt-in: records each target's [`Partition`](tower_reuse_pool::Partition)
+    /// as `tower_reuse.partition` on every connection metric. A partition
+    /// often names a tenant: off by default, and a cardinality risk with
+    /// many partitions.
+    pub fn record_partition(mut self, on: bool) -> Self {
+        self.record_partition = on;
+        self
+    }
+
+    /// Opt-in: a span per connection (see [`ConnectionSpans`]).
+    pub fn connection_spans(mut self, spans: ConnectionSpans) -> Self {
+        self.connection_spans = Some(spans);
+        self
+    }
+
+    /// The attributes of `target`'s connection metrics.
+    fn target_attributes(&self, target: &Target) -> Vec<KeyValue> {
+        let mut attributes = target_attributes(target);
+        if self.record_partition
+            && let Some(partition) = target.partition()
+        {
+            attributes.push(KeyValue::new(PARTITION, partition.as_str().to_owned()));
+        }
+        attributes
+    }
+
+    /// `target`'s derived counts.
+    fn target_stats(&self, target: &Target, attributes: &[KeyValue]) -> Arc<TargetStats> {
+        let mut targets = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        targets
+            .entry(target.clone())
+            .or_insert_with(|| self.shared.derived.target(attributes.to_vec()))
+            .clone()
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
@@ -227,7 +316,9 @@ fn state(state: &'static str) -> KeyValue {
 
 impl PoolEvents for OtelPoolEvents {
     fn on_connect(&self, event: &Connected<'_>) {
-        let target = target_attributes(event.target());
+        let target = self.target_attributes(event.target());
+        let stats = self.target_stats(event.target(), &target);
+        stats.connected(event.duration(), event.tls());
         let base = with(
             target.clone(),
             [KeyValue::new(
@@ -236,16 +327,14 @@ impl PoolEvents for OtelPoolEvents {
             )],
         );
         let reason = KeyValue::new(CONNECT_REASON, connect_reason(event.reason()));
-        let i = &self.instruments;
-        i.opened.add(1, &with(base.clone(), [reason]));
-        if let Some(handshake) = event.tls() {
-            i.tls_handshakes.add(
-                1,
-                &with(
-                    target.clone(),
-                    [KeyValue::new(TLS_HANDSHAKE, handshake.as_str())],
-                ),
-            );
+        let i = &self.shared.instruments;
+        i.opened.add(1, &with(base.clone(), [reason.clone()]));
+        let handshake = event
+            .tls()
+            .map(|handshake| KeyValue::new(TLS_HANDSHAKE, handshake.as_str()));
+        if let Some(handshake) = &handshake {
+            i.tls_handshakes
+                .add(1, &with(target.clone(), [handshake.clone()]));
         }
         if event.reason() == ConnectReason::Prewarm {
             i.prewarm.add(
@@ -256,6 +345,17 @@ impl PoolEvents for OtelPoolEvents {
                 ),
             );
         }
+        let span = self.connection_spans.as_ref().map(|spans| {
+            let id = KeyValue::new(CONNECTION_ID, attributes::conn_id(event.id()));
+            let start = SystemTime::now()
+                .checked_sub(event.duration())
+                .unwrap_or(UNIX_EPOCH);
+            spans.start(
+                event.id(),
+                start,
+                with(base.clone(), [id, reason].into_iter().chain(handshake)),
+            )
+        });
         let open_connections = &i.open_connections;
         let attributes = Arc::new(ConnAttributes {
             idle: open_connections.count(with(base.clone(), [state("idle")])),
@@ -269,6 +369,7 @@ impl PoolEvents for OtelPoolEvents {
                 &with(target, [KeyValue::new(CONNECTION_REUSED, true)]),
             ),
             base,
+            target: stats,
         });
         gauges::add(&attributes.idle, 1);
         self.open().insert(
@@ -276,14 +377,15 @@ impl PoolEvents for OtelPoolEvents {
             Open {
                 in_flight: 0,
                 attributes,
+                span,
             },
         );
     }
 
     fn on_connect_error(&self, event: &ConnectFailed<'_>) {
-        let target = target_attributes(event.target());
+        let target = self.target_attributes(event.target());
         let error = KeyValue::new(ERROR_TYPE, attributes::pool_error(&event.error()));
-        let i = &self.instruments;
+        let i = &self.shared.instruments;
         i.connect_errors.add(
             1,
             &with(
@@ -316,11 +418,14 @@ impl PoolEvents for OtelPoolEvents {
         };
         let wait = attributes::seconds(event.wait());
         match attributes {
-            Some(attributes) => attributes.checkout(event.reused()).record(wait),
-            None => self.instruments.checkout_wait.record(
+            Some(attributes) => {
+                attributes.checkout(event.reused()).record(wait);
+                attributes.target.checked_out(event.reused());
+            }
+            None => self.shared.instruments.checkout_wait.record(
                 wait,
                 &with(
-                    target_attributes(event.target()),
+                    self.target_attributes(event.target()),
                     [KeyValue::new(CONNECTION_REUSED, event.reused())],
                 ),
             ),
@@ -343,8 +448,8 @@ impl PoolEvents for OtelPoolEvents {
     fn on_close(&self, event: &Closed<'_>) {
         let reason = KeyValue::new(CLOSE_REASON, event.reason().as_str());
         let closed = self.open().remove(&event.id());
-        let i = &self.instruments;
-        let base = match &closed {
+        let i = &self.shared.instruments;
+        let target = match &closed {
             Some(conn) => {
                 let state = if conn.in_flight > 0 {
                     &conn.attributes.active
@@ -354,19 +459,39 @@ impl PoolEvents for OtelPoolEvents {
                 gauges::add(state, -1);
                 conn.attributes.base.clone()
             }
-            None => target_attributes(event.target()),
+            None => self.target_attributes(event.target()),
         };
-        let attributes = with(base, [reason]);
+        if event.prewarmed() {
+            let served = event.requests_served() > 0;
+            i.prewarm_closed.add(
+                1,
+                &with(
+                    self.target_attributes(event.target()),
+                    [KeyValue::new(PREWARM_SERVED, served)],
+                ),
+            );
+        }
+        if let (Some(spans), Some(span)) =
+            (&self.connection_spans, closed.and_then(|conn| conn.span))
+        {
+            let served = i64::try_from(event.requests_served()).unwrap_or(i64::MAX);
+            spans.end(
+                event.id(),
+                span,
+                vec![reason.clone(), KeyValue::new(CONNECTION_REQUESTS, served)],
+            );
+        }
+        let attributes = with(target, [reason]);
         i.closed.add(1, &attributes);
         i.connection_duration
             .record(attributes::seconds(event.lifetime()), &attributes);
     }
 
     fn on_retry(&self, event: &Retried<'_>) {
-        self.instruments.retries.add(
+        self.shared.instruments.retries.add(
             1,
             &with(
-                target_attributes(event.target()),
+                self.target_attributes(event.target()),
                 [KeyValue::new(RETRY_REASON, event.reason().as_str())],
             ),
         );

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::attributes::{self, ERROR_TYPE};
 use crate::gauges;
+use crate::options::Options;
 use crate::service::{Outcome, RequestTarget};
 
 pin_project! {
@@ -81,11 +82,18 @@ pub(crate) struct Recording<S> {
     /// children and propagators send the request's trace.
     otel_cx: opentelemetry::Context,
     target: Arc<RequestTarget>,
+    /// The layer's opt-ins, when any reads the response.
+    options: Option<Arc<Options>>,
     start: Instant,
 }
 
 impl<S: Span> Recording<S> {
-    pub(crate) fn new(span: S, target: Arc<RequestTarget>, start: Instant) -> Self {
+    pub(crate) fn new(
+        span: S,
+        target: Arc<RequestTarget>,
+        options: Option<Arc<Options>>,
+        start: Instant,
+    ) -> Self {
         let otel_cx =
             opentelemetry::Context::current().with_remote_span_context(span.span_context().clone());
         gauges::add(&target.active, 1);
@@ -93,6 +101,7 @@ impl<S: Span> Recording<S> {
             span,
             otel_cx,
             target,
+            options,
             start,
         }
     }
@@ -132,6 +141,15 @@ impl<S: Span> Recording<S> {
         }
         #[cfg(not(feature = "pool"))]
         span.set_attributes(outcome.attributes());
+        if let Some(options) = &self.options {
+            span.set_attributes(options.response(response));
+            #[cfg(feature = "pool")]
+            if let (Some(spans), Some(info)) = (&options.connection_spans, info)
+                && let Some(connection) = spans.context(info.id())
+            {
+                span.add_link(connection, Vec::new());
+            }
+        }
         span.end();
     }
 
@@ -156,9 +174,8 @@ fn connection_facts(info: &tower_reuse_pool::ConnectionInfo) -> impl Iterator<It
     };
     use tower_reuse_pool::TlsHandshake;
 
-    let id = i64::try_from(info.id().get()).unwrap_or(i64::MAX);
     [
-        Some(KeyValue::new(CONNECTION_ID, id)),
+        Some(KeyValue::new(CONNECTION_ID, attributes::conn_id(info.id()))),
         Some(KeyValue::new(CONNECTION_REUSED, info.reused())),
         Some(KeyValue::new(
             CHECKOUT_WAIT,

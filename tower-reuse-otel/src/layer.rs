@@ -7,6 +7,9 @@ use opentelemetry::metrics::Meter;
 use opentelemetry::trace::Tracer;
 use tower_layer::Layer;
 
+use http::HeaderName;
+
+use crate::options::{Options, header_key};
 use crate::service::{Instruments, Otel};
 
 /// Wraps an HTTP client service in [`Otel`]: a client span per request and
@@ -34,6 +37,7 @@ use crate::service::{Instruments, Otel};
 pub struct OtelLayer<T> {
     tracer: Arc<T>,
     instruments: Arc<Instruments>,
+    options: Arc<Options>,
 }
 
 impl<T: Tracer> OtelLayer<T> {
@@ -42,7 +46,56 @@ impl<T: Tracer> OtelLayer<T> {
         OtelLayer {
             tracer: Arc::new(tracer),
             instruments: Arc::new(Instruments::new(meter)),
+            options: Arc::default(),
         }
+    }
+}
+
+impl<T> OtelLayer<T> {
+    fn options(&mut self) -> &mut Options {
+        Arc::make_mut(&mut self.options)
+    }
+
+    /// Opt-in: `url.full` on request spans, the whole URL with its query
+    /// string (user info never). Query strings often carry tokens and
+    /// personal data: off by default.
+    pub fn record_url_full(mut self) -> Self {
+        self.options().url_full = true;
+        self
+    }
+
+    /// Opt-in: the request header `name` on request spans, as
+    /// `http.request.header.<name>` (a string array, one per value).
+    pub fn record_request_header(mut self, name: HeaderName) -> Self {
+        let key = header_key("request", &name);
+        self.options().request_headers.push((name, key));
+        self
+    }
+
+    /// Opt-in: the response header `name` on request spans, as
+    /// `http.response.header.<name>` (a string array, one per value).
+    pub fn record_response_header(mut self, name: HeaderName) -> Self {
+        let key = header_key("response", &name);
+        self.options().response_headers.push((name, key));
+        self
+    }
+
+    /// Opt-in: the request's [`Partition`](tower_reuse_pool::Partition)
+    /// extension on request spans, as `tower_reuse.partition`. A partition
+    /// often names a tenant: off by default.
+    #[cfg(feature = "pool")]
+    pub fn record_partition(mut self) -> Self {
+        self.options().partition = true;
+        self
+    }
+
+    /// Opt-in: each request span links to the span of the connection it
+    /// was sent on; `spans` must also be given to the pool's
+    /// [`OtelPoolEvents`](crate::OtelPoolEvents), which records them.
+    #[cfg(feature = "pool")]
+    pub fn link_connection_spans(mut self, spans: crate::ConnectionSpans) -> Self {
+        self.options().connection_spans = Some(spans);
+        self
     }
 }
 
@@ -51,6 +104,7 @@ impl<T> Clone for OtelLayer<T> {
         OtelLayer {
             tracer: self.tracer.clone(),
             instruments: self.instruments.clone(),
+            options: self.options.clone(),
         }
     }
 }
@@ -65,6 +119,11 @@ impl<S, T> Layer<S> for OtelLayer<T> {
     type Service = Otel<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Otel::new(inner, self.tracer.clone(), self.instruments.clone())
+        Otel::new(
+            inner,
+            self.tracer.clone(),
+            self.instruments.clone(),
+            self.options.clone(),
+        )
     }
 }

@@ -56,14 +56,28 @@
 //! | `tower_reuse.tls.handshakes` | Counter | `{handshake}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.tls.handshake` | [`OtelPoolEvents`], per new TLS connection |
 //! | `tower_reuse.retries` | Counter | `{retry}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.retry.reason` | [`OtelPoolEvents`] |
 //! | `tower_reuse.prewarm.connects` | Counter | `{connect}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.prewarm.outcome`, `error.type` (when failed) | [`OtelPoolEvents`], per pre-warming connect |
+//! | `tower_reuse.prewarm.connections` | Counter | `{connection}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.prewarm.served` | [`OtelPoolEvents`], per pre-warmed connection at its close: whether it served a request before it closed |
+//! | `tower_reuse.connection.reuse_ratio` | ObservableGauge | `1` | `server.address`, `server.port`, `url.scheme` | [`OtelPoolEvents`]: of the checkouts since the previous collection, the share that reused a connection (no point when there were none) |
+//! | `tower_reuse.handshake.time_avoided` | ObservableCounter | `s` | `server.address`, `server.port`, `url.scheme` | [`OtelPoolEvents`]: per reused checkout, the target's mean measured connect time (TCP, TLS and HTTP handshakes) |
+//! | `tower_reuse.tls.resumption_ratio` | ObservableGauge | `1` | `server.address`, `server.port`, `url.scheme` | [`OtelPoolEvents`]: of the new TLS connections since the previous collection, the share that resumed a session (no point when there were none) |
+//! | `tower_reuse.tls.session_cache.lookups` | ObservableCounter | `{lookup}` | `tower_reuse.tls.session_cache.result` | [`OtelSessionCache`] (feature `tls`): a new TLS connection's look for a session, `hit` or `miss` |
+//! | `tower_reuse.tls.session_cache.tickets` | ObservableUpDownCounter | `{ticket}` | none | [`OtelSessionCache`]: TLS 1.3 tickets held |
+//! | `tower_reuse.tls.session_cache.evictions` | ObservableCounter | `{eviction}` | `tower_reuse.tls.session_cache.eviction` | [`OtelSessionCache`]: entries dropped, `server_lru`, `ticket_lru` or `ticket_expired` |
 //!
-//! The two up-down counters are observable: a request or checkout only
-//! adds to an atomic count, and the SDK reads the counts when it collects.
-//! Exported, they are the same non-monotonic sums a synchronous
-//! `UpDownCounter` gives. Each [`OtelLayer`] (with its clones) and each
-//! [`OtelPoolEvents`] observes its own counts: two of them built from one
-//! meter should not count the same attribute set (the same target), as
-//! the SDK keeps one observation per attribute set, not their sum.
+//! The observable instruments cost the request path an atomic add: the
+//! SDK reads the counts when it collects. Exported, the up-down counters
+//! are the same non-monotonic sums a synchronous `UpDownCounter` gives.
+//! Each [`OtelLayer`] (with its clones) and each [`OtelPoolEvents`] (with
+//! the hooks made by [`OtelPoolEvents::for_another_pool`]) observes its own
+//! counts: two built apart from one meter should not count the same
+//! attribute set (the same target), as the SDK keeps one observation per
+//! attribute set, not their sum. Clone the layer, and make the hook of a
+//! second pool with `for_another_pool`.
+//!
+//! With the feature `bound-instruments` the histograms are recorded
+//! through OpenTelemetry's bound instruments (an experimental API of
+//! `opentelemetry` 0.33): each attribute set is resolved once instead of
+//! hashed per measurement, about 2 000 instructions per request less.
 //!
 //! Attribute values:
 //!
@@ -82,6 +96,9 @@
 //! - `tower_reuse.retry.reason`: [`RetryReason::as_str`](tower_reuse_pool::events::RetryReason::as_str).
 //! - `tower_reuse.tls.handshake`: `full`, `full_with_retry`, `resumed`.
 //! - `tower_reuse.prewarm.outcome`: `connected` or `failed`.
+//! - `tower_reuse.prewarm.served`: `true` or `false`.
+//! - `tower_reuse.tls.session_cache.result`: `hit` or `miss`.
+//! - `tower_reuse.partition` (opt-in, see below): the partition's name.
 //!
 //! # Spans
 //!
@@ -97,26 +114,57 @@
 //! connections), `tls.resumed` (encrypted connections) and
 //! `tower_reuse.retry.reason` (retried requests).
 //!
-//! # What is never recorded
+//! Opt-in, with [`ConnectionSpans`] given to both the hook and the layer: a
+//! span per connection (`HTTP connection`, from the start of its connect
+//! to its close, with its target, protocol, id, connect reason, TLS
+//! handshake, close reason and requests served), and on each request span
+//! a link to the span of the connection it was sent on.
 //!
-//! No URL path or query string, no header value, no pool partition, no
-//! error message: only the scheme, host and port of a request, and
-//! low-cardinality values.
+//! # What is recorded only when asked
+//!
+//! By default no URL path or query string, no header value, no pool
+//! partition, no error message: only the scheme, host and port of a
+//! request, and low-cardinality values. Each of these is opted into:
+//!
+//! - [`OtelLayer::record_url_full`]: `url.full` on request spans, query
+//!   string included (user info never);
+//! - [`OtelLayer::record_request_header`] and
+//!   [`OtelLayer::record_response_header`]: `http.request.header.<name>`
+//!   and `http.response.header.<name>` on request spans;
+//! - [`OtelLayer::record_partition`] and
+//!   [`OtelPoolEvents::record_partition`]: `tower_reuse.partition` on
+//!   request spans, and on every connection metric.
 //!
 //! # Features
 //!
-//! - `pool` (default): [`OtelPoolEvents`] and the connection facts on spans.
+//! - `pool` (default): [`OtelPoolEvents`], [`ConnectionSpans`] and the
+//!   connection facts on spans.
+//! - `tls`: [`OtelSessionCache`], the pool's TLS session cache as metrics.
+//! - `bound-instruments`: histograms through OpenTelemetry's bound
+//!   instruments (see above); switches on `opentelemetry_sdk`'s feature of
+//!   the same name, which implements them.
 
 mod attributes;
 mod bound;
+#[cfg(feature = "pool")]
+mod connection_spans;
+#[cfg(feature = "pool")]
+mod derived;
 #[cfg(feature = "pool")]
 mod events;
 pub mod future;
 mod gauges;
 mod layer;
+mod options;
 mod service;
+#[cfg(feature = "tls")]
+mod session_cache;
 
+#[cfg(feature = "pool")]
+pub use connection_spans::ConnectionSpans;
 #[cfg(feature = "pool")]
 pub use events::OtelPoolEvents;
 pub use layer::OtelLayer;
 pub use service::Otel;
+#[cfg(feature = "tls")]
+pub use session_cache::OtelSessionCache;

@@ -18,6 +18,7 @@ use crate::attributes::{
 use crate::bound::BoundF64;
 use crate::future::{Recording, ResponseFuture};
 use crate::gauges::Gauges;
+use crate::options::Options;
 
 /// Bucket boundaries for `http.client.request.duration`, in seconds: the
 /// semantic conventions' advice.
@@ -166,16 +167,23 @@ pub struct Otel<S, T> {
     inner: S,
     tracer: Arc<T>,
     instruments: Arc<Instruments>,
+    options: Arc<Options>,
     /// The last request's target, reused while requests go to it.
     last_target: Option<Arc<RequestTarget>>,
 }
 
 impl<S, T> Otel<S, T> {
-    pub(crate) fn new(inner: S, tracer: Arc<T>, instruments: Arc<Instruments>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        tracer: Arc<T>,
+        instruments: Arc<Instruments>,
+        options: Arc<Options>,
+    ) -> Self {
         Otel {
             inner,
             tracer,
             instruments,
+            options,
             last_target: None,
         }
     }
@@ -202,6 +210,7 @@ impl<S: Clone, T> Clone for Otel<S, T> {
             inner: self.inner.clone(),
             tracer: self.tracer.clone(),
             instruments: self.instruments.clone(),
+            options: self.options.clone(),
             last_target: self.last_target.clone(),
         }
     }
@@ -241,13 +250,18 @@ where
             }
         };
         let name = if method == "_OTHER" { "HTTP" } else { method };
+        let mut attributes = span_attributes(&target.attributes);
+        if self.options.reads_request() {
+            self.options.request(&req, &mut attributes);
+        }
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
-            .with_attributes(span_attributes(&target.attributes))
+            .with_attributes(attributes)
             .start(&*self.tracer);
-        let recording = Recording::new(span, target, Instant::now());
+        let options = self.options.reads_response().then(|| self.options.clone());
+        let recording = Recording::new(span, target, options, Instant::now());
         let inner = {
             let _current = recording.context().clone().attach();
             self.inner.call(req)

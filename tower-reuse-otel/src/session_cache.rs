@@ -1,0 +1,93 @@
+//! `OtelSessionCache`: a TLS session cache's counts as metrics.
+
+use std::fmt;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Meter, ObservableCounter, ObservableUpDownCounter};
+use tower_reuse_pool::tls::{SessionCache, SessionCacheStats};
+
+use crate::attributes::{SESSION_CACHE_EVICTION, SESSION_CACHE_RESULT};
+
+/// A [`SessionCache`]'s counts as observable metrics, read from
+/// [`SessionCache::stats`] when the SDK collects (see the
+/// [crate docs](crate) for the instruments). Keep it as long as the cache
+/// should be observed.
+///
+/// One per cache and meter: two caches observed through one meter would
+/// overwrite each other's points.
+///
+/// ```
+/// use opentelemetry::global;
+/// use tower_reuse_otel::OtelSessionCache;
+/// use tower_reuse_pool::tls::SessionCache;
+///
+/// let cache = SessionCache::default();
+/// let observed = OtelSessionCache::new(&global::meter("my-client"), &cache);
+/// # let _ = observed;
+/// ```
+pub struct OtelSessionCache {
+    /// Kept with the cache they read.
+    _instruments: (
+        ObservableCounter<u64>,
+        ObservableUpDownCounter<i64>,
+        ObservableCounter<u64>,
+    ),
+}
+
+impl OtelSessionCache {
+    /// Observes `cache` with `meter`.
+    pub fn new(meter: &Meter, cache: &SessionCache) -> Self {
+        let read = |cache: &SessionCache| {
+            let cache = cache.clone();
+            move || cache.stats()
+        };
+        let stats = read(cache);
+        let lookups = meter
+            .u64_observable_counter("tower_reuse.tls.session_cache.lookups")
+            .with_description("Session lookups of new TLS connections, by whether one was found.")
+            .with_unit("{lookup}")
+            .with_callback(move |observer| {
+                let stats: SessionCacheStats = stats();
+                let hits = stats.hits() + stats.tls12_hits();
+                let misses = stats.misses().saturating_sub(stats.tls12_hits());
+                observer.observe(hits, &[KeyValue::new(SESSION_CACHE_RESULT, "hit")]);
+                observer.observe(misses, &[KeyValue::new(SESSION_CACHE_RESULT, "miss")]);
+            })
+            .build();
+        let stats = read(cache);
+        let tickets = meter
+            .i64_observable_up_down_counter("tower_reuse.tls.session_cache.tickets")
+            .with_description("TLS 1.3 tickets held.")
+            .with_unit("{ticket}")
+            .with_callback(move |observer| {
+                let tickets = i64::try_from(stats().tickets()).unwrap_or(i64::MAX);
+                observer.observe(tickets, &[]);
+            })
+            .build();
+        let stats = read(cache);
+        let evictions = meter
+            .u64_observable_counter("tower_reuse.tls.session_cache.evictions")
+            .with_description("Tickets and servers dropped from the cache, by why.")
+            .with_unit("{eviction}")
+            .with_callback(move |observer| {
+                let stats = stats();
+                for (reason, count) in [
+                    ("server_lru", stats.servers_evicted()),
+                    ("ticket_lru", stats.tickets_evicted()),
+                    ("ticket_expired", stats.tickets_expired()),
+                ] {
+                    observer.observe(count, &[KeyValue::new(SESSION_CACHE_EVICTION, reason)]);
+                }
+            })
+            .build();
+        OtelSessionCache {
+            _instruments: (lookups, tickets, evictions),
+        }
+    }
+}
+
+impl fmt::Debug for OtelSessionCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtelSessionCache").finish_non_exhaustive()
+    }
+}
