@@ -132,6 +132,8 @@ enum Connects {
     Fail,
     /// Each one either way, as the checker chooses.
     Either,
+    /// The first succeeds, every later one fails.
+    FirstOnly,
 }
 
 /// Whether a request may give up while it waits.
@@ -179,6 +181,7 @@ enum Speaks {
 struct FakeDial {
     connects: Connects,
     speaks: Speaks,
+    started: StdMutex<usize>,
     kept: Kept,
     in_flight: StdMutex<Vec<JoinHandle<()>>>,
 }
@@ -190,10 +193,16 @@ impl Dial<Body> for FakeDial {
         reason: ConnectReason,
         direct: Option<Grant<Body>>,
     ) {
+        let nth = {
+            let mut started = lock(&self.started);
+            *started += 1;
+            *started
+        };
         let fails = match self.connects {
             Connects::Succeed => false,
             Connects::Fail => true,
             Connects::Either => thread_rng().gen_bool(0.5),
+            Connects::FirstOnly => nth > 1,
         };
         let (speaks, kept) = (self.speaks, self.kept.clone());
         let task = spawn(async move {
@@ -290,6 +299,7 @@ impl Model {
         let dial = Arc::new(FakeDial {
             connects,
             speaks,
+            started: StdMutex::new(0),
             kept: Arc::default(),
             in_flight: StdMutex::new(Vec::new()),
         });
@@ -645,4 +655,41 @@ fn http2_streams_share_a_connection_within_the_servers_limit() {
             assert_eq!(state.counters.opened, 1);
         },
     );
+}
+
+/// A retry's connection (here an HTTP/2 one that refused its stream) is
+/// avoided while another connection is coming; when that connect fails,
+/// nothing else is coming and the retry goes back to it. The connect
+/// error used to be handed out before the queue was served again, so the
+/// retry (and the request queued behind it) failed although the
+/// connection had room.
+#[test]
+fn a_retry_falls_back_to_the_connection_it_avoids() {
+    check(|| {
+        block_on(async {
+            let config = PoolConfig::default().max_connections_per_target(Some(2));
+            let http2 = Speaks::Http2 { streams: 4 };
+            let model = Model::new(HTTP, config, http2, Connects::FirstOnly);
+            // A first request opens the connection.
+            let Ended::Served(first) = model
+                .clone()
+                .request(None, Leave::Stay, GiveBack::Done)
+                .await
+            else {
+                panic!("the first connect succeeds");
+            };
+            model.settle().await;
+            // Its retry avoids it and waits for a connect, which fails.
+            let retry = spawn(
+                model
+                    .clone()
+                    .request(Some(first), Leave::Stay, GiveBack::Done),
+            );
+            let other = spawn(model.clone().request(None, Leave::Stay, GiveBack::Done));
+            let retry = retry.await.expect("a request task");
+            let other = other.await.expect("a request task");
+            model.settle().await;
+            assert_eq!((retry, other), (Ended::Served(first), Ended::Served(first)));
+        })
+    });
 }
