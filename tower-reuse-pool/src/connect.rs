@@ -32,7 +32,7 @@ use crate::target_pool::{Dial, Grant, Granted, Http2Parts, Lease, TargetPool};
 /// `HttpsConnector`, ...) is a `Connect`: it is called with
 /// `scheme://authority/`. Implement the trait directly to see the whole
 /// [`Target`] (its [`Partition`](crate::Partition) in particular) and to
-/// report TLS facts, as [`tls::TlsConnector`](crate::tls) does.
+/// report TLS facts, as `tls::TlsConnector` (feature `tls`) does.
 pub trait Connect: Clone + Send + Sync + 'static {
     /// The connection's byte stream.
     type Io: Read + Write + Unpin + Send + 'static;
@@ -223,63 +223,77 @@ where
                     .unwrap_or_else(|_| Err(Error::connect_timeout(&pool.target, limit))),
                 None => open(connecting, &pool, &config).await,
             };
-            let duration = start.elapsed();
-            match opened {
-                Ok((id, opened, facts)) => {
-                    let protocol = opened.protocol();
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(target = %pool.target, %id, ?protocol, ?duration, "connected");
-                    pool.common.events.on_connect(&Connected {
-                        target: &pool.target,
-                        id,
-                        protocol,
-                        tls: facts.tls,
-                        reason,
-                        duration,
-                    });
-                    let life = Lifecycle::established(
-                        id,
-                        protocol,
-                        Instant::now(),
-                        &config,
-                        reason == ConnectReason::Prewarm,
-                    )
-                    .with_transport(facts.tls, facts.max_age);
-                    match direct {
-                        Some(grant) => {
-                            pool.dedicated_opened(facts.tls);
-                            let lease = match opened {
-                                Opened::Http1(tx) => Lease::Http1(Http1Conn { tx, life }),
-                                Opened::Http2(tx, _) => Lease::Dedicated2 { tx, life },
-                            };
-                            let mut granted = Granted::fresh(lease, protocol, facts.tls, &config);
-                            granted.dedicated = true;
-                            if let Err(Ok(granted)) = grant.send(Ok(granted)) {
-                                pool.release_dedicated(granted.lease);
-                            }
-                        }
-                        None => pool.connected(opened, life, reason),
-                    }
-                }
-                Err(error) => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(target = %pool.target, %error, "connect failed");
-                    pool.common.events.on_connect_error(&ConnectFailed {
-                        target: &pool.target,
-                        reason,
-                        duration,
-                        error: error.clone(),
-                    });
-                    match direct {
-                        Some(grant) => {
-                            pool.dedicated_failed();
-                            let _ = grant.send(Err(error));
-                        }
-                        None => pool.connect_failed(reason, &error),
-                    }
-                }
-            }
+            land(&pool, reason, direct, &config, opened, start.elapsed());
         });
+    }
+}
+
+/// Hand a finished connect to whoever counted on it: a pooled connection to
+/// the pool (which serves its queue), a dedicated one (the kill switch) to
+/// its one request; an error to the waiters no other connect covers, or to
+/// the one request. Needs no runtime, so the model check drives it too.
+pub(crate) fn land<B>(
+    pool: &Arc<TargetPool<B>>,
+    reason: ConnectReason,
+    direct: Option<Grant<B>>,
+    config: &PoolConfig,
+    opened: Result<(ConnId, Opened<B>, TransportFacts), Error>,
+    duration: Duration,
+) {
+    match opened {
+        Ok((id, opened, facts)) => {
+            let protocol = opened.protocol();
+            #[cfg(feature = "tracing")]
+            tracing::debug!(target = %pool.target, %id, ?protocol, ?duration, "connected");
+            pool.common.events.on_connect(&Connected {
+                target: &pool.target,
+                id,
+                protocol,
+                tls: facts.tls,
+                reason,
+                duration,
+            });
+            let life = Lifecycle::established(
+                id,
+                protocol,
+                Instant::now(),
+                config,
+                reason == ConnectReason::Prewarm,
+            )
+            .with_transport(facts.tls, facts.max_age);
+            match direct {
+                Some(grant) => {
+                    pool.dedicated_opened(facts.tls);
+                    let lease = match opened {
+                        Opened::Http1(tx) => Lease::Http1(Http1Conn { tx, life }),
+                        Opened::Http2(tx, _) => Lease::Dedicated2 { tx, life },
+                    };
+                    let mut granted = Granted::fresh(lease, protocol, facts.tls, config);
+                    granted.dedicated = true;
+                    if let Err(Ok(granted)) = grant.send(Ok(granted)) {
+                        pool.release_dedicated(granted.lease);
+                    }
+                }
+                None => pool.connected(opened, life, reason),
+            }
+        }
+        Err(error) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(target = %pool.target, %error, "connect failed");
+            pool.common.events.on_connect_error(&ConnectFailed {
+                target: &pool.target,
+                reason,
+                duration,
+                error: error.clone(),
+            });
+            match direct {
+                Some(grant) => {
+                    pool.dedicated_failed();
+                    let _ = grant.send(Err(error));
+                }
+                None => pool.connect_failed(reason, &error),
+            }
+        }
     }
 }
 
@@ -305,9 +319,9 @@ impl<B> Opened<B> {
 }
 
 /// What the transport told the pool about a new connection.
-struct TransportFacts {
-    tls: Option<TlsHandshake>,
-    max_age: Option<Duration>,
+pub(crate) struct TransportFacts {
+    pub(crate) tls: Option<TlsHandshake>,
+    pub(crate) max_age: Option<Duration>,
 }
 
 /// Connector, then HTTP/1.1 or HTTP/2 handshake; spawns the connection task.

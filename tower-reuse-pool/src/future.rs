@@ -132,7 +132,7 @@ impl<B: Send + 'static> Checkout<B> {
         }
     }
 
-    fn id(&self) -> ConnId {
+    pub(crate) fn id(&self) -> ConnId {
         self.lease
             .as_ref()
             .expect("a checkout holds its lease")

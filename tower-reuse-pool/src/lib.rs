@@ -66,6 +66,7 @@ mod layer;
 mod parsers_fuzz;
 mod reaper;
 mod service;
+mod sync;
 mod target;
 mod target_pool;
 #[cfg(feature = "tls")]

@@ -116,6 +116,7 @@ impl<B> TargetPool<B> {
         let mut failed = Vec::new();
         {
             let mut state = self.lock();
+            let config = self.config_of(&state);
             state.connecting -= 1;
             state.counters.connect_errors += 1;
             match reason {
@@ -135,6 +136,10 @@ impl<B> TargetPool<B> {
                 ConnectReason::Rotation => self.retire_one(&mut state, now, &mut fx),
                 _ => {}
             }
+            // A retry waiting for this connect while the connection it
+            // avoids sits idle takes that connection now that nothing else
+            // is coming (the fallback in `dispatch`), instead of this error.
+            self.dispatch(&mut state, &config, now, &mut fx);
             // The waiters no connect still in flight covers (as `plan`
             // counts them) get the error; the queue's front is served first,
             // so they are taken from its back.

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -27,11 +27,14 @@ use crate::connect::StreamLimit;
 use crate::control::TargetSnapshot;
 use crate::error::Error;
 use crate::events::{CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents};
+use crate::sync::{self, MutexGuard};
 use crate::target::Target;
 
 mod checkin;
 mod connections;
 mod expiry;
+#[cfg(test)]
+mod model;
 
 use expiry::start_rotation;
 
@@ -271,7 +274,7 @@ pub(crate) struct TargetPool<B> {
     pub(crate) host: HeaderValue,
     pub(crate) common: Arc<Common>,
     dial: Arc<dyn Dial<B>>,
-    state: Mutex<State<B>>,
+    state: sync::Mutex<State<B>>,
 }
 
 /// Work gathered under the lock and done after it.
@@ -331,7 +334,7 @@ impl<B> TargetPool<B> {
             target,
             host,
             dial,
-            state: Mutex::new(State {
+            state: sync::Mutex::new(State {
                 idle: Vec::new(),
                 h2: Vec::new(),
                 waiters: VecDeque::new(),
@@ -531,6 +534,8 @@ impl<B> TargetPool<B> {
                 state.waiters.push_front(waiter);
                 return;
             };
+            // The waiter may leave right here, after the check above.
+            sync::preemption_point();
             if let Err(Ok(granted)) = waiter.tx.send(Ok(granted)) {
                 // The waiter left between the check and the send.
                 self.put_back(state, granted, now);
