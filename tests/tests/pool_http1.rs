@@ -84,9 +84,15 @@ async fn responses_match_requests_under_concurrent_cancellations() {
             let mut completed = 0;
             for i in 0..40u64 {
                 let id = w * 1000 + i;
-                // Cancel some requests at varying points: while waiting,
-                // mid-exchange, or mid-body.
-                let limit = Duration::from_micros(fastrand_like(id) % 4000);
+                // Cancel most requests at varying points: while waiting,
+                // mid-exchange, or mid-body. Every fourth gets time to
+                // finish however loaded the machine, so completions on
+                // connections cancelled under other requests are checked.
+                let limit = if i % 4 == 0 {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::from_micros(fastrand_like(id) % 4000)
+                };
                 match tokio::time::timeout(limit, send(&mut client, get(&url, id))).await {
                     Ok(Ok((parts, _))) => {
                         assert_eq!(echoed_id(&parts), Some(id), "misdelivered response");
@@ -102,7 +108,7 @@ async fn responses_match_requests_under_concurrent_cancellations() {
     .await
     .into_iter()
     .sum();
-    assert!(completed > 0);
+    assert!(completed >= 16 * 10, "{completed} completed");
     // Every connection is accounted for: nothing leaked as active.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let snapshot = client.control().snapshot();
