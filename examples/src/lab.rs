@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
 use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
+use crate::otlp::Endpoint;
 use crate::results::{CHART_QUANTILES, Environment, Results, RunResult, Skipped};
 use crate::scenarios::Scenario;
 use crate::server::{Server, ServerSnapshot};
@@ -48,6 +49,9 @@ pub struct LabConfig {
     /// The `reuse` stack's pool configuration (`--policy FILE`); `None`
     /// for the defaults.
     pub policy: Option<tower_reuse_pool::PoolConfig>,
+    /// Where the `reuse+otel` stack exports its spans and metrics
+    /// (`--otlp URL`); `None` to export nowhere.
+    pub otlp: Option<Endpoint>,
     /// Facts about the run, copied into the results.
     pub environment: Environment,
     /// Called with each scenario's rows when it finishes (prints the table).
@@ -62,6 +66,7 @@ struct Env {
     target: Option<Target>,
     server_threads: usize,
     policy: Option<tower_reuse_pool::PoolConfig>,
+    otlp: Option<Endpoint>,
 }
 
 enum Row {
@@ -81,6 +86,7 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
         target: config.target,
         server_threads: config.server_threads,
         policy: config.policy,
+        otlp: config.otlp,
     });
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>16} [{bar:32}] {percent:>3}% {msg}")?
@@ -207,6 +213,7 @@ async fn run_one(
         workers,
         &targets[0],
         env.policy.as_ref(),
+        env.otlp.as_ref(),
     )
     .await
     {

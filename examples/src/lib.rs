@@ -1,9 +1,10 @@
 //! Shared pieces of the tower-reuse examples and of `reuse-lab`: the embedded
 //! test server, the client stacks under comparison, the load driver, the
-//! scenarios and the reports.
+//! scenarios, the reports, and OTLP export with a loopback receiver.
 
 pub mod driver;
 pub mod lab;
+pub mod otlp;
 pub mod report;
 pub mod results;
 pub mod scenarios;

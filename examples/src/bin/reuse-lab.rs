@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tower_reuse_examples::lab::{self, LabConfig, LabError};
+use tower_reuse_examples::otlp::Endpoint;
 use tower_reuse_examples::report::{html, table};
 use tower_reuse_examples::results::{Environment, RunResult};
 use tower_reuse_examples::scenarios::{self, Sizes};
@@ -56,6 +57,15 @@ struct Args {
     /// defaults (keys as in the README's configuration reference).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Export the reuse+otel stack's spans and metrics over OTLP/HTTP
+    /// (protobuf) to the collector at this base URL, e.g.
+    /// http://127.0.0.1:4318 (/v1/traces and /v1/metrics are appended;
+    /// http only), instead of dropping them. The usual OTEL_* variables
+    /// apply (OTEL_TRACES_SAMPLER, OTEL_METRIC_EXPORT_INTERVAL ...); what is
+    /// left is exported at the end of each reuse+otel run. reuse+otel's
+    /// figures are then not comparable with a run without it.
+    #[arg(long, value_name = "URL")]
+    otlp: Option<Endpoint>,
     /// Where results.json, report.html and cert.pem go.
     #[arg(long, default_value = "target/reuse-lab")]
     out: PathBuf,
@@ -175,6 +185,18 @@ async fn run(args: Args) -> Result<(), LabError> {
             })
             .collect::<Result<Vec<_>, _>>()?
     };
+    if let Some(endpoint) = &args.otlp {
+        if !stacks.contains(&StackKind::ReuseOtel) {
+            eprintln!("reuse-lab: --otlp {endpoint} has no effect: only reuse+otel exports");
+        } else if !chosen
+            .iter()
+            .any(|s| s.skip_reason(StackKind::ReuseOtel).is_none())
+        {
+            eprintln!(
+                "reuse-lab: --otlp {endpoint} has no effect: reuse+otel runs in steady-h1 and steady-h1-tls only"
+            );
+        }
+    }
     let target = args.target.as_deref().map(Target::parse).transpose()?;
     if let Some(target) = &target {
         // With --target the scheme decides TLS, whatever the scenario says.
@@ -204,6 +226,7 @@ async fn run(args: Args) -> Result<(), LabError> {
         out_dir: args.out.clone(),
         server_threads: args.server_threads.max(1),
         policy,
+        otlp: args.otlp.clone(),
         environment,
         on_scenario: table::scenario_table,
     })

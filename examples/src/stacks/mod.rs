@@ -33,6 +33,7 @@ pub use worker::{
     complete,
 };
 
+use crate::otlp::Endpoint;
 use crate::target::Target;
 
 /// Which client stack.
@@ -49,7 +50,8 @@ pub enum StackKind {
     Reuse,
     /// `reuse` with OpenTelemetry on: `OtelLayer` on top and
     /// `OtelPoolEvents` as the pool's hook, over the real SDK exporting
-    /// nowhere (batched spans dropped, metrics never collected mid-run).
+    /// nowhere (batched spans dropped, metrics never collected mid-run), or
+    /// over OTLP/HTTP to `--otlp URL`.
     ReuseOtel,
     /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
     Raw,
@@ -162,7 +164,9 @@ impl Stack {
     /// pre-establishes `workers` connections (HTTP/1) or one (h2) to `target`.
     ///
     /// `reuse` and `reuse+otel` run with `policy` (`--policy FILE`), else the
-    /// pool's defaults.
+    /// pool's defaults. `reuse+otel` exports to `otlp` (`--otlp URL`) when
+    /// given, else nowhere; it exports what is left when the stack is
+    /// dropped.
     pub async fn build(
         kind: StackKind,
         protocol: Protocol,
@@ -170,6 +174,7 @@ impl Stack {
         workers: usize,
         target: &Target,
         policy: Option<&PoolConfig>,
+        otlp: Option<&Endpoint>,
     ) -> Result<Self, StackError> {
         let connector = LabConnector::new(protocol, tls.clone());
         let connector_stats = connector.stats().clone();
@@ -196,7 +201,7 @@ impl Stack {
             StackKind::ReuseOtel => {
                 // Exactly `reuse`, plus both OpenTelemetry pieces; the lab
                 // still counts TLS handshakes from the pool's events.
-                let telemetry = otel::Telemetry::new();
+                let telemetry = otel::Telemetry::new(otlp)?;
                 let meter = telemetry.meter();
                 let events =
                     otel::BothEvents::new(connector_stats.clone(), OtelPoolEvents::new(&meter));

@@ -1,5 +1,6 @@
 //! The `reuse+otel` stack's telemetry: the real OpenTelemetry SDK, set up as
-//! an application would, exporting nowhere.
+//! an application would, exporting nowhere or, with `--otlp URL`, to a
+//! collector over OTLP/HTTP.
 //!
 //! The SDK's defaults wherever an application would keep them, including
 //! its reading of the `OTEL_*` environment variables: parent-based
@@ -11,11 +12,21 @@
 //! aggregated by the SDK for a periodic reader whose interval is longer
 //! than any run, so no collection happens while the load runs. No global
 //! provider is set.
+//!
+//! With an OTLP endpoint the exporters are `opentelemetry-otlp`'s HTTP
+//! protobuf exporters over [`ExportClient`](crate::otlp::ExportClient)
+//! (its own thread and runtime, so exports never take the client
+//! runtime's worker), the periodic reader keeps the SDK's interval
+//! (`OTEL_METRIC_EXPORT_INTERVAL`, 60 s by default), and what is left is
+//! exported when the stack is dropped at the end of its run.
 
 use std::time::Duration;
 
+use super::StackError;
+use crate::otlp::{self, Endpoint, ExportClient};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -32,28 +43,52 @@ const SCOPE: &str = "reuse-lab";
 const METRICS_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A tracer provider and a meter provider, kept alive for as long as the
-/// stack (dropping a provider shuts it down).
+/// stack; dropping them shuts both down, which exports what they hold.
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
+    /// With `--otlp`: the exporters' client (it counts failed exports,
+    /// which the SDK keeps to itself) and where it sends.
+    otlp: Option<(ExportClient, Endpoint)>,
 }
 
 impl Telemetry {
     /// Both providers: the SDK's default sampler, batched spans, metrics
-    /// for a reader that does not collect during the run.
-    pub(crate) fn new() -> Self {
-        let tracer_provider = SdkTracerProvider::builder()
-            .with_batch_exporter(DiscardSpans)
-            .build();
-        let reader = PeriodicReader::builder(DiscardMetrics)
-            .with_interval(METRICS_INTERVAL)
-            .build();
-        let meter_provider = SdkMeterProvider::builder().with_reader(reader).build();
-        Telemetry {
-            tracer_provider,
-            meter_provider,
-        }
+    /// for a reader that does not collect during the run; exporting
+    /// nowhere, or to `otlp`.
+    pub(crate) fn new(otlp: Option<&Endpoint>) -> Result<Self, StackError> {
+        let resource = Resource::builder().with_service_name(SCOPE).build();
+        let tracer_provider = SdkTracerProvider::builder().with_resource(resource.clone());
+        let meter_provider = SdkMeterProvider::builder().with_resource(resource);
+        let mut export = None;
+        let (tracer_provider, meter_provider) = match otlp {
+            None => (
+                tracer_provider.with_batch_exporter(DiscardSpans),
+                meter_provider.with_reader(
+                    PeriodicReader::builder(DiscardMetrics)
+                        .with_interval(METRICS_INTERVAL)
+                        .build(),
+                ),
+            ),
+            Some(endpoint) => {
+                let otlp_error = |e: otlp::OtlpError| StackError::new(e.to_string());
+                let client = ExportClient::new(otlp::EXPORT_TIMEOUT)
+                    .map_err(|e| StackError::new(format!("OTLP export client: {e}")))?;
+                let spans = otlp::span_exporter(endpoint, &client).map_err(otlp_error)?;
+                let metrics = otlp::metric_exporter(endpoint, &client).map_err(otlp_error)?;
+                export = Some((client, endpoint.clone()));
+                (
+                    tracer_provider.with_batch_exporter(spans),
+                    meter_provider.with_reader(PeriodicReader::builder(metrics).build()),
+                )
+            }
+        };
+        Ok(Telemetry {
+            tracer_provider: tracer_provider.build(),
+            meter_provider: meter_provider.build(),
+            otlp: export,
+        })
     }
 
     /// The tracer for `OtelLayer`.
@@ -64,6 +99,25 @@ impl Telemetry {
     /// The meter for `OtelLayer` and `OtelPoolEvents`.
     pub(crate) fn meter(&self) -> Meter {
         self.meter_provider.meter(SCOPE)
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        // Now rather than when the last tracer clone goes, so the last
+        // exports are done (or failed) before the run's row is printed.
+        let _ = self.tracer_provider.shutdown();
+        let _ = self.meter_provider.shutdown();
+        if let Some((client, endpoint)) = &self.otlp {
+            let (failed, last) = client.failures();
+            if failed > 0 {
+                eprintln!(
+                    "reuse-lab: {failed} of {} OTLP requests to {endpoint} failed, the last: {}",
+                    client.sent(),
+                    last.unwrap_or_default()
+                );
+            }
+        }
     }
 }
 

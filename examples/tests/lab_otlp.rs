@@ -1,0 +1,80 @@
+//! `reuse-lab --otlp URL`: the lab's `reuse+otel` stack exports its spans
+//! and metrics over OTLP/HTTP; here to the loopback receiver.
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use tower_reuse_examples::lab::{self, LabConfig};
+use tower_reuse_examples::otlp::{Receiver, attribute};
+use tower_reuse_examples::report::table;
+use tower_reuse_examples::results::Environment;
+use tower_reuse_examples::scenarios::{self, Sizes};
+use tower_reuse_examples::stacks::StackKind;
+
+const REQUESTS: u64 = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_otel_run_exports_spans_and_metrics_to_the_otlp_endpoint() {
+    let receiver = Receiver::start().unwrap();
+    let sizes = Sizes {
+        requests: Some(REQUESTS),
+        concurrency: Some(4),
+        ..Sizes::default()
+    };
+    let out_dir = std::env::temp_dir().join(format!("reuse-lab-otlp-{}", std::process::id()));
+    let results = lab::run(LabConfig {
+        scenarios: vec![scenarios::build("steady-h1", &sizes).unwrap()],
+        stacks: vec![StackKind::ReuseOtel],
+        target: None,
+        roots: None,
+        out_dir: out_dir.clone(),
+        server_threads: 1,
+        policy: None,
+        otlp: Some(receiver.endpoint()),
+        environment: Environment {
+            command: "lab_otlp test".into(),
+            cpus: 1,
+            client_threads: 2,
+            server_threads: 1,
+            quick: false,
+            target: None,
+        },
+        on_scenario: table::scenario_table,
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&out_dir);
+
+    // The run is over and its stack dropped: its providers have exported
+    // what was left before `run` returned.
+    let run = &results.runs[0];
+    assert_eq!((run.stack.as_str(), run.errors), ("reuse+otel", 0));
+    let sent = run.requests;
+    assert!(sent >= REQUESTS, "{sent} requests");
+    assert_eq!(receiver.rejected(), 0);
+    assert_eq!(receiver.service_name().as_deref(), Some("reuse-lab"));
+
+    // One span per request (the default sampler keeps all; 200 spans fit
+    // the batch processor's queue).
+    let spans = receiver.spans();
+    assert_eq!(spans.len() as u64, sent);
+    assert!(spans.iter().all(|span| span.name == "GET"));
+    assert!(spans.iter().all(|span| matches!(
+        attribute(&span.attributes, "http.response.status_code"),
+        Some(Value::IntValue(200))
+    )));
+
+    // The request metrics and the pool's.
+    assert_eq!(
+        receiver.histogram_count("http.client.request.duration"),
+        Some(sent)
+    );
+    let opened = receiver.sum("tower_reuse.connection.opened", None);
+    assert!(
+        opened.is_some_and(|n| (1.0..=4.0).contains(&n)),
+        "{opened:?}"
+    );
+    assert!(
+        receiver
+            .metric_names()
+            .contains("http.client.open_connections")
+    );
+}
