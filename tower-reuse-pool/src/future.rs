@@ -211,109 +211,124 @@ impl<B: Send + 'static> Drop for WaitGuard<'_, B> {
 }
 
 /// What one exchange on one connection came to.
-pub(crate) enum Exchange<B> {
+pub(crate) enum Exchange {
     Response(Response<PoolBody>),
     Failed {
         error: Error,
-        /// Safe to send again elsewhere, and why.
-        retry: Option<(RetryReason, Request<B>)>,
+        /// Safe to send again elsewhere, and why: the request to send is
+        /// back in the slot.
+        retry: Option<RetryReason>,
     },
 }
 
-/// Send `req` on `checkout`'s connection and wrap the response. The
-/// in-flight `permit` goes with the response's body; after a failure it
-/// stays for the retry.
-pub(crate) async fn exchange<B>(
+/// Send the request in `slot` on `checkout`'s connection and wrap the
+/// response. The in-flight `permit` goes with the response's body; after a
+/// failure it stays for the retry.
+///
+/// The request is taken from its slot only into hyper's send, and a
+/// function returning an `async move` block stands in for an `async fn`
+/// (which keeps its arguments twice, as given and as locals): the request
+/// is stored once in a future allocated for every request, which keeps
+/// that allocation in the allocator's fast per-thread cache.
+pub(crate) fn exchange<'a, B>(
     mut checkout: Checkout<B>,
-    mut req: Request<B>,
+    slot: &'a mut Option<Request<B>>,
     may_retry: bool,
     retried: Option<RetryReason>,
-    permit: &mut Option<OwnedSemaphorePermit>,
-) -> Exchange<B>
+    permit: &'a mut Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = Exchange> + Send + 'a
 where
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    // The caller's say (a `Pooled` handle never retries), then the target's.
-    let may_retry = may_retry && checkout.policy.retry;
-    let response_timeout = checkout.policy.response_timeout;
-    let revalidate = checkout.revalidate;
-    if let Lease::Http1(conn) = checkout.lease() {
-        if revalidate {
-            // Let the connection task see a close that already arrived.
-            tokio::task::yield_now().await;
-        }
-        if conn.tx.ready().await.is_err() {
-            // Closed while idle: nothing was sent, another connection may take it.
-            let error = Error::unsent(&checkout.pool.target);
-            let retry = (checkout.reused && may_retry).then_some((RetryReason::Unwritten, req));
-            checkout.finish(Outcome::Failed);
-            return Exchange::Failed { error, retry };
-        }
-    }
-    prepare(&mut req, checkout.protocol, &checkout.pool.host);
-    let client_close = hints::ConnectionTokens::of(req.headers()).close;
-    let replayable = may_retry
-        && retried.is_none()
-        && checkout.reused
-        && req.body().is_end_stream()
-        && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
-    let copy = replayable.then(|| replay_copy(&req));
-    let sent = match response_timeout {
-        // The send inline (not through `send`): one copy of the request
-        // fewer in a future allocated for every request.
-        None => match checkout.lease() {
-            Lease::Http1(conn) => conn.tx.try_send_request(req).await,
-            Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => {
-                tx.try_send_request(req).await
+    async move {
+        // The caller's say (a `Pooled` handle never retries), then the target's.
+        let may_retry = may_retry && checkout.policy.retry;
+        let response_timeout = checkout.policy.response_timeout;
+        let revalidate = checkout.revalidate;
+        if let Lease::Http1(conn) = checkout.lease() {
+            if revalidate {
+                // Let the connection task see a close that already arrived.
+                tokio::task::yield_now().await;
             }
-        },
-        // Boxed: the timer stays out of every request's future unless used.
-        Some(limit) => {
-            match Box::pin(tokio::time::timeout(limit, send(checkout.lease(), req))).await {
-                Ok(sent) => sent,
-                Err(_) => {
-                    // Dropping the send cancels it: an HTTP/1.1 connection is
-                    // closed, an HTTP/2 stream reset.
-                    let error = Error::response_timeout(&checkout.pool.target, limit);
-                    checkout.finish(Outcome::Abandoned);
-                    return Exchange::Failed { error, retry: None };
+            if conn.tx.ready().await.is_err() {
+                // Closed while idle: nothing was sent, another connection may take it.
+                let error = Error::unsent(&checkout.pool.target);
+                let retry = (checkout.reused && may_retry).then_some(RetryReason::Unwritten);
+                if retry.is_none() {
+                    *slot = None;
+                }
+                checkout.finish(Outcome::Failed);
+                return Exchange::Failed { error, retry };
+            }
+        }
+        let req = slot.as_mut().expect("a request to send");
+        prepare(req, checkout.protocol, &checkout.pool.host);
+        let client_close = hints::ConnectionTokens::of(req.headers()).close;
+        let replayable = may_retry
+            && retried.is_none()
+            && checkout.reused
+            && req.body().is_end_stream()
+            && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
+        let copy = replayable.then(|| Box::new(replay_copy(req)));
+        let sent = match response_timeout {
+            // The send inline (not through `send`): one copy of the request
+            // fewer in a future allocated for every request.
+            None => match checkout.lease() {
+                Lease::Http1(conn) => conn.tx.try_send_request(take(slot)).await,
+                Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => {
+                    tx.try_send_request(take(slot)).await
+                }
+            },
+            // Boxed: the timer stays out of every request's future unless used.
+            Some(limit) => {
+                let send = send(checkout.lease(), take(slot));
+                match Box::pin(tokio::time::timeout(limit, send)).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        // Dropping the send cancels it: an HTTP/1.1 connection is
+                        // closed, an HTTP/2 stream reset.
+                        let error = Error::response_timeout(&checkout.pool.target, limit);
+                        checkout.finish(Outcome::Abandoned);
+                        return Exchange::Failed { error, retry: None };
+                    }
                 }
             }
-        }
-    };
-    match sent {
-        Ok(response) => Exchange::Response(respond(
-            checkout,
-            response,
-            client_close,
-            retried,
-            permit.take(),
-        )),
-        Err(mut failed) => {
-            let unwritten = failed.take_message();
-            let error = failed.into_error();
-            let (outcome, reason) = classify(&error, checkout.protocol, unwritten.is_some());
-            let written = unwritten.is_none();
-            let again = match (reason, unwritten) {
-                (Some(RetryReason::Unwritten), Some(req)) => Some(req),
-                (Some(_), _) => copy,
-                (None, _) => None,
-            };
-            let retry = reason
-                .zip(again)
-                .filter(|_| checkout.reused && may_retry && retried.is_none());
-            // The server did not process a refused stream, nor one above the
-            // last stream id of its GOAWAY (RFC 9113, 8.7).
-            let processed = written
-                && !matches!(
-                    reason,
-                    Some(RetryReason::RefusedStream | RetryReason::GoAway)
-                );
-            let error = Error::send(&checkout.pool.target, error, processed);
-            checkout.finish(outcome);
-            Exchange::Failed { error, retry }
+        };
+        match sent {
+            Ok(response) => Exchange::Response(respond(
+                checkout,
+                response,
+                client_close,
+                retried,
+                permit.take(),
+            )),
+            Err(mut failed) => {
+                let unwritten = failed.take_message();
+                let error = failed.into_error();
+                let (outcome, reason) = classify(&error, checkout.protocol, unwritten.is_some());
+                let written = unwritten.is_none();
+                let again = match (reason, unwritten) {
+                    (Some(RetryReason::Unwritten), Some(req)) => Some(req),
+                    (Some(_), _) => copy.map(|copy| *copy),
+                    (None, _) => None,
+                };
+                let retry = reason.filter(|_| {
+                    again.is_some() && checkout.reused && may_retry && retried.is_none()
+                });
+                *slot = retry.and(again);
+                // The server did not process a refused stream, nor one above the
+                // last stream id of its GOAWAY (RFC 9113, 8.7).
+                let processed = written
+                    && !matches!(
+                        reason,
+                        Some(RetryReason::RefusedStream | RetryReason::GoAway)
+                    );
+                let error = Error::send(&checkout.pool.target, error, processed);
+                checkout.finish(outcome);
+                Exchange::Failed { error, retry }
+            }
         }
     }
 }
@@ -463,6 +478,11 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// The request taken from its slot to be sent.
+fn take<B>(slot: &mut Option<Request<B>>) -> Request<B> {
+    slot.take().expect("a request to send")
+}
+
 /// The request again, for a replay: only ever built for empty bodies.
 /// Extensions are not `Clone` and do not travel with a replay.
 fn replay_copy<B: Default>(req: &Request<B>) -> Request<B> {
@@ -475,48 +495,53 @@ fn replay_copy<B: Default>(req: &Request<B>) -> Request<B> {
 }
 
 /// The whole request-level path, with at most one retry.
-pub(crate) async fn request<B>(
+///
+/// A plain function returning an `async move` block, for the reason given
+/// at [`exchange`].
+pub(crate) fn request<B>(
     pool: Arc<TargetPool<B>>,
-    mut req: Request<B>,
+    req: Request<B>,
     mut permit: Option<OwnedSemaphorePermit>,
-) -> Result<Response<PoolBody>, Error>
+) -> impl Future<Output = Result<Response<PoolBody>, Error>> + Send
 where
     B: Body + Default + Send + Sync + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let mut retried = None;
-    // Connections found closed before anything was written may be skipped
-    // freely, but never endlessly.
-    let mut stale = 0;
-    let mut avoid = None;
-    loop {
-        let checkout = Checkout::acquire(&pool, avoid).await?;
-        let failed_on = checkout.id();
-        match exchange(checkout, req, true, retried, &mut permit).await {
-            Exchange::Response(response) => return Ok(response),
-            Exchange::Failed {
-                error,
-                retry: Some((reason, again)),
-            } => {
-                if reason == RetryReason::Unwritten && stale < 8 {
-                    stale += 1;
-                    pool.count_stale_skip();
-                } else if retried.is_none() {
-                    retried = Some(reason);
-                    pool.count_retry();
-                    pool.common.events.on_retry(&Retried {
-                        target: &pool.target,
-                        reason,
-                        failed_on,
-                    });
-                } else {
-                    return Err(error);
+    let mut slot = Some(req);
+    async move {
+        let mut retried = None;
+        // Connections found closed before anything was written may be skipped
+        // freely, but never endlessly.
+        let mut stale = 0;
+        let mut avoid = None;
+        loop {
+            let checkout = Checkout::acquire(&pool, avoid).await?;
+            let failed_on = checkout.id();
+            match exchange(checkout, &mut slot, true, retried, &mut permit).await {
+                Exchange::Response(response) => return Ok(response),
+                Exchange::Failed {
+                    error,
+                    retry: Some(reason),
+                } => {
+                    if reason == RetryReason::Unwritten && stale < 8 {
+                        stale += 1;
+                        pool.count_stale_skip();
+                    } else if retried.is_none() {
+                        retried = Some(reason);
+                        pool.count_retry();
+                        pool.common.events.on_retry(&Retried {
+                            target: &pool.target,
+                            reason,
+                            failed_on,
+                        });
+                    } else {
+                        return Err(error);
+                    }
+                    avoid = Some(failed_on);
                 }
-                req = again;
-                avoid = Some(failed_on);
+                Exchange::Failed { error, retry: None } => return Err(error),
             }
-            Exchange::Failed { error, retry: None } => return Err(error),
         }
     }
 }

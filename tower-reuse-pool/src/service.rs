@@ -367,8 +367,9 @@ where
         let Some(checkout) = self.checkout.take() else {
             return ResponseFuture::new(async { Err(Error::spent()) });
         };
+        let mut slot = Some(req);
         ResponseFuture::new(async move {
-            match future::exchange(checkout, req, false, None, &mut None).await {
+            match future::exchange(checkout, &mut slot, false, None, &mut None).await {
                 Exchange::Response(response) => Ok(response),
                 Exchange::Failed { error, .. } => Err(error),
             }
