@@ -230,6 +230,7 @@ pub(crate) enum Exchange {
 /// (which keeps its arguments twice, as given and as locals): the request
 /// is stored once in a future allocated for every request, which keeps
 /// that allocation in the allocator's fast per-thread cache.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn exchange<'a, B>(
     mut checkout: Checkout<B>,
     slot: &'a mut Option<Request<B>>,
@@ -498,6 +499,7 @@ fn replay_copy<B: Default>(req: &Request<B>) -> Request<B> {
 ///
 /// A plain function returning an `async move` block, for the reason given
 /// at [`exchange`].
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn request<B>(
     pool: Arc<TargetPool<B>>,
     req: Request<B>,
