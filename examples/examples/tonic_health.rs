@@ -11,12 +11,7 @@
 //! `OtelLayer` (tower-reuse-otel) goes on top of the transport as over
 //! any other client: `OtelLayer::new(tracer, &meter).layer(transport)`.
 
-use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
-use std::task::{Context, Poll};
-
-use http::{Request, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -25,7 +20,6 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_check_response::ServingStatus as CheckedStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use tower::util::MapRequest;
 use tower_layer::Layer;
 use tower_reuse_pool::{ConnectionInfo, Pool, PoolConfig, PoolControl, PoolLayer};
 
@@ -35,13 +29,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// whole server).
 const SERVICE: &str = "tower_reuse.Demo";
 
-/// The pool under tonic: hyper-util's TCP connector, tonic's request body.
-type GrpcPool = Pool<HttpConnector, SyncBody<tonic::body::Body>>;
-
-/// tonic's transport: the pool, with tonic's request body made `Sync` for it.
-type Transport = MapRequest<GrpcPool, ToSync>;
-
-type ToSync = fn(Request<tonic::body::Body>) -> Request<SyncBody<tonic::body::Body>>;
+/// The pool under tonic: hyper-util's TCP connector, tonic's request body
+/// as it is. The pool is the whole transport.
+type GrpcPool = Pool<HttpConnector, tonic::body::Body>;
 
 /// The pool speaking h2c (gRPC needs HTTP/2; over plain TCP there is no
 /// ALPN, so prior knowledge) over a TCP connector.
@@ -49,54 +39,6 @@ fn pool() -> Result<GrpcPool, BoxError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Ok(PoolLayer::new(PoolConfig::default().http2_prior_knowledge(true))?.layer(connector))
-}
-
-fn transport(pool: GrpcPool) -> Transport {
-    MapRequest::new(pool, |request| request.map(SyncBody::new))
-}
-
-/// tonic's request body is `Send` but not `Sync` (a boxed stream); the
-/// pool's request bodies are `Sync`. Polling goes through
-/// `Mutex::get_mut`, which takes no lock; only the `&self` hints lock,
-/// uncontended.
-#[derive(Debug, Default)]
-struct SyncBody<B>(Mutex<B>);
-
-impl<B> SyncBody<B> {
-    fn new(body: B) -> Self {
-        Self(Mutex::new(body))
-    }
-}
-
-impl<B: Body + Unpin> Body for SyncBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let body = self
-            .get_mut()
-            .0
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        Pin::new(body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .size_hint()
-    }
 }
 
 /// One `Check` call: the status the server gave and the pooled connection
@@ -137,7 +79,7 @@ async fn run() -> Result<Outcome, BoxError> {
 
     let pool = pool()?;
     let control: PoolControl = pool.control();
-    let mut client = HealthClient::with_origin(transport(pool), origin);
+    let mut client = HealthClient::with_origin(pool, origin);
     let mut checks = Vec::new();
     for service in ["", SERVICE] {
         checks.push(check(&mut client, service).await?);
@@ -159,7 +101,7 @@ async fn run() -> Result<Outcome, BoxError> {
 }
 
 async fn check(
-    client: &mut HealthClient<Transport>,
+    client: &mut HealthClient<GrpcPool>,
     service: &'static str,
 ) -> Result<Checked, BoxError> {
     let response = client.check(request(service)).await?;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,7 +15,9 @@ use crate::target::Target;
 use crate::target_pool::Outcome;
 
 /// Gives a lease back; type-erased so that `PoolBody` has no type parameters.
-pub(crate) trait BodyGuard: Send + Sync {
+/// Not `Sync`: a lease holds the caller's request body type, which need not
+/// be (tonic's and axum's bodies are not).
+pub(crate) trait BodyGuard: Send {
     fn release(self: Box<Self>, outcome: Outcome);
     fn target(&self) -> &Target;
 }
@@ -28,7 +31,9 @@ pin_project_lite::pin_project! {
     pub struct PoolBody {
         #[pin]
         inner: Incoming,
-        guard: Option<Box<dyn BodyGuard>>,
+        // Only ever reached through `&mut self` (`get_mut`, no locking): the
+        // mutex makes the body `Sync` without asking it of the guard.
+        guard: Mutex<Option<Box<dyn BodyGuard>>>,
         permit: Option<OwnedSemaphorePermit>,
     }
 }
@@ -41,7 +46,7 @@ impl PoolBody {
     ) -> Self {
         PoolBody {
             inner,
-            guard,
+            guard: Mutex::new(guard),
             permit,
         }
     }
@@ -66,7 +71,11 @@ impl Body for PoolBody {
         let Some(outcome) = outcome else {
             return Poll::Ready(polled.map(|frame| frame.map_err(|e| Error::body(None, e))));
         };
-        let guard = this.guard.take();
+        let guard = this
+            .guard
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         // The target is named only in an error: no clone on the good path.
         let polled = polled.map(|frame| {
             frame.map_err(|e| Error::body(guard.as_deref().map(BodyGuard::target), e))
@@ -90,7 +99,14 @@ impl Body for PoolBody {
 impl fmt::Debug for PoolBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBody")
-            .field("holds_connection", &self.guard.is_some())
+            .field(
+                "holds_connection",
+                &self
+                    .guard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some(),
+            )
             .finish()
     }
 }

@@ -171,10 +171,7 @@ impl<B: Send + 'static> Drop for Checkout<B> {
     }
 }
 
-impl<B: Send + 'static> BodyGuard for Checkout<B>
-where
-    Lease<B>: Sync,
-{
+impl<B: Send + 'static> BodyGuard for Checkout<B> {
     fn release(self: Box<Self>, outcome: Outcome) {
         self.finish(outcome);
     }
@@ -239,7 +236,7 @@ pub(crate) fn exchange<'a, B>(
     permit: &'a mut Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = Exchange> + Send + 'a
 where
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -416,7 +413,7 @@ fn respond<B>(
     permit: Option<OwnedSemaphorePermit>,
 ) -> Response<PoolBody>
 where
-    B: Send + Sync + 'static,
+    B: Send + 'static,
 {
     if let Lease::Http1(conn) = checkout.lease() {
         let hints = ServerHints::of(&response);
@@ -506,7 +503,7 @@ pub(crate) fn request<B>(
     mut permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = Result<Response<PoolBody>, Error>> + Send
 where
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {

@@ -85,7 +85,7 @@ impl<B> fmt::Debug for PoolLayer<B> {
 impl<C, B> Layer<C> for PoolLayer<B>
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {

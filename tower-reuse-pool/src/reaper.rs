@@ -16,7 +16,7 @@ use crate::service::{Shared, WeakShared};
 pub(crate) fn spawn<C, B>(shared: &Arc<Shared<C, B>>)
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -26,7 +26,7 @@ where
 async fn run<C, B>(weak: WeakShared<C, B>)
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {

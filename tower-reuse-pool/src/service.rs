@@ -86,7 +86,7 @@ impl<C, B> fmt::Debug for Pool<C, B> {
 impl<C, B> Pool<C, B>
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -136,7 +136,7 @@ where
 impl<C, B> Shared<C, B>
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -183,7 +183,7 @@ where
 impl<C, B> Controlled for Shared<C, B>
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -218,7 +218,7 @@ where
 impl<C, B> Service<Request<B>> for Pool<C, B>
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -289,7 +289,7 @@ impl<C, B> fmt::Debug for Connections<C, B> {
 impl<C, B> Service<Target> for Connections<C, B>
 where
     C: Connect,
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -347,7 +347,7 @@ impl<B: Send + 'static> Drop for Pooled<B> {
 
 impl<B> Service<Request<B>> for Pooled<B>
 where
-    B: Body + Default + Send + Sync + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
