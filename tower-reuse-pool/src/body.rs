@@ -110,3 +110,16 @@ impl fmt::Debug for PoolBody {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PoolBody;
+
+    /// The body stays `Send + Sync` whatever the request body type (the
+    /// guard it holds is only `Send`), so it fits `BoxBody` and friends.
+    #[test]
+    fn the_response_body_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PoolBody>();
+    }
+}
