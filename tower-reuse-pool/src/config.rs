@@ -180,9 +180,9 @@ impl PoolConfig {
     setter! {
         /// Retry a request once, on another connection, when it is safe and
         /// its connection was reused: it was never written, the server
-        /// refused the stream or sent GOAWAY below it, or it is idempotent
-        /// with an empty body and the connection closed under it. Defaults
-        /// to `true`.
+        /// refused the stream or sent GOAWAY below it, or it is idempotent,
+        /// its body is empty or a [`ReplayBody`](crate::ReplayBody) can make
+        /// it again, and the connection closed under it. Defaults to `true`.
         retry: bool
     }
     setter! {

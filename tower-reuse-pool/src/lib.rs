@@ -16,8 +16,8 @@
 //!   and opening more connections when all are full; GOAWAY drains;
 //! - safe retry: at most once, only on a reused connection, only when the
 //!   request was never written, the stream was refused or above a GOAWAY's
-//!   last stream id, or an idempotent empty-bodied request met the
-//!   connection closing under it;
+//!   last stream id, or an idempotent request met the connection closing
+//!   under it and its body is empty or can be made again ([`ReplayBody`]);
 //! - pre-warming (`min_idle_per_target`), a kill switch (`reuse(false)`);
 //! - [`PoolEvents`](events::PoolEvents) hooks, a [`PoolControl`] handle with
 //!   per-target snapshots and run-time knobs, and [`ConnectionInfo`] in every
@@ -65,6 +65,7 @@ mod layer;
 #[cfg(test)]
 mod parsers_fuzz;
 mod reaper;
+mod replay;
 mod service;
 mod sync;
 mod target;
@@ -82,5 +83,6 @@ pub use future::ResponseFuture;
 pub use hints::keep_alive_timeout;
 pub use info::ConnectionInfo;
 pub use layer::PoolLayer;
+pub use replay::ReplayBody;
 pub use service::{Connections, Pool, Pooled};
 pub use target::{Partition, Target};
