@@ -1,8 +1,8 @@
 //! An HTTP/2 server on loopback, built on the `h2` crate's server API, that
-//! misbehaves on cue: it refuses streams, sends GOAWAY at a chosen moment or
-//! below a stream the client has already sent, and lowers its stream limit
-//! in the middle of a connection. It counts what it sees from its own side
-//! of the wire.
+//! misbehaves on cue: it refuses streams, resets them mid-body, sends GOAWAY
+//! at a chosen moment or below a stream the client has already sent, and
+//! lowers its stream limit in the middle of a connection. It counts what it
+//! sees from its own side of the wire.
 //!
 //! Each accepted socket runs through a frame relay in front of the `h2`
 //! server. The relay counts the client's streams as they arrive, chooses
@@ -39,6 +39,10 @@ pub enum Reply {
     Hold,
     /// Answer 200, then shut the connection down gracefully (GOAWAY).
     RespondThenGoAway,
+    /// Answer 200 with the first bytes of a body; once
+    /// [`H2Server::release`] has been called, reset the stream with
+    /// `INTERNAL_ERROR`. The connection carries on.
+    ResetMidBody,
     /// Keep the stream from the server and send the client a graceful GOAWAY
     /// (`NO_ERROR`) whose last stream id is the stream before it: the request
     /// was never processed.
@@ -385,7 +389,17 @@ async fn answer(
         response = response.header("x-request-id", id);
     }
     let response = response.body(()).expect("valid response");
-    if let Ok(mut body) = respond.send_response(response, false) {
+    let sent = respond.send_response(response, false);
+    if reply == Reply::ResetMidBody {
+        let Ok(mut body) = sent else {
+            return;
+        };
+        let _ = body.send_data(Bytes::from_static(b"0123456789"), false);
+        let mut released = shared.released.subscribe();
+        let _ = released.wait_for(|released| *released).await;
+        return body.send_reset(Reason::INTERNAL_ERROR);
+    }
+    if let Ok(mut body) = sent {
         let _ = body.send_data(Bytes::from_static(b"ok"), true);
     }
     if reply == Reply::RespondThenGoAway {

@@ -1,10 +1,10 @@
 //! An HTTP/1.1 server on loopback written by hand over a `TcpListener`, for
 //! the failures a well-behaved hyper server never produces: it reads a
 //! request and closes without answering, announces a body longer than the
-//! one it sends, answers late, sends bytes nobody asked for on an idle
-//! connection, ends a body by closing, or sends a head larger than any
-//! client reads. It records every request it reads, and its answers echo
-//! the request's `x-request-id`.
+//! one it sends (and closes or resets), answers late, dribbles its head,
+//! sends bytes nobody asked for on an idle connection, ends a body by
+//! closing, or sends a head larger than any client reads. It records every
+//! request it reads, and its answers echo the request's `x-request-id`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -26,6 +26,12 @@ pub enum Answer {
     Reset,
     /// Announce a 100-byte body, send 10 bytes of it, close the connection.
     TruncateBody,
+    /// Announce a 100-byte body, send 10 bytes of it, then, once
+    /// [`RawHttp1Server::release`] has been called, reset the connection.
+    ResetMidBody,
+    /// Write the head of [`Answer::Respond`] one byte at a time, this long
+    /// apart, then its body.
+    DribbleHead(Duration),
     /// Wait this long, then answer as [`Answer::Respond`].
     RespondAfter(Duration),
     /// Answer as [`Answer::Respond`]; this long after, write these bytes,
@@ -66,6 +72,7 @@ pub struct RawHttp1Server {
     /// Where it listens.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    released: watch::Sender<bool>,
     _stop: watch::Sender<()>,
 }
 
@@ -99,6 +106,8 @@ impl RawHttp1Server {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let answer: Arc<Script> = Arc::new(answer);
         let (stop, mut stopped) = watch::channel(());
+        let released = watch::Sender::new(false);
+        let releases = released.clone();
         let accepting = seen.clone();
         tokio::spawn(async move {
             loop {
@@ -115,12 +124,19 @@ impl RawHttp1Server {
                     seen.accepted += 1;
                     seen.accepted - 1
                 };
-                tokio::spawn(serve(socket, conn, answer.clone(), accepting.clone()));
+                tokio::spawn(serve(
+                    socket,
+                    conn,
+                    answer.clone(),
+                    accepting.clone(),
+                    releases.subscribe(),
+                ));
             }
         });
         RawHttp1Server {
             addr,
             seen,
+            released,
             _stop: stop,
         }
     }
@@ -135,13 +151,24 @@ impl RawHttp1Server {
         lock(&self.seen).accepted
     }
 
+    /// Let every answer waiting for it go on, now and from now on.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
     /// Every request read so far, in the order read.
     pub fn requests(&self) -> Vec<RawRequest> {
         lock(&self.seen).requests.clone()
     }
 }
 
-async fn serve(socket: TcpStream, conn: usize, answer: Arc<Script>, seen: Arc<Mutex<Seen>>) {
+async fn serve(
+    socket: TcpStream,
+    conn: usize,
+    answer: Arc<Script>,
+    seen: Arc<Mutex<Seen>>,
+    mut released: watch::Receiver<bool>,
+) {
     let mut socket = BufReader::new(socket);
     for index in 0.. {
         let Some(request) = read_request(&mut socket, conn, index).await else {
@@ -164,6 +191,24 @@ async fn serve(socket: TcpStream, conn: usize, answer: Arc<Script>, seen: Arc<Mu
                 let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
                 let _ = write(&mut socket, head.as_bytes()).await;
                 return;
+            }
+            Answer::ResetMidBody => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+                if write(&mut socket, head.as_bytes()).await.is_ok() {
+                    let _ = released.wait_for(|released| *released).await;
+                }
+                let _ = socket.get_ref().set_zero_linger();
+                return;
+            }
+            Answer::DribbleHead(interval) => {
+                let (head, body) = ok.split_at(ok.len() - 2);
+                for byte in head.as_bytes().chunks(1) {
+                    if write(&mut socket, byte).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(interval).await;
+                }
+                write(&mut socket, body.as_bytes()).await
             }
             Answer::RespondAfter(delay) => {
                 tokio::time::sleep(delay).await;

@@ -1,16 +1,23 @@
-//! Faults around bodies: a request body replayed through `ReplayBody` when
-//! its reused connection closes under it.
+//! Faults around bodies and heads: a request body replayed through
+//! `ReplayBody` when its reused connection closes under it, a response body
+//! reset midway (HTTP/1.1 and HTTP/2), and a response head dribbled past
+//! `response_timeout`.
 //!
 //! Every server is on loopback; every wait on real time is bounded, and no
 //! assertion is about how long anything took.
 
+use std::io;
+use std::time::Duration;
+
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use tower_reuse_pool::events::RetryReason;
-use tower_reuse_pool::{ErrorKind, Phase, Pool, PoolConfig, ReplayBody};
+use tower::{Service, ServiceExt};
+use tower_reuse_pool::events::{CloseReason, RetryReason};
+use tower_reuse_pool::{ConnId, ConnectionInfo, ErrorKind, Phase, Pool, PoolConfig, ReplayBody};
+use tower_reuse_tests::h2server::{H2Options, H2Server, Reply};
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server, RawRequest};
-use tower_reuse_tests::{bounded, get, info, only, pool, send};
+use tower_reuse_tests::{bounded, echoed_id, get, info, only, pool, send, server_conn};
 
 /// A PUT of 1 KiB to `url`, replayable when `replay` says so.
 fn put(url: &str, replay: bool) -> (http::Request<Full<Bytes>>, Bytes) {
@@ -104,5 +111,136 @@ async fn a_post_with_a_replay_body_is_still_never_replayed() {
     assert!(err.may_have_been_processed());
     assert_eq!(requests_with(&server, "POST").len(), 1);
     assert_eq!(server.accepted(), 1);
+    assert_eq!(only(&client).retries(), 0);
+}
+
+/// The kind of the I/O error in `error`'s source chain, if any.
+fn io_error_kind(error: &tower_reuse_pool::Error) -> Option<io::ErrorKind> {
+    let mut source = std::error::Error::source(error);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// GET 1, then GET 2 on the same connection, whose body the server resets
+/// midway once `release` is called (after the first body bytes are read).
+/// Returns the connection's id and the body's error, a body error.
+async fn reset_midway(
+    client: &mut Pool<HttpConnector>,
+    url: &str,
+    release: impl FnOnce(),
+) -> (ConnId, tower_reuse_pool::Error) {
+    let (first, _) = bounded(send(client, get(url, 1))).await.unwrap();
+    let response = bounded(async { client.ready().await?.call(get(url, 2)).await })
+        .await
+        .expect("a response head");
+    let second = response
+        .extensions()
+        .get::<ConnectionInfo>()
+        .expect("every response carries ConnectionInfo");
+    assert!(second.reused());
+    assert_eq!(second.id(), info(&first).id());
+    let mut body = response.into_body();
+    let frame = bounded(body.frame())
+        .await
+        .expect("a first frame")
+        .expect("body bytes before the reset");
+    assert!(frame.data_ref().is_some_and(|data| !data.is_empty()));
+    release();
+    let err = bounded(body.collect())
+        .await
+        .expect_err("the body was reset");
+    assert_eq!((err.kind(), err.phase()), (ErrorKind::Body, Phase::Body));
+    assert!(err.may_have_been_processed());
+    (info(&first).id(), err)
+}
+
+#[tokio::test]
+async fn an_http1_body_reset_midway_on_a_reused_connection_is_a_body_error_never_retried() {
+    let server = RawHttp1Server::start(|conn, index| match (conn, index) {
+        (0, 1) => Answer::ResetMidBody,
+        _ => Answer::Respond,
+    })
+    .await;
+    let url = server.url("/");
+    let mut client = pool(PoolConfig::default());
+    let (reset, err) = reset_midway(&mut client, &url, || server.release()).await;
+    assert_eq!(io_error_kind(&err), Some(io::ErrorKind::ConnectionReset));
+    let snapshot = only(&client);
+    assert_eq!(snapshot.retries(), 0, "{snapshot:?}");
+    assert_eq!(snapshot.closed(CloseReason::Error), 1, "{snapshot:?}");
+    assert_eq!((snapshot.active(), snapshot.idle()), (0, 0), "{snapshot:?}");
+
+    let (third, _) = bounded(send(&mut client, get(&url, 3))).await.unwrap();
+    assert!(!info(&third).reused());
+    assert_ne!(info(&third).id(), reset);
+    assert_eq!(server_conn(&third), 1);
+    let ids: Vec<_> = server.requests().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(3)], "request 2 was sent again");
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_midway_is_a_body_error_and_its_connection_serves_on() {
+    let server = H2Server::start(H2Options::replying(|at| match at.index {
+        1 => Reply::ResetMidBody,
+        _ => Reply::Respond,
+    }))
+    .await;
+    let url = server.url("/");
+    let mut client = pool(PoolConfig::default().http2_prior_knowledge(true));
+    let (reset, _) = reset_midway(&mut client, &url, || server.release()).await;
+    let snapshot = only(&client);
+    assert_eq!(snapshot.retries(), 0, "{snapshot:?}");
+    assert_eq!(snapshot.closed_total(), 0, "{snapshot:?}");
+
+    // A stream reset is not a connection error: the next stream goes on
+    // the same connection.
+    let (third, body) = bounded(send(&mut client, get(&url, 3))).await.unwrap();
+    assert_eq!(&body[..], b"ok");
+    assert!(info(&third).reused());
+    assert_eq!(info(&third).id(), reset);
+    let seen = server.seen();
+    assert_eq!((seen.accepted(), seen.streams_on(0)), (1, 3), "{seen:?}");
+    assert_eq!(only(&client).opened(), 1);
+}
+
+#[tokio::test]
+async fn a_dribbled_head_fails_at_the_response_timeout_and_frees_the_slot() {
+    // About 70 bytes of head, 10 ms apart: 0.7 s for the whole head, never
+    // more than 10 ms without a byte.
+    let server = RawHttp1Server::start(|conn, _| match conn {
+        0 => Answer::DribbleHead(Duration::from_millis(10)),
+        _ => Answer::Respond,
+    })
+    .await;
+    let url = server.url("/");
+    let mut client = pool(
+        PoolConfig::default()
+            .max_connections_per_target(Some(1))
+            .response_timeout(Some(Duration::from_millis(200))),
+    );
+    let err = bounded(send(&mut client, get(&url, 1)))
+        .await
+        .expect_err("the head takes longer than the timeout");
+    assert_eq!(
+        (err.kind(), err.phase()),
+        (ErrorKind::ResponseTimeout, Phase::Send),
+        "{err:?}"
+    );
+    assert!(err.is_timeout() && err.may_have_been_processed());
+    let snapshot = only(&client);
+    assert_eq!((snapshot.active(), snapshot.idle()), (0, 0), "{snapshot:?}");
+    assert_eq!(snapshot.closed(CloseReason::Abandoned), 1, "{snapshot:?}");
+
+    let (parts, _) = bounded(send(&mut client, get(&url, 2)))
+        .await
+        .expect("the slot was freed");
+    assert_eq!(echoed_id(&parts), Some(2));
+    assert_eq!(server_conn(&parts), 1);
+    assert!(!info(&parts).reused());
     assert_eq!(only(&client).retries(), 0);
 }
