@@ -1,8 +1,8 @@
 //! An HTTP/2 server on loopback, built on the `h2` crate's server API, that
 //! misbehaves on cue: it refuses streams, resets them mid-body, sends GOAWAY
-//! at a chosen moment or below a stream the client has already sent, and
-//! lowers its stream limit in the middle of a connection. It counts what it
-//! sees from its own side of the wire.
+//! at a chosen moment or below a stream the client has already sent, sends
+//! heads larger than asked for, and lowers its stream limit in the middle of
+//! a connection. It counts what it sees from its own side of the wire.
 //!
 //! Each accepted socket runs through a frame relay in front of the `h2`
 //! server. The relay counts the client's streams as they arrive, chooses
@@ -43,6 +43,8 @@ pub enum Reply {
     /// [`H2Server::release`] has been called, reset the stream with
     /// `INTERNAL_ERROR`. The connection carries on.
     ResetMidBody,
+    /// Answer 200 with a header whose value is this many bytes long.
+    HugeHead(usize),
     /// Keep the stream from the server and send the client a graceful GOAWAY
     /// (`NO_ERROR`) whose last stream id is the stream before it: the request
     /// was never processed.
@@ -387,6 +389,9 @@ async fn answer(
     let mut response = http::Response::builder().header("x-conn-id", conn);
     if let Some(id) = request.headers().get("x-request-id") {
         response = response.header("x-request-id", id);
+    }
+    if let Reply::HugeHead(size) = reply {
+        response = response.header("x-filler", "a".repeat(size));
     }
     let response = response.body(()).expect("valid response");
     let sent = respond.send_response(response, false);

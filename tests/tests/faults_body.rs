@@ -1,7 +1,7 @@
 //! Faults around bodies and heads: a request body replayed through
 //! `ReplayBody` when its reused connection closes under it, a response body
-//! reset midway (HTTP/1.1 and HTTP/2), and a response head dribbled past
-//! `response_timeout`.
+//! reset midway (HTTP/1.1 and HTTP/2), a response head dribbled past
+//! `response_timeout`, and heads over `max_response_header_bytes`.
 //!
 //! Every server is on loopback; every wait on real time is bounded, and no
 //! assertion is about how long anything took.
@@ -243,4 +243,107 @@ async fn a_dribbled_head_fails_at_the_response_timeout_and_frees_the_slot() {
     assert_eq!(server_conn(&parts), 1);
     assert!(!info(&parts).reused());
     assert_eq!(only(&client).retries(), 0);
+}
+
+#[tokio::test]
+async fn an_http1_head_over_max_response_header_bytes_is_response_too_large() {
+    // 4 headers of 8 KiB: over a 16 KiB limit, far below hyper's own bound;
+    // 4 of 2 KiB: within it.
+    let server = RawHttp1Server::start(|conn, _| match conn {
+        0 => Answer::HugeHead {
+            headers: 4,
+            size: 8 * 1024,
+        },
+        _ => Answer::HugeHead {
+            headers: 4,
+            size: 2 * 1024,
+        },
+    })
+    .await;
+    let url = server.url("/");
+    let mut client = pool(
+        PoolConfig::default()
+            .max_connections_per_target(Some(1))
+            .max_response_header_bytes(Some(16 * 1024)),
+    );
+    let err = bounded(send(&mut client, get(&url, 1)))
+        .await
+        .expect_err("the head is over the limit");
+    assert_eq!(
+        (err.kind(), err.phase()),
+        (ErrorKind::ResponseTooLarge, Phase::Send),
+        "{err:?}"
+    );
+    assert!(err.may_have_been_processed());
+    let target = format!("http://{}", server.addr);
+    assert_eq!(err.target(), Some(target.as_str()));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "response head too large; the request may have been processed for {target} (send phase)"
+        )
+    );
+    let snapshot = only(&client);
+    assert_eq!((snapshot.active(), snapshot.idle()), (0, 0), "{snapshot:?}");
+    assert_eq!(snapshot.closed(CloseReason::Error), 1, "{snapshot:?}");
+
+    let (parts, _) = bounded(send(&mut client, get(&url, 2)))
+        .await
+        .expect("a head within the limit, on a new connection");
+    assert_eq!(echoed_id(&parts), Some(2));
+    assert_eq!(server_conn(&parts), 1);
+    assert_eq!(only(&client).retries(), 0);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_head_over_hyper_own_bound_is_response_too_large_unless_the_limit_is_higher() {
+    // One header of 512 KiB: more than hyper's read buffer of about 400 KiB.
+    let server = RawHttp1Server::start(|_, _| Answer::HugeHead {
+        headers: 1,
+        size: 512 * 1024,
+    })
+    .await;
+    let url = server.url("/");
+    let mut client = pool(PoolConfig::default());
+    let err = bounded(send(&mut client, get(&url, 1))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResponseTooLarge, "{err:?}");
+    assert_eq!(only(&client).active(), 0);
+
+    let mut client = pool(PoolConfig::default().max_response_header_bytes(Some(1024 * 1024)));
+    let (parts, _) = bounded(send(&mut client, get(&url, 2)))
+        .await
+        .expect("a head within a limit above hyper's own");
+    assert_eq!(echoed_id(&parts), Some(2));
+}
+
+#[tokio::test]
+async fn an_http2_head_over_max_response_header_bytes_resets_only_its_stream() {
+    // One 6 KiB header against a 4 KiB limit (hyper's own is 16 KiB): h2
+    // resets the stream; heads far over the limit end the connection.
+    let server = H2Server::start(H2Options::replying(|at| match at.index {
+        1 => Reply::HugeHead(6 * 1024),
+        _ => Reply::Respond,
+    }))
+    .await;
+    let url = server.url("/");
+    let mut client = pool(
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .max_response_header_bytes(Some(4 * 1024)),
+    );
+    let (first, _) = bounded(send(&mut client, get(&url, 1))).await.unwrap();
+    let err = bounded(send(&mut client, get(&url, 2)))
+        .await
+        .expect_err("the head is over the limit");
+    assert_eq!((err.kind(), err.phase()), (ErrorKind::Send, Phase::Send));
+    let (third, _) = bounded(send(&mut client, get(&url, 3))).await.unwrap();
+    assert_eq!(info(&third).id(), info(&first).id());
+    let snapshot = only(&client);
+    assert_eq!(
+        (snapshot.opened(), snapshot.retries()),
+        (1, 0),
+        "{snapshot:?}"
+    );
+    assert_eq!(server.seen().streams_on(0), 3);
 }

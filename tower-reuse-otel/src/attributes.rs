@@ -119,6 +119,7 @@ pub(crate) fn pool_error(error: &tower_reuse_pool::Error) -> &'static str {
         ErrorKind::Handshake => "handshake",
         ErrorKind::CheckoutTimeout => "checkout_timeout",
         ErrorKind::ResponseTimeout => "response_timeout",
+        ErrorKind::ResponseTooLarge => "response_too_large",
         ErrorKind::TooManyWaiters => "too_many_waiters",
         ErrorKind::NotReady => "not_ready",
         ErrorKind::Send => "send",

@@ -33,6 +33,7 @@ pub struct PoolConfig {
     pub(crate) connect_timeout: Option<Duration>,
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
     pub(crate) response_timeout: Option<Duration>,
+    pub(crate) max_response_header_bytes: Option<usize>,
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
     pub(crate) http2_ping_interval: Option<Duration>,
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
@@ -61,6 +62,7 @@ impl Default for PoolConfig {
             checkout_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Some(Duration::from_secs(10)),
             response_timeout: None,
+            max_response_header_bytes: None,
             http2_ping_interval: None,
             idle_timeout: Some(Duration::from_secs(55)),
             max_lifetime: None,
@@ -126,6 +128,20 @@ impl PoolConfig {
         /// (which may have been processed) and frees the slot; an HTTP/1.1
         /// connection is closed. Defaults to `None` (long polls are legitimate).
         response_timeout: Option<Duration>
+    }
+    setter! {
+        /// Largest response head accepted, in bytes: over HTTP/1.1 the status
+        /// line and headers as sent, over HTTP/2 the header list as
+        /// `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (each field's name and
+        /// value plus 32), which the server is told. An HTTP/1.1 head over it
+        /// (or over hyper's 100 headers) fails the request with
+        /// [`ErrorKind::ResponseTooLarge`](crate::ErrorKind::ResponseTooLarge)
+        /// and closes the connection; over HTTP/2 the stream is reset
+        /// ([`ErrorKind::Send`](crate::ErrorKind::Send)). Applies to
+        /// connections opened after it is set. From 1 to 2^32 - 1. Defaults
+        /// to `None`: hyper's own bounds (about 400 KiB over HTTP/1.1, 16 KiB
+        /// over HTTP/2).
+        max_response_header_bytes: Option<usize>
     }
     setter! {
         /// Send an HTTP/2 PING this often, idle or not, and close the
@@ -207,6 +223,7 @@ impl PoolConfig {
             ("max_connecting_per_target", self.max_connecting_per_target),
             ("max_waiters_per_target", self.max_waiters_per_target),
             ("max_requests_in_flight", self.max_requests_in_flight),
+            ("max_response_header_bytes", self.max_response_header_bytes),
         ];
         for (field, value) in positive {
             if value == Some(0) {
@@ -220,6 +237,15 @@ impl PoolConfig {
             return Err(ConfigError::new(
                 "max_requests_per_connection",
                 "must be at least 1 (use None to disable)",
+            ));
+        }
+        if self
+            .max_response_header_bytes
+            .is_some_and(|max| u32::try_from(max).is_err())
+        {
+            return Err(ConfigError::new(
+                "max_response_header_bytes",
+                "must be below 4 GiB (HTTP/2 carries it in 32 bits)",
             ));
         }
         let durations = [
@@ -405,6 +431,37 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.field(), "lifetime_jitter");
+    }
+
+    #[test]
+    fn bounds_the_response_head_limit() {
+        for (max, valid) in [(0, false), (1, true), (64 * 1024, true)] {
+            let checked = PoolConfig::default()
+                .max_response_header_bytes(Some(max))
+                .validate();
+            assert_eq!(checked.is_ok(), valid, "{max}");
+            if let Err(err) = checked {
+                assert_eq!(err.field(), "max_response_header_bytes");
+            }
+        }
+        if let Ok(max) = usize::try_from(u64::from(u32::MAX) + 1) {
+            let err = PoolConfig::default()
+                .max_response_header_bytes(Some(max))
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.field(), "max_response_header_bytes");
+            assert!(err.to_string().contains("4 GiB"), "{err}");
+        }
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn reads_the_response_head_limit_from_a_policy_file() {
+        let config: PoolConfig = toml::from_str("max_response_header_bytes = 16384").unwrap();
+        assert_eq!(
+            config,
+            PoolConfig::default().max_response_header_bytes(Some(16 * 1024))
+        );
     }
 
     #[test]

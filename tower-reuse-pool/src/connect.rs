@@ -302,6 +302,10 @@ pub(crate) fn land<B>(
 /// this very value): it carries one stream until its first response.
 const ASSUMED_MAX_STREAMS: usize = 100;
 
+/// hyper's default HTTP/1.1 read buffer limit, which also bounds a response
+/// head.
+const HTTP1_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+
 /// A connection just opened, before the pool gives it a lifecycle.
 #[derive(Debug)]
 pub(crate) enum Opened<B> {
@@ -359,6 +363,10 @@ where
                 .keep_alive_timeout(every)
                 .keep_alive_while_idle(true);
         }
+        if let Some(max) = config.max_response_header_bytes {
+            // `validate` keeps it within 32 bits.
+            builder.max_header_list_size(u32::try_from(max).unwrap_or(u32::MAX));
+        }
         let (tx, conn) = builder
             .handshake(io)
             .await
@@ -373,7 +381,16 @@ where
         tokio::spawn(drive_h2(conn, parts.settled.clone(), weak, id));
         Ok((id, Opened::Http2(tx, parts), facts))
     } else {
-        let (tx, conn) = http1::Builder::new()
+        let mut builder = http1::Builder::new();
+        if let Some(max) = config.max_response_header_bytes {
+            // hyper bounds a head by its read buffer too: let a limit above
+            // the buffer's default be reached.
+            builder.max_header_size(max);
+            if max > HTTP1_DEFAULT_MAX_BUF {
+                builder.max_buf_size(max);
+            }
+        }
+        let (tx, conn) = builder
             .handshake(io)
             .await
             .map_err(|e| Error::handshake(target, e))?;

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     CheckoutTimeout,
     /// The response head did not arrive within `response_timeout`.
     ResponseTimeout,
+    /// The HTTP/1.1 response head was larger than `max_response_header_bytes`
+    /// (or hyper's own bounds); its connection was closed.
+    ResponseTooLarge,
     /// The target already has `max_waiters` requests waiting.
     TooManyWaiters,
     /// `call` was made without a successful `poll_ready`.
@@ -168,6 +171,19 @@ impl Error {
             format!("no response head within {after:?}; the request may have been processed"),
         )
         .with_target(target);
+        error.inner_mut().may_have_been_processed = true;
+        error
+    }
+
+    /// The server answered with a head over the limit: it took the request.
+    pub(crate) fn response_too_large(target: &Target, source: hyper::Error) -> Self {
+        let mut error = Error::new(
+            ErrorKind::ResponseTooLarge,
+            Phase::Send,
+            "response head too large; the request may have been processed",
+        )
+        .with_target(target)
+        .with_source(source);
         error.inner_mut().may_have_been_processed = true;
         error
     }

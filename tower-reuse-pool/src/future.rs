@@ -327,7 +327,11 @@ where
                         reason,
                         Some(RetryReason::RefusedStream | RetryReason::GoAway)
                     );
-                let error = Error::send(&checkout.pool.target, error, processed);
+                let error = if is_too_large(&error) {
+                    Error::response_too_large(&checkout.pool.target, error)
+                } else {
+                    Error::send(&checkout.pool.target, error, processed)
+                };
                 checkout.finish(outcome);
                 Exchange::Failed { error, retry }
             }
@@ -395,6 +399,11 @@ fn is_reset(error: &hyper::Error) -> bool {
                 | std::io::ErrorKind::BrokenPipe
         )
     })
+}
+
+/// Whether the response head was over the connection's limit.
+fn is_too_large(error: &hyper::Error) -> bool {
+    error.is_parse_too_large() || source_of::<hyper::Error>(error).is_some_and(is_too_large)
 }
 
 /// The first error of type `T` in `error`'s source chain.
