@@ -333,9 +333,10 @@ async fn a_goaway_storm_costs_at_most_one_connection_per_request_and_no_spin() {
 
 /// Case 13: 1 MB of response headers (1024 of 1 KB each: more headers
 /// than hyper reads), and one 512 KB header (more than hyper's ~400 KB read
-/// buffer). hyper reports both as a head too large.
+/// buffer). hyper reports both as a head too large: a typed
+/// `ResponseTooLarge`.
 #[tokio::test]
-async fn huge_response_headers_are_a_send_error_and_free_the_slot() {
+async fn huge_response_headers_are_a_typed_error_and_free_the_slot() {
     for (headers, size) in [(1024, 1024), (1, 512 * 1024)] {
         let server = RawHttp1Server::start(move |conn, _| match conn {
             0 => Answer::HugeHead { headers, size },
@@ -351,7 +352,7 @@ async fn huge_response_headers_are_a_send_error_and_free_the_slot() {
         let case = format!("{headers} headers of {size} bytes");
         assert_eq!(
             (error.kind(), error.phase()),
-            (ErrorKind::Send, Phase::Send),
+            (ErrorKind::ResponseTooLarge, Phase::Send),
             "{case}: {error:?}"
         );
         assert_eq!(
