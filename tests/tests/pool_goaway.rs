@@ -1,24 +1,36 @@
 //! The pool against an HTTP/2 server that sends GOAWAY, refuses streams and
-//! lowers its stream limit mid-connection (`h2server`), on loopback.
+//! lowers its stream limit mid-connection: `h2server` on loopback, and, for
+//! the tests on paused time, [`MemoryH2`] below over in-memory pipes.
 //!
-//! Every wait is bounded by [`bounded`], a guard against hangs that is never
-//! a performance assertion.
+//! Every wait on real time is bounded by [`bounded`], a guard against hangs
+//! that is never a performance assertion.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use h2::Reason;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 use tower_reuse_pool::events::{CloseReason, PoolEvents, Retried, RetryReason};
 use tower_reuse_pool::{
-    ConnId, ConnectionInfo, Error, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
+    ConnId, Connect, ConnectError, ConnectionInfo, Error, ErrorKind, Established, Phase, Pool,
+    PoolConfig, PoolLayer, Target, TargetSnapshot,
 };
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply, StreamAt};
-use tower_reuse_tests::{bounded, concurrently, echoed_id, get, only, send, server_conn};
+use tower_reuse_tests::{
+    bounded, client, concurrently, echoed_id, get, info, only, send, server_conn,
+};
 
 /// Records every retry the pool reports.
 #[derive(Debug, Default)]
@@ -524,4 +536,449 @@ async fn a_retried_request_keeps_its_in_flight_permit() {
     server.release();
     let (parts, _) = bounded(retried).await.unwrap().expect("the retry succeeds");
     assert_eq!(server_conn(&parts), 1);
+}
+
+/// The target of the tests on paused time.
+const URL: &str = "http://h2.test/";
+
+/// What [`MemoryH2`] does on every connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    /// Answer every stream.
+    Respond,
+    /// Answer the first stream, send GOAWAY with its id as the last stream
+    /// id and close: a stream sent after it was never processed.
+    GoAwayAfterFirstStream,
+    /// Send GOAWAY with last stream id 0 right after SETTINGS and answer
+    /// nothing; close once the client does.
+    GoAwayAtOnce,
+}
+
+/// What [`MemoryH2`] saw on one connection, and a test's handle on it.
+#[derive(Debug)]
+struct MemoryConn {
+    /// Streams the client opened on it.
+    streams: u64,
+    /// Streams the server answered on it.
+    answered: u64,
+    /// The server's end has closed.
+    closed: bool,
+    /// Asks the server to send SETTINGS lowering or raising
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; the sender fires on the client's ACK.
+    settings: mpsc::UnboundedSender<(u32, oneshot::Sender<()>)>,
+}
+
+/// An HTTP/2 server over in-memory pipes, written frame by frame: with no
+/// socket, tests on paused time stay deterministic, and it sends what the
+/// `h2` server API cannot (a second SETTINGS). It answers `:status 200`
+/// with no body, and counts per connection the streams it was sent.
+#[derive(Clone, Debug)]
+struct MemoryH2 {
+    behaviour: Behaviour,
+    conns: Arc<Mutex<Vec<MemoryConn>>>,
+}
+
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+/// `ACK` on SETTINGS and PING.
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+/// The client's connection preface, `PRI * HTTP/2.0...`, is this long.
+const CLIENT_PREFACE: usize = 24;
+/// Every connection's first `SETTINGS_MAX_CONCURRENT_STREAMS`.
+const FIRST_MAX_STREAMS: u32 = 10;
+
+impl MemoryH2 {
+    fn new(behaviour: Behaviour) -> Self {
+        MemoryH2 {
+            behaviour,
+            conns: Arc::default(),
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<MemoryConn>> {
+        self.conns.lock().unwrap()
+    }
+
+    /// Connections accepted.
+    fn accepted(&self) -> usize {
+        self.conns().len()
+    }
+
+    /// Connections whose server end is still open.
+    fn open(&self) -> usize {
+        self.conns().iter().filter(|c| !c.closed).count()
+    }
+
+    /// Streams opened by the client, and streams answered, on every
+    /// connection.
+    fn streams(&self) -> (u64, u64) {
+        let conns = self.conns();
+        (
+            conns.iter().map(|c| c.streams).sum(),
+            conns.iter().map(|c| c.answered).sum(),
+        )
+    }
+
+    /// Send connection `conn` SETTINGS with `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// at `max`; returns once the client has acknowledged them.
+    async fn set_max_streams(&self, conn: usize, max: u32) {
+        let (acked, on_ack) = oneshot::channel();
+        let sent = self.conns()[conn].settings.send((max, acked));
+        sent.expect("the connection is open");
+        on_ack.await.expect("the client acknowledged the SETTINGS");
+    }
+
+    /// Serve connection `conn` until either end closes it.
+    async fn serve(
+        self,
+        mut io: DuplexStream,
+        conn: usize,
+        mut settings: mpsc::UnboundedReceiver<(u32, oneshot::Sender<()>)>,
+    ) {
+        let _ = self.converse(&mut io, conn, &mut settings).await;
+        drop(io);
+        self.conns()[conn].closed = true;
+    }
+
+    async fn converse(
+        &self,
+        io: &mut DuplexStream,
+        conn: usize,
+        settings: &mut mpsc::UnboundedReceiver<(u32, oneshot::Sender<()>)>,
+    ) -> std::io::Result<()> {
+        // One entry per SETTINGS sent and not acknowledged yet, in order:
+        // `Some` for those a test is waiting on.
+        let mut unacked: VecDeque<Option<oneshot::Sender<()>>> = VecDeque::from([None]);
+        io.write_all(&max_streams_frame(FIRST_MAX_STREAMS)).await?;
+        if self.behaviour == Behaviour::GoAwayAtOnce {
+            io.write_all(&goaway_frame(0)).await?;
+        }
+        let mut buf = BytesMut::new();
+        let mut preface_left = CLIENT_PREFACE;
+        loop {
+            let skip = preface_left.min(buf.len());
+            buf.advance(skip);
+            preface_left -= skip;
+            while preface_left == 0
+                && let Some((kind, flags, stream, payload)) = next_frame(&mut buf)
+            {
+                match kind {
+                    SETTINGS if flags & ACK != 0 => {
+                        if let Some(Some(acked)) = unacked.pop_front() {
+                            let _ = acked.send(());
+                        }
+                    }
+                    SETTINGS => io.write_all(&frame(SETTINGS, ACK, 0, &[])).await?,
+                    PING if flags & ACK == 0 => {
+                        io.write_all(&frame(PING, ACK, 0, &payload)).await?
+                    }
+                    HEADERS => {
+                        let answer = {
+                            let mut conns = self.conns();
+                            let seen = &mut conns[conn];
+                            seen.streams += 1;
+                            let answer = self.behaviour != Behaviour::GoAwayAtOnce;
+                            seen.answered += u64::from(answer);
+                            answer
+                        };
+                        if answer {
+                            // HPACK `0x88`: the static table's `:status: 200`.
+                            let head = frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
+                            io.write_all(&head).await?;
+                        }
+                        if self.behaviour == Behaviour::GoAwayAfterFirstStream {
+                            return io.write_all(&goaway_frame(stream)).await;
+                        }
+                    }
+                    // WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY: nothing
+                    // to do; the client closes when it is done.
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                read = io.read_buf(&mut buf) => if read? == 0 {
+                    return Ok(());
+                },
+                Some((max, acked)) = settings.recv() => {
+                    unacked.push_back(Some(acked));
+                    io.write_all(&max_streams_frame(max)).await?;
+                }
+            }
+        }
+    }
+}
+
+impl Connect for MemoryH2 {
+    type Io = TokioIo<DuplexStream>;
+    type Future = Pin<Box<dyn Future<Output = Result<Established<Self::Io>, ConnectError>> + Send>>;
+
+    fn connect(&self, _target: &Target) -> Self::Future {
+        let server = self.clone();
+        Box::pin(async move {
+            let (client, server_end) = tokio::io::duplex(64 * 1024);
+            let (settings, on_settings) = mpsc::unbounded_channel();
+            let conn = {
+                let mut conns = server.conns();
+                conns.push(MemoryConn {
+                    streams: 0,
+                    answered: 0,
+                    closed: false,
+                    settings,
+                });
+                conns.len() - 1
+            };
+            tokio::spawn(server.serve(server_end, conn, on_settings));
+            Ok(Established::new(TokioIo::new(client)))
+        })
+    }
+}
+
+/// A frame: the 9-byte header, then `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("a small frame")
+        .to_be_bytes();
+    [&len[1..], &[kind, flags], &stream.to_be_bytes(), payload].concat()
+}
+
+/// SETTINGS with `SETTINGS_MAX_CONCURRENT_STREAMS` (0x3) at `max`.
+fn max_streams_frame(max: u32) -> Vec<u8> {
+    frame(
+        SETTINGS,
+        0,
+        0,
+        &[&3u16.to_be_bytes()[..], &max.to_be_bytes()].concat(),
+    )
+}
+
+/// A graceful GOAWAY (`NO_ERROR`) whose last processed stream is `last`.
+fn goaway_frame(last: u32) -> Vec<u8> {
+    let no_error = u32::from(Reason::NO_ERROR);
+    frame(
+        GOAWAY,
+        0,
+        0,
+        &[last.to_be_bytes(), no_error.to_be_bytes()].concat(),
+    )
+}
+
+/// The next whole frame in `buf`: its kind, flags, stream and payload.
+fn next_frame(buf: &mut BytesMut) -> Option<(u8, u8, u32, Bytes)> {
+    let head = buf.get(..9)?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    if buf.len() < 9 + len {
+        return None;
+    }
+    let head = buf.split_to(9);
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, buf.split_to(len).freeze()))
+}
+
+/// An h2c pool over [`MemoryH2`].
+fn memory_pool(server: &MemoryH2, config: PoolConfig) -> Pool<MemoryH2> {
+    client(server.clone(), config.http2_prior_knowledge(true))
+}
+
+/// How long, in real time, a test on paused time may take: a guard against
+/// a spin, far above what it needs (well under a second).
+const REAL_TIME_BOUND: Duration = Duration::from_secs(30);
+
+/// Runs `test` on paused time, on a runtime and thread of its own, and
+/// fails unless it ends within `limit` of real time. On paused time the
+/// clock jumps only while every task is idle: a task that keeps waking
+/// itself (a spin) stops a `sleep` from ever ending, and this bound turns
+/// that into a failure instead of a hang.
+fn on_paused_time_within<F: Future<Output = ()>>(
+    limit: Duration,
+    test: impl FnOnce() -> F + Send + 'static,
+) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+            .block_on(test());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => runner.join().expect("the test ended"),
+        Err(RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(runner.join().expect_err("the test panicked"))
+        }
+        Err(RecvTimeoutError::Timeout) => panic!(
+            "not done within {limit:?} of real time: a task spins, so paused time cannot advance"
+        ),
+    }
+}
+
+/// An hour of paused time passes, which it cannot while any task spins,
+/// and in it nothing dials and nothing stays open; the pool's expiry task
+/// wakes for deadlines only.
+async fn stays_quiet_for_an_hour(client: &Pool<MemoryH2>, server: &MemoryH2) {
+    let accepted = server.accepted();
+    let wakeups = client.control().snapshot().reaper_wakeups();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(server.accepted(), accepted, "still dialing");
+    assert_eq!(server.open(), 0, "a connection stayed open");
+    let snapshot = client.control().snapshot();
+    let woken = snapshot.reaper_wakeups() - wakeups;
+    assert!(
+        woken <= 4,
+        "the expiry task woke {woken} times in an idle hour"
+    );
+    for target in &snapshot.targets {
+        assert_eq!(
+            (target.connecting(), target.idle(), target.active()),
+            (0, 0, 0),
+            "{target:?}"
+        );
+    }
+}
+
+/// Case 10 of the fault matrix (faults.rs), the GOAWAY storm, on paused
+/// time: every connection answers one stream, then sends GOAWAY and closes.
+/// One request after another, each succeeds on a connection of its own. In
+/// a burst the pool puts several streams on a connection the server will
+/// answer one of: each request succeeds or, after at most one retry, fails
+/// typed as never processed, and the burst costs at most a connection per
+/// request. Afterwards nothing spins (see [`stays_quiet_for_an_hour`]).
+#[test]
+fn a_goaway_after_every_first_stream_costs_a_connection_per_request_and_no_spin() {
+    on_paused_time_within(REAL_TIME_BOUND, || async {
+        const SEQUENTIAL: u64 = 100;
+        const BURST: u64 = 50;
+        let server = MemoryH2::new(Behaviour::GoAwayAfterFirstStream);
+        let client = memory_pool(&server, PoolConfig::default());
+        for i in 0..SEQUENTIAL {
+            let (parts, _) = send(&mut client.clone(), get(URL, i))
+                .await
+                .unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+            assert!(!info(&parts).reused(), "request {i}");
+        }
+        assert_eq!(server.accepted() as u64, SEQUENTIAL);
+        assert_eq!(only(&client).retries(), 0);
+
+        let burst = burst(&client, SEQUENTIAL, BURST).await;
+        let served = burst.iter().filter(|r| r.is_ok()).count() as u64;
+        for error in burst.iter().filter_map(|r| r.as_ref().err()) {
+            assert_never_processed(error);
+        }
+        // Each answered stream reached its request; no failed one was processed.
+        assert_eq!(server.streams().1, SEQUENTIAL + served);
+        assert!(only(&client).retries() <= BURST, "{:?}", only(&client));
+        assert_no_more_connections_than_requests(&server, SEQUENTIAL + BURST);
+        stays_quiet_for_an_hour(&client, &server).await;
+    });
+}
+
+/// Send `n` GETs at once, with ids from `first`.
+async fn burst(client: &Pool<MemoryH2>, first: u64, n: u64) -> Vec<Result<(), Error>> {
+    concurrently(n, |i| {
+        let mut client = client.clone();
+        async move { send(&mut client, get(URL, first + i)).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// No dial loop: at most a connection per request so far.
+fn assert_no_more_connections_than_requests(server: &MemoryH2, requests: u64) {
+    let accepted = server.accepted() as u64;
+    assert!(
+        accepted <= requests,
+        "{accepted} connections for {requests} requests"
+    );
+}
+
+/// A request failed, typed as never processed: safe to send again.
+fn assert_never_processed(error: &Error) {
+    assert_eq!(
+        (error.kind(), error.phase(), error.may_have_been_processed()),
+        (ErrorKind::Send, Phase::Send, false),
+        "{error:?}"
+    );
+}
+
+/// The storm's other form, on paused time: every connection sends GOAWAY
+/// (last stream id 0) before any stream. Every request fails, typed as
+/// never processed, and is not retried (a brand-new connection's first
+/// stream): no dial loop, no spin.
+#[test]
+fn a_goaway_before_every_first_stream_fails_each_request_without_a_dial_loop_or_spin() {
+    on_paused_time_within(REAL_TIME_BOUND, || async {
+        const SEQUENTIAL: u64 = 50;
+        const BURST: u64 = 50;
+        let server = MemoryH2::new(Behaviour::GoAwayAtOnce);
+        let client = memory_pool(&server, PoolConfig::default());
+        for i in 0..SEQUENTIAL {
+            let error = send(&mut client.clone(), get(URL, i))
+                .await
+                .expect_err("nothing is ever answered");
+            assert_never_processed(&error);
+        }
+        assert_eq!(server.accepted() as u64, SEQUENTIAL, "one connection each");
+        assert_eq!(only(&client).retries(), 0);
+
+        let burst = burst(&client, SEQUENTIAL, BURST).await;
+        for result in &burst {
+            assert_never_processed(result.as_ref().expect_err("nothing is ever answered"));
+        }
+        assert_no_more_connections_than_requests(&server, SEQUENTIAL + BURST);
+        assert_eq!(server.streams().1, 0);
+        stays_quiet_for_an_hour(&client, &server).await;
+    });
+}
+
+/// Case 10, a stream limit lowered to 0 while the pool may open no other
+/// connection: the request waits for a stream that never frees, and ends
+/// in a typed `CheckoutTimeout` at the checkout timeout rather than
+/// queueing in h2 for ever. Raised again, the limit lets the connection
+/// serve.
+#[test]
+fn a_stream_limit_lowered_to_zero_at_the_connection_cap_ends_in_a_checkout_timeout() {
+    on_paused_time_within(REAL_TIME_BOUND, || async {
+        let checkout_timeout = Duration::from_secs(2);
+        let server = MemoryH2::new(Behaviour::Respond);
+        let client = memory_pool(
+            &server,
+            PoolConfig::default()
+                .max_connections_per_target(Some(1))
+                .checkout_timeout(Some(checkout_timeout)),
+        );
+        let (first, _) = send(&mut client.clone(), get(URL, 0)).await.unwrap();
+        server.set_max_streams(0, 0).await;
+
+        let started = Instant::now();
+        // Bounded on paused time: a request queued in h2 for a stream that never
+        // frees would wait here for ever.
+        let error = tokio::time::timeout(
+            checkout_timeout * 10,
+            send(&mut client.clone(), get(URL, 1)),
+        )
+        .await
+        .expect("hung: neither served nor timed out")
+        .expect_err("no stream may open");
+        assert_eq!(
+            (error.kind(), error.phase()),
+            (ErrorKind::CheckoutTimeout, Phase::Checkout),
+            "{error:?}"
+        );
+        assert_eq!(started.elapsed(), checkout_timeout);
+        assert_eq!(server.accepted(), 1, "a connection beyond the cap");
+        assert_eq!(server.streams(), (1, 1), "a stream went out over the limit");
+
+        server.set_max_streams(0, FIRST_MAX_STREAMS).await;
+        let (parts, _) =
+            tokio::time::timeout(checkout_timeout, send(&mut client.clone(), get(URL, 2)))
+                .await
+                .expect("hung")
+                .expect("served once the limit is raised");
+        assert_eq!(info(&parts).id(), info(&first).id());
+        assert_eq!(server.streams(), (2, 2));
+    });
 }

@@ -1,8 +1,9 @@
 //! Fuzzing, on the stable toolchain, of every parser that reads what a peer
-//! or a user sends: the `Keep-Alive` and `Connection` response headers, and
-//! durations and whole policy files in configuration. proptest generates the
-//! inputs, both arbitrary text and text shaped like each grammar, and the
-//! properties are "never panics" plus what each parser promises.
+//! or a user sends: the `Keep-Alive` and `Connection` response headers and
+//! whole response heads, the target of a request's URI, and durations and
+//! whole policy files in configuration. proptest generates the inputs, both
+//! arbitrary text and text shaped like each grammar, and the properties are
+//! "never panics" plus what each parser promises.
 //!
 //! CI runs proptest's default case count per property. A longer, still
 //! bounded run:
@@ -13,11 +14,14 @@
 
 use std::time::Duration;
 
-use http::header::{CONNECTION, HeaderMap, HeaderValue};
+use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Uri, Version};
 use proptest::prelude::*;
 
 use crate::config::parse_duration;
-use crate::hints::{ConnectionTokens, keep_alive_timeout};
+use crate::error::{ErrorKind, Phase};
+use crate::hints::{ConnectionTokens, ServerHints, keep_alive_timeout};
+use crate::target::Target;
 
 /// Pieces of header grammar: names, numbers, separators, quotes, noise.
 fn header_like() -> impl Strategy<Value = String> {
@@ -26,6 +30,7 @@ fn header_like() -> impl Strategy<Value = String> {
         Just("TimeOut".to_owned()),
         Just("max".to_owned()),
         Just("close".to_owned()),
+        Just("Close".to_owned()),
         Just("keep-alive".to_owned()),
         "[0-9]{0,25}",
         "-[0-9]{1,3}",
@@ -58,6 +63,7 @@ fn duration_like() -> impl Strategy<Value = String> {
 }
 
 /// Lines shaped like a policy file: known keys, values of every type.
+#[cfg(feature = "serde")]
 fn policy_like() -> impl Strategy<Value = String> {
     let key = prop_oneof![
         Just("idle_timeout"),
@@ -82,6 +88,85 @@ fn policy_like() -> impl Strategy<Value = String> {
             .into_iter()
             .map(|(k, v)| format!("{k} = {v}\n"))
             .collect()
+    })
+}
+
+/// Text shaped like a URI: schemes, user info, hosts (names, IPv4, IPv6,
+/// empty), ports (in range or not), paths, and noise.
+fn uri_like() -> impl Strategy<Value = String> {
+    let scheme = prop_oneof![
+        Just("http://"),
+        Just("https://"),
+        Just("HTTP://"),
+        Just("HttpS://"),
+        Just("ftp://"),
+        Just("h2c://"),
+        Just("//"),
+        Just(""),
+    ];
+    let user = prop_oneof![Just(""), Just("user@"), Just("u:p@"), Just("@")];
+    let host = prop_oneof![
+        "[a-zA-Z0-9-]{1,10}(\\.[a-zA-Z0-9-]{1,10}){0,2}",
+        "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+        Just("[::1]".to_owned()),
+        Just("[fe80::1%25eth0]".to_owned()),
+        Just("".to_owned()),
+        "\\PC{0,4}",
+    ];
+    let port = prop_oneof![Just("".to_owned()), Just(":".to_owned()), ":[0-9]{1,6}"];
+    let rest = prop_oneof![
+        Just("".to_owned()),
+        Just("/".to_owned()),
+        "/[a-z/]{0,8}(\\?[a-z=&]{0,8})?",
+        "[?#][a-z]{0,4}",
+    ];
+    (scheme, user, host, port, rest)
+        .prop_map(|(scheme, user, host, port, rest)| format!("{scheme}{user}{host}{port}{rest}"))
+}
+
+/// A response head: a version, a status (101 among them) and headers whose
+/// names include those the pool reads, with values shaped like their grammar
+/// or arbitrary bytes.
+fn response_like() -> impl Strategy<Value = Response<()>> {
+    let version = prop_oneof![
+        Just(Version::HTTP_10),
+        Just(Version::HTTP_11),
+        Just(Version::HTTP_2),
+    ];
+    let status = prop_oneof![Just(101u16), Just(200), 100u16..600];
+    let name = prop_oneof![
+        Just("connection".to_owned()),
+        Just("keep-alive".to_owned()),
+        Just("upgrade".to_owned()),
+        Just("content-length".to_owned()),
+        "[a-z-]{1,12}",
+    ];
+    let value = prop_oneof![
+        header_like().prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..16),
+    ];
+    let headers = proptest::collection::vec((name, value), 0..8);
+    (version, status, headers).prop_map(|(version, status, headers)| {
+        let mut response = Response::new(());
+        *response.version_mut() = version;
+        *response.status_mut() = StatusCode::from_u16(status).expect("100 to 599");
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("a valid name");
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    })
+}
+
+/// Whether a `Connection` header of `response` lists `token`, read apart
+/// from the pool's parser: comma-separated, blanks around, any case.
+fn lists_token(response: &Response<()>, token: &str) -> bool {
+    response.headers().get_all(CONNECTION).iter().any(|value| {
+        String::from_utf8_lossy(value.as_bytes())
+            .split(',')
+            .any(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case(token))
     })
 }
 
@@ -140,6 +225,56 @@ proptest! {
     fn parse_duration_never_panics(text in prop_oneof![duration_like(), any::<String>()]) {
         if let Ok(Some(duration)) = parse_duration(&text) {
             prop_assert!(duration < Duration::MAX);
+        }
+    }
+
+    #[test]
+    fn target_from_uri_never_panics_and_keeps_scheme_and_authority(
+        text in prop_oneof![uri_like(), any::<String>()],
+    ) {
+        let Ok(uri) = text.parse::<Uri>() else {
+            return Ok(());
+        };
+        match Target::from_uri(&uri, None) {
+            Err(error) => prop_assert_eq!(
+                (error.kind(), error.phase()),
+                (ErrorKind::InvalidRequest, Phase::Request),
+                "{}: {}", uri, error
+            ),
+            Ok(target) => {
+                prop_assert_eq!(Some(target.scheme()), uri.scheme());
+                prop_assert_eq!(Some(target.authority()), uri.authority());
+                prop_assert!(!target.authority().host().is_empty());
+                prop_assert!(target.is_https() || target.scheme() == &http::uri::Scheme::HTTP);
+                // Printed and parsed again, or as the URI handed to the
+                // connector, it is the same target.
+                let printed: Uri = target.to_string().parse().expect("a target prints as a URI");
+                prop_assert_eq!(&Target::from_uri(&printed, None).expect("valid"), &target);
+                let dialed = Target::from_uri(&target.connect_uri(), None).expect("valid");
+                prop_assert_eq!(&dialed, &target);
+                let _ = target.transport();
+            }
+        }
+    }
+
+    #[test]
+    fn server_hints_never_panic_and_see_every_close_token(response in response_like()) {
+        let hints = ServerHints::of(&response);
+        if lists_token(&response, "close") {
+            prop_assert!(hints.close, "{:?}", response.headers());
+        }
+        let http10_without_keep_alive =
+            response.version() == Version::HTTP_10 && !lists_token(&response, "keep-alive");
+        if hints.close {
+            prop_assert!(
+                lists_token(&response, "close")
+                    || http10_without_keep_alive
+                    || response.status() == StatusCode::SWITCHING_PROTOCOLS,
+                "closed for no reason: {:?}", response
+            );
+        }
+        if let Some(limit) = hints.idle_limit {
+            prop_assert!(limit <= Duration::from_secs(86_400));
         }
     }
 
