@@ -60,9 +60,9 @@
 //! | `tower_reuse.connection.reuse_ratio` | ObservableGauge | `1` | `server.address`, `server.port`, `url.scheme` | [`OtelPoolEvents`]: of the checkouts since the previous collection, the share that reused a connection (no point when there were none) |
 //! | `tower_reuse.handshake.time_avoided` | ObservableCounter | `s` | `server.address`, `server.port`, `url.scheme` | [`OtelPoolEvents`]: per reused checkout, the target's mean measured connect time (TCP, TLS and HTTP handshakes) |
 //! | `tower_reuse.tls.resumption_ratio` | ObservableGauge | `1` | `server.address`, `server.port`, `url.scheme` | [`OtelPoolEvents`]: of the new TLS connections since the previous collection, the share that resumed a session (no point when there were none) |
-//! | `tower_reuse.tls.session_cache.lookups` | ObservableCounter | `{lookup}` | `tower_reuse.tls.session_cache.result` | [`OtelSessionCache`] (feature `tls`): a new TLS connection's look for a session, `hit` or `miss` |
-//! | `tower_reuse.tls.session_cache.tickets` | ObservableUpDownCounter | `{ticket}` | none | [`OtelSessionCache`]: TLS 1.3 tickets held |
-//! | `tower_reuse.tls.session_cache.evictions` | ObservableCounter | `{eviction}` | `tower_reuse.tls.session_cache.eviction` | [`OtelSessionCache`]: entries dropped, `server_lru`, `ticket_lru` or `ticket_expired` |
+//! | `tower_reuse.tls.session_cache.lookups` | ObservableCounter | `{lookup}` | `tower_reuse.tls.session_cache.result` | `OtelSessionCache` (feature `tls`): a new TLS connection's look for a session, `hit` or `miss` |
+//! | `tower_reuse.tls.session_cache.tickets` | ObservableUpDownCounter | `{ticket}` | none | `OtelSessionCache`: TLS 1.3 tickets held |
+//! | `tower_reuse.tls.session_cache.evictions` | ObservableCounter | `{eviction}` | `tower_reuse.tls.session_cache.eviction` | `OtelSessionCache`: entries dropped, `server_lru`, `ticket_lru` or `ticket_expired` |
 //!
 //! The observable instruments cost the request path an atomic add: the
 //! SDK reads the counts when it collects. Exported, the up-down counters
@@ -139,7 +139,7 @@
 //!
 //! - `pool` (default): [`OtelPoolEvents`], [`ConnectionSpans`] and the
 //!   connection facts on spans.
-//! - `tls`: [`OtelSessionCache`], the pool's TLS session cache as metrics.
+//! - `tls`: `OtelSessionCache`, the pool's TLS session cache as metrics.
 //! - `bound-instruments`: histograms through OpenTelemetry's bound
 //!   instruments (see above); switches on `opentelemetry_sdk`'s feature of
 //!   the same name, which implements them.
