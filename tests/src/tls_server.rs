@@ -30,7 +30,7 @@ use rcgen::{
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{
     ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, RootCertStore, ServerConfig,
 };
@@ -246,9 +246,10 @@ pub struct Handshake {
     pub conn: u64,
     /// A resumed session, not a full handshake.
     pub resumed: bool,
-    /// For a session resumed under TLS 1.3, the connection whose handshake
-    /// issued it: the server writes each connection's id into the sessions
-    /// it hands out (rustls gives it back for TLS 1.3 resumptions only).
+    /// For a resumed session, the connection whose handshake issued it: the
+    /// server writes each connection's id into the TLS 1.3 sessions it hands
+    /// out, and its session store notes which connection stored each TLS
+    /// 1.2 session.
     pub resumed_from: Option<u64>,
     /// What rustls reports: full, full with a HelloRetryRequest, resumed.
     pub kind: Option<HandshakeKind>,
@@ -355,7 +356,8 @@ impl TlsServer {
         let mut http = options.http.clone();
         http.max_requests_per_conn = options.close_after.or(http.max_requests_per_conn);
         let handler = Arc::new(Handler {
-            acceptor: TlsAcceptor::from(server_config(ca, &options)),
+            config: server_config(ca, &options),
+            sessions: Arc::new(Sessions::new()),
             stall: options.stall,
             handshake_delay: options.handshake_delay,
             http: Arc::new(http),
@@ -447,9 +449,77 @@ fn server_config(ca: &TestCa, options: &TlsServerOptions) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
+/// The server's stateful session store (rustls keeps TLS 1.2 sessions and,
+/// without a ticketer, TLS 1.3 tickets in it), with which connection put
+/// each session there.
+#[derive(Debug)]
+struct Sessions {
+    store: Arc<dyn StoresServerSessions>,
+    issued_by: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+impl Sessions {
+    fn new() -> Self {
+        Sessions {
+            store: ServerSessionMemoryCache::new(256),
+            issued_by: Mutex::default(),
+        }
+    }
+}
+
+/// One connection's view of [`Sessions`]: notes the connection that issued
+/// the session this one resumes, under TLS 1.2 as under TLS 1.3.
+#[derive(Debug)]
+struct ConnSessions {
+    conn: u64,
+    shared: Arc<Sessions>,
+    resumed_from: Mutex<Option<u64>>,
+}
+
+impl ConnSessions {
+    fn found(&self, key: &[u8], value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if value.is_some() {
+            let issuer = self
+                .shared
+                .issued_by
+                .lock()
+                .expect("not poisoned")
+                .get(key)
+                .copied();
+            *self.resumed_from.lock().expect("not poisoned") = issuer;
+        }
+        value
+    }
+}
+
+impl StoresServerSessions for ConnSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.shared
+            .issued_by
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), self.conn);
+        self.shared.store.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.found(key, self.shared.store.get(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.found(key, self.shared.store.take(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.shared.store.can_cache()
+    }
+}
+
 /// Serves connections from any transport.
 struct Handler {
-    acceptor: TlsAcceptor,
+    /// Cloned per connection, with that connection's view of `sessions`.
+    config: Arc<ServerConfig>,
+    sessions: Arc<Sessions>,
     stall: bool,
     handshake_delay: Option<Duration>,
     http: Arc<ServerOptions>,
@@ -489,8 +559,16 @@ impl Handler {
                 _ = stopped.changed() => return,
             }
         }
+        let sessions = Arc::new(ConnSessions {
+            conn,
+            shared: self.sessions.clone(),
+            resumed_from: Mutex::new(None),
+        });
+        let mut config = (*self.config).clone();
+        config.session_storage = sessions.clone();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
         let accepted = tokio::select! {
-            accepted = self.acceptor.accept_with(io, |session| {
+            accepted = acceptor.accept_with(io, |session| {
                 session.set_resumption_data(&conn.to_be_bytes());
             }) => accepted,
             _ = stopped.changed() => return,
@@ -510,12 +588,18 @@ impl Handler {
                     .unwrap_or_else(|| "unknown".to_owned()),
             )
         });
+        let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
+        // TLS 1.3 gives back the issuer written into the ticket; TLS 1.2
+        // only the session id, whose issuer the store noted.
+        let resumed_from = session
+            .received_resumption_data()
+            .and_then(|data| Some(u64::from_be_bytes(data.try_into().ok()?)))
+            .or(*sessions.resumed_from.lock().expect("not poisoned"))
+            .filter(|_| resumed);
         let handshake = Handshake {
             conn,
-            resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
-            resumed_from: session
-                .received_resumption_data()
-                .and_then(|data| Some(u64::from_be_bytes(data.try_into().ok()?))),
+            resumed,
+            resumed_from,
             kind: session.handshake_kind(),
             client,
             version: session.protocol_version(),
