@@ -131,23 +131,28 @@ impl<S: Span> Recording<S> {
         // The span's attributes in one batch: the response's, then the
         // connection's.
         let span = &mut self.span;
-        if status >= 400 {
-            span.set_status(Status::error(""));
-        }
-        #[cfg(feature = "pool")]
-        match info {
-            Some(info) => span.set_attributes(outcome.attributes().chain(connection_facts(info))),
-            None => span.set_attributes(outcome.attributes()),
-        }
-        #[cfg(not(feature = "pool"))]
-        span.set_attributes(outcome.attributes());
-        if let Some(options) = &self.options {
-            span.set_attributes(options.response(response));
+        // A span the sampler dropped records nothing: build nothing for it.
+        if span.is_recording() {
+            if status >= 400 {
+                span.set_status(Status::error(""));
+            }
             #[cfg(feature = "pool")]
-            if let (Some(spans), Some(info)) = (&options.connection_spans, info)
-                && let Some(connection) = spans.context(info.id())
-            {
-                span.add_link(connection, Vec::new());
+            match info {
+                Some(info) => {
+                    span.set_attributes(outcome.attributes().chain(connection_facts(info)))
+                }
+                None => span.set_attributes(outcome.attributes()),
+            }
+            #[cfg(not(feature = "pool"))]
+            span.set_attributes(outcome.attributes());
+            if let Some(options) = &self.options {
+                span.set_attributes(options.response(response));
+                #[cfg(feature = "pool")]
+                if let (Some(spans), Some(info)) = (&options.connection_spans, info)
+                    && let Some(connection) = spans.context(info.id())
+                {
+                    span.add_link(connection, Vec::new());
+                }
             }
         }
         span.end();
