@@ -228,9 +228,12 @@ async fn refusing_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A client kept alive: a dropped layer or hook is no longer observed.
+type Alive = Box<dyn std::any::Any + Send>;
+
 /// Plain HTTP/1.1: one request, then one that reuses its connection, with
 /// one pre-warmed connection kept.
-async fn reuse_run(telemetry: &Telemetry, server: &TestServer) {
+async fn reuse_run(telemetry: &Telemetry, server: &TestServer) -> Alive {
     let mut client = telemetry.client(PoolConfig::default().min_idle_per_target(1), tcp());
     for i in 0..2 {
         let (parts, _) = send(
@@ -243,21 +246,32 @@ async fn reuse_run(telemetry: &Telemetry, server: &TestServer) {
     }
     // The pre-warmed connection opens in the background.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    Box::new(client)
+}
+
+/// A request with a pre-warmed connection kept, then the pool dropped:
+/// every connection closes, the pre-warmed ones counted by whether they
+/// served the request.
+async fn prewarm_run(telemetry: &Telemetry, server: &TestServer) {
+    let mut client = telemetry.client(PoolConfig::default().min_idle_per_target(1), tcp());
+    send(&mut client, get(&server.url("/e"), 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// A connect refused: the request fails, and so does the pre-warming
 /// connect the request's target then starts.
-async fn refused_run(telemetry: &Telemetry) {
+async fn refused_run(telemetry: &Telemetry) -> Alive {
     let port = refusing_port().await;
     let mut client = telemetry.client(PoolConfig::default().min_idle_per_target(1), tcp());
     let url = format!("http://127.0.0.1:{port}/b{SECRET_QUERY}");
     let error = send(&mut client, get(&url, 1)).await.unwrap_err();
     assert!(error.is_connect(), "{error}");
     tokio::time::sleep(Duration::from_millis(50)).await;
+    Box::new(client)
 }
 
 /// A reused connection closed under a GET: retried once, on a new one.
-async fn retry_run(telemetry: &Telemetry) {
+async fn retry_run(telemetry: &Telemetry) -> Alive {
     let server = RawHttp1Server::start(|conn, index| match (conn, index) {
         (0, 1) => Answer::Close,
         _ => Answer::Respond,
@@ -272,12 +286,13 @@ async fn retry_run(telemetry: &Telemetry) {
         .await
         .unwrap();
     }
+    Box::new(client)
 }
 
 /// TLS 1.3, one request per connection: a full handshake, then a resumed
 /// one; the session cache is observed for as long as the returned value
 /// lives.
-async fn tls_run(telemetry: &Telemetry) -> OtelSessionCache {
+async fn tls_run(telemetry: &Telemetry) -> (OtelSessionCache, Alive) {
     let ca = TestCa::new("otel-ca");
     let server = TlsServer::start(
         &ca,
@@ -302,7 +317,7 @@ async fn tls_run(telemetry: &Telemetry) -> OtelSessionCache {
         .await
         .unwrap();
     }
-    observed
+    (observed, Box::new(client))
 }
 
 /// TCP to loopback servers, letting `https` through for the TLS layer.
@@ -335,11 +350,15 @@ fn set(keys: &[&str]) -> BTreeSet<String> {
 async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attributes() {
     let telemetry = Telemetry::new();
     let server = TestServer::start(ServerOptions::default()).await;
-    reuse_run(&telemetry, &server).await;
-    refused_run(&telemetry).await;
-    retry_run(&telemetry).await;
+    let prewarm_server = TestServer::start(ServerOptions::default()).await;
+    prewarm_run(&telemetry, &prewarm_server).await;
     // Observed until the metrics are read.
-    let _session_cache = tls_run(&telemetry).await;
+    let _alive = (
+        reuse_run(&telemetry, &server).await,
+        refused_run(&telemetry).await,
+        retry_run(&telemetry).await,
+        tls_run(&telemetry).await,
+    );
 
     let metrics = telemetry.metrics();
     let table = docs_table();
@@ -397,14 +416,15 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
     assert!(opened.total(&[("tower_reuse.connect.reason", "prewarm")]) >= 1.0);
     let duration = &metrics["http.client.request.duration"];
     assert_eq!(duration.total(&[("error.type", "connect")]), 1.0);
-    assert_eq!(duration.total(&[("http.response.status_code", "200")]), 6.0);
+    assert_eq!(duration.total(&[("http.response.status_code", "200")]), 7.0);
     let active = &metrics["http.client.active_requests"];
     assert_eq!(active.total(&[]), 0.0, "every request left: {active:?}");
 
     // The derived figures. `reuse_run`'s target: the share of its
     // checkouts that reused a connection, as the checkout histogram counts
-    // them; each pre-warmed connection reported when the pool closed it
-    // (served or not: which connection lands first serves the request).
+    // them. `prewarm_run`'s: each pre-warmed connection reported when the
+    // dropped pool closed it (served or not: which connection lands first
+    // serves the request).
     let port = server.addr.port().to_string();
     let at = [("server.port", port.as_str())];
     let reused = wait.total(&[
@@ -417,12 +437,14 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
         reused / wait.total(&at)
     );
     assert!(metrics["tower_reuse.handshake.time_avoided"].total(&at) > 0.0);
-    let prewarmed = metrics["tower_reuse.prewarm.connections"].total(&at);
+    let prewarm_port = prewarm_server.addr.port().to_string();
+    let prewarm_at = [("server.port", prewarm_port.as_str())];
+    let prewarmed = metrics["tower_reuse.prewarm.connections"].total(&prewarm_at);
     assert!(prewarmed >= 1.0);
     assert_eq!(
         prewarmed,
         opened.total(&[
-            ("server.port", &port),
+            ("server.port", &prewarm_port),
             ("tower_reuse.connect.reason", "prewarm")
         ])
     );
@@ -454,7 +476,28 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
             }
         }
     }
+    // Nothing opt-in is recorded by default: no full URL, header or
+    // partition, on any span or metric point.
+    let opt_in = |key: &str| {
+        key == "url.full"
+            || key == "tower_reuse.partition"
+            || key.starts_with("http.request.header.")
+            || key.starts_with("http.response.header.")
+    };
+    for (name, metric) in &metrics {
+        assert!(
+            !metric.keys().iter().any(|key| opt_in(key)),
+            "{name}: {:?}",
+            metric.keys()
+        );
+    }
     for span in telemetry.finished_spans() {
+        assert!(
+            !span_keys(&span).iter().any(|key| opt_in(key)),
+            "span {}: {:?}",
+            span.name,
+            span_keys(&span)
+        );
         for kv in &span.attributes {
             let value = kv.value.as_str();
             assert!(
@@ -840,9 +883,50 @@ async fn hooks_of_two_pools_add_up() {
         2.0,
         "one idle connection in each pool"
     );
-    assert_eq!(
-        metrics["tower_reuse.connection.reuse_ratio"].total(&[]),
-        0.0,
-        "two checkouts, both on new connections"
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pool_is_no_longer_observed() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let mut client = telemetry.client(PoolConfig::default(), tcp());
+    send(&mut client, get(&server.url("/"), 1)).await.unwrap();
+    let observed = |metrics: &BTreeMap<String, Metric>, name: &str| {
+        metrics.get(name).map_or(0, |metric| metric.points.len())
+    };
+    let alive = telemetry.metrics();
+    for name in [
+        "http.client.open_connections",
+        "http.client.active_requests",
+        "tower_reuse.connection.reuse_ratio",
+        "tower_reuse.handshake.time_avoided",
+    ] {
+        assert!(
+            observed(&alive, name) > 0,
+            "{name} observed while the pool lives"
+        );
+    }
+    // The SDK keeps every callback for as long as its provider lives; the
+    // dropped layer and hook must not be read, nor kept alive, by them.
+    // (The pool's background tasks let go of the hook as they end.)
+    drop(client);
+    let mut dropped = telemetry.metrics();
+    for _ in 0..100 {
+        if observed(&dropped, "http.client.open_connections") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        dropped = telemetry.metrics();
+    }
+    for name in [
+        "http.client.open_connections",
+        "http.client.active_requests",
+        "tower_reuse.handshake.time_avoided",
+    ] {
+        assert_eq!(
+            observed(&dropped, name),
+            0,
+            "{name} observed after the drop"
+        );
+    }
 }

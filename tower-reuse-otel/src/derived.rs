@@ -46,9 +46,14 @@ pub(crate) struct TargetStats {
 impl Derived {
     pub(crate) fn new(meter: &Meter) -> Self {
         let targets: Arc<Mutex<Vec<Arc<TargetStats>>>> = Arc::default();
+        // The SDK keeps a callback as long as its meter provider: each holds
+        // the counts weakly and observes nothing once the hook is dropped.
         let observe = |read: fn(&TargetStats, &dyn AsyncInstrument<f64>)| {
-            let targets = targets.clone();
+            let targets = Arc::downgrade(&targets);
             move |observer: &dyn AsyncInstrument<f64>| {
+                let Some(targets) = targets.upgrade() else {
+                    return;
+                };
                 let targets = targets.lock().unwrap_or_else(PoisonError::into_inner);
                 for target in targets.iter() {
                     read(target, observer);
@@ -121,14 +126,17 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// `part / whole` of what changed since `seen`, which becomes `now`; none
-/// when nothing did.
+/// `part / whole` of what changed since `seen`, which then becomes `now`;
+/// none (and `seen` kept) when the whole did not change.
 fn ratio_since(seen: &Mutex<(u64, u64)>, now: (u64, u64)) -> Option<f64> {
     let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
     let whole = now.0.saturating_sub(seen.0);
+    if whole == 0 {
+        return None;
+    }
     let part = now.1.saturating_sub(seen.1);
     *seen = now;
-    (whole > 0).then(|| part as f64 / whole as f64)
+    Some((part as f64 / whole as f64).min(1.0))
 }
 
 impl TargetStats {
@@ -146,6 +154,10 @@ impl TargetStats {
 
     /// A checkout; a reused connection avoided a connect of the mean time.
     pub(crate) fn checked_out(&self, reused: bool) {
+        // The checkout is counted before its reuse, and read after it (see
+        // `observe_reuse`): a collection never sees more reused checkouts
+        // than checkouts.
+        self.checkouts.fetch_add(1, Ordering::Release);
         if reused {
             let connects = self.connects.load(Ordering::Relaxed);
             if let Some(mean) = self
@@ -155,18 +167,15 @@ impl TargetStats {
             {
                 self.avoided_nanos.fetch_add(mean, Ordering::Relaxed);
             }
-            self.reused.fetch_add(1, Ordering::Relaxed);
+            self.reused.fetch_add(1, Ordering::Release);
         }
-        // Counted after `reused`: a collection in between sees at most a
-        // ratio of 1.
-        self.checkouts.fetch_add(1, Ordering::Relaxed);
     }
 
     fn observe_reuse(&self, observer: &dyn AsyncInstrument<f64>) {
-        let reused = self.reused.load(Ordering::Relaxed);
-        let now = (self.checkouts.load(Ordering::Relaxed), reused);
+        let reused = self.reused.load(Ordering::Acquire);
+        let now = (self.checkouts.load(Ordering::Acquire), reused);
         if let Some(ratio) = ratio_since(&self.seen_checkouts, now) {
-            observer.observe(ratio.min(1.0), &self.attributes);
+            observer.observe(ratio, &self.attributes);
         }
     }
 

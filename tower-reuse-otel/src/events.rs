@@ -41,8 +41,9 @@ const CHECKOUT_WAIT_BOUNDARIES: [f64; 15] = [
 /// [crate docs](crate) for every instrument).
 ///
 /// Connection ids are unique within one pool: give each pool its own
-/// `OtelPoolEvents` (built from the same meter if you like; the
-/// instruments are shared by name).
+/// hook, made for a second pool with [`for_another_pool`](Self::for_another_pool)
+/// so that the observable counts of the two add up (two hooks built with
+/// `new` from one meter would overwrite each other's observations).
 ///
 /// ```
 /// use opentelemetry::global;
@@ -71,8 +72,10 @@ pub struct OtelPoolEvents {
 struct Shared {
     instruments: Instruments,
     derived: Derived,
-    /// Each target's derived counts, made at its first connection.
-    targets: Mutex<HashMap<Target, Arc<TargetStats>>>,
+    /// The derived counts of each attribute set (targets that differ only
+    /// in what is not recorded, such as an unrecorded partition, count
+    /// together), made at its first connection.
+    targets: Mutex<HashMap<Vec<KeyValue>, Arc<TargetStats>>>,
 }
 
 /// Open connections by id. Ids are a pool's sequence numbers, so a
@@ -258,17 +261,19 @@ impl OtelPoolEvents {
         attributes
     }
 
-    /// `target`'s derived counts.
-    fn target_stats(&self, target: &Target, attributes: &[KeyValue]) -> Arc<TargetStats> {
+    /// The derived counts of targets with `attributes`.
+    fn target_stats(&self, attributes: &[KeyValue]) -> Arc<TargetStats> {
         let mut targets = self
             .shared
             .targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        targets
-            .entry(target.clone())
-            .or_insert_with(|| self.shared.derived.target(attributes.to_vec()))
-            .clone()
+        if let Some(stats) = targets.get(attributes) {
+            return stats.clone();
+        }
+        let stats = self.shared.derived.target(attributes.to_vec());
+        targets.insert(attributes.to_vec(), stats.clone());
+        stats
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
@@ -317,7 +322,7 @@ fn state(state: &'static str) -> KeyValue {
 impl PoolEvents for OtelPoolEvents {
     fn on_connect(&self, event: &Connected<'_>) {
         let target = self.target_attributes(event.target());
-        let stats = self.target_stats(event.target(), &target);
+        let stats = self.target_stats(&target);
         stats.connected(event.duration(), event.tls());
         let base = with(
             target.clone(),

@@ -38,13 +38,18 @@ impl Gauges {
         unit: &'static str,
     ) -> Self {
         let counts: Arc<Mutex<Vec<Count>>> = Arc::default();
-        let observed = counts.clone();
+        // The SDK keeps a callback as long as its meter provider: it holds
+        // the counts weakly and observes nothing once they are dropped.
+        let observed = Arc::downgrade(&counts);
         let instrument = meter
             .i64_observable_up_down_counter(name)
             .with_description(description)
             .with_unit(unit)
             .with_callback(move |observer: &dyn AsyncInstrument<i64>| {
-                let counts = observed.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(counts) = observed.upgrade() else {
+                    return;
+                };
+                let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
                 for count in counts.iter() {
                     observer.observe(count.value.load(Ordering::Relaxed), &count.attributes);
                 }

@@ -72,7 +72,10 @@
 //! counts: two built apart from one meter should not count the same
 //! attribute set (the same target), as the SDK keeps one observation per
 //! attribute set, not their sum. Clone the layer, and make the hook of a
-//! second pool with `for_another_pool`.
+//! second pool with `for_another_pool`. The SDK keeps an observable
+//! instrument's callback for as long as its meter provider; the callbacks
+//! here hold their counts weakly, so a dropped layer or hook (or
+//! `OtelSessionCache`) is no longer observed, nor kept alive.
 //!
 //! With the feature `bound-instruments` the histograms are recorded
 //! through OpenTelemetry's bound instruments (an experimental API of

@@ -1,6 +1,7 @@
 //! `OtelSessionCache`: a TLS session cache's counts as metrics.
 
 use std::fmt;
+use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Meter, ObservableCounter, ObservableUpDownCounter};
@@ -26,7 +27,8 @@ use crate::attributes::{SESSION_CACHE_EVICTION, SESSION_CACHE_RESULT};
 /// # let _ = observed;
 /// ```
 pub struct OtelSessionCache {
-    /// Kept with the cache they read.
+    /// What the callbacks read, while this lives.
+    _cache: Arc<SessionCache>,
     _instruments: (
         ObservableCounter<u64>,
         ObservableUpDownCounter<i64>,
@@ -37,40 +39,50 @@ pub struct OtelSessionCache {
 impl OtelSessionCache {
     /// Observes `cache` with `meter`.
     pub fn new(meter: &Meter, cache: &SessionCache) -> Self {
-        let read = |cache: &SessionCache| {
-            let cache = cache.clone();
-            move || cache.stats()
+        // The SDK keeps a callback as long as its meter provider: each holds
+        // the cache weakly and observes nothing once this value is dropped.
+        let cache = Arc::new(cache.clone());
+        let read = |cache: &Arc<SessionCache>| {
+            let cache = Arc::downgrade(cache);
+            move || cache.upgrade().map(|cache| cache.stats())
         };
-        let stats = read(cache);
+        let stats = read(&cache);
         let lookups = meter
             .u64_observable_counter("tower_reuse.tls.session_cache.lookups")
             .with_description("Session lookups of new TLS connections, by whether one was found.")
             .with_unit("{lookup}")
             .with_callback(move |observer| {
-                let stats: SessionCacheStats = stats();
+                let Some(stats): Option<SessionCacheStats> = stats() else {
+                    return;
+                };
                 let hits = stats.hits() + stats.tls12_hits();
                 let misses = stats.misses().saturating_sub(stats.tls12_hits());
                 observer.observe(hits, &[KeyValue::new(SESSION_CACHE_RESULT, "hit")]);
                 observer.observe(misses, &[KeyValue::new(SESSION_CACHE_RESULT, "miss")]);
             })
             .build();
-        let stats = read(cache);
+        let stats = read(&cache);
         let tickets = meter
             .i64_observable_up_down_counter("tower_reuse.tls.session_cache.tickets")
             .with_description("TLS 1.3 tickets held.")
             .with_unit("{ticket}")
             .with_callback(move |observer| {
-                let tickets = i64::try_from(stats().tickets()).unwrap_or(i64::MAX);
+                let Some(stats) = stats() else {
+                    return;
+                };
+                let tickets = i64::try_from(stats.tickets()).unwrap_or(i64::MAX);
                 observer.observe(tickets, &[]);
             })
             .build();
-        let stats = read(cache);
+        let stats = read(&cache);
         let evictions = meter
             .u64_observable_counter("tower_reuse.tls.session_cache.evictions")
             .with_description("Tickets and servers dropped from the cache, by why.")
             .with_unit("{eviction}")
             .with_callback(move |observer| {
-                let stats = stats();
+                let Some(stats) = stats() else {
+                    return;
+                };
                 for (reason, count) in [
                     ("server_lru", stats.servers_evicted()),
                     ("ticket_lru", stats.tickets_evicted()),
@@ -81,6 +93,7 @@ impl OtelSessionCache {
             })
             .build();
         OtelSessionCache {
+            _cache: cache,
             _instruments: (lookups, tickets, evictions),
         }
     }
