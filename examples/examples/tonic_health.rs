@@ -2,17 +2,24 @@
 //! whose transport is a tower-reuse `Pool` speaking HTTP/2 by prior
 //! knowledge (h2c), against tonic's own health service on `127.0.0.1`.
 //! The checks share one pooled connection; the pool's `ConnectionInfo`
-//! rides along in each tonic response's extensions.
+//! rides along in each tonic response's extensions, and `OtelLayer`
+//! (tower-reuse-otel) on top of the pool records a client span per call
+//! with the connection's facts.
 //!
 //! ```sh
 //! cargo run -p tower-reuse-examples --example tonic_health
 //! ```
-//!
-//! `OtelLayer` (tower-reuse-otel) goes on top of the transport as over
-//! any other client: `OtelLayer::new(tracer, &meter).layer(transport)`.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -21,6 +28,7 @@ use tonic_health::pb::health_check_response::ServingStatus as CheckedStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower_layer::Layer;
+use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::{ConnectionInfo, Pool, PoolConfig, PoolControl, PoolLayer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,12 +41,49 @@ const SERVICE: &str = "tower_reuse.Demo";
 /// as it is. The pool is the whole transport.
 type GrpcPool = Pool<HttpConnector, tonic::body::Body>;
 
+/// tonic's transport: the pool with a client span per call on top.
+type Transport = Otel<GrpcPool, SdkTracer>;
+
 /// The pool speaking h2c (gRPC needs HTTP/2; over plain TCP there is no
-/// ALPN, so prior knowledge) over a TCP connector.
-fn pool() -> Result<GrpcPool, BoxError> {
+/// ALPN, so prior knowledge) over a TCP connector, with the pool's
+/// OpenTelemetry hook.
+fn pool(hook: OtelPoolEvents) -> Result<GrpcPool, BoxError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Ok(PoolLayer::new(PoolConfig::default().http2_prior_knowledge(true))?.layer(connector))
+    let config = PoolConfig::default().http2_prior_knowledge(true);
+    Ok(PoolLayer::new(config)?.events(hook).layer(connector))
+}
+
+/// Keeps each finished span's name and attributes (an application would
+/// export them; see the `otlp_export` example).
+#[derive(Clone, Debug, Default)]
+struct KeepSpans(Arc<Mutex<Vec<Span>>>);
+
+/// A finished span, as kept.
+#[derive(Debug)]
+struct Span {
+    name: String,
+    attributes: Vec<KeyValue>,
+}
+
+impl Span {
+    fn attribute(&self, key: &str) -> Option<String> {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+}
+
+impl SpanExporter for KeepSpans {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.extend(batch.into_iter().map(|span| Span {
+            name: span.name.into_owned(),
+            attributes: span.attributes,
+        }));
+        Ok(())
+    }
 }
 
 /// One `Check` call: the status the server gave and the pooled connection
@@ -59,6 +104,8 @@ struct Outcome {
     unknown: tonic::Code,
     /// Connections the pool opened for all of it.
     opened: u64,
+    /// The client spans `OtelLayer` recorded, in order.
+    spans: Vec<Span>,
 }
 
 /// Starts tonic's health service on `127.0.0.1`, checks the server and
@@ -77,9 +124,15 @@ async fn run() -> Result<Outcome, BoxError> {
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
 
-    let pool = pool()?;
+    let spans = KeepSpans::default();
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let meter = SdkMeterProvider::builder().build().meter("tonic_health");
+    let pool = pool(OtelPoolEvents::new(&meter))?;
     let control: PoolControl = pool.control();
-    let mut client = HealthClient::with_origin(pool, origin);
+    let transport = OtelLayer::new(tracer_provider.tracer("tonic_health"), &meter).layer(pool);
+    let mut client = HealthClient::with_origin(transport, origin);
     let mut checks = Vec::new();
     for service in ["", SERVICE] {
         checks.push(check(&mut client, service).await?);
@@ -93,15 +146,17 @@ async fn run() -> Result<Outcome, BoxError> {
         Err(status) => status.code(),
     };
     server.abort();
+    let spans = std::mem::take(&mut *spans.0.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(Outcome {
         checks,
         unknown,
         opened: control.snapshot().total(|target| target.opened()),
+        spans,
     })
 }
 
 async fn check(
-    client: &mut HealthClient<GrpcPool>,
+    client: &mut HealthClient<Transport>,
     service: &'static str,
 ) -> Result<Checked, BoxError> {
     let response = client.check(request(service)).await?;
@@ -139,6 +194,14 @@ async fn main() -> Result<(), BoxError> {
     }
     println!("Check(unknown service) = {:?}", outcome.unknown);
     println!("connections opened by the pool: {}", outcome.opened);
+    for span in &outcome.spans {
+        println!(
+            "span {} on connection {:?} (reused: {:?})",
+            span.name,
+            span.attribute("tower_reuse.connection.id"),
+            span.attribute("tower_reuse.connection.reused")
+        );
+    }
     Ok(())
 }
 
@@ -170,5 +233,32 @@ mod tests {
         assert!(outcome.checks.iter().all(|c| c.connection == first));
         let reused: Vec<_> = outcome.checks.iter().map(|c| c.reused).collect();
         assert_eq!(reused, [false, true, true]);
+        // A client span per call, the unknown service's too (a gRPC error
+        // is an HTTP 200), with the connection facts.
+        assert_eq!(outcome.spans.len(), 4, "{:?}", outcome.spans);
+        let reused: Vec<_> = outcome
+            .spans
+            .iter()
+            .map(|span| span.attribute("tower_reuse.connection.reused"))
+            .collect();
+        assert_eq!(
+            reused,
+            ["false", "true", "true", "true"].map(|r| Some(r.to_owned()))
+        );
+        for span in &outcome.spans {
+            assert_eq!(span.name, "POST");
+            assert_eq!(
+                span.attribute("network.protocol.version").as_deref(),
+                Some("2")
+            );
+            assert_eq!(
+                span.attribute("http.response.status_code").as_deref(),
+                Some("200")
+            );
+            assert_eq!(
+                span.attribute("tower_reuse.connection.id"),
+                Some(first.to_string())
+            );
+        }
     }
 }

@@ -47,6 +47,62 @@ pub trait PoolEvents: Send + Sync + 'static {
 
 impl PoolEvents for () {}
 
+/// Two hooks, each told every event, the first first: the way to give a
+/// pool several (nest pairs for more), such as one layer's metrics and
+/// another's controller.
+///
+/// ```
+/// use tower_reuse_pool::events::{CheckedOut, PoolEvents};
+///
+/// #[derive(Debug)]
+/// struct Log;
+///
+/// impl PoolEvents for Log {
+///     fn on_checkout(&self, event: &CheckedOut<'_>) {
+///         println!("{} reused={}", event.target(), event.reused());
+///     }
+/// }
+///
+/// let both: &dyn PoolEvents = &(Log, ((), Log));
+/// # let _ = both;
+/// ```
+impl<A: PoolEvents, B: PoolEvents> PoolEvents for (A, B) {
+    fn on_connect_start(&self, event: &ConnectStarted<'_>) {
+        self.0.on_connect_start(event);
+        self.1.on_connect_start(event);
+    }
+
+    fn on_connect(&self, event: &Connected<'_>) {
+        self.0.on_connect(event);
+        self.1.on_connect(event);
+    }
+
+    fn on_connect_error(&self, event: &ConnectFailed<'_>) {
+        self.0.on_connect_error(event);
+        self.1.on_connect_error(event);
+    }
+
+    fn on_checkout(&self, event: &CheckedOut<'_>) {
+        self.0.on_checkout(event);
+        self.1.on_checkout(event);
+    }
+
+    fn on_checkin(&self, event: &CheckedIn<'_>) {
+        self.0.on_checkin(event);
+        self.1.on_checkin(event);
+    }
+
+    fn on_close(&self, event: &Closed<'_>) {
+        self.0.on_close(event);
+        self.1.on_close(event);
+    }
+
+    fn on_retry(&self, event: &Retried<'_>) {
+        self.0.on_retry(event);
+        self.1.on_retry(event);
+    }
+}
+
 /// Why a connect was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -274,5 +330,47 @@ event! {
         reason: RetryReason,
         /// The connection that failed it.
         failed_on: ConnId,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Notes the events it is told, by name.
+    #[derive(Debug)]
+    struct Note(&'static str, &'static Mutex<Vec<&'static str>>);
+
+    impl PoolEvents for Note {
+        fn on_checkin(&self, _event: &CheckedIn<'_>) {
+            self.1.lock().unwrap().push(self.0);
+        }
+
+        fn on_close(&self, _event: &Closed<'_>) {
+            self.1.lock().unwrap().push(self.0);
+        }
+    }
+
+    #[test]
+    fn a_pair_of_hooks_tells_both_in_order() {
+        static SEEN: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+        let target = Target::from_uri(&"http://127.0.0.1:1".parse().unwrap(), None).unwrap();
+        let hooks = (Note("a", &SEEN), ((), Note("b", &SEEN)));
+        hooks.on_checkin(&CheckedIn {
+            target: &target,
+            id: ConnId(1),
+            reusable: true,
+        });
+        hooks.on_close(&Closed {
+            target: &target,
+            id: ConnId(1),
+            reason: CloseReason::IdleTimeout,
+            lifetime: Duration::from_secs(1),
+            requests_served: 1,
+            prewarmed: false,
+        });
+        assert_eq!(*SEEN.lock().unwrap(), ["a", "b", "a", "b"]);
     }
 }

@@ -203,8 +203,7 @@ impl Stack {
                 // still counts TLS handshakes from the pool's events.
                 let telemetry = otel::Telemetry::new(otlp)?;
                 let meter = telemetry.meter();
-                let events =
-                    otel::BothEvents::new(connector_stats.clone(), OtelPoolEvents::new(&meter));
+                let events = (connector_stats.clone(), OtelPoolEvents::new(&meter));
                 let layer = pool_layer(kind, protocol, target, policy)?.events(events);
                 let connector = reuse_connector(protocol, tls, &connector_stats);
                 let pool = layer.layer(connector);

@@ -32,9 +32,6 @@ use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
-use tower_reuse_pool::events::{
-    CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectStarted, Connected, PoolEvents, Retried,
-};
 
 /// The instrumentation scope the lab's tracer and meter report.
 const SCOPE: &str = "reuse-lab";
@@ -151,56 +148,5 @@ impl PushMetricExporter for DiscardMetrics {
 
     fn temporality(&self) -> Temporality {
         Temporality::Cumulative
-    }
-}
-
-/// Sends every pool event to two hooks, `first` then `second`: the lab's
-/// own counters and `OtelPoolEvents`.
-#[derive(Debug)]
-pub(crate) struct BothEvents<A, B> {
-    first: A,
-    second: B,
-}
-
-impl<A, B> BothEvents<A, B> {
-    pub(crate) fn new(first: A, second: B) -> Self {
-        BothEvents { first, second }
-    }
-}
-
-impl<A: PoolEvents, B: PoolEvents> PoolEvents for BothEvents<A, B> {
-    fn on_connect_start(&self, event: &ConnectStarted<'_>) {
-        self.first.on_connect_start(event);
-        self.second.on_connect_start(event);
-    }
-
-    fn on_connect(&self, event: &Connected<'_>) {
-        self.first.on_connect(event);
-        self.second.on_connect(event);
-    }
-
-    fn on_connect_error(&self, event: &ConnectFailed<'_>) {
-        self.first.on_connect_error(event);
-        self.second.on_connect_error(event);
-    }
-
-    fn on_checkout(&self, event: &CheckedOut<'_>) {
-        self.first.on_checkout(event);
-        self.second.on_checkout(event);
-    }
-
-    fn on_checkin(&self, event: &CheckedIn<'_>) {
-        self.first.on_checkin(event);
-        self.second.on_checkin(event);
-    }
-
-    fn on_close(&self, event: &Closed<'_>) {
-        self.first.on_close(event);
-        self.second.on_close(event);
-    }
-
-    fn on_retry(&self, event: &Retried<'_>) {
-        self.first.on_retry(event);
-        self.second.on_retry(event);
     }
 }
