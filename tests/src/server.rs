@@ -5,6 +5,7 @@
 //! A request may ask for more, by header:
 //! - `x-delay-ms: N`: wait N more milliseconds before answering;
 //! - `x-body-size: N`: answer with N bytes (instead of the configured size);
+//! - `x-status: N`: answer with status N (instead of 200);
 //! - `x-fault: drop`: the first time this `x-request-id` arrives, drop the
 //!   connection without answering (HTTP/1.1; an HTTP/2 stream is reset), as
 //!   a server dying mid-request would; it is answered when sent again.
@@ -278,6 +279,9 @@ async fn respond(
     let drop_it = first_sighting && header(headers, "x-fault").as_deref() == Some("drop");
     let extra_delay = number(headers, "x-delay-ms").map(Duration::from_millis);
     let body_size = number(headers, "x-body-size").or(options.body_size);
+    let status = number::<u16>(headers, "x-status")
+        .and_then(|status| http::StatusCode::from_u16(status).ok())
+        .unwrap_or(http::StatusCode::OK);
     stats.seen.lock().expect("not poisoned").push(Seen {
         conn: conn_id,
         served,
@@ -302,6 +306,7 @@ async fn respond(
     }
     let body = vec![b'x'; body_size.unwrap_or(16)];
     let mut response = Response::builder()
+        .status(status)
         .header("x-conn-id", conn_id)
         .header("x-served", served);
     if let Some(id) = request_id {

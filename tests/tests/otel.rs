@@ -104,6 +104,22 @@ impl Telemetry {
         self.layer().layer(pool)
     }
 
+    /// The bucket boundaries of histogram `name`'s first point.
+    fn histogram_bounds(&self, name: &str) -> Vec<f64> {
+        self.meter_provider.force_flush().unwrap();
+        let exported = self.metrics.get_finished_metrics().unwrap();
+        let last = exported.last().expect("an export");
+        for scope in last.scope_metrics() {
+            for metric in scope.metrics().filter(|m| m.name() == name) {
+                if let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() {
+                    let point = histogram.data_points().next().expect("a point");
+                    return point.bounds().collect();
+                }
+            }
+        }
+        panic!("no histogram {name}")
+    }
+
     fn finished_spans(&self) -> Vec<SpanData> {
         self.tracer_provider.force_flush().unwrap();
         self.spans.get_finished_spans().unwrap()
@@ -929,4 +945,56 @@ async fn a_dropped_pool_is_no_longer_observed() {
             "{name} observed after the drop"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_of_400_and_above_is_an_error_type_and_a_span_error() {
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let mut client = telemetry.client(PoolConfig::default(), tcp());
+    for (id, status) in [(1, "404"), (2, "503"), (3, "200")] {
+        let mut request = get(&server.url("/"), id);
+        request
+            .headers_mut()
+            .insert("x-status", http::HeaderValue::from_static(status));
+        let (parts, _) = send(&mut client, request).await.unwrap();
+        assert_eq!(parts.status.as_str(), status);
+    }
+    let spans = telemetry.finished_spans();
+    let errors: Vec<_> = spans
+        .iter()
+        .map(|span| {
+            (
+                span_attribute(span, "error.type"),
+                matches!(span.status, Status::Error { .. }),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (Some("404".to_owned()), true),
+            (Some("503".to_owned()), true),
+            (None, false)
+        ]
+    );
+    let duration = &telemetry.metrics()["http.client.request.duration"];
+    for status in ["404", "503"] {
+        assert_eq!(
+            duration.total(&[
+                ("http.response.status_code", status),
+                ("error.type", status)
+            ]),
+            1.0,
+            "{status}: {duration:?}"
+        );
+    }
+    assert_eq!(duration.total(&[("http.response.status_code", "200")]), 1.0);
+    // The explicit bucket boundaries of the conventions, not the SDK's.
+    assert_eq!(
+        telemetry.histogram_bounds("http.client.request.duration"),
+        [
+            0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+        ]
+    );
 }
