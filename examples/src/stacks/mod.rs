@@ -139,9 +139,12 @@ enum Inner {
     RawHttp2(http2::SendRequest<Full<Bytes>>),
     Reuse(Pool<ReuseConnector, Full<Bytes>>),
     ReuseOtel {
-        client: Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>,
         // Held for the providers' lifetime; dropping it shuts them down.
+        // Declared first, so dropped first: the last export happens while
+        // the client and its hook still live, with their observable
+        // instruments (a dropped hook is no longer observed).
         _telemetry: otel::Telemetry,
+        client: Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>,
     },
 }
 
