@@ -287,7 +287,8 @@ async fn refused_run(telemetry: &Telemetry) -> Alive {
 }
 
 /// A reused connection closed under a GET: retried once, on a new one.
-async fn retry_run(telemetry: &Telemetry) -> Alive {
+/// Returns the client and the server's port.
+async fn retry_run(telemetry: &Telemetry) -> (Alive, u16) {
     let server = RawHttp1Server::start(|conn, index| match (conn, index) {
         (0, 1) => Answer::Close,
         _ => Answer::Respond,
@@ -302,7 +303,7 @@ async fn retry_run(telemetry: &Telemetry) -> Alive {
         .await
         .unwrap();
     }
-    Box::new(client)
+    (Box::new(client), server.addr.port())
 }
 
 /// TLS 1.3, one request per connection: a full handshake, then a resumed
@@ -369,10 +370,11 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
     let prewarm_server = TestServer::start(ServerOptions::default()).await;
     prewarm_run(&telemetry, &prewarm_server).await;
     // Observed until the metrics are read.
+    let (retried, retry_port) = retry_run(&telemetry).await;
     let _alive = (
         reuse_run(&telemetry, &server).await,
         refused_run(&telemetry).await,
-        retry_run(&telemetry).await,
+        retried,
         tls_run(&telemetry).await,
     );
 
@@ -453,6 +455,13 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
         reused / wait.total(&at)
     );
     assert!(metrics["tower_reuse.handshake.time_avoided"].total(&at) > 0.0);
+    // `retry_run`'s: its one reused checkout failed and was retried on a
+    // new connection, so no connect was avoided after all.
+    let retry_port = retry_port.to_string();
+    assert_eq!(
+        metrics["tower_reuse.handshake.time_avoided"].total(&[("server.port", &retry_port)]),
+        0.0
+    );
     let prewarm_port = prewarm_server.addr.port().to_string();
     let prewarm_at = [("server.port", prewarm_port.as_str())];
     let prewarmed = metrics["tower_reuse.prewarm.connections"].total(&prewarm_at);

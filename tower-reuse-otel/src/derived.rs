@@ -152,6 +152,14 @@ impl TargetStats {
         };
     }
 
+    /// The mean measured connect time, once a connect was measured.
+    fn mean_connect_nanos(&self) -> Option<u64> {
+        let connects = self.connects.load(Ordering::Relaxed);
+        self.connect_nanos
+            .load(Ordering::Relaxed)
+            .checked_div(connects)
+    }
+
     /// A checkout; a reused connection avoided a connect of the mean time.
     pub(crate) fn checked_out(&self, reused: bool) {
         // The checkout is counted before its reuse, and read after it (see
@@ -159,15 +167,22 @@ impl TargetStats {
         // than checkouts.
         self.checkouts.fetch_add(1, Ordering::Release);
         if reused {
-            let connects = self.connects.load(Ordering::Relaxed);
-            if let Some(mean) = self
-                .connect_nanos
-                .load(Ordering::Relaxed)
-                .checked_div(connects)
-            {
+            if let Some(mean) = self.mean_connect_nanos() {
                 self.avoided_nanos.fetch_add(mean, Ordering::Relaxed);
             }
             self.reused.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// A reused checkout failed and its request was retried: the connect
+    /// it was credited with avoiding (at today's mean) is taken back.
+    pub(crate) fn retried(&self) {
+        if let Some(mean) = self.mean_connect_nanos() {
+            let _ =
+                self.avoided_nanos
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avoided| {
+                        Some(avoided.saturating_sub(mean))
+                    });
         }
     }
 

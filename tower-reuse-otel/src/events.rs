@@ -493,10 +493,14 @@ impl PoolEvents for OtelPoolEvents {
     }
 
     fn on_retry(&self, event: &Retried<'_>) {
+        let target = self.target_attributes(event.target());
+        // Only a reused connection's failure is retried: the connect its
+        // checkout was credited with avoiding is owed after all.
+        self.target_stats(&target).retried();
         self.shared.instruments.retries.add(
             1,
             &with(
-                self.target_attributes(event.target()),
+                target,
                 [KeyValue::new(RETRY_REASON, event.reason().as_str())],
             ),
         );
