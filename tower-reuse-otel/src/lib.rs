@@ -80,7 +80,8 @@
 //! With the feature `bound-instruments` the histograms are recorded
 //! through OpenTelemetry's bound instruments (an experimental API of
 //! `opentelemetry` 0.33): each attribute set is resolved once instead of
-//! hashed per measurement, about 2 000 instructions per request less.
+//! hashed per measurement: about 4 000 instructions per request less for
+//! the two points a request records (counted with callgrind).
 //!
 //! Attribute values:
 //!
