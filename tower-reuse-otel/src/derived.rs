@@ -10,18 +10,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{AsyncInstrument, Meter, ObservableCounter, ObservableGauge};
+use opentelemetry::metrics::{AsyncInstrument, Meter};
 use tower_reuse_pool::TlsHandshake;
 
 /// The derived instruments and every target they observe.
 pub(crate) struct Derived {
+    /// Read by the instruments' callbacks, which the SDK keeps (the handles
+    /// `build` returns are only markers) and which hold them weakly.
     targets: Arc<Mutex<Vec<Arc<TargetStats>>>>,
-    /// Kept with the counts they observe.
-    _instruments: (
-        ObservableGauge<f64>,
-        ObservableCounter<f64>,
-        ObservableGauge<f64>,
-    ),
 }
 
 /// One target's counts.
@@ -60,7 +56,7 @@ impl Derived {
                 }
             }
         };
-        let reuse_ratio = meter
+        let _marker = meter
             .f64_observable_gauge("tower_reuse.connection.reuse_ratio")
             .with_description(
                 "Share of checkouts, since the previous collection, that reused a connection.",
@@ -68,7 +64,7 @@ impl Derived {
             .with_unit("1")
             .with_callback(observe(TargetStats::observe_reuse))
             .build();
-        let time_avoided = meter
+        let _marker = meter
             .f64_observable_counter("tower_reuse.handshake.time_avoided")
             .with_description(
                 "Connect time (TCP, TLS, HTTP handshakes) reused connections avoided, \
@@ -77,7 +73,7 @@ impl Derived {
             .with_unit("s")
             .with_callback(observe(TargetStats::observe_avoided))
             .build();
-        let resumption_ratio = meter
+        let _marker = meter
             .f64_observable_gauge("tower_reuse.tls.resumption_ratio")
             .with_description(
                 "Share of new TLS connections, since the previous collection, that resumed a session.",
@@ -85,10 +81,7 @@ impl Derived {
             .with_unit("1")
             .with_callback(observe(TargetStats::observe_resumption))
             .build();
-        Derived {
-            targets,
-            _instruments: (reuse_ratio, time_avoided, resumption_ratio),
-        }
+        Derived { targets }
     }
 
     /// Counts for a new target with `attributes`, observed from now on.

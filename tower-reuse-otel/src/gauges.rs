@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{AsyncInstrument, Meter, ObservableUpDownCounter};
+use opentelemetry::metrics::{AsyncInstrument, Meter};
 
 /// One count per attribute set, observed as an `ObservableUpDownCounter`.
 ///
@@ -19,9 +19,9 @@ use opentelemetry::metrics::{AsyncInstrument, Meter, ObservableUpDownCounter};
 /// exported (at 0 when nothing is counted), as a synchronous
 /// `UpDownCounter`'s would.
 pub(crate) struct Gauges {
+    /// Read by the instrument's callback, which the SDK keeps (the handle
+    /// `build` returns is only a marker) and which holds them weakly.
     counts: Arc<Mutex<Vec<Count>>>,
-    /// Kept with the counts it observes.
-    _instrument: ObservableUpDownCounter<i64>,
 }
 
 struct Count {
@@ -41,7 +41,7 @@ impl Gauges {
         // The SDK keeps a callback as long as its meter provider: it holds
         // the counts weakly and observes nothing once they are dropped.
         let observed = Arc::downgrade(&counts);
-        let instrument = meter
+        let _marker = meter
             .i64_observable_up_down_counter(name)
             .with_description(description)
             .with_unit(unit)
@@ -55,10 +55,7 @@ impl Gauges {
                 }
             })
             .build();
-        Gauges {
-            counts,
-            _instrument: instrument,
-        }
+        Gauges { counts }
     }
 
     /// The count for `attributes`, registered on first use. Callers keep

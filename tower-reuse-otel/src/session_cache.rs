@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Meter, ObservableCounter, ObservableUpDownCounter};
+use opentelemetry::metrics::Meter;
 use tower_reuse_pool::tls::{SessionCache, SessionCacheStats};
 
 use crate::attributes::{SESSION_CACHE_EVICTION, SESSION_CACHE_RESULT};
@@ -27,13 +27,9 @@ use crate::attributes::{SESSION_CACHE_EVICTION, SESSION_CACHE_RESULT};
 /// # let _ = observed;
 /// ```
 pub struct OtelSessionCache {
-    /// What the callbacks read, while this lives.
+    /// What the callbacks read, while this lives (the SDK keeps the
+    /// callbacks; they hold the cache weakly).
     _cache: Arc<SessionCache>,
-    _instruments: (
-        ObservableCounter<u64>,
-        ObservableUpDownCounter<i64>,
-        ObservableCounter<u64>,
-    ),
 }
 
 impl OtelSessionCache {
@@ -47,7 +43,7 @@ impl OtelSessionCache {
             move || cache.upgrade().map(|cache| cache.stats())
         };
         let stats = read(&cache);
-        let lookups = meter
+        let _marker = meter
             .u64_observable_counter("tower_reuse.tls.session_cache.lookups")
             .with_description("Session lookups of new TLS connections, by whether one was found.")
             .with_unit("{lookup}")
@@ -62,7 +58,7 @@ impl OtelSessionCache {
             })
             .build();
         let stats = read(&cache);
-        let tickets = meter
+        let _marker = meter
             .i64_observable_up_down_counter("tower_reuse.tls.session_cache.tickets")
             .with_description("TLS 1.3 tickets held.")
             .with_unit("{ticket}")
@@ -75,7 +71,7 @@ impl OtelSessionCache {
             })
             .build();
         let stats = read(&cache);
-        let evictions = meter
+        let _marker = meter
             .u64_observable_counter("tower_reuse.tls.session_cache.evictions")
             .with_description("Tickets and servers dropped from the cache, by why.")
             .with_unit("{eviction}")
@@ -92,10 +88,7 @@ impl OtelSessionCache {
                 }
             })
             .build();
-        OtelSessionCache {
-            _cache: cache,
-            _instruments: (lookups, tickets, evictions),
-        }
+        OtelSessionCache { _cache: cache }
     }
 }
 
