@@ -62,6 +62,25 @@ pub async fn settle() {
     }
 }
 
+/// On paused time: advance 10 ms at a time (at most 50 times) until every
+/// task has finished, checking after each step that the pool's only target
+/// never has more than `max_connecting` connects in flight.
+pub async fn advance_within_connect_bound<C: Connect, T>(
+    client: &Pool<C>,
+    tasks: &[tokio::task::JoinHandle<T>],
+    max_connecting: usize,
+) {
+    for _ in 0..50 {
+        if tasks.iter().all(|task| task.is_finished()) {
+            return;
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+        settle().await;
+        let snapshot = only(client);
+        assert!(snapshot.connecting() <= max_connecting, "{snapshot:?}");
+    }
+}
+
 /// Wait on real time until `done` holds, at most a second.
 pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..1000 {

@@ -14,7 +14,6 @@ use std::time::Duration;
 use h2::Reason;
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_pool::events::{CheckedIn, CloseReason, PoolEvents};
 use tower_reuse_pool::tls::{TlsErrorKind, TlsLayer};
@@ -25,8 +24,8 @@ use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
 use tower_reuse_tests::tls_server::{Alpn, MemoryConnector, TestCa, TlsServer, TlsServerOptions};
 use tower_reuse_tests::{
-    bounded, client, concurrently, echoed_id, get, info, only, pool, send, server_conn, settle,
-    tls_error, until,
+    advance_within_connect_bound, bounded, client, concurrently, echoed_id, get, info, only, pool,
+    send, server_conn, settle, tls_error, until,
 };
 
 /// The target of the in-memory tests.
@@ -448,15 +447,7 @@ async fn a_connect_timeout_under_a_burst_reaches_every_waiter_without_a_storm() 
         (2, 20),
         "{snapshot:?}"
     );
-    for _ in 0..20 {
-        if requests.iter().all(|r| r.is_finished()) {
-            break;
-        }
-        advance(Duration::from_millis(10)).await;
-        settle().await;
-        let snapshot = only(&client);
-        assert!(snapshot.connecting() <= 2, "{snapshot:?}");
-    }
+    advance_within_connect_bound(&client, &requests, 2).await;
     for request in requests {
         let error = request.await.unwrap().expect_err("every connect timed out");
         assert_eq!(
@@ -553,15 +544,7 @@ async fn a_rejected_certificate_under_a_burst_reaches_every_waiter_without_a_sto
         (2, 20),
         "{snapshot:?}"
     );
-    for _ in 0..20 {
-        if requests.iter().all(|r| r.is_finished()) {
-            break;
-        }
-        advance(Duration::from_millis(10)).await;
-        settle().await;
-        let snapshot = only(&client);
-        assert!(snapshot.connecting() <= 2, "{snapshot:?}");
-    }
+    advance_within_connect_bound(&client, &requests, 2).await;
     for request in requests {
         let error = request.await.unwrap().expect_err("every handshake failed");
         assert_eq!(

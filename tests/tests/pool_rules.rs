@@ -29,7 +29,8 @@ use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::{
-    client, concurrently, get, info, only, pool, send, server_conn, settle, until,
+    advance_within_connect_bound, client, concurrently, get, info, only, pool, send, server_conn,
+    settle, until,
 };
 
 /// The target of the in-memory tests.
@@ -133,15 +134,7 @@ async fn connects_in_flight_stay_within_max_connecting_and_serve_every_waiter() 
     let snapshot = only(&client);
     assert_eq!(snapshot.connecting(), 2, "{snapshot:?}");
     assert_eq!(snapshot.waiting(), 20);
-    for _ in 0..50 {
-        if requests.iter().all(|r| r.is_finished()) {
-            break;
-        }
-        advance(Duration::from_millis(10)).await;
-        settle().await;
-        let snapshot = only(&client);
-        assert!(snapshot.connecting() <= 2, "{snapshot:?}");
-    }
+    advance_within_connect_bound(&client, &requests, 2).await;
     for request in requests {
         let (parts, _) = request.await.unwrap().expect("every waiter is served");
         assert_eq!(info(&parts).protocol(), Protocol::Http1);
