@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::h2frame::{Frame, HEADERS, PING, PREFACE_LEN, SETTINGS};
+
 /// What the server does with one stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -433,16 +435,6 @@ struct Wire {
     goaway_last: Option<u32>,
 }
 
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const ACK: u8 = 0x1;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-/// The length of `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, which the client sends
-/// before its first frame.
-const PREFACE_LEN: usize = 24;
-
 impl Relay {
     async fn run(
         self,
@@ -480,7 +472,7 @@ impl Relay {
                 if !self.passes(&frame) {
                     continue;
                 }
-                if server.write_all(&frame.bytes).await.is_err() {
+                if server.write_all(frame.as_bytes()).await.is_err() {
                     break;
                 }
             }
@@ -565,63 +557,10 @@ impl Relay {
                 Outgoing::GoAway { last_stream_id } => Frame::goaway(last_stream_id),
                 Outgoing::End => break,
             };
-            if client.write_all(&frame.bytes).await.is_err() {
+            if client.write_all(frame.as_bytes()).await.is_err() {
                 break;
             }
         }
         let _ = client.shutdown().await;
-    }
-}
-
-/// One HTTP/2 frame, header and payload, as it travels.
-struct Frame {
-    bytes: Vec<u8>,
-}
-
-impl Frame {
-    fn new(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Frame {
-        let len = u32::try_from(payload.len()).expect("a small frame");
-        let mut bytes = Vec::with_capacity(9 + payload.len());
-        bytes.extend_from_slice(&len.to_be_bytes()[1..]);
-        bytes.push(kind);
-        bytes.push(flags);
-        bytes.extend_from_slice(&stream.to_be_bytes());
-        bytes.extend_from_slice(payload);
-        Frame { bytes }
-    }
-
-    fn settings_max_streams(max: u32) -> Frame {
-        let mut payload = SETTINGS_MAX_CONCURRENT_STREAMS.to_be_bytes().to_vec();
-        payload.extend_from_slice(&max.to_be_bytes());
-        Frame::new(SETTINGS, 0, 0, &payload)
-    }
-
-    fn goaway(last_stream_id: u32) -> Frame {
-        let mut payload = last_stream_id.to_be_bytes().to_vec();
-        payload.extend_from_slice(&u32::from(Reason::NO_ERROR).to_be_bytes());
-        Frame::new(GOAWAY, 0, 0, &payload)
-    }
-
-    fn kind(&self) -> u8 {
-        self.bytes[3]
-    }
-
-    fn is_ack(&self) -> bool {
-        self.bytes[4] & ACK != 0
-    }
-
-    fn stream(&self) -> u32 {
-        let id = [self.bytes[5], self.bytes[6], self.bytes[7], self.bytes[8]];
-        u32::from_be_bytes(id) & 0x7fff_ffff
-    }
-
-    /// The next frame, or `None` once the stream has ended or failed.
-    async fn read(io: &mut (impl AsyncRead + Unpin)) -> Option<Frame> {
-        let mut bytes = vec![0; 9];
-        io.read_exact(&mut bytes).await.ok()?;
-        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        bytes.resize(9 + len, 0);
-        io.read_exact(&mut bytes[9..]).await.ok()?;
-        Some(Frame { bytes })
     }
 }

@@ -5,6 +5,7 @@
 //! produces, and in-memory connectors for tests on paused time.
 
 pub mod duplex;
+pub mod h2frame;
 pub mod h2server;
 pub mod raw_http1;
 pub mod server;

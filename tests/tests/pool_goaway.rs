@@ -27,6 +27,9 @@ use tower_reuse_pool::{
     ConnId, Connect, ConnectError, ConnectionInfo, Error, ErrorKind, Established, Phase, Pool,
     PoolConfig, PoolLayer, Target, TargetSnapshot,
 };
+use tower_reuse_tests::h2frame::{
+    ACK, END_HEADERS, END_STREAM, Frame, HEADERS, PING, PREFACE_LEN, SETTINGS,
+};
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply, StreamAt};
 use tower_reuse_tests::{
     bounded, client, concurrently, echoed_id, get, info, only, send, server_conn,
@@ -578,16 +581,6 @@ struct MemoryH2 {
     conns: Arc<Mutex<Vec<MemoryConn>>>,
 }
 
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-/// `ACK` on SETTINGS and PING.
-const ACK: u8 = 0x1;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-/// The client's connection preface, `PRI * HTTP/2.0...`, is this long.
-const CLIENT_PREFACE: usize = 24;
 /// Every connection's first `SETTINGS_MAX_CONCURRENT_STREAMS`.
 const FIRST_MAX_STREAMS: u32 = 10;
 
@@ -653,28 +646,33 @@ impl MemoryH2 {
         // One entry per SETTINGS sent and not acknowledged yet, in order:
         // `Some` for those a test is waiting on.
         let mut unacked: VecDeque<Option<oneshot::Sender<()>>> = VecDeque::from([None]);
-        io.write_all(&max_streams_frame(FIRST_MAX_STREAMS)).await?;
+        io.write_all(Frame::settings_max_streams(FIRST_MAX_STREAMS).as_bytes())
+            .await?;
         if self.behaviour == Behaviour::GoAwayAtOnce {
-            io.write_all(&goaway_frame(0)).await?;
+            io.write_all(Frame::goaway(0).as_bytes()).await?;
         }
         let mut buf = BytesMut::new();
-        let mut preface_left = CLIENT_PREFACE;
+        let mut preface_left = PREFACE_LEN;
         loop {
             let skip = preface_left.min(buf.len());
             buf.advance(skip);
             preface_left -= skip;
             while preface_left == 0
-                && let Some((kind, flags, stream, payload)) = next_frame(&mut buf)
+                && let Some(frame) = Frame::take(&mut buf)
             {
-                match kind {
-                    SETTINGS if flags & ACK != 0 => {
+                match frame.kind() {
+                    SETTINGS if frame.is_ack() => {
                         if let Some(Some(acked)) = unacked.pop_front() {
                             let _ = acked.send(());
                         }
                     }
-                    SETTINGS => io.write_all(&frame(SETTINGS, ACK, 0, &[])).await?,
-                    PING if flags & ACK == 0 => {
-                        io.write_all(&frame(PING, ACK, 0, &payload)).await?
+                    SETTINGS => {
+                        io.write_all(Frame::new(SETTINGS, ACK, 0, &[]).as_bytes())
+                            .await?
+                    }
+                    PING if !frame.is_ack() => {
+                        let pong = Frame::new(PING, ACK, 0, frame.payload());
+                        io.write_all(pong.as_bytes()).await?
                     }
                     HEADERS => {
                         let answer = {
@@ -687,11 +685,16 @@ impl MemoryH2 {
                         };
                         if answer {
                             // HPACK `0x88`: the static table's `:status: 200`.
-                            let head = frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
-                            io.write_all(&head).await?;
+                            let head = Frame::new(
+                                HEADERS,
+                                END_STREAM | END_HEADERS,
+                                frame.stream(),
+                                &[0x88],
+                            );
+                            io.write_all(head.as_bytes()).await?;
                         }
                         if self.behaviour == Behaviour::GoAwayAfterFirstStream {
-                            return io.write_all(&goaway_frame(stream)).await;
+                            return io.write_all(Frame::goaway(frame.stream()).as_bytes()).await;
                         }
                     }
                     // WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY: nothing
@@ -705,7 +708,7 @@ impl MemoryH2 {
                 },
                 Some((max, acked)) = settings.recv() => {
                     unacked.push_back(Some(acked));
-                    io.write_all(&max_streams_frame(max)).await?;
+                    io.write_all(Frame::settings_max_streams(max).as_bytes()).await?;
                 }
             }
         }
@@ -735,47 +738,6 @@ impl Connect for MemoryH2 {
             Ok(Established::new(TokioIo::new(client)))
         })
     }
-}
-
-/// A frame: the 9-byte header, then `payload`.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len())
-        .expect("a small frame")
-        .to_be_bytes();
-    [&len[1..], &[kind, flags], &stream.to_be_bytes(), payload].concat()
-}
-
-/// SETTINGS with `SETTINGS_MAX_CONCURRENT_STREAMS` (0x3) at `max`.
-fn max_streams_frame(max: u32) -> Vec<u8> {
-    frame(
-        SETTINGS,
-        0,
-        0,
-        &[&3u16.to_be_bytes()[..], &max.to_be_bytes()].concat(),
-    )
-}
-
-/// A graceful GOAWAY (`NO_ERROR`) whose last processed stream is `last`.
-fn goaway_frame(last: u32) -> Vec<u8> {
-    let no_error = u32::from(Reason::NO_ERROR);
-    frame(
-        GOAWAY,
-        0,
-        0,
-        &[last.to_be_bytes(), no_error.to_be_bytes()].concat(),
-    )
-}
-
-/// The next whole frame in `buf`: its kind, flags, stream and payload.
-fn next_frame(buf: &mut BytesMut) -> Option<(u8, u8, u32, Bytes)> {
-    let head = buf.get(..9)?;
-    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-    if buf.len() < 9 + len {
-        return None;
-    }
-    let head = buf.split_to(9);
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    Some((head[3], head[4], stream, buf.split_to(len).freeze()))
 }
 
 /// An h2c pool over [`MemoryH2`].
