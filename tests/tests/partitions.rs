@@ -25,7 +25,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep, timeout};
 use tower::Service;
-use tower_reuse_pool::{ErrorKind, PoolConfig, Protocol};
+use tower_reuse_pool::{ConnectionInfo, Error, ErrorKind, Pool, PoolConfig, Protocol};
 use tower_reuse_tests::{client, get, info, only, send};
 
 const PORT: u16 = 80;
@@ -142,6 +142,33 @@ where
     accepted.load(Ordering::SeqCst)
 }
 
+/// Cuts the link and sends request 2 on the pooled connection: its error,
+/// and how long after the cut it came.
+async fn across_a_partition(pool: &mut Pool<SimConnector>, seed: u64) -> (Error, Duration) {
+    turmoil::partition("client", "server");
+    let cut = Instant::now();
+    let error = timeout(HUNG, send(pool, get(URL, 2)))
+        .await
+        .unwrap_or_else(|_| panic!("seed {seed}: still pending {HUNG:?} into the partition"))
+        .expect_err("no answer crosses a partition");
+    (error, cut.elapsed())
+}
+
+/// Repairs the link: request 3 goes on a new connection, the pool's second.
+async fn after_the_repair(
+    pool: &mut Pool<SimConnector>,
+    first: &ConnectionInfo,
+    seed: u64,
+) -> turmoil::Result {
+    turmoil::repair("client", "server");
+    let (third, _) = send(pool, get(URL, 3)).await?;
+    let third = info(&third);
+    assert!(!third.reused(), "seed {seed}: {third:?}");
+    assert_ne!(third.id(), first.id());
+    assert_eq!(only(pool).opened(), 2);
+    Ok(())
+}
+
 #[test]
 fn a_partitioned_http2_connection_is_evicted_by_ping_within_twice_the_interval() {
     const PING: Duration = Duration::from_secs(5);
@@ -160,15 +187,7 @@ fn a_partitioned_http2_connection_is_evicted_by_ping_within_twice_the_interval()
             let first = info(&first);
             assert_eq!(first.protocol(), Protocol::Http2);
 
-            turmoil::partition("client", "server");
-            let cut = Instant::now();
-            let error = timeout(HUNG, send(&mut pool, get(URL, 2)))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("seed {seed}: still pending {HUNG:?} into the partition")
-                })
-                .expect_err("no answer crosses a partition");
-            let took = cut.elapsed();
+            let (error, took) = across_a_partition(&mut pool, seed).await;
             // The last frame came in before the cut: a PING is due at most
             // one interval after it, and its answer overdue one more later.
             assert!(
@@ -187,13 +206,7 @@ fn a_partitioned_http2_connection_is_evicted_by_ping_within_twice_the_interval()
             assert_eq!((target.idle(), target.active()), (0, 0), "{target:?}");
             assert_eq!(target.closed_total(), 1, "{target:?}");
 
-            turmoil::repair("client", "server");
-            let (third, _) = send(&mut pool, get(URL, 3)).await?;
-            let third = info(&third);
-            assert!(!third.reused(), "seed {seed}: {third:?}");
-            assert_ne!(third.id(), first.id());
-            assert_eq!(only(&pool).opened(), 2);
-            Ok(())
+            after_the_repair(&mut pool, &first, seed).await
         });
         assert_eq!(accepted, 2, "seed {seed}");
     }
@@ -214,15 +227,7 @@ fn a_partitioned_http1_request_fails_at_the_response_timeout() {
             let first = info(&first);
             assert_eq!(first.protocol(), Protocol::Http1);
 
-            turmoil::partition("client", "server");
-            let cut = Instant::now();
-            let error = timeout(HUNG, send(&mut pool, get(URL, 2)))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("seed {seed}: still pending {HUNG:?} into the partition")
-                })
-                .expect_err("no answer crosses a partition");
-            let took = cut.elapsed();
+            let (error, took) = across_a_partition(&mut pool, seed).await;
             assert_eq!(
                 error.kind(),
                 ErrorKind::ResponseTimeout,
@@ -237,13 +242,7 @@ fn a_partitioned_http1_request_fails_at_the_response_timeout() {
             assert_eq!((target.idle(), target.active()), (0, 0), "{target:?}");
             assert_eq!(target.closed_total(), 1, "{target:?}");
 
-            turmoil::repair("client", "server");
-            let (third, _) = send(&mut pool, get(URL, 3)).await?;
-            let third = info(&third);
-            assert!(!third.reused(), "seed {seed}: {third:?}");
-            assert_ne!(third.id(), first.id());
-            assert_eq!(only(&pool).opened(), 2);
-            Ok(())
+            after_the_repair(&mut pool, &first, seed).await
         });
         assert_eq!(accepted, 2, "seed {seed}");
     }
