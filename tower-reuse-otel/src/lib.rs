@@ -81,7 +81,8 @@
 //! through OpenTelemetry's bound instruments (an experimental API of
 //! `opentelemetry` 0.33): each attribute set is resolved once instead of
 //! hashed per measurement: about 4 000 instructions per request less for
-//! the two points a request records (counted with callgrind).
+//! the two points a request records (callgrind over the examples crate's
+//! `warm_path`).
 //!
 //! Attribute values:
 //!

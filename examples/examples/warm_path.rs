@@ -1,0 +1,174 @@
+//! The warm path, for an instruction counter: `N` sequential GETs from one
+//! stack to a hyper server on the same thread (`127.0.0.1`), nothing else.
+//! Client and server both count, as they would in any loopback benchmark;
+//! the difference between two stacks is the client's.
+//!
+//! ```sh
+//! cargo build --release -p tower-reuse-examples --example warm_path
+//! for n in 2000 4000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/warm_path pool $n 2>&1 | grep Collected
+//! done
+//! ```
+//!
+//! Instructions per request are the difference of the two totals divided
+//! by 2000 (the set-up cancels out). Stacks: `raw` (one hyper connection,
+//! the request already in origin form), `pool` (a `Pool` with its
+//! defaults), `otel` (`OtelLayer` over the pool with `OtelPoolEvents`, the
+//! SDK with its default sampler and a batch span processor dropping every
+//! batch), `otel-unsampled` (the same, every span sampled out).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Service, ServiceExt};
+use tower_layer::Layer;
+use tower_reuse_otel::{OtelLayer, OtelPoolEvents};
+use tower_reuse_pool::{PoolConfig, PoolLayer};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Answers every request with `ok`.
+async fn serve(listener: TcpListener) {
+    while let Ok((socket, _)) = listener.accept().await {
+        let _ = socket.set_nodelay(true);
+        tokio::spawn(async move {
+            let answer = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(socket), answer)
+                .await;
+        });
+    }
+}
+
+/// `n` GETs through `client`, each body read to its end.
+async fn run<S, B>(client: &mut S, uri: &Uri, n: u64) -> Result<(), BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    for _ in 0..n {
+        let request = Request::get(uri.clone())
+            .header("accept", "*/*")
+            .body(Full::default())?;
+        let response = client.ready().await.map_err(Into::into)?;
+        let response = response.call(request).await.map_err(Into::into)?;
+        response.into_body().collect().await.map_err(Into::into)?;
+    }
+    Ok(())
+}
+
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
+}
+
+/// An exporter that drops every batch.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        drop(batch);
+        Ok(())
+    }
+}
+
+impl PushMetricExporter for Discard {
+    async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
+async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_batch_exporter(Discard)
+        .build();
+    let reader = PeriodicReader::builder(Discard)
+        .with_interval(Duration::from_secs(24 * 60 * 60))
+        .build();
+    let meter = SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build()
+        .meter("warm_path");
+    let pool = PoolLayer::new(PoolConfig::default())?
+        .events(OtelPoolEvents::new(&meter))
+        .layer(connector());
+    let mut client = OtelLayer::new(tracer_provider.tracer("warm_path"), &meter).layer(pool);
+    run(&mut client, uri, n).await
+}
+
+fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    let stack = args.next().unwrap_or_else(|| "pool".to_owned());
+    let n: u64 = args.next().map_or(Ok(2000), |n| n.parse())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(serve(listener));
+        let uri: Uri = format!("http://{addr}/x").parse()?;
+        match stack.as_str() {
+            "raw" => {
+                let socket = TcpStream::connect(addr).await?;
+                socket.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(socket)).await?;
+                tokio::spawn(connection);
+                let origin: Uri = "/x".parse()?;
+                let host = addr.to_string();
+                let mut sender = sender;
+                for _ in 0..n {
+                    let request = Request::get(origin.clone())
+                        .header("accept", "*/*")
+                        .header("host", &host)
+                        .body(Full::<Bytes>::default())?;
+                    sender.ready().await?;
+                    let response = sender.send_request(request).await?;
+                    response.into_body().collect().await?;
+                }
+                Ok(())
+            }
+            "pool" => {
+                let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
+                run(&mut client, &uri, n).await
+            }
+            "otel" => otel(&uri, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
+            "otel-unsampled" => otel(&uri, n, Sampler::AlwaysOff).await,
+            other => Err(format!("no stack {other:?}: raw, pool, otel, otel-unsampled").into()),
+        }
+    })
+}
