@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_pool::events::CloseReason;
 use tower_reuse_pool::{ConnectionInfo, ErrorKind, Partition, PoolConfig, PoolLayer, Target};
+use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::{concurrently, echoed_id, get, pool, send, server_conn};
 
@@ -170,6 +171,27 @@ async fn connection_close_and_http10_are_not_pooled() {
         let snapshot = client.control().snapshot();
         assert_eq!(snapshot.targets[0].closed(CloseReason::ServerHint), 3);
     }
+}
+
+/// A caller's own `Connection: close` retires the connection at its
+/// response, as the server's does, even from a server that does not echo
+/// it: the connection is never offered again, and closes as asked.
+#[tokio::test]
+async fn a_callers_connection_close_is_not_pooled() {
+    let server = RawHttp1Server::start(|_, _| Answer::Respond).await;
+    let mut client = pool(PoolConfig::default());
+    for i in 0..3 {
+        let mut req = get(&server.url("/"), i);
+        req.headers_mut().insert(
+            http::header::CONNECTION,
+            "keep-alive, Close".parse().unwrap(),
+        );
+        let (parts, _) = send(&mut client, req).await.unwrap();
+        assert!(!parts.extensions.get::<ConnectionInfo>().unwrap().reused());
+    }
+    assert_eq!(server.accepted(), 3);
+    let snapshot = client.control().snapshot();
+    assert_eq!(snapshot.targets[0].closed(CloseReason::ServerHint), 3);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::HOST;
+use http::header::{CONNECTION, HOST};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -263,8 +263,7 @@ where
             }
         }
         let req = slot.as_mut().expect("a request to send");
-        prepare(req, checkout.protocol, &checkout.pool.host);
-        let client_close = hints::ConnectionTokens::of(req.headers()).close;
+        let client_close = prepare(req, checkout.protocol, &checkout.pool.host);
         let replayable = may_retry
             && retried.is_none()
             && checkout.reused
@@ -462,7 +461,8 @@ where
 }
 
 /// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2.
-fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue) {
+/// Returns whether the caller asked for `Connection: close`.
+fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue) -> bool {
     match protocol {
         Protocol::Http1 => {
             if req.uri().scheme().is_some() {
@@ -473,12 +473,26 @@ fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue
                     .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
                 *req.uri_mut() = Uri::from(origin);
             }
-            if !req.headers().contains_key(HOST) {
+            // One pass over the caller's few headers, not a lookup per name.
+            let mut has_host = false;
+            let mut tokens = hints::ConnectionTokens::default();
+            for (name, value) in req.headers() {
+                if *name == HOST {
+                    has_host = true;
+                } else if *name == CONNECTION {
+                    tokens.add(value);
+                }
+            }
+            if !has_host {
                 req.headers_mut().insert(HOST, host.clone());
             }
             *req.version_mut() = Version::HTTP_11;
+            tokens.close
         }
-        Protocol::Http2 => *req.version_mut() = Version::HTTP_2,
+        Protocol::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            false
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::header::{CONNECTION, HeaderMap, HeaderName};
+use http::header::{CONNECTION, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -17,23 +17,26 @@ pub(crate) struct ServerHints {
 }
 
 impl ServerHints {
+    /// One pass over the head: cheaper than a lookup per header name for
+    /// the few headers a response carries.
     pub(crate) fn of<B>(response: &Response<B>) -> Self {
-        let headers = response.headers();
-        let tokens = ConnectionTokens::of(headers);
+        let mut tokens = ConnectionTokens::default();
+        let mut idle_limit = None;
+        for (name, value) in response.headers() {
+            if *name == CONNECTION {
+                tokens.add(value);
+            } else if *name == KEEP_ALIVE && idle_limit.is_none() {
+                idle_limit = value.to_str().ok().and_then(keep_alive_timeout);
+            }
+        }
         let close = tokens.close
             || (response.version() == Version::HTTP_10 && !tokens.keep_alive)
             || response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let idle_limit = headers
-            .get_all(KEEP_ALIVE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(keep_alive_timeout);
         ServerHints { close, idle_limit }
     }
 }
 
-/// The `close` and `keep-alive` tokens of the `Connection` headers, read in
-/// one pass.
+/// The `close` and `keep-alive` tokens of the `Connection` headers.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionTokens {
     pub(crate) close: bool,
@@ -41,16 +44,21 @@ pub(crate) struct ConnectionTokens {
 }
 
 impl ConnectionTokens {
-    pub(crate) fn of(headers: &HeaderMap) -> Self {
+    #[cfg(test)]
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
         let mut tokens = ConnectionTokens::default();
         for value in &headers.get_all(CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                tokens.close |= token.eq_ignore_ascii_case(b"close");
-                tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            tokens.add(value);
         }
         tokens
+    }
+
+    pub(crate) fn add(&mut self, value: &HeaderValue) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
     }
 }
 
