@@ -22,7 +22,7 @@ use crate::error::{BoxError, Error};
 use crate::events::{CheckedOut, Retried, RetryReason};
 use crate::hints::{self, ServerHints};
 use crate::info::ConnectionInfo;
-use crate::replay::ReplayBody;
+use crate::replay::SentHead;
 use crate::target::Target;
 use crate::target_pool::{Granted, Lease, Outcome, RequestPolicy, TargetPool};
 
@@ -268,11 +268,7 @@ where
             && retried.is_none()
             && checkout.reused
             && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
-        let copy = if replayable {
-            replay_copy(req).map(Box::new)
-        } else {
-            None
-        };
+        let copy = if replayable { SentHead::of(req) } else { None };
         let sent = match response_timeout {
             // The send inline (not through `send`): one copy of the request
             // fewer in a future allocated for every request.
@@ -312,7 +308,7 @@ where
                 let written = unwritten.is_none();
                 let again = match (reason, unwritten) {
                     (Some(RetryReason::Unwritten), Some(req)) => Some(req),
-                    (Some(_), _) => copy.map(|copy| with_replayed_body(*copy)),
+                    (Some(_), _) => copy.and_then(SentHead::into_request),
                     (None, _) => None,
                 };
                 let retry = reason.filter(|_| {
@@ -506,36 +502,6 @@ fn is_idempotent(method: &Method) -> bool {
 /// The request taken from its slot to be sent.
 fn take<B>(slot: &mut Option<Request<B>>) -> Request<B> {
     slot.take().expect("a request to send")
-}
-
-/// The request's head again, for a replay, if its body can be had again:
-/// it is empty, or the request carries a [`ReplayBody`] (looked up only
-/// then), which the copy carries too. The body itself is made only for an
-/// actual replay, by [`with_replayed_body`]. Other extensions stay behind:
-/// cloning them would cost every replayable request an allocation.
-fn replay_copy<B: Body + Default + 'static>(req: &Request<B>) -> Option<Request<B>> {
-    let replay = if req.body().is_end_stream() {
-        None
-    } else {
-        Some(req.extensions().get::<ReplayBody<B>>()?.clone())
-    };
-    let mut copy = Request::new(B::default());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    if let Some(replay) = replay {
-        copy.extensions_mut().insert(replay);
-    }
-    Some(copy)
-}
-
-/// The copy about to be sent again, with its body from its [`ReplayBody`].
-fn with_replayed_body<B: 'static>(mut copy: Request<B>) -> Request<B> {
-    if let Some(replay) = copy.extensions().get::<ReplayBody<B>>() {
-        *copy.body_mut() = replay.body();
-    }
-    copy
 }
 
 /// The whole request-level path, with at most one retry.
