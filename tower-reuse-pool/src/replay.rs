@@ -109,17 +109,20 @@ impl<B: Body + Default + 'static> SentHead<B> {
             .map(|(name, value)| 9 + name.as_str().len() + value.len())
             .sum();
         let method = req.method().as_str();
-        let mut bytes = Vec::with_capacity(1 + 8 + method.len() + uri_len + headers_len);
+        let len = 1 + 8 + method.len() + uri_len + headers_len;
+        // Every length fits the `u32` prefixes once the whole does.
+        u32::try_from(len).ok()?;
+        let mut bytes = Vec::with_capacity(len);
         bytes.push(version_code(req.version()));
-        put(&mut bytes, method.as_bytes())?;
-        put_len(&mut bytes, uri_len)?;
+        put(&mut bytes, method.as_bytes());
+        put_len(&mut bytes, uri_len);
         for piece in [scheme, separator, authority, path] {
             bytes.extend_from_slice(piece.as_bytes());
         }
         for (name, value) in headers {
             bytes.push(u8::from(value.is_sensitive()));
-            put(&mut bytes, name.as_str().as_bytes())?;
-            put(&mut bytes, value.as_bytes())?;
+            put(&mut bytes, name.as_str().as_bytes());
+            put(&mut bytes, value.as_bytes());
         }
         Some(SentHead {
             bytes: bytes.into_boxed_slice(),
@@ -174,16 +177,16 @@ fn version_of(code: u8) -> Option<Version> {
     })
 }
 
-/// `None` for a piece over 4 GiB, which no head has: not replayable then.
-fn put_len(bytes: &mut Vec<u8>, len: usize) -> Option<()> {
-    bytes.extend_from_slice(&u32::try_from(len).ok()?.to_le_bytes());
-    Some(())
+/// A length the caller has checked fits in a `u32`.
+#[inline]
+fn put_len(bytes: &mut Vec<u8>, len: usize) {
+    bytes.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
-fn put(bytes: &mut Vec<u8>, piece: &[u8]) -> Option<()> {
-    put_len(bytes, piece.len())?;
+#[inline]
+fn put(bytes: &mut Vec<u8>, piece: &[u8]) {
+    put_len(bytes, piece.len());
     bytes.extend_from_slice(piece);
-    Some(())
 }
 
 fn take_byte(rest: &mut &[u8]) -> Option<u8> {
