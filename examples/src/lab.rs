@@ -16,7 +16,7 @@ use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
 use crate::otlp::Endpoint;
 use crate::results::{CHART_QUANTILES, Environment, Results, RunResult, Skipped};
 use crate::scenarios::Scenario;
-use crate::server::{Server, ServerSnapshot};
+use crate::server::{OpenSample, Server, ServerSnapshot};
 use crate::stacks::{ClientSnapshot, Stack, StackKind};
 use crate::target::Target;
 use crate::tls::{self, TlsIdentity};
@@ -121,6 +121,8 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
             for (_, kind, row) in done {
                 rows.push((kind, row?));
             }
+        } else if scenario.rounds > 1 {
+            rows = take_turns(&scenario, &stacks, &env, &bar).await?;
         } else {
             for &kind in &stacks {
                 bar.set_message(kind.name());
@@ -166,135 +168,291 @@ fn skip(scenario: &Scenario, kind: StackKind, why: &str) -> Skipped {
     }
 }
 
+/// Runs `kind` on `scenario` from start to end.
 async fn run_one(
     scenario: Arc<Scenario>,
     kind: StackKind,
     env: Arc<Env>,
     bar: ProgressBar,
 ) -> Result<Row, LabError> {
-    let server = match &env.target {
-        Some(_) => None,
-        None => Some(Server::start(
-            scenario
-                .server
-                .clone()
-                .addresses(scenario.addresses)
-                .tls(scenario.tls.then(|| env.identity.clone()))
-                .worker_threads(env.server_threads),
-        )?),
-    };
-    let idle_servers = match &server {
-        Some(_) if scenario.idle_targets > 0 => Some(IdleServers::spawn(scenario.idle_targets)?),
-        _ => None,
-    };
-    let targets: Arc<[Target]> = match (&server, &env.target) {
-        (Some(server), _) => (0..server.addrs().len())
-            .map(|i| server.url(i))
-            .chain(idle_servers.iter().flat_map(|s| s.urls().iter().cloned()))
-            .map(|url| Target::parse(&url))
-            .collect::<Result<Vec<_>, _>>()?
-            .into(),
-        (None, Some(target)) => vec![target.clone()].into(),
-        (None, None) => unreachable!("either embedded or external"),
-    };
-    let roots = env
-        .roots
-        .clone()
-        .unwrap_or_else(|| env.identity.root_store());
-    let tls = tls::client_config(roots)?;
-    let workers = scenario.load.peak_concurrency();
-    // Counted from before the stack exists: `raw`'s pre-established
-    // connections are part of its cost.
-    let mut baseline = Baseline::take(server.as_ref(), None);
-    let stack = match Stack::build(
-        kind,
-        scenario.protocol,
-        tls,
-        workers,
-        &targets[0],
-        env.policy.as_ref(),
-        env.otlp.as_ref(),
-    )
-    .await
-    {
-        Ok(stack) => stack,
-        Err(e) => {
+    let mut run = match Prepared::new(scenario.clone(), kind, &env).await? {
+        Ok(run) => run,
+        Err(why) => {
             bar.inc(100);
-            return Ok(Row::Skipped(e.to_string()));
+            return Ok(Row::Skipped(why));
         }
     };
+    run.slice(&scenario.load, 0, &bar, 100).await?;
+    Ok(run.finish())
+}
 
-    let mut warmup = Recorder::new();
-    let mut rss_per_target = None;
-    if scenario.idle_targets > 0 && targets.len() > 1 {
-        let idle = &targets[1..targets.len().min(scenario.idle_targets + 1)];
-        let before = rss_bytes();
-        // One request per idle target, in order, so each gets exactly one.
-        let one_request = Load::Bursts {
-            bursts: 1,
-            size: 1,
-            gap: Duration::ZERO,
+/// Runs every stack in `scenario.rounds` turns: each round, each stack in
+/// table order runs one slice of the load on its own server and client,
+/// both kept from round to round. Rows come back in `stacks` order.
+async fn take_turns(
+    scenario: &Arc<Scenario>,
+    stacks: &[StackKind],
+    env: &Arc<Env>,
+    bar: &ProgressBar,
+) -> Result<Vec<(StackKind, Row)>, LabError> {
+    let rounds = scenario.rounds;
+    let slice = scenario.load.slice(rounds);
+    let mut runs = Vec::new();
+    let mut rows: Vec<Option<(StackKind, Row)>> = Vec::new();
+    for &kind in stacks {
+        match Prepared::new(scenario.clone(), kind, env).await? {
+            Ok(run) => {
+                runs.push((rows.len(), run));
+                rows.push(None);
+            }
+            Err(why) => {
+                bar.inc(100);
+                rows.push(Some((kind, Row::Skipped(why))));
+            }
+        }
+    }
+    for round in 0..rounds {
+        // The bar's 100 per stack, spread over the rounds.
+        let share = 100 * u64::from(round + 1) / u64::from(rounds)
+            - 100 * u64::from(round) / u64::from(rounds);
+        for (_, run) in &mut runs {
+            bar.set_message(format!("{} (round {} of {rounds})", run.kind, round + 1));
+            run.slice(&slice, round, bar, share).await?;
+        }
+    }
+    for (i, run) in runs {
+        rows[i] = Some((run.kind, run.finish()));
+    }
+    Ok(rows.into_iter().flatten().collect())
+}
+
+/// One stack set up on a scenario (its server, its client, the counters
+/// before the load), and what its slices of the load have measured.
+struct Prepared {
+    scenario: Arc<Scenario>,
+    kind: StackKind,
+    server: Option<Server>,
+    /// The child process serving the idle targets, for as long as the
+    /// run lasts.
+    _idle_servers: Option<IdleServers>,
+    targets: Arc<[Target]>,
+    stack: Stack,
+    baseline: Baseline,
+    warmup: Recorder,
+    rss_per_target: Option<f64>,
+    /// Every slice's requests.
+    recorder: Recorder,
+    /// The slices' time under load, added up.
+    elapsed: Duration,
+    idle_seconds: f64,
+    samples: Vec<OpenSample>,
+    /// The server's idle-socket integral during the slices, when the run
+    /// took turns (between slices the stack is idle by design).
+    server_idle_seconds: f64,
+    slices: u32,
+}
+
+impl Prepared {
+    /// Starts the server and builds the client; `Ok(Err(why))` when the
+    /// stack cannot run here.
+    async fn new(
+        scenario: Arc<Scenario>,
+        kind: StackKind,
+        env: &Env,
+    ) -> Result<Result<Self, String>, LabError> {
+        let server = match &env.target {
+            Some(_) => None,
+            None => Some(Server::start(
+                scenario
+                    .server
+                    .clone()
+                    .addresses(scenario.addresses)
+                    .tls(scenario.tls.then(|| env.identity.clone()))
+                    .worker_threads(env.server_threads),
+            )?),
         };
-        for target in idle {
-            let one: Arc<[Target]> = vec![target.clone()].into();
-            let outcome = driver::run(&stack, &one, &one_request, &Progress::new(), false).await?;
-            warmup.merge(&outcome.recorder);
+        let idle_servers = match &server {
+            Some(_) if scenario.idle_targets > 0 => {
+                Some(IdleServers::spawn(scenario.idle_targets)?)
+            }
+            _ => None,
+        };
+        let targets: Arc<[Target]> = match (&server, &env.target) {
+            (Some(server), _) => (0..server.addrs().len())
+                .map(|i| server.url(i))
+                .chain(idle_servers.iter().flat_map(|s| s.urls().iter().cloned()))
+                .map(|url| Target::parse(&url))
+                .collect::<Result<Vec<_>, _>>()?
+                .into(),
+            (None, Some(target)) => vec![target.clone()].into(),
+            (None, None) => unreachable!("either embedded or external"),
+        };
+        let roots = env
+            .roots
+            .clone()
+            .unwrap_or_else(|| env.identity.root_store());
+        let tls = tls::client_config(roots)?;
+        let workers = scenario.load.peak_concurrency();
+        // Counted from before the stack exists: `raw`'s pre-established
+        // connections are part of its cost.
+        let mut baseline = Baseline::take(server.as_ref(), None);
+        let stack = match Stack::build(
+            kind,
+            scenario.protocol,
+            tls,
+            workers,
+            &targets[0],
+            env.policy.as_ref(),
+            env.otlp.as_ref(),
+        )
+        .await
+        {
+            Ok(stack) => stack,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+
+        let mut warmup = Recorder::new();
+        let mut rss_per_target = None;
+        if scenario.idle_targets > 0 && targets.len() > 1 {
+            let idle = &targets[1..targets.len().min(scenario.idle_targets + 1)];
+            let before = rss_bytes();
+            // One request per idle target, in order, so each gets exactly one.
+            let one_request = Load::Bursts {
+                bursts: 1,
+                size: 1,
+                gap: Duration::ZERO,
+            };
+            for target in idle {
+                let one: Arc<[Target]> = vec![target.clone()].into();
+                let outcome =
+                    driver::run(&stack, &one, &one_request, &Progress::new(), false, 0).await?;
+                warmup.merge(&outcome.recorder);
+            }
+            if let (Some(before), Some(after)) = (before, rss_bytes()) {
+                rss_per_target = Some(after.saturating_sub(before) as f64 / idle.len() as f64);
+            }
+            // The idle targets' connections are the setting, not the load.
+            baseline = Baseline::take(server.as_ref(), Some(&stack));
         }
-        if let (Some(before), Some(after)) = (before, rss_bytes()) {
-            rss_per_target = Some(after.saturating_sub(before) as f64 / idle.len() as f64);
-        }
-        // The idle targets' connections are the setting, not the load.
-        baseline = Baseline::take(server.as_ref(), Some(&stack));
+        Ok(Ok(Prepared {
+            scenario,
+            kind,
+            server,
+            _idle_servers: idle_servers,
+            targets,
+            stack,
+            baseline,
+            warmup,
+            rss_per_target,
+            recorder: Recorder::new(),
+            elapsed: Duration::ZERO,
+            idle_seconds: 0.0,
+            samples: Vec::new(),
+            server_idle_seconds: 0.0,
+            slices: 0,
+        }))
     }
 
-    let progress = Progress::new();
-    let open_count = match &server {
-        Some(server) => OpenCount::Server(server.stats().clone()),
-        None => OpenCount::Client(stack.client_stats().clone()),
-    };
-    let sampler = ClientSampler::start(open_count, progress.clone());
-    let load_started = Instant::now();
-    let (stop_ticker, stopped) = oneshot::channel();
-    let ticker = tokio::spawn(tick(
-        bar.clone(),
-        progress.clone(),
-        scenario.load.clone(),
-        stopped,
-    ));
-    let outcome = driver::run(&stack, &targets, &scenario.load, &progress, true).await;
-    let _ = stop_ticker.send(());
-    let _ = ticker.await;
-    let outcome = outcome?;
-    let load_end = load_started.elapsed();
-
-    let tail = scenario.tail;
-    let finish = move |server: Option<Server>, stack: Stack| {
-        let mut row = row(
-            &scenario,
-            kind,
-            &outcome,
-            server.as_ref(),
-            &baseline,
-            &stack,
-        );
+    /// Runs `load` (the scenario's, or one round's slice of it), moving the
+    /// bar by `share`.
+    async fn slice(
+        &mut self,
+        load: &Load,
+        round: u32,
+        bar: &ProgressBar,
+        share: u64,
+    ) -> Result<(), LabError> {
+        let progress = Progress::new();
+        let open_count = match &self.server {
+            Some(server) => OpenCount::Server(server.stats().clone()),
+            None => OpenCount::Client(self.stack.client_stats().clone()),
+        };
+        let server_idle_before = self.server_idle_now();
+        let sampler = ClientSampler::start(open_count, progress.clone());
+        let (stop_ticker, stopped) = oneshot::channel();
+        let ticker = tokio::spawn(tick(
+            bar.clone(),
+            progress.clone(),
+            load.clone(),
+            share,
+            stopped,
+        ));
+        let outcome = driver::run(&self.stack, &self.targets, load, &progress, true, round).await;
+        let _ = stop_ticker.send(());
+        let _ = ticker.await;
+        let outcome = outcome?;
         let (idle_seconds, samples) = sampler.finish();
-        row.idle_socket_seconds = idle_seconds;
-        row.open_connections = samples;
-        row.load_end_s = load_end.as_secs_f64();
-        row.idle_targets = scenario.idle_targets;
-        row.rss_per_idle_target_bytes = rss_per_target;
-        if warmup.errors() > 0 {
-            row.errors_by_kind.insert("warmup".into(), warmup.errors());
+        // Samples on one time line: each slice's after the ones before.
+        let offset = self.elapsed.as_secs_f64();
+        self.samples.extend(samples.into_iter().map(|mut sample| {
+            sample.at_s += offset;
+            sample
+        }));
+        self.idle_seconds += idle_seconds;
+        self.server_idle_seconds += self.server_idle_now() - server_idle_before;
+        self.recorder.merge(&outcome.recorder);
+        self.elapsed += outcome.elapsed;
+        self.slices += 1;
+        Ok(())
+    }
+
+    fn server_idle_now(&self) -> f64 {
+        self.server
+            .as_ref()
+            .map_or(0.0, |server| server.stats().snapshot().idle_socket_seconds)
+    }
+
+    /// The row, once the scenario's tail (if any) has been watched.
+    fn finish(self) -> Row {
+        let Prepared {
+            scenario,
+            kind,
+            server,
+            stack,
+            baseline,
+            warmup,
+            rss_per_target,
+            recorder,
+            elapsed,
+            idle_seconds,
+            samples,
+            server_idle_seconds,
+            slices,
+            ..
+        } = self;
+        let tail = scenario.tail;
+        let finish = move |server: Option<Server>, stack: Stack| {
+            let outcome = LoadOutcome { recorder, elapsed };
+            let mut row = row(
+                &scenario,
+                kind,
+                &outcome,
+                server.as_ref(),
+                &baseline,
+                &stack,
+            );
+            row.idle_socket_seconds = idle_seconds;
+            row.open_connections = samples;
+            row.load_end_s = elapsed.as_secs_f64();
+            row.idle_targets = scenario.idle_targets;
+            row.rss_per_idle_target_bytes = rss_per_target;
+            row.rounds = slices;
+            if slices > 1 && server.is_some() {
+                row.server_idle_socket_seconds = server_idle_seconds;
+            }
+            if warmup.errors() > 0 {
+                row.errors_by_kind.insert("warmup".into(), warmup.errors());
+            }
+            row
+        };
+        match tail {
+            Some(tail) => Row::Pending(tokio::spawn(async move {
+                sleep(tail).await;
+                finish(server, stack)
+            })),
+            None => Row::Done(Box::new(finish(server, stack))),
         }
-        row
-    };
-    Ok(match tail {
-        Some(tail) => Row::Pending(tokio::spawn(async move {
-            sleep(tail).await;
-            finish(server, stack)
-        })),
-        None => Row::Done(Box::new(finish(server, stack))),
-    })
+    }
 }
 
 /// Counters before the measured part of a run.
@@ -385,12 +543,13 @@ fn row(
     r
 }
 
-/// Moves the scenario's bar as the run progresses (percent of this stack's
-/// share, by time or by request count, whichever is further).
+/// Moves the scenario's bar by up to `share` as the run progresses (by
+/// time or by request count, whichever is further).
 async fn tick(
     bar: ProgressBar,
     progress: Arc<Progress>,
     load: Load,
+    share: u64,
     mut stop: oneshot::Receiver<()>,
 ) {
     let started = Instant::now();
@@ -404,13 +563,13 @@ async fn tick(
         tokio::select! {
             _ = sleep(Duration::from_millis(100)) => {}
             _ = &mut stop => {
-                bar.inc(100 - shown);
+                bar.inc(share - shown);
                 return;
             }
         }
         let by_time = started.elapsed().as_secs_f64() / nominal;
         let by_count = expected.map_or(0.0, |n| progress.done() as f64 / n.max(1) as f64);
-        let percent = ((by_time.max(by_count) * 100.0) as u64).min(99);
+        let percent = ((by_time.max(by_count) * share as f64) as u64).min(share.saturating_sub(1));
         if percent > shown {
             bar.inc(percent - shown);
             shown = percent;

@@ -137,6 +137,9 @@ pub struct RunResult {
     /// served by a child process, so the server's side is not counted;
     /// neither are the sockets' kernel buffers).
     pub rss_per_idle_target_bytes: Option<f64>,
+    /// How many slices the load ran in: more than one when the stacks took
+    /// turns (see the scenario's `rounds`); the figures cover them all.
+    pub rounds: u32,
 }
 
 impl Results {

@@ -74,6 +74,12 @@ pub struct Scenario {
     /// Run every stack at once (each with its own server): only for
     /// scenarios whose load is too light to interfere.
     pub parallel_stacks: bool,
+    /// Take turns: every stack runs this many equal slices of the load,
+    /// one stack after another in each round, on its own server and
+    /// client kept between rounds. With more than one, a stack's figures
+    /// do not depend on which seconds of a noisy machine it drew. Closed
+    /// loops without a tail only.
+    pub rounds: u32,
     /// Stacks this scenario means nothing for, with the reason.
     pub skip: Vec<(StackKind, &'static str)>,
 }
@@ -87,6 +93,9 @@ impl Scenario {
             .map(|(_, why)| *why)
     }
 }
+
+/// Rounds of the steady scenarios: each stack's 3 s in six turns of 0.5 s.
+const STEADY_ROUNDS: u32 = 6;
 
 const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
 
@@ -136,6 +145,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         idle_targets: 0,
         tail: None,
         parallel_stacks: false,
+        rounds: 1,
         skip: Vec::new(),
     };
     let workers = sizes.concurrency(32);
@@ -313,6 +323,10 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         }
         _ => return None,
     };
+    if matches!(built.name, "steady-h1" | "steady-h1-tls" | "steady-h2") {
+        // The ratios between stacks are these scenarios' point.
+        built.rounds = STEADY_ROUNDS;
+    }
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
         built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
     }

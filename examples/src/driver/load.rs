@@ -28,12 +28,17 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// Every request sent is accounted for: a response, an error, or lost (no
 /// answer within [`REQUEST_TIMEOUT`], or no record at all, counted against
 /// the requests sent).
+///
+/// `round` numbers the slices of a run that takes turns between stacks
+/// (0 otherwise): closed-loop request ids differ between rounds, and the
+/// workers' clients go back to the stack at the end of each.
 pub async fn run(
     stack: &Stack,
     targets: &Arc<[Target]>,
     load: &Load,
     progress: &Arc<Progress>,
     track_in_flight: bool,
+    round: u32,
 ) -> Result<LoadOutcome, StackError> {
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
@@ -55,7 +60,7 @@ pub async fn run(
                 let worker = ClosedWorker {
                     client,
                     target: targets[0].clone(),
-                    id_base: (w as u64) << 40,
+                    id_base: ((w as u64) << 40) | (u64::from(round) << 32),
                     deadline,
                     max_requests: *max_requests,
                     issued: issued.clone(),
@@ -71,8 +76,9 @@ pub async fn run(
             while let Some(done) = tasks.join_next().await {
                 // A worker that panicked leaves no record: its requests are
                 // counted lost below.
-                if let Ok(recorder) = done {
+                if let Ok((recorder, client)) = done {
                     all.merge(&recorder);
+                    stack.give_back(client);
                 }
             }
             all
@@ -209,7 +215,8 @@ struct ClosedWorker {
 }
 
 impl ClosedWorker {
-    async fn run(mut self) -> Recorder {
+    /// The worker's record, and its client for the next round.
+    async fn run(mut self) -> (Recorder, WorkerClient) {
         let mut recorder = Recorder::new();
         let mut seq = 0u64;
         let mut unreported = 0;
@@ -247,7 +254,7 @@ impl ClosedWorker {
             }
         }
         self.progress.add_done(unreported);
-        recorder
+        (recorder, self.client)
     }
 }
 

@@ -78,6 +78,24 @@ impl Load {
         }
     }
 
+    /// One of `rounds` equal slices of a closed loop (its duration and
+    /// request cap divided), for a run that takes turns between stacks;
+    /// other loads are not sliced.
+    pub fn slice(&self, rounds: u32) -> Load {
+        let mut slice = self.clone();
+        if let Load::Closed {
+            duration,
+            max_requests,
+            ..
+        } = &mut slice
+            && rounds > 1
+        {
+            *duration /= rounds;
+            *max_requests = max_requests.map(|n| n.div_ceil(u64::from(rounds)));
+        }
+        slice
+    }
+
     /// How long the load runs, roughly (for progress bars).
     pub fn nominal_duration(&self) -> Duration {
         match self {
@@ -161,5 +179,47 @@ impl Zipf {
     pub fn sample(&self) -> usize {
         let u = fastrand::f64();
         self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed loop splits into equal turns, its request cap rounded up so
+    /// the turns together still reach it; other loads stay whole.
+    #[test]
+    fn a_closed_loop_slices_into_turns() {
+        let closed = Load::Closed {
+            workers: 32,
+            duration: Duration::from_secs(3),
+            max_requests: Some(1000),
+            think: None,
+            post_every: Some(10),
+        };
+        let Load::Closed {
+            workers,
+            duration,
+            max_requests,
+            post_every,
+            ..
+        } = closed.slice(6)
+        else {
+            panic!("still a closed loop");
+        };
+        assert_eq!(workers, 32);
+        assert_eq!(duration, Duration::from_millis(500));
+        assert_eq!(max_requests, Some(167));
+        assert_eq!(post_every, Some(10));
+        let Load::Closed { duration, .. } = closed.slice(1) else {
+            panic!("still a closed loop");
+        };
+        assert_eq!(duration, Duration::from_secs(3));
+        let bursts = Load::Bursts {
+            bursts: 5,
+            size: 64,
+            gap: Duration::from_millis(200),
+        };
+        assert!(matches!(bursts.slice(6), Load::Bursts { bursts: 5, .. }));
     }
 }

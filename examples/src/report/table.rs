@@ -12,6 +12,13 @@ pub fn scenario_table(scenario: &Scenario, runs: &[RunResult], skipped: &[Skippe
     let mut out = String::new();
     let _ = writeln!(out, "\n== {}: {}", scenario.name, scenario.description);
     out.push_str(&rows(runs));
+    if scenario.rounds > 1 {
+        let _ = writeln!(
+            out,
+            "   the stacks took turns: {} rounds, each stack one slice of the load per round",
+            scenario.rounds
+        );
+    }
     if scenario.server.injects_faults() {
         out.push_str(&accounting(runs));
     }

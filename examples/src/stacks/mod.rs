@@ -275,6 +275,18 @@ impl Stack {
         }
     }
 
+    /// Takes back a client from [`Stack::worker`] when its worker is done,
+    /// so that the next round's worker gets it: `raw`'s HTTP/1 connections
+    /// are handed out one per worker. Other clients are clones: dropped.
+    pub fn give_back(&self, client: WorkerClient) {
+        if let (Inner::RawHttp1(senders), WorkerClient::RawHttp1(sender)) = (&self.inner, client) {
+            senders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(sender);
+        }
+    }
+
     /// A client any task may use, when the stack is shareable.
     pub fn shared(&self) -> Option<WorkerClient> {
         Some(match &self.inner {
