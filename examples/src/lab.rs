@@ -121,6 +121,10 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
             for (_, kind, row) in done {
                 rows.push((kind, row?));
             }
+        } else if scenario.rounds > 1 && scenario.idle_targets > 0 {
+            for &kind in &stacks {
+                rows.push((kind, against_twin(&scenario, kind, &env, &bar).await?));
+            }
         } else if scenario.rounds > 1 {
             rows = take_turns(&scenario, &stacks, &env, &bar).await?;
         } else {
@@ -183,7 +187,7 @@ async fn run_one(
         }
     };
     run.slice(&scenario.load, 0, &bar, 100).await?;
-    Ok(run.finish())
+    Ok(run.finish(None))
 }
 
 /// Runs every stack in `scenario.rounds` turns: each round, each stack in
@@ -211,19 +215,61 @@ async fn take_turns(
             }
         }
     }
-    for round in 0..rounds {
-        // The bar's 100 per stack, spread over the rounds.
-        let share = 100 * u64::from(round + 1) / u64::from(rounds)
-            - 100 * u64::from(round) / u64::from(rounds);
-        for (_, run) in &mut runs {
-            bar.set_message(format!("{} (round {} of {rounds})", run.kind, round + 1));
-            run.slice(&slice, round, bar, share).await?;
-        }
-    }
-    for (i, run) in runs {
-        rows[i] = Some((run.kind, run.finish()));
+    let (slots, mut prepared): (Vec<usize>, Vec<Prepared>) = runs.into_iter().unzip();
+    turns(&mut prepared, rounds, &slice, bar, 100).await?;
+    for (i, run) in slots.into_iter().zip(prepared) {
+        rows[i] = Some((run.kind, run.finish(None)));
     }
     Ok(rows.into_iter().flatten().collect())
+}
+
+/// Runs `kind` on a scenario with idle targets in turns with its twin: the
+/// same stack on the same load with no idle targets. The row's
+/// `baseline_rps` is the twin's: what the idle targets cost the load,
+/// measured side by side.
+async fn against_twin(
+    scenario: &Arc<Scenario>,
+    kind: StackKind,
+    env: &Arc<Env>,
+    bar: &ProgressBar,
+) -> Result<Row, LabError> {
+    let mut twin_scenario = Scenario::clone(scenario);
+    twin_scenario.idle_targets = 0;
+    let mut runs = Vec::new();
+    for scenario in [scenario.clone(), Arc::new(twin_scenario)] {
+        match Prepared::new(scenario, kind, env).await? {
+            Ok(run) => runs.push(run),
+            Err(why) => {
+                bar.inc(100);
+                return Ok(Row::Skipped(why));
+            }
+        }
+    }
+    let slice = scenario.load.slice(scenario.rounds);
+    turns(&mut runs, scenario.rounds, &slice, bar, 50).await?;
+    let twin = runs.pop().expect("two runs");
+    let run = runs.pop().expect("two runs");
+    Ok(run.finish(Some(twin.rps())))
+}
+
+/// `rounds` rounds of one `slice` of the load on each run in order, moving
+/// the bar by `units` per run over all the rounds.
+async fn turns(
+    runs: &mut [Prepared],
+    rounds: u32,
+    slice: &Load,
+    bar: &ProgressBar,
+    units: u64,
+) -> Result<(), LabError> {
+    for round in 0..rounds {
+        let share = units * u64::from(round + 1) / u64::from(rounds)
+            - units * u64::from(round) / u64::from(rounds);
+        for run in runs.iter_mut() {
+            bar.set_message(format!("{} (round {} of {rounds})", run.kind, round + 1));
+            run.slice(slice, round, bar, share).await?;
+        }
+    }
+    Ok(())
 }
 
 /// One stack set up on a scenario (its server, its client, the counters
@@ -396,14 +442,25 @@ impl Prepared {
         Ok(())
     }
 
+    /// Requests/s answered over the slices so far.
+    fn rps(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.recorder.ok() as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
     fn server_idle_now(&self) -> f64 {
         self.server
             .as_ref()
             .map_or(0.0, |server| server.stats().snapshot().idle_socket_seconds)
     }
 
-    /// The row, once the scenario's tail (if any) has been watched.
-    fn finish(self) -> Row {
+    /// The row, once the scenario's tail (if any) has been watched, with
+    /// its twin's requests/s if it ran against one.
+    fn finish(self, baseline_rps: Option<f64>) -> Row {
         let Prepared {
             scenario,
             kind,
@@ -437,6 +494,7 @@ impl Prepared {
             row.idle_targets = scenario.idle_targets;
             row.rss_per_idle_target_bytes = rss_per_target;
             row.rounds = slices;
+            row.baseline_rps = baseline_rps;
             if slices > 1 && server.is_some() {
                 row.server_idle_socket_seconds = server_idle_seconds;
             }

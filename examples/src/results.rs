@@ -140,6 +140,9 @@ pub struct RunResult {
     /// How many slices the load ran in: more than one when the stacks took
     /// turns (see the scenario's `rounds`); the figures cover them all.
     pub rounds: u32,
+    /// With idle targets (`scale-targets`): the same stack's requests/s on
+    /// the same load with no idle targets, run in turns with this one.
+    pub baseline_rps: Option<f64>,
 }
 
 impl Results {

@@ -190,7 +190,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         }
         "bursty" => {
             let size = sizes.concurrency(64);
-            let bursts = if sizes.quick { 8 } else { 50 };
+            let bursts = if sizes.quick { 5 } else { 50 };
             let mut s = scenario(
                 "bursty",
                 format!(
@@ -323,8 +323,12 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         }
         _ => return None,
     };
-    if matches!(built.name, "steady-h1" | "steady-h1-tls" | "steady-h2") {
-        // The ratios between stacks are these scenarios' point.
+    if matches!(
+        built.name,
+        "steady-h1" | "steady-h1-tls" | "steady-h2" | "scale-targets"
+    ) {
+        // The ratios between stacks (for scale-targets, between a stack
+        // with idle targets and without) are these scenarios' point.
         built.rounds = STEADY_ROUNDS;
     }
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {

@@ -12,7 +12,13 @@ pub fn scenario_table(scenario: &Scenario, runs: &[RunResult], skipped: &[Skippe
     let mut out = String::new();
     let _ = writeln!(out, "\n== {}: {}", scenario.name, scenario.description);
     out.push_str(&rows(runs));
-    if scenario.rounds > 1 {
+    if scenario.rounds > 1 && scenario.idle_targets > 0 {
+        let _ = writeln!(
+            out,
+            "   each stack took turns with its twin with no idle targets: {} rounds, one slice of the load each",
+            scenario.rounds
+        );
+    } else if scenario.rounds > 1 {
         let _ = writeln!(
             out,
             "   the stacks took turns: {} rounds, each stack one slice of the load per round",
@@ -109,6 +115,15 @@ pub fn rows(runs: &[RunResult]) -> String {
                 out,
                 "{:<17}lost: {} requests got neither a response nor an error",
                 "", r.lost
+            );
+        }
+        if let Some(baseline) = r.baseline_rps.filter(|b| *b > 0.0) {
+            let _ = writeln!(
+                out,
+                "{:<17}{:.2}x the requests/s of the same stack with no idle targets ({:.0}), in turns",
+                "",
+                r.rps / baseline,
+                baseline
             );
         }
         if let Some(bytes) = r.rss_per_idle_target_bytes {
