@@ -124,13 +124,14 @@ fn chaos_faults(protocol: Protocol) -> Chaos {
 
 /// Builds scenario `name` at `sizes`, or `None` for an unknown name.
 pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
-    let steady = |workers: usize| Load::Closed {
+    let closed = |workers: usize, seconds: u64| Load::Closed {
         workers: sizes.concurrency(workers),
-        duration: sizes.duration(Duration::from_secs(3), Duration::from_millis(500)),
+        duration: sizes.duration(Duration::from_secs(seconds), Duration::from_millis(500)),
         max_requests: sizes.requests,
         think: None,
         post_every: None,
     };
+    let steady = |workers: usize| closed(workers, 3);
     let base = ServerConfig::default()
         .response_size(100)
         .idle_timeout(Some(Duration::from_secs(30)));
@@ -180,7 +181,8 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 ),
                 Protocol::Http2,
                 false,
-                steady(256),
+                // 2 s: each stack's rate is steady within a second.
+                closed(256, 2),
             );
             s.server = s
                 .server
@@ -279,7 +281,8 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 ),
                 Protocol::Http1,
                 false,
-                steady(32),
+                // 2 s, and as long again for the twin (see `rounds`).
+                closed(32, 2),
             );
             s.idle_targets = idle;
             s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
