@@ -107,6 +107,12 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
         bar.set_style(style.clone());
         bar.set_prefix(scenario.name);
         let mut rows: Vec<(StackKind, Row)> = Vec::new();
+        // An external server's keep-alive is not ours to know: back to
+        // back there, so no stack's connections idle out between turns.
+        let rounds = match env.target {
+            Some(_) => 1,
+            None => scenario.rounds(),
+        };
         if scenario.parallel_stacks {
             let mut set = JoinSet::new();
             for (i, &kind) in stacks.iter().enumerate() {
@@ -121,12 +127,15 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
             for (_, kind, row) in done {
                 rows.push((kind, row?));
             }
-        } else if scenario.rounds > 1 && scenario.idle_targets > 0 {
+        } else if rounds > 1 && scenario.idle_targets > 0 {
             for &kind in &stacks {
-                rows.push((kind, against_twin(&scenario, kind, &env, &bar).await?));
+                rows.push((
+                    kind,
+                    against_twin(&scenario, kind, rounds, &env, &bar).await?,
+                ));
             }
-        } else if scenario.rounds > 1 {
-            rows = take_turns(&scenario, &stacks, &env, &bar).await?;
+        } else if rounds > 1 {
+            rows = take_turns(&scenario, &stacks, rounds, &env, &bar).await?;
         } else {
             for &kind in &stacks {
                 bar.set_message(kind.name());
@@ -190,16 +199,16 @@ async fn run_one(
     Ok(run.finish(None))
 }
 
-/// Runs every stack in `scenario.rounds` turns: each round, each stack in
-/// table order runs one slice of the load on its own server and client,
-/// both kept from round to round. Rows come back in `stacks` order.
+/// Runs every stack in `rounds` turns: each round, each stack in table
+/// order runs one slice of the load on its own server and client, both
+/// kept from round to round. Rows come back in `stacks` order.
 async fn take_turns(
     scenario: &Arc<Scenario>,
     stacks: &[StackKind],
+    rounds: u32,
     env: &Arc<Env>,
     bar: &ProgressBar,
 ) -> Result<Vec<(StackKind, Row)>, LabError> {
-    let rounds = scenario.rounds;
     let slice = scenario.load.slice(rounds);
     let mut runs = Vec::new();
     let mut rows: Vec<Option<(StackKind, Row)>> = Vec::new();
@@ -216,7 +225,7 @@ async fn take_turns(
         }
     }
     let (slots, mut prepared): (Vec<usize>, Vec<Prepared>) = runs.into_iter().unzip();
-    turns(&mut prepared, rounds, &slice, bar, 100).await?;
+    turns(&mut prepared, rounds, &slice, bar, 100, "").await?;
     for (i, run) in slots.into_iter().zip(prepared) {
         rows[i] = Some((run.kind, run.finish(None)));
     }
@@ -230,6 +239,7 @@ async fn take_turns(
 async fn against_twin(
     scenario: &Arc<Scenario>,
     kind: StackKind,
+    rounds: u32,
     env: &Arc<Env>,
     bar: &ProgressBar,
 ) -> Result<Row, LabError> {
@@ -245,27 +255,33 @@ async fn against_twin(
             }
         }
     }
-    let slice = scenario.load.slice(scenario.rounds);
-    turns(&mut runs, scenario.rounds, &slice, bar, 50).await?;
+    let slice = scenario.load.slice(rounds);
+    turns(&mut runs, rounds, &slice, bar, 50, " and its twin").await?;
     let twin = runs.pop().expect("two runs");
     let run = runs.pop().expect("two runs");
     Ok(run.finish(Some(twin.rps())))
 }
 
 /// `rounds` rounds of one `slice` of the load on each run in order, moving
-/// the bar by `units` per run over all the rounds.
+/// the bar by `units` per run over all the rounds; `what` follows the
+/// stack's name in the bar.
 async fn turns(
     runs: &mut [Prepared],
     rounds: u32,
     slice: &Load,
     bar: &ProgressBar,
     units: u64,
+    what: &str,
 ) -> Result<(), LabError> {
     for round in 0..rounds {
         let share = units * u64::from(round + 1) / u64::from(rounds)
             - units * u64::from(round) / u64::from(rounds);
         for run in runs.iter_mut() {
-            bar.set_message(format!("{} (round {} of {rounds})", run.kind, round + 1));
+            bar.set_message(format!(
+                "{}{what} (round {} of {rounds})",
+                run.kind,
+                round + 1
+            ));
             run.slice(slice, round, bar, share).await?;
         }
     }

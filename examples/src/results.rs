@@ -138,7 +138,7 @@ pub struct RunResult {
     /// neither are the sockets' kernel buffers).
     pub rss_per_idle_target_bytes: Option<f64>,
     /// How many slices the load ran in: more than one when the stacks took
-    /// turns (see the scenario's `rounds`); the figures cover them all.
+    /// turns (see the scenario's `take_turns`); the figures cover them all.
     pub rounds: u32,
     /// With idle targets (`scale-targets`): the same stack's requests/s on
     /// the same load with no idle targets, run in turns with this one.

@@ -74,17 +74,34 @@ pub struct Scenario {
     /// Run every stack at once (each with its own server): only for
     /// scenarios whose load is too light to interfere.
     pub parallel_stacks: bool,
-    /// Take turns: every stack runs this many equal slices of the load,
-    /// one stack after another in each round, on its own server and
-    /// client kept between rounds. With more than one, a stack's figures
-    /// do not depend on which seconds of a noisy machine it drew. Closed
-    /// loops without a tail only.
-    pub rounds: u32,
+    /// Take turns: the load is cut into slices of [`TURN`], and in each
+    /// round every stack runs one slice, on its own server and client
+    /// kept between rounds. A stack's figures then do not depend on which
+    /// seconds of a noisy machine it drew, and no stack sits idle long
+    /// between its slices (at most [`TURN`] per other stack). Closed loops
+    /// without a tail, on the embedded server, only; see
+    /// [`Scenario::rounds`].
+    pub take_turns: bool,
     /// Stacks this scenario means nothing for, with the reason.
     pub skip: Vec<(StackKind, &'static str)>,
 }
 
 impl Scenario {
+    /// How many rounds the stacks take turns in: the load's duration in
+    /// [`TURN`]s when it takes turns (the last round's slice no shorter
+    /// than the others), else 1.
+    pub fn rounds(&self) -> u32 {
+        match &self.load {
+            Load::Closed { duration, .. }
+                if self.take_turns && self.tail.is_none() && !self.parallel_stacks =>
+            {
+                let turns = duration.as_secs_f64() / TURN.as_secs_f64();
+                (turns.ceil() as u32).max(1)
+            }
+            _ => 1,
+        }
+    }
+
     /// The reason `stack` is skipped here, if it is.
     pub fn skip_reason(&self, stack: StackKind) -> Option<&'static str> {
         self.skip
@@ -94,8 +111,10 @@ impl Scenario {
     }
 }
 
-/// Rounds of the steady scenarios: each stack's 3 s in six turns of 0.5 s.
-const STEADY_ROUNDS: u32 = 6;
+/// One turn of a scenario that takes turns: short enough that a stack's
+/// connections are never idle for longer than the shortest idle timeout
+/// in play (`hyper-util-tuned`'s 2 s) while the five others take theirs.
+pub const TURN: Duration = Duration::from_millis(250);
 
 const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
 
@@ -146,7 +165,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         idle_targets: 0,
         tail: None,
         parallel_stacks: false,
-        rounds: 1,
+        take_turns: false,
         skip: Vec::new(),
     };
     let workers = sizes.concurrency(32);
@@ -281,7 +300,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 ),
                 Protocol::Http1,
                 false,
-                // 2 s, and as long again for the twin (see `rounds`).
+                // 2 s, and as long again for the twin (see `take_turns`).
                 closed(32, 2),
             );
             s.idle_targets = idle;
@@ -332,7 +351,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     ) {
         // The ratios between stacks (for scale-targets, between a stack
         // with idle targets and without) are these scenarios' point.
-        built.rounds = STEADY_ROUNDS;
+        built.take_turns = true;
     }
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
         built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));

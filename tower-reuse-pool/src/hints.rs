@@ -112,6 +112,12 @@ mod tests {
             &[("keep-alive", "timeout=5, max=100")],
         ));
         assert_eq!(hints.idle_limit, Some(Duration::from_secs(5)));
+        // The first `Keep-Alive` whose timeout parses, not the first one.
+        let hints = ServerHints::of(&response(
+            Version::HTTP_11,
+            &[("keep-alive", "max=100"), ("keep-alive", "timeout=7")],
+        ));
+        assert_eq!(hints.idle_limit, Some(Duration::from_secs(7)));
         assert_eq!(
             keep_alive_timeout("max=3, TIMEOUT = 7"),
             Some(Duration::from_secs(7))

@@ -81,8 +81,9 @@ impl<B> fmt::Debug for ReplayBody<B> {
 /// request. This costs one allocation and a copy of the bytes; parsing
 /// them back is left to the rare replay.
 pub(crate) struct SentHead<B> {
-    /// `version`, then `method`, `uri`, and per header a sensitivity flag,
-    /// name and value, each of the three `u32`-length-prefixed.
+    /// A version byte, then the method and the URI, then per header a
+    /// sensitivity byte, its name and its value: the method, the URI, each
+    /// name and each value prefixed with their length as a `u32`.
     bytes: Box<[u8]>,
     replay: Option<ReplayBody<B>>,
 }
@@ -131,8 +132,10 @@ impl<B: Body + Default + 'static> SentHead<B> {
     }
 
     /// The request to send again, with a fresh body from its
-    /// [`ReplayBody`]; `None` if the bytes do not parse back (they always
-    /// should: they were a valid head).
+    /// [`ReplayBody`]; `None` if the bytes do not parse back. Every piece
+    /// was valid, but an absolute URI whose parts each fit `http`'s limit
+    /// of about 64 KiB may not once joined: such a request is then not
+    /// replayed, and fails as it would have without a replay.
     pub(crate) fn into_request(self) -> Option<Request<B>> {
         let mut rest = &self.bytes[..];
         let version = version_of(take_byte(&mut rest)?)?;

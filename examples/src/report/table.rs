@@ -12,17 +12,16 @@ pub fn scenario_table(scenario: &Scenario, runs: &[RunResult], skipped: &[Skippe
     let mut out = String::new();
     let _ = writeln!(out, "\n== {}: {}", scenario.name, scenario.description);
     out.push_str(&rows(runs));
-    if scenario.rounds > 1 && scenario.idle_targets > 0 {
+    let rounds = runs.iter().map(|r| r.rounds).max().unwrap_or(1);
+    if rounds > 1 && scenario.idle_targets > 0 {
         let _ = writeln!(
             out,
-            "   each stack took turns with its twin with no idle targets: {} rounds, one slice of the load each",
-            scenario.rounds
+            "   each stack took turns with its twin with no idle targets: {rounds} rounds, one slice of the load each"
         );
-    } else if scenario.rounds > 1 {
+    } else if rounds > 1 {
         let _ = writeln!(
             out,
-            "   the stacks took turns: {} rounds, each stack one slice of the load per round",
-            scenario.rounds
+            "   the stacks took turns: {rounds} rounds, each stack one slice of the load per round"
         );
     }
     if scenario.server.injects_faults() {
