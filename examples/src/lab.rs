@@ -1,6 +1,8 @@
 //! The lab runner: for each scenario, each stack gets its own embedded
 //! server (or the `--target`), its own client, the same load; the rows go
-//! into [`Results`].
+//! into [`Results`]. Stacks run one after another, all at once
+//! (`parallel_stacks`), or taking turns in short slices (`take_turns`,
+//! [`Scenario::rounds`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
