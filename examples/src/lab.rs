@@ -211,7 +211,6 @@ async fn take_turns(
     env: &Arc<Env>,
     bar: &ProgressBar,
 ) -> Result<Vec<(StackKind, Row)>, LabError> {
-    let slice = scenario.load.slice(rounds);
     let mut runs = Vec::new();
     let mut rows: Vec<Option<(StackKind, Row)>> = Vec::new();
     for &kind in stacks {
@@ -227,7 +226,7 @@ async fn take_turns(
         }
     }
     let (slots, mut prepared): (Vec<usize>, Vec<Prepared>) = runs.into_iter().unzip();
-    turns(&mut prepared, rounds, &slice, bar, 100, "").await?;
+    turns(&mut prepared, scenario, rounds, bar, 100, "").await?;
     for (i, run) in slots.into_iter().zip(prepared) {
         rows[i] = Some((run.kind, run.finish(None)));
     }
@@ -257,25 +256,25 @@ async fn against_twin(
             }
         }
     }
-    let slice = scenario.load.slice(rounds);
-    turns(&mut runs, rounds, &slice, bar, 50, " and its twin").await?;
+    turns(&mut runs, scenario, rounds, bar, 50, " and its twin").await?;
     let twin = runs.pop().expect("two runs");
     let run = runs.pop().expect("two runs");
     Ok(run.finish(Some(twin.rps())))
 }
 
-/// `rounds` rounds of one `slice` of the load on each run in order, moving
-/// the bar by `units` per run over all the rounds; `what` follows the
-/// stack's name in the bar.
+/// `rounds` rounds of one slice of the scenario's load on each run in
+/// order, moving the bar by `units` per run over all the rounds; `what`
+/// follows the stack's name in the bar.
 async fn turns(
     runs: &mut [Prepared],
+    scenario: &Scenario,
     rounds: u32,
-    slice: &Load,
     bar: &ProgressBar,
     units: u64,
     what: &str,
 ) -> Result<(), LabError> {
     for round in 0..rounds {
+        let slice = &scenario.load.slice(rounds, round);
         let share = units * u64::from(round + 1) / u64::from(rounds)
             - units * u64::from(round) / u64::from(rounds);
         for run in runs.iter_mut() {

@@ -78,10 +78,11 @@ impl Load {
         }
     }
 
-    /// One of `rounds` equal slices of a closed loop (its duration and
-    /// request cap divided), for a run that takes turns between stacks;
-    /// other loads are not sliced.
-    pub fn slice(&self, rounds: u32) -> Load {
+    /// Slice `round` of `rounds` of a closed loop, for a run that takes
+    /// turns between stacks: an equal share of its duration, and of its
+    /// request cap (the shares adding up to the cap exactly). Other loads
+    /// are not sliced.
+    pub fn slice(&self, rounds: u32, round: u32) -> Load {
         let mut slice = self.clone();
         if let Load::Closed {
             duration,
@@ -91,7 +92,11 @@ impl Load {
             && rounds > 1
         {
             *duration /= rounds;
-            *max_requests = max_requests.map(|n| n.div_ceil(u64::from(rounds)));
+            // The first `k` slices' share of `n`, exact and without overflow.
+            let upto = |n: u64, k: u32| {
+                u64::try_from(u128::from(n) * u128::from(k) / u128::from(rounds)).unwrap_or(n)
+            };
+            *max_requests = max_requests.map(|n| upto(n, round + 1) - upto(n, round));
         }
         slice
     }
@@ -186,8 +191,8 @@ impl Zipf {
 mod tests {
     use super::*;
 
-    /// A closed loop splits into equal turns, its request cap rounded up so
-    /// the turns together still reach it; other loads stay whole.
+    /// A closed loop splits into equal turns whose request caps add up to
+    /// its own; other loads stay whole.
     #[test]
     fn a_closed_loop_slices_into_turns() {
         let closed = Load::Closed {
@@ -197,21 +202,27 @@ mod tests {
             think: None,
             post_every: Some(10),
         };
-        let Load::Closed {
-            workers,
-            duration,
-            max_requests,
-            post_every,
-            ..
-        } = closed.slice(6)
-        else {
-            panic!("still a closed loop");
-        };
-        assert_eq!(workers, 32);
-        assert_eq!(duration, Duration::from_millis(500));
-        assert_eq!(max_requests, Some(167));
-        assert_eq!(post_every, Some(10));
-        let Load::Closed { duration, .. } = closed.slice(1) else {
+        let mut total = 0;
+        for round in 0..6 {
+            let Load::Closed {
+                workers,
+                duration,
+                max_requests,
+                post_every,
+                ..
+            } = closed.slice(6, round)
+            else {
+                panic!("still a closed loop");
+            };
+            assert_eq!(workers, 32);
+            assert_eq!(duration, Duration::from_millis(500));
+            assert_eq!(post_every, Some(10));
+            let cap = max_requests.expect("a cap");
+            assert!((166..=167).contains(&cap), "{cap}");
+            total += cap;
+        }
+        assert_eq!(total, 1000);
+        let Load::Closed { duration, .. } = closed.slice(1, 0) else {
             panic!("still a closed loop");
         };
         assert_eq!(duration, Duration::from_secs(3));
@@ -220,6 +231,6 @@ mod tests {
             size: 64,
             gap: Duration::from_millis(200),
         };
-        assert!(matches!(bursts.slice(6), Load::Bursts { bursts: 5, .. }));
+        assert!(matches!(bursts.slice(6, 0), Load::Bursts { bursts: 5, .. }));
     }
 }
