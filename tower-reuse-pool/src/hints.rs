@@ -44,15 +44,7 @@ pub(crate) struct ConnectionTokens {
 }
 
 impl ConnectionTokens {
-    #[cfg(test)]
-    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
-        let mut tokens = ConnectionTokens::default();
-        for value in &headers.get_all(CONNECTION) {
-            tokens.add(value);
-        }
-        tokens
-    }
-
+    /// Adds one `Connection` header value's tokens.
     pub(crate) fn add(&mut self, value: &HeaderValue) {
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
