@@ -28,14 +28,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
+use tower_reuse_examples::stacks::{DiscardMetrics, DiscardSpans};
 use tower_reuse_otel::{OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::{PoolConfig, PoolLayer};
 
@@ -81,41 +79,12 @@ fn connector() -> HttpConnector {
     connector
 }
 
-/// An exporter that drops every batch.
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        drop(batch);
-        Ok(())
-    }
-}
-
-impl PushMetricExporter for Discard {
-    async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
-    }
-}
-
 async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
     let tracer_provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_batch_exporter(Discard)
+        .with_batch_exporter(DiscardSpans)
         .build();
-    let reader = PeriodicReader::builder(Discard)
+    let reader = PeriodicReader::builder(DiscardMetrics)
         .with_interval(Duration::from_secs(24 * 60 * 60))
         .build();
     let meter = SdkMeterProvider::builder()

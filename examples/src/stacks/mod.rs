@@ -28,6 +28,7 @@ pub use connector::{
     BoxError, ClientSnapshot, ClientStats, ConnectFuture, Counted, LabConnector, LabStream,
     ReuseConnector, TcpConnector,
 };
+pub use otel::{DiscardMetrics, DiscardSpans};
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
     complete,

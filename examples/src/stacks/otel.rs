@@ -120,7 +120,7 @@ impl Drop for Telemetry {
 
 /// A span exporter that drops every batch (a collector that is never there).
 #[derive(Debug)]
-struct DiscardSpans;
+pub struct DiscardSpans;
 
 impl SpanExporter for DiscardSpans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
@@ -131,7 +131,7 @@ impl SpanExporter for DiscardSpans {
 
 /// A metric exporter that drops what it is given (called only at shutdown).
 #[derive(Debug)]
-struct DiscardMetrics;
+pub struct DiscardMetrics;
 
 impl PushMetricExporter for DiscardMetrics {
     async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
