@@ -14,9 +14,11 @@
 //! Instructions per request are the difference of the two totals divided
 //! by 2000 (the set-up cancels out). Stacks: `raw` (one hyper connection,
 //! the request already in origin form), `pool` (a `Pool` with its
-//! defaults), `otel` (`OtelLayer` over the pool with `OtelPoolEvents`, the
-//! SDK with its default sampler and a batch span processor dropping every
-//! batch), `otel-unsampled` (the same, every span sampled out).
+//! defaults), `span` (the pool, each request in one bare SDK span as
+//! `reuse-lab`'s `reuse+span` stack records it, and nothing else), `otel`
+//! (`OtelLayer` over the pool with `OtelPoolEvents`, the SDK with its
+//! default sampler and a batch span processor dropping every batch),
+//! `otel-unsampled` (the same, every span sampled out).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -33,7 +35,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
-use tower_reuse_examples::stacks::{DiscardMetrics, DiscardSpans};
+use tower_reuse_examples::stacks::{BareSpan, DiscardMetrics, DiscardSpans};
 use tower_reuse_otel::{OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::{PoolConfig, PoolLayer};
 
@@ -54,8 +56,14 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-/// `n` GETs through `client`, each body read to its end.
-async fn run<S, B>(client: &mut S, uri: &Uri, n: u64) -> Result<(), BoxError>
+/// `n` GETs through `client`, each body read to its end; each in a bare
+/// span when `bare` is given.
+async fn run<S, B>(
+    client: &mut S,
+    uri: &Uri,
+    n: u64,
+    bare: Option<&BareSpan>,
+) -> Result<(), BoxError>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -66,9 +74,13 @@ where
         let request = Request::get(uri.clone())
             .header("accept", "*/*")
             .body(Full::default())?;
-        let response = client.ready().await.map_err(Into::into)?;
-        let response = response.call(request).await.map_err(Into::into)?;
-        response.into_body().collect().await.map_err(Into::into)?;
+        let mut span = bare.map(BareSpan::start);
+        let client = client.ready().await.map_err(Into::into)?;
+        let response = client.call(request).await.map_err(Into::into);
+        if let Some(span) = &mut span {
+            BareSpan::end(span, response.as_ref().ok());
+        }
+        response?.into_body().collect().await.map_err(Into::into)?;
     }
     Ok(())
 }
@@ -79,11 +91,16 @@ fn connector() -> HttpConnector {
     connector
 }
 
-async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
-    let tracer_provider = SdkTracerProvider::builder()
+/// The SDK's tracer provider with `sampler`, batching spans to nowhere.
+fn tracer_provider(sampler: Sampler) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_batch_exporter(DiscardSpans)
-        .build();
+        .build()
+}
+
+async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
+    let tracer_provider = tracer_provider(sampler);
     let reader = PeriodicReader::builder(DiscardMetrics)
         .with_interval(Duration::from_secs(24 * 60 * 60))
         .build();
@@ -95,7 +112,7 @@ async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
         .events(OtelPoolEvents::new(&meter))
         .layer(connector());
     let mut client = OtelLayer::new(tracer_provider.tracer("warm_path"), &meter).layer(pool);
-    run(&mut client, uri, n).await
+    run(&mut client, uri, n, None).await
 }
 
 fn main() -> Result<(), BoxError> {
@@ -133,11 +150,20 @@ fn main() -> Result<(), BoxError> {
             }
             "pool" => {
                 let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
-                run(&mut client, &uri, n).await
+                run(&mut client, &uri, n, None).await
+            }
+            "span" => {
+                let tracer_provider =
+                    tracer_provider(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+                let bare = BareSpan::new(tracer_provider.tracer("warm_path"), &uri);
+                let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
+                run(&mut client, &uri, n, Some(&bare)).await
             }
             "otel" => otel(&uri, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
             "otel-unsampled" => otel(&uri, n, Sampler::AlwaysOff).await,
-            other => Err(format!("no stack {other:?}: raw, pool, otel, otel-unsampled").into()),
+            other => {
+                Err(format!("no stack {other:?}: raw, pool, span, otel, otel-unsampled").into())
+            }
         }
     })
 }

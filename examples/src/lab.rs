@@ -51,8 +51,8 @@ pub struct LabConfig {
     /// The `reuse` stack's pool configuration (`--policy FILE`); `None`
     /// for the defaults.
     pub policy: Option<tower_reuse_pool::PoolConfig>,
-    /// Where the `reuse+otel` stack exports its spans and metrics
-    /// (`--otlp URL`); `None` to export nowhere.
+    /// Where the `reuse+otel` stack exports its spans and metrics, and
+    /// `reuse+span` its spans (`--otlp URL`); `None` to export nowhere.
     pub otlp: Option<Endpoint>,
     /// Facts about the run, copied into the results.
     pub environment: Environment,

@@ -355,6 +355,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     }
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
         built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
+        built.skip.push((StackKind::ReuseSpan, OTEL_IN_STEADY_ONLY));
     }
     Some(built)
 }

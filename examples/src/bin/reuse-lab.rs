@@ -31,8 +31,9 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
-    /// reuse, reuse+otel, raw (default: all; reuse+otel runs in steady-h1
-    /// and steady-h1-tls only).
+    /// reuse, reuse+otel, reuse+span, raw (default: all but reuse+span, the
+    /// opt-in floor of a sampled span per request; reuse+otel and
+    /// reuse+span run in steady-h1 and steady-h1-tls only).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
     /// The smoke-test suite: short runs, under 30 s in all.
@@ -57,13 +58,13 @@ struct Args {
     /// defaults (keys as in the README's configuration reference).
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Export the reuse+otel stack's spans and metrics over OTLP/HTTP
-    /// (protobuf) to the collector at this base URL, e.g.
-    /// http://127.0.0.1:4318 (/v1/traces and /v1/metrics are appended;
+    /// Export the reuse+otel stack's spans and metrics (and reuse+span's
+    /// spans) over OTLP/HTTP (protobuf) to the collector at this base URL,
+    /// e.g. http://127.0.0.1:4318 (/v1/traces and /v1/metrics are appended;
     /// http only), instead of dropping them. The usual OTEL_* variables
     /// apply (OTEL_TRACES_SAMPLER, OTEL_METRIC_EXPORT_INTERVAL ...); what is
-    /// left is exported at the end of each reuse+otel run. reuse+otel's
-    /// figures are then not comparable with a run without it.
+    /// left is exported at the end of each such run. Their figures are then
+    /// not comparable with a run without it.
     #[arg(long, value_name = "URL")]
     otlp: Option<Endpoint>,
     /// Where results.json, report.html and cert.pem go.
@@ -173,7 +174,7 @@ async fn run(args: Args) -> Result<(), LabError> {
         chosen.push(scenario);
     }
     let stacks = if args.stack.is_empty() {
-        StackKind::ALL.to_vec()
+        StackKind::default_set()
     } else {
         args.stack
             .iter()
@@ -186,14 +187,18 @@ async fn run(args: Args) -> Result<(), LabError> {
             .collect::<Result<Vec<_>, _>>()?
     };
     if let Some(endpoint) = &args.otlp {
-        if !stacks.contains(&StackKind::ReuseOtel) {
-            eprintln!("reuse-lab: --otlp {endpoint} has no effect: only reuse+otel exports");
-        } else if !chosen
-            .iter()
-            .any(|s| s.skip_reason(StackKind::ReuseOtel).is_none())
-        {
+        let exports = |k: &StackKind| matches!(k, StackKind::ReuseOtel | StackKind::ReuseSpan);
+        if !stacks.iter().any(exports) {
             eprintln!(
-                "reuse-lab: --otlp {endpoint} has no effect: reuse+otel runs in steady-h1 and steady-h1-tls only"
+                "reuse-lab: --otlp {endpoint} has no effect: only reuse+otel and reuse+span export"
+            );
+        } else if !chosen.iter().any(|s| {
+            stacks
+                .iter()
+                .any(|k| exports(k) && s.skip_reason(*k).is_none())
+        }) {
+            eprintln!(
+                "reuse-lab: --otlp {endpoint} has no effect: reuse+otel and reuse+span run in steady-h1 and steady-h1-tls only"
             );
         }
     }

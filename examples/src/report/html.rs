@@ -14,6 +14,7 @@ pub fn stack_color(stack: &str) -> &'static str {
         "hyper-util-tuned" => "#17becf",
         "reuse" => "#2ca02c",
         "reuse+otel" => "#98df8a",
+        "reuse+span" => "#bcbd22",
         "raw" => "#7f7f7f",
         _ => "#9467bd",
     }

@@ -1,6 +1,6 @@
 //! The comparison table printed on stdout: stacks side by side per scenario,
 //! with requests/s ratios against `hyper-util` and `raw` (and `reuse+otel`
-//! against `reuse`, on a line of its own).
+//! and `reuse+span` against `reuse`, each on a line of its own).
 
 use std::fmt::Write as _;
 
@@ -85,12 +85,15 @@ pub fn rows(runs: &[RunResult]) -> String {
             format!("{}/{}", r.tls_full, r.tls_resumed),
             r.misdelivered
         );
-        if r.stack == "reuse+otel"
-            && let Some(reuse) = reuse
-        {
+        let cost = match r.stack.as_str() {
+            "reuse+otel" => Some("the cost of OpenTelemetry"),
+            "reuse+span" => Some("the cost of one bare SDK span per request"),
+            _ => None,
+        };
+        if let (Some(cost), Some(reuse)) = (cost, reuse) {
             let _ = writeln!(
                 out,
-                "{:<17}{:.2}x reuse's req/s (the cost of OpenTelemetry)",
+                "{:<17}{:.2}x reuse's req/s ({cost})",
                 "",
                 r.rps / reuse
             );

@@ -28,7 +28,7 @@ pub use connector::{
     BoxError, ClientSnapshot, ClientStats, ConnectFuture, Counted, LabConnector, LabStream,
     ReuseConnector, TcpConnector,
 };
-pub use otel::{DiscardMetrics, DiscardSpans};
+pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
     complete,
@@ -54,20 +54,37 @@ pub enum StackKind {
     /// nowhere (batched spans dropped, metrics never collected mid-run), or
     /// over OTLP/HTTP to `--otlp URL`.
     ReuseOtel,
+    /// `reuse` under one bare OpenTelemetry SDK span per request and
+    /// nothing else: four attributes at the start, two at the response
+    /// head, no metrics, no context, no hook. The least any layer that
+    /// records a sampled span per request can cost, on the same SDK set-up
+    /// as `reuse+otel` (exporting to `--otlp URL` too). Opt-in (`--stack`):
+    /// not in the default suite.
+    ReuseSpan,
     /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
     Raw,
 }
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 6] = [
+    pub const ALL: [StackKind; 7] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
         StackKind::Reuse,
         StackKind::ReuseOtel,
+        StackKind::ReuseSpan,
         StackKind::Raw,
     ];
+
+    /// The stacks a run without `--stack` compares: all but the opt-in
+    /// `reuse+span`.
+    pub fn default_set() -> Vec<StackKind> {
+        Self::ALL
+            .into_iter()
+            .filter(|&k| k != StackKind::ReuseSpan)
+            .collect()
+    }
 
     /// The name used on the command line and in the results.
     pub fn name(self) -> &'static str {
@@ -77,6 +94,7 @@ impl StackKind {
             StackKind::HyperUtilTuned => "hyper-util-tuned",
             StackKind::Reuse => "reuse",
             StackKind::ReuseOtel => "reuse+otel",
+            StackKind::ReuseSpan => "reuse+span",
             StackKind::Raw => "raw",
         }
     }
@@ -147,6 +165,12 @@ enum Inner {
         _telemetry: otel::Telemetry,
         client: Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>,
     },
+    ReuseSpan {
+        // Declared first, so dropped first, as for `ReuseOtel`.
+        _telemetry: otel::Telemetry,
+        pool: Pool<ReuseConnector, Full<Bytes>>,
+        span: BareSpan,
+    },
 }
 
 impl fmt::Debug for Inner {
@@ -158,6 +182,7 @@ impl fmt::Debug for Inner {
             Inner::RawHttp2(_) => "RawHttp2",
             Inner::Reuse(_) => "Reuse",
             Inner::ReuseOtel { .. } => "ReuseOtel",
+            Inner::ReuseSpan { .. } => "ReuseSpan",
         })
     }
 }
@@ -216,6 +241,17 @@ impl Stack {
                     _telemetry: telemetry,
                 }
             }
+            StackKind::ReuseSpan => {
+                let telemetry = otel::Telemetry::new(otlp)?;
+                let layer = pool_layer(kind, protocol, target, policy)?;
+                let connector = reuse_connector(protocol, tls, &connector_stats);
+                let pool = layer.events(connector_stats.clone()).layer(connector);
+                Inner::ReuseSpan {
+                    pool,
+                    span: BareSpan::new(telemetry.tracer(), &target.uri),
+                    _telemetry: telemetry,
+                }
+            }
             StackKind::Raw => match protocol {
                 Protocol::Http1 => {
                     let mut senders = Vec::with_capacity(workers);
@@ -253,6 +289,7 @@ impl Stack {
             Inner::ReuseOtel { client, .. } => {
                 client.get_ref().control().snapshot().total(|t| t.retries())
             }
+            Inner::ReuseSpan { pool, .. } => pool.control().snapshot().total(|t| t.retries()),
             _ => 0,
         }
     }
@@ -299,6 +336,9 @@ impl Stack {
             Inner::RawHttp2(sender) => WorkerClient::RawHttp2(sender.clone()),
             Inner::Reuse(pool) => WorkerClient::Reuse(pool.clone()),
             Inner::ReuseOtel { client, .. } => WorkerClient::ReuseOtel(client.clone()),
+            Inner::ReuseSpan { pool, span, .. } => {
+                WorkerClient::ReuseSpan(pool.clone(), span.clone())
+            }
             Inner::RawHttp1(_) => return None,
         })
     }

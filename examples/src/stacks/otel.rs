@@ -20,7 +20,12 @@
 //! (`OTEL_METRIC_EXPORT_INTERVAL`, 60 s by default), and what is left is
 //! exported when the stack is dropped at the end of its run.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::{Response, Uri};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Tracer as _};
+use opentelemetry::{KeyValue, StringValue, Value};
 
 use super::StackError;
 use crate::otlp::{self, Endpoint, ExportClient};
@@ -31,7 +36,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter};
 
 /// The instrumentation scope the lab's tracer and meter report.
 const SCOPE: &str = "reuse-lab";
@@ -148,5 +153,68 @@ impl PushMetricExporter for DiscardMetrics {
 
     fn temporality(&self) -> Temporality {
         Temporality::Cumulative
+    }
+}
+
+/// One bare SDK span per request, the `reuse+span` stack's only
+/// instrumentation: started before the pool's call, ended at the response
+/// head. The server attributes are built once; the span gets nothing the
+/// SDK does not need to hold a request span with its core attributes.
+#[derive(Clone, Debug)]
+pub struct BareSpan {
+    tracer: SdkTracer,
+    /// `server.address`, `server.port`, `url.scheme`.
+    server: Arc<[KeyValue]>,
+}
+
+impl BareSpan {
+    /// Spans for requests to `uri`'s server, from `tracer`.
+    pub fn new(tracer: SdkTracer, uri: &Uri) -> Self {
+        let mut server = Vec::with_capacity(3);
+        if let Some(host) = uri.host() {
+            let host = StringValue::from(Arc::<str>::from(host));
+            server.push(KeyValue::new("server.address", Value::String(host)));
+        }
+        if let Some(port) = uri.port_u16() {
+            server.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        if let Some(scheme) = uri.scheme_str() {
+            server.push(KeyValue::new("url.scheme", scheme.to_owned()));
+        }
+        BareSpan {
+            tracer,
+            server: server.into(),
+        }
+    }
+
+    /// A `GET` client span with the server attributes, room left for the
+    /// response's two.
+    pub fn start(&self) -> Span {
+        let mut attributes = Vec::with_capacity(self.server.len() + 3);
+        attributes.push(KeyValue::new("http.request.method", "GET"));
+        attributes.extend_from_slice(&self.server);
+        self.tracer.build(
+            SpanBuilder::from_name("GET")
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes),
+        )
+    }
+
+    /// Ends `span` with the response's status code and protocol version.
+    pub fn end<B>(span: &mut Span, response: Option<&Response<B>>) {
+        if let Some(response) = response {
+            let version = match response.version() {
+                http::Version::HTTP_2 => "2",
+                _ => "1.1",
+            };
+            span.set_attributes([
+                KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                ),
+                KeyValue::new("network.protocol.version", version),
+            ]);
+        }
+        span.end();
     }
 }

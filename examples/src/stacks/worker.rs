@@ -18,7 +18,7 @@ use tower_reuse_otel::Otel;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
 
-use super::{BoxError, LabConnector, Protocol, ReuseConnector};
+use super::{BareSpan, BoxError, LabConnector, Protocol, ReuseConnector};
 use crate::server::X_REQUEST_ID;
 use crate::target::Target;
 
@@ -44,6 +44,8 @@ pub enum WorkerClient {
     Reuse(Pool<ReuseConnector, Full<Bytes>>),
     /// A clone of the pool under `OtelLayer`.
     ReuseOtel(Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>),
+    /// A clone of the pool, and a bare span per request.
+    ReuseSpan(Pool<ReuseConnector, Full<Bytes>>, BareSpan),
 }
 
 /// A response read to the end.
@@ -353,6 +355,15 @@ impl WorkerClient {
                     .map_err(pool_error)?;
                 let response = client.call(request).await.map_err(pool_error)?;
                 complete(response).await
+            }
+            WorkerClient::ReuseSpan(pool, bare) => {
+                std::future::poll_fn(|cx| pool.poll_ready(cx))
+                    .await
+                    .map_err(pool_error)?;
+                let mut span = bare.start();
+                let response = pool.call(request).await.map_err(pool_error);
+                BareSpan::end(&mut span, response.as_ref().ok());
+                complete(response?).await
             }
         }
     }
