@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Instructions per request are the difference of the two totals divided
-//! by 2000 (the set-up cancels out). Stacks: `raw` (one hyper connection,
+//! by 2000 (the set-up cancels out). A third argument `K` sends the
+//! requests round-robin to `K` servers (on 127.0.0.1, 127.0.0.2, ...), the
+//! cost of switching targets (`pool` and the `otel` stacks only). Stacks: `raw` (one hyper connection,
 //! the request already in origin form), `pool` (a `Pool` with its
 //! defaults), `span` (the pool, each request in one bare SDK span as
 //! `reuse-lab`'s `reuse+span` stack records it, and nothing else), `otel`
@@ -56,11 +58,11 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-/// `n` GETs through `client`, each body read to its end; each in a bare
-/// span when `bare` is given.
+/// `n` GETs through `client`, round-robin over `uris`, each body read to
+/// its end; each in a bare span when `bare` is given.
 async fn run<S, B>(
     client: &mut S,
-    uri: &Uri,
+    uris: &[Uri],
     n: u64,
     bare: Option<&BareSpan>,
 ) -> Result<(), BoxError>
@@ -70,7 +72,7 @@ where
     B: http_body::Body,
     B::Error: Into<BoxError>,
 {
-    for _ in 0..n {
+    for uri in uris.iter().cycle().take(usize::try_from(n)?) {
         let request = Request::get(uri.clone())
             .header("accept", "*/*")
             .body(Full::default())?;
@@ -99,7 +101,7 @@ fn tracer_provider(sampler: Sampler) -> SdkTracerProvider {
         .build()
 }
 
-async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
+async fn otel(uris: &[Uri], n: u64, sampler: Sampler) -> Result<(), BoxError> {
     let tracer_provider = tracer_provider(sampler);
     let reader = PeriodicReader::builder(DiscardMetrics)
         .with_interval(Duration::from_secs(24 * 60 * 60))
@@ -112,30 +114,38 @@ async fn otel(uri: &Uri, n: u64, sampler: Sampler) -> Result<(), BoxError> {
         .events(OtelPoolEvents::new(&meter))
         .layer(connector());
     let mut client = OtelLayer::new(tracer_provider.tracer("warm_path"), &meter).layer(pool);
-    run(&mut client, uri, n, None).await
+    run(&mut client, uris, n, None).await
 }
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let stack = args.next().unwrap_or_else(|| "pool".to_owned());
     let n: u64 = args.next().map_or(Ok(2000), |n| n.parse())?;
+    let targets: u8 = args.next().map_or(Ok(1), |k| k.parse())?;
+    if targets == 0 || (targets > 1 && matches!(stack.as_str(), "raw" | "span")) {
+        return Err(format!("{stack} runs against 1 to 255 servers (raw and span: 1)").into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(serve(listener));
-        let uri: Uri = format!("http://{addr}/x").parse()?;
+        let mut uris = Vec::new();
+        for k in 1..=targets {
+            let listener = TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, k), 0)).await?;
+            uris.push(format!("http://{}/x", listener.local_addr()?).parse::<Uri>()?);
+            tokio::spawn(serve(listener));
+        }
+        let uri = &uris[0];
         match stack.as_str() {
             "raw" => {
-                let socket = TcpStream::connect(addr).await?;
+                let addr = uri.authority().map_or("", |a| a.as_str()).to_owned();
+                let socket = TcpStream::connect(&addr).await?;
                 socket.set_nodelay(true)?;
                 let (sender, connection) =
                     hyper::client::conn::http1::handshake(TokioIo::new(socket)).await?;
                 tokio::spawn(connection);
                 let origin: Uri = "/x".parse()?;
-                let host = addr.to_string();
+                let host = addr;
                 let mut sender = sender;
                 for _ in 0..n {
                     let request = Request::get(origin.clone())
@@ -150,17 +160,17 @@ fn main() -> Result<(), BoxError> {
             }
             "pool" => {
                 let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
-                run(&mut client, &uri, n, None).await
+                run(&mut client, &uris, n, None).await
             }
             "span" => {
                 let tracer_provider =
                     tracer_provider(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
-                let bare = BareSpan::new(tracer_provider.tracer("warm_path"), &uri);
+                let bare = BareSpan::new(tracer_provider.tracer("warm_path"), uri);
                 let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
-                run(&mut client, &uri, n, Some(&bare)).await
+                run(&mut client, &uris, n, Some(&bare)).await
             }
-            "otel" => otel(&uri, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
-            "otel-unsampled" => otel(&uri, n, Sampler::AlwaysOff).await,
+            "otel" => otel(&uris, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
+            "otel-unsampled" => otel(&uris, n, Sampler::AlwaysOff).await,
             other => {
                 Err(format!("no stack {other:?}: raw, pool, span, otel, otel-unsampled").into())
             }

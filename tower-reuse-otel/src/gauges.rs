@@ -15,7 +15,8 @@ use opentelemetry::metrics::{AsyncInstrument, Meter};
 
 /// One count per attribute set, observed as an `ObservableUpDownCounter`.
 ///
-/// A set is registered once, on first use, and kept: its point stays
+/// A set is registered once, on first use, and kept until
+/// [`prune`](Gauges::prune) finds it out of use: until then its point stays
 /// exported (at 0 when nothing is counted), as a synchronous
 /// `UpDownCounter`'s would.
 pub(crate) struct Gauges {
@@ -71,6 +72,24 @@ impl Gauges {
             value: value.clone(),
         });
         value
+    }
+
+    /// How many attribute sets are observed.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Stops observing the counts that stand at 0 and that nobody else
+    /// holds: their attribute sets are out of use.
+    pub(crate) fn prune(&self) {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|c| Arc::strong_count(&c.value) > 1 || c.value.load(Ordering::Relaxed) != 0);
     }
 }
 

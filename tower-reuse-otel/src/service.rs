@@ -1,6 +1,8 @@
 //! `Otel`: the service that records a span and metrics per request.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
@@ -32,6 +34,11 @@ pub(crate) struct Instruments {
     duration: Histogram<f64>,
     /// `http.client.active_requests`, one count per request attribute set.
     active: Gauges,
+    /// Every target seen, resolved once: requests that alternate between
+    /// targets find theirs here instead of resolving it again (its
+    /// attributes, its count and, at its first response, its duration
+    /// points: several thousand instructions).
+    targets: RwLock<TargetCache>,
 }
 
 impl Instruments {
@@ -49,12 +56,40 @@ impl Instruments {
                 "Number of outbound HTTP requests in flight.",
                 "{request}",
             ),
+            targets: RwLock::default(),
         }
     }
 
-    /// The attributes, in-flight count and duration points of requests
-    /// like `method uri`, built once per target.
+    /// The target of requests like `method uri`: from the cache, else
+    /// resolved and cached while there is room.
     fn target(&self, method: &'static str, uri: &Uri) -> Arc<RequestTarget> {
+        let hash = TargetCache::hash(method, uri);
+        let cached = self
+            .targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash, method, uri);
+        if let Some(target) = cached {
+            return target;
+        }
+        let target = self.resolve(method, uri);
+        let mut cache = self.targets.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = cache.get(hash, method, uri) {
+            return cached; // Resolved meanwhile by another clone.
+        }
+        if cache.len >= MAX_TARGETS {
+            cache.prune();
+            self.active.prune();
+        }
+        if cache.len < MAX_TARGETS {
+            cache.insert(hash, target.clone());
+        }
+        target
+    }
+
+    /// The attributes, in-flight count and duration points of requests
+    /// like `method uri`.
+    fn resolve(&self, method: &'static str, uri: &Uri) -> Arc<RequestTarget> {
         let mut attributes = Vec::with_capacity(4);
         attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
         attributes.extend(attributes::server(
@@ -71,6 +106,61 @@ impl Instruments {
             duration: self.duration.clone(),
             durations: RwLock::default(),
         })
+    }
+
+    /// How many targets are cached.
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len
+    }
+}
+
+/// Most targets [`Instruments`] keeps resolved. A client reaching more
+/// (addresses that come and go) drops those nothing refers to any more,
+/// and while that frees no room, resolves the others per request.
+const MAX_TARGETS: usize = 1024;
+
+/// Targets by a hash of their method, scheme and authority, looked up
+/// without building a key; a bucket holds the rare collisions.
+#[derive(Debug, Default)]
+struct TargetCache {
+    buckets: HashMap<u64, Vec<Arc<RequestTarget>>>,
+    len: usize,
+}
+
+impl TargetCache {
+    fn hash(method: &'static str, uri: &Uri) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        method.hash(&mut hasher);
+        uri.scheme_str().hash(&mut hasher);
+        uri.authority().map(|a| a.as_str()).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn get(&self, hash: u64, method: &'static str, uri: &Uri) -> Option<Arc<RequestTarget>> {
+        self.buckets
+            .get(&hash)?
+            .iter()
+            .find(|target| target.is(method, uri))
+            .cloned()
+    }
+
+    fn insert(&mut self, hash: u64, target: Arc<RequestTarget>) {
+        self.buckets.entry(hash).or_default().push(target);
+        self.len += 1;
+    }
+
+    /// Drops the targets only the cache holds: no service's last target,
+    /// no request in flight.
+    fn prune(&mut self) {
+        self.buckets.retain(|_, bucket| {
+            bucket.retain(|target| Arc::strong_count(target) > 1);
+            !bucket.is_empty()
+        });
+        self.len = self.buckets.values().map(Vec::len).sum();
     }
 }
 
@@ -282,4 +372,72 @@ fn span_attributes(target: &[KeyValue]) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES.max(target.len()));
     attributes.extend_from_slice(target);
     attributes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gauges;
+
+    fn instruments() -> Instruments {
+        // No provider is set: the API's no-op meter.
+        Instruments::new(&opentelemetry::global::meter("service-test"))
+    }
+
+    fn uri(port: u16) -> Uri {
+        format!("http://127.0.0.1:{port}/x").parse().unwrap()
+    }
+
+    #[test]
+    fn alternating_targets_are_resolved_once() {
+        let instruments = instruments();
+        let a = instruments.target("GET", &uri(1));
+        let b = instruments.target("GET", &uri(2));
+        assert!(Arc::ptr_eq(&a, &instruments.target("GET", &uri(1))));
+        assert!(Arc::ptr_eq(&b, &instruments.target("GET", &uri(2))));
+        // Another method, scheme or authority is another target.
+        let post = instruments.target("POST", &uri(1));
+        let https = instruments.target("GET", &"https://127.0.0.1:1/x".parse().unwrap());
+        assert!(!Arc::ptr_eq(&a, &post) && !Arc::ptr_eq(&a, &https));
+        assert_eq!(instruments.cached(), 4);
+        assert_eq!(instruments.active.len(), 4);
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_targets_out_of_use_and_keeps_the_rest() {
+        let instruments = instruments();
+        let held = instruments.target("GET", &uri(1));
+        for port in 2..=u16::try_from(MAX_TARGETS).unwrap() {
+            instruments.target("GET", &uri(port));
+        }
+        assert_eq!(instruments.cached(), MAX_TARGETS);
+        assert_eq!(instruments.active.len(), MAX_TARGETS);
+
+        // One more: everything but the held target goes, the new one stays.
+        let new = instruments.target("GET", &uri(60_000));
+        assert_eq!(instruments.cached(), 2);
+        assert_eq!(instruments.active.len(), 2);
+        assert!(Arc::ptr_eq(&held, &instruments.target("GET", &uri(1))));
+        assert!(Arc::ptr_eq(&new, &instruments.target("GET", &uri(60_000))));
+    }
+
+    #[test]
+    fn a_target_with_a_request_in_flight_keeps_its_count() {
+        let instruments = instruments();
+        let busy = instruments.target("GET", &uri(1));
+        gauges::add(&busy.active, 1);
+        let count = busy.active.clone();
+        drop(busy);
+        // The cache holds the target; only its count is held elsewhere (a
+        // request in flight holds both, but a count at 1 stays on its own).
+        for port in 2..=u16::try_from(MAX_TARGETS).unwrap() + 1 {
+            instruments.target("GET", &uri(port));
+        }
+        assert_eq!(
+            instruments.active.len(),
+            2,
+            "the busy count and the new one"
+        );
+        gauges::add(&count, -1);
+    }
 }
