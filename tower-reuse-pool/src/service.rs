@@ -20,7 +20,7 @@ use crate::control::{Controlled, PoolControl, PoolSnapshot};
 use crate::error::{BoxError, Error};
 use crate::events::PoolEvents;
 use crate::future::{self, Checkout, Exchange, ResponseFuture};
-use crate::target::Target;
+use crate::target::{Keyed, Target, TargetKey};
 use crate::target_pool::{Common, Dial, TargetPool};
 
 /// A pooling HTTP client over the connector `C`, for request bodies `B`.
@@ -141,6 +141,11 @@ where
     B::Error: Into<BoxError>,
 {
     /// The pool for `target`, created on first use.
+    /// The pool of the target `key` names, if it has one.
+    fn find(&self, key: TargetKey<'_>) -> Option<Arc<TargetPool<B>>> {
+        self.read_targets().get(&key as &dyn Keyed).cloned()
+    }
+
     fn target_pool(self: &Arc<Self>, target: &Target) -> Arc<TargetPool<B>> {
         if let Some(pool) = self.read_targets().get(target) {
             return pool.clone();
@@ -248,11 +253,14 @@ where
         let pool = match &self.last {
             Some(pool) if pool.target.is_for(&req) => pool.clone(),
             _ => {
-                let target = match Target::from_request(&req) {
-                    Ok(target) => target,
-                    Err(error) => return ResponseFuture::new(async { Err(error) }),
+                let known = TargetKey::of_request(&req).and_then(|key| self.shared.find(key));
+                let pool = match known {
+                    Some(pool) => pool,
+                    None => match Target::from_request(&req) {
+                        Ok(target) => self.shared.target_pool(&target),
+                        Err(error) => return ResponseFuture::new(async { Err(error) }),
+                    },
                 };
-                let pool = self.shared.target_pool(&target);
                 self.last = Some(pool.clone());
                 pool
             }

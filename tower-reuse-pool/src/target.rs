@@ -1,5 +1,6 @@
 //! The pool key: scheme, authority and an optional partition.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ impl fmt::Debug for Partition {
 /// Where a connection goes: scheme + authority + optional [`Partition`].
 ///
 /// Connections are pooled per target and never cross targets.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Target {
     scheme: Scheme,
     authority: Authority,
@@ -97,15 +98,16 @@ impl Target {
     /// Whether `req` goes to this target: the check a pool handle makes
     /// against the target it served last, without building a `Target`.
     pub(crate) fn is_for<B>(&self, req: &Request<B>) -> bool {
-        let uri = req.uri();
-        // Byte equality first: `Authority`'s own is a slower case-insensitive
-        // walk, needed only when the bytes differ.
-        let same_authority = uri.authority().is_some_and(|authority| {
-            authority.as_str() == self.authority.as_str() || *authority == self.authority
-        });
-        same_authority
-            && uri.scheme() == Some(&self.scheme)
-            && req.extensions().get::<Partition>() == self.partition.as_ref()
+        TargetKey::of_request(req).is_some_and(|key| key == self.key())
+    }
+
+    /// The target's parts, borrowed.
+    fn key(&self) -> TargetKey<'_> {
+        TargetKey {
+            scheme: &self.scheme,
+            authority: &self.authority,
+            partition: self.partition.as_ref(),
+        }
     }
 
     /// The target of a request: its URI and its [`Partition`] extension.
@@ -166,10 +168,35 @@ impl Target {
     }
 }
 
-/// Hashed on every request: the authority goes to the hasher in bulk rather
+/// A target's parts, borrowed from a `Target` or from a request: the
+/// pool's map of targets is looked up with a request's own, so a request
+/// finds its target without building one (cloning its authority,
+/// validating it again).
+#[derive(Clone, Copy)]
+pub(crate) struct TargetKey<'a> {
+    scheme: &'a Scheme,
+    authority: &'a Authority,
+    partition: Option<&'a Partition>,
+}
+
+impl<'a> TargetKey<'a> {
+    /// A request's target parts, when its URI has a scheme and an
+    /// authority. Equal to a `Target`'s only if the request is valid for
+    /// it: a `Target` was validated when it was built.
+    pub(crate) fn of_request<B>(req: &'a Request<B>) -> Option<Self> {
+        let uri = req.uri();
+        Some(TargetKey {
+            scheme: uri.scheme()?,
+            authority: uri.authority()?,
+            partition: req.extensions().get::<Partition>(),
+        })
+    }
+}
+
+/// Hashed on every lookup: the authority goes to the hasher in bulk rather
 /// than a byte at a time (as `Authority`'s own `Hash` does), lowercased so
 /// that it agrees with `Authority`'s case-insensitive equality.
-impl Hash for Target {
+impl Hash for TargetKey<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.scheme.hash(state);
         let mut buf = [0u8; 64];
@@ -182,6 +209,72 @@ impl Hash for Target {
         self.partition.hash(state);
     }
 }
+
+/// Byte equality of the authorities first: `Authority`'s own is a slower
+/// case-insensitive walk, needed only when the bytes differ.
+impl PartialEq for TargetKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.authority, other.authority);
+        (a.as_str() == b.as_str() || a == b)
+            && self.scheme == other.scheme
+            && self.partition == other.partition
+    }
+}
+
+impl Eq for TargetKey<'_> {}
+
+/// What the map of targets is keyed by: a `Target`, looked up by its
+/// borrowed parts.
+pub(crate) trait Keyed {
+    fn key(&self) -> TargetKey<'_>;
+}
+
+impl Keyed for Target {
+    fn key(&self) -> TargetKey<'_> {
+        Target::key(self)
+    }
+}
+
+impl Keyed for TargetKey<'_> {
+    fn key(&self) -> TargetKey<'_> {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn Keyed + 'a> for Target {
+    fn borrow(&self) -> &(dyn Keyed + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn Keyed + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for dyn Keyed + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn Keyed + '_ {}
+
+/// As its parts: the same hash as the lookups by [`TargetKey`].
+impl Hash for Target {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Target {}
 
 /// Prints `scheme://authority`, never the partition.
 impl fmt::Display for Target {
@@ -225,5 +318,58 @@ mod tests {
         )
         .unwrap();
         assert_ne!(tenant, lower);
+    }
+
+    fn request(uri: &str, partition: Option<&str>) -> Request<()> {
+        let mut req = Request::get(uri).body(()).unwrap();
+        if let Some(partition) = partition {
+            req.extensions_mut().insert(Partition::new(partition));
+        }
+        req
+    }
+
+    #[test]
+    fn a_request_finds_its_target_in_a_map_without_building_one() {
+        let target = |uri: &str, partition: Option<&str>| {
+            Target::from_uri(&uri.parse().unwrap(), partition.map(Partition::new)).unwrap()
+        };
+        let map: std::collections::HashMap<Target, &str> = [
+            (target("http://Example.COM:8080/", None), "plain"),
+            (target("http://example.com:8080/", Some("t")), "tenant"),
+            (target("https://example.com:8080/", None), "tls"),
+        ]
+        .into();
+        let find = |req: &Request<()>| {
+            let key = TargetKey::of_request(req)?;
+            map.get(&key as &dyn Keyed).copied()
+        };
+        // Any case, any path: the one target; the partition and the scheme
+        // make others.
+        assert_eq!(
+            find(&request("http://example.com:8080/x", None)),
+            Some("plain")
+        );
+        assert_eq!(
+            find(&request("http://EXAMPLE.com:8080/", None)),
+            Some("plain")
+        );
+        assert_eq!(
+            find(&request("http://example.com:8080/", Some("t"))),
+            Some("tenant")
+        );
+        assert_eq!(
+            find(&request("https://example.com:8080/", None)),
+            Some("tls")
+        );
+        assert_eq!(find(&request("http://example.com:8080/", Some("u"))), None);
+        assert_eq!(find(&request("http://example.com:8081/", None)), None);
+        // No scheme or no authority: no key, the request is checked by
+        // `Target::from_request`.
+        assert!(TargetKey::of_request(&request("/x", None)).is_none());
+        // The handle's check against its last target agrees.
+        let last = target("http://example.com:8080/", None);
+        assert!(last.is_for(&request("http://Example.com:8080/y", None)));
+        assert!(!last.is_for(&request("http://example.com:8080/y", Some("t"))));
+        assert!(!last.is_for(&request("/y", None)));
     }
 }
