@@ -1007,3 +1007,69 @@ async fn a_status_of_400_and_above_is_an_error_type_and_a_span_error() {
         ]
     );
 }
+
+/// The layer and the hook keep at most this many targets resolved
+/// (`tower_reuse_otel`'s bound, not public).
+const MAX_TARGETS: usize = 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_out_of_use_stop_being_observed_past_the_bound() {
+    let telemetry = Telemetry::new();
+    let mut client = telemetry.client(PoolConfig::default(), tcp());
+    // Each server closes its connection after one request: once answered,
+    // a target has no connection and no request in flight.
+    let closing = ServerOptions {
+        max_requests_per_conn: Some(1),
+        ..ServerOptions::default()
+    };
+    let mut servers = Vec::with_capacity(MAX_TARGETS + 1);
+    for _ in 0..=MAX_TARGETS {
+        servers.push(TestServer::start(closing.clone()).await);
+    }
+    let points = |name: &str| {
+        let metrics = telemetry.metrics();
+        let ports: BTreeSet<String> = metrics[name]
+            .points
+            .iter()
+            .map(|(attributes, _)| match attributes.get("server.port") {
+                Some(port) => port.clone(),
+                None => format!("{attributes:?}"),
+            })
+            .collect();
+        ports
+    };
+    for (id, server) in (1..).zip(&servers[..MAX_TARGETS]) {
+        send(&mut client, get(&server.url("/"), id)).await.unwrap();
+    }
+    // (`http.client.open_connections` has two attribute sets per target,
+    // idle and active: past 1 000 targets the SDK's default cardinality
+    // limit folds the rest into one overflow point.)
+    for name in [
+        "tower_reuse.handshake.time_avoided",
+        "http.client.active_requests",
+    ] {
+        assert_eq!(
+            points(name).len(),
+            MAX_TARGETS,
+            "{name}: every target so far"
+        );
+    }
+
+    // One target more: the others are out of use and go, with their
+    // points; the layer keeps the target its service sent to last.
+    let last = &servers[MAX_TARGETS];
+    send(&mut client, get(&last.url("/"), 0)).await.unwrap();
+    let port = |server: &TestServer| server.addr.port().to_string();
+    let only_last = BTreeSet::from([port(last)]);
+    assert_eq!(points("tower_reuse.handshake.time_avoided"), only_last);
+    assert_eq!(points("http.client.open_connections"), only_last);
+    assert_eq!(
+        points("http.client.active_requests"),
+        BTreeSet::from([port(&servers[MAX_TARGETS - 1]), port(last)])
+    );
+    // What was recorded meanwhile stays: every duration point.
+    assert_eq!(
+        points("http.client.request.duration").len(),
+        MAX_TARGETS + 1
+    );
+}

@@ -106,6 +106,16 @@ impl Derived {
     }
 }
 
+impl Derived {
+    /// Stops observing the targets nobody else holds.
+    pub(crate) fn prune(&self) {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|stats| Arc::strong_count(stats) > 1);
+    }
+}
+
 impl fmt::Debug for Derived {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);

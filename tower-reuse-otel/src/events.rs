@@ -15,6 +15,7 @@ use tower_reuse_pool::events::{
 };
 use tower_reuse_pool::{ConnId, Target};
 
+use crate::MAX_TARGETS;
 use crate::attributes::{
     self, CLOSE_REASON, CONNECT_REASON, CONNECTION_ID, CONNECTION_REQUESTS, CONNECTION_REUSED,
     ERROR_TYPE, HTTP_CONNECTION_STATE, NETWORK_PROTOCOL_VERSION, PARTITION, PREWARM_OUTCOME,
@@ -76,6 +77,18 @@ struct Shared {
     /// in what is not recorded, such as an unrecorded partition, count
     /// together), made at its first connection.
     targets: Mutex<HashMap<Vec<KeyValue>, Arc<TargetStats>>>,
+}
+
+impl Shared {
+    /// Drops the targets out of use: no open connection of any hook
+    /// sharing them holds their counts (the map and the derived
+    /// instruments hold the other two references). Their points are no
+    /// longer observed; a target that comes back starts again from 0.
+    fn prune(&self, targets: &mut HashMap<Vec<KeyValue>, Arc<TargetStats>>) {
+        targets.retain(|_, stats| Arc::strong_count(stats) > 2);
+        self.derived.prune();
+        self.instruments.open_connections.prune();
+    }
 }
 
 /// Open connections by id. Ids are a pool's sequence numbers, so a
@@ -261,7 +274,9 @@ impl OtelPoolEvents {
         attributes
     }
 
-    /// The derived counts of targets with `attributes`.
+    /// The derived counts of targets with `attributes`. Past
+    /// [`MAX_TARGETS`], the targets out of use go first (see
+    /// [`Shared::prune`]).
     fn target_stats(&self, attributes: &[KeyValue]) -> Arc<TargetStats> {
         let mut targets = self
             .shared
@@ -270,6 +285,9 @@ impl OtelPoolEvents {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(stats) = targets.get(attributes) {
             return stats.clone();
+        }
+        if targets.len() >= MAX_TARGETS {
+            self.shared.prune(&mut targets);
         }
         let stats = self.shared.derived.target(attributes.to_vec());
         targets.insert(attributes.to_vec(), stats.clone());

@@ -77,6 +77,15 @@
 //! here hold their counts weakly, so a dropped layer or hook (or
 //! `OtelSessionCache`) is no longer observed, nor kept alive.
 //!
+//! What the layer and each hook keep per target is bounded: past 1 024
+//! targets (a client whose targets come and go, such as pod addresses),
+//! the targets out of use are dropped, and their points of the observable
+//! instruments are no longer observed: for the layer the targets with no
+//! request in flight (but its services' last ones), for the hook those with
+//! no open connection. A target that comes back starts its counts again.
+//! The SDK bounds the attribute sets of each instrument on its own (2 000
+//! by default, the rest folded into one `otel.metric.overflow` point).
+//!
 //! With the feature `bound-instruments` the histograms are recorded
 //! through OpenTelemetry's bound instruments (an experimental API of
 //! `opentelemetry` 0.33): each attribute set is resolved once instead of
@@ -148,6 +157,12 @@
 //! - `bound-instruments`: histograms through OpenTelemetry's bound
 //!   instruments (see above); switches on `opentelemetry_sdk`'s feature of
 //!   the same name, which implements them.
+
+/// Most targets whose attribute sets and counts the layer, and each hook,
+/// keep resolved (see the crate docs). While none is out of use, the
+/// layer resolves the others per request, and the hook keeps them all:
+/// they have open connections.
+pub(crate) const MAX_TARGETS: usize = 1024;
 
 mod attributes;
 mod bound;

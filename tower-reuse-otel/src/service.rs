@@ -14,6 +14,7 @@ use opentelemetry::{KeyValue, Value};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::MAX_TARGETS;
 use crate::attributes::{
     self, ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, NETWORK_PROTOCOL_VERSION,
 };
@@ -117,11 +118,6 @@ impl Instruments {
             .len
     }
 }
-
-/// Most targets [`Instruments`] keeps resolved. A client reaching more
-/// (addresses that come and go) drops those nothing refers to any more,
-/// and while that frees no room, resolves the others per request.
-const MAX_TARGETS: usize = 1024;
 
 /// Targets by a hash of their method, scheme and authority, looked up
 /// without building a key; a bucket holds the rare collisions.
