@@ -601,3 +601,33 @@ async fn dropping_the_pool_closes_every_connection_and_says_so() {
     );
     assert_eq!(connector.stats.open(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn lowering_max_idle_closes_the_idle_connections_above_it() {
+    let connector = DuplexConnector::new(ServerOptions {
+        delay: Some(Duration::from_millis(10)),
+        ..ServerOptions::default()
+    });
+    let client = client(connector.clone(), PoolConfig::default());
+    let tasks: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(client.clone().oneshot(get(URL, i))))
+        .collect();
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(only(&client).idle(), 4);
+
+    client
+        .control()
+        .update(|c| c.max_idle_per_target(Some(1)))
+        .unwrap();
+    settle().await;
+    let target = only(&client);
+    assert_eq!(
+        (target.idle(), target.closed(CloseReason::PolicyChange)),
+        (1, 3),
+        "{target:?}"
+    );
+    assert_eq!(connector.stats.open(), 1);
+}

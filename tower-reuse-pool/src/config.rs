@@ -98,6 +98,8 @@ impl PoolConfig {
     }
     setter! {
         /// Most idle connections kept per target; more are closed at check-in.
+        /// Lowered at run time, the idle connections above it close at once
+        /// (oldest first, [`CloseReason::PolicyChange`](crate::events::CloseReason::PolicyChange)).
         /// Defaults to `None` (bounded by `idle_timeout` alone).
         max_idle_per_target: Option<usize>
     }

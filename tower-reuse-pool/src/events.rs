@@ -141,7 +141,8 @@ pub enum CloseReason {
     OverLimit,
     /// Reuse is switched off: one request per connection.
     KillSwitch,
-    /// A policy change retired it.
+    /// A policy change retired it: `max_idle_per_target` was lowered below
+    /// the idle connections there were.
     PolicyChange,
     /// The pool was dropped.
     PoolDropped,

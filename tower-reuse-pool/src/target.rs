@@ -261,7 +261,7 @@ impl PartialEq for dyn Keyed + '_ {
 
 impl Eq for dyn Keyed + '_ {}
 
-/// As its parts: the same hash as the lookups by [`TargetKey`].
+/// As its parts: the same hash as the lookups by `TargetKey`.
 impl Hash for Target {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.key().hash(state);

@@ -27,6 +27,15 @@ impl<B> TargetPool<B> {
             let config = self.config_of(&state);
             let keep = config.min_idle_per_target;
             let state = &mut *state;
+            // Check-ins and connects keep to `max_idle_per_target`: more
+            // idle connections than that means the limit was lowered. The
+            // oldest go.
+            if let Some(max) = config.max_idle_per_target {
+                while state.idle.len() > max {
+                    let mut conn = state.idle.remove(0);
+                    state.closed(&mut conn.life, CloseReason::PolicyChange, now, &mut fx);
+                }
+            }
             // Oldest first; the last `keep` (most recently used) stay warm.
             let mut i = 0;
             while i < state.idle.len() {
