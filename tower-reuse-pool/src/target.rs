@@ -183,6 +183,7 @@ impl<'a> TargetKey<'a> {
     /// A request's target parts, when its URI has a scheme and an
     /// authority. Equal to a `Target`'s only if the request is valid for
     /// it: a `Target` was validated when it was built.
+    #[inline]
     pub(crate) fn of_request<B>(req: &'a Request<B>) -> Option<Self> {
         let uri = req.uri();
         Some(TargetKey {
@@ -213,6 +214,7 @@ impl Hash for TargetKey<'_> {
 /// Byte equality of the authorities first: `Authority`'s own is a slower
 /// case-insensitive walk, needed only when the bytes differ.
 impl PartialEq for TargetKey<'_> {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.authority, other.authority);
         (a.as_str() == b.as_str() || a == b)
