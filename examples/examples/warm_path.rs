@@ -1,5 +1,6 @@
 //! The warm path, for an instruction counter: `N` sequential GETs from one
-//! stack to a hyper server on the same thread (`127.0.0.1`), nothing else.
+//! stack to a hyper server on the same thread (`127.0.0.1`, and with `K`
+//! servers 127.0.0.2 and on), nothing else.
 //! Client and server both count, as they would in any loopback benchmark;
 //! the difference between two stacks is the client's.
 //!
@@ -14,8 +15,10 @@
 //! Instructions per request are the difference of the two totals divided
 //! by 2000 (the set-up cancels out). A third argument `K` sends the
 //! requests round-robin to `K` servers (on 127.0.0.1, 127.0.0.2, ...), the
-//! cost of switching targets (`pool` and the `otel` stacks only). Stacks: `raw` (one hyper connection,
-//! the request already in origin form), `pool` (a `Pool` with its
+//! cost of switching targets (`pool` and the `otel` stacks only).
+//!
+//! Stacks: `raw` (one hyper connection, the request already in origin
+//! form), `pool` (a `Pool` with its
 //! defaults), `span` (the pool, each request in one bare SDK span as
 //! `reuse-lab`'s `reuse+span` stack records it, and nothing else), `otel`
 //! (`OtelLayer` over the pool with `OtelPoolEvents`, the SDK with its
@@ -76,8 +79,8 @@ where
         let request = Request::get(uri.clone())
             .header("accept", "*/*")
             .body(Full::default())?;
-        let mut span = bare.map(BareSpan::start);
         let client = client.ready().await.map_err(Into::into)?;
+        let mut span = bare.map(BareSpan::start);
         let response = client.call(request).await.map_err(Into::into);
         if let Some(span) = &mut span {
             BareSpan::end(span, response.as_ref().ok());

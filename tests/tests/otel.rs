@@ -17,6 +17,7 @@ use tower::Layer;
 use tower_reuse_otel::{ConnectionSpans, Otel, OtelLayer, OtelPoolEvents, OtelSessionCache};
 use tower_reuse_pool::tls::{SessionCache, TlsLayer};
 use tower_reuse_pool::{Connect, Partition, Pool, PoolConfig, PoolLayer};
+use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::tls_server::{Alpn, TestCa, TlsServer, TlsServerOptions};
@@ -1015,31 +1016,31 @@ const MAX_TARGETS: usize = 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_out_of_use_stop_being_observed_past_the_bound() {
     let telemetry = Telemetry::new();
-    let mut client = telemetry.client(PoolConfig::default(), tcp());
-    // Each server closes its connection after one request: once answered,
-    // a target has no connection and no request in flight.
-    let closing = ServerOptions {
+    // Every target a host name on the in-memory connector (no socket, so no
+    // file descriptor per target), whose server closes each connection
+    // after one request: once answered, a target has no connection and no
+    // request in flight.
+    let connector = DuplexConnector::new(ServerOptions {
         max_requests_per_conn: Some(1),
         ..ServerOptions::default()
-    };
-    let mut servers = Vec::with_capacity(MAX_TARGETS + 1);
-    for _ in 0..=MAX_TARGETS {
-        servers.push(TestServer::start(closing.clone()).await);
-    }
-    let points = |name: &str| {
+    });
+    let mut client = telemetry.client(PoolConfig::default(), connector);
+    let host = |i: usize| format!("t{i}.test");
+    let addresses = |name: &str| {
         let metrics = telemetry.metrics();
-        let ports: BTreeSet<String> = metrics[name]
+        let addresses: BTreeSet<String> = metrics[name]
             .points
             .iter()
-            .map(|(attributes, _)| match attributes.get("server.port") {
-                Some(port) => port.clone(),
+            .map(|(attributes, _)| match attributes.get("server.address") {
+                Some(address) => address.clone(),
                 None => format!("{attributes:?}"),
             })
             .collect();
-        ports
+        addresses
     };
-    for (id, server) in (1..).zip(&servers[..MAX_TARGETS]) {
-        send(&mut client, get(&server.url("/"), id)).await.unwrap();
+    for i in 0..MAX_TARGETS {
+        let url = format!("http://{}/", host(i));
+        send(&mut client, get(&url, i as u64)).await.unwrap();
     }
     // (`http.client.open_connections` has two attribute sets per target,
     // idle and active: past 1 000 targets the SDK's default cardinality
@@ -1049,7 +1050,7 @@ async fn targets_out_of_use_stop_being_observed_past_the_bound() {
         "http.client.active_requests",
     ] {
         assert_eq!(
-            points(name).len(),
+            addresses(name).len(),
             MAX_TARGETS,
             "{name}: every target so far"
         );
@@ -1057,19 +1058,18 @@ async fn targets_out_of_use_stop_being_observed_past_the_bound() {
 
     // One target more: the others are out of use and go, with their
     // points; the layer keeps the target its service sent to last.
-    let last = &servers[MAX_TARGETS];
-    send(&mut client, get(&last.url("/"), 0)).await.unwrap();
-    let port = |server: &TestServer| server.addr.port().to_string();
-    let only_last = BTreeSet::from([port(last)]);
-    assert_eq!(points("tower_reuse.handshake.time_avoided"), only_last);
-    assert_eq!(points("http.client.open_connections"), only_last);
+    let url = format!("http://{}/", host(MAX_TARGETS));
+    send(&mut client, get(&url, 0)).await.unwrap();
+    let only_last = BTreeSet::from([host(MAX_TARGETS)]);
+    assert_eq!(addresses("tower_reuse.handshake.time_avoided"), only_last);
+    assert_eq!(addresses("http.client.open_connections"), only_last);
     assert_eq!(
-        points("http.client.active_requests"),
-        BTreeSet::from([port(&servers[MAX_TARGETS - 1]), port(last)])
+        addresses("http.client.active_requests"),
+        BTreeSet::from([host(MAX_TARGETS - 1), host(MAX_TARGETS)])
     );
     // What was recorded meanwhile stays: every duration point.
     assert_eq!(
-        points("http.client.request.duration").len(),
+        addresses("http.client.request.duration").len(),
         MAX_TARGETS + 1
     );
 }

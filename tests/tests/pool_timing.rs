@@ -625,7 +625,7 @@ async fn lowering_max_idle_closes_the_idle_connections_above_it() {
     settle().await;
     let target = only(&client);
     assert_eq!(
-        (target.idle(), target.closed(CloseReason::PolicyChange)),
+        (target.idle(), target.closed(CloseReason::OverLimit)),
         (1, 3),
         "{target:?}"
     );

@@ -104,9 +104,7 @@ impl Derived {
             .push(stats.clone());
         stats
     }
-}
 
-impl Derived {
     /// Stops observing the targets nobody else holds.
     pub(crate) fn prune(&self) {
         self.targets

@@ -83,13 +83,13 @@ impl Gauges {
             .len()
     }
 
-    /// Stops observing the counts that stand at 0 and that nobody else
-    /// holds: their attribute sets are out of use.
+    /// Stops observing the counts nobody else holds: their attribute sets
+    /// are out of use (whoever counts holds the count).
     pub(crate) fn prune(&self) {
         self.counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|c| Arc::strong_count(&c.value) > 1 || c.value.load(Ordering::Relaxed) != 0);
+            .retain(|c| Arc::strong_count(&c.value) > 1);
     }
 }
 

@@ -77,13 +77,17 @@
 //! here hold their counts weakly, so a dropped layer or hook (or
 //! `OtelSessionCache`) is no longer observed, nor kept alive.
 //!
-//! What the layer and each hook keep per target is bounded: past 1 024
-//! targets (a client whose targets come and go, such as pod addresses),
-//! the targets out of use are dropped, and their points of the observable
-//! instruments are no longer observed: for the layer the targets with no
-//! request in flight (but its services' last ones), for the hook those with
-//! no open connection. A target that comes back starts its counts again.
-//! The SDK bounds the attribute sets of each instrument on its own (2 000
+//! Per-target state has a bound of 1 024 targets (a client whose targets
+//! come and go, such as pod addresses, would otherwise grow it forever).
+//! Past it, the targets out of use are dropped, and their points of the
+//! observable instruments are no longer observed: for the layer the
+//! targets with no request in flight (its services' last targets stay);
+//! for a hook, and the hooks made with `for_another_pool` that share its
+//! counts, those with no open connection. Targets in use are never dropped:
+//! a hook keeps as many as have open connections, and while every cached
+//! target is in use the layer resolves new ones per request (with a scan
+//! of its cache). A target that comes back starts its counts again. The
+//! SDK bounds the attribute sets of each instrument on its own (2 000
 //! by default, the rest folded into one `otel.metric.overflow` point).
 //!
 //! With the feature `bound-instruments` the histograms are recorded
@@ -158,10 +162,8 @@
 //!   instruments (see above); switches on `opentelemetry_sdk`'s feature of
 //!   the same name, which implements them.
 
-/// Most targets whose attribute sets and counts the layer, and each hook,
-/// keep resolved (see the crate docs). While none is out of use, the
-/// layer resolves the others per request, and the hook keeps them all:
-/// they have open connections.
+/// The bound on the targets the layer, and each hook, keep resolved
+/// (see the crate docs).
 pub(crate) const MAX_TARGETS: usize = 1024;
 
 mod attributes;

@@ -98,8 +98,9 @@ impl PoolConfig {
     }
     setter! {
         /// Most idle connections kept per target; more are closed at check-in.
-        /// Lowered at run time, the idle connections above it close at once
-        /// (oldest first, [`CloseReason::PolicyChange`](crate::events::CloseReason::PolicyChange)).
+        /// Lowered at run time, the idle connections above it close at the
+        /// reaper's next turn (oldest first, as
+        /// [`CloseReason::OverLimit`](crate::events::CloseReason::OverLimit)).
         /// Defaults to `None` (bounded by `idle_timeout` alone).
         max_idle_per_target: Option<usize>
     }

@@ -125,6 +125,14 @@ impl Error {
         )
     }
 
+    pub(crate) fn empty_host(authority: &http::uri::Authority) -> Self {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            Phase::Request,
+            format!("the authority {authority:?} has an empty host"),
+        )
+    }
+
     pub(crate) fn unsupported_scheme(scheme: &str) -> Self {
         Error::new(
             ErrorKind::InvalidRequest,

@@ -137,12 +137,12 @@ pub enum CloseReason {
     Error,
     /// A response body was dropped unread or a request was cancelled midway.
     Abandoned,
-    /// More idle connections than `max_idle_per_target`.
+    /// More idle connections than `max_idle_per_target` (also after the
+    /// limit was lowered at run time).
     OverLimit,
     /// Reuse is switched off: one request per connection.
     KillSwitch,
-    /// A policy change retired it: `max_idle_per_target` was lowered below
-    /// the idle connections there were.
+    /// A policy change retired it.
     PolicyChange,
     /// The pool was dropped.
     PoolDropped,

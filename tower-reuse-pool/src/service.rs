@@ -140,12 +140,12 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// The pool for `target`, created on first use.
     /// The pool of the target `key` names, if it has one.
     fn find(&self, key: TargetKey<'_>) -> Option<Arc<TargetPool<B>>> {
         self.read_targets().get(&key as &dyn Keyed).cloned()
     }
 
+    /// The pool for `target`, created on first use.
     fn target_pool(self: &Arc<Self>, target: &Target) -> Arc<TargetPool<B>> {
         if let Some(pool) = self.read_targets().get(target) {
             return pool.clone();

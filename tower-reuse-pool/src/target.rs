@@ -57,7 +57,15 @@ pub struct Target {
 impl Target {
     /// A target for `scheme://authority` in `partition`.
     ///
-    /// Only `http` and `https` are accepted.
+    /// Only `http` and `https` are accepted, and an authority with a host.
+    ///
+    /// ```
+    /// use http::uri::Scheme;
+    /// use tower_reuse_pool::Target;
+    ///
+    /// assert!(Target::new(Scheme::HTTP, "example.com:80".parse().unwrap(), None).is_ok());
+    /// assert!(Target::new(Scheme::HTTP, ":8080".parse().unwrap(), None).is_err());
+    /// ```
     pub fn new(
         scheme: Scheme,
         authority: Authority,
@@ -65,6 +73,9 @@ impl Target {
     ) -> Result<Self, Error> {
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(Error::unsupported_scheme(scheme.as_str()));
+        }
+        if authority.host().is_empty() {
+            return Err(Error::empty_host(&authority));
         }
         Ok(Target {
             scheme,
@@ -86,9 +97,6 @@ impl Target {
         let authority = uri
             .authority()
             .ok_or_else(|| Error::invalid_uri("the URI has no authority (host)", uri))?;
-        if authority.host().is_empty() {
-            return Err(Error::invalid_uri("the URI has an empty host", uri));
-        }
         let scheme = uri
             .scheme()
             .ok_or_else(|| Error::invalid_uri("the URI has no scheme", uri))?;
@@ -99,15 +107,6 @@ impl Target {
     /// against the target it served last, without building a `Target`.
     pub(crate) fn is_for<B>(&self, req: &Request<B>) -> bool {
         TargetKey::of_request(req).is_some_and(|key| key == self.key())
-    }
-
-    /// The target's parts, borrowed.
-    fn key(&self) -> TargetKey<'_> {
-        TargetKey {
-            scheme: &self.scheme,
-            authority: &self.authority,
-            partition: self.partition.as_ref(),
-        }
     }
 
     /// The target of a request: its URI and its [`Partition`] extension.
@@ -181,8 +180,9 @@ pub(crate) struct TargetKey<'a> {
 
 impl<'a> TargetKey<'a> {
     /// A request's target parts, when its URI has a scheme and an
-    /// authority. Equal to a `Target`'s only if the request is valid for
-    /// it: a `Target` was validated when it was built.
+    /// authority. Equal to a `Target`'s only if `Target::from_request`
+    /// would give that target: every `Target` was validated (scheme, host)
+    /// when it was built.
     #[inline]
     pub(crate) fn of_request<B>(req: &'a Request<B>) -> Option<Self> {
         let uri = req.uri();
@@ -233,7 +233,11 @@ pub(crate) trait Keyed {
 
 impl Keyed for Target {
     fn key(&self) -> TargetKey<'_> {
-        Target::key(self)
+        TargetKey {
+            scheme: &self.scheme,
+            authority: &self.authority,
+            partition: self.partition.as_ref(),
+        }
     }
 }
 

@@ -75,14 +75,8 @@ impl<B> TargetPool<B> {
             };
             fx.wake_reaper = deadline;
             self.dispatch(&mut state, &config, now, &mut fx);
-            // Connects outlived the demand that started them: keep no more
-            // idle than allowed, the oldest going first.
-            if let Some(max) = config.max_idle_per_target {
-                while state.idle.len() > max {
-                    let mut conn = state.idle.remove(0);
-                    state.closed(&mut conn.life, CloseReason::OverLimit, now, &mut fx);
-                }
-            }
+            // Connects outlived the demand that started them.
+            state.trim_idle(&config, now, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
         }
         self.finish(fx);

@@ -27,15 +27,6 @@ impl<B> TargetPool<B> {
             let config = self.config_of(&state);
             let keep = config.min_idle_per_target;
             let state = &mut *state;
-            // Check-ins and connects keep to `max_idle_per_target`: more
-            // idle connections than that means the limit was lowered. The
-            // oldest go.
-            if let Some(max) = config.max_idle_per_target {
-                while state.idle.len() > max {
-                    let mut conn = state.idle.remove(0);
-                    state.closed(&mut conn.life, CloseReason::PolicyChange, now, &mut fx);
-                }
-            }
             // Oldest first; the last `keep` (most recently used) stay warm.
             let mut i = 0;
             while i < state.idle.len() {
@@ -65,6 +56,10 @@ impl<B> TargetPool<B> {
                 );
                 i += 1;
             }
+            // Check-ins and connects keep to `max_idle_per_target`; after
+            // the limit was lowered the idle connections above it go now,
+            // not when they expire.
+            state.trim_idle(&config, now, &mut fx);
             // HTTP/2 connections with no stream count towards `min_idle` too.
             let mut idle_h2 = state.h2.iter().filter(|c| c.streams == 0).count();
             let mut i = 0;

@@ -266,6 +266,17 @@ impl<B> State<B> {
         self.counters.closed[reason.index()] += 1;
         fx.close(life, reason, now);
     }
+
+    /// Keep no more idle HTTP/1.1 connections than `max_idle_per_target`,
+    /// the oldest going first.
+    fn trim_idle(&mut self, config: &PoolConfig, now: Instant, fx: &mut Effects<B>) {
+        if let Some(max) = config.max_idle_per_target {
+            while self.idle.len() > max {
+                let mut conn = self.idle.remove(0);
+                self.closed(&mut conn.life, CloseReason::OverLimit, now, fx);
+            }
+        }
+    }
 }
 
 /// One target's pool.
