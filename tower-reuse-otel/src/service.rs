@@ -36,9 +36,9 @@ pub(crate) struct Instruments {
     /// `http.client.active_requests`, one count per request attribute set.
     active: Gauges,
     /// The targets seen (up to `MAX_TARGETS`), resolved once: requests that
-    /// alternate between targets find theirs here instead of resolving it again (its
-    /// attributes, its count and, at its first response, its duration
-    /// points: several thousand instructions).
+    /// alternate between targets find theirs here instead of resolving it
+    /// again (its attributes, its count and, at its first response, its
+    /// duration points: several thousand instructions).
     targets: RwLock<TargetCache>,
 }
 
@@ -78,11 +78,11 @@ impl Instruments {
         if let Some(cached) = cache.get(hash, method, uri) {
             return cached; // Resolved meanwhile by another clone.
         }
-        if cache.len >= MAX_TARGETS {
+        if cache.len() >= MAX_TARGETS {
             cache.prune();
             self.active.prune();
         }
-        if cache.len < MAX_TARGETS {
+        if cache.len() < MAX_TARGETS {
             cache.insert(hash, target.clone());
         }
         target
@@ -115,17 +115,15 @@ impl Instruments {
         self.targets
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .len
+            .len()
     }
 }
 
 /// Targets by a hash of their method, scheme and authority, looked up
-/// without building a key; a bucket holds the rare collisions.
+/// without building a key. A target whose hash another holds (a 64-bit
+/// collision) is not cached: it is resolved per request.
 #[derive(Debug, Default)]
-struct TargetCache {
-    buckets: HashMap<u64, Vec<Arc<RequestTarget>>>,
-    len: usize,
-}
+struct TargetCache(HashMap<u64, Arc<RequestTarget>>);
 
 impl TargetCache {
     fn hash(method: &'static str, uri: &Uri) -> u64 {
@@ -137,26 +135,24 @@ impl TargetCache {
     }
 
     fn get(&self, hash: u64, method: &'static str, uri: &Uri) -> Option<Arc<RequestTarget>> {
-        self.buckets
-            .get(&hash)?
-            .iter()
-            .find(|target| target.is(method, uri))
+        self.0
+            .get(&hash)
+            .filter(|target| target.is(method, uri))
             .cloned()
     }
 
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
     fn insert(&mut self, hash: u64, target: Arc<RequestTarget>) {
-        self.buckets.entry(hash).or_default().push(target);
-        self.len += 1;
+        self.0.entry(hash).or_insert(target);
     }
 
     /// Drops the targets only the cache holds: no service's last target,
     /// no request in flight.
     fn prune(&mut self) {
-        self.buckets.retain(|_, bucket| {
-            bucket.retain(|target| Arc::strong_count(target) > 1);
-            !bucket.is_empty()
-        });
-        self.len = self.buckets.values().map(Vec::len).sum();
+        self.0.retain(|_, target| Arc::strong_count(target) > 1);
     }
 }
 

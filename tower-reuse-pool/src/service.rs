@@ -147,8 +147,8 @@ where
 
     /// The pool for `target`, created on first use.
     fn target_pool(self: &Arc<Self>, target: &Target) -> Arc<TargetPool<B>> {
-        if let Some(pool) = self.read_targets().get(target) {
-            return pool.clone();
+        if let Some(pool) = self.find(target.key()) {
+            return pool;
         }
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
         let pool = targets

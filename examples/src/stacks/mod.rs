@@ -222,11 +222,12 @@ impl Stack {
                 }
                 Inner::Legacy(builder.build(connector))
             }
-            StackKind::Reuse => {
-                let layer = pool_layer(kind, protocol, target, policy)?;
-                let connector = reuse_connector(protocol, tls, &connector_stats);
-                Inner::Reuse(layer.events(connector_stats.clone()).layer(connector))
-            }
+            StackKind::Reuse => Inner::Reuse(reuse_pool(
+                pool_layer(kind, protocol, target, policy)?,
+                protocol,
+                tls,
+                &connector_stats,
+            )),
             StackKind::ReuseOtel => {
                 // Exactly `reuse`, plus both OpenTelemetry pieces; the lab
                 // still counts TLS handshakes from the pool's events.
@@ -244,8 +245,7 @@ impl Stack {
             StackKind::ReuseSpan => {
                 let telemetry = otel::Telemetry::new(otlp)?;
                 let layer = pool_layer(kind, protocol, target, policy)?;
-                let connector = reuse_connector(protocol, tls, &connector_stats);
-                let pool = layer.events(connector_stats.clone()).layer(connector);
+                let pool = reuse_pool(layer, protocol, tls, &connector_stats);
                 Inner::ReuseSpan {
                     pool,
                     span: BareSpan::new(telemetry.tracer(), &target.uri),
@@ -359,6 +359,19 @@ fn pool_layer(
         .unwrap_or_default()
         .http2_prior_knowledge(h2c);
     PoolLayer::new(config).map_err(|e| StackError(format!("{kind}: invalid pool config: {e}")))
+}
+
+/// The `reuse` stack's pool (also under `reuse+span`): `layer` with the
+/// lab's hook (TLS handshakes counted) over [`reuse_connector`].
+fn reuse_pool(
+    layer: PoolLayer<Full<Bytes>>,
+    protocol: Protocol,
+    tls: rustls::ClientConfig,
+    stats: &ClientStats,
+) -> Pool<ReuseConnector, Full<Bytes>> {
+    layer
+        .events(stats.clone())
+        .layer(reuse_connector(protocol, tls, stats))
 }
 
 /// The `reuse` stacks' connector: the lab's counting TCP connector under
