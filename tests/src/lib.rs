@@ -93,6 +93,40 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// How long, in real time, a test on paused time may take: a guard against
+/// a spin, far above what it needs (well under a second).
+pub const REAL_TIME_BOUND: Duration = Duration::from_secs(30);
+
+/// Runs `test` on paused time, on a runtime and thread of its own, and
+/// fails unless it ends within `limit` of real time. On paused time the
+/// clock jumps only while every task is idle: a task that keeps waking
+/// itself (a spin) stops a `sleep` from ever ending, and this bound turns
+/// that into a failure instead of a hang.
+pub fn on_paused_time_within<F: Future<Output = ()>>(
+    limit: Duration,
+    test: impl FnOnce() -> F + Send + 'static,
+) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+            .block_on(test());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => runner.join().expect("the test ended"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(runner.join().expect_err("the test panicked"))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+            "not done within {limit:?} of real time: a task spins, so paused time cannot advance"
+        ),
+    }
+}
+
 /// Fails the test if `work` is not done within 2 s: a guard against hangs,
 /// not a performance assertion.
 pub async fn bounded<T>(work: impl Future<Output = T>) -> T {

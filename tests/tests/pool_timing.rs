@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use tokio::time::{Instant, advance};
 use tower::{Service, ServiceExt};
 use tower_reuse_pool::events::CloseReason;
-use tower_reuse_pool::{ConnectionInfo, ErrorKind, Phase, Pool, PoolConfig};
+use tower_reuse_pool::{ConnectionInfo, ErrorKind, Phase, Pool, PoolConfig, TargetConfig};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::ServerOptions;
 use tower_reuse_tests::{client, concurrently, get, only, send, settle};
@@ -320,7 +320,7 @@ async fn a_target_configured_before_its_first_request_still_expires() {
         .control()
         .set_target_config(
             &target,
-            Some(PoolConfig::default().idle_timeout(Some(Duration::from_secs(5)))),
+            Some(TargetConfig::default().idle_timeout(Some(Duration::from_secs(5)))),
         )
         .unwrap();
     send(&mut client, get(URL, 1)).await.unwrap();

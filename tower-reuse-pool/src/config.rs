@@ -3,11 +3,21 @@
 use std::fmt;
 use std::time::Duration;
 
+mod duration;
+mod target;
+
+#[cfg(feature = "serde")]
+pub(crate) use duration::duration_opt;
+#[cfg(test)]
+pub(crate) use duration::parse_duration;
+pub use target::TargetConfig;
+
 /// The pool's policy. Build it from [`PoolConfig::default`] with the by-value
 /// setters; [`PoolLayer::new`](crate::PoolLayer::new) validates it.
 ///
 /// Limits are `Option`s: `None` disables a limit, and `Some(0)` is rejected
-/// (zero is never a sentinel).
+/// (zero is never a sentinel). Durations are `Option`s too, and at most
+/// [`PoolConfig::MAX_DURATION`] (a year): for longer, use `None`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -79,60 +89,75 @@ impl Default for PoolConfig {
     }
 }
 
-macro_rules! setter {
-    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+/// A knob: its by-value setter (documented) and its getter, `get_` and
+/// the knob's name (the plain name is the setter's).
+macro_rules! knob {
+    ($(#[$doc:meta])* $name:ident, $get:ident: $ty:ty) => {
         $(#[$doc])*
         #[must_use]
         pub fn $name(mut self, value: $ty) -> Self {
             self.$name = value;
             self
         }
+
+        #[doc = concat!(
+            "The value of [`", stringify!($name), "`](Self::", stringify!($name),
+            "), as set or its default."
+        )]
+        pub fn $get(&self) -> $ty {
+            self.$name
+        }
     };
 }
 
 impl PoolConfig {
-    setter! {
+    /// The longest duration any knob accepts: 365 days. A longer one is
+    /// rejected by [`validate`](Self::validate), naming the field; `None`
+    /// switches a duration off.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+    knob! {
         /// Most connections (open or opening) to one target. Requests beyond
         /// it wait for a connection to come back. Defaults to `None` (no cap).
-        max_connections_per_target: Option<usize>
+        max_connections_per_target, get_max_connections_per_target: Option<usize>
     }
-    setter! {
+    knob! {
         /// Most idle connections kept per target; more are closed at check-in.
         /// Lowered at run time, the idle connections above it close at the
         /// reaper's next turn (oldest first, as
         /// [`CloseReason::OverLimit`](crate::events::CloseReason::OverLimit)).
         /// Defaults to `None` (bounded by `idle_timeout` alone).
-        max_idle_per_target: Option<usize>
+        max_idle_per_target, get_max_idle_per_target: Option<usize>
     }
-    setter! {
+    knob! {
         /// Most connects in flight per target, so a burst cannot start a
         /// connect storm. Defaults to 8.
-        max_connecting_per_target: Option<usize>
+        max_connecting_per_target, get_max_connecting_per_target: Option<usize>
     }
-    setter! {
+    knob! {
         /// Most requests waiting for a connection per target; more fail at
         /// once with [`ErrorKind::TooManyWaiters`](crate::ErrorKind::TooManyWaiters).
         /// Defaults to 4096.
-        max_waiters_per_target: Option<usize>
+        max_waiters_per_target, get_max_waiters_per_target: Option<usize>
     }
-    setter! {
+    knob! {
         /// Longest a request waits for a connection. Defaults to 30 seconds.
-        checkout_timeout: Option<Duration>
+        checkout_timeout, get_checkout_timeout: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Longest a connect (TCP and TLS, through the connector) may take.
         /// Defaults to 10 seconds.
-        connect_timeout: Option<Duration>
+        connect_timeout, get_connect_timeout: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Longest wait, once a request is on a connection, for its response
         /// head: a server that stalls or dribbles its headers fails the
         /// request with [`ErrorKind::ResponseTimeout`](crate::ErrorKind::ResponseTimeout)
         /// (which may have been processed) and frees the slot; an HTTP/1.1
         /// connection is closed. Defaults to `None` (long polls are legitimate).
-        response_timeout: Option<Duration>
+        response_timeout, get_response_timeout: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Largest response head accepted, in bytes: over HTTP/1.1 the status
         /// line and headers as sent, over HTTP/2 the header list as
         /// `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (each field's name and
@@ -144,76 +169,86 @@ impl PoolConfig {
         /// connections opened after it is set. From 1 to 2^32 - 1. Defaults
         /// to `None`: hyper's own bounds (about 400 KiB over HTTP/1.1, 16 KiB
         /// over HTTP/2).
-        max_response_header_bytes: Option<usize>
+        max_response_header_bytes, get_max_response_header_bytes: Option<usize>
     }
-    setter! {
+    knob! {
         /// Send an HTTP/2 PING this often, idle or not, and close the
         /// connection if the answer takes longer than the interval: a
         /// black-holed peer is evicted within twice the interval. Defaults
         /// to `None`.
-        http2_ping_interval: Option<Duration>
+        http2_ping_interval, get_http2_ping_interval: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Idle connections are closed after this long unused. Defaults to 55
         /// seconds, below the common 60 s server keep-alive. A server's
         /// `Keep-Alive: timeout=N` shortens it for that connection.
-        idle_timeout: Option<Duration>
+        idle_timeout, get_idle_timeout: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Connections are replaced after this age (make-before-break: the
         /// replacement connects before the old one retires). Defaults to `None`.
-        max_lifetime: Option<Duration>
+        max_lifetime, get_max_lifetime: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Fraction of `max_lifetime` taken off at random per connection, so
         /// connections opened together do not retire together. From 0.0 to
         /// 0.5; defaults to 0.1.
-        lifetime_jitter: f64
+        lifetime_jitter, get_lifetime_jitter: f64
     }
-    setter! {
+    knob! {
         /// A connection is closed after serving this many requests. Defaults
         /// to `None`.
-        max_requests_per_connection: Option<u64>
+        max_requests_per_connection, get_max_requests_per_connection: Option<u64>
     }
-    setter! {
+    knob! {
         /// Warm idle connections kept ready for every target already seen,
-        /// refilled in the background. Defaults to 0.
-        min_idle_per_target: usize
+        /// refilled in the background. Suspended while reuse is off (the
+        /// kill switch): then no connection opens but for a request.
+        /// Defaults to 0.
+        min_idle_per_target, get_min_idle_per_target: usize
     }
-    setter! {
+    knob! {
         /// A connection idle longer than this is revalidated before reuse: the
         /// pool lets its connection task observe a pending close first.
         /// Defaults to 2 seconds.
-        revalidate_after_idle: Option<Duration>
+        revalidate_after_idle, get_revalidate_after_idle: Option<Duration>
     }
-    setter! {
+    knob! {
         /// Speak HTTP/2 without negotiation (h2c prior knowledge). Defaults to
         /// `false`: HTTP/1.1, or HTTP/2 when the connector negotiates it by ALPN.
-        http2_prior_knowledge: bool
+        http2_prior_knowledge, get_http2_prior_knowledge: bool
     }
-    setter! {
+    knob! {
         /// Open another HTTP/2 connection when every connection is at the
         /// server's stream limit. Defaults to `true`.
-        http2_scale_out: bool
+        http2_scale_out, get_http2_scale_out: bool
     }
-    setter! {
+    knob! {
         /// Retry a request once, on another connection, when it is safe and
         /// its connection was reused: it was never written, the server
         /// refused the stream or sent GOAWAY below it, or it is idempotent,
         /// its body is empty or a [`ReplayBody`](crate::ReplayBody) can make
         /// it again, and the connection closed under it. Defaults to `true`.
-        retry: bool
+        retry, get_retry: bool
     }
-    setter! {
+    knob! {
         /// The kill switch: `false` gives every request a new connection,
-        /// closed after its response. Defaults to `true`.
-        reuse: bool
+        /// closed after its response, closes idle connections, and opens
+        /// none but for a request (no pre-warming, no rotation). It governs
+        /// every target, whatever a target's own [`TargetConfig`]. Defaults
+        /// to `true`.
+        reuse, get_reuse: bool
     }
-    setter! {
+    knob! {
         /// Most requests in flight across the whole pool; `poll_ready` is
-        /// pending while it is reached. Defaults to `None`.
-        max_requests_in_flight: Option<usize>
+        /// pending while it is reached. At most
+        /// [`MAX_REQUESTS_IN_FLIGHT`](Self::MAX_REQUESTS_IN_FLIGHT); fixed
+        /// when the pool is built. Defaults to `None`.
+        max_requests_in_flight, get_max_requests_in_flight: Option<usize>
     }
+
+    /// The largest `max_requests_in_flight`: what a tokio semaphore can count.
+    pub const MAX_REQUESTS_IN_FLIGHT: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
     /// Checks every field and every combination, naming the field at fault.
     pub fn validate(self) -> Result<Self, ConfigError> {
@@ -267,6 +302,21 @@ impl PoolConfig {
                     "must be longer than zero (use None to disable)",
                 ));
             }
+            if value.is_some_and(|value| value > Self::MAX_DURATION) {
+                return Err(ConfigError::new(
+                    field,
+                    "must be at most 365 days (use None to disable)",
+                ));
+            }
+        }
+        if self
+            .max_requests_in_flight
+            .is_some_and(|max| max > Self::MAX_REQUESTS_IN_FLIGHT)
+        {
+            return Err(ConfigError::new(
+                "max_requests_in_flight",
+                "must be at most PoolConfig::MAX_REQUESTS_IN_FLIGHT (usize::MAX >> 3)",
+            ));
         }
         if !(0.0..=0.5).contains(&self.lifetime_jitter) {
             return Err(ConfigError::new(
@@ -332,70 +382,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Durations in policy files: `"250ms"`, `"55s"`, `"5m"`, `"1h"`, a number of
-/// seconds, or `"off"` for `None`.
-#[cfg(feature = "serde")]
-pub(crate) mod duration_opt {
-    use std::time::Duration;
-
-    use serde::de::{self, Deserializer, Visitor};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Option<Duration>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a duration such as \"250ms\", \"55s\", \"5m\", or \"off\"")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Some(Duration::from_secs(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(|s| Some(Duration::from_secs(s)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Duration::try_from_secs_f64(v)
-                    .map(Some)
-                    .map_err(|_| E::custom("not a valid number of seconds"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                super::parse_duration(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Parses `"250ms"`, `"55s"`, `"5m"`, `"1h"` or `"off"`.
-#[cfg_attr(not(any(feature = "serde", test)), allow(dead_code))]
-pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("none") {
-        return Ok(None);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as \"55s\""))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" | "" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
-    };
-    Duration::try_from_secs_f64(number * scale)
-        .map(Some)
-        .map_err(|_| format!("{text:?} is out of range"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +420,80 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.field(), "lifetime_jitter");
+    }
+
+    #[test]
+    fn bounds_every_duration_naming_the_field() {
+        type Setter = fn(PoolConfig, Option<Duration>) -> PoolConfig;
+        let fields: [(&str, Setter); 7] = [
+            ("checkout_timeout", PoolConfig::checkout_timeout),
+            ("connect_timeout", PoolConfig::connect_timeout),
+            ("response_timeout", PoolConfig::response_timeout),
+            ("http2_ping_interval", PoolConfig::http2_ping_interval),
+            ("idle_timeout", PoolConfig::idle_timeout),
+            ("max_lifetime", PoolConfig::max_lifetime),
+            ("revalidate_after_idle", PoolConfig::revalidate_after_idle),
+        ];
+        for (field, set) in fields {
+            let at_most = set(PoolConfig::default(), Some(PoolConfig::MAX_DURATION));
+            assert!(at_most.validate().is_ok(), "{field}");
+            for huge in [
+                PoolConfig::MAX_DURATION + Duration::from_nanos(1),
+                Duration::MAX,
+            ] {
+                let err = set(PoolConfig::default(), Some(huge))
+                    .validate()
+                    .unwrap_err();
+                assert_eq!(err.field(), field);
+                assert!(err.to_string().contains("365 days"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_requests_in_flight_by_what_a_semaphore_counts() {
+        let max = PoolConfig::MAX_REQUESTS_IN_FLIGHT;
+        assert!(
+            PoolConfig::default()
+                .max_requests_in_flight(Some(max))
+                .validate()
+                .is_ok()
+        );
+        for over in [max + 1, usize::MAX] {
+            let err = PoolConfig::default()
+                .max_requests_in_flight(Some(over))
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.field(), "max_requests_in_flight");
+        }
+    }
+
+    #[test]
+    fn reads_back_every_knob() {
+        let config = PoolConfig::default()
+            .max_connections_per_target(Some(9))
+            .idle_timeout(None)
+            .lifetime_jitter(0.25)
+            .min_idle_per_target(3)
+            .reuse(false);
+        assert_eq!(config.get_max_connections_per_target(), Some(9));
+        assert_eq!(config.get_idle_timeout(), None);
+        assert_eq!(config.get_lifetime_jitter(), 0.25);
+        assert_eq!(config.get_min_idle_per_target(), 3);
+        assert!(!config.get_reuse());
+        assert_eq!(
+            PoolConfig::default().get_checkout_timeout(),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn rejects_a_policy_file_duration_past_the_bound() {
+        let config: PoolConfig = toml::from_str("max_lifetime = 9223372036854775807").unwrap();
+        assert_eq!(config.validate().unwrap_err().field(), "max_lifetime");
+        let config: PoolConfig = toml::from_str("idle_timeout = \"9000h\"").unwrap();
+        assert_eq!(config.validate().unwrap_err().field(), "idle_timeout");
     }
 
     #[test]

@@ -126,9 +126,11 @@ impl Lifecycle {
         config: &PoolConfig,
         prewarmed: bool,
     ) -> Self {
-        let lifetime_deadline = config.max_lifetime.map(|max| {
+        // Deadlines past what an `Instant` holds never come: checked, never
+        // a panic, whatever a connector or a configuration says.
+        let lifetime_deadline = config.max_lifetime.and_then(|max| {
             let jitter = max.mul_f64(config.lifetime_jitter * fastrand::f64());
-            now + (max - jitter)
+            now.checked_add(max.saturating_sub(jitter))
         });
         Lifecycle {
             id,
@@ -154,8 +156,7 @@ impl Lifecycle {
         max_age: Option<Duration>,
     ) -> Self {
         self.tls = tls;
-        if let Some(age) = max_age {
-            let cap = self.created + age;
+        if let Some(cap) = max_age.and_then(|age| self.created.checked_add(age)) {
             self.lifetime_deadline = Some(self.lifetime_deadline.map_or(cap, |d| d.min(cap)));
         }
         self
@@ -246,7 +247,7 @@ impl Lifecycle {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        limit.map(|limit| self.last_used + limit)
+        limit.and_then(|limit| self.last_used.checked_add(limit))
     }
 
     pub(crate) fn lifetime_deadline(&self) -> Option<Instant> {

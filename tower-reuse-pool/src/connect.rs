@@ -213,9 +213,15 @@ where
             target: &pool.target,
             reason,
         });
+        let landing = Landing {
+            pool: pool.clone(),
+            reason,
+            direct,
+            start: Instant::now(),
+            landed: false,
+        };
         let connecting = self.connector.connect(&pool.target);
         tokio::spawn(async move {
-            let start = Instant::now();
             let config = pool.config();
             let opened = match config.connect_timeout {
                 Some(limit) => tokio::time::timeout(limit, open(connecting, &pool, &config))
@@ -223,8 +229,57 @@ where
                     .unwrap_or_else(|_| Err(Error::connect_timeout(&pool.target, limit))),
                 None => open(connecting, &pool, &config).await,
             };
-            land(&pool, reason, direct, &config, opened, start.elapsed());
+            landing.land(&config, opened);
         });
+    }
+}
+
+/// A connect's reservation in its target (a connect slot, and for a
+/// dedicated connect its one request), landed exactly once: by `land`
+/// when the connect ends, or by the drop of a connect that never got there
+/// (its connector panicked, its task was cancelled) as a failed connect,
+/// so that no slot leaks and no waiter is left counting on it.
+struct Landing<B> {
+    pool: Arc<TargetPool<B>>,
+    reason: ConnectReason,
+    direct: Option<Grant<B>>,
+    start: Instant,
+    landed: bool,
+}
+
+impl<B> Landing<B> {
+    fn land(
+        mut self,
+        config: &PoolConfig,
+        opened: Result<(ConnId, Opened<B>, TransportFacts), Error>,
+    ) {
+        self.landed = true;
+        let direct = self.direct.take();
+        let duration = self.start.elapsed();
+        land(&self.pool, self.reason, direct, config, opened, duration);
+    }
+}
+
+impl<B> Drop for Landing<B> {
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        let error = Error::connect(
+            &self.pool.target,
+            "the connect ended abnormally: its connector panicked or its task was cancelled",
+        );
+        let config = self.pool.config();
+        let duration = self.start.elapsed();
+        let direct = self.direct.take();
+        land(
+            &self.pool,
+            self.reason,
+            direct,
+            &config,
+            Err(error),
+            duration,
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{ConfigError, PoolConfig};
+use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::conn::Protocol;
 use crate::events::CloseReason;
 use crate::target::Target;
@@ -134,12 +134,15 @@ impl PoolSnapshot {
 pub(crate) trait Controlled: Send + Sync {
     fn snapshot(&self) -> PoolSnapshot;
     fn config(&self) -> Arc<PoolConfig>;
-    fn set_config(&self, config: PoolConfig);
+    /// Stores a valid pool-wide configuration and resolves every target's
+    /// own settings over it again; rejected if that makes one invalid.
+    fn set_config(&self, config: PoolConfig) -> Result<(), ConfigError>;
     /// Held across an update's read, change and store.
     fn update_lock(&self) -> std::sync::MutexGuard<'_, ()>;
     /// Creates the target if need be, through the one path that also starts
     /// the reaper; hence the `Arc` receiver.
-    fn set_target_config(self: Arc<Self>, target: &Target, config: Option<PoolConfig>);
+    fn set_target_config(self: Arc<Self>, target: &Target, own: Option<(TargetConfig, PoolConfig)>);
+    fn target_config(&self, target: &Target) -> Option<TargetConfig>;
 }
 
 /// A handle to read and steer a running pool; cheap to clone.
@@ -181,9 +184,11 @@ impl PoolControl {
 
     /// Change the pool-wide configuration; rejected values leave it as it was.
     /// Takes effect at each connection's next decision (checkout, check-in,
-    /// expiry). Concurrent updates apply one after the other, none lost.
-    /// `max_requests_in_flight` is fixed when the pool is built: changing it
-    /// here is an error.
+    /// expiry), for every target but in the knobs a target sets itself
+    /// (see [`TargetConfig`]). Concurrent updates apply one after the other,
+    /// none lost. `max_requests_in_flight` is fixed when the pool is built:
+    /// changing it here is an error, and so is a change that would make a
+    /// target's own configuration invalid.
     pub fn update(&self, change: impl FnOnce(PoolConfig) -> PoolConfig) -> Result<(), ConfigError> {
         let _one_at_a_time = self.inner.update_lock();
         let current = self.inner.config();
@@ -194,20 +199,61 @@ impl PoolControl {
                 "is fixed when the pool is built",
             ));
         }
-        self.inner.set_config(config);
-        Ok(())
+        self.inner.set_config(config)
     }
 
-    /// Give `target` its own configuration (`None` returns it to the
-    /// pool-wide one). The target is created if the pool has not seen it.
+    /// Give `target` its own settings: the knobs `own` sets override the
+    /// pool-wide ones for this target, the others keep following them
+    /// (see [`TargetConfig`] for the precedence; the kill switch governs
+    /// every target). `None` returns the target to the pool-wide
+    /// configuration. The target is created if the pool has not seen it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower::Layer;
+    /// use tower_reuse_pool::{Pool, PoolConfig, PoolLayer, Target, TargetConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool: Pool<HttpConnector> = PoolLayer::new(PoolConfig::default())
+    ///     .unwrap()
+    ///     .layer(HttpConnector::new());
+    /// let control = pool.control();
+    /// let hot = Target::from_uri(&"http://127.0.0.1:8080".parse().unwrap(), None).unwrap();
+    /// control
+    ///     .set_target_config(&hot, Some(TargetConfig::default().min_idle_per_target(4)))
+    ///     .unwrap();
+    /// // A later pool-wide change still reaches the knobs `hot` leaves unset.
+    /// control
+    ///     .update(|c| c.idle_timeout(Some(Duration::from_secs(20))))
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     control.target_config(&hot).unwrap().get_min_idle_per_target(),
+    ///     Some(4)
+    /// );
+    /// # }
+    /// ```
     pub fn set_target_config(
         &self,
         target: &Target,
-        config: Option<PoolConfig>,
+        own: Option<TargetConfig>,
     ) -> Result<(), ConfigError> {
-        let config = config.map(PoolConfig::validate).transpose()?;
-        self.inner.clone().set_target_config(target, config);
+        let _one_at_a_time = self.inner.update_lock();
+        let own = match own {
+            Some(own) => {
+                let resolved = own.resolve(&self.inner.config())?;
+                Some((own, resolved))
+            }
+            None => None,
+        };
+        self.inner.clone().set_target_config(target, own);
         Ok(())
+    }
+
+    /// The settings `target` was given with
+    /// [`set_target_config`](Self::set_target_config), if any.
+    pub fn target_config(&self, target: &Target) -> Option<TargetConfig> {
+        self.inner.target_config(target)
     }
 
     /// The kill switch: `false` makes every request use a new connection and

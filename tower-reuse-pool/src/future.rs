@@ -118,7 +118,7 @@ impl<B: Send + 'static> Checkout<B> {
             rx: Some(waiting.rx),
         };
         let rx = guard.rx.as_mut().expect("set above");
-        let received = match pool.common.config.load().checkout_timeout {
+        let received = match waiting.timeout {
             Some(limit) => match tokio::time::timeout(limit, rx).await {
                 Ok(received) => received,
                 Err(_) => return Err(Error::checkout_timeout(&pool.target, limit)),

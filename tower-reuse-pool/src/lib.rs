@@ -74,7 +74,7 @@ mod target_pool;
 pub mod tls;
 
 pub use body::PoolBody;
-pub use config::{ConfigError, PoolConfig};
+pub use config::{ConfigError, PoolConfig, TargetConfig};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};
 pub use control::{PoolControl, PoolSnapshot, TargetSnapshot};

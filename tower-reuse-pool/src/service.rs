@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
-use crate::config::PoolConfig;
+use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::connect::{Connect, Dialer};
 use crate::control::{Controlled, PoolControl, PoolSnapshot};
 use crate::error::{BoxError, Error};
@@ -210,13 +210,32 @@ where
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_config(&self, config: PoolConfig) {
+    fn set_config(&self, config: PoolConfig) -> Result<(), ConfigError> {
+        let mut own = Vec::new();
+        for pool in self.target_pools() {
+            if let Some(target_config) = pool.own_config() {
+                let resolved = target_config.resolve(&config)?;
+                own.push((pool, target_config, resolved));
+            }
+        }
         self.common.config.store(Arc::new(config));
+        for (pool, target_config, resolved) in own {
+            pool.set_own_config(Some((target_config, resolved)));
+        }
         self.common.reaper_wake.notify_one();
+        Ok(())
     }
 
-    fn set_target_config(self: Arc<Self>, target: &Target, config: Option<PoolConfig>) {
-        self.target_pool(target).set_override(config.map(Arc::new));
+    fn set_target_config(
+        self: Arc<Self>,
+        target: &Target,
+        own: Option<(TargetConfig, PoolConfig)>,
+    ) {
+        self.target_pool(target).set_own_config(own);
+    }
+
+    fn target_config(&self, target: &Target) -> Option<TargetConfig> {
+        self.find(target.key())?.own_config()
     }
 }
 

@@ -70,11 +70,22 @@ impl<B> TargetPool<B> {
                     .life
                     .idle_deadline(&config)
                     .filter(|_| conn.streams == 0 && above_min);
-                if idle_deadline.is_some_and(|d| d <= now) {
+                let reason = if !config.reuse && conn.streams == 0 {
+                    Some(CloseReason::KillSwitch)
+                } else if idle_deadline.is_some_and(|d| d <= now) {
+                    Some(CloseReason::IdleTimeout)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
                     let mut conn = state.h2.swap_remove(i);
-                    state.closed(&mut conn.life, CloseReason::IdleTimeout, now, &mut fx);
+                    state.closed(&mut conn.life, reason, now, &mut fx);
                     idle_h2 -= 1;
                     continue;
+                }
+                if !config.reuse {
+                    // Its streams finish; it closes when the last one ends.
+                    conn.life.drain();
                 }
                 soonest(idle_deadline);
                 start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
@@ -93,11 +104,16 @@ impl<B> TargetPool<B> {
             // sooner than this: waking here keeps check-ins from waking the
             // reaper on every request.
             if state.open > 0 {
-                soonest(config.idle_timeout.map(|idle| now + idle));
+                soonest(config.idle_timeout.and_then(|idle| now.checked_add(idle)));
             } else if state.connecting == 0 && state.waiters.is_empty() {
                 // Look again when the target may be forgotten (never a past
                 // instant: a target a handle holds is not forgotten then).
-                soonest(Some(state.last_active + forget_after(&config)).filter(|&at| at > now));
+                soonest(
+                    state
+                        .last_active
+                        .checked_add(forget_after(&config))
+                        .filter(|&at| at > now),
+                );
             }
         }
         self.finish(fx);
@@ -155,7 +171,7 @@ impl<B> TargetPool<B> {
             && state.connecting == 0
             && state.waiters.is_empty()
             && config.min_idle_per_target == 0
-            && state.override_config.is_none()
+            && state.own_config.is_none()
             && now.saturating_duration_since(state.last_active) >= forget_after(&config)
     }
 }
@@ -178,7 +194,9 @@ pub(super) fn start_rotation<B>(
     now: Instant,
     fx: &mut Effects<B>,
 ) {
-    if life.rotating || life.lifetime_deadline().is_none_or(|d| d > now) {
+    // With reuse off (the kill switch) connections close after their
+    // requests: nothing to replace them for.
+    if !config.reuse || life.rotating || life.lifetime_deadline().is_none_or(|d| d > now) {
         return;
     }
     life.rotating = true;

@@ -21,7 +21,7 @@ use hyper::client::conn::http2;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::connect::StreamLimit;
 use crate::control::TargetSnapshot;
@@ -248,7 +248,9 @@ struct State<B> {
     prewarm_backoff: Option<(Instant, Duration)>,
     last_active: Instant,
     counters: Counters,
-    override_config: Option<Arc<PoolConfig>>,
+    /// The target's own settings, and the configuration they resolve to
+    /// over the pool-wide one (kept current by `PoolControl::update`).
+    own_config: Option<(TargetConfig, Arc<PoolConfig>)>,
     /// The pool was dropped: every connection closes as soon as it is free.
     shut: bool,
 }
@@ -268,9 +270,13 @@ impl<B> State<B> {
     }
 
     /// Keep no more idle HTTP/1.1 connections than `max_idle_per_target`,
-    /// the oldest going first.
+    /// the oldest going first, and none with reuse off (the kill switch).
     fn trim_idle(&mut self, config: &PoolConfig, now: Instant, fx: &mut Effects<B>) {
-        if let Some(max) = config.max_idle_per_target {
+        if !config.reuse {
+            while let Some(mut conn) = self.idle.pop() {
+                self.closed(&mut conn.life, CloseReason::KillSwitch, now, fx);
+            }
+        } else if let Some(max) = config.max_idle_per_target {
             while self.idle.len() > max {
                 let mut conn = self.idle.remove(0);
                 self.closed(&mut conn.life, CloseReason::OverLimit, now, fx);
@@ -362,7 +368,7 @@ impl<B> TargetPool<B> {
                 prewarm_backoff: None,
                 last_active: Instant::now(),
                 counters: Counters::default(),
-                override_config: None,
+                own_config: None,
                 shut: false,
             }),
             common,
@@ -377,8 +383,8 @@ impl<B> TargetPool<B> {
     /// The configuration in force for this target.
     pub(crate) fn config(&self) -> Arc<PoolConfig> {
         let state = self.lock();
-        match &state.override_config {
-            Some(config) => config.clone(),
+        match &state.own_config {
+            Some((_, config)) => config.clone(),
             None => self.common.config.load_full(),
         }
     }
@@ -386,8 +392,8 @@ impl<B> TargetPool<B> {
     /// Without a per-target override (the common case) this costs no
     /// reference-count traffic: a guard, not an `Arc` clone.
     fn config_of(&self, state: &State<B>) -> ConfigRef {
-        match &state.override_config {
-            Some(config) => ConfigRef::Target(config.clone()),
+        match &state.own_config {
+            Some((_, config)) => ConfigRef::Target(config.clone()),
             None => ConfigRef::Pool(self.common.config.load()),
         }
     }
@@ -420,7 +426,11 @@ impl<B> TargetPool<B> {
                 self.plan(&mut state, &config, now, &mut fx);
                 drop(state);
                 self.finish(fx);
-                return Err(Ok(Waiting { key: None, rx }));
+                return Err(Ok(Waiting {
+                    key: None,
+                    rx,
+                    timeout: config.checkout_timeout,
+                }));
             }
             if state.waiters.is_empty()
                 && let Some(granted) = self.grant(&mut state, &config, now, &mut fx, avoid)
@@ -444,7 +454,11 @@ impl<B> TargetPool<B> {
                     // Nothing else may be coming: the fallback in `dispatch`.
                     self.dispatch(&mut state, &config, now, &mut fx);
                 }
-                Err(Ok(Waiting { key: Some(key), rx }))
+                Err(Ok(Waiting {
+                    key: Some(key),
+                    rx,
+                    timeout: config.checkout_timeout,
+                }))
             }
         };
         self.finish(fx);
@@ -636,8 +650,9 @@ impl<B> TargetPool<B> {
             state.connecting += 1;
             fx.connects.push(ConnectReason::Demand);
         }
-        // Pre-warm: keep `min_idle_per_target` connections idle.
-        if config.min_idle_per_target == 0 {
+        // Pre-warm: keep `min_idle_per_target` connections idle; never
+        // with reuse off (the kill switch), when they could serve nobody.
+        if config.min_idle_per_target == 0 || !config.reuse {
             return;
         }
         let idle = state.idle.len() + state.h2.iter().filter(|c| c.streams == 0).count();
@@ -704,9 +719,16 @@ impl<B> TargetPool<B> {
         self.lock().counters.stale_skips += 1;
     }
 
-    pub(crate) fn set_override(self: &Arc<Self>, config: Option<Arc<PoolConfig>>) {
-        self.lock().override_config = config;
+    /// Give the target its own settings (`None`: the pool-wide ones),
+    /// with the configuration they resolve to.
+    pub(crate) fn set_own_config(&self, own: Option<(TargetConfig, PoolConfig)>) {
+        self.lock().own_config = own.map(|(own, resolved)| (own, Arc::new(resolved)));
         self.common.reaper_wake.notify_one();
+    }
+
+    /// The target's own settings, if it has any.
+    pub(crate) fn own_config(&self) -> Option<TargetConfig> {
+        self.lock().own_config.as_ref().map(|(own, _)| own.clone())
     }
 
     pub(crate) fn snapshot(&self) -> TargetSnapshot {
@@ -767,4 +789,6 @@ pub(crate) struct Waiting<B> {
     /// `None` for a dedicated (kill switch) connect, which is not queued.
     pub(crate) key: Option<u64>,
     pub(crate) rx: oneshot::Receiver<Result<Granted<B>, Error>>,
+    /// The target's `checkout_timeout`, read with the rest of its policy.
+    pub(crate) timeout: Option<Duration>,
 }

@@ -63,6 +63,9 @@ pub(crate) struct KeyUpdate {
 
 impl KeyUpdate {
     pub(crate) fn new(every: Duration, done: Arc<AtomicU64>) -> Self {
+        // Longer than the pool's longest duration is never: bounded, so
+        // that no deadline computed from it overflows an `Instant`.
+        let every = every.min(crate::PoolConfig::MAX_DURATION);
         KeyUpdate {
             every,
             sleep: Box::pin(tokio::time::sleep(every)),

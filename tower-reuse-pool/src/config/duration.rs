@@ -1,0 +1,67 @@
+//! Durations in policy files and their bound.
+
+use std::time::Duration;
+
+/// Durations in policy files: `"250ms"`, `"55s"`, `"5m"`, `"1h"`, a number of
+/// seconds, or `"off"` for `None`.
+#[cfg(feature = "serde")]
+pub(crate) mod duration_opt {
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"55s\", \"5m\", or \"off\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Some(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(|s| Some(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Duration::try_from_secs_f64(v)
+                    .map(Some)
+                    .map_err(|_| E::custom("not a valid number of seconds"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                super::parse_duration(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `"250ms"`, `"55s"`, `"5m"`, `"1h"` or `"off"`.
+#[cfg_attr(not(any(feature = "serde", test)), allow(dead_code))]
+pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as \"55s\""))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
+    };
+    Duration::try_from_secs_f64(number * scale)
+        .map(Some)
+        .map_err(|_| format!("{text:?} is out of range"))
+}
