@@ -64,6 +64,8 @@ mod info;
 mod layer;
 #[cfg(test)]
 mod parsers_fuzz;
+#[cfg(all(test, feature = "serde"))]
+mod policy_fuzz;
 mod reaper;
 mod replay;
 mod service;
