@@ -776,7 +776,7 @@ async fn what_is_opted_into_is_recorded() {
         .record_url_full()
         .record_request_header(http::HeaderName::from_static("x-request-id"))
         .record_response_header(http::HeaderName::from_static("x-request-id"))
-        .record_partition();
+        .record_partition(true);
     let hook = telemetry.hook().record_partition(true);
     let pool = PoolLayer::new(PoolConfig::default())
         .unwrap()
