@@ -821,6 +821,63 @@ async fn what_is_opted_into_is_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_credentials_reach_no_span_and_no_metric() {
+    const PASSWORD: &str = "pw-not-for-telemetry";
+    let telemetry = Telemetry::new();
+    let server = TestServer::start(ServerOptions::default()).await;
+    let spans = ConnectionSpans::new(telemetry.tracer_provider.tracer("otel-test"));
+    let pool = PoolLayer::new(PoolConfig::default())
+        .unwrap()
+        .events(telemetry.hook().connection_spans(spans.clone()))
+        .layer(tcp());
+    let mut client = telemetry
+        .layer()
+        .record_url_full()
+        .link_connection_spans(spans)
+        .layer(pool);
+    let url = format!("http://user:{PASSWORD}@{}/c", server.addr);
+    send(&mut client, get(&url, 1)).await.unwrap();
+    let refused = format!(
+        "http://user:{PASSWORD}@127.0.0.1:{}/",
+        refusing_port().await
+    );
+    send(&mut client, get(&refused, 2)).await.unwrap_err();
+    drop(client); // ends the connection span
+
+    let finished = telemetry.finished_spans();
+    let request = finished
+        .iter()
+        .find(|span| span_attribute(span, "server.port") == Some(server.addr.port().to_string()))
+        .filter(|span| span.name == "GET")
+        .expect("the request span");
+    assert_eq!(
+        span_attribute(request, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(span_attribute(request, "url.full"), Some(server.url("/c")));
+    assert!(finished.iter().any(|span| span.name == "HTTP connection"));
+    for span in &finished {
+        assert!(!span.name.contains(PASSWORD));
+        let events = span.events.iter().flat_map(|e| e.attributes.iter());
+        for kv in span.attributes.iter().chain(events) {
+            let value = kv.value.as_str();
+            assert!(
+                !value.contains(PASSWORD) && !value.contains("user:"),
+                "{}: {value}",
+                kv.key
+            );
+        }
+    }
+    for (name, metric) in telemetry.metrics() {
+        for (attributes, _) in &metric.points {
+            for (key, value) in attributes {
+                assert!(!value.contains(PASSWORD), "{name} {key}: {value}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_link_to_the_span_of_their_connection() {
     let telemetry = Telemetry::new();
     let server = TestServer::start(ServerOptions::default()).await;

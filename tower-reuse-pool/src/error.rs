@@ -5,8 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
-
 use crate::target::Target;
 
 /// A boxed error, as tower passes them around.
@@ -117,15 +115,33 @@ impl Error {
         Arc::get_mut(&mut self.inner).expect("errors are built before they are shared")
     }
 
-    pub(crate) fn invalid_uri(why: &str, uri: &Uri) -> Self {
+    /// A request URI without an authority: nowhere to connect. Says how to
+    /// give one, tonic's way included (its clients send origin-form URIs).
+    /// The URI itself is not shown: its path or query may carry secrets.
+    pub(crate) fn no_authority() -> Self {
         Error::new(
             ErrorKind::InvalidRequest,
             Phase::Request,
-            format!("{why}: {uri}"),
+            "the request URI has no authority (host): send an absolute URI such as \
+             http://host:port/path, or with tonic wrap the pool in \
+             tonic::client::Grpc::with_origin (see the Pool docs)",
         )
     }
 
-    pub(crate) fn empty_host(authority: &http::uri::Authority) -> Self {
+    /// A request URI with an authority but no scheme; the authority is
+    /// shown without user info.
+    pub(crate) fn no_scheme(authority: &str) -> Self {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            Phase::Request,
+            format!(
+                "the request URI has no scheme: write http://{authority} or https://{authority}"
+            ),
+        )
+    }
+
+    /// `authority` without user info.
+    pub(crate) fn empty_host(authority: &str) -> Self {
         Error::new(
             ErrorKind::InvalidRequest,
             Phase::Request,
