@@ -105,6 +105,20 @@ impl Telemetry {
         self.layer().layer(pool)
     }
 
+    /// `layer` over a TCP pool with the hook, each request span linked to
+    /// the span of its connection.
+    fn linked_client(
+        &self,
+        layer: OtelLayer<SdkTracer>,
+    ) -> Otel<Pool<hyper_util::client::legacy::connect::HttpConnector>, SdkTracer> {
+        let spans = ConnectionSpans::new(self.tracer_provider.tracer("otel-test"));
+        let pool = PoolLayer::new(PoolConfig::default())
+            .unwrap()
+            .events(self.hook().connection_spans(spans.clone()))
+            .layer(tcp());
+        layer.link_connection_spans(spans).layer(pool)
+    }
+
     /// The bucket boundaries of histogram `name`'s first point.
     fn histogram_bounds(&self, name: &str) -> Vec<f64> {
         self.meter_provider.force_flush().unwrap();
@@ -218,8 +232,11 @@ fn backticked(text: &str) -> Vec<String> {
 }
 
 fn docs_table() -> Vec<Row> {
+    // The first table of the crate docs (the features' table comes later).
     let rows: Vec<Row> = CRATE_DOCS
         .lines()
+        .skip_while(|line| !line.starts_with("//! |"))
+        .take_while(|line| line.starts_with("//! |"))
         .filter_map(|line| line.strip_prefix("//! | `"))
         .map(|line| {
             let line = format!("`{line}");
@@ -825,16 +842,7 @@ async fn url_credentials_reach_no_span_and_no_metric() {
     const PASSWORD: &str = "pw-not-for-telemetry";
     let telemetry = Telemetry::new();
     let server = TestServer::start(ServerOptions::default()).await;
-    let spans = ConnectionSpans::new(telemetry.tracer_provider.tracer("otel-test"));
-    let pool = PoolLayer::new(PoolConfig::default())
-        .unwrap()
-        .events(telemetry.hook().connection_spans(spans.clone()))
-        .layer(tcp());
-    let mut client = telemetry
-        .layer()
-        .record_url_full()
-        .link_connection_spans(spans)
-        .layer(pool);
+    let mut client = telemetry.linked_client(telemetry.layer().record_url_full());
     let url = format!("http://user:{PASSWORD}@{}/c", server.addr);
     send(&mut client, get(&url, 1)).await.unwrap();
     let refused = format!(
@@ -881,12 +889,7 @@ async fn url_credentials_reach_no_span_and_no_metric() {
 async fn request_spans_link_to_the_span_of_their_connection() {
     let telemetry = Telemetry::new();
     let server = TestServer::start(ServerOptions::default()).await;
-    let spans = ConnectionSpans::new(telemetry.tracer_provider.tracer("otel-test"));
-    let pool = PoolLayer::new(PoolConfig::default())
-        .unwrap()
-        .events(telemetry.hook().connection_spans(spans.clone()))
-        .layer(tcp());
-    let mut client = telemetry.layer().link_connection_spans(spans).layer(pool);
+    let mut client = telemetry.linked_client(telemetry.layer());
     for i in 0..3 {
         send(&mut client, get(&server.url("/"), i)).await.unwrap();
     }
