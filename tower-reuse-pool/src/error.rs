@@ -123,7 +123,7 @@ impl Error {
     /// Names the source's cause in the message (see [`cause_of`]).
     fn with_cause(mut self) -> Self {
         let inner = self.inner_mut();
-        inner.cause = inner.source.as_deref().map(|source| cause_of(source));
+        inner.cause = inner.source.as_deref().map(cause_of);
         self
     }
 
