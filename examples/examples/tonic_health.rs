@@ -132,6 +132,7 @@ async fn run() -> Result<Outcome, BoxError> {
     let pool = pool(OtelPoolEvents::new(&meter))?;
     let control: PoolControl = pool.control();
     let transport = OtelLayer::new(tracer_provider.tracer("tonic_health"), &meter).layer(pool);
+    // tonic sends origin-form URIs: the origin says where the pool connects.
     let mut client = HealthClient::with_origin(transport, origin);
     let mut checks = Vec::new();
     for service in ["", SERVICE] {
@@ -208,6 +209,36 @@ async fn main() -> Result<(), BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn without_an_origin_the_error_says_to_set_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let server = tokio::spawn(
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        let meter = SdkMeterProvider::builder().build().meter("tonic_health");
+        let pool = pool(OtelPoolEvents::new(&meter)).unwrap();
+
+        // tonic's calls are origin-form URIs: nowhere to connect.
+        let mut client = HealthClient::new(pool.clone());
+        let status = client.check(request("")).await.unwrap_err();
+        let message = status.message();
+        assert!(message.contains("no authority"), "{status:?}");
+        assert!(message.contains("with_origin"), "{status:?}");
+        assert!(pool.control().snapshot().targets.is_empty());
+
+        // As the error says: the same pool, given the origin.
+        let mut client = HealthClient::with_origin(pool.clone(), origin);
+        let answer = client.check(request("")).await.unwrap();
+        assert_eq!(answer.get_ref().status(), CheckedStatus::Serving);
+        server.abort();
+    }
 
     #[tokio::test]
     async fn health_checks_share_one_h2c_connection_through_the_pool() {

@@ -82,10 +82,12 @@ impl<T> OtelLayer<T> {
 
     /// Opt-in: the request's [`Partition`](tower_reuse_pool::Partition)
     /// extension on request spans, as `tower_reuse.partition`. A partition
-    /// often names a tenant: off by default.
+    /// often names a tenant: off by default. The same setter as
+    /// [`OtelPoolEvents::record_partition`](crate::OtelPoolEvents::record_partition)
+    /// on the hook.
     #[cfg(feature = "pool")]
-    pub fn record_partition(mut self) -> Self {
-        self.options().partition = true;
+    pub fn record_partition(mut self, on: bool) -> Self {
+        self.options().partition = on;
         self
     }
 
@@ -125,5 +127,21 @@ impl<S, T> Layer<S> for OtelLayer<T> {
             self.instruments.clone(),
             self.options.clone(),
         )
+    }
+}
+
+#[cfg(all(test, feature = "pool"))]
+mod tests {
+    use opentelemetry::global;
+
+    use super::*;
+
+    #[test]
+    fn record_partition_takes_the_setting_as_the_hook_does() {
+        let layer = OtelLayer::new(global::tracer("t"), &global::meter("t"));
+        assert!(!layer.options.partition);
+        let on = layer.record_partition(true);
+        assert!(on.options.partition);
+        assert!(!on.record_partition(false).options.partition);
     }
 }

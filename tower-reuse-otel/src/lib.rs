@@ -155,12 +155,14 @@
 //!
 //! # Features
 //!
-//! - `pool` (default): [`OtelPoolEvents`], [`ConnectionSpans`] and the
-//!   connection facts on spans.
-//! - `tls`: `OtelSessionCache`, the pool's TLS session cache as metrics.
-//! - `bound-instruments`: histograms through OpenTelemetry's bound
-//!   instruments (see above); switches on `opentelemetry_sdk`'s feature of
-//!   the same name, which implements them.
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `pool` | on | [`OtelPoolEvents`], [`ConnectionSpans`], and the pool's connection facts on request spans (depends on `tower-reuse-pool`). |
+//! | `tls` | off | `OtelSessionCache`: the pool's TLS session cache as metrics (implies `pool`, and the pool's `tls`). |
+//! | `bound-instruments` | off | Histograms recorded through OpenTelemetry's bound instruments (see above); switches on `opentelemetry_sdk`'s feature of the same name, which implements them. |
+
+// On docs.rs: label each item with the features it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The bound on the targets the layer, and each hook, keep resolved
 /// (see the crate docs).

@@ -352,16 +352,28 @@ impl PoolConfig {
     }
 }
 
-/// A rejected configuration value, naming the field.
+/// A rejected configuration value, naming the configuration and the field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    config: &'static str,
     field: &'static str,
     reason: &'static str,
 }
 
 impl ConfigError {
+    /// A `PoolConfig` field rejected.
     pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
-        ConfigError { field, reason }
+        ConfigError::of("pool", field, reason)
+    }
+
+    /// A field of the configuration `config` (`"pool"`, `"TLS session
+    /// cache"`) rejected.
+    pub(crate) fn of(config: &'static str, field: &'static str, reason: &'static str) -> Self {
+        ConfigError {
+            config,
+            field,
+            reason,
+        }
     }
 
     /// The field at fault.
@@ -374,8 +386,8 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "invalid pool configuration: {} {}",
-            self.field, self.reason
+            "invalid {} configuration: {} {}",
+            self.config, self.field, self.reason
         )
     }
 }

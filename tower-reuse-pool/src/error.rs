@@ -5,8 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
-
 use crate::target::Target;
 
 /// A boxed error, as tower passes them around.
@@ -73,6 +71,12 @@ impl fmt::Display for Phase {
 
 /// An error from the pool.
 ///
+/// Its `Display` says what failed, for which target, why (the immediate
+/// cause, in words) and in which [`Phase`]:
+/// `connect failed for http://127.0.0.1:1: tcp connect error: connection
+/// refused (connect phase)`. [`kind()`](Error::kind) classifies it, and
+/// `source()` keeps the underlying error.
+///
 /// Cheap to clone: one connect failure is handed to every waiter that was
 /// counting on that connection.
 #[derive(Clone)]
@@ -85,6 +89,8 @@ struct Inner {
     phase: Phase,
     message: String,
     target: Option<String>,
+    /// The immediate cause, in words, shown after the target.
+    cause: Option<String>,
     may_have_been_processed: bool,
     source: Option<BoxError>,
 }
@@ -97,6 +103,7 @@ impl Error {
                 phase,
                 message: message.into(),
                 target: None,
+                cause: None,
                 may_have_been_processed: false,
                 source: None,
             }),
@@ -113,19 +120,44 @@ impl Error {
         self
     }
 
+    /// Names the source's cause in the message (see [`cause_of`]).
+    fn with_cause(mut self) -> Self {
+        let inner = self.inner_mut();
+        inner.cause = inner.source.as_deref().map(cause_of);
+        self
+    }
+
     fn inner_mut(&mut self) -> &mut Inner {
         Arc::get_mut(&mut self.inner).expect("errors are built before they are shared")
     }
 
-    pub(crate) fn invalid_uri(why: &str, uri: &Uri) -> Self {
+    /// A request URI without an authority: nowhere to connect. Says how to
+    /// give one, tonic's way included (its clients send origin-form URIs).
+    /// The URI itself is not shown: its path or query may carry secrets.
+    pub(crate) fn no_authority() -> Self {
         Error::new(
             ErrorKind::InvalidRequest,
             Phase::Request,
-            format!("{why}: {uri}"),
+            "the request URI has no authority (host): send an absolute URI such as \
+             http://host:port/path, or with tonic wrap the pool in \
+             tonic::client::Grpc::with_origin (see the Pool docs)",
         )
     }
 
-    pub(crate) fn empty_host(authority: &http::uri::Authority) -> Self {
+    /// A request URI with an authority but no scheme; the authority is
+    /// shown without user info.
+    pub(crate) fn no_scheme(authority: &str) -> Self {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            Phase::Request,
+            format!(
+                "the request URI has no scheme: write http://{authority} or https://{authority}"
+            ),
+        )
+    }
+
+    /// `authority` without user info.
+    pub(crate) fn empty_host(authority: &str) -> Self {
         Error::new(
             ErrorKind::InvalidRequest,
             Phase::Request,
@@ -142,9 +174,14 @@ impl Error {
     }
 
     pub(crate) fn connect(target: &Target, source: impl Into<BoxError>) -> Self {
-        Error::new(ErrorKind::Connect, Phase::Connect, "connect failed")
+        let mut error = Error::new(ErrorKind::Connect, Phase::Connect, "connect failed")
             .with_target(target)
             .with_source(source)
+            .with_cause();
+        if target.is_https() && refused_https(error.inner.source.as_deref()) {
+            error.inner_mut().cause = Some(NO_TLS.to_owned());
+        }
+        error
     }
 
     pub(crate) fn connect_timeout(target: &Target, after: Duration) -> Self {
@@ -164,12 +201,14 @@ impl Error {
         )
         .with_target(target)
         .with_source(source)
+        .with_cause()
     }
 
     pub(crate) fn tls_handshake(target: &Target, source: BoxError) -> Self {
         Error::new(ErrorKind::Handshake, Phase::Connect, "tls handshake failed")
             .with_target(target)
             .with_source(source)
+            .with_cause()
     }
 
     pub(crate) fn response_timeout(target: &Target, after: Duration) -> Self {
@@ -246,14 +285,16 @@ impl Error {
         };
         let mut err = Error::new(ErrorKind::Send, Phase::Send, message)
             .with_target(target)
-            .with_source(source);
+            .with_source(source)
+            .with_cause();
         err.inner_mut().may_have_been_processed = processed;
         err
     }
 
     pub(crate) fn body(target: Option<&Target>, source: hyper::Error) -> Self {
-        let mut err =
-            Error::new(ErrorKind::Body, Phase::Body, "response body failed").with_source(source);
+        let mut err = Error::new(ErrorKind::Body, Phase::Body, "response body failed")
+            .with_source(source)
+            .with_cause();
         if let Some(target) = target {
             err = err.with_target(target);
         }
@@ -329,6 +370,9 @@ impl fmt::Debug for Error {
         if let Some(target) = &self.inner.target {
             d.field("target", target);
         }
+        if let Some(cause) = &self.inner.cause {
+            d.field("cause", cause);
+        }
         if let Some(source) = &self.inner.source {
             d.field("source", source);
         }
@@ -342,6 +386,9 @@ impl fmt::Display for Error {
         if let Some(target) = &self.inner.target {
             write!(f, " for {target}")?;
         }
+        if let Some(cause) = &self.inner.cause {
+            write!(f, ": {cause}")?;
+        }
         write!(f, " ({} phase)", self.inner.phase)
     }
 }
@@ -353,4 +400,49 @@ impl StdError for Error {
             .as_ref()
             .map(|s| &**s as &(dyn StdError + 'static))
     }
+}
+
+/// The cause of an `https` target's failed connect when the connector
+/// speaks no TLS.
+const NO_TLS: &str = "the connector does not speak TLS; an https target needs a TLS \
+     connector (tls::TlsConnector, feature `tls`, or another TLS connector)";
+
+/// Whether `source` is hyper-util's `HttpConnector` refusing a URI that is
+/// not `http`: for an `https` target, a pool built without TLS.
+fn refused_https(source: Option<&(dyn StdError + Send + Sync + 'static)>) -> bool {
+    let mut current = source.map(|e| e as &(dyn StdError + 'static));
+    while let Some(error) = current {
+        if error.to_string() == "invalid URL, scheme is not http" {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// The immediate cause of an error, in words: the messages of `source`'s
+/// chain, outermost first (`tcp connect error: connection refused`). An
+/// operating-system error is named by its kind, without its code.
+fn cause_of(source: &(dyn StdError + Send + Sync + 'static)) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut current = Some(source as &(dyn StdError + 'static));
+    // A chain is short; a few levels say what happened.
+    while let Some(error) = current.take().filter(|_| words.len() < 4) {
+        let said = match error.downcast_ref::<std::io::Error>() {
+            Some(io) if io.raw_os_error().is_some() => {
+                let kind = io.kind().to_string();
+                match io.kind() {
+                    std::io::ErrorKind::Other => io.to_string(),
+                    _ if kind == "uncategorized error" => io.to_string(),
+                    _ => kind,
+                }
+            }
+            _ => error.to_string(),
+        };
+        if words.last() != Some(&said) && !said.is_empty() {
+            words.push(said);
+        }
+        current = error.source();
+    }
+    words.join(": ")
 }

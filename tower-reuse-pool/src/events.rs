@@ -118,14 +118,24 @@ pub enum ConnectReason {
 }
 
 /// Why a connection closed.
+///
+/// A change of configuration at run time closes connections under the
+/// reason of the limit that changed: the kill switch turned on closes idle
+/// connections as [`KillSwitch`](CloseReason::KillSwitch), a lowered
+/// `max_idle_per_target` as [`OverLimit`](CloseReason::OverLimit), a lowered
+/// `max_requests_per_connection` retires as [`MaxRequests`](CloseReason::MaxRequests).
+/// A connection's lifetime is fixed when it opens: a changed `max_lifetime`
+/// applies to the connections opened after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
     /// Idle longer than `idle_timeout` (or the server's `Keep-Alive: timeout`).
     IdleTimeout,
-    /// Older than `max_lifetime`.
+    /// Older than `max_lifetime` (as it was when the connection opened), or
+    /// than the age its connector gave it (`Established::max_age`).
     MaxLifetime,
-    /// Served `max_requests_per_connection`.
+    /// Served `max_requests_per_connection` (also after the limit was
+    /// lowered at run time).
     MaxRequests,
     /// The server closed it.
     ServerClosed,
@@ -140,17 +150,16 @@ pub enum CloseReason {
     /// More idle connections than `max_idle_per_target` (also after the
     /// limit was lowered at run time).
     OverLimit,
-    /// Reuse is switched off: one request per connection.
+    /// Reuse is switched off: one request per connection, and the idle
+    /// connections close when the switch is turned on.
     KillSwitch,
-    /// A policy change retired it.
-    PolicyChange,
     /// The pool was dropped.
     PoolDropped,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::IdleTimeout,
         CloseReason::MaxLifetime,
         CloseReason::MaxRequests,
@@ -161,7 +170,6 @@ impl CloseReason {
         CloseReason::Abandoned,
         CloseReason::OverLimit,
         CloseReason::KillSwitch,
-        CloseReason::PolicyChange,
         CloseReason::PoolDropped,
     ];
 
@@ -185,7 +193,6 @@ impl CloseReason {
             CloseReason::Abandoned => "abandoned",
             CloseReason::OverLimit => "over_limit",
             CloseReason::KillSwitch => "kill_switch",
-            CloseReason::PolicyChange => "policy_change",
             CloseReason::PoolDropped => "pool_dropped",
         }
     }

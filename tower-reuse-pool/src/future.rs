@@ -263,7 +263,12 @@ where
             }
         }
         let req = slot.as_mut().expect("a request to send");
-        let client_close = prepare(req, checkout.protocol, &checkout.pool.host);
+        let client_close = prepare(
+            req,
+            checkout.protocol,
+            &checkout.pool.host,
+            &checkout.pool.target,
+        );
         let replayable = may_retry
             && retried.is_none()
             && checkout.reused
@@ -456,9 +461,15 @@ where
     Response::from_parts(parts, PoolBody::new(body, guard, permit))
 }
 
-/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2.
-/// Returns whether the caller asked for `Connection: close`.
-fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue) -> bool {
+/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2,
+/// without user info (its authority is `:authority`). Returns whether the
+/// caller asked for `Connection: close`.
+fn prepare<B>(
+    req: &mut Request<B>,
+    protocol: Protocol,
+    host: &http::HeaderValue,
+    target: &Target,
+) -> bool {
     match protocol {
         Protocol::Http1 => {
             if req.uri().scheme().is_some() {
@@ -486,6 +497,17 @@ fn prepare<B>(req: &mut Request<B>, protocol: Protocol, host: &http::HeaderValue
             tokens.close
         }
         Protocol::Http2 => {
+            if req
+                .uri()
+                .authority()
+                .is_some_and(|a| a.as_str().contains('@'))
+            {
+                let mut parts = req.uri().clone().into_parts();
+                parts.authority = Some(target.authority().clone());
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
             *req.version_mut() = Version::HTTP_2;
             false
         }

@@ -44,6 +44,19 @@
 //! println!("{} bytes, reused connection: {reused}", body.len());
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! None is on by default.
+//!
+//! | Feature | What it adds |
+//! |---|---|
+//! | `tls` | Module `tls`: `TlsConnector` and `TlsLayer` (rustls, over any transport connector), the partitioned `SessionCache`, `TlsError`. Enables no crypto provider: the application's `rustls::ClientConfig` brings its own. |
+//! | `serde` | `Deserialize` for [`PoolConfig`] (and, with `tls`, for `SessionCacheConfig`), so a policy file can carry them; durations are written `"250ms"`, `"55s"`, `"5m"`, `"1h"`, a number of seconds, or `"off"`. |
+//! | `tracing` | `tracing` events at debug level when a connection opens, fails to open and closes (with the target, never its partition). |
+
+// On docs.rs: label each item with the features it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The README's examples, TLS included: compiled as doc tests whenever the
 // `tls` feature is on (as in `cargo test --workspace`).

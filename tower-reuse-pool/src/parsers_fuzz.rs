@@ -245,14 +245,25 @@ proptest! {
             return Ok(());
         };
         match Target::from_uri(&uri, None) {
-            Err(error) => prop_assert_eq!(
-                (error.kind(), error.phase()),
-                (ErrorKind::InvalidRequest, Phase::Request),
-                "{}: {}", uri, error
-            ),
+            Err(error) => {
+                prop_assert_eq!(
+                    (error.kind(), error.phase()),
+                    (ErrorKind::InvalidRequest, Phase::Request),
+                    "{}: {}", uri, error
+                );
+                // User info never reaches an error.
+                for shown in [error.to_string(), format!("{error:?}")] {
+                    prop_assert!(!shown.contains("u:p@") && !shown.contains("user@"), "{}", shown);
+                }
+            }
             Ok(target) => {
                 prop_assert_eq!(Some(target.scheme()), uri.scheme());
-                prop_assert_eq!(Some(target.authority()), uri.authority());
+                // Host and port only: any user info is dropped.
+                let authority = uri.authority().expect("a target's URI has an authority");
+                prop_assert_eq!(target.authority().host(), authority.host());
+                prop_assert_eq!(target.authority().port_u16(), authority.port_u16());
+                prop_assert!(!target.authority().as_str().contains('@'));
+                prop_assert!(!target.to_string().contains('@'));
                 prop_assert!(!target.authority().host().is_empty());
                 prop_assert!(target.is_https() || target.scheme() == &http::uri::Scheme::HTTP);
                 // Printed and parsed again, or as the URI handed to the

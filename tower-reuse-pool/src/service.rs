@@ -26,7 +26,39 @@ use crate::target_pool::{Common, Dial, TargetPool};
 /// A pooling HTTP client over the connector `C`, for request bodies `B`.
 ///
 /// Built by [`PoolLayer`](crate::PoolLayer). Cheap to clone; clones share
-/// the pool. Requests must carry an absolute `http` or `https` URI.
+/// the pool. Requests must carry an absolute `http` or `https` URI: the
+/// pool connects to its scheme, host and port. A request without one fails
+/// with [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest),
+/// saying so. User info in the URI (`user:password@`) is dropped, never
+/// sent (see [`Target`](crate::Target#user-info)): for basic
+/// authentication set the `Authorization` header.
+///
+/// # With tonic
+///
+/// tonic's clients send origin-form URIs (`/package.Service/Method`), so
+/// tell tonic where the server is with `with_origin`, on a generated client
+/// (`HealthClient::with_origin(pool, origin)`) or on
+/// `tonic::client::Grpc`. gRPC needs HTTP/2: over plain TCP by prior
+/// knowledge, as here; over TLS, ALPN chooses it. The pool's request body
+/// is tonic's.
+///
+/// ```
+/// use hyper_util::client::legacy::connect::HttpConnector;
+/// use tower::Layer;
+/// use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let config = PoolConfig::default().http2_prior_knowledge(true);
+/// let pool: Pool<HttpConnector, tonic::body::Body> =
+///     PoolLayer::new(config)?.layer(HttpConnector::new());
+/// let origin = "http://127.0.0.1:50051".parse()?;
+/// // Or `HealthClient::with_origin(pool, origin)`, and so on: without the
+/// // origin, every call fails with "the request URI has no authority".
+/// let mut grpc = tonic::client::Grpc::with_origin(pool, origin);
+/// grpc.ready().await?;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Backpressure
 ///

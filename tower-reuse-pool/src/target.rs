@@ -47,6 +47,25 @@ impl fmt::Debug for Partition {
 /// Where a connection goes: scheme + authority + optional [`Partition`].
 ///
 /// Connections are pooled per target and never cross targets.
+///
+/// # User info
+///
+/// The authority is host and port only. User info in a URL
+/// (`http://user:password@host/`) is dropped: the pool sends no credential
+/// on its own, not in `Host`, not in HTTP/2's `:authority`, and no
+/// `Display`, `Debug`, error or event shows one. URLs that differ only in
+/// user info are one target and share connections. A caller who wants basic
+/// authentication sets the `Authorization` header; one whose credentials
+/// must not share connections gives each set its own [`Partition`].
+///
+/// ```
+/// use tower_reuse_pool::Target;
+///
+/// let uri = "http://user:secret@example.com:8080/x".parse().unwrap();
+/// let target = Target::from_uri(&uri, None).unwrap();
+/// assert_eq!(target.authority(), "example.com:8080");
+/// assert_eq!(target.to_string(), "http://example.com:8080");
+/// ```
 #[derive(Clone)]
 pub struct Target {
     scheme: Scheme,
@@ -58,6 +77,7 @@ impl Target {
     /// A target for `scheme://authority` in `partition`.
     ///
     /// Only `http` and `https` are accepted, and an authority with a host.
+    /// User info in `authority` is dropped (see [Target#user-info]).
     ///
     /// ```
     /// use http::uri::Scheme;
@@ -74,8 +94,13 @@ impl Target {
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(Error::unsupported_scheme(scheme.as_str()));
         }
+        let authority = match authority.as_str().rsplit_once('@') {
+            // What follows a valid authority's user info is a valid authority.
+            Some((_, host)) => Authority::try_from(host).map_err(|_| Error::empty_host(host))?,
+            None => authority,
+        };
         if authority.host().is_empty() {
-            return Err(Error::empty_host(&authority));
+            return Err(Error::empty_host(authority.as_str()));
         }
         Ok(Target {
             scheme,
@@ -94,12 +119,10 @@ impl Target {
     /// assert!(Target::from_uri(&"/relative".parse().unwrap(), None).is_err());
     /// ```
     pub fn from_uri(uri: &Uri, partition: Option<Partition>) -> Result<Self, Error> {
-        let authority = uri
-            .authority()
-            .ok_or_else(|| Error::invalid_uri("the URI has no authority (host)", uri))?;
+        let authority = uri.authority().ok_or_else(Error::no_authority)?;
         let scheme = uri
             .scheme()
-            .ok_or_else(|| Error::invalid_uri("the URI has no scheme", uri))?;
+            .ok_or_else(|| Error::no_scheme(host_and_port(authority)))?;
         Target::new(scheme.clone(), authority.clone(), partition)
     }
 
@@ -119,7 +142,7 @@ impl Target {
         &self.scheme
     }
 
-    /// Host and port.
+    /// Host and port (never user info).
     pub fn authority(&self) -> &Authority {
         &self.authority
     }
@@ -174,7 +197,8 @@ impl Target {
 #[derive(Clone, Copy)]
 pub(crate) struct TargetKey<'a> {
     scheme: &'a Scheme,
-    authority: &'a Authority,
+    /// Host and port, without user info.
+    authority: &'a str,
     partition: Option<&'a Partition>,
 }
 
@@ -188,7 +212,7 @@ impl<'a> TargetKey<'a> {
         let uri = req.uri();
         Some(TargetKey {
             scheme: uri.scheme()?,
-            authority: uri.authority()?,
+            authority: host_and_port(uri.authority()?),
             partition: req.extensions().get::<Partition>(),
         })
     }
@@ -201,7 +225,7 @@ impl Hash for TargetKey<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.scheme.hash(state);
         let mut buf = [0u8; 64];
-        for chunk in self.authority.as_str().as_bytes().chunks(buf.len()) {
+        for chunk in self.authority.as_bytes().chunks(buf.len()) {
             let lower = &mut buf[..chunk.len()];
             lower.copy_from_slice(chunk);
             lower.make_ascii_lowercase();
@@ -211,13 +235,13 @@ impl Hash for TargetKey<'_> {
     }
 }
 
-/// Byte equality of the authorities first: `Authority`'s own is a slower
-/// case-insensitive walk, needed only when the bytes differ.
+/// Byte equality of the authorities first: the case-insensitive walk
+/// (`Authority`'s equality) is needed only when the bytes differ.
 impl PartialEq for TargetKey<'_> {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.authority, other.authority);
-        (a.as_str() == b.as_str() || a == b)
+        (a == b || a.eq_ignore_ascii_case(b))
             && self.scheme == other.scheme
             && self.partition == other.partition
     }
@@ -235,7 +259,7 @@ impl Keyed for Target {
     fn key(&self) -> TargetKey<'_> {
         TargetKey {
             scheme: &self.scheme,
-            authority: &self.authority,
+            authority: self.authority.as_str(),
             partition: self.partition.as_ref(),
         }
     }
@@ -281,6 +305,16 @@ impl PartialEq for Target {
 }
 
 impl Eq for Target {}
+
+/// An authority without its user info: what follows the last `@` (a host
+/// never holds one).
+#[inline]
+pub(crate) fn host_and_port(authority: &Authority) -> &str {
+    let authority = authority.as_str();
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
 
 /// Prints `scheme://authority`, never the partition.
 impl fmt::Display for Target {

@@ -97,23 +97,35 @@ impl SessionCacheConfig {
     }
 }
 
+/// How its errors name this configuration.
+const SESSION_CACHE: &str = "TLS session cache";
+
 pub(super) fn check_max_servers(max: usize) -> Result<(), ConfigError> {
     match max {
-        0 => Err(ConfigError::new("max_servers", "must be at least 1")),
+        0 => Err(ConfigError::of(
+            SESSION_CACHE,
+            "max_servers",
+            "must be at least 1",
+        )),
         _ => Ok(()),
     }
 }
 
 pub(super) fn check_tickets_per_server(max: usize) -> Result<(), ConfigError> {
     match max {
-        0 => Err(ConfigError::new("tickets_per_server", "must be at least 1")),
+        0 => Err(ConfigError::of(
+            SESSION_CACHE,
+            "tickets_per_server",
+            "must be at least 1",
+        )),
         _ => Ok(()),
     }
 }
 
 pub(super) fn check_max_ticket_age(age: Option<Duration>) -> Result<(), ConfigError> {
     match age {
-        Some(Duration::ZERO) => Err(ConfigError::new(
+        Some(Duration::ZERO) => Err(ConfigError::of(
+            SESSION_CACHE,
             "max_ticket_age",
             "must be longer than zero (use None to disable)",
         )),
