@@ -203,8 +203,8 @@ impl PoolConfig {
     knob! {
         /// Warm idle connections kept ready for every target already seen,
         /// refilled in the background. Suspended while reuse is off (the
-        /// kill switch): then no connection opens but for a request.
-        /// Defaults to 0.
+        /// kill switch): then no connection opens but for a request. At
+        /// most [`MAX_MIN_IDLE`](Self::MAX_MIN_IDLE). Defaults to 0.
         min_idle_per_target, get_min_idle_per_target: usize
     }
     knob! {
@@ -246,6 +246,10 @@ impl PoolConfig {
         /// when the pool is built. Defaults to `None`.
         max_requests_in_flight, get_max_requests_in_flight: Option<usize>
     }
+
+    /// The largest `min_idle_per_target`: 1 024 warm connections to one
+    /// target, a bound on the sockets and memory pre-warming alone may hold.
+    pub const MAX_MIN_IDLE: usize = 1024;
 
     /// The largest `max_requests_in_flight`: what a tokio semaphore can count.
     pub const MAX_REQUESTS_IN_FLIGHT: usize = tokio::sync::Semaphore::MAX_PERMITS;
@@ -308,6 +312,12 @@ impl PoolConfig {
                     "must be at most 365 days (use None to disable)",
                 ));
             }
+        }
+        if self.min_idle_per_target > Self::MAX_MIN_IDLE {
+            return Err(ConfigError::new(
+                "min_idle_per_target",
+                "must be at most PoolConfig::MAX_MIN_IDLE (1024)",
+            ));
         }
         if self
             .max_requests_in_flight
@@ -478,6 +488,17 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.field(), "max_requests_in_flight");
         }
+    }
+
+    #[test]
+    fn bounds_min_idle() {
+        let at_most = PoolConfig::default().min_idle_per_target(PoolConfig::MAX_MIN_IDLE);
+        assert!(at_most.validate().is_ok());
+        let err = PoolConfig::default()
+            .min_idle_per_target(PoolConfig::MAX_MIN_IDLE + 1)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field(), "min_idle_per_target");
     }
 
     #[test]
