@@ -77,7 +77,7 @@ pub use body::PoolBody;
 pub use config::{ConfigError, PoolConfig};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};
-pub use control::{PoolControl, PoolSnapshot, TargetSnapshot};
+pub use control::{Http2Snapshot, PoolControl, PoolSnapshot, TargetSnapshot};
 pub use error::{BoxError, Error, ErrorKind, Phase};
 pub use future::ResponseFuture;
 pub use hints::keep_alive_timeout;
