@@ -312,7 +312,7 @@ pub(crate) struct Http2Conn<B> {
 
 /// How long a connection keeps a limit learned from a refusal before it
 /// tries one stream more, and again after each step up.
-pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(10);
 
 /// The stream limit a server enforces, learned from its refusals.
 ///

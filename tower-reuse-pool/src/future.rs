@@ -339,6 +339,8 @@ where
                 // The server did not process a refused stream, nor one above the
                 // last stream id of its GOAWAY (RFC 9113, 8.7): it goes back
                 // to the queue, up to `MAX_REFUSALS` times, retry or not.
+                // Not the first stream of a brand-new connection: a server
+                // that takes none would make each refusal a connect.
                 let unprocessed = matches!(
                     reason,
                     Some(RetryReason::RefusedStream | RetryReason::GoAway)
@@ -347,10 +349,11 @@ where
                 let retry = reason.filter(|_| {
                     again.is_some()
                         && may_retry
+                        && checkout.reused
                         && if unprocessed {
                             !too_often
                         } else {
-                            checkout.reused && retried.is_none()
+                            retried.is_none()
                         }
                 });
                 *slot = retry.and(again);

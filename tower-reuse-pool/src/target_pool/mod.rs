@@ -26,9 +26,7 @@ use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshak
 use crate::connect::StreamLimit;
 use crate::control::{Http2Snapshot, TargetSnapshot};
 use crate::error::Error;
-use crate::events::{
-    Calmed, CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents, Refused,
-};
+use crate::events::{Calmed, CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents, Refused};
 use crate::sync::{self, MutexGuard};
 use crate::target::Target;
 
