@@ -230,9 +230,9 @@ pub(crate) enum Exchange {
     },
 }
 
-/// How many times a request the server never processed (a refused stream,
-/// or one above a graceful GOAWAY's last stream id) is queued again before
-/// it fails.
+/// How many times a server may leave a request unprocessed (a refused
+/// stream, or one above a graceful GOAWAY's last stream id): the request
+/// is queued again after each but the last, which fails it.
 pub(crate) const MAX_REFUSALS: u32 = 10;
 
 /// Send the request in `slot` on `checkout`'s connection and wrap the
@@ -338,14 +338,14 @@ where
                 };
                 // The server did not process a refused stream, nor one above the
                 // last stream id of its GOAWAY (RFC 9113, 8.7): it goes back
-                // to the queue, up to `MAX_REFUSALS` times, retry or not.
+                // to the queue, short of `MAX_REFUSALS`, retry or not.
                 // Not the first stream of a brand-new connection: a server
                 // that takes none would make each refusal a connect.
                 let unprocessed = matches!(
                     reason,
                     Some(RetryReason::RefusedStream | RetryReason::GoAway)
                 );
-                let too_often = unprocessed && refusals + 1 > MAX_REFUSALS;
+                let too_often = unprocessed && refusals + 1 >= MAX_REFUSALS;
                 let retry = reason.filter(|_| {
                     again.is_some()
                         && may_retry
@@ -562,8 +562,8 @@ fn take<B>(slot: &mut Option<Request<B>>) -> Request<B> {
 }
 
 /// The whole request-level path, with at most one retry, and a request
-/// the server never processed queued again up to [`MAX_REFUSALS`] times
-/// within its checkout timeout.
+/// the server never processed queued again, short of [`MAX_REFUSALS`]
+/// refusals and within its checkout timeout.
 ///
 /// A plain function returning an `async move` block, for the reason given
 /// at [`exchange`].

@@ -95,8 +95,8 @@ impl<B> TargetPool<B> {
             if let Some((until, _)) = state.prewarm_backoff {
                 soonest(Some(until));
             }
-            if let Some((until, _)) = state.calm_backoff.filter(|(until, _)| *until > now) {
-                soonest(Some(until));
+            if let Some(calm) = state.calm_backoff.filter(|calm| calm.until > now) {
+                soonest(Some(calm.until));
             }
             // Connections checked out now come back with an idle deadline no
             // sooner than this: waking here keeps check-ins from waking the

@@ -263,9 +263,8 @@ struct State<B> {
     /// Rotation replacements that arrived while the connection to retire was checked out.
     retirements_due: usize,
     prewarm_backoff: Option<(Instant, Duration)>,
-    /// After `ENHANCE_YOUR_CALM`: no connect before the instant; the
-    /// back-off it was.
-    calm_backoff: Option<(Instant, Duration)>,
+    /// After `ENHANCE_YOUR_CALM`: no connect before this.
+    calm_backoff: Option<CalmBackoff>,
     last_active: Instant,
     counters: Counters,
     override_config: Option<Arc<PoolConfig>>,
@@ -301,12 +300,21 @@ impl<B> State<B> {
     /// The server sent `ENHANCE_YOUR_CALM`: no connect for a while, longer
     /// each time it comes again before the last back-off is twice over.
     fn calm_down(&mut self, id: ConnId, now: Instant, fx: &mut Effects<B>) {
-        self.counters.calm += 1;
         let backoff = match self.calm_backoff {
-            Some((until, last)) if now < until + last => (last * 2).min(CALM_BACKOFF_MAX),
+            // One connection's signal counts once (a reset stream, then
+            // the GOAWAY that ends the connection).
+            Some(last) if last.id == id => return,
+            Some(last) if now < last.until + last.backoff => {
+                (last.backoff * 2).min(CALM_BACKOFF_MAX)
+            }
             _ => CALM_BACKOFF,
         };
-        self.calm_backoff = Some((now + backoff, backoff));
+        self.counters.calm += 1;
+        self.calm_backoff = Some(CalmBackoff {
+            until: now + backoff,
+            backoff,
+            id,
+        });
         fx.wake_at(Some(now + backoff));
         fx.calmed = Some((id, backoff));
     }
@@ -315,8 +323,8 @@ impl<B> State<B> {
     /// the reaper is woken when it ends.
     fn calming(&self, now: Instant, fx: &mut Effects<B>) -> bool {
         match self.calm_backoff {
-            Some((until, _)) if until > now => {
-                fx.wake_at(Some(until));
+            Some(calm) if calm.until > now => {
+                fx.wake_at(Some(calm.until));
                 true
             }
             _ => false,
@@ -354,6 +362,16 @@ struct Effects<B> {
     wake_reaper: Option<Instant>,
     refused: Option<RefusedInfo>,
     calmed: Option<(ConnId, Duration)>,
+}
+
+/// A back-off after `ENHANCE_YOUR_CALM`.
+#[derive(Clone, Copy)]
+struct CalmBackoff {
+    /// No connect before this.
+    until: Instant,
+    backoff: Duration,
+    /// The connection whose server asked for calm.
+    id: ConnId,
 }
 
 /// A refusal, for its event.
@@ -817,7 +835,9 @@ impl<B> TargetPool<B> {
     }
 
     pub(crate) fn snapshot(&self) -> TargetSnapshot {
-        let state = self.lock();
+        let mut state = self.lock();
+        // Learned limits as they stand now, not as the reaper last saw them.
+        state.probe_learned_limits(Instant::now());
         let idle = state.idle.len()
             + state
                 .h2
@@ -853,7 +873,7 @@ impl<B> TargetPool<B> {
             refused: state.counters.refused,
             requeued: state.counters.requeued,
             calm: state.counters.calm,
-            calm_backoff: state.calm_backoff.map(|(until, _)| until),
+            calm_backoff: state.calm_backoff.map(|calm| calm.until),
             http2,
             tls_full: state.counters.tls_full,
             tls_resumed: state.counters.tls_resumed,
