@@ -214,7 +214,10 @@ fn a_request_refused_ten_times_fails_unprocessed_and_the_limit_steps_back_up() {
             (ErrorKind::Send, Phase::Send, false),
             "{error:?}"
         );
-        assert!(error.to_string().contains("refused the request 10 times"), "{error}");
+        assert!(
+            error.to_string().contains("refused the request 10 times"),
+            "{error}"
+        );
         // Refused with nothing in flight, the connection carried no stream
         // until each probe: nine waits between ten sends.
         assert_eq!(Instant::now() - start, PROBE_AFTER * 9);
@@ -308,7 +311,10 @@ fn enhance_your_calm_fails_the_request_and_backs_off_the_next_connect() {
         let error = send(&mut client.clone(), get(URL, 1))
             .await
             .expect_err("reset with ENHANCE_YOUR_CALM");
-        assert_eq!((error.kind(), error.phase()), (ErrorKind::Send, Phase::Send));
+        assert_eq!(
+            (error.kind(), error.phase()),
+            (ErrorKind::Send, Phase::Send)
+        );
         assert!(error.to_string().contains("ENHANCE_YOUR_CALM"), "{error}");
         assert!(error.may_have_been_processed());
         let target = only(&client);

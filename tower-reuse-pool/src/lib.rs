@@ -52,6 +52,7 @@
 pub struct ReadmeDoctests;
 
 mod body;
+mod buffer;
 mod config;
 mod conn;
 mod connect;
@@ -74,6 +75,7 @@ mod target_pool;
 pub mod tls;
 
 pub use body::PoolBody;
+pub use buffer::{BufferBody, BufferBodyLayer, BufferedBody};
 pub use config::{ConfigError, PoolConfig};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};
