@@ -297,10 +297,11 @@ async fn refused_stream_is_queued_again_and_served_by_another_connection() {
     assert_eq!(refused_on.refused(), refusals);
 }
 
-/// The first stream of a brand-new connection is not queued again when
-/// refused: a server that takes nothing would make each refusal a connect.
+/// A server that refuses every stream: the request goes back to the queue
+/// until its tenth refusal, which fails it, typed as never processed; the
+/// learned limits hold connects back (no connect per refusal).
 #[tokio::test]
-async fn a_refusal_of_a_new_connections_first_stream_is_a_typed_error() {
+async fn a_server_refusing_every_stream_fails_the_request_at_its_tenth_refusal() {
     // Every stream but the very first is refused, on every connection.
     let server = H2Server::start(H2Options::replying(|s| {
         if is(s, 0, 0) {
@@ -316,20 +317,25 @@ async fn a_refusal_of_a_new_connections_first_stream_is_a_typed_error() {
 
     let error = bounded(send(&mut client.clone(), get(&url, 1)))
         .await
-        .expect_err("refused twice");
+        .expect_err("refused every time");
     assert_eq!(
         (error.kind(), error.phase()),
         (ErrorKind::Send, Phase::Send)
     );
     assert!(!error.may_have_been_processed(), "{error}");
-    let target = only(&client);
-    assert_eq!((target.retries(), target.requeued()), (0, 1));
-    assert!(retries.seen().is_empty());
-    assert_eq!(
-        server.seen().streams(),
-        3,
-        "the first request, then refused on connection 0 and on connection 1"
+    assert!(
+        error.to_string().contains("refused the request 10 times"),
+        "{error}"
     );
+    let target = only(&client);
+    assert_eq!(
+        (target.retries(), target.requeued(), target.refused()),
+        (0, 9, 10)
+    );
+    assert!(retries.seen().is_empty());
+    let seen = server.seen();
+    assert_eq!(seen.streams(), 11, "the first request, then 10 refusals");
+    assert!(seen.accepted() <= 2, "a connect per refusal: {seen:?}");
 }
 
 #[tokio::test]

@@ -363,6 +363,11 @@ impl LearnedLimit {
         self.effective.map_or(advertised, |e| e.min(advertised))
     }
 
+    /// Whether a refusal holds the limit below the advertised one.
+    pub(crate) fn is_lowered(&self) -> bool {
+        self.effective.is_some()
+    }
+
     /// When the limit next goes up, if it is below the advertised one.
     pub(crate) fn probe_at(&self) -> Option<Instant> {
         self.probe_at

@@ -339,17 +339,19 @@ where
                 // The server did not process a refused stream, nor one above the
                 // last stream id of its GOAWAY (RFC 9113, 8.7): it goes back
                 // to the queue, short of `MAX_REFUSALS`, retry or not.
-                // Not the first stream of a brand-new connection: a server
-                // that takes none would make each refusal a connect.
+                // Above a GOAWAY, not the first stream of a brand-new
+                // connection: a server that takes none would make each a
+                // connect. A refused stream's connection stays, with a
+                // learned limit that holds connects back.
                 let unprocessed = matches!(
                     reason,
                     Some(RetryReason::RefusedStream | RetryReason::GoAway)
                 );
                 let too_often = unprocessed && refusals + 1 >= MAX_REFUSALS;
-                let retry = reason.filter(|_| {
+                let retry = reason.filter(|reason| {
                     again.is_some()
                         && may_retry
-                        && checkout.reused
+                        && (checkout.reused || *reason == RetryReason::RefusedStream)
                         && if unprocessed {
                             !too_often
                         } else {

@@ -196,8 +196,14 @@ impl<B> TargetPool<B> {
         {
             let mut state = self.lock();
             let config = self.config_of(&state);
-            state.h2_streams_hint = limit.max(1);
-            state.h2_learned = Some(limit.max(1));
+            // A limit of 0 (a server pausing a connection, or one read
+            // after the connection ended) says nothing of what the next
+            // connection will carry: planning as if one stream would open a
+            // connection per waiter.
+            if limit > 0 {
+                state.h2_streams_hint = limit;
+                state.h2_learned = Some(limit);
+            }
             self.dispatch(&mut state, &config, now, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
         }

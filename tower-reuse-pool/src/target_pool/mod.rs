@@ -297,6 +297,22 @@ impl<B> State<B> {
         }
     }
 
+    /// Whether limits learned from refusals keep a connect back: they may
+    /// cost one connection more than the advertised limits call for (the
+    /// streams in flight and waiting), not more. A server that refuses
+    /// below its advertised limit frees its slots later, and the learned
+    /// limits step back up.
+    fn learned_limits_hold_back(&self) -> bool {
+        let (mut live, mut in_flight, mut lowered) = (0, 0, false);
+        for conn in self.h2.iter().filter(|c| !c.life.is_draining()) {
+            live += 1;
+            in_flight += conn.streams;
+            lowered |= conn.learned.is_lowered();
+        }
+        let demand = in_flight + self.waiters.len();
+        lowered && live + self.connecting > demand.div_ceil(self.h2_streams_hint.max(1))
+    }
+
     /// The server sent `ENHANCE_YOUR_CALM`: no connect for a while, longer
     /// each time it comes again before the last back-off is twice over.
     fn calm_down(&mut self, id: ConnId, now: Instant, fx: &mut Effects<B>) {
@@ -709,7 +725,9 @@ impl<B> TargetPool<B> {
                 }
                 Some(Protocol::Http1) => state.connecting,
                 Some(Protocol::Http2) => {
-                    if !config.http2_scale_out && !state.h2.is_empty() {
+                    if !config.http2_scale_out && !state.h2.is_empty()
+                        || state.learned_limits_hold_back()
+                    {
                         usize::MAX
                     } else {
                         // Saturating: a server without a stream limit
