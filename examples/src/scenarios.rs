@@ -22,8 +22,9 @@ pub const ALL: [&str; 9] = [
 
 /// Scenarios run only when named with `--scenario`: the fault-injection
 /// runs, which check correctness rather than measure speed and would take
-/// the default suite past 3 minutes.
-pub const OPT_IN: [&str; 2] = ["chaos", "chaos-h2"];
+/// the default suite past 3 minutes, and `h2-refuse`, a server that refuses
+/// streams within its advertised limit (as grpc-core does).
+pub const OPT_IN: [&str; 3] = ["chaos", "chaos-h2", "h2-refuse"];
 
 /// Size overrides from the command line.
 #[derive(Clone, Debug, Default)]
@@ -207,6 +208,26 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 .server
                 .h2_max_concurrent_streams(Some(16))
                 .latency(Some(Duration::from_millis(5)));
+            s
+        }
+        "h2-refuse" => {
+            let workers = sizes.concurrency(256);
+            let mut s = scenario(
+                "h2-refuse",
+                format!(
+                    "h2c, server allows 16 streams, adds 5 ms and frees a stream's slot 2 ms \
+                     after it ends, refusing streams meanwhile (as grpc-core does); \
+                     {workers} concurrent requests"
+                ),
+                Protocol::Http2,
+                false,
+                closed(256, 2),
+            );
+            s.server = s
+                .server
+                .h2_max_concurrent_streams(Some(16))
+                .latency(Some(Duration::from_millis(5)))
+                .h2_late_release(Some(Duration::from_millis(2)));
             s
         }
         "bursty" => {
