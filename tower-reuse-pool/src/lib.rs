@@ -13,7 +13,14 @@
 //!   rotation, max requests, the server's `Connection: close`, HTTP/1.0 and
 //!   `Keep-Alive: timeout`; one reaper task per pool;
 //! - HTTP/2 by prior knowledge or ALPN, honouring the server's stream limit
-//!   and opening more connections when all are full; GOAWAY drains;
+//!   and opening more connections when all are full; GOAWAY drains; a
+//!   stream the server never processed (refused, or above a graceful
+//!   GOAWAY's last stream id) goes back to the queue, not counting as the
+//!   retry, and its connection carries no more streams than the server had
+//!   accepted, stepping back up later (servers such as grpc-core free a
+//!   stream's slot after the client has seen it end); `ENHANCE_YOUR_CALM`
+//!   backs off; [`BufferBodyLayer`] makes a gRPC unary call's body
+//!   replayable for this;
 //! - safe retry: at most once, only on a reused connection, only when the
 //!   request was never written, the stream was refused or above a GOAWAY's
 //!   last stream id, or an idempotent request met the connection closing
