@@ -210,24 +210,18 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 .latency(Some(Duration::from_millis(5)));
             s
         }
+        // `h2-stream-limit`'s server and load, but a stream's slot is freed
+        // late: the two compare.
         "h2-refuse" => {
-            let workers = sizes.concurrency(256);
-            let mut s = scenario(
-                "h2-refuse",
-                format!(
-                    "h2c, server allows 16 streams, adds 5 ms and frees a stream's slot 2 ms \
-                     after it ends, refusing streams meanwhile (as grpc-core does); \
-                     {workers} concurrent requests"
-                ),
-                Protocol::Http2,
-                false,
-                closed(256, 2),
+            let mut s = build("h2-stream-limit", sizes)?;
+            s.name = "h2-refuse";
+            s.description = format!(
+                "h2c, server allows 16 streams, adds 5 ms and frees a stream's slot 2 ms \
+                 after it ends, refusing streams meanwhile (as grpc-core does); {} \
+                 concurrent requests",
+                sizes.concurrency(256)
             );
-            s.server = s
-                .server
-                .h2_max_concurrent_streams(Some(16))
-                .latency(Some(Duration::from_millis(5)))
-                .h2_late_release(Some(Duration::from_millis(2)));
+            s.server = s.server.h2_late_release(Some(Duration::from_millis(2)));
             s
         }
         "bursty" => {

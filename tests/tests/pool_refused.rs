@@ -298,6 +298,25 @@ fn a_burst_at_four_times_a_late_releasing_limit_all_succeeds() {
     });
 }
 
+/// Request `id` fails on `ENHANCE_YOUR_CALM`, saying so, and is not
+/// replayed; returns how long
+/// the next request (`id + 1`) then waits, and its response head.
+async fn calmed_then_next(client: &Pool<MemoryH2>, id: u64) -> (Duration, http::response::Parts) {
+    let error = send(&mut client.clone(), get(URL, id))
+        .await
+        .expect_err("ENHANCE_YOUR_CALM");
+    assert_eq!(
+        (error.kind(), error.phase()),
+        (ErrorKind::Send, Phase::Send)
+    );
+    assert!(error.to_string().contains("ENHANCE_YOUR_CALM"), "{error}");
+    // The server may have processed it: not replayed.
+    assert!(error.may_have_been_processed(), "{error}");
+    let start = Instant::now();
+    let (parts, _) = send(&mut client.clone(), get(URL, id + 1)).await.unwrap();
+    (Instant::now() - start, parts)
+}
+
 /// `ENHANCE_YOUR_CALM` on a stream: the request fails saying so (the
 /// server may have processed it); the connection takes no new stream and
 /// closes; the next connect waits out the back-off, which doubles when the
@@ -308,37 +327,24 @@ fn enhance_your_calm_fails_the_request_and_backs_off_the_next_connect() {
         let server = MemoryH2::new(Behaviour::CalmAfter(1));
         let (client, seen) = watched_pool(&server, PoolConfig::default());
         send(&mut client.clone(), get(URL, 0)).await.unwrap();
-        let error = send(&mut client.clone(), get(URL, 1))
-            .await
-            .expect_err("reset with ENHANCE_YOUR_CALM");
-        assert_eq!(
-            (error.kind(), error.phase()),
-            (ErrorKind::Send, Phase::Send)
-        );
-        assert!(error.to_string().contains("ENHANCE_YOUR_CALM"), "{error}");
-        assert!(error.may_have_been_processed());
-        let target = only(&client);
-        assert_eq!(target.calm(), 1);
-        assert!(target.http2_connections().is_empty(), "{target:?}");
-        assert_eq!(seen.calmed.lock().unwrap().len(), 1);
-        assert_eq!(seen.calmed.lock().unwrap()[0].1, CALM_BACKOFF);
-
         // The next request waits for the back-off, then a new connection.
-        let start = Instant::now();
-        let (parts, _) = send(&mut client.clone(), get(URL, 2)).await.unwrap();
-        assert_eq!(Instant::now() - start, CALM_BACKOFF);
+        let (waited, parts) = calmed_then_next(&client, 1).await;
+        assert_eq!(waited, CALM_BACKOFF);
         assert!(!info(&parts).reused());
         assert_eq!(server.accepted(), 2);
+        assert_eq!(seen.calmed.lock().unwrap()[0].1, CALM_BACKOFF);
+        // The calmed connection took no new stream and closed.
+        let target = only(&client);
+        assert_eq!(target.calm(), 1);
+        assert_eq!(target.http2_connections().len(), 1, "{target:?}");
+        assert_eq!(server.conns()[0].streams, 2);
 
         // Asked again within the back-off's span: twice as long.
-        send(&mut client.clone(), get(URL, 3))
-            .await
-            .expect_err("reset with ENHANCE_YOUR_CALM");
-        let start = Instant::now();
-        send(&mut client.clone(), get(URL, 4)).await.unwrap();
-        assert_eq!(Instant::now() - start, CALM_BACKOFF * 2);
+        let (waited, _) = calmed_then_next(&client, 3).await;
+        assert_eq!(waited, CALM_BACKOFF * 2);
         assert_eq!(only(&client).calm(), 2);
         assert_eq!(server.accepted(), 3);
+        assert_eq!(seen.calmed.lock().unwrap().len(), 2);
     });
 }
 
@@ -350,13 +356,8 @@ fn a_goaway_with_enhance_your_calm_backs_off_the_next_connect() {
         let server = MemoryH2::new(Behaviour::CalmGoAwayAfter(1));
         let (client, seen) = watched_pool(&server, PoolConfig::default());
         send(&mut client.clone(), get(URL, 0)).await.unwrap();
-        let error = send(&mut client.clone(), get(URL, 1))
-            .await
-            .expect_err("GOAWAY with ENHANCE_YOUR_CALM");
-        assert!(error.to_string().contains("ENHANCE_YOUR_CALM"), "{error}");
-        let start = Instant::now();
-        send(&mut client.clone(), get(URL, 2)).await.unwrap();
-        assert_eq!(Instant::now() - start, CALM_BACKOFF);
+        let (waited, _) = calmed_then_next(&client, 1).await;
+        assert_eq!(waited, CALM_BACKOFF);
         assert_eq!(only(&client).calm(), 1);
         assert_eq!(seen.calmed.lock().unwrap().len(), 1);
         assert_eq!(server.accepted(), 2);
