@@ -14,7 +14,7 @@ use tower::Layer;
 use tokio::time::Instant;
 use tower_reuse_pool::events::{Calmed, PoolEvents, Refused, Retried};
 use tower_reuse_pool::{
-    ConnId, Connect, ErrorKind, Http2Snapshot, Phase, Pool, PoolConfig, PoolLayer,
+    ConnId, Connect, Error, ErrorKind, Http2Snapshot, Phase, Pool, PoolConfig, PoolLayer,
 };
 use tower_reuse_tests::memory_h2::{
     Behaviour, MemoryH2, REAL_TIME_BOUND, URL, memory_pool, on_paused_time_within,
@@ -80,6 +80,47 @@ fn one_connection() -> PoolConfig {
     PoolConfig::default().max_connections_per_target(Some(1))
 }
 
+/// A server whose 4 stream slots are all counted busy at 60 ms, though the
+/// client has only 3 streams in flight there (see [`crowd`]).
+struct Crowded {
+    server: MemoryH2,
+    client: Pool<MemoryH2>,
+    seen: Arc<Seen>,
+    /// When it began.
+    start: Instant,
+    /// The 3 requests in flight.
+    three: Vec<tokio::task::JoinHandle<Result<(http::response::Parts, bytes::Bytes), Error>>>,
+}
+
+/// A server with 4 slots, each answer 50 ms after its stream opens and its
+/// slot busy 20 ms more; request A at 0 ms (answered at 50 ms, slot busy
+/// until 70 ms), B, C and D at 55 ms; returns at 60 ms, when for the
+/// client 3 streams are in flight, for the server 4 slots are busy.
+async fn crowd(config: PoolConfig) -> Crowded {
+    let server = MemoryH2::new(Behaviour::Respond)
+        .max_streams(4)
+        .respond_after(Duration::from_millis(50))
+        .late_release(Duration::from_millis(20));
+    let (client, seen) = watched_pool(&server, config);
+    let start = Instant::now();
+    send(&mut client.clone(), get(URL, 0)).await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_millis(55)).await;
+    let three = (1..=3)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move { send(&mut client, get(URL, i)).await })
+        })
+        .collect();
+    tokio::time::sleep_until(start + Duration::from_millis(60)).await;
+    Crowded {
+        server,
+        client,
+        seen,
+        start,
+        three,
+    }
+}
+
 /// A request made while every stream slot of the server is still counted
 /// busy is refused; it waits for a stream of its connection to end (none
 /// is sent meanwhile), and the connection carries at most the streams the
@@ -87,26 +128,14 @@ fn one_connection() -> PoolConfig {
 #[test]
 fn a_refusal_limits_the_connection_to_the_streams_in_flight_until_it_probes_back_up() {
     on_paused_time_within(REAL_TIME_BOUND, || async {
-        let server = MemoryH2::new(Behaviour::Respond)
-            .max_streams(4)
-            .respond_after(Duration::from_millis(50))
-            .late_release(Duration::from_millis(20));
-        let (client, seen) = watched_pool(&server, one_connection());
-        let start = Instant::now();
-        // A: answered at 50 ms, its slot busy until 70 ms.
-        send(&mut client.clone(), get(URL, 0)).await.unwrap();
+        let Crowded {
+            server,
+            client,
+            seen,
+            start,
+            three,
+        } = crowd(one_connection()).await;
         assert_eq!(conn_of(&client).advertised_limit(), 4);
-        // B, C, D at 55 ms: with A's slot, the server's 4.
-        tokio::time::sleep_until(start + Duration::from_millis(55)).await;
-        let three: Vec<_> = (1..=3)
-            .map(|i| {
-                let mut client = client.clone();
-                tokio::spawn(async move { send(&mut client, get(URL, i)).await })
-            })
-            .collect();
-        // E at 60 ms: within the advertised 4 for the client, over them
-        // for the server.
-        tokio::time::sleep_until(start + Duration::from_millis(60)).await;
         let mut e_client = client.clone();
         let e = tokio::spawn(async move { send(&mut e_client, get(URL, 4)).await });
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -149,22 +178,14 @@ fn a_refusal_limits_the_connection_to_the_streams_in_flight_until_it_probes_back
 #[test]
 fn a_refused_request_goes_to_a_new_connection_within_the_cap() {
     on_paused_time_within(REAL_TIME_BOUND, || async {
-        let server = MemoryH2::new(Behaviour::Respond)
-            .max_streams(4)
-            .respond_after(Duration::from_millis(50))
-            .late_release(Duration::from_millis(20));
         let config = PoolConfig::default().max_connections_per_target(Some(2));
-        let (client, _) = watched_pool(&server, config);
-        let start = Instant::now();
-        send(&mut client.clone(), get(URL, 0)).await.unwrap();
-        tokio::time::sleep_until(start + Duration::from_millis(55)).await;
-        let three: Vec<_> = (1..=3)
-            .map(|i| {
-                let mut client = client.clone();
-                tokio::spawn(async move { send(&mut client, get(URL, i)).await })
-            })
-            .collect();
-        tokio::time::sleep_until(start + Duration::from_millis(60)).await;
+        let Crowded {
+            server,
+            client,
+            start,
+            three,
+            ..
+        } = crowd(config).await;
         let (parts, _) = send(&mut client.clone(), get(URL, 4)).await.unwrap();
         assert_eq!(info(&parts).refusals(), 1);
         assert_ne!(info(&parts).id(), conn_of_first(&client));
