@@ -8,11 +8,12 @@ use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
 /// The default suite, in order.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "steady-h1",
     "steady-h1-tls",
     "steady-h2",
     "h2-stream-limit",
+    "h2-refuse",
     "bursty",
     "keepalive-race",
     "tls-churn",
@@ -22,9 +23,8 @@ pub const ALL: [&str; 9] = [
 
 /// Scenarios run only when named with `--scenario`: the fault-injection
 /// runs, which check correctness rather than measure speed and would take
-/// the default suite past 3 minutes, and `h2-refuse`, a server that refuses
-/// streams within its advertised limit (as grpc-core does).
-pub const OPT_IN: [&str; 3] = ["chaos", "chaos-h2", "h2-refuse"];
+/// the default suite past 3 minutes.
+pub const OPT_IN: [&str; 2] = ["chaos", "chaos-h2"];
 
 /// Size overrides from the command line.
 #[derive(Clone, Debug, Default)]
