@@ -597,6 +597,7 @@ fn row(
             r.tls_full = now.tls_full - base.tls_full;
             r.tls_resumed = now.tls_resumed - base.tls_resumed;
             r.max_requests_on_connection = now.max_requests_on_connection;
+            r.refused = now.refused - base.refused;
             if scenario.server.injects_faults() {
                 r.faults_injected = Some(now.faults.since(&base.faults));
             }

@@ -103,6 +103,9 @@ pub struct RunResult {
     /// Faults the embedded server injected during the load (`chaos`
     /// scenarios): `closed`, `reset`, `stalled`, `goaway`.
     pub faults_injected: Option<FaultCounts>,
+    /// HTTP/2 streams the embedded server refused (`REFUSED_STREAM`)
+    /// during the load, by its own count (`h2-refuse`).
+    pub refused: u64,
     /// `"server"` (embedded) or `"client"` (`--target`): who counted
     /// connections, TLS handshakes and idle sockets.
     pub counted_by: String,

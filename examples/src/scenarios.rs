@@ -8,11 +8,12 @@ use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
 /// The default suite, in order.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "steady-h1",
     "steady-h1-tls",
     "steady-h2",
     "h2-stream-limit",
+    "h2-refuse",
     "bursty",
     "keepalive-race",
     "tls-churn",
@@ -207,6 +208,20 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 .server
                 .h2_max_concurrent_streams(Some(16))
                 .latency(Some(Duration::from_millis(5)));
+            s
+        }
+        // `h2-stream-limit`'s server and load, but a stream's slot is freed
+        // late: the two compare.
+        "h2-refuse" => {
+            let mut s = build("h2-stream-limit", sizes)?;
+            s.name = "h2-refuse";
+            s.description = format!(
+                "h2c, server allows 16 streams, adds 5 ms and frees a stream's slot 2 ms \
+                 after it ends, refusing streams meanwhile (as grpc-core does); {} \
+                 concurrent requests",
+                sizes.concurrency(256)
+            );
+            s.server = s.server.h2_late_release(Some(Duration::from_millis(2)));
             s
         }
         "bursty" => {

@@ -8,6 +8,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Frame type HEADERS.
 pub const HEADERS: u8 = 0x1;
+/// Frame type RST_STREAM.
+pub const RST_STREAM: u8 = 0x3;
 /// Frame type SETTINGS.
 pub const SETTINGS: u8 = 0x4;
 /// Frame type PING.
@@ -59,9 +61,19 @@ impl Frame {
 
     /// A graceful GOAWAY (`NO_ERROR`) whose last processed stream is `last`.
     pub fn goaway(last_stream_id: u32) -> Frame {
-        let no_error = u32::from(Reason::NO_ERROR);
-        let payload = [last_stream_id.to_be_bytes(), no_error.to_be_bytes()].concat();
+        Frame::goaway_with(last_stream_id, Reason::NO_ERROR)
+    }
+
+    /// A GOAWAY with `reason` whose last processed stream is `last`.
+    pub fn goaway_with(last_stream_id: u32, reason: Reason) -> Frame {
+        let code = u32::from(reason);
+        let payload = [last_stream_id.to_be_bytes(), code.to_be_bytes()].concat();
         Frame::new(GOAWAY, 0, 0, &payload)
+    }
+
+    /// RST_STREAM on `stream` with `reason`.
+    pub fn rst_stream(stream: u32, reason: Reason) -> Frame {
+        Frame::new(RST_STREAM, 0, stream, &u32::from(reason).to_be_bytes())
     }
 
     /// Its type.

@@ -2,11 +2,13 @@
 //! loopback whose behaviour each test sets (plain, and TLS with an rcgen
 //! CA), a misbehaving HTTP/2 server for the GOAWAY and refused-stream paths,
 //! a hand-written HTTP/1.1 server for the failures hyper's server never
-//! produces, and in-memory connectors for tests on paused time.
+//! produces, and in-memory connectors and an HTTP/2 server for tests on
+//! paused time.
 
 pub mod duplex;
 pub mod h2frame;
 pub mod h2server;
+pub mod memory_h2;
 pub mod raw_http1;
 pub mod server;
 pub mod tls_server;

@@ -1,39 +1,30 @@
 //! The pool against an HTTP/2 server that sends GOAWAY, refuses streams and
 //! lowers its stream limit mid-connection: `h2server` on loopback, and, for
-//! the tests on paused time, [`MemoryH2`] below over in-memory pipes.
+//! the tests on paused time, `MemoryH2` over in-memory pipes.
 //!
 //! Every wait on real time is bounded by [`bounded`], a guard against hangs
 //! that is never a performance assertion.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use h2::Reason;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 use tower_reuse_pool::events::{CloseReason, PoolEvents, Retried, RetryReason};
 use tower_reuse_pool::{
-    ConnId, Connect, ConnectError, ConnectionInfo, Error, ErrorKind, Established, Phase, Pool,
-    PoolConfig, PoolLayer, Target, TargetSnapshot,
-};
-use tower_reuse_tests::h2frame::{
-    ACK, END_HEADERS, END_STREAM, Frame, HEADERS, PING, PREFACE_LEN, SETTINGS,
+    ConnId, ConnectionInfo, Error, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
 };
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply, StreamAt};
-use tower_reuse_tests::{
-    bounded, client, concurrently, echoed_id, get, info, only, send, server_conn,
+use tower_reuse_tests::memory_h2::{
+    Behaviour, FIRST_MAX_STREAMS, MemoryH2, REAL_TIME_BOUND, URL, memory_pool,
+    on_paused_time_within,
 };
+use tower_reuse_tests::{bounded, concurrently, echoed_id, get, info, only, send, server_conn};
 
 /// Records every retry the pool reports.
 #[derive(Debug, Default)]
@@ -180,7 +171,8 @@ async fn draining_connection_closes_when_its_last_stream_ends() {
         .await
         .unwrap();
     assert_eq!(server_conn(&parts), 1);
-    assert_eq!(retries.seen().len(), 1);
+    assert_eq!(only(&client).requeued(), 1, "queued again, not retried");
+    assert!(retries.seen().is_empty());
     assert_eq!(only(&client).closed_total(), 0, "a stream is still open");
     assert!(!server.seen().conns[0].closed);
 
@@ -231,7 +223,7 @@ async fn abrupt_goaway_fails_streams_in_flight_as_possibly_processed() {
 }
 
 #[tokio::test]
-async fn stream_above_goaway_last_stream_id_is_retried_once_on_a_new_connection() {
+async fn stream_above_goaway_last_stream_id_is_queued_again_for_a_new_connection() {
     let server = H2Server::start(H2Options::replying(|s| {
         if is(s, 0, 1) {
             Reply::GoAwayBelow
@@ -247,22 +239,24 @@ async fn stream_above_goaway_last_stream_id_is_retried_once_on_a_new_connection(
 
     let (parts, body) = bounded(send(&mut client.clone(), get(&url, 1)))
         .await
-        .expect("retried");
+        .expect("queued again");
     assert_eq!((server_conn(&parts), echoed_id(&parts)), (1, Some(1)));
     assert_eq!(&body[..], b"ok");
     let info = parts.extensions.get::<ConnectionInfo>().unwrap();
-    assert_eq!(info.retried(), Some(RetryReason::GoAway));
+    // Never processed: queued again, and its one retry is still unspent.
+    assert_eq!((info.retried(), info.refusals()), (None, 1));
     assert_ne!(info.id(), first);
-    assert_eq!(only(&client).retries(), 1);
-    assert_eq!(retries.seen(), vec![(RetryReason::GoAway, first)]);
+    assert_eq!((only(&client).retries(), only(&client).requeued()), (0, 1));
+    assert!(retries.seen().is_empty());
     let seen = server.seen();
     assert_eq!((seen.streams_on(0), seen.streams_on(1)), (2, 1));
 }
 
-/// The retry avoids the connection that refused it (which still has room),
-/// so connection 1 serves it.
+/// The connection that refused with nothing else in flight now carries no
+/// stream (until it probes back up), so a new connection serves the
+/// request, queued again rather than retried.
 #[tokio::test]
-async fn refused_stream_is_retried_once_on_another_connection() {
+async fn refused_stream_is_queued_again_and_served_by_another_connection() {
     // Connection 0 serves its first stream and refuses every later one.
     let server = H2Server::start(H2Options::replying(|s| {
         if s.conn == 0 && s.index > 0 {
@@ -282,14 +276,32 @@ async fn refused_stream_is_retried_once_on_another_connection() {
     let (parts, _) = result.unwrap_or_else(|e| panic!("{e} after {seen:?}"));
     assert_eq!((server_conn(&parts), echoed_id(&parts)), (1, Some(1)));
     let info = parts.extensions.get::<ConnectionInfo>().unwrap();
-    assert_eq!(info.retried(), Some(RetryReason::RefusedStream));
-    assert_eq!(only(&client).retries(), 1);
-    assert_eq!(retries.seen(), vec![(RetryReason::RefusedStream, first)]);
-    assert_eq!((seen.streams_on(0), seen.streams_on(1)), (2, 1));
+    assert_eq!(info.retried(), None);
+    // Refused once, or again if connection 0 probed back up to one stream
+    // before connection 1 was up.
+    let refusals = u64::from(info.refusals());
+    assert!(refusals >= 1);
+    let target = only(&client);
+    assert_eq!(
+        (target.retries(), target.requeued(), target.refused()),
+        (0, refusals, refusals)
+    );
+    assert!(retries.seen().is_empty());
+    assert_eq!(seen.streams_on(0), 1 + refusals);
+    assert_eq!(seen.streams_on(1), 1);
+    let refused_on = target
+        .http2_connections()
+        .iter()
+        .find(|c| c.id() == first)
+        .expect("connection 0 is open");
+    assert_eq!(refused_on.refused(), refusals);
 }
 
+/// A server that refuses every stream: the request goes back to the queue
+/// until its tenth refusal, which fails it, typed as never processed; the
+/// learned limits hold connects back (no connect per refusal).
 #[tokio::test]
-async fn second_refusal_is_a_typed_error() {
+async fn a_server_refusing_every_stream_fails_the_request_at_its_tenth_refusal() {
     // Every stream but the very first is refused, on every connection.
     let server = H2Server::start(H2Options::replying(|s| {
         if is(s, 0, 0) {
@@ -305,19 +317,25 @@ async fn second_refusal_is_a_typed_error() {
 
     let error = bounded(send(&mut client.clone(), get(&url, 1)))
         .await
-        .expect_err("refused twice");
+        .expect_err("refused every time");
     assert_eq!(
         (error.kind(), error.phase()),
         (ErrorKind::Send, Phase::Send)
     );
     assert!(!error.may_have_been_processed(), "{error}");
-    assert_eq!(only(&client).retries(), 1);
-    assert_eq!(retries.seen().len(), 1);
-    assert_eq!(
-        server.seen().streams(),
-        3,
-        "the first request, then 1 + 1 retry"
+    assert!(
+        error.to_string().contains("refused the request 10 times"),
+        "{error}"
     );
+    let target = only(&client);
+    assert_eq!(
+        (target.retries(), target.requeued(), target.refused()),
+        (0, 9, 10)
+    );
+    assert!(retries.seen().is_empty());
+    let seen = server.seen();
+    assert_eq!(seen.streams(), 11, "the first request, then 10 refusals");
+    assert!(seen.accepted() <= 2, "a connect per refusal: {seen:?}");
 }
 
 #[tokio::test]
@@ -539,244 +557,6 @@ async fn a_retried_request_keeps_its_in_flight_permit() {
     server.release();
     let (parts, _) = bounded(retried).await.unwrap().expect("the retry succeeds");
     assert_eq!(server_conn(&parts), 1);
-}
-
-/// The target of the tests on paused time.
-const URL: &str = "http://h2.test/";
-
-/// What [`MemoryH2`] does on every connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Behaviour {
-    /// Answer every stream.
-    Respond,
-    /// Answer the first stream, send GOAWAY with its id as the last stream
-    /// id and close: a stream sent after it was never processed.
-    GoAwayAfterFirstStream,
-    /// Send GOAWAY with last stream id 0 right after SETTINGS and answer
-    /// nothing; close once the client does.
-    GoAwayAtOnce,
-}
-
-/// What [`MemoryH2`] saw on one connection, and a test's handle on it.
-#[derive(Debug)]
-struct MemoryConn {
-    /// Streams the client opened on it.
-    streams: u64,
-    /// Streams the server answered on it.
-    answered: u64,
-    /// The server's end has closed.
-    closed: bool,
-    /// Asks the server to send SETTINGS lowering or raising
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; the sender fires on the client's ACK.
-    settings: mpsc::UnboundedSender<(u32, oneshot::Sender<()>)>,
-}
-
-/// An HTTP/2 server over in-memory pipes, written frame by frame: with no
-/// socket, tests on paused time stay deterministic, and it sends what the
-/// `h2` server API cannot (a second SETTINGS). It answers `:status 200`
-/// with no body, and counts per connection the streams it was sent.
-#[derive(Clone, Debug)]
-struct MemoryH2 {
-    behaviour: Behaviour,
-    conns: Arc<Mutex<Vec<MemoryConn>>>,
-}
-
-/// Every connection's first `SETTINGS_MAX_CONCURRENT_STREAMS`.
-const FIRST_MAX_STREAMS: u32 = 10;
-
-impl MemoryH2 {
-    fn new(behaviour: Behaviour) -> Self {
-        MemoryH2 {
-            behaviour,
-            conns: Arc::default(),
-        }
-    }
-
-    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<MemoryConn>> {
-        self.conns.lock().unwrap()
-    }
-
-    /// Connections accepted.
-    fn accepted(&self) -> usize {
-        self.conns().len()
-    }
-
-    /// Connections whose server end is still open.
-    fn open(&self) -> usize {
-        self.conns().iter().filter(|c| !c.closed).count()
-    }
-
-    /// Streams opened by the client, and streams answered, on every
-    /// connection.
-    fn streams(&self) -> (u64, u64) {
-        let conns = self.conns();
-        (
-            conns.iter().map(|c| c.streams).sum(),
-            conns.iter().map(|c| c.answered).sum(),
-        )
-    }
-
-    /// Send connection `conn` SETTINGS with `SETTINGS_MAX_CONCURRENT_STREAMS`
-    /// at `max`; returns once the client has acknowledged them.
-    async fn set_max_streams(&self, conn: usize, max: u32) {
-        let (acked, on_ack) = oneshot::channel();
-        let sent = self.conns()[conn].settings.send((max, acked));
-        sent.expect("the connection is open");
-        on_ack.await.expect("the client acknowledged the SETTINGS");
-    }
-
-    /// Serve connection `conn` until either end closes it.
-    async fn serve(
-        self,
-        mut io: DuplexStream,
-        conn: usize,
-        mut settings: mpsc::UnboundedReceiver<(u32, oneshot::Sender<()>)>,
-    ) {
-        let _ = self.converse(&mut io, conn, &mut settings).await;
-        drop(io);
-        self.conns()[conn].closed = true;
-    }
-
-    async fn converse(
-        &self,
-        io: &mut DuplexStream,
-        conn: usize,
-        settings: &mut mpsc::UnboundedReceiver<(u32, oneshot::Sender<()>)>,
-    ) -> std::io::Result<()> {
-        // One entry per SETTINGS sent and not acknowledged yet, in order:
-        // `Some` for those a test is waiting on.
-        let mut unacked: VecDeque<Option<oneshot::Sender<()>>> = VecDeque::from([None]);
-        io.write_all(Frame::settings_max_streams(FIRST_MAX_STREAMS).as_bytes())
-            .await?;
-        if self.behaviour == Behaviour::GoAwayAtOnce {
-            io.write_all(Frame::goaway(0).as_bytes()).await?;
-        }
-        let mut buf = BytesMut::new();
-        let mut preface_left = PREFACE_LEN;
-        loop {
-            let skip = preface_left.min(buf.len());
-            buf.advance(skip);
-            preface_left -= skip;
-            while preface_left == 0
-                && let Some(frame) = Frame::take(&mut buf)
-            {
-                match frame.kind() {
-                    SETTINGS if frame.is_ack() => {
-                        if let Some(Some(acked)) = unacked.pop_front() {
-                            let _ = acked.send(());
-                        }
-                    }
-                    SETTINGS => {
-                        io.write_all(Frame::new(SETTINGS, ACK, 0, &[]).as_bytes())
-                            .await?
-                    }
-                    PING if !frame.is_ack() => {
-                        let pong = Frame::new(PING, ACK, 0, frame.payload());
-                        io.write_all(pong.as_bytes()).await?
-                    }
-                    HEADERS => {
-                        let answer = {
-                            let mut conns = self.conns();
-                            let seen = &mut conns[conn];
-                            seen.streams += 1;
-                            let answer = self.behaviour != Behaviour::GoAwayAtOnce;
-                            seen.answered += u64::from(answer);
-                            answer
-                        };
-                        if answer {
-                            // HPACK `0x88`: the static table's `:status: 200`.
-                            let head = Frame::new(
-                                HEADERS,
-                                END_STREAM | END_HEADERS,
-                                frame.stream(),
-                                &[0x88],
-                            );
-                            io.write_all(head.as_bytes()).await?;
-                        }
-                        if self.behaviour == Behaviour::GoAwayAfterFirstStream {
-                            return io.write_all(Frame::goaway(frame.stream()).as_bytes()).await;
-                        }
-                    }
-                    // WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY: nothing
-                    // to do; the client closes when it is done.
-                    _ => {}
-                }
-            }
-            tokio::select! {
-                read = io.read_buf(&mut buf) => if read? == 0 {
-                    return Ok(());
-                },
-                Some((max, acked)) = settings.recv() => {
-                    unacked.push_back(Some(acked));
-                    io.write_all(Frame::settings_max_streams(max).as_bytes()).await?;
-                }
-            }
-        }
-    }
-}
-
-impl Connect for MemoryH2 {
-    type Io = TokioIo<DuplexStream>;
-    type Future = Pin<Box<dyn Future<Output = Result<Established<Self::Io>, ConnectError>> + Send>>;
-
-    fn connect(&self, _target: &Target) -> Self::Future {
-        let server = self.clone();
-        Box::pin(async move {
-            let (client, server_end) = tokio::io::duplex(64 * 1024);
-            let (settings, on_settings) = mpsc::unbounded_channel();
-            let conn = {
-                let mut conns = server.conns();
-                conns.push(MemoryConn {
-                    streams: 0,
-                    answered: 0,
-                    closed: false,
-                    settings,
-                });
-                conns.len() - 1
-            };
-            tokio::spawn(server.serve(server_end, conn, on_settings));
-            Ok(Established::new(TokioIo::new(client)))
-        })
-    }
-}
-
-/// An h2c pool over [`MemoryH2`].
-fn memory_pool(server: &MemoryH2, config: PoolConfig) -> Pool<MemoryH2> {
-    client(server.clone(), config.http2_prior_knowledge(true))
-}
-
-/// How long, in real time, a test on paused time may take: a guard against
-/// a spin, far above what it needs (well under a second).
-const REAL_TIME_BOUND: Duration = Duration::from_secs(30);
-
-/// Runs `test` on paused time, on a runtime and thread of its own, and
-/// fails unless it ends within `limit` of real time. On paused time the
-/// clock jumps only while every task is idle: a task that keeps waking
-/// itself (a spin) stops a `sleep` from ever ending, and this bound turns
-/// that into a failure instead of a hang.
-fn on_paused_time_within<F: Future<Output = ()>>(
-    limit: Duration,
-    test: impl FnOnce() -> F + Send + 'static,
-) {
-    let (done, finished) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a runtime")
-            .block_on(test());
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(limit) {
-        Ok(()) => runner.join().expect("the test ended"),
-        Err(RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(runner.join().expect_err("the test panicked"))
-        }
-        Err(RecvTimeoutError::Timeout) => panic!(
-            "not done within {limit:?} of real time: a task spins, so paused time cannot advance"
-        ),
-    }
 }
 
 /// An hour of paused time passes, which it cannot while any task spins,

@@ -307,13 +307,85 @@ pub(crate) struct Http2Conn<B> {
     /// Whether the server's SETTINGS have been seen; until then the
     /// connection carries one stream.
     pub(crate) settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// What the server's refusals taught about its real limit.
+    pub(crate) learned: LearnedLimit,
+}
+
+/// How long a connection keeps a limit learned from a refusal before it
+/// tries one stream more, and again after each step up.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(10);
+
+/// The stream limit a server enforces, learned from its refusals.
+///
+/// A server may count a stream's slot busy for a while after the stream
+/// has ended on the client's side (grpc-core does), and refuse a new
+/// stream (`REFUSED_STREAM`) that the advertised limit allows. After such a
+/// refusal the connection carries at most the streams that were in flight
+/// then, which the server had accepted; every [`PROBE_AFTER`] it allows one
+/// stream more, back up to the advertised limit.
+#[derive(Debug, Default)]
+pub(crate) struct LearnedLimit {
+    /// The limit in force, below the advertised one; `None`: the advertised one.
+    effective: Option<usize>,
+    /// When the limit goes up by one stream.
+    probe_at: Option<Instant>,
+    /// Streams the server refused on this connection.
+    pub(crate) refused: u64,
+}
+
+impl LearnedLimit {
+    /// The server refused a stream while `in_flight` others were open on
+    /// the connection.
+    pub(crate) fn refused(&mut self, in_flight: usize, now: Instant) {
+        self.refused += 1;
+        self.effective = Some(self.effective.map_or(in_flight, |e| e.min(in_flight)));
+        self.probe_at = Some(now + PROBE_AFTER);
+    }
+
+    /// Step the limit up by one stream per [`PROBE_AFTER`] passed; at the
+    /// advertised limit the learned one is forgotten.
+    pub(crate) fn probe(&mut self, advertised: usize, now: Instant) {
+        while let (Some(effective), Some(at)) = (self.effective, self.probe_at) {
+            if at > now {
+                return;
+            }
+            if effective + 1 >= advertised {
+                self.effective = None;
+                self.probe_at = None;
+            } else {
+                self.effective = Some(effective + 1);
+                self.probe_at = Some(at + PROBE_AFTER);
+            }
+        }
+    }
+
+    /// `advertised`, or less after a refusal.
+    pub(crate) fn cap(&self, advertised: usize) -> usize {
+        self.effective.map_or(advertised, |e| e.min(advertised))
+    }
+
+    /// Whether a refusal holds the limit below the advertised one.
+    pub(crate) fn is_lowered(&self) -> bool {
+        self.effective.is_some()
+    }
+
+    /// When the limit next goes up, if it is below the advertised one.
+    pub(crate) fn probe_at(&self) -> Option<Instant> {
+        self.probe_at
+    }
 }
 
 impl<B> Http2Conn<B> {
     /// Streams this connection may carry: the server's limit once its
-    /// SETTINGS have been seen, until then the limit this target's servers
-    /// advertised before (`learned`), or one stream.
+    /// SETTINGS have been seen (less what its refusals taught), until then
+    /// the limit this target's servers advertised before (`learned`), or
+    /// one stream.
     pub(crate) fn capacity(&self, learned: Option<usize>) -> usize {
+        self.learned.cap(self.advertised(learned))
+    }
+
+    /// The server's advertised limit, as [`capacity`](Self::capacity) reads it.
+    pub(crate) fn advertised(&self, learned: Option<usize>) -> usize {
         if self.is_settled() {
             self.limit.current()
         } else {
@@ -388,5 +460,25 @@ mod tests {
             assert!(deadline <= now + Duration::from_secs(100));
             assert!(deadline >= now + Duration::from_secs(80));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_learned_limit_steps_back_up_to_the_advertised_one() {
+        let mut learned = LearnedLimit::default();
+        assert_eq!(learned.cap(16), 16);
+        let start = Instant::now();
+        learned.refused(14, start);
+        learned.refused(15, start);
+        assert_eq!((learned.cap(16), learned.refused), (14, 2));
+        learned.probe(16, start + PROBE_AFTER - Duration::from_millis(1));
+        assert_eq!(learned.cap(16), 14);
+        learned.probe(16, start + PROBE_AFTER);
+        assert_eq!(learned.cap(16), 15);
+        assert_eq!(learned.probe_at(), Some(start + PROBE_AFTER * 2));
+        learned.probe(16, start + PROBE_AFTER * 2);
+        assert_eq!((learned.cap(16), learned.probe_at()), (16, None));
+        // A server that lowers its advertised limit below the learned one wins.
+        learned.refused(10, start);
+        assert_eq!(learned.cap(8), 8);
     }
 }

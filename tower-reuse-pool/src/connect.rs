@@ -452,7 +452,7 @@ where
         tokio::spawn(async move {
             let result = conn.await;
             if let Some(pool) = weak.upgrade() {
-                pool.connection_ended(id, result.is_ok());
+                pool.connection_ended(id, result.is_ok(), false);
             }
         });
         Ok((id, Opened::Http1(tx), facts))
@@ -530,8 +530,16 @@ async fn drive_h2<F, B>(
     })
     .await;
     if let Some(pool) = pool.upgrade() {
-        pool.connection_ended(id, result.is_ok());
+        let calm = result.as_ref().err().is_some_and(is_calm);
+        pool.connection_ended(id, result.is_ok(), calm);
     }
+}
+
+/// Whether an HTTP/2 error carries `ENHANCE_YOUR_CALM` (on a stream, or
+/// in the GOAWAY that ended the connection).
+pub(crate) fn is_calm(error: &hyper::Error) -> bool {
+    crate::future::source_of::<h2::Error>(error)
+        .is_some_and(|h2| h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
 }
 
 /// Reads an HTTP/2 connection's current `SETTINGS_MAX_CONCURRENT_STREAMS`.

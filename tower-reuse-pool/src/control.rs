@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use crate::config::{ConfigError, PoolConfig, TargetConfig};
-use crate::conn::Protocol;
+use crate::conn::{ConnId, Protocol};
 use crate::events::CloseReason;
 use crate::target::Target;
 
@@ -24,6 +26,11 @@ pub struct TargetSnapshot {
     pub(crate) connect_errors: u64,
     pub(crate) retries: u64,
     pub(crate) stale_skips: u64,
+    pub(crate) refused: u64,
+    pub(crate) requeued: u64,
+    pub(crate) calm: u64,
+    pub(crate) calm_backoff: Option<Instant>,
+    pub(crate) http2: Vec<Http2Snapshot>,
     pub(crate) tls_full: u64,
     pub(crate) tls_resumed: u64,
     pub(crate) closed: [u64; CloseReason::ALL.len()],
@@ -81,6 +88,37 @@ impl TargetSnapshot {
         self.stale_skips
     }
 
+    /// Streams an HTTP/2 server refused (`REFUSED_STREAM`): it never
+    /// processed them. Each lowered its connection's effective limit.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Requests queued again because the server never processed them
+    /// (refused, or above a graceful GOAWAY's last stream id). Not retries:
+    /// a request may be queued again several times, up to its bound, and
+    /// still have its one retry.
+    pub fn requeued(&self) -> u64 {
+        self.requeued
+    }
+
+    /// `ENHANCE_YOUR_CALM` signals from the target's HTTP/2 servers, on a
+    /// stream or in a GOAWAY.
+    pub fn calm(&self) -> u64 {
+        self.calm
+    }
+
+    /// Until when connects to the target wait after `ENHANCE_YOUR_CALM`
+    /// (possibly past).
+    pub fn calm_backoff_until(&self) -> Option<Instant> {
+        self.calm_backoff
+    }
+
+    /// The target's open HTTP/2 connections, in no particular order.
+    pub fn http2_connections(&self) -> &[Http2Snapshot] {
+        &self.http2
+    }
+
     /// Connections opened with a full TLS handshake (with or without a retry).
     pub fn tls_full(&self) -> u64 {
         self.tls_full
@@ -98,6 +136,48 @@ impl TargetSnapshot {
     /// Connections closed, for every reason.
     pub fn closed_total(&self) -> u64 {
         self.closed.iter().sum()
+    }
+}
+
+/// One HTTP/2 connection at one moment: its streams and limits.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Http2Snapshot {
+    pub(crate) id: ConnId,
+    pub(crate) streams: usize,
+    pub(crate) advertised_limit: usize,
+    pub(crate) effective_limit: usize,
+    pub(crate) refused: u64,
+    pub(crate) draining: bool,
+}
+
+impl Http2Snapshot {
+    /// The connection.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+    /// Streams checked out on it now.
+    pub fn streams(&self) -> usize {
+        self.streams
+    }
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` (before its SETTINGS
+    /// arrive: what the pool assumes, one stream or the target's last).
+    pub fn advertised_limit(&self) -> usize {
+        self.advertised_limit
+    }
+    /// The streams the pool puts on it: the advertised limit, or less while
+    /// a limit learned from the server's refusals holds (stepped back up
+    /// one stream at a time).
+    pub fn effective_limit(&self) -> usize {
+        self.effective_limit
+    }
+    /// Streams the server refused on it.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+    /// Whether it takes no new stream (GOAWAY, `ENHANCE_YOUR_CALM`, retiring).
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 }
 

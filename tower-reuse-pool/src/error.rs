@@ -291,6 +291,35 @@ impl Error {
         err
     }
 
+    /// A request the server refused (or left unprocessed in a GOAWAY) more
+    /// often than a request may be queued again: never processed.
+    pub(crate) fn refused(target: &Target, source: hyper::Error, refusals: u32) -> Self {
+        Error::new(
+            ErrorKind::Send,
+            Phase::Send,
+            format!("the server refused the request {refusals} times; it was never processed"),
+        )
+        .with_target(target)
+        .with_source(source)
+    }
+
+    /// A stream the server reset, or a connection it closed, with
+    /// `ENHANCE_YOUR_CALM`: the pool backs off from the target.
+    pub(crate) fn calm(target: &Target, source: hyper::Error, processed: bool) -> Self {
+        let message = if processed {
+            "the server asked the client to calm down (ENHANCE_YOUR_CALM): backing off; \
+             the request may have been processed"
+        } else {
+            "the server asked the client to calm down (ENHANCE_YOUR_CALM): backing off; \
+             the request was not processed"
+        };
+        let mut err = Error::new(ErrorKind::Send, Phase::Send, message)
+            .with_target(target)
+            .with_source(source);
+        err.inner_mut().may_have_been_processed = processed;
+        err
+    }
+
     pub(crate) fn body(target: Option<&Target>, source: hyper::Error) -> Self {
         let mut err = Error::new(ErrorKind::Body, Phase::Body, "response body failed")
             .with_source(source)

@@ -43,6 +43,11 @@ pub trait PoolEvents: Send + Sync + 'static {
     fn on_close(&self, _event: &Closed<'_>) {}
     /// A request was retried on another connection.
     fn on_retry(&self, _event: &Retried<'_>) {}
+    /// An HTTP/2 server refused a stream (`REFUSED_STREAM`), or its GOAWAY
+    /// left a stream unprocessed: the request goes back to the queue.
+    fn on_refused(&self, _event: &Refused<'_>) {}
+    /// An HTTP/2 server sent `ENHANCE_YOUR_CALM`: the pool backs off.
+    fn on_calm(&self, _event: &Calmed<'_>) {}
 }
 
 impl PoolEvents for () {}
@@ -100,6 +105,16 @@ impl<A: PoolEvents, B: PoolEvents> PoolEvents for (A, B) {
     fn on_retry(&self, event: &Retried<'_>) {
         self.0.on_retry(event);
         self.1.on_retry(event);
+    }
+
+    fn on_refused(&self, event: &Refused<'_>) {
+        self.0.on_refused(event);
+        self.1.on_refused(event);
+    }
+
+    fn on_calm(&self, event: &Calmed<'_>) {
+        self.0.on_calm(event);
+        self.1.on_calm(event);
     }
 }
 
@@ -338,6 +353,40 @@ event! {
         reason: RetryReason,
         /// The connection that failed it.
         failed_on: ConnId,
+    }
+}
+
+event! {
+    /// A stream the server guarantees it never processed: refused
+    /// (`REFUSED_STREAM`), or above the last stream id of a graceful GOAWAY.
+    /// The request is queued again (this is not its one retry), until its
+    /// checkout timeout or its refusal bound.
+    Refused {
+        /// The connection that refused it.
+        failed_on: ConnId,
+        /// Whether the stream was refused (`REFUSED_STREAM`), rather than
+        /// left unprocessed by a GOAWAY.
+        refused_stream: bool,
+        /// How many times this request has been refused so far, this one included.
+        refusals: u32,
+        /// The streams the connection carries from now on: the streams in
+        /// flight when the server refused this one (which it had accepted),
+        /// at most its advertised limit. Stepped back up later.
+        effective_limit: usize,
+        /// The connection's advertised `SETTINGS_MAX_CONCURRENT_STREAMS`.
+        advertised_limit: usize,
+    }
+}
+
+event! {
+    /// An HTTP/2 server answered `ENHANCE_YOUR_CALM` (on a stream or in a
+    /// GOAWAY): the connection takes no new stream, and no connect to the
+    /// target starts before `backoff` has passed.
+    Calmed {
+        /// The connection.
+        id: ConnId,
+        /// How long connects to the target wait.
+        backoff: Duration,
     }
 }
 

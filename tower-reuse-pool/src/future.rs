@@ -106,6 +106,17 @@ impl<B: Send + 'static> Checkout<B> {
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
     ) -> Result<Self, Error> {
+        Checkout::acquire_since(pool, avoid, Instant::now()).await
+    }
+
+    /// [`acquire`](Self::acquire) for a request that began waiting at
+    /// `since` (and was queued again since): the checkout timeout counts
+    /// from then.
+    async fn acquire_since(
+        pool: &Arc<TargetPool<B>>,
+        avoid: Option<ConnId>,
+        since: Instant,
+    ) -> Result<Self, Error> {
         let start = Instant::now();
         let waiting = match pool.checkout(start, avoid) {
             Ok(granted) => return Ok(Checkout::new(pool.clone(), granted, None)),
@@ -119,7 +130,7 @@ impl<B: Send + 'static> Checkout<B> {
         };
         let rx = guard.rx.as_mut().expect("set above");
         let received = match waiting.timeout {
-            Some(limit) => match tokio::time::timeout(limit, rx).await {
+            Some(limit) => match tokio::time::timeout_at(since + limit, rx).await {
                 Ok(received) => received,
                 Err(_) => return Err(Error::checkout_timeout(&pool.target, limit)),
             },
@@ -219,9 +230,15 @@ pub(crate) enum Exchange {
     },
 }
 
+/// How many times a server may leave a request unprocessed (a refused
+/// stream, or one above a graceful GOAWAY's last stream id): the request
+/// is queued again after each but the last, which fails it.
+pub(crate) const MAX_REFUSALS: u32 = 10;
+
 /// Send the request in `slot` on `checkout`'s connection and wrap the
 /// response. The in-flight `permit` goes with the response's body; after a
-/// failure it stays for the retry.
+/// failure it stays for the retry. `refusals`: how many times the server
+/// has refused the request so far.
 ///
 /// The request is taken from its slot only into hyper's send, and a
 /// function returning an `async move` block stands in for an `async fn`
@@ -234,6 +251,7 @@ pub(crate) fn exchange<'a, B>(
     slot: &'a mut Option<Request<B>>,
     may_retry: bool,
     retried: Option<RetryReason>,
+    refusals: u32,
     permit: &'a mut Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = Exchange> + Send + 'a
 where
@@ -269,10 +287,15 @@ where
             &checkout.pool.host,
             &checkout.pool.target,
         );
+        // Over HTTP/2 a refused stream is queued again, whether or not the
+        // one retry is spent; over HTTP/1.1 only the retry replays.
         let replayable = may_retry
-            && retried.is_none()
-            && checkout.reused
-            && (checkout.protocol == Protocol::Http2 || is_idempotent(req.method()));
+            && match checkout.protocol {
+                Protocol::Http2 => true,
+                Protocol::Http1 => {
+                    retried.is_none() && checkout.reused && is_idempotent(req.method())
+                }
+            };
         let copy = if replayable { SentHead::of(req) } else { None };
         let sent = match response_timeout {
             // The send inline (not through `send`): one copy of the request
@@ -304,31 +327,50 @@ where
                 response,
                 client_close,
                 retried,
+                refusals,
                 permit.take(),
             )),
             Err(mut failed) => {
                 let unwritten = failed.take_message();
                 let error = failed.into_error();
-                let (outcome, reason) = classify(&error, checkout.protocol, unwritten.is_some());
+                let (outcome, reason) =
+                    classify(&error, checkout.protocol, unwritten.is_some(), refusals);
                 let written = unwritten.is_none();
                 let again = match (reason, unwritten) {
                     (Some(RetryReason::Unwritten), Some(req)) => Some(req),
                     (Some(_), _) => copy.and_then(SentHead::into_request),
                     (None, _) => None,
                 };
-                let retry = reason.filter(|_| {
-                    again.is_some() && checkout.reused && may_retry && retried.is_none()
+                // The server did not process a refused stream, nor one above the
+                // last stream id of its GOAWAY (RFC 9113, 8.7): it goes back
+                // to the queue, short of `MAX_REFUSALS`, retry or not.
+                // Above a GOAWAY, not the first stream of a brand-new
+                // connection: a server that takes none would make each a
+                // connect. A refused stream's connection stays, with a
+                // learned limit that holds connects back.
+                let unprocessed = matches!(
+                    reason,
+                    Some(RetryReason::RefusedStream | RetryReason::GoAway)
+                );
+                let too_often = unprocessed && refusals + 1 >= MAX_REFUSALS;
+                let retry = reason.filter(|reason| {
+                    again.is_some()
+                        && may_retry
+                        && (checkout.reused || *reason == RetryReason::RefusedStream)
+                        && if unprocessed {
+                            !too_often
+                        } else {
+                            retried.is_none()
+                        }
                 });
                 *slot = retry.and(again);
-                // The server did not process a refused stream, nor one above the
-                // last stream id of its GOAWAY (RFC 9113, 8.7).
-                let processed = written
-                    && !matches!(
-                        reason,
-                        Some(RetryReason::RefusedStream | RetryReason::GoAway)
-                    );
+                let processed = written && !unprocessed;
                 let error = if is_too_large(&error) {
                     Error::response_too_large(&checkout.pool.target, error)
+                } else if outcome == Outcome::Calm {
+                    Error::calm(&checkout.pool.target, error, processed)
+                } else if too_often {
+                    Error::refused(&checkout.pool.target, error, refusals + 1)
                 } else {
                     Error::send(&checkout.pool.target, error, processed)
                 };
@@ -358,22 +400,37 @@ where
 /// safe. Whether to replay is the caller's decision: only on a reused
 /// connection (a brand-new one failing is no stale-connection race, and
 /// retrying it could dial in a loop).
+///
+/// Over HTTP/2, a stream the server never processed (refused, or above a
+/// graceful GOAWAY's last stream id) is this request's refusal number
+/// `refusals + 1`; `ENHANCE_YOUR_CALM` is never replayed.
 fn classify(
     error: &hyper::Error,
     protocol: Protocol,
     unwritten: bool,
+    refusals: u32,
 ) -> (Outcome, Option<RetryReason>) {
     if unwritten {
         return (Outcome::Failed, Some(RetryReason::Unwritten));
     }
     if protocol == Protocol::Http2 {
         if let Some(h2) = source_of::<h2::Error>(error) {
+            let refused = |refused_stream| Outcome::Refused {
+                refused_stream,
+                refusals: refusals + 1,
+            };
+            if h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                return (Outcome::Calm, None);
+            }
             if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return (Outcome::Done, Some(RetryReason::RefusedStream));
+                return (refused(true), Some(RetryReason::RefusedStream));
             }
             if h2.is_go_away() {
-                let graceful = h2.reason() == Some(h2::Reason::NO_ERROR);
-                return (Outcome::GoAway, graceful.then_some(RetryReason::GoAway));
+                return if h2.reason() == Some(h2::Reason::NO_ERROR) {
+                    (refused(false), Some(RetryReason::GoAway))
+                } else {
+                    (Outcome::GoAway, None)
+                };
             }
         }
         return (Outcome::Failed, None);
@@ -407,7 +464,7 @@ fn is_too_large(error: &hyper::Error) -> bool {
 }
 
 /// The first error of type `T` in `error`'s source chain.
-fn source_of<T: std::error::Error + 'static>(error: &hyper::Error) -> Option<&T> {
+pub(crate) fn source_of<T: std::error::Error + 'static>(error: &hyper::Error) -> Option<&T> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(err) = source {
         if let Some(found) = err.downcast_ref::<T>() {
@@ -423,6 +480,7 @@ fn respond<B>(
     response: Response<Incoming>,
     client_close: bool,
     retried: Option<RetryReason>,
+    refusals: u32,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Response<PoolBody>
 where
@@ -451,6 +509,7 @@ where
         wait: checkout.wait,
         idle_for: checkout.idle_for,
         retried,
+        refusals,
     });
     let guard: Option<Box<dyn BodyGuard>> = if body.is_end_stream() {
         checkout.finish(Outcome::Done);
@@ -526,7 +585,9 @@ fn take<B>(slot: &mut Option<Request<B>>) -> Request<B> {
     slot.take().expect("a request to send")
 }
 
-/// The whole request-level path, with at most one retry.
+/// The whole request-level path, with at most one retry, and a request
+/// the server never processed queued again, short of [`MAX_REFUSALS`]
+/// refusals and within its checkout timeout.
 ///
 /// A plain function returning an `async move` block, for the reason given
 /// at [`exchange`].
@@ -548,11 +609,24 @@ where
         // freely, but never endlessly.
         let mut stale = 0;
         let mut avoid = None;
+        let mut refusals = 0;
+        let since = Instant::now();
         loop {
-            let checkout = Checkout::acquire(&pool, avoid).await?;
+            let checkout = Checkout::acquire_since(&pool, avoid, since).await?;
             let failed_on = checkout.id();
-            match exchange(checkout, &mut slot, true, retried, &mut permit).await {
+            match exchange(checkout, &mut slot, true, retried, refusals, &mut permit).await {
                 Exchange::Response(response) => return Ok(response),
+                Exchange::Failed {
+                    retry: Some(RetryReason::RefusedStream | RetryReason::GoAway),
+                    ..
+                } => {
+                    // Back to the queue: the connection that refused it
+                    // now carries fewer streams (or drains), so the request
+                    // waits for one of its streams to end or another connection.
+                    refusals += 1;
+                    pool.count_requeue();
+                    avoid = None;
+                }
                 Exchange::Failed {
                     error,
                     retry: Some(reason),

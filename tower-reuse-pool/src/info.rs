@@ -25,6 +25,7 @@ pub struct ConnectionInfo {
     pub(crate) wait: Duration,
     pub(crate) idle_for: Option<Duration>,
     pub(crate) retried: Option<RetryReason>,
+    pub(crate) refusals: u32,
 }
 
 impl ConnectionInfo {
@@ -61,5 +62,12 @@ impl ConnectionInfo {
     /// Why the request was retried, if it was.
     pub fn retried(&self) -> Option<RetryReason> {
         self.retried
+    }
+
+    /// How many times an HTTP/2 server refused the request (or left it
+    /// unprocessed in a GOAWAY) before this response: each time it went
+    /// back to the pool's queue, which is not a retry.
+    pub fn refusals(&self) -> u32 {
+        self.refusals
     }
 }

@@ -13,7 +13,14 @@
 //!   rotation, max requests, the server's `Connection: close`, HTTP/1.0 and
 //!   `Keep-Alive: timeout`; one reaper task per pool;
 //! - HTTP/2 by prior knowledge or ALPN, honouring the server's stream limit
-//!   and opening more connections when all are full; GOAWAY drains;
+//!   and opening more connections when all are full; GOAWAY drains; a
+//!   stream the server never processed (refused, or above a graceful
+//!   GOAWAY's last stream id) goes back to the queue, not counting as the
+//!   retry, and its connection carries no more streams than the server had
+//!   accepted, stepping back up later (servers such as grpc-core free a
+//!   stream's slot after the client has seen it end); `ENHANCE_YOUR_CALM`
+//!   backs off; [`BufferBodyLayer`] makes a gRPC unary call's body
+//!   replayable for this;
 //! - safe retry: at most once, only on a reused connection, only when the
 //!   request was never written, the stream was refused or above a GOAWAY's
 //!   last stream id, or an idempotent request met the connection closing
@@ -65,6 +72,7 @@
 pub struct ReadmeDoctests;
 
 mod body;
+mod buffer;
 mod config;
 mod conn;
 mod connect;
@@ -89,10 +97,11 @@ mod target_pool;
 pub mod tls;
 
 pub use body::PoolBody;
+pub use buffer::{BufferBody, BufferBodyLayer, BufferedBody};
 pub use config::{ConfigError, PoolConfig, TargetConfig};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};
-pub use control::{PoolControl, PoolSnapshot, TargetSnapshot};
+pub use control::{Http2Snapshot, PoolControl, PoolSnapshot, TargetSnapshot};
 pub use error::{BoxError, Error, ErrorKind, Phase};
 pub use future::ResponseFuture;
 pub use hints::keep_alive_timeout;

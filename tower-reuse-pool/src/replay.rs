@@ -132,7 +132,7 @@ impl<B: Body + Default + 'static> SentHead<B> {
     }
 
     /// The request to send again, with a fresh body from its
-    /// [`ReplayBody`]; `None` if the bytes do not parse back. Every piece
+    /// [`ReplayBody`] (which it keeps); `None` if the bytes do not parse back. Every piece
     /// was valid, but an absolute URI whose parts each fit `http`'s limit
     /// of about 64 KiB may not once joined: such a request is then not
     /// replayed, and fails as it would have without a replay.
@@ -149,8 +149,15 @@ impl<B: Body + Default + 'static> SentHead<B> {
             value.set_sensitive(sensitive);
             headers.append(name, value);
         }
-        let body = self.replay.map_or_else(B::default, |replay| replay.body());
+        let body = self
+            .replay
+            .as_ref()
+            .map_or_else(B::default, ReplayBody::body);
         let mut req = Request::new(body);
+        // Sent again, it may be refused again: it stays replayable.
+        if let Some(replay) = self.replay {
+            req.extensions_mut().insert(replay);
+        }
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = version;
@@ -271,6 +278,8 @@ mod tests {
             .insert(ReplayBody::new(|| Full::new(Bytes::from_static(b"data"))));
         let again = round_trip(&req);
         assert_eq!(again.body().size_hint().exact(), Some(4));
-        assert!(again.extensions().is_empty());
+        // Only the factory comes along, so it can be sent yet again.
+        assert_eq!(again.extensions().len(), 1);
+        assert!(SentHead::of(&again).is_some(), "replayable again");
     }
 }

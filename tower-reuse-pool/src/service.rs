@@ -428,7 +428,7 @@ where
         };
         let mut slot = Some(req);
         ResponseFuture::new(async move {
-            match future::exchange(checkout, &mut slot, false, None, &mut None).await {
+            match future::exchange(checkout, &mut slot, false, None, 0, &mut None).await {
                 Exchange::Response(response) => Ok(response),
                 Exchange::Failed { error, .. } => Err(error),
             }

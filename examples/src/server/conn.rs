@@ -44,6 +44,9 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) keep_alive_hint: Option<HeaderValue>,
     pub(crate) chaos: Option<Chaos>,
+    /// HTTP/2 stream limit and how long a slot stays busy after its
+    /// stream ends (`ServerConfig::h2_late_release`).
+    pub(crate) late_release: Option<(u32, Duration)>,
 }
 
 /// Shared state of one connection.

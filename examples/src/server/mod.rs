@@ -19,6 +19,7 @@
 
 mod chaos;
 mod conn;
+mod late;
 mod stats;
 
 use std::io;
@@ -65,6 +66,7 @@ pub struct ServerConfig {
     idle_timeout: Option<Duration>,
     max_requests_per_connection: Option<u64>,
     h2_max_concurrent_streams: Option<u32>,
+    h2_late_release: Option<Duration>,
     response_size: usize,
     latency: Option<Duration>,
     keep_alive_hint: Option<Duration>,
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             idle_timeout: None,
             max_requests_per_connection: None,
             h2_max_concurrent_streams: None,
+            h2_late_release: None,
             response_size: 100,
             latency: None,
             keep_alive_hint: None,
@@ -140,6 +143,18 @@ impl ServerConfig {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`. Defaults to hyper's (200).
     pub fn h2_max_concurrent_streams(mut self, max: Option<u32>) -> Self {
         self.h2_max_concurrent_streams = max;
+        self
+    }
+
+    /// Count an HTTP/2 stream's slot busy for this long after the stream has
+    /// ended, and refuse (`REFUSED_STREAM`) a stream that arrives while
+    /// `h2_max_concurrent_streams` slots are busy, as grpc-core does: a
+    /// client that opens a stream as soon as one ends, within the limit it
+    /// was given, is refused. Refusals are counted
+    /// ([`ServerSnapshot::refused`]). h2c only (no TLS, no HTTP/1.1 on the
+    /// port, no faults, no idle timeout, no max requests). Defaults to `None`.
+    pub fn h2_late_release(mut self, after: Option<Duration>) -> Self {
+        self.h2_late_release = after;
         self
     }
 
@@ -231,6 +246,9 @@ impl Server {
                 .transpose()
                 .map_err(io::Error::other)?,
             chaos: config.chaos.clone(),
+            late_release: config
+                .h2_late_release
+                .map(|after| (config.h2_max_concurrent_streams.unwrap_or(200), after)),
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -360,6 +378,9 @@ async fn accept_loop(
             shutdown.clone(),
         );
         match &tls {
+            None if settings.late_release.is_some() => {
+                tokio::spawn(late::serve(stream, stats, settings, shutdown));
+            }
             None => {
                 tokio::spawn(conn::serve(
                     stream,

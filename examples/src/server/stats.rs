@@ -41,6 +41,7 @@ struct Inner {
     tls_resumed: AtomicU64,
     tls_failed: AtomicU64,
     faults: [AtomicU64; 4],
+    refused: AtomicU64,
     idle: Mutex<IdleIntegral>,
     samples: Mutex<Vec<OpenSample>>,
 }
@@ -94,6 +95,9 @@ pub struct ServerSnapshot {
     pub idle_socket_seconds: f64,
     /// Faults injected (see [`Chaos`](super::Chaos)).
     pub faults: FaultCounts,
+    /// HTTP/2 streams refused (`REFUSED_STREAM`) while every slot was still
+    /// counted busy (see [`ServerConfig::h2_late_release`](super::ServerConfig::h2_late_release)).
+    pub refused: u64,
 }
 
 /// Faults the server injected, by kind.
@@ -145,6 +149,7 @@ impl ServerStats {
                 tls_resumed: AtomicU64::new(0),
                 tls_failed: AtomicU64::new(0),
                 faults: std::array::from_fn(|_| AtomicU64::new(0)),
+                refused: AtomicU64::new(0),
                 idle: Mutex::new(IdleIntegral {
                     idle_now: 0,
                     last_change: now,
@@ -196,6 +201,7 @@ impl ServerStats {
                 stalled: i.faults[FAULT_STALLED].load(Relaxed),
                 goaway: i.faults[FAULT_GOAWAY].load(Relaxed),
             },
+            refused: i.refused.load(Relaxed),
         }
     }
 
@@ -324,5 +330,10 @@ impl ServerStats {
 
     pub(crate) fn request_served(&self) {
         self.inner.requests.fetch_add(1, Relaxed);
+    }
+
+    /// An HTTP/2 stream was refused (`REFUSED_STREAM`).
+    pub(crate) fn stream_refused(&self) {
+        self.inner.refused.fetch_add(1, Relaxed);
     }
 }

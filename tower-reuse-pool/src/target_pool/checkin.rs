@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Effects, Lease, Outcome, State, TargetPool, start_rotation};
+use super::{Effects, Lease, Outcome, RefusedInfo, State, TargetPool, start_rotation};
 use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, TlsHandshake};
 use crate::events::CloseReason;
@@ -53,7 +53,8 @@ impl<B> TargetPool<B> {
             _ if state.shut => Some(CloseReason::PoolDropped),
             Outcome::Abandoned => Some(CloseReason::Abandoned),
             Outcome::Failed => Some(CloseReason::Error),
-            Outcome::GoAway => Some(CloseReason::GoAway),
+            // HTTP/2 outcomes, never seen here.
+            Outcome::GoAway | Outcome::Refused { .. } | Outcome::Calm => Some(CloseReason::GoAway),
             Outcome::Done | Outcome::Unused => conn
                 .life
                 .retire_reason(config)
@@ -100,13 +101,42 @@ impl<B> TargetPool<B> {
         let Some(pos) = state.h2.iter().position(|c| c.life.id == id) else {
             return;
         };
+        match outcome {
+            Outcome::Refused {
+                refused_stream: true,
+                ..
+            } => state.counters.refused += 1,
+            Outcome::Calm => state.calm_down(id, now, fx),
+            _ => {}
+        }
+        let learned = state.h2_learned;
         let conn = &mut state.h2[pos];
         conn.streams -= 1;
-        if outcome == Outcome::Unused {
+        if matches!(outcome, Outcome::Unused | Outcome::Refused { .. }) {
             conn.life.served -= 1;
         }
         conn.life.checkin(now);
         match outcome {
+            Outcome::Refused {
+                refused_stream,
+                refusals,
+            } => {
+                if refused_stream {
+                    // The server had accepted the streams still in flight.
+                    conn.learned.refused(conn.streams, now);
+                    fx.wake_at(conn.learned.probe_at());
+                } else {
+                    conn.life.drain();
+                }
+                fx.refused = Some(RefusedInfo {
+                    id,
+                    refused_stream,
+                    refusals,
+                    effective_limit: conn.capacity(learned),
+                    advertised_limit: conn.advertised(learned),
+                });
+            }
+            Outcome::Calm => conn.life.drain(),
             Outcome::GoAway => conn.life.drain(),
             Outcome::Failed if conn.tx.is_closed() => conn.life.drain(),
             // Served its share (`max_requests_per_connection`), or the
@@ -127,10 +157,10 @@ impl<B> TargetPool<B> {
                 };
                 state.closed(&mut conn.life, reason, now, fx);
             } else {
-                fx.wake_reaper = conn.life.next_deadline(config, true);
+                fx.wake_at(conn.life.next_deadline(config, true));
             }
         } else {
-            fx.wake_reaper = conn.life.next_deadline(config, false);
+            fx.wake_at(conn.life.next_deadline(config, false));
         }
     }
 

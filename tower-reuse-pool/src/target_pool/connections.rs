@@ -63,6 +63,7 @@ impl<B> TargetPool<B> {
                         streams: 0,
                         limit: parts.limit,
                         settled: parts.settled,
+                        learned: Default::default(),
                     });
                 }
             }
@@ -155,13 +156,17 @@ impl<B> TargetPool<B> {
     }
 
     /// A connection task ended: drop the connection if it sits idle; one
-    /// checked out is closed when it comes back.
-    pub(crate) fn connection_ended(self: &Arc<Self>, id: ConnId, graceful: bool) {
+    /// checked out is closed when it comes back. `calm`: the server ended
+    /// it with `ENHANCE_YOUR_CALM`, so the target's connects back off.
+    pub(crate) fn connection_ended(self: &Arc<Self>, id: ConnId, graceful: bool, calm: bool) {
         let now = Instant::now();
         let mut fx = Effects::new();
         {
             let mut state = self.lock();
             let config = self.config_of(&state);
+            if calm {
+                state.calm_down(id, now, &mut fx);
+            }
             if let Some(pos) = state.idle.iter().position(|c| c.life.id == id) {
                 let mut conn = state.idle.remove(pos);
                 state.closed(&mut conn.life, CloseReason::ServerClosed, now, &mut fx);
@@ -191,8 +196,14 @@ impl<B> TargetPool<B> {
         {
             let mut state = self.lock();
             let config = self.config_of(&state);
-            state.h2_streams_hint = limit.max(1);
-            state.h2_learned = Some(limit.max(1));
+            // A limit of 0 (a server pausing a connection, or one read
+            // after the connection ended) says nothing of what the next
+            // connection will carry: planning as if one stream would open a
+            // connection per waiter.
+            if limit > 0 {
+                state.h2_streams_hint = limit;
+                state.h2_learned = Some(limit);
+            }
             self.dispatch(&mut state, &config, now, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
         }

@@ -96,9 +96,18 @@ impl<B> TargetPool<B> {
                 );
                 i += 1;
             }
+            // Limits learned from refusals step back up: serve waiters.
+            state.probe_learned_limits(now);
+            for conn in &state.h2 {
+                soonest(conn.learned.probe_at());
+            }
+            self.dispatch(state, &config, now, &mut fx);
             self.plan(state, &config, now, &mut fx);
             if let Some((until, _)) = state.prewarm_backoff {
                 soonest(Some(until));
+            }
+            if let Some(calm) = state.calm_backoff.filter(|calm| calm.until > now) {
+                soonest(Some(calm.until));
             }
             // Connections checked out now come back with an idle deadline no
             // sooner than this: waking here keeps check-ins from waking the

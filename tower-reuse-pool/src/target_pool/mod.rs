@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use crate::config::{PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::connect::StreamLimit;
-use crate::control::TargetSnapshot;
+use crate::control::{Http2Snapshot, TargetSnapshot};
 use crate::error::Error;
-use crate::events::{CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents};
+use crate::events::{Calmed, CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents, Refused};
 use crate::sync::{self, MutexGuard};
 use crate::target::Target;
 
@@ -37,6 +37,13 @@ mod expiry;
 mod model;
 
 use expiry::start_rotation;
+
+/// The first back-off from a target after its server sent
+/// `ENHANCE_YOUR_CALM`; doubled each time it comes again soon after.
+pub(crate) const CALM_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest back-off after `ENHANCE_YOUR_CALM`.
+pub(crate) const CALM_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// What every target of one pool shares.
 pub(crate) struct Common {
@@ -189,6 +196,13 @@ pub(crate) enum Outcome {
     Failed,
     /// The HTTP/2 server sent GOAWAY: drain.
     GoAway,
+    /// The HTTP/2 server never processed the stream: it refused it
+    /// (`REFUSED_STREAM`, when `refused_stream`), or sent a graceful
+    /// GOAWAY below it. `refusals` counts the request's refusals so far.
+    Refused { refused_stream: bool, refusals: u32 },
+    /// The HTTP/2 server sent `ENHANCE_YOUR_CALM`: the connection takes
+    /// no new stream, and the target's connects back off.
+    Calm,
 }
 
 struct Waiter<B> {
@@ -206,6 +220,9 @@ struct Counters {
     connect_errors: u64,
     retries: u64,
     stale_skips: u64,
+    refused: u64,
+    requeued: u64,
+    calm: u64,
     tls_full: u64,
     tls_resumed: u64,
     closed: [u64; CloseReason::ALL.len()],
@@ -246,6 +263,8 @@ struct State<B> {
     /// Rotation replacements that arrived while the connection to retire was checked out.
     retirements_due: usize,
     prewarm_backoff: Option<(Instant, Duration)>,
+    /// After `ENHANCE_YOUR_CALM`: no connect before this.
+    calm_backoff: Option<CalmBackoff>,
     last_active: Instant,
     counters: Counters,
     /// The target's own settings, and the configuration they resolve to
@@ -267,6 +286,67 @@ impl<B> State<B> {
         self.open -= 1;
         self.counters.closed[reason.index()] += 1;
         fx.close(life, reason, now);
+    }
+
+    /// Step up the stream limits learned from refusals whose time has come.
+    fn probe_learned_limits(&mut self, now: Instant) {
+        let learned = self.h2_learned;
+        for conn in &mut self.h2 {
+            if conn.learned.probe_at().is_some_and(|at| at <= now) {
+                let advertised = conn.advertised(learned);
+                conn.learned.probe(advertised, now);
+            }
+        }
+    }
+
+    /// Whether limits learned from refusals keep a connect back: they may
+    /// cost one connection more than the advertised limits call for (the
+    /// streams in flight and waiting), not more. A server that refuses
+    /// below its advertised limit frees its slots later, and the learned
+    /// limits step back up.
+    fn learned_limits_hold_back(&self) -> bool {
+        let (mut live, mut in_flight, mut lowered) = (0, 0, false);
+        for conn in self.h2.iter().filter(|c| !c.life.is_draining()) {
+            live += 1;
+            in_flight += conn.streams;
+            lowered |= conn.learned.is_lowered();
+        }
+        let demand = in_flight + self.waiters.len();
+        lowered && live + self.connecting > demand.div_ceil(self.h2_streams_hint.max(1))
+    }
+
+    /// The server sent `ENHANCE_YOUR_CALM`: no connect for a while, longer
+    /// each time it comes again before the last back-off is twice over.
+    fn calm_down(&mut self, id: ConnId, now: Instant, fx: &mut Effects<B>) {
+        let backoff = match self.calm_backoff {
+            // One connection's signal counts once (a reset stream, then
+            // the GOAWAY that ends the connection).
+            Some(last) if last.id == id => return,
+            Some(last) if now < last.until + last.backoff => {
+                (last.backoff * 2).min(CALM_BACKOFF_MAX)
+            }
+            _ => CALM_BACKOFF,
+        };
+        self.counters.calm += 1;
+        self.calm_backoff = Some(CalmBackoff {
+            until: now + backoff,
+            backoff,
+            id,
+        });
+        fx.wake_at(Some(now + backoff));
+        fx.calmed = Some((id, backoff));
+    }
+
+    /// Whether connects wait for an `ENHANCE_YOUR_CALM` back-off; if so,
+    /// the reaper is woken when it ends.
+    fn calming(&self, now: Instant, fx: &mut Effects<B>) -> bool {
+        match self.calm_backoff {
+            Some(calm) if calm.until > now => {
+                fx.wake_at(Some(calm.until));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Keep no more idle HTTP/1.1 connections than `max_idle_per_target`,
@@ -302,6 +382,27 @@ struct Effects<B> {
     dedicated: Vec<Grant<B>>,
     checkin: Option<(ConnId, bool)>,
     wake_reaper: Option<Instant>,
+    refused: Option<RefusedInfo>,
+    calmed: Option<(ConnId, Duration)>,
+}
+
+/// A back-off after `ENHANCE_YOUR_CALM`.
+#[derive(Clone, Copy)]
+struct CalmBackoff {
+    /// No connect before this.
+    until: Instant,
+    backoff: Duration,
+    /// The connection whose server asked for calm.
+    id: ConnId,
+}
+
+/// A refusal, for its event.
+struct RefusedInfo {
+    id: ConnId,
+    refused_stream: bool,
+    refusals: u32,
+    effective_limit: usize,
+    advertised_limit: usize,
 }
 
 struct ClosedInfo {
@@ -320,6 +421,15 @@ impl<B> Effects<B> {
             dedicated: Vec::new(),
             checkin: None,
             wake_reaper: None,
+            refused: None,
+            calmed: None,
+        }
+    }
+
+    /// Wake the reaper at `at` too.
+    fn wake_at(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.wake_reaper = Some(self.wake_reaper.map_or(at, |w| w.min(at)));
         }
     }
 
@@ -366,6 +476,7 @@ impl<B> TargetPool<B> {
                 h2_learned: None,
                 retirements_due: 0,
                 prewarm_backoff: None,
+                calm_backoff: None,
                 last_active: Instant::now(),
                 counters: Counters::default(),
                 own_config: None,
@@ -475,6 +586,7 @@ impl<B> TargetPool<B> {
         fx: &mut Effects<B>,
         avoid: Option<ConnId>,
     ) -> Option<Granted<B>> {
+        state.probe_learned_limits(now);
         let learned = state.h2_learned;
         if let Some(conn) = state.h2.iter_mut().find(|c| {
             Some(c.life.id) != avoid
@@ -612,8 +724,9 @@ impl<B> TargetPool<B> {
             }
         }
         // Demand: waiters that no connect in flight (or settling HTTP/2
-        // connection) will serve.
-        while room(state) {
+        // connection) will serve; none while the server asks for calm.
+        let calming = state.calming(now, fx);
+        while !calming && room(state) {
             let covered = match state.protocol {
                 // Until the first connection tells HTTP/1 from HTTP/2, one
                 // connect probes: a cold ALPN burst opens one socket, not N.
@@ -626,7 +739,9 @@ impl<B> TargetPool<B> {
                 }
                 Some(Protocol::Http1) => state.connecting,
                 Some(Protocol::Http2) => {
-                    if !config.http2_scale_out && !state.h2.is_empty() {
+                    if !config.http2_scale_out && !state.h2.is_empty()
+                        || state.learned_limits_hold_back()
+                    {
                         usize::MAX
                     } else {
                         // Saturating: a server without a stream limit
@@ -660,7 +775,11 @@ impl<B> TargetPool<B> {
         if let Some((until, _)) = state.prewarm_backoff.filter(|_| backoff) {
             fx.wake_reaper = Some(until);
         }
-        while !backoff && idle + state.prewarming < config.min_idle_per_target && room(state) {
+        while !backoff
+            && !calming
+            && idle + state.prewarming < config.min_idle_per_target
+            && room(state)
+        {
             state.connecting += 1;
             state.prewarming += 1;
             fx.connects.push(ConnectReason::Prewarm);
@@ -680,6 +799,25 @@ impl<B> TargetPool<B> {
                 lifetime: closed.lifetime,
                 requests_served: closed.served,
                 prewarmed: closed.prewarmed,
+            });
+        }
+        if let Some(refused) = &fx.refused {
+            events.on_refused(&Refused {
+                target: &self.target,
+                failed_on: refused.id,
+                refused_stream: refused.refused_stream,
+                refusals: refused.refusals,
+                effective_limit: refused.effective_limit,
+                advertised_limit: refused.advertised_limit,
+            });
+        }
+        if let Some((id, backoff)) = fx.calmed {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(target = %self.target, %id, ?backoff, "server asked for calm");
+            events.on_calm(&Calmed {
+                target: &self.target,
+                id,
+                backoff,
             });
         }
         if let Some((id, reusable)) = fx.checkin {
@@ -713,6 +851,11 @@ impl<B> TargetPool<B> {
         self.lock().counters.retries += 1;
     }
 
+    /// A request the server never processed goes back to the queue.
+    pub(crate) fn count_requeue(&self) {
+        self.lock().counters.requeued += 1;
+    }
+
     /// A request moved on from a pooled connection found closed before
     /// anything was written (not a retry: nothing reached a server).
     pub(crate) fn count_stale_skip(&self) {
@@ -732,13 +875,28 @@ impl<B> TargetPool<B> {
     }
 
     pub(crate) fn snapshot(&self) -> TargetSnapshot {
-        let state = self.lock();
+        let mut state = self.lock();
+        // Learned limits as they stand now, not as the reaper last saw them.
+        state.probe_learned_limits(Instant::now());
         let idle = state.idle.len()
             + state
                 .h2
                 .iter()
                 .filter(|c| c.streams == 0 && !c.life.is_draining())
                 .count();
+        let learned = state.h2_learned;
+        let http2 = state
+            .h2
+            .iter()
+            .map(|c| Http2Snapshot {
+                id: c.life.id,
+                streams: c.streams,
+                advertised_limit: c.advertised(learned),
+                effective_limit: c.capacity(learned),
+                refused: c.learned.refused,
+                draining: c.life.is_draining(),
+            })
+            .collect();
         TargetSnapshot {
             target: self.target.clone(),
             protocol: state.protocol,
@@ -752,6 +910,11 @@ impl<B> TargetPool<B> {
             connect_errors: state.counters.connect_errors,
             retries: state.counters.retries,
             stale_skips: state.counters.stale_skips,
+            refused: state.counters.refused,
+            requeued: state.counters.requeued,
+            calm: state.counters.calm,
+            calm_backoff: state.calm_backoff.map(|calm| calm.until),
+            http2,
             tls_full: state.counters.tls_full,
             tls_resumed: state.counters.tls_resumed,
             closed: state.counters.closed,

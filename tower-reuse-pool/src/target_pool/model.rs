@@ -30,7 +30,11 @@
 //! never read; its connection half is kept unpolled, so the sender stays
 //! open. Requests hold their connection across a scheduling point, then
 //! give it back as done or abandoned (which closes an HTTP/1.1 one), or
-//! give up waiting at a point the checker picks.
+//! as refused (HTTP/2: the connection learns a lower limit and the request
+//! goes back to the queue, as the request path does), or give up waiting at
+//! a point the checker picks. While requests wait, a reaper task runs the
+//! expiry pass a second ahead, which steps learned limits back up and
+//! serves the queue.
 //!
 //! Checked in every execution: no HTTP/1.1 connection has two holders and
 //! no HTTP/2 one more than its limit; at every observation (each checkout
@@ -46,7 +50,7 @@
 //! or counted closed, and no more were opened than there were requests.
 //!
 //! Not covered: HTTP/2 settling, stream-limit changes, GOAWAY and
-//! draining; expiry and the reaper, rotation, pre-warming, configuration
+//! draining, `ENHANCE_YOUR_CALM`; expiry and the reaper's timing, rotation, pre-warming, configuration
 //! changes at run time, pool shutdown, checkout and connect timeouts
 //! (tokio time), and the request path past checkout (hyper). shuttle
 //! interleaves at lock acquisitions, at the one
@@ -150,6 +154,9 @@ enum GiveBack {
     Done,
     /// Done or abandoned (which closes the connection), as the checker chooses.
     DoneOrAbandoned,
+    /// HTTP/2: the server refused the stream; the request goes back to the
+    /// queue (as the request path does) and is then done.
+    RefusedThenDone,
 }
 
 /// How a request ended.
@@ -335,25 +342,37 @@ impl Model {
             Leave::Stay => None,
             Leave::MayLeave => Some(thread_rng().gen_range(0..4)),
         };
-        let checkout = match within(Checkout::acquire(&self.pool, avoid), patience).await {
-            None => return Ended::Left,
-            Some(Err(error)) => {
-                assert!(error.is_connect(), "unexpected error: {error}");
-                return Ended::ConnectError;
+        let mut refusals = 0;
+        loop {
+            let checkout = match within(Checkout::acquire(&self.pool, avoid), patience).await {
+                None => return Ended::Left,
+                Some(Err(error)) => {
+                    assert!(error.is_connect(), "unexpected error: {error}");
+                    return Ended::ConnectError;
+                }
+                Some(Ok(checkout)) => checkout,
+            };
+            let id = checkout.id();
+            self.hold(id, checkout.protocol);
+            // The request runs: others race for the pool meanwhile.
+            yield_now().await;
+            self.unhold(id);
+            let outcome = match give_back {
+                GiveBack::DoneOrAbandoned if thread_rng().gen_bool(0.5) => Outcome::Abandoned,
+                GiveBack::RefusedThenDone if refusals == 0 => {
+                    refusals += 1;
+                    Outcome::Refused {
+                        refused_stream: true,
+                        refusals,
+                    }
+                }
+                _ => Outcome::Done,
+            };
+            checkout.finish(outcome);
+            if outcome == Outcome::Done || outcome == Outcome::Abandoned {
+                return Ended::Served(id);
             }
-            Some(Ok(checkout)) => checkout,
-        };
-        let id = checkout.id();
-        self.hold(id, checkout.protocol);
-        // The request runs: others race for the pool meanwhile.
-        yield_now().await;
-        self.unhold(id);
-        let outcome = match give_back {
-            GiveBack::DoneOrAbandoned if thread_rng().gen_bool(0.5) => Outcome::Abandoned,
-            _ => Outcome::Done,
-        };
-        checkout.finish(outcome);
-        Ended::Served(id)
+        }
     }
 
     fn hold(&self, id: ConnId, protocol: Protocol) {
@@ -431,8 +450,11 @@ impl Model {
         if state.waiters.iter().any(|w| !w.tx.is_closed()) {
             let h1_out = state.open > state.idle.len() + state.h2.len();
             let h2_out = state.h2.iter().any(|c| c.streams > 0);
+            // A limit learned from a refusal steps up when the reaper
+            // probes (the model's reaper task below).
+            let probing = state.h2.iter().any(|c| c.learned.probe_at().is_some());
             assert!(
-                state.connecting > 0 || h1_out || h2_out,
+                state.connecting > 0 || h1_out || h2_out || probing,
                 "a waiter nothing will wake: {counts}"
             );
             // Only a retry avoiding the one free connection waits beside
@@ -490,16 +512,32 @@ impl Model {
             .map(|&(leave, give_back)| spawn(self.clone().request(None, leave, give_back)))
             .collect();
         let observer = spawn(self.clone().watch());
+        let reaper = spawn(self.clone().reap());
         let mut ended = Vec::new();
         for task in tasks {
             ended.push(task.await.expect("a request task"));
         }
         observer.abort();
+        reaper.abort();
         self.settle().await;
         // A connect serves the queue: never more connections than requests.
         let opened = self.pool.lock().counters.opened;
         assert!(opened as usize <= requests.len(), "{opened} opened");
         ended
+    }
+
+    /// The reaper's part in serving waiters: while any wait, run an expiry
+    /// pass a second ahead (past every probe interval, short of any
+    /// expiry), which steps learned stream limits up and serves the queue.
+    async fn reap(self: Arc<Self>) {
+        loop {
+            let waiting = !self.pool.lock().waiters.is_empty();
+            if waiting {
+                self.pool
+                    .reap(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+            yield_now().await;
+        }
     }
 
     /// Check the invariants between other tasks' steps, a few times.
@@ -653,6 +691,26 @@ fn http2_streams_share_a_connection_within_the_servers_limit() {
         |ended, state| {
             assert!(all_served(&ended[..2]), "{ended:?}");
             assert_eq!(state.counters.opened, 1);
+        },
+    );
+}
+
+/// A refused stream lowers its connection's limit to the streams still in
+/// flight and goes back to the queue: it is served by a stream that ends
+/// there or by a new connection within the cap, never lost (every request
+/// served, no waiter left, no slot leaked, no more connections than
+/// requests).
+#[test]
+fn a_refused_stream_goes_back_to_the_queue_and_is_served() {
+    let config = PoolConfig::default().max_connections_per_target(Some(2));
+    let http2 = Speaks::Http2 { streams: 2 };
+    let model = move || Model::new(HTTP, config.clone(), http2, Connects::Succeed);
+    const REFUSED: (Leave, GiveBack) = (Leave::Stay, GiveBack::RefusedThenDone);
+    check_requests(
+        model,
+        &[REFUSED, STAY_DONE, REFUSED, LEAVE_DONE],
+        |ended, _| {
+            assert!(all_served(&ended[..3]), "{ended:?}");
         },
     );
 }
