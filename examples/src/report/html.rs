@@ -269,22 +269,28 @@ fn open_chart(name: &str, runs: &[&RunResult]) -> String {
 }
 
 /// One line: which stack did best on what, among the stacks that compete
-/// (`raw`, the physical limit, does not).
+/// (`raw`, the physical limit, does not). Figures within [`TIE`] of the
+/// best tie with it; a figure on which every stack ties (a paced load's
+/// requests/s, say) names no winner.
 pub fn verdict(runs: &[&RunResult]) -> String {
     let contenders: Vec<&RunResult> = runs.iter().copied().filter(|r| r.stack != "raw").collect();
-    if contenders.is_empty() {
-        return "no stack to compare".to_owned();
-    }
     let mut parts = Vec::new();
     let mut best =
         |what: &str, value: fn(&RunResult) -> f64, most: bool, show: fn(f64) -> String| {
-            let pick = |a: f64, b: f64| if most { a.max(b) } else { a.min(b) };
-            let start = if most { f64::MIN } else { f64::MAX };
-            let top = contenders.iter().map(|r| value(r)).fold(start, pick);
+            let values: Vec<f64> = contenders.iter().map(|r| value(r)).collect();
+            let Some(top) = values
+                .iter()
+                .copied()
+                .reduce(|a, b| if most { a.max(b) } else { a.min(b) })
+            else {
+                return;
+            };
+            let ties = |v: f64| (v - top).abs() <= TIE * top.abs();
             let winners: Vec<&str> = contenders
                 .iter()
-                .filter(|r| (value(r) - top).abs() <= 1e-9 * top.abs().max(1.0))
-                .map(|r| r.stack.as_str())
+                .zip(&values)
+                .filter(|(_, v)| ties(**v))
+                .map(|(r, _)| r.stack.as_str())
                 .collect();
             if winners.len() < contenders.len() {
                 parts.push(format!("{what}: {} ({})", winners.join(", "), show(top)));
@@ -316,11 +322,14 @@ pub fn verdict(runs: &[&RunResult]) -> String {
         });
     }
     if parts.is_empty() {
-        "every stack alike on every figure".to_owned()
+        "no stack stands out".to_owned()
     } else {
         parts.join("; ")
     }
 }
+
+/// Figures this close to the best (relative) tie with it in the verdict.
+const TIE: f64 = 0.02;
 
 fn resumed_share(r: &RunResult) -> f64 {
     let all = r.tls_full + r.tls_resumed;
@@ -357,5 +366,9 @@ mod tests {
             verdict(&refs),
             "most requests/s: reuse (100); fewest connections opened: reuse (32)"
         );
+        // Within 2 %: a tie, and a figure everyone ties on names nobody.
+        let runs = [run("hyper-util", 99.0, 32), run("reuse", 100.0, 32)];
+        let refs: Vec<&RunResult> = runs.iter().collect();
+        assert_eq!(verdict(&refs), "no stack stands out");
     }
 }
