@@ -128,8 +128,10 @@ const CACHE_IN_TLS_CHURN_ONLY: &str = "measured in tls-churn only (what the TLS 
 
 const OTEL_IN_STEADY_ONLY: &str = "measured in steady-h1 and steady-h1-tls only (the OpenTelemetry overhead), to keep the suite short";
 
-/// The faults of the `chaos` scenarios, with the seed fixed so that runs
-/// and stacks see the same draws per connection.
+/// The faults of the `chaos` scenarios, with the seed fixed: each accepted
+/// connection draws the same sequence in every run. Runs and stacks still
+/// meet different faults (each opens its own connections and spreads its
+/// requests its own way): compare the faults injected, counted per row.
 fn chaos_faults(protocol: Protocol) -> Chaos {
     let stall = (Duration::from_millis(50), Duration::from_millis(200));
     let chaos = Chaos::default()
