@@ -35,8 +35,7 @@ const MAX_SAMPLES: usize = 200_000;
 struct State {
     started: Instant,
     samples: Vec<OpenSample>,
-    /// The integral up to the last sample.
-    idle_seconds: f64,
+    idle: IdleIntegral,
     progress: Arc<Progress>,
 }
 
@@ -48,9 +47,7 @@ impl State {
         let open = open.get();
         let idle = open.saturating_sub(self.progress.in_flight());
         let sample = OpenSample { at_s, open, idle };
-        if let Some(last) = self.samples.last() {
-            self.idle_seconds += idle_between(last, &sample);
-        }
+        self.idle.add(sample);
         // Past the cap only the integral goes on (and the window's last
         // sample, taken by `finish`).
         if self.samples.len() < MAX_SAMPLES {
@@ -61,17 +58,22 @@ impl State {
     }
 }
 
-/// Idle socket-seconds between two samples: the earlier one's idle count
-/// held until the later one (the count is a step function, sampled).
-fn idle_between(earlier: &OpenSample, later: &OpenSample) -> f64 {
-    earlier.idle as f64 * (later.at_s - earlier.at_s).max(0.0)
+/// The idle socket-seconds of a trace of samples, added up as they come:
+/// each sample's idle count held until the next (the count is a step
+/// function, sampled), from the first sample to the last.
+#[derive(Debug, Default)]
+struct IdleIntegral {
+    last: Option<OpenSample>,
+    seconds: f64,
 }
 
-/// The idle socket-seconds of a trace of samples (the step integral the
-/// sampler adds up as it goes), from its first sample to its last.
-#[cfg(test)]
-fn idle_socket_seconds(samples: &[OpenSample]) -> f64 {
-    samples.windows(2).map(|w| idle_between(&w[0], &w[1])).sum()
+impl IdleIntegral {
+    fn add(&mut self, sample: OpenSample) {
+        if let Some(last) = self.last {
+            self.seconds += last.idle as f64 * (sample.at_s - last.at_s).max(0.0);
+        }
+        self.last = Some(sample);
+    }
 }
 
 /// Samples open connections and requests in flight every 25 ms, from
@@ -92,7 +94,7 @@ impl ClientSampler {
         let mut state = State {
             started: Instant::now(),
             samples: Vec::new(),
-            idle_seconds: 0.0,
+            idle: IdleIntegral::default(),
             progress,
         };
         state.sample(&open);
@@ -108,7 +110,7 @@ impl ClientSampler {
         self.task.abort();
         let mut state = self.lock();
         state.sample(&self.open);
-        (state.idle_seconds, state.samples.clone())
+        (state.idle.seconds, state.samples.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -155,21 +157,12 @@ mod tests {
             at(3.5, 0, 0),
             at(5.0, 0, 0),
         ];
-        assert_eq!(idle_socket_seconds(&trace), 2.5);
-        assert_eq!(idle_socket_seconds(&trace[..1]), 0.0);
-    }
-
-    /// The sampler's running figure is the trace's integral, its window
-    /// closed by `finish`.
-    #[tokio::test(start_paused = true)]
-    async fn the_sampler_integrates_what_it_samples() {
-        let stats = ClientStats::default();
-        let progress = Progress::new();
-        let sampler = ClientSampler::start(OpenCount::Client(stats), progress);
-        tokio::time::sleep(Duration::from_millis(110)).await;
-        let (idle, samples) = sampler.finish();
-        assert_eq!(idle, idle_socket_seconds(&samples));
-        let last = samples.last().expect("a sample at finish");
-        assert!((last.at_s - 0.110).abs() < 1e-9, "{samples:?}");
+        let mut integral = IdleIntegral::default();
+        integral.add(trace[0]);
+        assert_eq!(integral.seconds, 0.0, "one sample spans no time");
+        for sample in &trace[1..] {
+            integral.add(*sample);
+        }
+        assert_eq!(integral.seconds, 2.5);
     }
 }
