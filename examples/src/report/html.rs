@@ -269,7 +269,7 @@ fn open_chart(name: &str, runs: &[&RunResult]) -> String {
 }
 
 /// One line: which stack did best on what, among the stacks that compete
-/// (`raw`, the physical limit, does not). Figures within [`TIE`] of the
+/// (`raw`, the physical limit, does not). Figures within 2 % of the
 /// best tie with it; a figure on which every stack ties (a paced load's
 /// requests/s, say) names no winner.
 pub fn verdict(runs: &[&RunResult]) -> String {
