@@ -56,7 +56,7 @@ struct Args {
     #[arg(long, requires = "target")]
     ca: Option<PathBuf>,
     /// A TOML file of pool settings for the `reuse` stacks instead of their
-    /// defaults (keys as in the README's configuration reference).
+    /// defaults (keys are `PoolConfig`'s setter names, e.g. `idle_timeout = "20s"`).
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Export the reuse+otel stack's spans and metrics (and reuse+span's
