@@ -2,7 +2,7 @@
 //! server (or the `--target`), its own client, the same load; the rows go
 //! into [`Results`]. Stacks run one after another, all at once
 //! (`parallel_stacks`), or taking turns in short slices (`take_turns`,
-//! [`Scenario::rounds`]).
+//! [`Scenario::rounds`]) in an order drawn afresh each round from a seed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,9 +23,11 @@ use crate::stacks::{ClientSnapshot, Stack, StackKind};
 use crate::target::Target;
 use crate::tls::{self, TlsIdentity};
 
+mod idle_memory;
 mod idle_servers;
 mod sampler;
 
+pub use idle_memory::{MEASURE_IDLE_MEMORY_FLAG, measure as measure_idle_memory};
 use idle_servers::IdleServers;
 pub use idle_servers::{SERVE_IDLE_FLAG, serve as serve_idle};
 use sampler::{ClientSampler, OpenCount};
@@ -54,7 +56,8 @@ pub struct LabConfig {
     /// Where the `reuse+otel` stack exports its spans and metrics, and
     /// `reuse+span` its spans (`--otlp URL`); `None` to export nowhere.
     pub otlp: Option<Endpoint>,
-    /// Facts about the run, copied into the results.
+    /// Facts about the run, copied into the results; its `turn_seed`
+    /// draws the stacks' order in each round of a run taking turns.
     pub environment: Environment,
     /// Called with each scenario's rows when it finishes (prints the table).
     pub on_scenario: fn(&Scenario, &[RunResult], &[Skipped]) -> String,
@@ -69,6 +72,7 @@ struct Env {
     server_threads: usize,
     policy: Option<tower_reuse_pool::PoolConfig>,
     otlp: Option<Endpoint>,
+    turn_seed: u64,
 }
 
 enum Row {
@@ -89,10 +93,19 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
         server_threads: config.server_threads,
         policy: config.policy,
         otlp: config.otlp,
+        turn_seed: config.environment.turn_seed,
     });
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>16} [{bar:32}] {percent:>3}% {msg}")?
         .progress_chars("=> ");
+    if env.target.is_none() && config.scenarios.iter().any(|s| s.rounds() > 1) {
+        multi.suspend(|| {
+            println!(
+                "stacks taking turns run in an order drawn each round from seed {} (--seed {} repeats it)",
+                env.turn_seed, env.turn_seed
+            );
+        });
+    }
     let mut runs = Vec::new();
     let mut skipped = Vec::new();
     for scenario in config.scenarios {
@@ -147,10 +160,9 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
                 ));
             }
         }
-        if scenario.tail.is_some() {
+        if let Some(tail) = scenario.tail {
             bar.set_message(format!(
-                "watching open connections for {:?}",
-                scenario.tail.unwrap_or_default()
+                "sampling open connections for {tail:?} after the load"
             ));
         }
         let mut scenario_runs = Vec::new();
@@ -262,9 +274,10 @@ async fn against_twin(
     Ok(run.finish(Some(twin.rps())))
 }
 
-/// `rounds` rounds of one slice of the scenario's load on each run in
-/// order, moving the bar by `units` per run over all the rounds; `what`
-/// follows the stack's name in the bar.
+/// `rounds` rounds of one slice of the scenario's load on each run, moving
+/// the bar by `units` per run over all the rounds; `what` follows the
+/// stack's name in the bar. Each round takes the runs in its own order
+/// ([`turn_order`]), so no stack always follows the same other.
 async fn turns(
     runs: &mut [Prepared],
     scenario: &Scenario,
@@ -277,7 +290,8 @@ async fn turns(
         let slice = &scenario.load.slice(rounds, round);
         let share = units * u64::from(round + 1) / u64::from(rounds)
             - units * u64::from(round) / u64::from(rounds);
-        for run in runs.iter_mut() {
+        for i in turn_order(env_seed(runs), round, runs.len()) {
+            let run = &mut runs[i];
             bar.set_message(format!(
                 "{}{what} (round {} of {rounds})",
                 run.kind,
@@ -289,11 +303,25 @@ async fn turns(
     Ok(())
 }
 
+fn env_seed(runs: &[Prepared]) -> u64 {
+    runs.first().map_or(0, |run| run.turn_seed)
+}
+
+/// The order of `n` runs in round `round`: a permutation drawn from
+/// `seed` and the round, the same for the same seed.
+fn turn_order(seed: u64, round: u32, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    fastrand::Rng::with_seed(seed ^ u64::from(round).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .shuffle(&mut order);
+    order
+}
+
 /// One stack set up on a scenario (its server, its client, the counters
 /// before the load), and what its slices of the load have measured.
 struct Prepared {
     scenario: Arc<Scenario>,
     kind: StackKind,
+    turn_seed: u64,
     server: Option<Server>,
     /// The child process serving the idle targets, for as long as the
     /// run lasts.
@@ -309,8 +337,9 @@ struct Prepared {
     elapsed: Duration,
     idle_seconds: f64,
     samples: Vec<OpenSample>,
-    /// The server's idle-socket integral during the slices, when the run
-    /// took turns (between slices the stack is idle by design).
+    /// The server's idle-socket integral during the slices (between
+    /// slices of a run taking turns the stack is idle by design), the same
+    /// window as `idle_seconds`.
     server_idle_seconds: f64,
     slices: u32,
 }
@@ -378,7 +407,8 @@ impl Prepared {
         let mut rss_per_target = None;
         if scenario.idle_targets > 0 && targets.len() > 1 {
             let idle = &targets[1..targets.len().min(scenario.idle_targets + 1)];
-            let before = rss_bytes();
+            // In a process of its own: this one has run other stacks.
+            rss_per_target = Some(idle_memory::in_child(kind, idle).await?);
             // One request per idle target, in order, so each gets exactly one.
             let one_request = Load::Bursts {
                 bursts: 1,
@@ -391,15 +421,13 @@ impl Prepared {
                     driver::run(&stack, &one, &one_request, &Progress::new(), false, 0).await?;
                 warmup.merge(&outcome.recorder);
             }
-            if let (Some(before), Some(after)) = (before, rss_bytes()) {
-                rss_per_target = Some(after.saturating_sub(before) as f64 / idle.len() as f64);
-            }
             // The idle targets' connections are the setting, not the load.
             baseline = Baseline::take(server.as_ref(), Some(&stack));
         }
         Ok(Ok(Prepared {
             scenario,
             kind,
+            turn_seed: env.turn_seed,
             server,
             _idle_servers: idle_servers,
             targets,
@@ -426,12 +454,8 @@ impl Prepared {
         share: u64,
     ) -> Result<(), LabError> {
         let progress = Progress::new();
-        let open_count = match &self.server {
-            Some(server) => OpenCount::Server(server.stats().clone()),
-            None => OpenCount::Client(self.stack.client_stats().clone()),
-        };
         let server_idle_before = self.server_idle_now();
-        let sampler = ClientSampler::start(open_count, progress.clone());
+        let sampler = ClientSampler::start(self.open_count(), progress.clone());
         let (stop_ticker, stopped) = oneshot::channel();
         let ticker = tokio::spawn(tick(
             bar.clone(),
@@ -475,66 +499,93 @@ impl Prepared {
             .map_or(0.0, |server| server.stats().snapshot().idle_socket_seconds)
     }
 
-    /// The row, once the scenario's tail (if any) has been watched, with
+    /// The row, once the scenario's tail (if any) has been sampled, with
     /// its twin's requests/s if it ran against one.
     fn finish(self, baseline_rps: Option<f64>) -> Row {
-        let Prepared {
-            scenario,
-            kind,
-            server,
-            stack,
-            baseline,
-            warmup,
-            rss_per_target,
-            recorder,
-            elapsed,
-            idle_seconds,
-            samples,
-            server_idle_seconds,
-            slices,
-            ..
-        } = self;
-        let tail = scenario.tail;
-        let finish = move |server: Option<Server>, stack: Stack| {
-            let outcome = LoadOutcome { recorder, elapsed };
-            let mut row = row(
-                &scenario,
-                kind,
-                &outcome,
-                server.as_ref(),
-                &baseline,
-                &stack,
-            );
-            row.idle_socket_seconds = idle_seconds;
-            row.open_connections = samples;
-            row.load_end_s = elapsed.as_secs_f64();
-            row.idle_targets = scenario.idle_targets;
-            row.rss_per_idle_target_bytes = rss_per_target;
-            row.rounds = slices;
-            row.baseline_rps = baseline_rps;
-            if slices > 1 && server.is_some() {
-                row.server_idle_socket_seconds = server_idle_seconds;
-            }
-            if warmup.errors() > 0 {
-                row.errors_by_kind.insert("warmup".into(), warmup.errors());
-            }
-            row
-        };
-        match tail {
+        match self.scenario.tail {
             Some(tail) => Row::Pending(tokio::spawn(async move {
-                sleep(tail).await;
-                finish(server, stack)
+                let tail = self.sample_tail(tail).await;
+                self.row(baseline_rps, Some(tail))
             })),
-            None => Row::Done(Box::new(finish(server, stack))),
+            None => Row::Done(Box::new(self.row(baseline_rps, None))),
         }
     }
+
+    /// Samples open connections for `tail` after the load, as during it.
+    async fn sample_tail(&self, tail: Duration) -> Window {
+        let server_idle_before = self.server_idle_now();
+        let sampler = ClientSampler::start(self.open_count(), Progress::new());
+        sleep(tail).await;
+        let (idle_seconds, samples) = sampler.finish();
+        Window {
+            idle_seconds,
+            samples,
+            server_idle_seconds: self.server_idle_now() - server_idle_before,
+        }
+    }
+
+    fn open_count(&self) -> OpenCount {
+        match &self.server {
+            Some(server) => OpenCount::Server(server.stats().clone()),
+            None => OpenCount::Client(self.stack.client_stats().clone()),
+        }
+    }
+
+    fn row(self, baseline_rps: Option<f64>, tail: Option<Window>) -> RunResult {
+        let outcome = LoadOutcome {
+            recorder: self.recorder,
+            elapsed: self.elapsed,
+        };
+        let mut row = row(
+            &self.scenario,
+            self.kind,
+            &outcome,
+            self.server.as_ref(),
+            &self.baseline,
+            &self.stack,
+        );
+        let load_end_s = outcome.elapsed.as_secs_f64();
+        let mut samples = self.samples;
+        row.idle_socket_seconds = self.idle_seconds;
+        row.server_idle_socket_seconds = self.server_idle_seconds;
+        if let Some(tail) = tail {
+            samples.extend(tail.samples.into_iter().map(|mut sample| {
+                sample.at_s += load_end_s;
+                sample
+            }));
+            row.idle_socket_seconds += tail.idle_seconds;
+            row.server_idle_socket_seconds += tail.server_idle_seconds;
+            row.tail_idle_socket_seconds = Some(tail.idle_seconds);
+        }
+        if self.server.is_none() {
+            row.server_idle_socket_seconds = 0.0;
+        }
+        row.open_connections = samples;
+        row.load_end_s = load_end_s;
+        row.idle_targets = self.scenario.idle_targets;
+        row.rss_per_idle_target_bytes = self.rss_per_target;
+        row.rounds = self.slices;
+        row.baseline_rps = baseline_rps;
+        if self.warmup.errors() > 0 {
+            row.errors_by_kind
+                .insert("warmup".into(), self.warmup.errors());
+        }
+        row
+    }
+}
+
+/// What the sampler saw over a window of a run.
+struct Window {
+    idle_seconds: f64,
+    samples: Vec<OpenSample>,
+    server_idle_seconds: f64,
 }
 
 /// Counters before the measured part of a run.
 struct Baseline {
     server: Option<ServerSnapshot>,
     client: ClientSnapshot,
-    retries: u64,
+    retries: Option<u64>,
 }
 
 impl Baseline {
@@ -544,7 +595,7 @@ impl Baseline {
             client: stack
                 .map(|s| s.client_stats().snapshot())
                 .unwrap_or_default(),
-            retries: stack.map_or(0, Stack::retries),
+            retries: stack.map_or(Some(0), Stack::retries),
         }
     }
 }
@@ -557,43 +608,22 @@ fn row(
     baseline: &Baseline,
     stack: &Stack,
 ) -> RunResult {
-    let rec = &outcome.recorder;
-    let duration_s = outcome.elapsed.as_secs_f64();
     let mut r = RunResult {
         scenario: scenario.name.to_owned(),
         stack: kind.name().to_owned(),
-        requests: rec.requests(),
-        errors: rec.errors(),
-        retries: stack.retries().saturating_sub(baseline.retries),
-        duration_s,
-        rps: if duration_s > 0.0 {
-            rec.ok() as f64 / duration_s
-        } else {
-            0.0
-        },
-        p50_us: rec.quantile_us(0.5),
-        p99_us: rec.quantile_us(0.99),
-        p999_us: rec.quantile_us(0.999),
-        misdelivered: rec.misdelivered(),
-        lost: rec.lost(),
+        retries: stack
+            .retries()
+            .map(|now| now.saturating_sub(baseline.retries.unwrap_or(0))),
         peak_concurrency: scenario.load.peak_concurrency(),
-        errors_by_kind: rec
-            .errors_by_kind()
-            .iter()
-            .map(|(k, n)| (k.name().to_owned(), *n))
-            .collect(),
-        first_error: rec.first_error().map(str::to_owned),
-        unechoed: rec.unechoed(),
-        latency_quantiles_us: rec.quantiles_us(&CHART_QUANTILES),
         ..RunResult::default()
     };
+    request_figures(&mut r, outcome, server.is_some());
     match (server, &baseline.server) {
         (Some(server), Some(base)) => {
             let now = server.stats().snapshot();
             r.counted_by = "server".into();
             r.connections_opened = now.accepted - base.accepted;
             r.peak_open_connections = now.peak_open;
-            r.server_idle_socket_seconds = now.idle_socket_seconds - base.idle_socket_seconds;
             r.tls_full = now.tls_full - base.tls_full;
             r.tls_resumed = now.tls_resumed - base.tls_resumed;
             r.max_requests_on_connection = now.max_requests_on_connection;
@@ -617,6 +647,36 @@ fn row(
             (r.peak_concurrency.max(1) as f64).min(r.requests as f64) * 1000.0 / r.requests as f64;
     }
     r
+}
+
+/// The row's figures from the requests' record: counts, rate, latency, and
+/// misdelivered responses. The embedded server echoes every request's id,
+/// so there a response without one counts as misdelivered too; an external
+/// server may not echo it (the row's `unechoed` says how many could not be
+/// checked).
+fn request_figures(r: &mut RunResult, outcome: &LoadOutcome, embedded: bool) {
+    let rec = &outcome.recorder;
+    r.requests = rec.requests();
+    r.errors = rec.errors();
+    r.duration_s = outcome.elapsed.as_secs_f64();
+    r.rps = if r.duration_s > 0.0 {
+        rec.ok() as f64 / r.duration_s
+    } else {
+        0.0
+    };
+    r.p50_us = rec.quantile_us(0.5);
+    r.p99_us = rec.quantile_us(0.99);
+    r.p999_us = rec.quantile_us(0.999);
+    r.unechoed = rec.unechoed();
+    r.misdelivered = rec.misdelivered() + if embedded { rec.unechoed() } else { 0 };
+    r.lost = rec.lost();
+    r.errors_by_kind = rec
+        .errors_by_kind()
+        .iter()
+        .map(|(k, n)| (k.name().to_owned(), *n))
+        .collect();
+    r.first_error = rec.first_error().map(str::to_owned);
+    r.latency_quantiles_us = rec.quantiles_us(&CHART_QUANTILES);
 }
 
 /// Moves the scenario's bar by up to `share` as the run progresses (by
@@ -653,10 +713,5 @@ async fn tick(
     }
 }
 
-/// Resident memory of this process, from `/proc/self/status`.
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+#[cfg(test)]
+mod tests;

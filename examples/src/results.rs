@@ -42,6 +42,9 @@ pub struct Environment {
     pub quick: bool,
     /// `--target`, when the server was external.
     pub target: Option<String>,
+    /// The seed of the stacks' order in each round of a run taking turns
+    /// (`--seed` repeats it).
+    pub turn_seed: u64,
 }
 
 /// A stack that did not run on a scenario.
@@ -66,8 +69,10 @@ pub struct RunResult {
     pub requests: u64,
     /// Failed requests.
     pub errors: u64,
-    /// Retries the stack reported (0 for stacks that report none).
-    pub retries: u64,
+    /// Retries the stack reported; 0 for stacks that never retry, `null`
+    /// for stacks that retry where the lab cannot count it (`hyper-util`'s
+    /// client retries internally).
+    pub retries: Option<u64>,
     /// Connections opened (server's count when embedded), from before the
     /// stack was built (`raw`'s pre-established connections count); for
     /// `scale-targets`, from after the idle targets were set up.
@@ -76,9 +81,14 @@ pub struct RunResult {
     pub peak_open_connections: u64,
     /// Time integral of idle sockets: open connections (server's count when
     /// embedded) minus the lab's requests in flight, at least 0, sampled
-    /// every 25 ms from the load's start to the end of the run (its tail
-    /// included).
+    /// every 25 ms over the load (every slice of it, when the stacks took
+    /// turns) and the scenario's tail: the same window as
+    /// `server_idle_socket_seconds`.
     pub idle_socket_seconds: f64,
+    /// The part of `idle_socket_seconds` in the scenario's tail alone (the
+    /// open connections watched after the load ends); `null` for a
+    /// scenario without a tail.
+    pub tail_idle_socket_seconds: Option<f64>,
     /// Full TLS handshakes.
     pub tls_full: u64,
     /// Resumed TLS handshakes.
@@ -93,7 +103,8 @@ pub struct RunResult {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
-    /// Responses carrying another request's `x-request-id`.
+    /// Responses carrying another request's `x-request-id`, or, from the
+    /// embedded server (which always echoes it), none.
     pub misdelivered: u64,
 
     /// Requests sent that got neither a response nor an error from the
@@ -119,13 +130,18 @@ pub struct RunResult {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// The first error's message.
     pub first_error: Option<String>,
-    /// Successful responses without `x-request-id` (external servers).
+    /// Responses without `x-request-id`: with `--target`, whose server
+    /// may not echo it, shown in the table (such responses cannot be
+    /// checked for misdelivery); on the embedded server they count as
+    /// misdelivered too.
     pub unechoed: u64,
     /// The server's own, exact view of idle sockets: time integral of
     /// connections with no request being processed by the server (the
-    /// client's round trip counts as idle here). Embedded server only.
+    /// client's round trip counts as idle here), over the same window as
+    /// `idle_socket_seconds`. Embedded server only.
     pub server_idle_socket_seconds: f64,
-    /// Most requests one connection served (embedded server only).
+    /// Most requests one connection has served, open connections included
+    /// (embedded server only).
     pub max_requests_on_connection: u64,
     /// Latency (us) at [`CHART_QUANTILES`].
     pub latency_quantiles_us: Vec<(f64, f64)>,
@@ -136,9 +152,11 @@ pub struct RunResult {
     /// `scale-targets`: targets holding an idle connection during the load.
     pub idle_targets: usize,
     /// `scale-targets`: the client's resident memory added while opening
-    /// the idle targets' connections, per target (the idle targets are
-    /// served by a child process, so the server's side is not counted;
-    /// neither are the sockets' kernel buffers).
+    /// the idle targets' connections, per target, measured in a child
+    /// process of its own per stack, so no other stack's allocations are
+    /// in it (the idle targets are served by another child process, so
+    /// the server's side is not counted; neither are the sockets' kernel
+    /// buffers).
     pub rss_per_idle_target_bytes: Option<f64>,
     /// How many slices the load ran in: more than one when the stacks took
     /// turns (see the scenario's `take_turns`); the figures cover them all.
@@ -148,7 +166,39 @@ pub struct RunResult {
     pub baseline_rps: Option<f64>,
 }
 
+impl RunResult {
+    /// `retries` as the table and the report show it: "n/a" where the lab
+    /// cannot see them.
+    pub fn retries_text(&self) -> String {
+        self.retries
+            .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+    }
+}
+
 impl Results {
+    /// What fails the run: responses carrying another request's id (or,
+    /// from the embedded server, none) and requests that got neither a
+    /// response nor an error, per scenario and stack. A bug in a client
+    /// stack, never noise. Empty when the run passes.
+    pub fn failures(&self) -> Vec<String> {
+        let failures = |what: &str, count: fn(&RunResult) -> u64| {
+            let runs: Vec<String> = self
+                .runs
+                .iter()
+                .filter(|r| count(r) > 0)
+                .map(|r| format!("{}/{}: {}", r.scenario, r.stack, count(r)))
+                .collect();
+            (!runs.is_empty()).then(|| format!("{what}: {}", runs.join(", ")))
+        };
+        [
+            failures("misdelivered responses", |r| r.misdelivered),
+            failures("lost requests", |r| r.lost),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Writes the file, pretty-printed.
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;

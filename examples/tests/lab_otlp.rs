@@ -41,6 +41,7 @@ async fn run_exporting(stack: StackKind, receiver: &Receiver) -> RunResult {
             server_threads: 1,
             quick: false,
             target: None,
+            turn_seed: 0,
         },
         on_scenario: table::scenario_table,
     })

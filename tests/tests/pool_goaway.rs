@@ -611,6 +611,13 @@ fn a_goaway_after_every_first_stream_costs_a_connection_per_request_and_no_spin(
         for error in burst.iter().filter_map(|r| r.as_ref().err()) {
             assert_never_processed(error);
         }
+        // Every connection answers its first stream: a burst that got no
+        // answer at all would be a pool that stopped sending.
+        let burst_connections = server.accepted() as u64 - SEQUENTIAL;
+        assert!(
+            (1..=burst_connections).contains(&served),
+            "{served} served on {burst_connections} connections"
+        );
         // Each answered stream reached its request; no failed one was processed.
         assert_eq!(server.streams().1, SEQUENTIAL + served);
         assert!(only(&client).retries() <= BURST, "{:?}", only(&client));

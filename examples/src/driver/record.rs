@@ -56,22 +56,26 @@ impl Recorder {
         outcome: Result<Completed, RequestError>,
         sent_id: &HeaderValue,
     ) {
-        match outcome {
-            Ok(done) if done.status.is_success() => {
-                self.ok += 1;
-                let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-                let _ = self.latency_ns.record(ns.clamp(LOWEST_NS, HIGHEST_NS));
-                match &done.request_id {
-                    Some(id) if id != sent_id => self.misdelivered += 1,
-                    Some(_) => {}
-                    None => self.unechoed += 1,
-                }
-            }
-            Ok(done) => self.error(RequestError::new(
+        let done = match outcome {
+            Ok(done) => done,
+            Err(e) => return self.error(e),
+        };
+        // Every response is checked, an error status too: a misdelivered
+        // 503 is as wrong as a misdelivered 200.
+        match &done.request_id {
+            Some(id) if id != sent_id => self.misdelivered += 1,
+            Some(_) => {}
+            None => self.unechoed += 1,
+        }
+        if done.status.is_success() {
+            self.ok += 1;
+            let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+            let _ = self.latency_ns.record(ns.clamp(LOWEST_NS, HIGHEST_NS));
+        } else {
+            self.error(RequestError::new(
                 RequestErrorKind::Status,
                 format!("status {}", done.status),
-            )),
-            Err(e) => self.error(e),
+            ));
         }
     }
 
@@ -148,8 +152,8 @@ impl Recorder {
         self.misdelivered
     }
 
-    /// Successful responses with no `x-request-id` (an external server that
-    /// does not echo it).
+    /// Responses with no `x-request-id` (an external server that does not
+    /// echo it, or a stack that lost it).
     pub fn unechoed(&self) -> u64 {
         self.unechoed
     }
@@ -232,6 +236,32 @@ mod tests {
             &HeaderValue::from_static("1"),
         );
         assert_eq!((recorder.ok(), recorder.misdelivered()), (1, 1));
+    }
+
+    #[test]
+    fn an_error_status_is_checked_for_its_id_too() {
+        let mut recorder = Recorder::new();
+        let mut wrong = response("2");
+        if let Ok(done) = &mut wrong {
+            done.status = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        recorder.record(
+            Duration::from_millis(1),
+            wrong,
+            &HeaderValue::from_static("1"),
+        );
+        let mut unechoed = response("1");
+        if let Ok(done) = &mut unechoed {
+            done.request_id = None;
+        }
+        recorder.record(
+            Duration::from_millis(1),
+            unechoed,
+            &HeaderValue::from_static("1"),
+        );
+        assert_eq!(recorder.misdelivered(), 1);
+        assert_eq!(recorder.unechoed(), 1);
+        assert_eq!((recorder.ok(), recorder.errors()), (1, 1));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub fn stack_color(stack: &str) -> &'static str {
         "fresh" => "#d62728",
         "hyper-util" => "#1f77b4",
         "hyper-util-tuned" => "#17becf",
+        "hyper-util+cache" => "#ff7f0e",
         "reuse" => "#2ca02c",
         "reuse+otel" => "#98df8a",
         "reuse+span" => "#bcbd22",
@@ -75,6 +76,7 @@ pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
             escape(name),
             escape(description)
         );
+        let _ = write!(page, "<p><b>Verdict:</b> {}</p>", escape(&verdict(&runs)));
         page.push_str(&table(&runs));
         page.push_str(&accounting(&runs));
         for s in results.skipped.iter().filter(|s| s.scenario == name) {
@@ -119,14 +121,14 @@ fn table(runs: &[&RunResult]) -> String {
     let mut t = String::from(
         "<table><tr><th>stack</th><th>req/s</th><th>vs hyper-util</th><th>vs raw</th>\
          <th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>errors</th><th>connections</th>\
-         <th>per 1000 req</th><th>peak open</th><th>idle socket s</th><th>TLS full/resumed</th>\
-         <th>misdelivered</th><th>lost</th></tr>",
+         <th>retries</th><th>per 1000 req</th><th>peak open</th><th>idle socket s</th>\
+         <th>TLS full/resumed</th><th>misdelivered</th><th>lost</th></tr>",
     );
     for r in runs {
         let _ = write!(
             t,
             "<tr><td style=\"color:{}\">{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.0}</td>\
-             <td>{:.0}</td><td>{:.0}</td><td title=\"{}\">{}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
+             <td>{:.0}</td><td>{:.0}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
              <td>{:.1}</td><td>{}/{}</td><td>{}</td><td>{}</td></tr>",
             stack_color(&r.stack),
             escape(&r.stack),
@@ -139,6 +141,7 @@ fn table(runs: &[&RunResult]) -> String {
             escape(r.first_error.as_deref().unwrap_or("")),
             r.errors,
             r.connections_opened,
+            r.retries_text(),
             r.connections_per_1000_requests,
             r.peak_open_connections,
             r.idle_socket_seconds,
@@ -175,7 +178,7 @@ fn accounting(runs: &[&RunResult]) -> String {
             r.errors,
             escape(&kinds.join(", ")),
             r.lost,
-            r.retries,
+            r.retries_text(),
             r.misdelivered,
             faults.closed,
             faults.reset,
@@ -224,6 +227,7 @@ fn latency_chart(name: &str, runs: &[&RunResult]) -> String {
         .iter()
         .map(|(q, l)| (nines(*q), (*l).to_owned()))
         .collect(),
+        marks: Vec::new(),
     };
     line_chart(
         &format!("{name}: latency distribution"),
@@ -233,17 +237,139 @@ fn latency_chart(name: &str, runs: &[&RunResult]) -> String {
     )
 }
 
+/// Open connections over the load and the tail after it. Lines that run
+/// on top of each other stay readable: the legend gives each stack's peak,
+/// its count when the run ended, and its idle socket-seconds.
 fn open_chart(name: &str, runs: &[&RunResult]) -> String {
-    let series = per_stack(runs, true, |r| {
+    let mut series = per_stack(runs, true, |r| {
         r.open_connections
             .iter()
             .map(|s| (s.at_s.max(0.0), s.open as f64))
             .collect()
     });
+    for (s, r) in series.iter_mut().zip(runs) {
+        let end = r.open_connections.last().map_or(0, |s| s.open);
+        // The counter's peak, as in the table: a 25 ms sample can miss it.
+        let peak = r.peak_open_connections;
+        s.name = format!(
+            "{}: peak {peak}, end {end}, idle {:.0} s",
+            r.stack, r.idle_socket_seconds
+        );
+    }
+    let mut x = Axis::linear("seconds from load start");
+    if runs.iter().any(|r| r.tail_idle_socket_seconds.is_some()) {
+        let load_end = runs.iter().map(|r| r.load_end_s).fold(0.0, f64::max);
+        x.marks.push((load_end, "load ends".to_owned()));
+    }
     line_chart(
         &format!("{name}: open connections over time"),
-        &Axis::linear("seconds from load start"),
+        &x,
         &Axis::linear("open connections"),
         &series,
     )
+}
+
+/// One line: which stack did best on what, among the stacks that compete
+/// (`raw`, the physical limit, does not). Figures within 2 % of the
+/// best tie with it; a figure on which every stack ties (a paced load's
+/// requests/s, say) names no winner.
+pub fn verdict(runs: &[&RunResult]) -> String {
+    let contenders: Vec<&RunResult> = runs.iter().copied().filter(|r| r.stack != "raw").collect();
+    let mut parts = Vec::new();
+    let mut best =
+        |what: &str, value: fn(&RunResult) -> f64, most: bool, show: fn(f64) -> String| {
+            let values: Vec<f64> = contenders.iter().map(|r| value(r)).collect();
+            let Some(top) = values
+                .iter()
+                .copied()
+                .reduce(|a, b| if most { a.max(b) } else { a.min(b) })
+            else {
+                return;
+            };
+            let ties = |v: f64| (v - top).abs() <= TIE * top.abs();
+            let winners: Vec<&str> = contenders
+                .iter()
+                .zip(&values)
+                .filter(|(_, v)| ties(**v))
+                .map(|(r, _)| r.stack.as_str())
+                .collect();
+            if winners.len() < contenders.len() {
+                parts.push(format!("{what}: {} ({})", winners.join(", "), show(top)));
+            }
+        };
+    best("most requests/s", |r| r.rps, true, |v| format!("{v:.0}"));
+    best("lowest p99", |r| r.p99_us, false, |v| format!("{v:.0} us"));
+    best(
+        "fewest errors",
+        |r| r.errors as f64,
+        false,
+        |v| format!("{v:.0}"),
+    );
+    best(
+        "fewest connections opened",
+        |r| r.connections_opened as f64,
+        false,
+        |v| format!("{v:.0}"),
+    );
+    best(
+        "least idle socket-time",
+        |r| r.idle_socket_seconds,
+        false,
+        |v| format!("{v:.1} s"),
+    );
+    if contenders.iter().any(|r| r.tls_full + r.tls_resumed > 0) {
+        best("most TLS handshakes resumed", resumed_share, true, |v| {
+            format!("{:.1} %", v * 100.0)
+        });
+    }
+    if parts.is_empty() {
+        "no stack stands out".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Figures this close to the best (relative) tie with it in the verdict.
+const TIE: f64 = 0.02;
+
+fn resumed_share(r: &RunResult) -> f64 {
+    let all = r.tls_full + r.tls_resumed;
+    if all == 0 {
+        0.0
+    } else {
+        r.tls_resumed as f64 / all as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stack: &str, rps: f64, opened: u64) -> RunResult {
+        RunResult {
+            stack: stack.to_owned(),
+            rps,
+            p99_us: 100.0,
+            connections_opened: opened,
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_the_winner_of_each_figure_that_differs() {
+        let runs = [
+            run("hyper-util", 90.0, 34),
+            run("reuse", 100.0, 32),
+            run("raw", 120.0, 32),
+        ];
+        let refs: Vec<&RunResult> = runs.iter().collect();
+        assert_eq!(
+            verdict(&refs),
+            "most requests/s: reuse (100); fewest connections opened: reuse (32)"
+        );
+        // Within 2 %: a tie, and a figure everyone ties on names nobody.
+        let runs = [run("hyper-util", 99.0, 32), run("reuse", 100.0, 32)];
+        let refs: Vec<&RunResult> = runs.iter().collect();
+        assert_eq!(verdict(&refs), "no stack stands out");
+    }
 }

@@ -32,6 +32,9 @@ pub struct Axis {
     pub log: bool,
     /// Explicit ticks (value, label); empty for automatic ticks.
     pub ticks: Vec<(f64, String)>,
+    /// Values marked by a dashed line across the plot, with a label (an x
+    /// axis only: where the load ended).
+    pub marks: Vec<(f64, String)>,
 }
 
 impl Axis {
@@ -41,6 +44,7 @@ impl Axis {
             label: label.to_owned(),
             log: false,
             ticks: Vec::new(),
+            marks: Vec::new(),
         }
     }
 
@@ -50,6 +54,7 @@ impl Axis {
             label: label.to_owned(),
             log: true,
             ticks: Vec::new(),
+            marks: Vec::new(),
         }
     }
 }
@@ -109,7 +114,9 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// A line chart of `series`.
+/// A line chart of `series`. Lines are drawn widest first, so a line that
+/// runs on top of another leaves the other's edges showing; the legend is
+/// as wide as its longest name.
 pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
     let pts = || series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -135,8 +142,23 @@ pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String 
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let px = |v: f64| LEFT + (scale(v, x.log) - x0) / (x1 - x0) * pw;
     let py = |v: f64| TOP + ph - (scale(v, y.log) - y0) / (y1 - y0) * ph;
-    let mut svg = header(title);
+    let longest = series.iter().map(|s| s.name.chars().count()).max();
+    let right = RIGHT.max(36.0 + 6.2 * longest.unwrap_or(0) as f64);
+    let mut svg = header(title, W - RIGHT + right);
     axes(&mut svg, x, y, (x0, x1), (y0, y1), pw, ph);
+    for (mark, label) in &x.marks {
+        let cx = px(*mark);
+        let _ = write!(
+            svg,
+            "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{TOP}\" y2=\"{:.1}\" stroke=\"#555\" \
+             stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>",
+            TOP + ph,
+            cx + 3.0,
+            TOP + 10.0,
+            escape(label)
+        );
+    }
+    let widest = 1.6 + 0.8 * series.len().saturating_sub(1) as f64;
     for (i, s) in series.iter().enumerate() {
         let mut d = String::new();
         let mut prev: Option<(f64, f64)> = None;
@@ -157,8 +179,10 @@ pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String 
         }
         let _ = write!(
             svg,
-            "<path d=\"{d}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\"/>",
-            s.color
+            "<path d=\"{d}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{:.1}\" \
+             stroke-opacity=\"0.85\"/>",
+            s.color,
+            widest - 0.8 * i as f64
         );
         legend(&mut svg, i, &s.name, s.color);
     }
@@ -173,12 +197,8 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64, &'static str)
     }
     let y1 = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.1;
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
-    let mut svg = header(title);
-    let x_axis = Axis {
-        label: String::new(),
-        log: false,
-        ticks: vec![],
-    };
+    let mut svg = header(title, W);
+    let x_axis = Axis::linear("");
     axes(
         &mut svg,
         &x_axis,
@@ -211,10 +231,10 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64, &'static str)
     svg
 }
 
-fn header(title: &str) -> String {
+fn header(title: &str, width: f64) -> String {
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
-         viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\">\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{H}\" \
+         viewBox=\"0 0 {width} {H}\" font-family=\"sans-serif\">\
          <text x=\"{LEFT}\" y=\"16\" font-size=\"13\" font-weight=\"bold\">{}</text>",
         escape(title)
     )
@@ -290,7 +310,7 @@ fn axes(svg: &mut String, x: &Axis, y: &Axis, xr: (f64, f64), yr: (f64, f64), pw
 
 fn legend(svg: &mut String, i: usize, name: &str, color: &str) {
     let y = TOP + 8.0 + 16.0 * i as f64;
-    let x = W - RIGHT + 10.0;
+    let x = LEFT + (W - LEFT - RIGHT) + 10.0;
     let _ = write!(
         svg,
         "<line x1=\"{x}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" stroke-width=\"3\"/>\

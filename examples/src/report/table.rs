@@ -47,10 +47,13 @@ pub fn rows(runs: &[RunResult]) -> String {
         Some(base) => format!("{:.2}x", rps / base),
         None => "-".to_owned(),
     };
+    // An external server may not echo `x-request-id`: how many responses
+    // could not be checked for misdelivery is then a column of its own.
+    let external = runs.iter().any(|r| r.counted_by == "client");
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "{:<17}{:>9}{:>8}{:>8}{:>9}{:>9}{:>10}{:>7}{:>7}{:>8}{:>6}{:>9}{:>11}{:>7}",
+        "{:<17}{:>9}{:>8}{:>8}{:>9}{:>9}{:>10}{:>7}{:>8}{:>7}{:>8}{:>6}{:>9}{:>11}{:>7}",
         "stack",
         "req/s",
         "/h-u",
@@ -59,6 +62,7 @@ pub fn rows(runs: &[RunResult]) -> String {
         "p99 us",
         "p99.9 us",
         "errors",
+        "retries",
         "conns",
         "c/1k",
         "peak",
@@ -66,10 +70,11 @@ pub fn rows(runs: &[RunResult]) -> String {
         "tls f/r",
         "misdel"
     );
+    let _ = writeln!(out, "{}", if external { "  unechoed" } else { "" });
     for r in runs {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<17}{:>9.0}{:>8}{:>8}{:>9.0}{:>9.0}{:>10.0}{:>7}{:>7}{:>8.1}{:>6}{:>9.1}{:>11}{:>7}",
+            "{:<17}{:>9.0}{:>8}{:>8}{:>9.0}{:>9.0}{:>10.0}{:>7}{:>8}{:>7}{:>8.1}{:>6}{:>9.1}{:>11}{:>7}",
             r.stack,
             r.rps,
             ratio(hyper_util, r.rps),
@@ -78,6 +83,7 @@ pub fn rows(runs: &[RunResult]) -> String {
             r.p99_us,
             r.p999_us,
             r.errors,
+            r.retries_text(),
             r.connections_opened,
             r.connections_per_1000_requests,
             r.peak_open_connections,
@@ -85,6 +91,10 @@ pub fn rows(runs: &[RunResult]) -> String {
             format!("{}/{}", r.tls_full, r.tls_resumed),
             r.misdelivered
         );
+        if external {
+            let _ = write!(out, "{:>10}", r.unechoed);
+        }
+        out.push('\n');
         let cost = match r.stack.as_str() {
             "reuse+otel" => Some("the cost of OpenTelemetry"),
             "reuse+span" => Some("the cost of one bare SDK span per request"),
@@ -119,6 +129,13 @@ pub fn rows(runs: &[RunResult]) -> String {
                 "", r.lost
             );
         }
+        if let Some(tail) = r.tail_idle_socket_seconds {
+            let _ = writeln!(
+                out,
+                "{:<17}idle socket-seconds {:.1}, {:.1} of them after the load; the server counted {:.1} over the same window",
+                "", r.idle_socket_seconds, tail, r.server_idle_socket_seconds
+            );
+        }
         if let Some(baseline) = r.baseline_rps.filter(|b| *b > 0.0) {
             let _ = writeln!(
                 out,
@@ -131,7 +148,7 @@ pub fn rows(runs: &[RunResult]) -> String {
         if let Some(bytes) = r.rss_per_idle_target_bytes {
             let _ = writeln!(
                 out,
-                "{:<17}{} idle targets: {:.1} KiB resident per target (client only: the idle servers run in a child process)",
+                "{:<17}{} idle targets: {:.1} KiB resident per target (client only, measured in a process of its own; the idle servers run in another)",
                 "",
                 r.idle_targets,
                 bytes / 1024.0
@@ -172,7 +189,7 @@ pub fn accounting(runs: &[RunResult]) -> String {
             r.requests,
             ok,
             r.errors,
-            r.retries,
+            r.retries_text(),
             r.lost,
             r.misdelivered,
             faults.closed,

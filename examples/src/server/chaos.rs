@@ -90,8 +90,10 @@ impl Chaos {
     }
 
     /// The seed; connection `i` (in accept order) draws from `seed + i`, so
-    /// two runs inject the same faults on the same connections' same
-    /// requests. Defaults to `0x5EED`.
+    /// the `n`-th draw of the `i`-th connection is the same in every run.
+    /// Which request meets it is not: that depends on how many connections
+    /// a client opens and how it spreads its requests over them. Defaults
+    /// to `0x5EED`.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

@@ -194,7 +194,7 @@ async fn handle(
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
     }
-    conn.stats.request_served();
+    conn.stats.request_served(served);
     Ok(response)
 }
 

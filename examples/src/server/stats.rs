@@ -80,7 +80,7 @@ pub struct ServerSnapshot {
     pub requests: u64,
     /// Connections closed so far.
     pub closed: u64,
-    /// Most requests served on one closed connection.
+    /// Most requests served on one connection, open ones included.
     pub max_requests_on_connection: u64,
     /// Closed connections by requests served: bucket `i` counts connections
     /// that served `[2^i - 1, 2^(i+1) - 1)` requests (bucket 0: none).
@@ -328,8 +328,12 @@ impl ServerStats {
         self.change_idle(true);
     }
 
-    pub(crate) fn request_served(&self) {
+    /// A response was produced: the `served`-th on its connection.
+    pub(crate) fn request_served(&self, served: u64) {
         self.inner.requests.fetch_add(1, Relaxed);
+        self.inner
+            .max_requests_on_connection
+            .fetch_max(served, Relaxed);
     }
 
     /// An HTTP/2 stream was refused (`REFUSED_STREAM`).

@@ -8,7 +8,7 @@ mod otel;
 mod worker;
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,10 +17,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry_sdk::trace::SdkTracer;
+use rustls::client::Resumption;
 use serde::Serialize;
 use tower_layer::Layer;
 use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
-use tower_reuse_pool::tls::TlsLayer;
+use tower_reuse_pool::tls::{SessionCache, TlsLayer};
 use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
 use tower_service::Service;
 
@@ -47,6 +48,11 @@ pub enum StackKind {
     HyperUtil,
     /// The same with `pool_max_idle_per_host(8)`, `pool_idle_timeout(2s)`.
     HyperUtilTuned,
+    /// `hyper-util` with the workspace's TLS [`SessionCache`] (64 tickets
+    /// per server) as its rustls session store instead of rustls' default
+    /// (8): what the cache gives on its own, apart from the pool. Run in
+    /// `tls-churn` only.
+    HyperUtilCache,
     /// This workspace's stack (`tower_reuse_pool`).
     Reuse,
     /// `reuse` with OpenTelemetry on: `OtelLayer` on top and
@@ -67,10 +73,11 @@ pub enum StackKind {
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 7] = [
+    pub const ALL: [StackKind; 8] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
+        StackKind::HyperUtilCache,
         StackKind::Reuse,
         StackKind::ReuseOtel,
         StackKind::ReuseSpan,
@@ -92,6 +99,7 @@ impl StackKind {
             StackKind::Fresh => "fresh",
             StackKind::HyperUtil => "hyper-util",
             StackKind::HyperUtilTuned => "hyper-util-tuned",
+            StackKind::HyperUtilCache => "hyper-util+cache",
             StackKind::Reuse => "reuse",
             StackKind::ReuseOtel => "reuse+otel",
             StackKind::ReuseSpan => "reuse+span",
@@ -205,11 +213,17 @@ impl Stack {
         policy: Option<&PoolConfig>,
         otlp: Option<&Endpoint>,
     ) -> Result<Self, StackError> {
-        let connector = LabConnector::new(protocol, tls.clone());
+        let connector = if kind == StackKind::HyperUtilCache {
+            let mut tls = tls.clone();
+            tls.resumption = Resumption::store(Arc::new(SessionCache::default()));
+            LabConnector::new(protocol, tls)
+        } else {
+            LabConnector::new(protocol, tls.clone())
+        };
         let connector_stats = connector.stats().clone();
         let inner = match kind {
             StackKind::Fresh => Inner::Fresh(connector),
-            StackKind::HyperUtil | StackKind::HyperUtilTuned => {
+            StackKind::HyperUtil | StackKind::HyperUtilTuned | StackKind::HyperUtilCache => {
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder.pool_timer(TokioTimer::new());
                 if protocol == Protocol::Http2 {
@@ -281,17 +295,18 @@ impl Stack {
         &self.connector_stats
     }
 
-    /// Requests the stack retried on its own and reported (0 for stacks that
-    /// do not report retries).
-    pub fn retries(&self) -> u64 {
-        match &self.inner {
-            Inner::Reuse(pool) => pool.control().snapshot().total(|t| t.retries()),
-            Inner::ReuseOtel { client, .. } => {
-                client.get_ref().control().snapshot().total(|t| t.retries())
-            }
-            Inner::ReuseSpan { pool, .. } => pool.control().snapshot().total(|t| t.retries()),
-            _ => 0,
-        }
+    /// Requests the stack retried on its own and reported; 0 for stacks
+    /// that never retry (`fresh`, `raw`), `None` for those that retry where
+    /// the lab cannot count it (hyper-util's client retries a request
+    /// whose pooled connection was closed under it, and says nothing).
+    pub fn retries(&self) -> Option<u64> {
+        let pool = match &self.inner {
+            Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool,
+            Inner::ReuseOtel { client, .. } => client.get_ref(),
+            Inner::Legacy(_) => return None,
+            Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => return Some(0),
+        };
+        Some(pool.control().snapshot().total(|t| t.retries()))
     }
 
     /// Whether one client can be shared by any number of concurrent tasks
@@ -385,7 +400,7 @@ fn reuse_connector(
         Protocol::Http1 => b"http/1.1".to_vec(),
         Protocol::Http2 => b"h2".to_vec(),
     }];
-    TlsLayer::new(std::sync::Arc::new(tls)).layer(TcpConnector::new(stats.clone()))
+    TlsLayer::new(Arc::new(tls)).layer(TcpConnector::new(stats.clone()))
 }
 
 pub(crate) async fn connect_http1(
