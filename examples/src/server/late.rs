@@ -68,9 +68,10 @@ pub(crate) async fn serve<IO>(
                 stats.connection_busy();
             }
             let (stats, settings, slots) = (stats.clone(), settings.clone(), slots.clone());
+            let nth = requests;
             tokio::spawn(async move {
                 answer(request, &mut respond, &settings).await;
-                stats.request_served();
+                stats.request_served(nth);
                 if slots.in_flight.fetch_sub(1, Relaxed) == 1 {
                     stats.connection_idle();
                 }
