@@ -7,14 +7,16 @@
 //! concurrent calls, no call may fail, and the pool opens at most
 //! ceil(concurrency / limit) + 1 connections per generation of connections.
 //!
-//! Needs `python3` with `grpcio` and `grpcio-health-checking`
-//! (`pip install grpcio grpcio-health-checking`; CI's `.ci/run` installs
-//! them). Without them the tests fail saying so. `PYTHON` names another
-//! interpreter. Every run is bounded in calls and in time.
+//! Needs `python3` (or the interpreter `PYTHON` names) with `grpcio` and
+//! `grpcio-health-checking`. Where the interpreter lacks them, the tests
+//! install them once with pip into `target/grpc-python` and use them from
+//! there; if that fails, they fail saying what to install. Every run is
+//! bounded in calls and in time.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::Uri;
@@ -31,6 +33,52 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
+/// Whether `python` imports the server's packages, with `path` added to
+/// its module path.
+fn has_packages(python: &str, path: Option<&Path>) -> bool {
+    let mut check = Command::new(python);
+    check.args(["-c", "import grpc, grpc_health.v1.health"]);
+    if let Some(path) = path {
+        check.env("PYTHONPATH", path);
+    }
+    check.output().is_ok_and(|out| out.status.success())
+}
+
+/// The interpreter, and the directory to add to its module path when the
+/// packages are not its own: installed there once, on first use.
+fn python_with_packages() -> &'static (String, Option<PathBuf>) {
+    static PYTHON: OnceLock<(String, Option<PathBuf>)> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let python = python();
+        if has_packages(&python, None) {
+            return (python, None);
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/grpc-python");
+        if !has_packages(&python, Some(&dir)) {
+            let installed = Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .arg("--target")
+                .arg(&dir)
+                .args(["grpcio", "grpcio-health-checking"])
+                .status();
+            assert!(
+                installed.is_ok_and(|status| status.success()) && has_packages(&python, Some(&dir)),
+                "these tests need `{python}` with the grpcio and grpcio-health-checking \
+                 packages, and installing them into {} failed: run `{python} -m pip install \
+                 grpcio grpcio-health-checking`, or set PYTHON to an interpreter that has them",
+                dir.display()
+            );
+        }
+        (python, Some(dir))
+    })
+}
+
 /// A grpc-core health server; killed when dropped.
 struct GrpcServer {
     child: Child,
@@ -42,21 +90,12 @@ impl GrpcServer {
     /// connection age; fails the test with how to install what it needs
     /// if Python or its packages are missing.
     fn start(max_streams: usize, max_age: Option<Duration>) -> GrpcServer {
-        let python = python();
-        let check = Command::new(&python)
-            .args(["-c", "import grpc, grpc_health.v1.health"])
-            .output();
-        match check {
-            Ok(out) if out.status.success() => {}
-            other => panic!(
-                "these tests need `{python}` with the grpcio and grpcio-health-checking \
-                 packages: run `{python} -m pip install grpcio grpcio-health-checking` \
-                 (CI's .ci/run installs them), or set PYTHON to an interpreter that has \
-                 them. The check said: {other:?}"
-            ),
-        }
+        let (python, path) = python_with_packages();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("grpc/health_server.py");
-        let mut command = Command::new(&python);
+        let mut command = Command::new(python);
+        if let Some(path) = path {
+            command.env("PYTHONPATH", path);
+        }
         command
             .arg(script)
             .args(["--max-concurrent-streams", &max_streams.to_string()]);
