@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -338,38 +337,4 @@ impl Connect for MemoryH2 {
 /// An h2c pool over `server` with `config`.
 pub fn memory_pool(server: &MemoryH2, config: PoolConfig) -> Pool<MemoryH2> {
     client(server.clone(), config.http2_prior_knowledge(true))
-}
-
-/// How long, in real time, a test on paused time may take: a guard against
-/// a spin, far above what it needs (well under a second).
-pub const REAL_TIME_BOUND: Duration = Duration::from_secs(30);
-
-/// Runs `test` on paused time, on a runtime and thread of its own, and
-/// fails unless it ends within `limit` of real time. On paused time the
-/// clock jumps only while every task is idle: a task that keeps waking
-/// itself (a spin) stops a `sleep` from ever ending, and this bound turns
-/// that into a failure instead of a hang.
-pub fn on_paused_time_within<F: Future<Output = ()>>(
-    limit: Duration,
-    test: impl FnOnce() -> F + Send + 'static,
-) {
-    let (done, finished) = std::sync::mpsc::channel();
-    let runner = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a runtime")
-            .block_on(test());
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(limit) {
-        Ok(()) => runner.join().expect("the test ended"),
-        Err(RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(runner.join().expect_err("the test panicked"))
-        }
-        Err(RecvTimeoutError::Timeout) => panic!(
-            "not done within {limit:?} of real time: a task spins, so paused time cannot advance"
-        ),
-    }
 }

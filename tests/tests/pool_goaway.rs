@@ -20,10 +20,8 @@ use tower_reuse_pool::{
     ConnId, ConnectionInfo, Error, ErrorKind, Phase, Pool, PoolConfig, PoolLayer, TargetSnapshot,
 };
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply, StreamAt};
-use tower_reuse_tests::memory_h2::{
-    Behaviour, FIRST_MAX_STREAMS, MemoryH2, REAL_TIME_BOUND, URL, memory_pool,
-    on_paused_time_within,
-};
+use tower_reuse_tests::memory_h2::{Behaviour, FIRST_MAX_STREAMS, MemoryH2, URL, memory_pool};
+use tower_reuse_tests::{REAL_TIME_BOUND, on_paused_time_within};
 use tower_reuse_tests::{bounded, concurrently, echoed_id, get, info, only, send, server_conn};
 
 /// Records every retry the pool reports.

@@ -16,9 +16,8 @@ use tower_reuse_pool::events::{Calmed, PoolEvents, Refused, Retried};
 use tower_reuse_pool::{
     ConnId, Connect, Error, ErrorKind, Http2Snapshot, Phase, Pool, PoolConfig, PoolLayer,
 };
-use tower_reuse_tests::memory_h2::{
-    Behaviour, MemoryH2, REAL_TIME_BOUND, URL, memory_pool, on_paused_time_within,
-};
+use tower_reuse_tests::memory_h2::{Behaviour, MemoryH2, URL, memory_pool};
+use tower_reuse_tests::{REAL_TIME_BOUND, on_paused_time_within};
 use tower_reuse_tests::{concurrently, get, info, only, send};
 
 /// The pool steps a learned limit up by one stream this often.
