@@ -171,3 +171,58 @@ async fn a_pool_wide_update_that_breaks_a_targets_settings_is_rejected() {
     assert_eq!(err.field(), "max_idle_per_target");
     assert_eq!(control.config().get_max_connections_per_target(), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn requests_that_gave_up_on_the_kill_switch_no_longer_count_as_waiting() {
+    // One connect slot, held by a connect that takes an hour.
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delay(Duration::from_secs(3600));
+    let client = client(
+        connector,
+        PoolConfig::default()
+            .reuse(false)
+            .max_connections_per_target(Some(1))
+            .max_waiters_per_target(Some(2))
+            .connect_timeout(None)
+            .checkout_timeout(Some(Duration::from_secs(1))),
+    );
+    let mut holder = client.clone();
+    let first = tokio::spawn(async move { send(&mut holder, get(URL, 0)).await });
+    settle().await;
+    for id in 1..=3 {
+        // Never "too many waiters": those before it gave up.
+        let error = send(&mut client.clone(), get(URL, id)).await.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            tower_reuse_pool::ErrorKind::CheckoutTimeout,
+            "{error}"
+        );
+    }
+    assert_eq!(only(&client).waiting(), 0, "{:?}", only(&client));
+    first.abort();
+}
+
+#[test]
+fn a_targets_own_prior_knowledge_holds_from_its_first_connect() {
+    use tower_reuse_tests::memory_h2::{Behaviour, MemoryH2};
+    on_paused_time_within(REAL_TIME_BOUND, || async {
+        let server = MemoryH2::new(Behaviour::Respond).respond_after(Duration::from_millis(5));
+        // HTTP/1.1 pool-wide; h2c by prior knowledge for this target alone.
+        let client = client(server.clone(), PoolConfig::default());
+        client
+            .control()
+            .set_target_config(
+                &target(URL),
+                Some(TargetConfig::default().http2_prior_knowledge(true)),
+            )
+            .unwrap();
+        let burst = tower_reuse_tests::concurrently(8, |id| {
+            let mut client = client.clone();
+            async move { send(&mut client, get(URL, id)).await.map(|_| ()) }
+        })
+        .await;
+        assert!(burst.iter().all(Result::is_ok), "{burst:?}");
+        // Within one connection's streams (10): one connect, not one per request.
+        assert_eq!(server.accepted(), 1, "{:?}", only(&client));
+    });
+}

@@ -225,10 +225,15 @@ impl PoolConfig {
     }
     knob! {
         /// Retry a request once, on another connection, when it is safe and
-        /// its connection was reused: it was never written, the server
-        /// refused the stream or sent GOAWAY below it, or it is idempotent,
-        /// its body is empty or a [`ReplayBody`](crate::ReplayBody) can make
-        /// it again, and the connection closed under it. Defaults to `true`.
+        /// its connection was reused: it was never written, or it is
+        /// idempotent, its body is empty or a [`ReplayBody`](crate::ReplayBody)
+        /// can make it again, and the connection closed under it. Apart from
+        /// that one retry, a stream an HTTP/2 server refused
+        /// (`REFUSED_STREAM`, or above a GOAWAY's last stream id: never
+        /// processed) waits for a free stream and is sent again, new
+        /// connection or not, up to 10 times within `checkout_timeout`, if
+        /// its body can be made again. `false` turns both off. Defaults to
+        /// `true`.
         retry, get_retry: bool
     }
     knob! {

@@ -321,14 +321,17 @@ pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(10);
 /// has ended on the client's side (grpc-core does), and refuse a new
 /// stream (`REFUSED_STREAM`) that the advertised limit allows. After such a
 /// refusal the connection carries at most the streams that were in flight
-/// then, which the server had accepted; every [`PROBE_AFTER`] it allows one
-/// stream more, back up to the advertised limit.
+/// then, which the server had accepted; every [`PROBE_AFTER`] it allows
+/// more, one stream at first and twice as many at each step after, back up
+/// to the advertised limit: a few steps even where a server advertises no
+/// limit (`usize::MAX`) or 2^31 - 1.
 #[derive(Debug, Default)]
 pub(crate) struct LearnedLimit {
     /// The limit in force, below the advertised one; `None`: the advertised one.
     effective: Option<usize>,
-    /// When the limit goes up by one stream.
+    /// When the limit goes up, and by how many streams.
     probe_at: Option<Instant>,
+    step: usize,
     /// Streams the server refused on this connection.
     pub(crate) refused: u64,
 }
@@ -339,22 +342,25 @@ impl LearnedLimit {
     pub(crate) fn refused(&mut self, in_flight: usize, now: Instant) {
         self.refused += 1;
         self.effective = Some(self.effective.map_or(in_flight, |e| e.min(in_flight)));
-        self.probe_at = Some(now + PROBE_AFTER);
+        self.probe_at = now.checked_add(PROBE_AFTER);
+        self.step = 1;
     }
 
-    /// Step the limit up by one stream per [`PROBE_AFTER`] passed; at the
-    /// advertised limit the learned one is forgotten.
+    /// Step the limit up for every [`PROBE_AFTER`] passed, each step twice
+    /// the last; at the advertised limit the learned one is forgotten.
     pub(crate) fn probe(&mut self, advertised: usize, now: Instant) {
         while let (Some(effective), Some(at)) = (self.effective, self.probe_at) {
             if at > now {
                 return;
             }
-            if effective + 1 >= advertised {
+            let raised = effective.saturating_add(self.step);
+            if raised >= advertised {
                 self.effective = None;
                 self.probe_at = None;
             } else {
-                self.effective = Some(effective + 1);
-                self.probe_at = Some(at + PROBE_AFTER);
+                self.effective = Some(raised);
+                self.probe_at = at.checked_add(PROBE_AFTER);
+                self.step = self.step.saturating_mul(2);
             }
         }
     }
@@ -405,6 +411,36 @@ impl<B> Http2Conn<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learned_limit_steps_back_up_doubling_its_step() {
+        let now = Instant::now();
+        let mut learned = LearnedLimit::default();
+        learned.refused(15, now);
+        assert_eq!(learned.cap(20), 15);
+        let mut at = now;
+        for cap in [16, 18] {
+            at += PROBE_AFTER;
+            learned.probe(20, at);
+            assert_eq!(learned.cap(20), cap);
+        }
+        at += PROBE_AFTER;
+        learned.probe(20, at);
+        assert!(!learned.is_lowered(), "forgotten at the advertised limit");
+    }
+
+    #[test]
+    fn a_learned_limit_under_no_advertised_limit_is_forgotten_in_few_steps() {
+        let now = Instant::now();
+        let mut learned = LearnedLimit::default();
+        learned.refused(16, now);
+        let mut steps = 0;
+        while learned.is_lowered() {
+            steps += 1;
+            assert!(steps <= usize::BITS, "still lowered after {steps} steps");
+            learned.probe(usize::MAX, now + PROBE_AFTER * steps);
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn walks_the_lifecycle() {

@@ -130,9 +130,14 @@ impl<B: Send + 'static> Checkout<B> {
         };
         let rx = guard.rx.as_mut().expect("set above");
         let received = match waiting.timeout {
-            Some(limit) => match tokio::time::timeout_at(since + limit, rx).await {
-                Ok(received) => received,
-                Err(_) => return Err(Error::checkout_timeout(&pool.target, limit)),
+            // Past what an `Instant` holds is never (`validate` bounds the
+            // limit; a deadline is still never computed unchecked).
+            Some(limit) => match since.checked_add(limit) {
+                Some(deadline) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(received) => received,
+                    Err(_) => return Err(Error::checkout_timeout(&pool.target, limit)),
+                },
+                None => rx.await,
             },
             None => rx.await,
         };

@@ -447,14 +447,7 @@ impl<B> Effects<B> {
 
 impl<B> TargetPool<B> {
     pub(crate) fn new(target: Target, common: Arc<Common>, dial: Arc<dyn Dial<B>>) -> Self {
-        let config = common.config.load();
-        let protocol = if config.http2_prior_knowledge {
-            Some(Protocol::Http2)
-        } else if !target.is_https() {
-            Some(Protocol::Http1)
-        } else {
-            None
-        };
+        let protocol = first_protocol(&common.config.load(), &target);
         let host = HeaderValue::from_str(target.authority().as_str())
             .expect("an authority is a valid header value");
         TargetPool {
@@ -523,6 +516,8 @@ impl<B> TargetPool<B> {
             let config = self.config_of(&state);
             state.last_active = now;
             if !config.reuse {
+                // Requests that gave up waiting leave their grant behind.
+                state.dedicated_waiters.retain(|tx| !tx.is_closed());
                 if config
                     .max_waiters_per_target
                     .is_some_and(|max| state.dedicated_waiters.len() >= max)
@@ -865,7 +860,14 @@ impl<B> TargetPool<B> {
     /// Give the target its own settings (`None`: the pool-wide ones),
     /// with the configuration they resolve to.
     pub(crate) fn set_own_config(&self, own: Option<(TargetConfig, PoolConfig)>) {
-        self.lock().own_config = own.map(|(own, resolved)| (own, Arc::new(resolved)));
+        let mut state = self.lock();
+        state.own_config = own.map(|(own, resolved)| (own, Arc::new(resolved)));
+        // Before its first connection, what the target speaks follows its
+        // own settings (`http2_prior_knowledge`); after, its connections say.
+        if state.open == 0 && state.connecting == 0 {
+            state.protocol = first_protocol(&self.config_of(&state), &self.target);
+        }
+        drop(state);
         self.common.reaper_wake.notify_one();
     }
 
@@ -903,7 +905,12 @@ impl<B> TargetPool<B> {
             idle,
             active: state.open - idle,
             connecting: state.connecting,
-            waiting: state.waiters.len(),
+            waiting: state.waiters.len()
+                + state
+                    .dedicated_waiters
+                    .iter()
+                    .filter(|tx| !tx.is_closed())
+                    .count(),
             opened: state.counters.opened,
             reused: state.counters.reused,
             checkouts: state.counters.checkouts,
@@ -919,6 +926,18 @@ impl<B> TargetPool<B> {
             tls_resumed: state.counters.tls_resumed,
             closed: state.counters.closed,
         }
+    }
+}
+
+/// What a target speaks before its first connection says: HTTP/2 by prior
+/// knowledge, HTTP/1.1 over plain TCP, unknown until ALPN over TLS.
+fn first_protocol(config: &PoolConfig, target: &Target) -> Option<Protocol> {
+    if config.http2_prior_knowledge {
+        Some(Protocol::Http2)
+    } else if !target.is_https() {
+        Some(Protocol::Http1)
+    } else {
+        None
     }
 }
 
