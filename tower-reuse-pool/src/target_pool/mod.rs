@@ -11,86 +11,34 @@
 //! and connects started after the lock is released.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::HeaderValue;
-use hyper::client::conn::http2;
-use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshake};
-use crate::connect::StreamLimit;
-use crate::control::{Http2Snapshot, TargetSnapshot};
-use crate::error::Error;
-use crate::events::{Calmed, CheckedIn, CloseReason, Closed, ConnectReason, PoolEvents, Refused};
+use crate::events::{Calmed, CheckedIn, CloseReason, Closed, ConnectReason, Refused};
 use crate::sync::{self, MutexGuard};
 use crate::target::Target;
 
 mod checkin;
+mod checkout;
+mod common;
 mod connections;
 mod expiry;
+mod h2;
+mod lease;
 #[cfg(test)]
 mod model;
+mod snapshot;
+
+pub(crate) use common::Common;
+use h2::CalmBackoff;
+pub(crate) use lease::{Grant, Granted, Http2Parts, Lease, Outcome, RequestPolicy, Waiting};
 
 use expiry::start_rotation;
-
-/// The first back-off from a target after its server sent
-/// `ENHANCE_YOUR_CALM`; doubled each time it comes again soon after.
-pub(crate) const CALM_BACKOFF: Duration = Duration::from_secs(1);
-
-/// The longest back-off after `ENHANCE_YOUR_CALM`.
-pub(crate) const CALM_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// What every target of one pool shares.
-pub(crate) struct Common {
-    pub(crate) config: ArcSwap<PoolConfig>,
-    pub(crate) events: Arc<dyn PoolEvents>,
-    next_id: AtomicU64,
-    /// Wakes the reaper when a deadline earlier than its sleep appears.
-    pub(crate) reaper_wake: Notify,
-    /// The reaper's next wake, in nanoseconds since `epoch` (`u64::MAX`: parked).
-    pub(crate) reaper_next: AtomicU64,
-    pub(crate) epoch: Instant,
-    pub(crate) reaper_started: std::sync::atomic::AtomicBool,
-    pub(crate) reaper_wakeups: AtomicU64,
-    /// Serializes configuration updates (read, change, store).
-    pub(crate) updating: Mutex<()>,
-}
-
-impl Common {
-    pub(crate) fn new(config: PoolConfig, events: Arc<dyn PoolEvents>) -> Self {
-        Common {
-            config: ArcSwap::from_pointee(config),
-            events,
-            next_id: AtomicU64::new(1),
-            reaper_wake: Notify::new(),
-            reaper_next: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
-            reaper_started: std::sync::atomic::AtomicBool::new(false),
-            reaper_wakeups: AtomicU64::new(0),
-            updating: Mutex::new(()),
-        }
-    }
-
-    pub(crate) fn next_id(&self) -> ConnId {
-        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
-    }
-
-    /// Tell the reaper about a deadline, waking it only if it would sleep past it.
-    pub(crate) fn schedule(&self, deadline: Instant) {
-        if self.since_epoch(deadline) < self.reaper_next.load(Ordering::Acquire) {
-            self.reaper_wake.notify_one();
-        }
-    }
-}
 
 /// Starts connects. Implemented by the pool over its connector, so that a
 /// target needs no connector type parameter.
@@ -98,111 +46,6 @@ pub(crate) trait Dial<B>: Send + Sync {
     /// Start a connect for `pool`. With `direct`, the connection goes to that
     /// one request and is never pooled (the kill switch).
     fn dial(&self, pool: Arc<TargetPool<B>>, reason: ConnectReason, direct: Option<Grant<B>>);
-}
-
-/// A sender that hands a connection (or an error) to one waiting request.
-pub(crate) type Grant<B> = oneshot::Sender<Result<Granted<B>, Error>>;
-
-/// A connection (HTTP/1) or a stream slot on one (HTTP/2), handed to a request.
-#[derive(Debug)]
-pub(crate) enum Lease<B> {
-    Http1(Http1Conn<B>),
-    Http2 {
-        tx: http2::SendRequest<B>,
-        id: ConnId,
-    },
-    /// An HTTP/2 connection dedicated to one request (the kill switch).
-    Dedicated2 {
-        tx: http2::SendRequest<B>,
-        life: Lifecycle,
-    },
-}
-
-impl<B> Lease<B> {
-    pub(crate) fn id(&self) -> ConnId {
-        match self {
-            Lease::Http1(conn) => conn.life.id,
-            Lease::Http2 { id, .. } => *id,
-            Lease::Dedicated2 { life, .. } => life.id,
-        }
-    }
-}
-
-/// A lease and what the request should know about it.
-#[derive(Debug)]
-pub(crate) struct Granted<B> {
-    pub(crate) lease: Lease<B>,
-    pub(crate) protocol: Protocol,
-    pub(crate) tls: Option<TlsHandshake>,
-    pub(crate) reused: bool,
-    pub(crate) idle_for: Option<Duration>,
-    pub(crate) revalidate: bool,
-    /// An HTTP/2 connection whose server SETTINGS are not yet known.
-    pub(crate) settling: bool,
-    pub(crate) dedicated: bool,
-    /// What the target's configuration says for the request, read under
-    /// the checkout's lock rather than once more per request.
-    pub(crate) policy: RequestPolicy,
-}
-
-/// The per-request knobs of the configuration in force at checkout.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RequestPolicy {
-    pub(crate) retry: bool,
-    pub(crate) response_timeout: Option<Duration>,
-}
-
-impl RequestPolicy {
-    fn of(config: &PoolConfig) -> Self {
-        RequestPolicy {
-            retry: config.retry,
-            response_timeout: config.response_timeout,
-        }
-    }
-}
-
-impl<B> Granted<B> {
-    /// A brand-new connection's first lease.
-    pub(crate) fn fresh(
-        lease: Lease<B>,
-        protocol: Protocol,
-        tls: Option<TlsHandshake>,
-        config: &PoolConfig,
-    ) -> Self {
-        Granted {
-            lease,
-            protocol,
-            tls,
-            reused: false,
-            idle_for: None,
-            revalidate: false,
-            settling: false,
-            dedicated: false,
-            policy: RequestPolicy::of(config),
-        }
-    }
-}
-
-/// How a request ended with its lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The response was read to its end.
-    Done,
-    /// Not used at all (a waiter went away after it was granted).
-    Unused,
-    /// Cancelled midway or the body dropped unread.
-    Abandoned,
-    /// The connection failed.
-    Failed,
-    /// The HTTP/2 server sent GOAWAY: drain.
-    GoAway,
-    /// The HTTP/2 server never processed the stream: it refused it
-    /// (`REFUSED_STREAM`, when `refused_stream`), or sent a graceful
-    /// GOAWAY below it. `refusals` counts the request's refusals so far.
-    Refused { refused_stream: bool, refusals: u32 },
-    /// The HTTP/2 server sent `ENHANCE_YOUR_CALM`: the connection takes
-    /// no new stream, and the target's connects back off.
-    Calm,
 }
 
 struct Waiter<B> {
@@ -288,67 +131,6 @@ impl<B> State<B> {
         fx.close(life, reason, now);
     }
 
-    /// Step up the stream limits learned from refusals whose time has come.
-    fn probe_learned_limits(&mut self, now: Instant) {
-        let learned = self.h2_learned;
-        for conn in &mut self.h2 {
-            if conn.learned.probe_at().is_some_and(|at| at <= now) {
-                let advertised = conn.advertised(learned);
-                conn.learned.probe(advertised, now);
-            }
-        }
-    }
-
-    /// Whether limits learned from refusals keep a connect back: they may
-    /// cost one connection more than the advertised limits call for (the
-    /// streams in flight and waiting), not more. A server that refuses
-    /// below its advertised limit frees its slots later, and the learned
-    /// limits step back up.
-    fn learned_limits_hold_back(&self) -> bool {
-        let (mut live, mut in_flight, mut lowered) = (0, 0, false);
-        for conn in self.h2.iter().filter(|c| !c.life.is_draining()) {
-            live += 1;
-            in_flight += conn.streams;
-            lowered |= conn.learned.is_lowered();
-        }
-        let demand = in_flight + self.waiters.len();
-        lowered && live + self.connecting > demand.div_ceil(self.h2_streams_hint.max(1))
-    }
-
-    /// The server sent `ENHANCE_YOUR_CALM`: no connect for a while, longer
-    /// each time it comes again before the last back-off is twice over.
-    fn calm_down(&mut self, id: ConnId, now: Instant, fx: &mut Effects<B>) {
-        let backoff = match self.calm_backoff {
-            // One connection's signal counts once (a reset stream, then
-            // the GOAWAY that ends the connection).
-            Some(last) if last.id == id => return,
-            Some(last) if now < last.until + last.backoff => {
-                (last.backoff * 2).min(CALM_BACKOFF_MAX)
-            }
-            _ => CALM_BACKOFF,
-        };
-        self.counters.calm += 1;
-        self.calm_backoff = Some(CalmBackoff {
-            until: now + backoff,
-            backoff,
-            id,
-        });
-        fx.wake_at(Some(now + backoff));
-        fx.calmed = Some((id, backoff));
-    }
-
-    /// Whether connects wait for an `ENHANCE_YOUR_CALM` back-off; if so,
-    /// the reaper is woken when it ends.
-    fn calming(&self, now: Instant, fx: &mut Effects<B>) -> bool {
-        match self.calm_backoff {
-            Some(calm) if calm.until > now => {
-                fx.wake_at(Some(calm.until));
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Keep no more idle HTTP/1.1 connections than `max_idle_per_target`,
     /// the oldest going first, and none with reuse off (the kill switch).
     fn trim_idle(&mut self, config: &PoolConfig, now: Instant, fx: &mut Effects<B>) {
@@ -384,16 +166,6 @@ struct Effects<B> {
     wake_reaper: Option<Instant>,
     refused: Option<RefusedInfo>,
     calmed: Option<(ConnId, Duration)>,
-}
-
-/// A back-off after `ENHANCE_YOUR_CALM`.
-#[derive(Clone, Copy)]
-struct CalmBackoff {
-    /// No connect before this.
-    until: Instant,
-    backoff: Duration,
-    /// The connection whose server asked for calm.
-    id: ConnId,
 }
 
 /// A refusal, for its event.
@@ -499,201 +271,6 @@ impl<B> TargetPool<B> {
         match &state.own_config {
             Some((_, config)) => ConfigRef::Target(config.clone()),
             None => ConfigRef::Pool(self.common.config.load()),
-        }
-    }
-
-    /// Check out at once if a connection is free; otherwise join the queue.
-    /// A retry names the connection that failed it in `avoid`: it goes
-    /// there again only if nothing else is open or coming.
-    pub(crate) fn checkout(
-        self: &Arc<Self>,
-        now: Instant,
-        avoid: Option<ConnId>,
-    ) -> Result<Granted<B>, Result<Waiting<B>, Error>> {
-        let mut fx = Effects::new();
-        let result = {
-            let mut state = self.lock();
-            let config = self.config_of(&state);
-            state.last_active = now;
-            if !config.reuse {
-                // Requests that gave up waiting leave their grant behind.
-                state.dedicated_waiters.retain(|tx| !tx.is_closed());
-                if config
-                    .max_waiters_per_target
-                    .is_some_and(|max| state.dedicated_waiters.len() >= max)
-                {
-                    return Err(Err(Error::too_many_waiters(
-                        &self.target,
-                        state.dedicated_waiters.len(),
-                    )));
-                }
-                let (tx, rx) = oneshot::channel();
-                state.dedicated_waiters.push_back(tx);
-                self.plan(&mut state, &config, now, &mut fx);
-                drop(state);
-                self.finish(fx);
-                return Err(Ok(Waiting {
-                    key: None,
-                    rx,
-                    timeout: config.checkout_timeout,
-                }));
-            }
-            if state.waiters.is_empty()
-                && let Some(granted) = self.grant(&mut state, &config, now, &mut fx, avoid)
-            {
-                Ok(granted)
-            } else if config
-                .max_waiters_per_target
-                .is_some_and(|max| state.waiters.len() >= max)
-            {
-                Err(Err(Error::too_many_waiters(
-                    &self.target,
-                    state.waiters.len(),
-                )))
-            } else {
-                let (tx, rx) = oneshot::channel();
-                let key = state.next_waiter;
-                state.next_waiter += 1;
-                state.waiters.push_back(Waiter { key, tx, avoid });
-                self.plan(&mut state, &config, now, &mut fx);
-                if avoid.is_some() {
-                    // Nothing else may be coming: the fallback in `dispatch`.
-                    self.dispatch(&mut state, &config, now, &mut fx);
-                }
-                Err(Ok(Waiting {
-                    key: Some(key),
-                    rx,
-                    timeout: config.checkout_timeout,
-                }))
-            }
-        };
-        self.finish(fx);
-        result
-    }
-
-    /// Take an open connection with room, if any (HTTP/2 first, then idle
-    /// HTTP/1, most recently used first). Closes dead or expired ones on the way.
-    fn grant(
-        &self,
-        state: &mut State<B>,
-        config: &PoolConfig,
-        now: Instant,
-        fx: &mut Effects<B>,
-        avoid: Option<ConnId>,
-    ) -> Option<Granted<B>> {
-        state.probe_learned_limits(now);
-        let learned = state.h2_learned;
-        if let Some(conn) = state.h2.iter_mut().find(|c| {
-            Some(c.life.id) != avoid
-                && c.has_room(learned)
-                && config
-                    .max_requests_per_connection
-                    .is_none_or(|max| c.life.served < max)
-        }) {
-            conn.streams += 1;
-            let idle_for = conn.life.checkout(now);
-            let reused = conn.life.served > 1;
-            state.counters.checkouts += 1;
-            state.counters.reused += u64::from(reused);
-            return Some(Granted {
-                lease: Lease::Http2 {
-                    tx: conn.tx.clone(),
-                    id: conn.life.id,
-                },
-                protocol: Protocol::Http2,
-                tls: conn.life.tls,
-                reused,
-                idle_for: idle_for.filter(|_| reused),
-                revalidate: false,
-                settling: !conn.is_settled(),
-                dedicated: false,
-                policy: RequestPolicy::of(config),
-            });
-        }
-        while let Some(mut conn) = state.idle.pop() {
-            let expired = conn.life.idle_deadline(config).is_some_and(|d| d <= now);
-            if conn.tx.is_closed() || expired {
-                let reason = if expired {
-                    CloseReason::IdleTimeout
-                } else {
-                    CloseReason::ServerClosed
-                };
-                state.closed(&mut conn.life, reason, now, fx);
-                continue;
-            }
-            let revalidate = conn.life.needs_revalidation(now, config);
-            let idle_for = conn.life.checkout(now);
-            let reused = conn.life.served > 1;
-            state.counters.checkouts += 1;
-            state.counters.reused += u64::from(reused);
-            let tls = conn.life.tls;
-            return Some(Granted {
-                lease: Lease::Http1(conn),
-                protocol: Protocol::Http1,
-                tls,
-                reused,
-                idle_for: idle_for.filter(|_| reused),
-                revalidate,
-                settling: false,
-                dedicated: false,
-                policy: RequestPolicy::of(config),
-            });
-        }
-        None
-    }
-
-    /// Serve parked waiters from whatever capacity there is, FIFO.
-    fn dispatch(
-        &self,
-        state: &mut State<B>,
-        config: &PoolConfig,
-        now: Instant,
-        fx: &mut Effects<B>,
-    ) {
-        while let Some(waiter) = state.waiters.pop_front() {
-            if waiter.tx.is_closed() {
-                continue;
-            }
-            // A retry avoiding a connection takes it after all when no
-            // other connection is coming.
-            let granted = match self.grant(state, config, now, fx, waiter.avoid) {
-                None if waiter.avoid.is_some() && state.connecting == 0 => {
-                    self.grant(state, config, now, fx, None)
-                }
-                granted => granted,
-            };
-            let Some(granted) = granted else {
-                state.waiters.push_front(waiter);
-                return;
-            };
-            // The waiter may leave right here, after the check above.
-            sync::preemption_point();
-            if let Err(Ok(granted)) = waiter.tx.send(Ok(granted)) {
-                // The waiter left between the check and the send.
-                self.put_back(state, granted, now);
-            }
-        }
-    }
-
-    /// Undo a grant that nobody took.
-    fn put_back(&self, state: &mut State<B>, granted: Granted<B>, now: Instant) {
-        state.counters.checkouts -= 1;
-        state.counters.reused -= u64::from(granted.reused);
-        match granted.lease {
-            Lease::Http1(mut conn) => {
-                conn.life.served -= 1;
-                let last_used = now.checked_sub(granted.idle_for.unwrap_or_default());
-                conn.life.checkin(last_used.unwrap_or(now));
-                state.idle.push(conn);
-            }
-            Lease::Http2 { id, .. } => {
-                if let Some(conn) = state.h2.iter_mut().find(|c| c.life.id == id) {
-                    conn.streams -= 1;
-                    conn.life.served -= 1;
-                    conn.life.checkin(now);
-                }
-            }
-            Lease::Dedicated2 { .. } => unreachable!("dedicated connections are never queued"),
         }
     }
 
@@ -875,58 +452,6 @@ impl<B> TargetPool<B> {
     pub(crate) fn own_config(&self) -> Option<TargetConfig> {
         self.lock().own_config.as_ref().map(|(own, _)| own.clone())
     }
-
-    pub(crate) fn snapshot(&self) -> TargetSnapshot {
-        let mut state = self.lock();
-        // Learned limits as they stand now, not as the reaper last saw them.
-        state.probe_learned_limits(Instant::now());
-        let idle = state.idle.len()
-            + state
-                .h2
-                .iter()
-                .filter(|c| c.streams == 0 && !c.life.is_draining())
-                .count();
-        let learned = state.h2_learned;
-        let http2 = state
-            .h2
-            .iter()
-            .map(|c| Http2Snapshot {
-                id: c.life.id,
-                streams: c.streams,
-                advertised_limit: c.advertised(learned),
-                effective_limit: c.capacity(learned),
-                refused: c.learned.refused,
-                draining: c.life.is_draining(),
-            })
-            .collect();
-        TargetSnapshot {
-            target: self.target.clone(),
-            protocol: state.protocol,
-            idle,
-            active: state.open - idle,
-            connecting: state.connecting,
-            waiting: state.waiters.len()
-                + state
-                    .dedicated_waiters
-                    .iter()
-                    .filter(|tx| !tx.is_closed())
-                    .count(),
-            opened: state.counters.opened,
-            reused: state.counters.reused,
-            checkouts: state.counters.checkouts,
-            connect_errors: state.counters.connect_errors,
-            retries: state.counters.retries,
-            stale_skips: state.counters.stale_skips,
-            refused: state.counters.refused,
-            requeued: state.counters.requeued,
-            calm: state.counters.calm,
-            calm_backoff: state.calm_backoff.map(|calm| calm.until),
-            http2,
-            tls_full: state.counters.tls_full,
-            tls_resumed: state.counters.tls_resumed,
-            closed: state.counters.closed,
-        }
-    }
 }
 
 /// What a target speaks before its first connection says: HTTP/2 by prior
@@ -956,21 +481,4 @@ impl std::ops::Deref for ConfigRef {
             ConfigRef::Target(config) => config,
         }
     }
-}
-
-/// The shared cells an HTTP/2 connection task keeps current.
-#[derive(Debug)]
-pub(crate) struct Http2Parts {
-    pub(crate) limit: Arc<dyn StreamLimit>,
-    pub(crate) settled: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A request parked in a target's queue.
-#[derive(Debug)]
-pub(crate) struct Waiting<B> {
-    /// `None` for a dedicated (kill switch) connect, which is not queued.
-    pub(crate) key: Option<u64>,
-    pub(crate) rx: oneshot::Receiver<Result<Granted<B>, Error>>,
-    /// The target's `checkout_timeout`, read with the rest of its policy.
-    pub(crate) timeout: Option<Duration>,
 }

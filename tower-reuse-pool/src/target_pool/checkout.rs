@@ -1,0 +1,211 @@
+//! Checkout: a request takes a free connection at once, or joins the
+//! queue that check-ins and connects serve first come, first served.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Effects, Granted, Lease, RequestPolicy, State, TargetPool, Waiter, Waiting};
+use crate::config::PoolConfig;
+use crate::conn::{ConnId, Protocol};
+use crate::error::Error;
+use crate::events::CloseReason;
+use crate::sync;
+
+impl<B> TargetPool<B> {
+    /// Check out at once if a connection is free; otherwise join the queue.
+    /// A retry names the connection that failed it in `avoid`: it goes
+    /// there again only if nothing else is open or coming.
+    pub(crate) fn checkout(
+        self: &Arc<Self>,
+        now: Instant,
+        avoid: Option<ConnId>,
+    ) -> Result<Granted<B>, Result<Waiting<B>, Error>> {
+        let mut fx = Effects::new();
+        let result = {
+            let mut state = self.lock();
+            let config = self.config_of(&state);
+            state.last_active = now;
+            if !config.reuse {
+                // Requests that gave up waiting leave their grant behind.
+                state.dedicated_waiters.retain(|tx| !tx.is_closed());
+                if config
+                    .max_waiters_per_target
+                    .is_some_and(|max| state.dedicated_waiters.len() >= max)
+                {
+                    return Err(Err(Error::too_many_waiters(
+                        &self.target,
+                        state.dedicated_waiters.len(),
+                    )));
+                }
+                let (tx, rx) = oneshot::channel();
+                state.dedicated_waiters.push_back(tx);
+                self.plan(&mut state, &config, now, &mut fx);
+                drop(state);
+                self.finish(fx);
+                return Err(Ok(Waiting {
+                    key: None,
+                    rx,
+                    timeout: config.checkout_timeout,
+                }));
+            }
+            if state.waiters.is_empty()
+                && let Some(granted) = self.grant(&mut state, &config, now, &mut fx, avoid)
+            {
+                Ok(granted)
+            } else if config
+                .max_waiters_per_target
+                .is_some_and(|max| state.waiters.len() >= max)
+            {
+                Err(Err(Error::too_many_waiters(
+                    &self.target,
+                    state.waiters.len(),
+                )))
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let key = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push_back(Waiter { key, tx, avoid });
+                self.plan(&mut state, &config, now, &mut fx);
+                if avoid.is_some() {
+                    // Nothing else may be coming: the fallback in `dispatch`.
+                    self.dispatch(&mut state, &config, now, &mut fx);
+                }
+                Err(Ok(Waiting {
+                    key: Some(key),
+                    rx,
+                    timeout: config.checkout_timeout,
+                }))
+            }
+        };
+        self.finish(fx);
+        result
+    }
+
+    /// Take an open connection with room, if any (HTTP/2 first, then idle
+    /// HTTP/1, most recently used first). Closes dead or expired ones on the way.
+    pub(super) fn grant(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        now: Instant,
+        fx: &mut Effects<B>,
+        avoid: Option<ConnId>,
+    ) -> Option<Granted<B>> {
+        state.probe_learned_limits(now);
+        let learned = state.h2_learned;
+        if let Some(conn) = state.h2.iter_mut().find(|c| {
+            Some(c.life.id) != avoid
+                && c.has_room(learned)
+                && config
+                    .max_requests_per_connection
+                    .is_none_or(|max| c.life.served < max)
+        }) {
+            conn.streams += 1;
+            let idle_for = conn.life.checkout(now);
+            let reused = conn.life.served > 1;
+            state.counters.checkouts += 1;
+            state.counters.reused += u64::from(reused);
+            return Some(Granted {
+                lease: Lease::Http2 {
+                    tx: conn.tx.clone(),
+                    id: conn.life.id,
+                },
+                protocol: Protocol::Http2,
+                tls: conn.life.tls,
+                reused,
+                idle_for: idle_for.filter(|_| reused),
+                revalidate: false,
+                settling: !conn.is_settled(),
+                dedicated: false,
+                policy: RequestPolicy::of(config),
+            });
+        }
+        while let Some(mut conn) = state.idle.pop() {
+            let expired = conn.life.idle_deadline(config).is_some_and(|d| d <= now);
+            if conn.tx.is_closed() || expired {
+                let reason = if expired {
+                    CloseReason::IdleTimeout
+                } else {
+                    CloseReason::ServerClosed
+                };
+                state.closed(&mut conn.life, reason, now, fx);
+                continue;
+            }
+            let revalidate = conn.life.needs_revalidation(now, config);
+            let idle_for = conn.life.checkout(now);
+            let reused = conn.life.served > 1;
+            state.counters.checkouts += 1;
+            state.counters.reused += u64::from(reused);
+            let tls = conn.life.tls;
+            return Some(Granted {
+                lease: Lease::Http1(conn),
+                protocol: Protocol::Http1,
+                tls,
+                reused,
+                idle_for: idle_for.filter(|_| reused),
+                revalidate,
+                settling: false,
+                dedicated: false,
+                policy: RequestPolicy::of(config),
+            });
+        }
+        None
+    }
+
+    /// Serve parked waiters from whatever capacity there is, FIFO.
+    pub(super) fn dispatch(
+        &self,
+        state: &mut State<B>,
+        config: &PoolConfig,
+        now: Instant,
+        fx: &mut Effects<B>,
+    ) {
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.tx.is_closed() {
+                continue;
+            }
+            // A retry avoiding a connection takes it after all when no
+            // other connection is coming.
+            let granted = match self.grant(state, config, now, fx, waiter.avoid) {
+                None if waiter.avoid.is_some() && state.connecting == 0 => {
+                    self.grant(state, config, now, fx, None)
+                }
+                granted => granted,
+            };
+            let Some(granted) = granted else {
+                state.waiters.push_front(waiter);
+                return;
+            };
+            // The waiter may leave right here, after the check above.
+            sync::preemption_point();
+            if let Err(Ok(granted)) = waiter.tx.send(Ok(granted)) {
+                // The waiter left between the check and the send.
+                self.put_back(state, granted, now);
+            }
+        }
+    }
+
+    /// Undo a grant that nobody took.
+    pub(super) fn put_back(&self, state: &mut State<B>, granted: Granted<B>, now: Instant) {
+        state.counters.checkouts -= 1;
+        state.counters.reused -= u64::from(granted.reused);
+        match granted.lease {
+            Lease::Http1(mut conn) => {
+                conn.life.served -= 1;
+                let last_used = now.checked_sub(granted.idle_for.unwrap_or_default());
+                conn.life.checkin(last_used.unwrap_or(now));
+                state.idle.push(conn);
+            }
+            Lease::Http2 { id, .. } => {
+                if let Some(conn) = state.h2.iter_mut().find(|c| c.life.id == id) {
+                    conn.streams -= 1;
+                    conn.life.served -= 1;
+                    conn.life.checkin(now);
+                }
+            }
+            Lease::Dedicated2 { .. } => unreachable!("dedicated connections are never queued"),
+        }
+    }
+}
