@@ -106,18 +106,20 @@ impl<B: Send + 'static> Checkout<B> {
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
     ) -> Result<Self, Error> {
-        Checkout::acquire_since(pool, avoid, Instant::now()).await
+        Checkout::acquire_since(pool, avoid, &mut None).await
     }
 
     /// [`acquire`](Self::acquire) for a request that began waiting at
     /// `since` (and was queued again since): the checkout timeout counts
-    /// from then.
+    /// from then. `None` on its first checkout: set to now, from the one
+    /// clock read a checkout makes.
     async fn acquire_since(
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
-        since: Instant,
+        since: &mut Option<Instant>,
     ) -> Result<Self, Error> {
         let start = Instant::now();
+        let since = *since.get_or_insert(start);
         let waiting = match pool.checkout(start, avoid) {
             Ok(granted) => return Ok(Checkout::new(pool.clone(), granted, None)),
             Err(Err(error)) => return Err(error),
@@ -615,9 +617,9 @@ where
         let mut stale = 0;
         let mut avoid = None;
         let mut refusals = 0;
-        let since = Instant::now();
+        let mut since = None;
         loop {
-            let checkout = Checkout::acquire_since(&pool, avoid, since).await?;
+            let checkout = Checkout::acquire_since(&pool, avoid, &mut since).await?;
             let failed_on = checkout.id();
             match exchange(checkout, &mut slot, true, retried, refusals, &mut permit).await {
                 Exchange::Response(response) => return Ok(response),
