@@ -40,6 +40,14 @@ pub(crate) mod duration_opt {
     }
 }
 
+/// A duration a target may set (`Some`), in a policy file's forms.
+#[cfg(feature = "serde")]
+pub(crate) fn duration_override<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Duration>>, D::Error> {
+    duration_opt::deserialize(d).map(Some)
+}
+
 /// Parses `"250ms"`, `"55s"`, `"5m"`, `"1h"` or `"off"`.
 #[cfg_attr(not(any(feature = "serde", test)), allow(dead_code))]
 pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {

@@ -39,22 +39,66 @@ use super::{ConfigError, PoolConfig};
 /// // Unset here: the pool's.
 /// assert_eq!(resolved.get_max_lifetime(), Some(Duration::from_secs(600)));
 /// ```
+///
+/// With the `serde` feature it deserializes from a policy file as
+/// [`PoolConfig`] does, every knob optional (`"off"` switches a duration
+/// off for the target):
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// use std::time::Duration;
+/// use tower_reuse_pool::TargetConfig;
+///
+/// let own: TargetConfig = toml::from_str("min_idle_per_target = 4\nmax_lifetime = \"off\"").unwrap();
+/// assert_eq!(own, TargetConfig::default().min_idle_per_target(4).max_lifetime(None));
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct TargetConfig {
     max_connections_per_target: Option<Option<usize>>,
     max_idle_per_target: Option<Option<usize>>,
     max_connecting_per_target: Option<Option<usize>>,
     max_waiters_per_target: Option<Option<usize>>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     checkout_timeout: Option<Option<Duration>>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     connect_timeout: Option<Option<Duration>>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     response_timeout: Option<Option<Duration>>,
     max_response_header_bytes: Option<Option<usize>>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     http2_ping_interval: Option<Option<Duration>>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     idle_timeout: Option<Option<Duration>>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     max_lifetime: Option<Option<Duration>>,
     lifetime_jitter: Option<f64>,
     max_requests_per_connection: Option<Option<u64>>,
     min_idle_per_target: Option<usize>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "super::duration::duration_override")
+    )]
     revalidate_after_idle: Option<Option<Duration>>,
     http2_prior_knowledge: Option<bool>,
     http2_scale_out: Option<bool>,
@@ -153,6 +197,27 @@ mod tests {
         );
         let own_off = TargetConfig::default().reuse(false);
         assert!(!own_off.resolve(&PoolConfig::default()).unwrap().get_reuse());
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn reads_a_targets_own_settings_from_a_policy_file() {
+        let own: TargetConfig =
+            toml::from_str("idle_timeout = \"5s\"\nreuse = false\nmax_idle_per_target = 3")
+                .unwrap();
+        assert_eq!(
+            own,
+            TargetConfig::default()
+                .idle_timeout(Some(Duration::from_secs(5)))
+                .reuse(false)
+                .max_idle_per_target(Some(3))
+        );
+        assert_eq!(
+            toml::from_str::<TargetConfig>("").unwrap(),
+            TargetConfig::default()
+        );
+        assert!(toml::from_str::<TargetConfig>("idle_timeout = \"5 parsecs\"").is_err());
+        assert!(toml::from_str::<TargetConfig>("max_requests_in_flight = 4").is_err());
     }
 
     #[test]
