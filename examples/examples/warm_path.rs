@@ -15,10 +15,14 @@
 //! Instructions per request are the difference of the two totals divided
 //! by 2000 (the set-up cancels out). A third argument `K` sends the
 //! requests round-robin to `K` servers (on 127.0.0.1, 127.0.0.2, ...), the
-//! cost of switching targets (`pool` and the `otel` stacks only).
+//! cost of switching targets (every stack but `raw` and `span`).
+//! `scripts/warm-path.sh` runs every stack this way and writes the figures
+//! to `target/warm-path.json`.
 //!
 //! Stacks: `raw` (one hyper connection, the request already in origin
-//! form), `pool` (a `Pool` with its
+//! form), `hyper-util` (hyper-util's legacy `Client` as `reuse-lab`'s
+//! `hyper-util` stack builds it: its defaults and a pool timer, over the
+//! same connector as `pool`), `pool` (a `Pool` with its
 //! defaults), `span` (the pool, each request in one bare SDK span as
 //! `reuse-lab`'s `reuse+span` stack records it, and nothing else), `otel`
 //! (`OtelLayer` over the pool with `OtelPoolEvents`, the SDK with its
@@ -31,8 +35,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -161,6 +166,12 @@ fn main() -> Result<(), BoxError> {
                 }
                 Ok(())
             }
+            "hyper-util" => {
+                let mut client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .build::<_, Full<Bytes>>(connector());
+                run(&mut client, &uris, n, None).await
+            }
             "pool" => {
                 let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
                 run(&mut client, &uris, n, None).await
@@ -174,9 +185,10 @@ fn main() -> Result<(), BoxError> {
             }
             "otel" => otel(&uris, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
             "otel-unsampled" => otel(&uris, n, Sampler::AlwaysOff).await,
-            other => {
-                Err(format!("no stack {other:?}: raw, pool, span, otel, otel-unsampled").into())
-            }
+            other => Err(format!(
+                "no stack {other:?}: raw, hyper-util, pool, span, otel, otel-unsampled"
+            )
+            .into()),
         }
     })
 }
