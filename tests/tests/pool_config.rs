@@ -128,3 +128,27 @@ async fn requests_in_flight_past_a_semaphores_count_are_rejected_not_a_panic() {
     .unwrap();
     let _pool = layer.layer(DuplexConnector::new(ServerOptions::default()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_connect_under_the_kill_switch_frees_its_slot_for_the_next_request() {
+    let client = client(
+        Misbehaving::new(1, None),
+        PoolConfig::default()
+            .reuse(false)
+            .max_connections_per_target(Some(1))
+            .checkout_timeout(Some(Duration::from_secs(5))),
+    );
+    let mut first = client.clone();
+    let mut second = client.clone();
+    // The first takes the one slot and panics; the second waits behind it.
+    let (first, second) = tokio::join!(
+        send(&mut first, get(URL, 0)),
+        send(&mut second, get(URL, 1))
+    );
+    let error = first.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
+    second.unwrap();
+    let snapshot = only(&client);
+    assert_eq!(snapshot.connecting(), 0, "{snapshot:?}");
+    assert_eq!(snapshot.closed(CloseReason::KillSwitch), 1, "{snapshot:?}");
+}

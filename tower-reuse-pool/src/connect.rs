@@ -269,17 +269,27 @@ impl<B> Drop for Landing<B> {
             &self.pool.target,
             "the connect ended abnormally: its connector panicked or its task was cancelled",
         );
-        let config = self.pool.config();
         let duration = self.start.elapsed();
-        let direct = self.direct.take();
-        land(
-            &self.pool,
-            self.reason,
-            direct,
-            &config,
-            Err(error),
-            duration,
-        );
+        match self.direct.take() {
+            // Not `land`, which starts the next dedicated connect at once:
+            // on a runtime shutting down, that one's task would be dropped
+            // inside `spawn`, landing here again, one call inside the other
+            // for every request queued behind it.
+            Some(grant) => {
+                self.pool.common.events.on_connect_error(&ConnectFailed {
+                    target: &self.pool.target,
+                    reason: self.reason,
+                    duration,
+                    error: error.clone(),
+                });
+                self.pool.dedicated_abandoned();
+                let _ = grant.send(Err(error));
+            }
+            None => {
+                let config = self.pool.config();
+                land(&self.pool, self.reason, None, &config, Err(error), duration);
+            }
+        }
     }
 }
 

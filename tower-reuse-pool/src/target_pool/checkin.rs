@@ -182,6 +182,17 @@ impl<B> TargetPool<B> {
         });
     }
 
+    /// A dedicated (kill switch) connect that never landed (its task was
+    /// dropped): its slot is given back and the reaper, not this call,
+    /// starts what the freed room allows.
+    pub(crate) fn dedicated_abandoned(&self) {
+        let mut state = self.lock();
+        state.connecting -= 1;
+        state.counters.connect_errors += 1;
+        drop(state);
+        self.common.reaper_wake.notify_one();
+    }
+
     /// Apply `change` to the dedicated counts, then start what the freed
     /// room allows.
     fn dedicated_changed(self: &Arc<Self>, change: impl FnOnce(&mut State<B>)) {
