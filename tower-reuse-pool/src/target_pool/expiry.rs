@@ -35,12 +35,8 @@ impl<B> TargetPool<B> {
                 let idle_deadline = conn.life.idle_deadline(&config).filter(|_| above_min);
                 let reason = if conn.tx.is_closed() {
                     Some(CloseReason::ServerClosed)
-                } else if !config.reuse {
-                    Some(CloseReason::KillSwitch)
-                } else if idle_deadline.is_some_and(|d| d <= now) {
-                    Some(CloseReason::IdleTimeout)
                 } else {
-                    None
+                    idle_close_reason(&config, idle_deadline, now)
                 };
                 if let Some(reason) = reason {
                     let mut conn = state.idle.remove(i);
@@ -70,13 +66,8 @@ impl<B> TargetPool<B> {
                     .life
                     .idle_deadline(&config)
                     .filter(|_| conn.streams == 0 && above_min);
-                let reason = if !config.reuse && conn.streams == 0 {
-                    Some(CloseReason::KillSwitch)
-                } else if idle_deadline.is_some_and(|d| d <= now) {
-                    Some(CloseReason::IdleTimeout)
-                } else {
-                    None
-                };
+                let reason =
+                    idle_close_reason(&config, idle_deadline, now).filter(|_| conn.streams == 0);
                 if let Some(reason) = reason {
                     let mut conn = state.h2.swap_remove(i);
                     state.closed(&mut conn.life, reason, now, &mut fx);
@@ -182,6 +173,22 @@ impl<B> TargetPool<B> {
             && config.min_idle_per_target == 0
             && state.own_config.is_none()
             && now.saturating_duration_since(state.last_active) >= forget_after(&config)
+    }
+}
+
+/// Why an idle connection closes now, if it does: the kill switch, or its
+/// idle deadline passed.
+fn idle_close_reason(
+    config: &PoolConfig,
+    idle_deadline: Option<Instant>,
+    now: Instant,
+) -> Option<CloseReason> {
+    if !config.reuse {
+        Some(CloseReason::KillSwitch)
+    } else if idle_deadline.is_some_and(|d| d <= now) {
+        Some(CloseReason::IdleTimeout)
+    } else {
+        None
     }
 }
 
