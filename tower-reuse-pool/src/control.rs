@@ -3,12 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::Request;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Protocol};
 use crate::events::CloseReason;
-use crate::target::Target;
+use crate::target::{Target, TargetKey};
 
 /// Counts for one target at one moment.
 #[derive(Clone, Debug)]
@@ -223,6 +224,7 @@ pub(crate) trait Controlled: Send + Sync {
     /// the reaper; hence the `Arc` receiver.
     fn set_target_config(self: Arc<Self>, target: &Target, own: Option<(TargetConfig, PoolConfig)>);
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
+    fn is_warm(&self, key: TargetKey<'_>) -> bool;
 }
 
 /// A handle to read and steer a running pool; cheap to clone.
@@ -334,6 +336,28 @@ impl PoolControl {
     /// [`set_target_config`](Self::set_target_config), if any.
     pub fn target_config(&self, target: &Target) -> Option<TargetConfig> {
         self.inner.target_config(target)
+    }
+
+    /// Whether `req` would find a connection of its target free now, with no
+    /// connect to wait for: an idle HTTP/1.1 connection or an HTTP/2 one
+    /// with a stream to spare. The affinity layer asks it to prefer warm
+    /// endpoints; it takes the target's lock for a moment.
+    ///
+    /// ```
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower::Layer;
+    /// use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool: Pool<HttpConnector> = PoolLayer::new(PoolConfig::default())
+    ///     .unwrap()
+    ///     .layer(HttpConnector::new());
+    /// let req = http::Request::get("http://127.0.0.1:8080/").body(()).unwrap();
+    /// assert!(!pool.control().is_warm(&req));
+    /// # }
+    /// ```
+    pub fn is_warm<B>(&self, req: &Request<B>) -> bool {
+        TargetKey::of_request(req).is_some_and(|key| self.inner.is_warm(key))
     }
 
     /// The kill switch: `false` makes every request use a new connection and

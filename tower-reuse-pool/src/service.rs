@@ -235,6 +235,10 @@ where
         self.common.config.load_full()
     }
 
+    fn is_warm(&self, key: TargetKey<'_>) -> bool {
+        self.find(key).is_some_and(|pool| pool.is_warm())
+    }
+
     fn update_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.common
             .updating
