@@ -285,10 +285,19 @@ async fn a_cold_first_choice_detours_one_step_to_a_warm_endpoint() {
     let (key_a, key_b) = (home[&0], home[&1]);
     // Warm b only, then send a's key: a has no connection, b has an idle
     // one and is under the bound.
+    let accepted = servers[0].stats.accepted();
     get(&mut client, key_b, 1).await.unwrap();
     get(&mut client, key_a, 2).await.unwrap();
     assert_eq!(served_by(&servers)[&2], 1, "detoured to b");
     assert_eq!(*events.detours.lock().unwrap(), vec![(a, b)]);
+    // Meanwhile a opened a connection: the key's next request goes home.
+    tower_reuse_tests::until("a warmed up", || {
+        servers[0].stats.accepted() == accepted + 1
+    })
+    .await;
+    get(&mut client, key_a, 3).await.unwrap();
+    assert_eq!(served_by(&servers)[&3], 0, "back home on a");
+    assert_eq!(events.detours.lock().unwrap().len(), 1);
 }
 
 /// A discovery feed over a channel.

@@ -128,3 +128,42 @@ async fn a_uri_connector_is_never_handed_the_address_of_an_https_endpoint() {
     assert!(format!("{error:#}").contains("TlsConnector"), "{error:#}");
     assert_eq!(server.stats.accepted(), 0);
 }
+
+#[tokio::test]
+async fn warm_up_opens_one_connection_ahead_and_only_when_none_is_free() {
+    let server = TestServer::start_on("127.0.0.2:0", ServerOptions::default()).await;
+    let mut client = pool(PoolConfig::default());
+    let control = client.control();
+    let url = "http://svc.internal:8080/";
+    let target = Target::from_uri(&url.parse().unwrap(), None)
+        .unwrap()
+        .with_endpoint(Some(Endpoint::new(server.addr)));
+    // Twice at once: one connect covers both.
+    control.warm_up(&target);
+    control.warm_up(&target);
+    tower_reuse_tests::until("warmed", || control.is_warm(&to(url, server.addr, 0))).await;
+    assert_eq!(server.stats.accepted(), 1);
+    // Warm already: nothing more.
+    control.warm_up(&target);
+    let (parts, _) = send(&mut client, to(url, server.addr, 1)).await.unwrap();
+    let info = tower_reuse_tests::info(&parts);
+    assert!(
+        info.wait().is_zero(),
+        "the request found it ready: {info:?}"
+    );
+    assert_eq!(server.stats.accepted(), 1);
+    // With reuse off for the target, never.
+    let other = TestServer::start_on("127.0.0.3:0", ServerOptions::default()).await;
+    let cold = target
+        .clone()
+        .with_endpoint(Some(Endpoint::new(other.addr)));
+    control
+        .set_target_config(
+            &cold,
+            Some(tower_reuse_pool::TargetConfig::default().reuse(false)),
+        )
+        .unwrap();
+    control.warm_up(&cold);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(other.stats.accepted(), 0);
+}

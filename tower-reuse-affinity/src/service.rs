@@ -14,7 +14,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_reuse_pool::{ErrorKind, Partition, PoolControl};
+use tower_reuse_pool::{ErrorKind, Partition, PoolControl, Target};
 use tower_service::Service;
 
 use crate::choice::{self, Candidate};
@@ -61,7 +61,8 @@ where
 ///   loaded of two endpoints drawn at random.
 /// - **Warm-aware.** When the key's endpoint has no free connection and the
 ///   next one of its order, under the bound, has one, the request goes
-///   there: one step at most, so keys stay where they were.
+///   there, one step at most, while the pool opens a connection to the
+///   first choice: the key's next request finds it warm and stays home.
 /// - **Ejection.** An endpoint whose connects fail `eject_after` times in a
 ///   row (or, opt-in, that answers 5xx) is out of service for a back-off
 ///   that grows with each ejection; its keys go to their next endpoints and
@@ -422,6 +423,12 @@ impl Router<'_> {
         };
         req.extensions_mut().insert(set.endpoints[next].endpoint());
         if self.control.is_warm(req) {
+            // The first choice opens a connection meanwhile: the key's next
+            // request finds it warm and stays home.
+            let home = set.endpoints[first].endpoint();
+            if let Ok(target) = Target::from_request(req) {
+                self.control.warm_up(&target.with_endpoint(Some(home)));
+            }
             set.endpoints[next]
                 .detours_to
                 .fetch_add(1, Ordering::Relaxed);

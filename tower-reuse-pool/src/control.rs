@@ -225,6 +225,8 @@ pub(crate) trait Controlled: Send + Sync {
     fn set_target_config(self: Arc<Self>, target: &Target, own: Option<(TargetConfig, PoolConfig)>);
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
     fn is_warm(&self, key: TargetKey<'_>) -> bool;
+    /// Creates the target if need be.
+    fn warm_up(self: Arc<Self>, target: &Target);
 }
 
 /// A handle to read and steer a running pool; cheap to clone.
@@ -358,6 +360,16 @@ impl PoolControl {
     /// ```
     pub fn is_warm<B>(&self, req: &Request<B>) -> bool {
         TargetKey::of_request(req).is_some_and(|key| self.inner.is_warm(key))
+    }
+
+    /// Open one connection to `target` ahead of its next request, if it
+    /// has none free and none connecting, within its limits (with reuse on,
+    /// not while a failed pre-warm backs off or the server asks for calm).
+    /// The affinity layer calls it for an endpoint it steered a request
+    /// away from because it was cold, so that the next request finds it
+    /// warm.
+    pub fn warm_up(&self, target: &Target) {
+        self.inner.clone().warm_up(target);
     }
 
     /// The kill switch: `false` makes every request use a new connection and

@@ -6,18 +6,6 @@ use super::TargetPool;
 use crate::control::{Http2Snapshot, TargetSnapshot};
 
 impl<B> TargetPool<B> {
-    /// Whether a request would find a connection free now: an idle
-    /// HTTP/1.1 one, or an HTTP/2 one with a stream to spare.
-    pub(crate) fn is_warm(&self) -> bool {
-        let state = self.lock();
-        let learned = state.h2_learned;
-        !state.idle.is_empty()
-            || state
-                .h2
-                .iter()
-                .any(|c| !c.life.is_draining() && c.streams < c.capacity(learned))
-    }
-
     pub(crate) fn snapshot(&self) -> TargetSnapshot {
         let mut state = self.lock();
         // Learned limits as they stand now, not as the reaper last saw them.
