@@ -43,6 +43,9 @@ pub struct ServerOptions {
     pub http10: bool,
     /// Response body size in bytes (default 16).
     pub body_size: Option<usize>,
+    /// Answer with this status unless the request's `x-status` asks for
+    /// another (default 200).
+    pub status: Option<u16>,
 }
 
 /// What the server saw.
@@ -282,6 +285,7 @@ async fn respond(
     let extra_delay = number(headers, "x-delay-ms").map(Duration::from_millis);
     let body_size = number(headers, "x-body-size").or(options.body_size);
     let status = number::<u16>(headers, "x-status")
+        .or(options.status)
         .and_then(|status| http::StatusCode::from_u16(status).ok())
         .unwrap_or(http::StatusCode::OK);
     stats.seen.lock().expect("not poisoned").push(Seen {

@@ -312,3 +312,112 @@ impl futures_core::Stream for Feed {
         self.0.poll_recv(cx).map(|c| c.map(Ok))
     }
 }
+
+#[tokio::test]
+async fn opt_in_5xx_ejection_and_never_more_than_the_share_at_once() {
+    let failing = ServerOptions {
+        status: Some(503),
+        ..ServerOptions::default()
+    };
+    let mut servers = Vec::new();
+    for i in 0..4u8 {
+        let options = if i < 3 {
+            failing.clone()
+        } else {
+            ServerOptions::default()
+        };
+        servers.push(TestServer::start_on(&format!("127.0.0.{}:0", 2 + i), options).await);
+    }
+    let events = Arc::new(Events::default());
+    // Off by default: 503s are answers, not failures.
+    let mut client = client(keyed().eject_after(2).warm_aware(false), events.clone());
+    client
+        .endpoints()
+        .set(SERVICE, servers.iter().map(|s| s.addr))
+        .unwrap();
+    for key in 0..40u64 {
+        send(&mut client, key).await;
+    }
+    assert!(events.ejected.lock().unwrap().is_empty());
+
+    // On: three endpoints answer 503, but at most half of four go out.
+    let events = Arc::new(Events::default());
+    let mut client = self::client(
+        keyed().eject_after(2).eject_on_5xx(true).warm_aware(false),
+        events.clone(),
+    );
+    client
+        .endpoints()
+        .set(SERVICE, servers.iter().map(|s| s.addr))
+        .unwrap();
+    for key in 0..200u64 {
+        send(&mut client, key % 40).await;
+    }
+    let ejected = events.ejected.lock().unwrap().clone();
+    assert_eq!(ejected.len(), 2, "{ejected:?}");
+    assert!(ejected.iter().all(|addr| *addr != servers[3].addr));
+    let snapshot = client.snapshot();
+    let out = snapshot.services[0]
+        .endpoints
+        .iter()
+        .filter(|e| e.ejected_until.is_some())
+        .count();
+    assert_eq!(out, 2);
+}
+
+/// GET with key `key`; the status, whatever it is.
+async fn send(client: &mut Client, key: u64) -> http::StatusCode {
+    let req = http::Request::get(format!("{SERVICE}/k"))
+        .header("x-user-id", key)
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = client.ready().await.unwrap().call(req).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn a_request_that_may_have_been_processed_is_retried_only_if_idempotent() {
+    use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
+    // One endpoint reads each request whole and closes without answering.
+    let closing = RawHttp1Server::start(|_, _| Answer::Close).await;
+    let good = TestServer::start_on("127.0.0.2:0", ServerOptions::default()).await;
+    let events = Arc::new(Events::default());
+    let mut client = client(keyed().warm_aware(false), events.clone());
+    client
+        .endpoints()
+        .set(SERVICE, [closing.addr, good.addr])
+        .unwrap();
+    let mut failed_posts = 0;
+    for key in 0..20u64 {
+        let req = http::Request::post(format!("{SERVICE}/k"))
+            .header("x-user-id", key)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        match client.ready().await.unwrap().call(req).await {
+            Ok(response) => assert_eq!(response.status(), 200),
+            Err(error) => {
+                let pool = error.pool_error().expect("the pool's error");
+                assert!(pool.may_have_been_processed(), "{error}");
+                failed_posts += 1;
+            }
+        }
+    }
+    let posts_seen = closing
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert!(failed_posts > 0, "some keys live on the closing endpoint");
+    assert_eq!(
+        posts_seen, failed_posts,
+        "each POST reached it once: never sent again"
+    );
+    assert_eq!(good.stats.requests(), 20 - failed_posts as u64);
+    // The same keys with GET: each one closed under it goes to the other.
+    for key in 0..20u64 {
+        assert_eq!(send(&mut client, key).await, 200);
+    }
+    assert!(!events.retried.lock().unwrap().is_empty());
+}
