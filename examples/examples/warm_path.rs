@@ -27,7 +27,12 @@
 //! `reuse-lab`'s `reuse+span` stack records it, and nothing else), `otel`
 //! (`OtelLayer` over the pool with `OtelPoolEvents`, the SDK with its
 //! default sampler and a batch span processor dropping every batch),
-//! `otel-unsampled` (the same, every span sampled out).
+//! `otel-unsampled` (the same, every span sampled out), `affinity`
+//! (`AffinityLayer` over the pool: the requests go to a logical service,
+//! `http://svc.warm:8080`, whose endpoints are the servers; keyed by their
+//! `accept` header, so that they are byte for byte the other stacks'
+//! requests and one key: with one server, the cost of routing and of
+//! carrying the endpoint).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -45,6 +50,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
+use tower_reuse_affinity::{AffinityConfig, AffinityKey, AffinityLayer};
 use tower_reuse_examples::stacks::{BareSpan, DiscardMetrics, DiscardSpans};
 use tower_reuse_otel::{OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::{PoolConfig, PoolLayer};
@@ -183,10 +189,28 @@ fn main() -> Result<(), BoxError> {
                 let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
                 run(&mut client, &uris, n, Some(&bare)).await
             }
+            "affinity" => {
+                let layer = AffinityLayer::new(
+                    AffinityConfig::default().key(AffinityKey::header("accept")),
+                )?;
+                let endpoints = uris.iter().map(|uri| {
+                    uri.authority()
+                        .map_or("", |a| a.as_str())
+                        .parse::<std::net::SocketAddr>()
+                });
+                layer.endpoints().set(
+                    "http://svc.warm:8080",
+                    endpoints.collect::<Result<Vec<_>, _>>()?,
+                )?;
+                let pool = PoolLayer::new(PoolConfig::default())?.layer(connector());
+                let mut client = layer.layer(pool);
+                let service = ["http://svc.warm:8080/x".parse::<Uri>()?];
+                run(&mut client, &service, n, None).await
+            }
             "otel" => otel(&uris, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
             "otel-unsampled" => otel(&uris, n, Sampler::AlwaysOff).await,
             other => Err(format!(
-                "no stack {other:?}: raw, hyper-util, pool, span, otel, otel-unsampled"
+                "no stack {other:?}: raw, hyper-util, pool, span, otel, otel-unsampled, affinity"
             )
             .into()),
         }

@@ -59,6 +59,7 @@ mod config;
 mod discover;
 mod error;
 pub mod events;
+mod future;
 mod health;
 mod key;
 mod registry;
@@ -67,7 +68,8 @@ mod snapshot;
 
 pub use config::{AffinityConfig, ConfigError};
 pub use error::Error;
+pub use future::ResponseFuture;
 pub use key::AffinityKey;
 pub use registry::Endpoints;
-pub use service::{Affinity, AffinityLayer, PoolHandle, ResponseFuture};
+pub use service::{Affinity, AffinityLayer, PoolHandle};
 pub use snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};

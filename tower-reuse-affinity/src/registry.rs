@@ -2,13 +2,14 @@
 //! (an `ArcSwap` of an immutable map), changed through [`Endpoints`].
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::Uri;
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use tokio::time::Instant;
 use tower_reuse_pool::{Endpoint, PoolControl, TargetConfig};
 
@@ -132,16 +133,26 @@ pub(crate) struct ServiceSet {
 }
 
 impl ServiceSet {
-    /// The endpoints as a choice sees them now; `now` read only if one is
-    /// out of service.
-    pub(crate) fn candidates(&self, out: &mut Vec<Candidate>) {
+    /// `f` of the endpoints as a choice sees them now (on the stack for up
+    /// to 16 endpoints); the clock is read only if one is out of service.
+    pub(crate) fn with_candidates<R>(&self, f: impl FnOnce(&mut [Candidate]) -> R) -> R {
+        const INLINE: usize = 16;
         let mut now = None;
-        out.clear();
-        out.extend(self.endpoints.iter().map(|e| Candidate {
+        let mut candidate = |e: &EndpointState| Candidate {
             id: e.id,
             load: e.in_flight.load(Ordering::Relaxed),
             eligible: e.eligible(&mut now),
-        }));
+        };
+        if self.endpoints.len() <= INLINE {
+            let mut buf = [Candidate::default(); INLINE];
+            for (slot, e) in buf.iter_mut().zip(&self.endpoints) {
+                *slot = candidate(e);
+            }
+            f(&mut buf[..self.endpoints.len()])
+        } else {
+            let mut all: Vec<Candidate> = self.endpoints.iter().map(|e| candidate(e)).collect();
+            f(&mut all)
+        }
     }
 
     /// Whether one more endpoint may be ejected: under the share, never
@@ -162,9 +173,32 @@ impl ServiceSet {
     }
 }
 
+/// The routed services by authority (lowercase `host:port`).
+pub(crate) type Services = HashMap<Box<str>, Arc<ServiceSet>, BuildHasherDefault<choice::Fnv>>;
+
+/// The service `authority` names (without any user info): looked up by its
+/// bytes as they are when they are lowercase already (as nearly every
+/// request writes them), and lowercased on the stack otherwise.
+pub(crate) fn find<'a>(services: &'a Services, authority: &str) -> Option<&'a Arc<ServiceSet>> {
+    if let Some(set) = services.get(authority) {
+        return Some(set);
+    }
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if !authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return services.get(authority);
+    }
+    let mut buf = [0u8; 256];
+    let lower = buf.get_mut(..authority.len())?;
+    lower.copy_from_slice(authority.as_bytes());
+    lower.make_ascii_lowercase();
+    services.get(std::str::from_utf8(lower).ok()?)
+}
+
 /// The registry behind an [`Endpoints`] handle.
 pub(crate) struct Registry {
-    pub(crate) services: ArcSwap<HashMap<Authority, Arc<ServiceSet>>>,
+    pub(crate) services: ArcSwap<Services>,
     update: Mutex<()>,
     pub(crate) events: ArcSwap<Box<dyn AffinityEvents>>,
     /// The pool under the layer: removed endpoints' connections drain.
@@ -226,8 +260,9 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
-/// A service name's parts.
-fn parse_service(service: &str) -> Result<(Scheme, Authority, String), Error> {
+/// A service name's parts: its scheme, its authority lowercased (the
+/// map's key) and its name.
+fn parse_service(service: &str) -> Result<(Scheme, Box<str>, String), Error> {
     let invalid = || Error::invalid_service(service);
     let uri: Uri = service.parse().map_err(|_| invalid())?;
     let scheme = uri.scheme().ok_or_else(invalid)?.clone();
@@ -240,7 +275,7 @@ fn parse_service(service: &str) -> Result<(Scheme, Authority, String), Error> {
         return Err(invalid());
     }
     let name = format!("{scheme}://{authority}");
-    Ok((scheme, authority, name))
+    Ok((scheme, authority.as_str().to_ascii_lowercase().into(), name))
 }
 
 impl Endpoints {
@@ -278,7 +313,7 @@ impl Endpoints {
     pub fn forget(&self, service: &str) -> Result<(), Error> {
         let (_, authority, _) = parse_service(service)?;
         let _one_at_a_time = lock(&self.registry.update);
-        let mut services = HashMap::clone(&self.registry.services.load());
+        let mut services = Services::clone(&self.registry.services.load());
         if let Some(old) = services.remove(&authority) {
             self.drain(&old.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>());
         }
@@ -340,7 +375,7 @@ impl Endpoints {
                 .collect(),
             recent: old.map_or_else(|| Arc::new(RecentKeys::new()), |s| s.recent.clone()),
         });
-        let mut next = HashMap::clone(&services);
+        let mut next = Services::clone(&services);
         next.insert(authority, set.clone());
         registry.services.store(Arc::new(next));
 

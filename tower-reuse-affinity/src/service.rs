@@ -4,26 +4,25 @@
 //! more to the key's next endpoint when that is safe.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_reuse_pool::{ErrorKind, Partition, PoolControl, Target};
+use tower_reuse_pool::{Partition, PoolControl, Target};
 use tower_service::Service;
 
 use crate::choice::{self, Candidate};
 use crate::config::{AffinityConfig, ConfigError, Ejection};
 use crate::error::Error;
-use crate::events::{AffinityEvents, Ejected, Retried, Returned, WarmDetour};
-use crate::health::Verdict;
+use crate::events::{AffinityEvents, WarmDetour};
+use crate::future::{Head, ResponseFuture, Retry, Routed, Sent};
 use crate::key::AffinityKey;
-use crate::registry::{EndpointState, Endpoints, Registry, ServiceSet};
+use crate::registry::{Endpoints, Registry, ServiceSet, find};
 use crate::snapshot::AffinitySnapshot;
 
 /// A pool the affinity layer can stack over: it asks the pool which
@@ -113,11 +112,11 @@ pub struct AffinityLayer {
 }
 
 /// The validated configuration, as the request path reads it.
-struct Routing {
+pub(crate) struct Routing {
     key: AffinityKey,
     epsilon: f64,
     warm_aware: bool,
-    ejection: Ejection,
+    pub(crate) ejection: Ejection,
     retry: bool,
 }
 
@@ -206,25 +205,6 @@ impl<S> fmt::Debug for Affinity<S> {
     }
 }
 
-/// The response future of [`Affinity`].
-pub struct ResponseFuture<R> {
-    inner: Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>,
-}
-
-impl<R> Future for ResponseFuture<R> {
-    type Output = Result<R, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<R> fmt::Debug for ResponseFuture<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
 impl<S, B, R> Service<Request<B>> for Affinity<S>
 where
     S: Service<Request<B>, Response = Response<R>, Error = tower_reuse_pool::Error>
@@ -237,7 +217,7 @@ where
 {
     type Response = Response<R>;
     type Error = Error;
-    type Future = ResponseFuture<Response<R>>;
+    type Future = ResponseFuture<S::Future, S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx).map_err(Error::from)
@@ -245,14 +225,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let services = self.registry.services.load();
-        let set = match req.uri().authority().and_then(|a| services.get(a)) {
+        let found = req
+            .uri()
+            .authority()
+            .and_then(|a| find(&services, a.as_str()));
+        let set = match found {
             Some(set) if req.uri().scheme() == Some(&set.scheme) => set.clone(),
-            _ => {
-                let sent = self.inner.call(req);
-                return ResponseFuture {
-                    inner: Box::pin(async move { sent.await.map_err(Error::from) }),
-                };
-            }
+            _ => return ResponseFuture::unrouted(self.inner.call(req)),
         };
         drop(services);
         let routing = &self.routing;
@@ -273,93 +252,50 @@ where
         if let Some(key) = key {
             set.recent.record(key);
         }
-        let mut candidates = Vec::with_capacity(set.endpoints.len());
-        set.candidates(&mut candidates);
         let router = Router {
             routing: &self.routing,
             control: &self.control,
             registry: &self.registry,
         };
-        let Some(mut sent) = router.route(&set, key, &mut candidates, &mut req) else {
-            let error = Error::no_endpoints(&set.name);
-            return ResponseFuture {
-                inner: Box::pin(async move { Err(error) }),
-            };
+        let sent = set.with_candidates(|candidates| router.route(&set, key, candidates, &mut req));
+        let Some(sent) = sent else {
+            return ResponseFuture::failed(Error::no_endpoints(&set.name));
         };
-        let copy = (routing.retry && set.endpoints.len() > 1 && req.body().is_end_stream())
-            .then(|| (Head::of(&req), self.inner.clone()));
-        let first = self.inner.call(req);
-        let routing = self.routing.clone();
-        let registry = self.registry.clone();
-        let control = self.control.clone();
-        ResponseFuture {
-            inner: Box::pin(async move {
-                let result = first.await;
-                sent.finish(
-                    outcome(&result, &routing.ejection),
-                    &routing.ejection,
-                    &registry,
-                );
-                let error = match result {
-                    Ok(response) => return Ok(response),
-                    Err(error) => error,
-                };
-                let Some((head, mut inner)) = copy.filter(|(head, _)| retryable(&error, head))
-                else {
-                    return Err(error.into());
-                };
-                let mut req = head.into_request();
-                let mut candidates = Vec::with_capacity(set.endpoints.len());
-                set.candidates(&mut candidates);
-                let failed = set
-                    .endpoints
-                    .iter()
-                    .position(|e| Arc::ptr_eq(e, &sent.endpoint));
-                if let Some(i) = failed {
-                    candidates[i].eligible = false;
-                }
-                let router = Router {
-                    routing: &routing,
-                    control: &control,
-                    registry: &registry,
-                };
-                let Some(mut again) = router.route(&set, key, &mut candidates, &mut req) else {
-                    return Err(error.into());
-                };
-                sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
-                registry.events.load().on_retry(&Retried {
-                    service: &set.name,
-                    from: sent.endpoint.addr,
-                    to: again.endpoint.addr,
-                    error: &error,
-                });
-                let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-                    Ok(()) => inner.call(req).await,
-                    Err(e) => Err(e),
-                };
-                again.finish(
-                    outcome(&result, &routing.ejection),
-                    &routing.ejection,
-                    &registry,
-                );
-                result.map_err(Error::from)
-            }),
-        }
+        let retry =
+            (routing.retry && set.endpoints.len() > 1 && req.body().is_end_stream()).then(|| {
+                Box::new(Retry {
+                    head: Head::of(&req),
+                    inner: self.inner.clone(),
+                    control: self.control.clone(),
+                    key,
+                    _body: PhantomData,
+                })
+            });
+        let future = self.inner.call(req);
+        ResponseFuture::routed(
+            future,
+            Routed {
+                sent,
+                routing: self.routing.clone(),
+                registry: self.registry.clone(),
+                retry,
+            },
+        )
     }
 }
 
 /// What a choice reads.
-struct Router<'a> {
-    routing: &'a Routing,
-    control: &'a PoolControl,
-    registry: &'a Registry,
+pub(crate) struct Router<'a> {
+    pub(crate) routing: &'a Routing,
+    pub(crate) control: &'a PoolControl,
+    pub(crate) registry: &'a Registry,
 }
 
 impl Router<'_> {
     /// Choose the request's endpoint among `candidates`, claim a probe if
     /// it is on probation, take a warm detour if one is due, and mark the
     /// request with it.
-    fn route<B>(
+    pub(crate) fn route<B>(
         &self,
         set: &Arc<ServiceSet>,
         key: Option<u64>,
@@ -443,150 +379,4 @@ impl Router<'_> {
             first
         }
     }
-}
-
-/// A request on its endpoint: its share of the load until it finishes.
-struct Sent {
-    set: Arc<ServiceSet>,
-    endpoint: Arc<EndpointState>,
-    /// The request is its endpoint's probe.
-    probe: bool,
-    finished: bool,
-}
-
-/// What a request's result says of its endpoint's health.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Success,
-    Failure,
-    /// Neither (a timeout waiting for the pool, a body error, ...).
-    Unknown,
-}
-
-fn outcome<R>(result: &Result<Response<R>, tower_reuse_pool::Error>, rules: &Ejection) -> Outcome {
-    match result {
-        Ok(response) if rules.on_5xx && response.status().is_server_error() => Outcome::Failure,
-        Ok(_) => Outcome::Success,
-        Err(e) if e.is_connect() => Outcome::Failure,
-        Err(_) => Outcome::Unknown,
-    }
-}
-
-impl Sent {
-    fn finish(&mut self, outcome: Outcome, rules: &Ejection, registry: &Registry) {
-        self.finished = true;
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let endpoint = &self.endpoint;
-        let verdict = match outcome {
-            // The common case touches no lock: a healthy endpoint with no
-            // failure pending.
-            Outcome::Success if !endpoint.is_out() && !endpoint.has_failures() => return,
-            Outcome::Unknown if !self.probe => return,
-            Outcome::Unknown => {
-                endpoint.health().release_probe();
-                return;
-            }
-            Outcome::Success => {
-                let mut health = endpoint.health();
-                let verdict = health.on_success(Instant::now());
-                endpoint.clear_failures();
-                endpoint.sync_out(&health);
-                verdict
-            }
-            Outcome::Failure => {
-                endpoint.failures.fetch_add(1, Ordering::Relaxed);
-                endpoint.note_failure();
-                let room = self.set.room_to_eject(rules.max_share);
-                let mut health = endpoint.health();
-                let verdict = health.on_failure(Instant::now(), rules, room, fastrand::f64());
-                endpoint.sync_out(&health);
-                verdict
-            }
-        };
-        let events = registry.events.load();
-        match verdict {
-            Verdict::Ejected {
-                for_,
-                times,
-                failures,
-            } => {
-                endpoint.ejections.fetch_add(1, Ordering::Relaxed);
-                events.on_ejected(&Ejected {
-                    service: &self.set.name,
-                    endpoint: endpoint.addr,
-                    failures,
-                    times,
-                    duration: for_,
-                });
-            }
-            Verdict::Returned => events.on_returned(&Returned {
-                service: &self.set.name,
-                endpoint: endpoint.addr,
-            }),
-            Verdict::Unchanged | Verdict::Kept { .. } => {}
-        }
-    }
-}
-
-impl Drop for Sent {
-    /// A request dropped before its outcome (cancelled) gives back its
-    /// load, and its probe to the next request.
-    fn drop(&mut self) {
-        if !self.finished {
-            self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if self.probe {
-                self.endpoint.health().release_probe();
-            }
-        }
-    }
-}
-
-/// A request's head, kept to send it again: only for a request with an
-/// empty body.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: http::Extensions,
-}
-
-impl Head {
-    fn of<B>(req: &Request<B>) -> Self {
-        Head {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            extensions: req.extensions().clone(),
-        }
-    }
-
-    fn into_request<B: Default>(self) -> Request<B> {
-        let mut req = Request::new(B::default());
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        *req.extensions_mut() = self.extensions;
-        req
-    }
-}
-
-/// Whether a failure may be sent again to another endpoint: the request
-/// never left (its connect failed), or its connection closed under it and
-/// sending it twice is harmless (idempotent).
-fn retryable(error: &tower_reuse_pool::Error, head: &Head) -> bool {
-    if error.is_connect() {
-        return true;
-    }
-    let closed = matches!(error.kind(), ErrorKind::Closed | ErrorKind::Send);
-    closed && (!error.may_have_been_processed() || is_idempotent(&head.method))
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }

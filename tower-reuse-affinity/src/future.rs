@@ -1,0 +1,351 @@
+//! The response future: the request on its endpoint until its response
+//! head, its outcome for the endpoint's health, and at most one retry on
+//! the key's next endpoint. No allocation on the way that needs no retry.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_reuse_pool::{ErrorKind, PoolControl};
+use tower_service::Service;
+
+use crate::config::Ejection;
+use crate::error::Error;
+use crate::events::{Ejected, Retried, Returned};
+use crate::health::Verdict;
+use crate::registry::{EndpointState, Registry, ServiceSet};
+use crate::service::{Router, Routing};
+
+type PoolResult<T> = Result<T, tower_reuse_pool::Error>;
+
+/// A retry in flight: boxed, as only a failed request pays for it.
+type BoxedRetry<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+pin_project! {
+    /// The response future of [`Affinity`](crate::Affinity).
+    pub struct ResponseFuture<F, S, B>
+    where
+        F: Future,
+    {
+        #[pin]
+        state: State<F>,
+        routed: Option<Routed<S, B>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F>
+    where
+        F: Future,
+    {
+        Sending { #[pin] future: F },
+        Retrying { future: BoxedRetry<F::Output> },
+        Failed { error: Option<Error> },
+    }
+}
+
+/// What a routed request carries besides its pool future.
+pub(crate) struct Routed<S, B> {
+    pub(crate) sent: Sent,
+    pub(crate) routing: Arc<Routing>,
+    pub(crate) registry: Arc<Registry>,
+    /// Kept when the request may be sent again; boxed, so that the future
+    /// stays small when it is not.
+    pub(crate) retry: Option<Box<Retry<S, B>>>,
+}
+
+/// What sending a request again takes.
+pub(crate) struct Retry<S, B> {
+    pub(crate) head: Head,
+    pub(crate) inner: S,
+    pub(crate) control: PoolControl,
+    pub(crate) key: Option<u64>,
+    pub(crate) _body: PhantomData<fn() -> B>,
+}
+
+impl<F: Future, S, B> ResponseFuture<F, S, B> {
+    pub(crate) fn routed(future: F, routed: Routed<S, B>) -> Self {
+        ResponseFuture {
+            state: State::Sending { future },
+            routed: Some(routed),
+        }
+    }
+
+    /// A request to an authority the layer does not route.
+    pub(crate) fn unrouted(future: F) -> Self {
+        ResponseFuture {
+            state: State::Sending { future },
+            routed: None,
+        }
+    }
+
+    pub(crate) fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            routed: None,
+        }
+    }
+}
+
+impl<F, S, B, R> Future for ResponseFuture<F, S, B>
+where
+    F: Future<Output = PoolResult<Response<R>>>,
+    S: Service<Request<B>, Response = Response<R>, Error = tower_reuse_pool::Error>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Default + Send + 'static,
+    R: Send + 'static,
+{
+    type Output = Result<Response<R>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let result = match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+                StateProj::Retrying { future } => {
+                    return future.as_mut().poll(cx).map_err(Error::from);
+                }
+                StateProj::Sending { future } => ready!(future.poll(cx)),
+            };
+            let Some(routed) = this.routed.as_mut() else {
+                return Poll::Ready(result.map_err(Error::from));
+            };
+            let rules = &routed.routing.ejection;
+            routed
+                .sent
+                .finish(outcome(&result, rules), rules, &routed.registry);
+            let error = match result {
+                Ok(response) => return Poll::Ready(Ok(response)),
+                Err(error) => error,
+            };
+            let Some(again) = this.routed.take().and_then(|r| r.retry_after(&error)) else {
+                return Poll::Ready(Err(error.into()));
+            };
+            this.state.set(State::Retrying { future: again });
+        }
+    }
+}
+
+impl<S, B> Routed<S, B> {
+    /// The request sent again to the key's next endpoint, if `error` allows
+    /// it and there is one.
+    fn retry_after<R>(
+        self,
+        error: &tower_reuse_pool::Error,
+    ) -> Option<BoxedRetry<PoolResult<Response<R>>>>
+    where
+        S: Service<Request<B>, Response = Response<R>, Error = tower_reuse_pool::Error>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Default + Send + 'static,
+        R: Send + 'static,
+    {
+        let Routed {
+            sent,
+            routing,
+            registry,
+            retry,
+        } = self;
+        let retry = retry.filter(|retry| retryable(error, &retry.head))?;
+        let retry = *retry;
+        let mut req = retry.head.into_request();
+        let set = &sent.set;
+        let failed = set
+            .endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, &sent.endpoint));
+        let router = Router {
+            routing: &routing,
+            control: &retry.control,
+            registry: &registry,
+        };
+        let mut again = set.with_candidates(|candidates| {
+            if let Some(i) = failed {
+                candidates[i].eligible = false;
+            }
+            router.route(set, retry.key, candidates, &mut req)
+        })?;
+        sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
+        registry.events.load().on_retry(&Retried {
+            service: &set.name,
+            from: sent.endpoint.addr,
+            to: again.endpoint.addr,
+            error,
+        });
+        let mut inner = retry.inner;
+        Some(Box::pin(async move {
+            let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                Ok(()) => inner.call(req).await,
+                Err(e) => Err(e),
+            };
+            let rules = &routing.ejection;
+            again.finish(outcome(&result, rules), rules, &registry);
+            result
+        }))
+    }
+}
+
+impl<F: Future, S, B> fmt::Debug for ResponseFuture<F, S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A request on its endpoint: its share of the load until it finishes.
+pub(crate) struct Sent {
+    pub(crate) set: Arc<ServiceSet>,
+    pub(crate) endpoint: Arc<EndpointState>,
+    /// The request is its endpoint's probe.
+    pub(crate) probe: bool,
+    pub(crate) finished: bool,
+}
+
+/// What a request's result says of its endpoint's health.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    Failure,
+    /// Neither (a timeout waiting for the pool, a body error, ...).
+    Unknown,
+}
+
+fn outcome<R>(result: &PoolResult<Response<R>>, rules: &Ejection) -> Outcome {
+    match result {
+        Ok(response) if rules.on_5xx && response.status().is_server_error() => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(e) if e.is_connect() => Outcome::Failure,
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+impl Sent {
+    pub(crate) fn finish(&mut self, outcome: Outcome, rules: &Ejection, registry: &Registry) {
+        self.finished = true;
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let endpoint = &self.endpoint;
+        let verdict = match outcome {
+            // The common case touches no lock: a healthy endpoint with no
+            // failure pending.
+            Outcome::Success if !endpoint.is_out() && !endpoint.has_failures() => return,
+            Outcome::Unknown if !self.probe => return,
+            Outcome::Unknown => {
+                endpoint.health().release_probe();
+                return;
+            }
+            Outcome::Success => {
+                let mut health = endpoint.health();
+                let verdict = health.on_success(Instant::now());
+                endpoint.clear_failures();
+                endpoint.sync_out(&health);
+                verdict
+            }
+            Outcome::Failure => {
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                endpoint.note_failure();
+                let room = self.set.room_to_eject(rules.max_share);
+                let mut health = endpoint.health();
+                let verdict = health.on_failure(Instant::now(), rules, room, fastrand::f64());
+                endpoint.sync_out(&health);
+                verdict
+            }
+        };
+        let events = registry.events.load();
+        match verdict {
+            Verdict::Ejected {
+                for_,
+                times,
+                failures,
+            } => {
+                endpoint.ejections.fetch_add(1, Ordering::Relaxed);
+                events.on_ejected(&Ejected {
+                    service: &self.set.name,
+                    endpoint: endpoint.addr,
+                    failures,
+                    times,
+                    duration: for_,
+                });
+            }
+            Verdict::Returned => events.on_returned(&Returned {
+                service: &self.set.name,
+                endpoint: endpoint.addr,
+            }),
+            Verdict::Unchanged | Verdict::Kept { .. } => {}
+        }
+    }
+}
+
+impl Drop for Sent {
+    /// A request dropped before its outcome (cancelled) gives back its
+    /// load, and its probe to the next request.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if self.probe {
+                self.endpoint.health().release_probe();
+            }
+        }
+    }
+}
+
+/// A request's head, kept to send it again: only for a request with an
+/// empty body.
+pub(crate) struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Head {
+    pub(crate) fn of<B>(req: &Request<B>) -> Self {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
+        }
+    }
+
+    fn into_request<B: Default>(self) -> Request<B> {
+        let mut req = Request::new(B::default());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
+        req
+    }
+}
+
+/// Whether a failure may be sent again to another endpoint: the request
+/// never left (its connect failed), or its connection closed under it and
+/// sending it twice is harmless (idempotent).
+fn retryable(error: &tower_reuse_pool::Error, head: &Head) -> bool {
+    if error.is_connect() {
+        return true;
+    }
+    let closed = matches!(error.kind(), ErrorKind::Closed | ErrorKind::Send);
+    closed && (!error.may_have_been_processed() || is_idempotent(&head.method))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
