@@ -82,6 +82,12 @@ impl DuplexConnector {
             .store(self.conn_ids.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
+    /// Close every connection opened so far, as a server that goes down
+    /// does; later ones are served.
+    pub fn close_open_connections(&self) {
+        let _ = self.stop.send(());
+    }
+
     /// Connect `n` (from 0) takes `delays[n]`; later ones the connect delay.
     pub fn with_connect_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
         self.connect_delays = delays.into_iter().collect();

@@ -163,3 +163,66 @@ fn ejection_back_off_probation_and_return() {
         assert_eq!(endpoint.failures, 4);
     });
 }
+
+/// With warm detours on, a dead endpoint's keys go to their next endpoint
+/// before any request of theirs fails there; the connects ahead the layer
+/// asks for it fail, each counted once, and it is ejected all the same.
+#[test]
+fn a_dead_endpoint_kept_cold_by_detours_is_ejected_by_its_failed_warm_ups() {
+    on_paused_time_within(REAL_TIME_BOUND, || async {
+        let addrs = ["127.0.0.2:80", "127.0.0.3:80", "127.0.0.4:80"];
+        let servers: HashMap<String, DuplexConnector> = addrs
+            .iter()
+            .map(|a| {
+                (
+                    a.to_string(),
+                    DuplexConnector::new(ServerOptions::default()),
+                )
+            })
+            .collect();
+        let dead = servers[addrs[2]].clone();
+        let events = Arc::new(Events::default());
+        let layer = AffinityLayer::new(
+            AffinityConfig::default()
+                .key(AffinityKey::header("x-user-id"))
+                .eject_after(3),
+        )
+        .unwrap()
+        .events(events.clone());
+        layer
+            .endpoints()
+            .set(SERVICE, addrs.iter().map(|a| a.parse().unwrap()))
+            .unwrap();
+        let pool = PoolLayer::new(PoolConfig::default())
+            .unwrap()
+            .layer(Endpoints(Arc::new(servers)));
+        let mut client = layer.layer(pool);
+        // Every endpoint warm, then the third one dies: its connections
+        // close and its connects are refused.
+        for key in 0..30u64 {
+            get(&mut client, key).await;
+        }
+        assert!(dead.stats.requests() > 0);
+        dead.refuse.store(true, Ordering::SeqCst);
+        dead.close_open_connections();
+        let mut rounds = 0;
+        while events.ejected.lock().unwrap().is_empty() {
+            rounds += 1;
+            assert!(rounds <= 60, "ejected within a minute of detours");
+            for key in 0..30u64 {
+                get(&mut client, key).await;
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+        let snapshot = client.snapshot();
+        let endpoint = snapshot.services[0]
+            .endpoint(addrs[2].parse().unwrap())
+            .unwrap()
+            .clone();
+        assert_eq!(endpoint.ejections, 1);
+        // Each failed connect counted once: the connects tried, not the
+        // requests that saw them.
+        assert_eq!(endpoint.failures, 3, "{endpoint:?}");
+    });
+}

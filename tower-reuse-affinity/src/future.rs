@@ -235,55 +235,74 @@ impl Sent {
     pub(crate) fn finish(&mut self, outcome: Outcome, rules: &Ejection, registry: &Registry) {
         self.finished = true;
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let endpoint = &self.endpoint;
-        let verdict = match outcome {
-            // The common case touches no lock: a healthy endpoint with no
-            // failure pending.
-            Outcome::Success if !endpoint.is_out() && !endpoint.has_failures() => return,
-            Outcome::Unknown if !self.probe => return,
-            Outcome::Unknown => {
-                endpoint.health().release_probe();
-                return;
-            }
-            Outcome::Success => {
-                let mut health = endpoint.health();
-                let verdict = health.on_success(Instant::now());
-                endpoint.clear_failures();
-                endpoint.sync_out(&health);
-                verdict
-            }
-            Outcome::Failure => {
-                endpoint.failures.fetch_add(1, Ordering::Relaxed);
-                endpoint.note_failure();
-                let room = self.set.room_to_eject(rules.max_share);
-                let mut health = endpoint.health();
-                let verdict = health.on_failure(Instant::now(), rules, room, fastrand::f64());
-                endpoint.sync_out(&health);
-                verdict
-            }
-        };
-        let events = registry.events.load();
-        match verdict {
-            Verdict::Ejected {
-                for_,
-                times,
-                failures,
-            } => {
-                endpoint.ejections.fetch_add(1, Ordering::Relaxed);
-                events.on_ejected(&Ejected {
-                    service: &self.set.name,
-                    endpoint: endpoint.addr,
-                    failures,
-                    times,
-                    duration: for_,
-                });
-            }
-            Verdict::Returned => events.on_returned(&Returned {
-                service: &self.set.name,
-                endpoint: endpoint.addr,
-            }),
-            Verdict::Unchanged | Verdict::Kept { .. } => {}
+        record(
+            &self.set,
+            &self.endpoint,
+            outcome,
+            self.probe,
+            rules,
+            registry,
+        );
+    }
+}
+
+/// What an outcome does to its endpoint's health, and the events it calls
+/// for. `probe`: the outcome is the endpoint's probe's.
+pub(crate) fn record(
+    set: &ServiceSet,
+    endpoint: &EndpointState,
+    outcome: Outcome,
+    probe: bool,
+    rules: &Ejection,
+    registry: &Registry,
+) {
+    let verdict = match outcome {
+        // The common case touches no lock: a healthy endpoint with no
+        // failure pending.
+        Outcome::Success if !endpoint.is_out() && !endpoint.has_failures() => return,
+        Outcome::Unknown if !probe => return,
+        Outcome::Unknown => {
+            endpoint.health().release_probe();
+            return;
         }
+        Outcome::Success => {
+            let mut health = endpoint.health();
+            let verdict = health.on_success(Instant::now());
+            endpoint.clear_failures();
+            endpoint.sync_out(&health);
+            verdict
+        }
+        Outcome::Failure => {
+            endpoint.failures.fetch_add(1, Ordering::Relaxed);
+            endpoint.note_failure();
+            let room = set.room_to_eject(rules.max_share);
+            let mut health = endpoint.health();
+            let verdict = health.on_failure(Instant::now(), rules, room, fastrand::f64());
+            endpoint.sync_out(&health);
+            verdict
+        }
+    };
+    let events = registry.events.load();
+    match verdict {
+        Verdict::Ejected {
+            for_,
+            times,
+            failures,
+        } => {
+            endpoint.ejections.fetch_add(1, Ordering::Relaxed);
+            events.on_ejected(&Ejected {
+                service: &set.name,
+                endpoint: endpoint.addr,
+                failures,
+                times,
+                duration: for_,
+            });
+        }
+        Verdict::Returned => events.on_returned(&Returned {
+            service: &set.name,
+            endpoint: endpoint.addr,
+        }),
+        Verdict::Unchanged | Verdict::Kept { .. } => {}
     }
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct Health {
     probing: bool,
     /// When it last came back from an ejection.
     back_since: Option<Instant>,
+    /// The last failed connect ahead (by its back-off's end) counted.
+    warm_failure: Option<Instant>,
 }
 
 impl Health {
@@ -93,6 +95,17 @@ impl Health {
         } else {
             false
         }
+    }
+
+    /// Whether the failed connect ahead that backs off until `retry_at` is
+    /// one not counted yet (each one counts once, however many requests
+    /// see it).
+    pub(crate) fn new_warm_failure(&mut self, retry_at: Instant) -> bool {
+        if self.warm_failure == Some(retry_at) {
+            return false;
+        }
+        self.warm_failure = Some(retry_at);
+        true
     }
 
     /// The probe ended with no outcome (cancelled): the next request probes.

@@ -13,14 +13,14 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_reuse_pool::{Partition, PoolControl, Target};
+use tower_reuse_pool::{Partition, PoolControl, Target, WarmUp};
 use tower_service::Service;
 
 use crate::choice::{self, Candidate};
 use crate::config::{AffinityConfig, ConfigError, Ejection};
 use crate::error::Error;
 use crate::events::{AffinityEvents, WarmDetour};
-use crate::future::{Head, ResponseFuture, Retry, Routed, Sent};
+use crate::future::{Head, Outcome, ResponseFuture, Retry, Routed, Sent, record};
 use crate::key::AffinityKey;
 use crate::registry::{Endpoints, Registry, ServiceSet, find};
 use crate::snapshot::AffinitySnapshot;
@@ -361,9 +361,20 @@ impl Router<'_> {
         if self.control.is_warm(req) {
             // The first choice opens a connection meanwhile: the key's next
             // request finds it warm and stays home.
-            let home = set.endpoints[first].endpoint();
+            // A connect ahead that fails counts as a failed connect of the
+            // first choice: a dead endpoint that detours keep cold is
+            // still ejected.
+            let home = &set.endpoints[first];
             if let Ok(target) = Target::from_request(req) {
-                self.control.warm_up(&target.with_endpoint(Some(home)));
+                let warm_up = self
+                    .control
+                    .warm_up(&target.with_endpoint(Some(home.endpoint())));
+                if let WarmUp::Failing { retry_at } = warm_up
+                    && home.health().new_warm_failure(retry_at)
+                {
+                    let rules = &self.routing.ejection;
+                    record(set, home, Outcome::Failure, false, rules, self.registry);
+                }
             }
             set.endpoints[next]
                 .detours_to

@@ -10,6 +10,7 @@ use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Protocol};
 use crate::events::CloseReason;
 use crate::target::{Target, TargetKey};
+use crate::target_pool::WarmUp;
 
 /// Counts for one target at one moment.
 #[derive(Clone, Debug)]
@@ -226,7 +227,7 @@ pub(crate) trait Controlled: Send + Sync {
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
     fn is_warm(&self, key: TargetKey<'_>) -> bool;
     /// Creates the target if need be.
-    fn warm_up(self: Arc<Self>, target: &Target);
+    fn warm_up(self: Arc<Self>, target: &Target) -> WarmUp;
 }
 
 /// A handle to read and steer a running pool; cheap to clone.
@@ -367,9 +368,9 @@ impl PoolControl {
     /// not while a failed pre-warm backs off or the server asks for calm).
     /// The affinity layer calls it for an endpoint it steered a request
     /// away from because it was cold, so that the next request finds it
-    /// warm.
-    pub fn warm_up(&self, target: &Target) {
-        self.inner.clone().warm_up(target);
+    /// warm; what it returns says whether the endpoint's connects fail.
+    pub fn warm_up(&self, target: &Target) -> WarmUp {
+        self.inner.clone().warm_up(target)
     }
 
     /// The kill switch: `false` makes every request use a new connection and

@@ -112,3 +112,4 @@ pub use layer::PoolLayer;
 pub use replay::ReplayBody;
 pub use service::{Connections, Pool, Pooled};
 pub use target::{Partition, Target};
+pub use target_pool::WarmUp;

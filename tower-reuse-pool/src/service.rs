@@ -239,8 +239,8 @@ where
         self.find(key).is_some_and(|pool| pool.is_warm())
     }
 
-    fn warm_up(self: Arc<Self>, target: &Target) {
-        self.target_pool(target).warm_one();
+    fn warm_up(self: Arc<Self>, target: &Target) -> crate::WarmUp {
+        self.target_pool(target).warm_one()
     }
 
     fn update_lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -34,6 +34,7 @@ mod lease;
 mod model;
 mod snapshot;
 mod warm;
+pub use warm::WarmUp;
 
 pub(crate) use common::Common;
 use h2::CalmBackoff;

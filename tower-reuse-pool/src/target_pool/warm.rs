@@ -9,6 +9,26 @@ use tokio::time::Instant;
 use super::{Effects, TargetPool};
 use crate::events::ConnectReason;
 
+/// What [`PoolControl::warm_up`](crate::PoolControl::warm_up) found, or did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WarmUp {
+    /// A connection is free already.
+    Warm,
+    /// A connection is being opened (already, or now).
+    Connecting,
+    /// The target's last connect ahead failed; none is tried before
+    /// `retry_at` (a back-off that doubles with each failure, up to 30 s).
+    /// Each failure has its own `retry_at`.
+    Failing {
+        /// When the next connect ahead may start.
+        retry_at: Instant,
+    },
+    /// Nothing may be opened now: reuse is off, the target is at its
+    /// connection limit, or the server asked for calm.
+    Refused,
+}
+
 impl<B> TargetPool<B> {
     /// Whether a request would find a connection free now: an idle
     /// HTTP/1.1 one, or an HTTP/2 one with a stream to spare.
@@ -25,25 +45,35 @@ impl<B> TargetPool<B> {
     /// Open one connection ahead, for a request that could not wait for
     /// it: only if nothing is free or connecting, within the target's
     /// limits, with reuse on, and not while the server asks for calm or a
-    /// failed pre-warm backs off. The connection lands idle.
-    pub(crate) fn warm_one(self: &Arc<Self>) {
+    /// failed connect ahead backs off. The connection lands idle.
+    pub(crate) fn warm_one(self: &Arc<Self>) -> WarmUp {
         if self.is_warm() {
-            return;
+            return WarmUp::Warm;
         }
         let now = Instant::now();
         let mut fx = Effects::new();
-        {
+        let verdict = {
             let mut state = self.lock();
             let config = self.config_of(&state);
-            let backoff = state.prewarm_backoff.is_some_and(|(until, _)| until > now);
-            let room = state.connecting == 0
-                && state.open + state.dedicated_open < config.max_connections();
-            if config.reuse && !state.shut && !backoff && room && !state.calming(now, &mut fx) {
+            let failing = state.prewarm_backoff.filter(|&(until, _)| until > now);
+            if state.connecting > 0 {
+                WarmUp::Connecting
+            } else if let Some((retry_at, _)) = failing {
+                WarmUp::Failing { retry_at }
+            } else if !config.reuse
+                || state.shut
+                || state.open + state.dedicated_open >= config.max_connections()
+                || state.calming(now, &mut fx)
+            {
+                WarmUp::Refused
+            } else {
                 state.connecting += 1;
                 state.prewarming += 1;
                 fx.connects.push(ConnectReason::Prewarm);
+                WarmUp::Connecting
             }
-        }
+        };
         self.finish(fx);
+        verdict
     }
 }
