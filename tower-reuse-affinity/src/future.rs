@@ -14,14 +14,13 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_reuse_pool::{ErrorKind, PoolControl};
-use tower_service::Service;
 
 use crate::config::Ejection;
 use crate::error::Error;
 use crate::events::{Ejected, Retried, Returned};
 use crate::health::Verdict;
 use crate::registry::{EndpointState, Registry, ServiceSet};
-use crate::service::{Router, Routing};
+use crate::service::{CallAt, Router, Routing};
 
 type PoolResult<T> = Result<T, tower_reuse_pool::Error>;
 
@@ -98,9 +97,7 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
 impl<F, S, B, R> Future for ResponseFuture<F, S, B>
 where
     F: Future<Output = PoolResult<Response<R>>>,
-    S: Service<Request<B>, Response = Response<R>, Error = tower_reuse_pool::Error>
-        + Send
-        + 'static,
+    S: CallAt<B, Response = Response<R>, Error = tower_reuse_pool::Error> + Send + 'static,
     S::Future: Send + 'static,
     B: Default + Send + 'static,
     R: Send + 'static,
@@ -146,9 +143,7 @@ impl<S, B> Routed<S, B> {
         error: &tower_reuse_pool::Error,
     ) -> Option<BoxedRetry<PoolResult<Response<R>>>>
     where
-        S: Service<Request<B>, Response = Response<R>, Error = tower_reuse_pool::Error>
-            + Send
-            + 'static,
+        S: CallAt<B, Response = Response<R>, Error = tower_reuse_pool::Error> + Send + 'static,
         S::Future: Send + 'static,
         B: Default + Send + 'static,
         R: Send + 'static,
@@ -161,7 +156,7 @@ impl<S, B> Routed<S, B> {
         } = self;
         let retry = retry.filter(|retry| retryable(error, &retry.head))?;
         let retry = *retry;
-        let mut req = retry.head.into_request();
+        let req = retry.head.into_request();
         let set = &sent.set;
         let failed = set
             .endpoints
@@ -176,7 +171,7 @@ impl<S, B> Routed<S, B> {
             if let Some(i) = failed {
                 candidates[i].eligible = false;
             }
-            router.route(set, retry.key, candidates, &mut req)
+            router.route(set, retry.key, candidates, &req)
         })?;
         sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
         registry.events.load().on_retry(&Retried {
@@ -186,9 +181,10 @@ impl<S, B> Routed<S, B> {
             error,
         });
         let mut inner = retry.inner;
+        let at = again.endpoint.endpoint();
         Some(Box::pin(async move {
             let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-                Ok(()) => inner.call(req).await,
+                Ok(()) => inner.call_at(req, at).await,
                 Err(e) => Err(e),
             };
             let rules = &routing.ejection;

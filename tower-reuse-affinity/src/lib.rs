@@ -71,5 +71,5 @@ pub use error::Error;
 pub use future::ResponseFuture;
 pub use key::AffinityKey;
 pub use registry::Endpoints;
-pub use service::{Affinity, AffinityLayer, PoolHandle};
+pub use service::{Affinity, AffinityLayer, CallAt, PoolHandle};
 pub use snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};

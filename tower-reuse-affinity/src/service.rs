@@ -13,7 +13,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_reuse_pool::{Partition, PoolControl, Target, WarmUp};
+use tower_reuse_pool::{Endpoint, Partition, PoolControl, Target, WarmUp};
 use tower_service::Service;
 
 use crate::choice::{self, Candidate};
@@ -42,6 +42,26 @@ where
 {
     fn pool_control(&self) -> PoolControl {
         self.control()
+    }
+}
+
+/// Sends a request to one endpoint without an extension on the request
+/// (which would cost it an allocation). Implemented by
+/// `tower_reuse_pool::Pool` (`Pool::call_at`).
+pub trait CallAt<B>: Service<Request<B>> {
+    /// `call`, with the request's connection going to `endpoint`.
+    fn call_at(&mut self, req: Request<B>, endpoint: Endpoint) -> Self::Future;
+}
+
+impl<C, B> CallAt<B> for tower_reuse_pool::Pool<C, B>
+where
+    C: tower_reuse_pool::Connect,
+    B: Body + Default + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<tower_reuse_pool::BoxError>,
+{
+    fn call_at(&mut self, req: Request<B>, endpoint: Endpoint) -> Self::Future {
+        tower_reuse_pool::Pool::call_at(self, req, Some(endpoint))
     }
 }
 
@@ -207,10 +227,7 @@ impl<S> fmt::Debug for Affinity<S> {
 
 impl<S, B, R> Service<Request<B>> for Affinity<S>
 where
-    S: Service<Request<B>, Response = Response<R>, Error = tower_reuse_pool::Error>
-        + Clone
-        + Send
-        + 'static,
+    S: CallAt<B, Response = Response<R>, Error = tower_reuse_pool::Error> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Default + Send + 'static,
     R: Send + 'static,
@@ -257,7 +274,7 @@ where
             control: &self.control,
             registry: &self.registry,
         };
-        let sent = set.with_candidates(|candidates| router.route(&set, key, candidates, &mut req));
+        let sent = set.with_candidates(|candidates| router.route(&set, key, candidates, &req));
         let Some(sent) = sent else {
             return ResponseFuture::failed(Error::no_endpoints(&set.name));
         };
@@ -271,7 +288,7 @@ where
                     _body: PhantomData,
                 })
             });
-        let future = self.inner.call(req);
+        let future = self.inner.call_at(req, sent.endpoint.endpoint());
         ResponseFuture::routed(
             future,
             Routed {
@@ -300,7 +317,7 @@ impl Router<'_> {
         set: &Arc<ServiceSet>,
         key: Option<u64>,
         candidates: &mut [Candidate],
-        req: &mut Request<B>,
+        req: &Request<B>,
     ) -> Option<Sent> {
         let epsilon = self.routing.epsilon;
         // At most one pass per endpoint: each failed probe claim rules one out.
@@ -319,7 +336,6 @@ impl Router<'_> {
                     continue;
                 }
             }
-            req.extensions_mut().insert(endpoint.endpoint());
             let mut chosen = first;
             if let Some(key) = key.filter(|_| self.routing.warm_aware && !probe) {
                 chosen = self.warm_detour(set, key, candidates, first, req);
@@ -345,9 +361,10 @@ impl Router<'_> {
         key: u64,
         candidates: &[Candidate],
         first: usize,
-        req: &mut Request<B>,
+        req: &Request<B>,
     ) -> usize {
-        if candidates.len() < 2 || self.control.is_warm(req) {
+        let home = &set.endpoints[first];
+        if candidates.len() < 2 || self.control.is_warm_at(req, Some(home.endpoint())) {
             return first;
         }
         let (total, n) = choice::totals(candidates);
@@ -357,14 +374,15 @@ impl Router<'_> {
         else {
             return first;
         };
-        req.extensions_mut().insert(set.endpoints[next].endpoint());
-        if self.control.is_warm(req) {
+        if self
+            .control
+            .is_warm_at(req, Some(set.endpoints[next].endpoint()))
+        {
             // The first choice opens a connection meanwhile: the key's next
             // request finds it warm and stays home.
             // A connect ahead that fails counts as a failed connect of the
             // first choice: a dead endpoint that detours keep cold is
             // still ejected.
-            let home = &set.endpoints[first];
             if let Ok(target) = Target::from_request(req) {
                 let warm_up = self
                     .control
@@ -386,7 +404,6 @@ impl Router<'_> {
             });
             next
         } else {
-            req.extensions_mut().insert(set.endpoints[first].endpoint());
             first
         }
     }

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Protocol};
+use crate::endpoint::Endpoint;
 use crate::events::CloseReason;
 use crate::target::{Target, TargetKey};
 use crate::target_pool::WarmUp;
@@ -360,7 +361,13 @@ impl PoolControl {
     /// # }
     /// ```
     pub fn is_warm<B>(&self, req: &Request<B>) -> bool {
-        TargetKey::of_request(req).is_some_and(|key| self.inner.is_warm(key))
+        self.is_warm_at(req, req.extensions().get::<Endpoint>().copied())
+    }
+
+    /// [`is_warm`](Self::is_warm) at `endpoint`, whatever the request's
+    /// [`Endpoint`] extension says.
+    pub fn is_warm_at<B>(&self, req: &Request<B>, endpoint: Option<Endpoint>) -> bool {
+        TargetKey::of_request(req, endpoint).is_some_and(|key| self.inner.is_warm(key))
     }
 
     /// Open one connection to `target` ahead of its next request, if it

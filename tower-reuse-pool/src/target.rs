@@ -151,8 +151,8 @@ impl Target {
 
     /// Whether `req` goes to this target: the check a pool handle makes
     /// against the target it served last, without building a `Target`.
-    pub(crate) fn is_for<B>(&self, req: &Request<B>) -> bool {
-        TargetKey::of_request(req).is_some_and(|key| key == self.key())
+    pub(crate) fn is_for<B>(&self, req: &Request<B>, endpoint: Option<Endpoint>) -> bool {
+        TargetKey::of_request(req, endpoint).is_some_and(|key| key == self.key())
     }
 
     /// The target of a request: its URI and its [`Partition`] and
@@ -245,18 +245,18 @@ pub(crate) struct TargetKey<'a> {
 
 impl<'a> TargetKey<'a> {
     /// A request's target parts, when its URI has a scheme and an
-    /// authority. Equal to a `Target`'s only if `Target::from_request`
-    /// would give that target: every `Target` was validated (scheme, host)
-    /// when it was built.
+    /// authority, at `endpoint` (the request's [`Endpoint`] extension is
+    /// passed by callers that have no endpoint of their own). Equal to a
+    /// `Target`'s only if `Target::from_request` would give that target:
+    /// every `Target` was validated (scheme, host) when it was built.
     #[inline]
-    pub(crate) fn of_request<B>(req: &'a Request<B>) -> Option<Self> {
+    pub(crate) fn of_request<B>(req: &'a Request<B>, endpoint: Option<Endpoint>) -> Option<Self> {
         let uri = req.uri();
-        let extensions = req.extensions();
         Some(TargetKey {
             scheme: uri.scheme()?,
             authority: host_and_port(uri.authority()?),
-            partition: extensions.get::<Partition>(),
-            endpoint: extensions.get::<Endpoint>().copied(),
+            partition: req.extensions().get::<Partition>(),
+            endpoint,
         })
     }
 }
@@ -444,7 +444,7 @@ mod tests {
         ]
         .into();
         let find = |req: &Request<()>| {
-            let key = TargetKey::of_request(req)?;
+            let key = TargetKey::of_request(req, req.extensions().get::<Endpoint>().copied())?;
             map.get(&key as &dyn Keyed).copied()
         };
         // Any case, any path: the one target; the partition and the scheme
@@ -469,11 +469,11 @@ mod tests {
         assert_eq!(find(&request("http://example.com:8081/", None)), None);
         // No scheme or no authority: no key, the request is checked by
         // `Target::from_request`.
-        assert!(TargetKey::of_request(&request("/x", None)).is_none());
+        assert!(TargetKey::of_request(&request("/x", None), None).is_none());
         // The handle's check against its last target agrees.
         let last = target("http://example.com:8080/", None);
-        assert!(last.is_for(&request("http://Example.com:8080/y", None)));
-        assert!(!last.is_for(&request("http://example.com:8080/y", Some("t"))));
-        assert!(!last.is_for(&request("/y", None)));
+        assert!(last.is_for(&request("http://Example.com:8080/y", None), None));
+        assert!(!last.is_for(&request("http://example.com:8080/y", Some("t")), None));
+        assert!(!last.is_for(&request("/y", None), None));
     }
 }
