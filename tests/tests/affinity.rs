@@ -430,3 +430,44 @@ async fn a_request_that_may_have_been_processed_is_retried_only_if_idempotent() 
     }
     assert!(!events.retried.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_request_with_a_body_is_retried_only_with_a_replay_body() {
+    use tower_reuse_pool::ReplayBody;
+    use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
+    let closing = RawHttp1Server::start(|_, _| Answer::Close).await;
+    let good = TestServer::start_on("127.0.0.2:0", ServerOptions::default()).await;
+    let mut client = client(keyed().warm_aware(false), Arc::default());
+    client
+        .endpoints()
+        .set(SERVICE, [closing.addr, good.addr])
+        .unwrap();
+    let put = |key: u64, replay: bool| {
+        let payload = Bytes::from_static(b"state=on");
+        let mut req = http::Request::put(format!("{SERVICE}/k"))
+            .header("x-user-id", key)
+            .body(Full::new(payload.clone()))
+            .unwrap();
+        if replay {
+            req.extensions_mut()
+                .insert(ReplayBody::new(move || Full::new(payload.clone())));
+        }
+        req
+    };
+    let (mut failed, mut served) = (0, 0);
+    for key in 0..20u64 {
+        match client.ready().await.unwrap().call(put(key, false)).await {
+            Ok(_) => served += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(
+        failed > 0,
+        "without a replay body, a PUT closed under is not sent again"
+    );
+    for key in 0..20u64 {
+        let response = client.ready().await.unwrap().call(put(key, true)).await;
+        assert_eq!(response.expect("sent again with its body").status(), 200);
+    }
+    assert_eq!(good.stats.requests(), served + 20);
+}

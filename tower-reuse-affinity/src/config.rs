@@ -136,8 +136,9 @@ impl AffinityConfig {
 
     /// Retry a request whose endpoint is down on the key's next endpoint,
     /// once (default on): a failed connect, or, for an idempotent request,
-    /// a connection closed under it. Only requests with an empty body are
-    /// kept for it.
+    /// a connection closed under it. Only requests with an empty body, or
+    /// whose body a `tower_reuse_pool::ReplayBody` extension makes again
+    /// (as `BufferBodyLayer` above this layer sets), are kept for it.
     pub fn retry(mut self, on: bool) -> Self {
         self.retry = on;
         self

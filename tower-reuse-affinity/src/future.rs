@@ -13,7 +13,7 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower_reuse_pool::{ErrorKind, PoolControl};
+use tower_reuse_pool::{ErrorKind, PoolControl, ReplayBody};
 
 use crate::config::Ejection;
 use crate::error::Error;
@@ -316,7 +316,7 @@ impl Drop for Sent {
 }
 
 /// A request's head, kept to send it again: only for a request with an
-/// empty body.
+/// empty body or a [`ReplayBody`].
 pub(crate) struct Head {
     method: Method,
     uri: Uri,
@@ -336,8 +336,18 @@ impl Head {
         }
     }
 
-    fn into_request<B: Default>(self) -> Request<B> {
-        let mut req = Request::new(B::default());
+    /// Whether a request can be made again: its body is empty, or a
+    /// [`ReplayBody`] makes it anew.
+    pub(crate) fn replayable<B: http_body::Body + 'static>(req: &Request<B>) -> bool {
+        req.body().is_end_stream() || req.extensions().get::<ReplayBody<B>>().is_some()
+    }
+
+    fn into_request<B: Default + 'static>(self) -> Request<B> {
+        let body = self
+            .extensions
+            .get::<ReplayBody<B>>()
+            .map_or_else(B::default, ReplayBody::body);
+        let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;

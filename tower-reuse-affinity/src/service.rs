@@ -88,7 +88,9 @@ where
 ///   come back when a probe request succeeds.
 /// - **Retry.** A request whose endpoint is down (its connect failed, or,
 ///   for an idempotent request, its connection closed under it) is sent
-///   once more to the key's next endpoint, if its body is empty. A request
+///   once more to the key's next endpoint, if its body is empty or a
+///   `tower_reuse_pool::ReplayBody` makes it again (`BufferBodyLayer`
+///   above this layer sets one). A request
 ///   whose bytes may have reached a server is never sent again unless it is
 ///   idempotent.
 ///
@@ -279,7 +281,7 @@ where
             return ResponseFuture::failed(Error::no_endpoints(&set.name));
         };
         let retry =
-            (routing.retry && set.endpoints.len() > 1 && req.body().is_end_stream()).then(|| {
+            (routing.retry && set.endpoints.len() > 1 && Head::replayable(&req)).then(|| {
                 Box::new(Retry {
                     head: Head::of(&req),
                     inner: self.inner.clone(),
