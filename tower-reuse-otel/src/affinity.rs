@@ -124,8 +124,18 @@ impl OtelAffinityEvents {
         }
     }
 
-    /// Counts `endpoint` of `service` out of service, once; `false` if it
-    /// already was.
+    /// An endpoint added (or removed): the service's count, and the change.
+    fn changed(&self, event: &EndpointChanged<'_>, added: bool) {
+        let i = &self.inner;
+        let (delta, change) = if added { (1, "added") } else { (-1, "removed") };
+        i.endpoints.add(delta, &service(event.service));
+        let change = KeyValue::new(AFFINITY_CHANGE, change);
+        i.changes
+            .add(1, &at_endpoint(event.service, event.endpoint, [change]));
+    }
+
+    /// Marks `endpoint` of `service` out of service (or back in): whether
+    /// that changed anything, so that each endpoint is counted once.
     fn mark_out(&self, service: &str, endpoint: SocketAddr, out: bool) -> bool {
         let mut set = self
             .inner
@@ -181,33 +191,14 @@ fn at_endpoint(
 
 impl AffinityEvents for OtelAffinityEvents {
     fn on_endpoint_added(&self, event: &EndpointChanged<'_>) {
-        let i = &self.inner;
-        i.endpoints.add(1, &service(event.service));
-        i.changes.add(
-            1,
-            &at_endpoint(
-                event.service,
-                event.endpoint,
-                [KeyValue::new(AFFINITY_CHANGE, "added")],
-            ),
-        );
+        self.changed(event, true);
     }
 
     fn on_endpoint_removed(&self, event: &EndpointChanged<'_>) {
-        let i = &self.inner;
-        let attributes = service(event.service);
-        i.endpoints.add(-1, &attributes);
         if self.mark_out(event.service, event.endpoint, false) {
-            i.ejected_now.add(-1, &attributes);
+            self.inner.ejected_now.add(-1, &service(event.service));
         }
-        i.changes.add(
-            1,
-            &at_endpoint(
-                event.service,
-                event.endpoint,
-                [KeyValue::new(AFFINITY_CHANGE, "removed")],
-            ),
-        );
+        self.changed(event, false);
     }
 
     fn on_rebalance(&self, event: &Rebalanced<'_>) {
