@@ -14,9 +14,10 @@
 //! What keeps the calls whole is warm-awareness: once the pool has seen
 //! the stopped server's GOAWAY and close, its tenants' first choice has no
 //! connection, and their calls go one step down their order to an endpoint
-//! that has one (a warm detour, counted in the layer's snapshot). The
-//! layer's retry on another endpoint does not apply to gRPC: it keeps only
-//! requests with an empty body, and every gRPC call has one.
+//! that has one (a warm detour, counted in the layer's snapshot; directly,
+//! once the layer ejects the stopped server). The layer's retry on another
+//! endpoint does not apply to gRPC: it keeps only requests with an empty
+//! body, and every gRPC call has one.
 //!
 //! ```sh
 //! cargo run -p tower-reuse-examples --example tonic_affinity
@@ -358,8 +359,15 @@ mod tests {
         let moved: Vec<&String> = outcome.before.served[&outcome.stopped].keys().collect();
         assert!(!moved.is_empty());
         assert!(outcome.after.served[&outcome.stopped].is_empty());
-        // Each call of a moved tenant went one step down its order.
-        assert_eq!(outcome.warm_detours, (moved.len() * ROUNDS) as u64);
+        // The moved tenants' calls went one step down their order: by warm
+        // detours (and directly, once the stopped server is ejected, if
+        // the layer ejects it within the run); no other call detoured.
+        let moved_calls = (moved.len() * ROUNDS) as u64;
+        assert!(
+            (1..=moved_calls).contains(&outcome.warm_detours),
+            "{} warm detours for {moved_calls} calls",
+            outcome.warm_detours
+        );
         let survivors: u64 = outcome
             .after
             .served
