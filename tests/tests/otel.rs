@@ -7,12 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{SdkTracer, SpanData};
 use tower::Layer;
 use tower_reuse_otel::{ConnectionSpans, Otel, OtelLayer, OtelPoolEvents, OtelSessionCache};
 use tower_reuse_pool::tls::{SessionCache, TlsLayer};
@@ -23,68 +20,13 @@ use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::tls_server::{Alpn, TestCa, TlsServer, TlsServerOptions};
 use tower_reuse_tests::{get, send};
 
+mod telemetry;
+use telemetry::{Metric, Telemetry, docs_table};
+
 /// A query string that must never reach an attribute.
 const SECRET_QUERY: &str = "?token=secret-query-value";
 
-/// The crate docs, whose table lists every instrument.
-const CRATE_DOCS: &str = include_str!("../../tower-reuse-otel/src/lib.rs");
-
-/// SDK providers exporting to memory; nothing global.
-struct Telemetry {
-    spans: InMemorySpanExporter,
-    tracer_provider: SdkTracerProvider,
-    metrics: InMemoryMetricExporter,
-    meter_provider: SdkMeterProvider,
-}
-
-/// One exported metric, summarised.
-#[derive(Debug)]
-struct Metric {
-    unit: String,
-    kind: &'static str,
-    /// Each data point's attributes and value (a sum, or a histogram's count).
-    points: Points,
-}
-
-impl Metric {
-    fn keys(&self) -> BTreeSet<String> {
-        self.points
-            .iter()
-            .flat_map(|(attributes, _)| attributes.keys().cloned())
-            .collect()
-    }
-
-    /// The sum of the values of points carrying every `(key, value)` of `with`.
-    fn total(&self, with: &[(&str, &str)]) -> f64 {
-        self.points
-            .iter()
-            .filter(|(attributes, _)| {
-                with.iter()
-                    .all(|(k, v)| attributes.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|(_, value)| value)
-            .sum()
-    }
-}
-
 impl Telemetry {
-    fn new() -> Self {
-        let spans = InMemorySpanExporter::default();
-        let tracer_provider = SdkTracerProvider::builder()
-            .with_simple_exporter(spans.clone())
-            .build();
-        let metrics = InMemoryMetricExporter::default();
-        let meter_provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics.clone()).build())
-            .build();
-        Telemetry {
-            spans,
-            tracer_provider,
-            metrics,
-            meter_provider,
-        }
-    }
-
     fn layer(&self) -> OtelLayer<SdkTracer> {
         OtelLayer::new(
             self.tracer_provider.tracer("otel-test"),
@@ -118,142 +60,6 @@ impl Telemetry {
             .layer(tcp());
         layer.link_connection_spans(spans).layer(pool)
     }
-
-    /// The bucket boundaries of histogram `name`'s first point.
-    fn histogram_bounds(&self, name: &str) -> Vec<f64> {
-        self.meter_provider.force_flush().unwrap();
-        let exported = self.metrics.get_finished_metrics().unwrap();
-        let last = exported.last().expect("an export");
-        for scope in last.scope_metrics() {
-            for metric in scope.metrics().filter(|m| m.name() == name) {
-                if let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() {
-                    let point = histogram.data_points().next().expect("a point");
-                    return point.bounds().collect();
-                }
-            }
-        }
-        panic!("no histogram {name}")
-    }
-
-    fn finished_spans(&self) -> Vec<SpanData> {
-        self.tracer_provider.force_flush().unwrap();
-        self.spans.get_finished_spans().unwrap()
-    }
-
-    /// Every metric by name, as of now (cumulative: the last export holds
-    /// everything).
-    fn metrics(&self) -> BTreeMap<String, Metric> {
-        self.meter_provider.force_flush().unwrap();
-        let exported = self.metrics.get_finished_metrics().unwrap();
-        let last = exported.last().expect("an export");
-        let mut out = BTreeMap::new();
-        for scope in last.scope_metrics() {
-            for metric in scope.metrics() {
-                let (kind, points) = summarise(metric.data());
-                out.insert(
-                    metric.name().to_owned(),
-                    Metric {
-                        unit: metric.unit().to_owned(),
-                        kind,
-                        points,
-                    },
-                );
-            }
-        }
-        out
-    }
-}
-
-fn attribute_map<'a>(attributes: impl Iterator<Item = &'a KeyValue>) -> BTreeMap<String, String> {
-    attributes
-        .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
-        .collect()
-}
-
-type Points = Vec<(BTreeMap<String, String>, f64)>;
-
-fn summarise(data: &AggregatedMetrics) -> (&'static str, Points) {
-    match data {
-        AggregatedMetrics::F64(data) => summarise_data(data, |v| v),
-        AggregatedMetrics::U64(data) => summarise_data(data, |v| v as f64),
-        AggregatedMetrics::I64(data) => summarise_data(data, |v| v as f64),
-    }
-}
-
-fn summarise_data<T: Copy + std::fmt::Debug>(
-    data: &MetricData<T>,
-    to_f64: fn(T) -> f64,
-) -> (&'static str, Points) {
-    match data {
-        MetricData::Sum(sum) => (
-            if sum.is_monotonic() {
-                "Counter"
-            } else {
-                "UpDownCounter"
-            },
-            sum.data_points()
-                .map(|p| (attribute_map(p.attributes()), to_f64(p.value())))
-                .collect(),
-        ),
-        MetricData::Gauge(gauge) => (
-            "Gauge",
-            gauge
-                .data_points()
-                .map(|p| (attribute_map(p.attributes()), to_f64(p.value())))
-                .collect(),
-        ),
-        MetricData::Histogram(histogram) => (
-            "Histogram",
-            histogram
-                .data_points()
-                .map(|p| (attribute_map(p.attributes()), p.count() as f64))
-                .collect(),
-        ),
-        other => panic!("unexpected aggregation {other:?}"),
-    }
-}
-
-/// One row of the crate docs' instrument table.
-#[derive(Debug)]
-struct Row {
-    name: String,
-    kind: String,
-    unit: String,
-    attributes: BTreeSet<String>,
-}
-
-/// Backticked words in `text` (values have no dot; attribute names do).
-fn backticked(text: &str) -> Vec<String> {
-    text.split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect()
-}
-
-fn docs_table() -> Vec<Row> {
-    // The first table of the crate docs (the features' table comes later).
-    let rows: Vec<Row> = CRATE_DOCS
-        .lines()
-        .skip_while(|line| !line.starts_with("//! |"))
-        .take_while(|line| line.starts_with("//! |"))
-        .filter_map(|line| line.strip_prefix("//! | `"))
-        .map(|line| {
-            let line = format!("`{line}");
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            Row {
-                name: backticked(cells[0]).remove(0),
-                kind: cells[1].to_owned(),
-                unit: backticked(cells[2]).remove(0),
-                attributes: backticked(cells[3])
-                    .into_iter()
-                    .filter(|a| a.contains('.'))
-                    .collect(),
-            }
-        })
-        .collect();
-    assert!(rows.len() >= 10, "the docs table has {} rows", rows.len());
-    rows
 }
 
 /// A loopback port that refuses connections.
@@ -397,7 +203,9 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
     );
 
     let metrics = telemetry.metrics();
-    let table = docs_table();
+    // The affinity layer's instruments are `otel_affinity.rs`'s.
+    let mut table = docs_table();
+    table.retain(|row| !row.is_affinity());
     for row in &table {
         let metric = metrics
             .get(&row.name)

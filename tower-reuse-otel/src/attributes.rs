@@ -17,6 +17,10 @@ pub(crate) const URL_FULL: &str = "url.full";
 pub(crate) const TLS_RESUMED: &str = "tls.resumed";
 #[cfg(feature = "pool")]
 pub(crate) const HTTP_CONNECTION_STATE: &str = "http.connection.state";
+#[cfg(feature = "affinity")]
+pub(crate) const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+#[cfg(feature = "affinity")]
+pub(crate) const NETWORK_PEER_PORT: &str = "network.peer.port";
 
 // No convention: prefixed.
 #[cfg(feature = "pool")]
@@ -43,6 +47,8 @@ pub(crate) const PREWARM_SERVED: &str = "tower_reuse.prewarm.served";
 pub(crate) const CONNECTION_REQUESTS: &str = "tower_reuse.connection.requests";
 #[cfg(feature = "pool")]
 pub(crate) const PARTITION: &str = "tower_reuse.partition";
+#[cfg(feature = "affinity")]
+pub(crate) const AFFINITY_CHANGE: &str = "tower_reuse.affinity.change";
 #[cfg(feature = "tls")]
 pub(crate) const SESSION_CACHE_RESULT: &str = "tower_reuse.tls.session_cache.result";
 #[cfg(feature = "tls")]

@@ -13,6 +13,10 @@
 //!   [`PoolEvents`](tower_reuse_pool::events::PoolEvents) hook: what
 //!   connections exist, why they opened and closed, how long requests
 //!   waited for one.
+//! - `OtelAffinityEvents` (feature `affinity`) is the affinity layer's
+//!   hook (`tower_reuse_affinity::events::AffinityEvents`): a service's
+//!   endpoints coming and going, the keys each change moved, ejections and
+//!   returns, warm detours and retries, by service and endpoint.
 //!
 //! ```
 //! use hyper_util::client::legacy::connect::HttpConnector;
@@ -63,6 +67,14 @@
 //! | `tower_reuse.tls.session_cache.lookups` | ObservableCounter | `{lookup}` | `tower_reuse.tls.session_cache.result` | `OtelSessionCache` (feature `tls`): a new TLS connection's look for a session, `hit` or `miss` |
 //! | `tower_reuse.tls.session_cache.tickets` | ObservableUpDownCounter | `{ticket}` | none | `OtelSessionCache`: TLS 1.3 tickets held |
 //! | `tower_reuse.tls.session_cache.evictions` | ObservableCounter | `{eviction}` | `tower_reuse.tls.session_cache.eviction` | `OtelSessionCache`: entries dropped, `server_lru`, `ticket_lru` or `ticket_expired` |
+//! | `tower_reuse.affinity.endpoints` | UpDownCounter | `{endpoint}` | `server.address`, `server.port`, `url.scheme` | `OtelAffinityEvents` (feature `affinity`): a routed service's endpoints, +1 as one is added, -1 as one is removed |
+//! | `tower_reuse.affinity.endpoints.ejected` | UpDownCounter | `{endpoint}` | `server.address`, `server.port`, `url.scheme` | `OtelAffinityEvents`: a service's endpoints out of service now, +1 at an endpoint's ejection (once, whatever failed probes follow), -1 at its return or its removal |
+//! | `tower_reuse.affinity.endpoint.changes` | Counter | `{endpoint}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port`, `tower_reuse.affinity.change` | `OtelAffinityEvents`: endpoints added to or removed from a service |
+//! | `tower_reuse.affinity.rebalance.moved` | Histogram | `1` | `server.address`, `server.port`, `url.scheme` | `OtelAffinityEvents`, per change of a service's endpoints: the share of its recently seen keys (a bounded sample) whose endpoint changed; no point when no key was seen. Adding one endpoint to `n` moves at least `1/(n+1)` |
+//! | `tower_reuse.affinity.ejections` | Counter | `{ejection}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port` | `OtelAffinityEvents`: an endpoint ejected after consecutive failures (or after its probe failed) |
+//! | `tower_reuse.affinity.returns` | Counter | `{return}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port` | `OtelAffinityEvents`: an ejected endpoint whose probe succeeded, back in service |
+//! | `tower_reuse.affinity.warm_detours` | Counter | `{request}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port` | `OtelAffinityEvents`: a request sent one step down its key's order to a warm endpoint; the peer is the key's first choice, which had no free connection (an endpoint detoured from all the time may be down while its neighbours are warm) |
+//! | `tower_reuse.affinity.retries` | Counter | `{retry}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port`, `error.type` | `OtelAffinityEvents`: a request sent again to another endpoint because its own was down; the peer is the endpoint that failed |
 //!
 //! The observable instruments cost the request path an atomic add: the
 //! SDK reads the counts when it collects. Exported, the up-down counters
@@ -116,6 +128,11 @@
 //! - `tower_reuse.prewarm.outcome`: `connected` or `failed`.
 //! - `tower_reuse.prewarm.served`: `true` or `false`.
 //! - `tower_reuse.tls.session_cache.result`: `hit` or `miss`.
+//! - `tower_reuse.affinity.change`: `added` or `removed`.
+//! - `server.address`, `server.port`, `url.scheme` on the affinity
+//!   instruments: the logical service (`http://inventory.internal:8080`);
+//!   `network.peer.address`, `network.peer.port`: one of its endpoints
+//!   (`10.1.2.3`, `8080`).
 //! - `tower_reuse.partition` (opt-in, see below): the partition's name.
 //!
 //! # Spans
@@ -142,7 +159,9 @@
 //!
 //! By default no URL path or query string, no header value, no pool
 //! partition, no error message: only the scheme, host and port of a
-//! request, and low-cardinality values. Each of these is opted into:
+//! request, and low-cardinality values. `OtelAffinityEvents` never records
+//! an affinity key (nor the header it comes from) or a partition. Each of
+//! these is opted into:
 //!
 //! - [`OtelLayer::record_url_full`]: `url.full` on request spans, query
 //!   string included (user info never);
@@ -159,6 +178,7 @@
 //! |---|---|---|
 //! | `pool` | on | [`OtelPoolEvents`], [`ConnectionSpans`], and the pool's connection facts on request spans (depends on `tower-reuse-pool`). |
 //! | `tls` | off | `OtelSessionCache`: the pool's TLS session cache as metrics (implies `pool`, and the pool's `tls`). |
+//! | `affinity` | off | `OtelAffinityEvents`: the affinity layer's events as metrics (implies `pool`; depends on `tower-reuse-affinity`). |
 //! | `bound-instruments` | off | Histograms recorded through OpenTelemetry's bound instruments (see above); switches on `opentelemetry_sdk`'s feature of the same name, which implements them. |
 
 // On docs.rs: label each item with the features it needs.
@@ -168,6 +188,8 @@
 /// (see the crate docs).
 pub(crate) const MAX_TARGETS: usize = 1024;
 
+#[cfg(feature = "affinity")]
+mod affinity;
 mod attributes;
 mod bound;
 #[cfg(feature = "pool")]
@@ -184,6 +206,8 @@ mod service;
 #[cfg(feature = "tls")]
 mod session_cache;
 
+#[cfg(feature = "affinity")]
+pub use affinity::OtelAffinityEvents;
 #[cfg(feature = "pool")]
 pub use connection_spans::ConnectionSpans;
 #[cfg(feature = "pool")]
