@@ -16,8 +16,11 @@
 //! connection, and their calls go one step down their order to an endpoint
 //! that has one (a warm detour, counted in the layer's snapshot; directly,
 //! once the layer ejects the stopped server). The layer's retry on another
-//! endpoint does not apply to gRPC: it keeps only requests with an empty
-//! body, and every gRPC call has one.
+//! endpoint needs a body it can make again, and every gRPC call has a
+//! body: with `BufferBodyLayer` above the affinity layer (as the
+//! `tonic_health` example puts it above the pool), a call caught by a
+//! server's stop is sent once more to its tenant's next endpoint. This
+//! example leaves it out, to show that detours alone keep the calls whole.
 //!
 //! ```sh
 //! cargo run -p tower-reuse-examples --example tonic_affinity

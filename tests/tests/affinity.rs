@@ -21,6 +21,7 @@ const SERVICE: &str = "http://svc.test:8080";
 
 #[derive(Default)]
 struct Events {
+    removed: Mutex<Vec<(SocketAddr, usize)>>,
     ejected: Mutex<Vec<SocketAddr>>,
     retried: Mutex<Vec<(SocketAddr, SocketAddr)>>,
     detours: Mutex<Vec<(SocketAddr, SocketAddr)>>,
@@ -28,6 +29,9 @@ struct Events {
 }
 
 impl AffinityEvents for Events {
+    fn on_endpoint_removed(&self, e: &tower_reuse_affinity::events::EndpointChanged<'_>) {
+        self.removed.lock().unwrap().push((e.endpoint, e.endpoints));
+    }
     fn on_ejected(&self, e: &Ejected<'_>) {
         self.ejected.lock().unwrap().push(e.endpoint);
     }
@@ -137,6 +141,21 @@ async fn a_service_with_no_endpoints_is_a_typed_error() {
     let error = get(&mut client, 1, 1).await.unwrap_err();
     assert!(error.is_no_endpoints(), "{error}");
     assert!(error.to_string().contains("svc.test:8080"), "{error}");
+}
+
+#[tokio::test]
+async fn forgetting_a_service_removes_each_endpoint_with_its_event() {
+    let events = Arc::new(Events::default());
+    let client = client(keyed(), events.clone());
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "127.0.0.2:80".parse().unwrap(),
+        "127.0.0.3:80".parse().unwrap(),
+    );
+    client.endpoints().set(SERVICE, [a, b]).unwrap();
+    client.endpoints().forget(SERVICE).unwrap();
+    assert_eq!(*events.removed.lock().unwrap(), vec![(b, 1), (a, 0)]);
+    assert!(client.endpoints().get(SERVICE).is_err());
+    assert!(client.snapshot().services.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -314,10 +314,20 @@ impl Endpoints {
         let (_, authority, _) = parse_service(service)?;
         let _one_at_a_time = lock(&self.registry.update);
         let mut services = Services::clone(&self.registry.services.load());
-        if let Some(old) = services.remove(&authority) {
-            self.drain(&old.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>());
-        }
+        let old = services.remove(&authority);
         self.registry.services.store(Arc::new(services));
+        if let Some(old) = old {
+            let addrs: Vec<SocketAddr> = old.endpoints.iter().map(|e| e.addr).collect();
+            self.drain(&addrs);
+            let events = self.registry.events.load();
+            for (left, &endpoint) in addrs.iter().enumerate().rev() {
+                events.on_endpoint_removed(&EndpointChanged {
+                    service: &old.name,
+                    endpoint,
+                    endpoints: left,
+                });
+            }
+        }
         Ok(())
     }
 
