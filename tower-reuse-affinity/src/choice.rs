@@ -125,22 +125,39 @@ pub(crate) fn totals(candidates: &[Candidate]) -> (usize, usize) {
         .fold((0, 0), |(total, n), c| (total + c.load, n + 1))
 }
 
-/// Power of two choices over the eligible endpoints: the less loaded of two
-/// drawn at random (`draw(n)` gives an index below `n`).
+/// Power of two choices over the eligible endpoints under the load bound
+/// (over every eligible one if loads moved and none is under it): the less
+/// loaded of two drawn at random (`draw(n)` gives an index below `n`).
 pub(crate) fn least_loaded_of_two(
     candidates: &[Candidate],
+    epsilon: f64,
     mut draw: impl FnMut(usize) -> usize,
 ) -> Option<usize> {
-    let eligible = candidates.iter().filter(|c| c.eligible).count();
+    let (total, n) = totals(candidates);
+    let limit = bound(epsilon, total, n);
+    let under = |c: &Candidate| c.eligible && c.load < limit;
+    if candidates.iter().any(under) {
+        two_choices(candidates, under, &mut draw)
+    } else {
+        two_choices(candidates, |c| c.eligible, &mut draw)
+    }
+}
+
+fn two_choices(
+    candidates: &[Candidate],
+    allowed: impl Fn(&Candidate) -> bool,
+    draw: &mut impl FnMut(usize) -> usize,
+) -> Option<usize> {
+    let count = candidates.iter().filter(|c| allowed(c)).count();
     let nth = |k: usize| {
         candidates
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.eligible)
+            .filter(|(_, c)| allowed(c))
             .nth(k)
             .map(|(i, _)| i)
     };
-    match eligible {
+    match count {
         0 => None,
         1 => nth(0),
         n => {
@@ -212,12 +229,31 @@ mod tests {
         c[2].eligible = false;
         for first in 0..2 {
             let mut draws = [first, 0].into_iter();
-            assert_eq!(least_loaded_of_two(&c, |_| draws.next().unwrap()), Some(1));
+            assert_eq!(
+                least_loaded_of_two(&c, 100.0, |_| draws.next().unwrap()),
+                Some(1)
+            );
         }
         c[1].eligible = false;
-        assert_eq!(least_loaded_of_two(&c, |_| 0), Some(0));
+        assert_eq!(least_loaded_of_two(&c, 0.25, |_| 0), Some(0));
         c[0].eligible = false;
-        assert_eq!(least_loaded_of_two(&c, |_| 0), None);
+        assert_eq!(least_loaded_of_two(&c, 0.25, |_| 0), None);
+    }
+
+    #[test]
+    fn two_choices_draw_only_under_the_bound() {
+        // Loads 3, 3, 0, 0: the bound is ceil(1.25 * 7 / 4) = 3; whatever
+        // the draws, the two loaded endpoints are never drawn.
+        let mut c = idle(&ids(4));
+        c[0].load = 3;
+        c[1].load = 3;
+        for a in 0..2 {
+            for b in 0..1 {
+                let mut draws = [a, b].into_iter();
+                let i = least_loaded_of_two(&c, 0.25, |_| draws.next().unwrap()).unwrap();
+                assert!(i >= 2, "drew {i}");
+            }
+        }
     }
 
     proptest! {
@@ -236,7 +272,12 @@ mod tests {
                 if arrive {
                     let (total, eligible) = totals(&c);
                     let limit = bound(epsilon, total, eligible);
-                    let i = choose(mix(x), &c, epsilon).unwrap();
+                    // Every fourth arrival has no key: two random choices.
+                    let i = if x % 4 == 0 {
+                        least_loaded_of_two(&c, epsilon, |n| (x as usize >> 8) % n).unwrap()
+                    } else {
+                        choose(mix(x), &c, epsilon).unwrap()
+                    };
                     c[i].load += 1;
                     prop_assert!(c[i].load <= limit, "load {} over {}", c[i].load, limit);
                 } else {

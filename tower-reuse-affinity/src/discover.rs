@@ -1,10 +1,11 @@
 //! Feeding a service's endpoints from a `tower::discover::Discover` stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, poll_fn};
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::task::Poll;
 
 use tower::discover::{Change, Discover};
 
@@ -12,12 +13,18 @@ use crate::error::Error;
 use crate::registry::Endpoints;
 
 impl Endpoints {
-    /// Apply `discover`'s changes to `service` (whose endpoints it replaces,
-    /// starting from none), for as long as the stream runs: spawn the
-    /// future it returns. Each `Change::Insert(key, address)` adds an
-    /// endpoint (a key inserted again moves to its new address), each
-    /// `Change::Remove(key)` removes its address unless another key still
-    /// names it. The future ends with the stream, or with its first error.
+    /// Apply `discover`'s changes to `service` for as long as the stream
+    /// runs: spawn the future it returns. Each `Change::Insert(key,
+    /// address)` adds an endpoint (a key inserted again moves to its new
+    /// address), each `Change::Remove(key)` removes its address unless
+    /// another key still names it; changes ready together apply as one.
+    /// The service is registered (with no endpoint) if it is not yet, so
+    /// that its requests fail, typed, rather than go unrouted before the
+    /// first insert. The service's endpoints are the stream's: on its first
+    /// changes, endpoints set otherwise that it does not name are removed
+    /// (a feed started again after a reconnect applies its first answer as
+    /// one change, leaving the endpoints it still names alone). The future
+    /// ends with the stream, or with its first error.
     ///
     /// ```
     /// use std::convert::Infallible;
@@ -61,34 +68,58 @@ impl Endpoints {
         D: Discover<Service = SocketAddr> + Send + 'static,
         D::Key: Hash + Eq + Send,
     {
-        self.set(service, [])?;
+        self.ensure(service)?;
         let endpoints = self.clone();
         let service = service.to_owned();
         Ok(async move {
             let mut discover = pin!(discover);
             let mut named: HashMap<D::Key, SocketAddr> = HashMap::new();
-            while let Some(change) = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await {
-                // The service name was checked by `set` above.
-                let _ = match change? {
-                    Change::Insert(key, addr) => {
-                        let old = named.insert(key, addr);
-                        let result = endpoints.insert(&service, addr);
-                        match old {
-                            Some(old) if old != addr && !named.values().any(|&a| a == old) => {
-                                endpoints.remove(&service, old)
-                            }
-                            _ => result,
+            loop {
+                // Every change ready now, applied as one: a registry's
+                // first answer of a thousand endpoints is one change.
+                let (batch, ended) = poll_fn(|cx| {
+                    let mut batch = Vec::new();
+                    loop {
+                        match discover.as_mut().poll_discover(cx) {
+                            Poll::Ready(Some(change)) => batch.push(change),
+                            Poll::Ready(None) => return Poll::Ready((batch, true)),
+                            Poll::Pending if batch.is_empty() => return Poll::Pending,
+                            Poll::Pending => return Poll::Ready((batch, false)),
                         }
                     }
-                    Change::Remove(key) => match named.remove(&key) {
-                        Some(old) if !named.values().any(|&a| a == old) => {
-                            endpoints.remove(&service, old)
+                })
+                .await;
+                let mut failed = None;
+                for change in batch {
+                    match change {
+                        Ok(Change::Insert(key, addr)) => {
+                            named.insert(key, addr);
                         }
-                        _ => Ok(()),
-                    },
-                };
+                        Ok(Change::Remove(key)) => {
+                            named.remove(&key);
+                        }
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
+                        }
+                    }
+                }
+                // The service name was checked above; the set is what the
+                // keys name now (an address named by two keys stays while
+                // one of them does).
+                let _ = endpoints.change(&service, |mut addrs| {
+                    let named: HashSet<SocketAddr> = named.values().copied().collect();
+                    addrs.retain(|a| named.contains(a));
+                    addrs.extend(named);
+                    addrs
+                });
+                if let Some(error) = failed {
+                    return Err(error);
+                }
+                if ended {
+                    return Ok(());
+                }
             }
-            Ok(())
         })
     }
 }

@@ -28,11 +28,16 @@ impl Error {
     }
 
     pub(crate) fn invalid_service(service: &str) -> Self {
-        // User info would be a credential: never kept.
-        let service = match service.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://{host}"),
-                None => service.to_owned(),
+        // User info would be a credential: never kept, whatever else the
+        // text is (what precedes the last `@` before any path goes).
+        let end = service
+            .find('/')
+            .filter(|&i| !service[i..].starts_with("//"));
+        let (head, path) = service.split_at(end.unwrap_or(service.len()));
+        let service = match head.rsplit_once('@') {
+            Some((before, host)) => match before.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://{host}{path}"),
+                None => format!("{host}{path}"),
             },
             None => service.to_owned(),
         };
@@ -87,6 +92,28 @@ impl std::error::Error for Error {
         match &self.kind {
             Kind::Pool(e) => e.source(),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn an_invalid_service_name_keeps_no_credential() {
+        for name in [
+            "admin:s3cret@svc.test:8080",
+            "http://admin:s3cret@svc.test:8080/x",
+            "ftp://admin:s3cret@svc.test",
+            "admin:s3cret@svc.test/a@b",
+        ] {
+            let shown = Error::invalid_service(name).to_string();
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("admin"),
+                "{shown}"
+            );
+            assert!(shown.contains("svc.test"), "{shown}");
         }
     }
 }

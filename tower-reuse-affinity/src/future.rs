@@ -19,8 +19,9 @@ use crate::config::Ejection;
 use crate::error::Error;
 use crate::events::{Ejected, Retried, Returned};
 use crate::health::Verdict;
-use crate::registry::{EndpointState, Registry, ServiceSet};
+use crate::registry::Registry;
 use crate::service::{CallAt, Router, Routing};
+use crate::services::{EndpointState, ServiceSet};
 
 type PoolResult<T> = Result<T, tower_reuse_pool::Error>;
 
@@ -157,11 +158,11 @@ impl<S, B> Routed<S, B> {
         let retry = retry.filter(|retry| retryable(error, &retry.head))?;
         let retry = *retry;
         let req = retry.head.into_request();
-        let set = &sent.set;
-        let failed = set
-            .endpoints
-            .iter()
-            .position(|e| Arc::ptr_eq(e, &sent.endpoint));
+        // The endpoints as they are now: one removed since is not retried on.
+        let set = registry
+            .current(&sent.set)
+            .unwrap_or_else(|| sent.set.clone());
+        let failed = set.endpoint(sent.endpoint.addr);
         let router = Router {
             routing: &routing,
             control: &retry.control,
@@ -171,7 +172,7 @@ impl<S, B> Routed<S, B> {
             if let Some(i) = failed {
                 candidates[i].eligible = false;
             }
-            router.route(set, retry.key, candidates, &req)
+            router.route(&set, retry.key, candidates, &req, false)
         })?;
         sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
         registry.events.load().on_retry(&Retried {
@@ -204,31 +205,36 @@ impl<F: Future, S, B> fmt::Debug for ResponseFuture<F, S, B> {
 pub(crate) struct Sent {
     pub(crate) set: Arc<ServiceSet>,
     pub(crate) endpoint: Arc<EndpointState>,
-    /// The request is its endpoint's probe.
-    pub(crate) probe: bool,
+    /// The request is its endpoint's probe, of this generation.
+    pub(crate) probe: Option<u64>,
     pub(crate) finished: bool,
 }
 
 /// What a request's result says of its endpoint's health.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+#[derive(Clone, Copy)]
+pub(crate) enum Outcome<'a> {
     Success,
-    Failure,
+    /// A failed connect (the pool's error: one failed connect reaches
+    /// every request that waited for it, and counts once), a 5xx (opt-in)
+    /// or a failed connect ahead (`None`: each counted once by the caller).
+    Failure(Option<&'a tower_reuse_pool::Error>),
     /// Neither (a timeout waiting for the pool, a body error, ...).
     Unknown,
 }
 
-fn outcome<R>(result: &PoolResult<Response<R>>, rules: &Ejection) -> Outcome {
+fn outcome<'a, R>(result: &'a PoolResult<Response<R>>, rules: &Ejection) -> Outcome<'a> {
     match result {
-        Ok(response) if rules.on_5xx && response.status().is_server_error() => Outcome::Failure,
+        Ok(response) if rules.on_5xx && response.status().is_server_error() => {
+            Outcome::Failure(None)
+        }
         Ok(_) => Outcome::Success,
-        Err(e) if e.is_connect() => Outcome::Failure,
+        Err(e) if e.is_connect() => Outcome::Failure(Some(e)),
         Err(_) => Outcome::Unknown,
     }
 }
 
 impl Sent {
-    pub(crate) fn finish(&mut self, outcome: Outcome, rules: &Ejection, registry: &Registry) {
+    pub(crate) fn finish(&mut self, outcome: Outcome<'_>, rules: &Ejection, registry: &Registry) {
         self.finished = true;
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         record(
@@ -243,12 +249,13 @@ impl Sent {
 }
 
 /// What an outcome does to its endpoint's health, and the events it calls
-/// for. `probe`: the outcome is the endpoint's probe's.
+/// for. `probe`: the request's probe generation, if it was its endpoint's
+/// probe.
 pub(crate) fn record(
     set: &ServiceSet,
     endpoint: &EndpointState,
-    outcome: Outcome,
-    probe: bool,
+    outcome: Outcome<'_>,
+    probe: Option<u64>,
     rules: &Ejection,
     registry: &Registry,
 ) {
@@ -256,24 +263,34 @@ pub(crate) fn record(
         // The common case touches no lock: a healthy endpoint with no
         // failure pending.
         Outcome::Success if !endpoint.is_out() && !endpoint.has_failures() => return,
-        Outcome::Unknown if !probe => return,
         Outcome::Unknown => {
-            endpoint.health().release_probe();
+            if probe.is_some() {
+                endpoint.health().release_probe(probe);
+            }
             return;
         }
         Outcome::Success => {
             let mut health = endpoint.health();
-            let verdict = health.on_success(Instant::now());
-            endpoint.clear_failures();
+            let verdict = health.on_success(Instant::now(), probe);
+            if !health.is_out() {
+                endpoint.clear_failures();
+            }
             endpoint.sync_out(&health);
             verdict
         }
-        Outcome::Failure => {
-            endpoint.failures.fetch_add(1, Ordering::Relaxed);
-            endpoint.note_failure();
+        Outcome::Failure(error) => {
+            // The share of endpoints out is checked and changed by one
+            // failure at a time per service: two endpoints failing at once
+            // never both take the last room.
+            let _one_at_a_time = set.ejecting();
             let room = set.room_to_eject(rules.max_share);
             let mut health = endpoint.health();
-            let verdict = health.on_failure(Instant::now(), rules, room, fastrand::f64());
+            if error.is_some_and(|e| !health.new_connect_failure(e)) {
+                return;
+            }
+            endpoint.failures.fetch_add(1, Ordering::Relaxed);
+            endpoint.note_failure();
+            let verdict = health.on_failure(Instant::now(), probe, rules, room, fastrand::f64());
             endpoint.sync_out(&health);
             verdict
         }
@@ -308,8 +325,8 @@ impl Drop for Sent {
     fn drop(&mut self) {
         if !self.finished {
             self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if self.probe {
-                self.endpoint.health().release_probe();
+            if self.probe.is_some() {
+                self.endpoint.health().release_probe(self.probe);
             }
         }
     }

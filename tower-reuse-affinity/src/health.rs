@@ -53,11 +53,18 @@ pub(crate) struct Health {
     times: u32,
     /// Ejected until then.
     until: Option<Instant>,
-    probing: bool,
+    /// The probe in flight, by its generation.
+    probing: Option<u64>,
+    /// Probes handed out so far: a probe's outcome counts only if it is
+    /// the one in flight, not a request sent before the ejection.
+    probes: u64,
     /// When it last came back from an ejection.
     back_since: Option<Instant>,
     /// The last failed connect ahead (by its back-off's end) counted.
     warm_failure: Option<Instant>,
+    /// The last failed connect counted (its error, shared by every request
+    /// that waited for it).
+    connect_failure: Option<tower_reuse_pool::Error>,
 }
 
 impl Health {
@@ -65,7 +72,7 @@ impl Health {
         match self.until {
             None => Availability::Healthy,
             Some(until) if now < until => Availability::Ejected(until),
-            Some(_) if self.probing => Availability::Probing,
+            Some(_) if self.probing.is_some() => Availability::Probing,
             Some(_) => Availability::Probation,
         }
     }
@@ -86,15 +93,21 @@ impl Health {
         self.until
     }
 
-    /// Take the probe of an endpoint on probation: `false` if it is not on
-    /// probation or another request has it.
-    pub(crate) fn claim_probe(&mut self, now: Instant) -> bool {
+    /// Take the probe of an endpoint on probation: its generation, or
+    /// `None` if it is not on probation or another request has it.
+    pub(crate) fn claim_probe(&mut self, now: Instant) -> Option<u64> {
         if self.availability(now) == Availability::Probation {
-            self.probing = true;
-            true
+            self.probes += 1;
+            self.probing = Some(self.probes);
+            self.probing
         } else {
-            false
+            None
         }
+    }
+
+    /// Whether `probe` is the probe in flight.
+    fn is_probe(&self, probe: Option<u64>) -> bool {
+        probe.is_some() && self.probing == probe
     }
 
     /// Whether the failed connect ahead that backs off until `retry_at` is
@@ -108,34 +121,63 @@ impl Health {
         true
     }
 
-    /// The probe ended with no outcome (cancelled): the next request probes.
-    pub(crate) fn release_probe(&mut self) {
-        self.probing = false;
-    }
-
-    pub(crate) fn on_success(&mut self, now: Instant) -> Verdict {
-        self.failures = 0;
-        if self.until.is_some() && self.probing {
-            self.until = None;
-            self.probing = false;
-            self.back_since = Some(now);
-            return Verdict::Returned;
+    /// Whether `error` is a failed connect not counted yet (one failed
+    /// connect fails every request waiting for it, and counts once).
+    pub(crate) fn new_connect_failure(&mut self, error: &tower_reuse_pool::Error) -> bool {
+        if self
+            .connect_failure
+            .as_ref()
+            .is_some_and(|last| last.is_same_failure(error))
+        {
+            return false;
         }
-        Verdict::Unchanged
+        self.connect_failure = Some(error.clone());
+        true
     }
 
-    /// A failure. `room`: whether the service may have one more endpoint
-    /// ejected; `jitter` in `[0, 1)` takes up to a tenth off the ejection.
+    /// The probe `probe` ended with no outcome (cancelled): the next
+    /// request probes.
+    pub(crate) fn release_probe(&mut self, probe: Option<u64>) {
+        if self.is_probe(probe) {
+            self.probing = None;
+        }
+    }
+
+    /// A success; `probe`: the request's probe generation, if it was one.
+    /// While the endpoint is out only its probe's success returns it.
+    pub(crate) fn on_success(&mut self, now: Instant, probe: Option<u64>) -> Verdict {
+        if self.until.is_none() {
+            self.failures = 0;
+            return Verdict::Unchanged;
+        }
+        if !self.is_probe(probe) {
+            return Verdict::Unchanged;
+        }
+        self.failures = 0;
+        self.until = None;
+        self.probing = None;
+        self.back_since = Some(now);
+        Verdict::Returned
+    }
+
+    /// A failure; `probe`: the request's probe generation, if it was one.
+    /// `room`: whether the service may have one more endpoint ejected;
+    /// `jitter` in `[0, 1)` takes up to a tenth off the ejection. While the
+    /// endpoint is out, only its probe's failure counts.
     pub(crate) fn on_failure(
         &mut self,
         now: Instant,
+        probe: Option<u64>,
         rules: &Ejection,
         room: bool,
         jitter: f64,
     ) -> Verdict {
+        let failed_probe = self.until.is_some() && self.is_probe(probe);
+        if self.until.is_some() && !failed_probe {
+            return Verdict::Unchanged;
+        }
         self.failures = self.failures.saturating_add(1);
-        let failed_probe = self.until.is_some() && self.probing;
-        if !failed_probe && (self.until.is_some() || self.failures < rules.after) {
+        if !failed_probe && self.failures < rules.after {
             return Verdict::Unchanged;
         }
         // A probe's endpoint is out of service already: no room needed.
@@ -154,7 +196,7 @@ impl Health {
         let full = rules.base.saturating_mul(self.times).min(rules.max);
         let for_ = full.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0));
         self.until = Some(now + for_);
-        self.probing = false;
+        self.probing = None;
         Verdict::Ejected {
             for_,
             times: self.times,
@@ -180,13 +222,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ejected_after_consecutive_failures_only() {
         let (mut h, rules, now) = (Health::default(), rules(), Instant::now());
-        assert_eq!(h.on_failure(now, &rules, true, 0.0), Verdict::Unchanged);
-        assert_eq!(h.on_failure(now, &rules, true, 0.0), Verdict::Unchanged);
+        assert_eq!(
+            h.on_failure(now, None, &rules, true, 0.0),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            h.on_failure(now, None, &rules, true, 0.0),
+            Verdict::Unchanged
+        );
         // A success in between starts the count again.
-        assert_eq!(h.on_success(now), Verdict::Unchanged);
-        assert_eq!(h.on_failure(now, &rules, true, 0.0), Verdict::Unchanged);
-        assert_eq!(h.on_failure(now, &rules, true, 0.0), Verdict::Unchanged);
-        let verdict = h.on_failure(now, &rules, true, 0.0);
+        assert_eq!(h.on_success(now, None), Verdict::Unchanged);
+        assert_eq!(
+            h.on_failure(now, None, &rules, true, 0.0),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            h.on_failure(now, None, &rules, true, 0.0),
+            Verdict::Unchanged
+        );
+        let verdict = h.on_failure(now, None, &rules, true, 0.0);
         assert_eq!(
             verdict,
             Verdict::Ejected {
@@ -205,10 +259,10 @@ mod tests {
     async fn no_room_keeps_it_in_service() {
         let (mut h, rules, now) = (Health::default(), rules(), Instant::now());
         for _ in 0..2 {
-            h.on_failure(now, &rules, false, 0.0);
+            h.on_failure(now, None, &rules, false, 0.0);
         }
         assert_eq!(
-            h.on_failure(now, &rules, false, 0.0),
+            h.on_failure(now, None, &rules, false, 0.0),
             Verdict::Kept { failures: 3 }
         );
         assert_eq!(h.availability(now), Availability::Healthy);
@@ -219,31 +273,44 @@ mod tests {
         let (mut h, rules) = (Health::default(), rules());
         let start = Instant::now();
         for _ in 0..3 {
-            h.on_failure(start, &rules, true, 0.0);
+            h.on_failure(start, None, &rules, true, 0.0);
         }
         tokio::time::advance(Duration::from_secs(30)).await;
         let now = Instant::now();
         assert_eq!(h.availability(now), Availability::Probation);
-        assert!(h.claim_probe(now));
-        assert!(!h.claim_probe(now), "one probe at a time");
+        let probe = h.claim_probe(now);
+        assert!(probe.is_some());
+        assert!(h.claim_probe(now).is_none(), "one probe at a time");
+        assert_eq!(h.availability(now), Availability::Probing);
+        // A request sent before the ejection, failing or succeeding now,
+        // decides nothing.
+        assert_eq!(
+            h.on_failure(now, None, &rules, false, 0.0),
+            Verdict::Unchanged
+        );
+        assert_eq!(h.on_success(now, None), Verdict::Unchanged);
         assert_eq!(h.availability(now), Availability::Probing);
         // The probe fails: ejected again, twice as long, whatever `room`.
-        let verdict = h.on_failure(now, &rules, false, 0.0);
+        let verdict = h.on_failure(now, probe, &rules, false, 0.0);
         assert!(
             matches!(verdict, Verdict::Ejected { for_, times: 2, .. } if for_ == Duration::from_secs(60))
         );
         tokio::time::advance(Duration::from_secs(60)).await;
         let now = Instant::now();
-        assert!(h.claim_probe(now));
-        // A cancelled probe frees the slot for the next request.
-        h.release_probe();
-        assert!(h.claim_probe(now));
-        assert_eq!(h.on_success(now), Verdict::Returned);
+        let stale = h.claim_probe(now);
+        // A cancelled probe frees the slot for the next request; the old
+        // probe's late release frees nothing.
+        h.release_probe(stale);
+        let probe = h.claim_probe(now);
+        assert!(probe.is_some() && probe != stale);
+        h.release_probe(stale);
+        assert!(h.claim_probe(now).is_none());
+        assert_eq!(h.on_success(now, probe), Verdict::Returned);
         assert_eq!(h.availability(now), Availability::Healthy);
         // The next ejection soon after grows on: 90 s, with at most a
         // tenth of jitter off.
         for _ in 0..3 {
-            h.on_failure(now, &rules, true, 0.999);
+            h.on_failure(now, None, &rules, true, 0.999);
         }
         let Availability::Ejected(until) = h.availability(now) else {
             panic!("ejected")
@@ -262,20 +329,21 @@ mod tests {
         for _ in 0..15 {
             let now = Instant::now();
             for _ in 0..3 {
-                if let Verdict::Ejected { for_, .. } = h.on_failure(now, &rules, true, 0.0) {
+                if let Verdict::Ejected { for_, .. } = h.on_failure(now, None, &rules, true, 0.0) {
                     last = for_;
                 }
             }
             tokio::time::advance(last).await;
-            assert!(h.claim_probe(Instant::now()));
-            h.on_success(Instant::now());
+            let probe = h.claim_probe(Instant::now());
+            assert!(probe.is_some());
+            h.on_success(Instant::now(), probe);
         }
         assert_eq!(last, Duration::from_secs(300), "capped");
         // Five healthy minutes: the next ejection starts from the base.
         tokio::time::advance(Duration::from_secs(300)).await;
         let now = Instant::now();
         for _ in 0..3 {
-            h.on_failure(now, &rules, true, 0.0);
+            h.on_failure(now, None, &rules, true, 0.0);
         }
         assert_eq!(h.times(), 1);
         assert_eq!(h.ejected_until(), Some(now + Duration::from_secs(30)));

@@ -64,6 +64,7 @@ mod health;
 mod key;
 mod registry;
 mod service;
+mod services;
 mod snapshot;
 
 pub use config::{AffinityConfig, ConfigError};

@@ -2,199 +2,20 @@
 //! (an `ArcSwap` of an immutable map), changed through [`Endpoints`].
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::Uri;
 use http::uri::Scheme;
-use tokio::time::Instant;
-use tower_reuse_pool::{Endpoint, PoolControl, TargetConfig};
+use tower_reuse_pool::{PoolControl, Target, TargetConfig};
 
-use crate::choice::{self, Candidate};
+use crate::choice;
 use crate::error::Error;
 use crate::events::{AffinityEvents, EndpointChanged, Rebalanced};
-use crate::health::{Availability, Health};
+use crate::services::{EndpointState, RecentKeys, Schemes, ServiceSet, Services, service_key};
 use crate::snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};
-
-/// One endpoint of a service: its load, health and counts. Kept across
-/// changes of the endpoint set while the endpoint stays in it.
-#[derive(Debug)]
-pub(crate) struct EndpointState {
-    pub(crate) addr: SocketAddr,
-    pub(crate) id: u64,
-    pub(crate) in_flight: AtomicUsize,
-    /// Ejected or on probation: look at `health` before sending.
-    out: AtomicBool,
-    /// A failure counted since the last success: a success resets it.
-    failing: AtomicBool,
-    health: Mutex<Health>,
-    pub(crate) requests: AtomicU64,
-    pub(crate) failures: AtomicU64,
-    pub(crate) ejections: AtomicU64,
-    pub(crate) detours_to: AtomicU64,
-    pub(crate) retries_from: AtomicU64,
-}
-
-impl EndpointState {
-    fn new(addr: SocketAddr) -> Self {
-        EndpointState {
-            addr,
-            id: choice::endpoint_id(addr),
-            in_flight: AtomicUsize::new(0),
-            out: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
-            health: Mutex::default(),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            ejections: AtomicU64::new(0),
-            detours_to: AtomicU64::new(0),
-            retries_from: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn endpoint(&self) -> Endpoint {
-        Endpoint::new(self.addr)
-    }
-
-    /// Its health, locked; the fast flag is kept in step by the caller
-    /// through [`EndpointState::sync_out`].
-    pub(crate) fn health(&self) -> MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn sync_out(&self, health: &Health) {
-        self.out.store(health.is_out(), Ordering::Release);
-    }
-
-    /// Whether a request may go here now (`now` read once, when first
-    /// needed).
-    fn eligible(&self, now: &mut Option<Instant>) -> bool {
-        if !self.out.load(Ordering::Acquire) {
-            return true;
-        }
-        let now = *now.get_or_insert_with(Instant::now);
-        matches!(
-            self.health().availability(now),
-            Availability::Healthy | Availability::Probation
-        )
-    }
-
-    pub(crate) fn is_out(&self) -> bool {
-        self.out.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn has_failures(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn note_failure(&self) {
-        self.failing.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn clear_failures(&self) {
-        self.failing.store(false, Ordering::Release);
-    }
-}
-
-/// How many recent keys a service remembers to report rebalances and keys
-/// per endpoint: a direct-mapped table, one relaxed store per request.
-const RECENT_KEYS: usize = 4096;
-
-#[derive(Debug)]
-pub(crate) struct RecentKeys(Box<[AtomicU64]>);
-
-impl RecentKeys {
-    fn new() -> Self {
-        RecentKeys((0..RECENT_KEYS).map(|_| AtomicU64::new(0)).collect())
-    }
-
-    pub(crate) fn record(&self, key: u64) {
-        self.0[(key as usize) % RECENT_KEYS].store(key.max(1), Ordering::Relaxed);
-    }
-
-    fn keys(&self) -> impl Iterator<Item = u64> + '_ {
-        self.0
-            .iter()
-            .map(|k| k.load(Ordering::Relaxed))
-            .filter(|&k| k != 0)
-    }
-}
-
-/// One logical service and its endpoints now.
-#[derive(Debug)]
-pub(crate) struct ServiceSet {
-    pub(crate) name: Arc<str>,
-    pub(crate) scheme: Scheme,
-    pub(crate) endpoints: Vec<Arc<EndpointState>>,
-    pub(crate) recent: Arc<RecentKeys>,
-}
-
-impl ServiceSet {
-    /// `f` of the endpoints as a choice sees them now (on the stack for up
-    /// to 16 endpoints); the clock is read only if one is out of service.
-    pub(crate) fn with_candidates<R>(&self, f: impl FnOnce(&mut [Candidate]) -> R) -> R {
-        const INLINE: usize = 16;
-        let mut now = None;
-        let mut candidate = |e: &EndpointState| Candidate {
-            id: e.id,
-            load: e.in_flight.load(Ordering::Relaxed),
-            eligible: e.eligible(&mut now),
-        };
-        if self.endpoints.len() <= INLINE {
-            let mut buf = [Candidate::default(); INLINE];
-            for (slot, e) in buf.iter_mut().zip(&self.endpoints) {
-                *slot = candidate(e);
-            }
-            f(&mut buf[..self.endpoints.len()])
-        } else {
-            let mut all: Vec<Candidate> = self.endpoints.iter().map(|e| candidate(e)).collect();
-            f(&mut all)
-        }
-    }
-
-    /// Whether one more endpoint may be ejected: under the share, never
-    /// the last one in service.
-    pub(crate) fn room_to_eject(&self, max_share: f64) -> bool {
-        let n = self.endpoints.len();
-        let out = self.endpoints.iter().filter(|e| e.is_out()).count();
-        let allowed = ((max_share * n as f64).floor() as usize).min(n.saturating_sub(1));
-        out < allowed
-    }
-
-    /// The key's first endpoint, ignoring load and health: where it lives.
-    fn home(&self, key: u64) -> Option<SocketAddr> {
-        self.endpoints
-            .iter()
-            .max_by_key(|e| choice::score(key, e.id))
-            .map(|e| e.addr)
-    }
-}
-
-/// The routed services by authority (lowercase `host:port`).
-pub(crate) type Services = HashMap<Box<str>, Arc<ServiceSet>, BuildHasherDefault<choice::Fnv>>;
-
-/// The service `authority` names (without any user info): looked up by its
-/// bytes as they are when they are lowercase already (as nearly every
-/// request writes them), and lowercased on the stack otherwise.
-pub(crate) fn find<'a>(services: &'a Services, authority: &str) -> Option<&'a Arc<ServiceSet>> {
-    if let Some(set) = services.get(authority) {
-        return Some(set);
-    }
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if !authority.bytes().any(|b| b.is_ascii_uppercase()) {
-        return services.get(authority);
-    }
-    let mut buf = [0u8; 256];
-    let lower = buf.get_mut(..authority.len())?;
-    lower.copy_from_slice(authority.as_bytes());
-    lower.make_ascii_lowercase();
-    services.get(std::str::from_utf8(lower).ok()?)
-}
 
 /// The registry behind an [`Endpoints`] handle.
 pub(crate) struct Registry {
@@ -203,7 +24,6 @@ pub(crate) struct Registry {
     pub(crate) events: ArcSwap<Box<dyn AffinityEvents>>,
     /// The pool under the layer: removed endpoints' connections drain.
     pub(crate) control: OnceLock<PoolControl>,
-    drained: Mutex<HashSet<SocketAddr>>,
 }
 
 impl Registry {
@@ -213,19 +33,30 @@ impl Registry {
             update: Mutex::default(),
             events: ArcSwap::from_pointee(Box::new(())),
             control: OnceLock::new(),
-            drained: Mutex::default(),
         }
+    }
+
+    /// The service `set` as it is now (it may have changed since `set` was
+    /// read).
+    pub(crate) fn current(&self, set: &ServiceSet) -> Option<Arc<ServiceSet>> {
+        self.services
+            .load()
+            .get(&*set.key)
+            .and_then(|s| s.get(&set.scheme))
+            .cloned()
     }
 }
 
 /// The endpoints of the services an affinity layer routes: a cheap,
 /// cloneable handle (from [`AffinityLayer::endpoints`](crate::AffinityLayer::endpoints)).
 ///
-/// A service is named `scheme://authority`, written as its requests write
-/// it (`http://inventory.internal:8080`); requests to an authority with no
-/// service here go to the pool unrouted. Changes take effect for the next
-/// request; requests in flight finish where they are, and the connections
-/// of a removed endpoint drain (closed as they come free).
+/// A service is named `scheme://authority` (`http://inventory.internal:8080`);
+/// `http` and `https` are two services, and a scheme's default port may be
+/// written or not. Requests to an authority with no service here go to the
+/// pool unrouted. Changes take effect for the next request; requests in
+/// flight finish where they are, and the pool retires a removed endpoint's
+/// connections of this service (closed as they come free, forgotten once
+/// none is open; see `PoolControl::retire`).
 ///
 /// ```
 /// use tower_reuse_affinity::{AffinityConfig, AffinityLayer};
@@ -246,7 +77,12 @@ impl Registry {
 /// record with the service's port), or [`insert`](Self::insert) and
 /// [`remove`](Self::remove) as a registry reports changes; a
 /// `tower::discover::Discover` stream of addresses is applied by
-/// [`discover`](Self::discover).
+/// [`discover`](Self::discover). Keep the last good answer when a lookup
+/// fails or comes back empty: `set` with no address leaves the service
+/// with none, and its requests fail.
+///
+/// Event hooks are called while the change is applied: a hook must not
+/// change the endpoints itself.
 #[derive(Clone)]
 pub struct Endpoints {
     pub(crate) registry: Arc<Registry>,
@@ -260,9 +96,9 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
-/// A service name's parts: its scheme, its authority lowercased (the
-/// map's key) and its name.
-fn parse_service(service: &str) -> Result<(Scheme, Box<str>, String), Error> {
+/// A service name's parts: its scheme, its authority as the map keys it,
+/// and its name.
+fn parse_service(service: &str) -> Result<(Scheme, String, String), Error> {
     let invalid = || Error::invalid_service(service);
     let uri: Uri = service.parse().map_err(|_| invalid())?;
     let scheme = uri.scheme().ok_or_else(invalid)?.clone();
@@ -274,8 +110,9 @@ fn parse_service(service: &str) -> Result<(Scheme, Box<str>, String), Error> {
     {
         return Err(invalid());
     }
-    let name = format!("{scheme}://{authority}");
-    Ok((scheme, authority.as_str().to_ascii_lowercase().into(), name))
+    let key = service_key(&scheme, authority.as_str()).ok_or_else(invalid)?;
+    let name = format!("{scheme}://{key}");
+    Ok((scheme, key, name))
 }
 
 impl Endpoints {
@@ -294,9 +131,7 @@ impl Endpoints {
     /// Add `addr` to `service`'s endpoints (creating the service).
     pub fn insert(&self, service: &str, addr: SocketAddr) -> Result<(), Error> {
         self.change(service, |mut addrs| {
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
-            }
+            addrs.push(addr);
             addrs
         })
     }
@@ -311,14 +146,19 @@ impl Endpoints {
 
     /// Forget `service`: its requests go to the pool unrouted again.
     pub fn forget(&self, service: &str) -> Result<(), Error> {
-        let (_, authority, _) = parse_service(service)?;
+        let (scheme, key, _) = parse_service(service)?;
         let _one_at_a_time = lock(&self.registry.update);
         let mut services = Services::clone(&self.registry.services.load());
-        let old = services.remove(&authority);
+        let old = services
+            .get_mut(key.as_str())
+            .and_then(|s| s.slot(&scheme).take());
+        if services.get(key.as_str()).is_some_and(Schemes::is_empty) {
+            services.remove(key.as_str());
+        }
         self.registry.services.store(Arc::new(services));
         if let Some(old) = old {
             let addrs: Vec<SocketAddr> = old.endpoints.iter().map(|e| e.addr).collect();
-            self.drain(&addrs);
+            self.retire(&old, &addrs);
             let events = self.registry.events.load();
             for (left, &endpoint) in addrs.iter().enumerate().rev() {
                 events.on_endpoint_removed(&EndpointChanged {
@@ -333,12 +173,19 @@ impl Endpoints {
 
     /// `service`'s endpoints now; an error for a service not registered.
     pub fn get(&self, service: &str) -> Result<Vec<SocketAddr>, Error> {
-        let (_, authority, _) = parse_service(service)?;
+        let (scheme, key, _) = parse_service(service)?;
         let services = self.registry.services.load();
         let set = services
-            .get(&authority)
+            .get(key.as_str())
+            .and_then(|s| s.get(&scheme))
             .ok_or_else(|| Error::no_endpoints(service))?;
         Ok(set.endpoints.iter().map(|e| e.addr).collect())
+    }
+
+    /// Register `service` with no endpoint if it is not registered yet
+    /// (its requests fail, typed, rather than go unrouted).
+    pub(crate) fn ensure(&self, service: &str) -> Result<(), Error> {
+        self.change(service, |addrs| addrs)
     }
 
     /// Per service, per endpoint: load, health and counts now.
@@ -347,6 +194,7 @@ impl Endpoints {
         let mut snapshot = AffinitySnapshot {
             services: services
                 .values()
+                .flat_map(|s| s.http.iter().chain(s.https.iter()))
                 .map(|set| ServiceSnapshot::of(set))
                 .collect(),
         };
@@ -354,27 +202,35 @@ impl Endpoints {
         snapshot
     }
 
-    fn change(
+    pub(crate) fn change(
         &self,
         service: &str,
         f: impl FnOnce(Vec<SocketAddr>) -> Vec<SocketAddr>,
     ) -> Result<(), Error> {
-        let (scheme, authority, name) = parse_service(service)?;
+        let (scheme, key, name) = parse_service(service)?;
         let registry = &self.registry;
         let _one_at_a_time = lock(&registry.update);
         let services = registry.services.load_full();
-        let old = services.get(&authority);
+        let old = services
+            .get(key.as_str())
+            .and_then(|s| s.get(&scheme))
+            .cloned();
         let before: Vec<SocketAddr> = old
+            .as_ref()
             .map(|s| s.endpoints.iter().map(|e| e.addr).collect())
             .unwrap_or_default();
         let mut after = f(before.clone());
         dedup(&mut after);
         let kept: HashMap<SocketAddr, Arc<EndpointState>> = old
+            .as_ref()
             .map(|s| s.endpoints.iter().map(|e| (e.addr, e.clone())).collect())
             .unwrap_or_default();
         let set = Arc::new(ServiceSet {
-            name: old.map_or_else(|| Arc::from(name.as_str()), |s| s.name.clone()),
-            scheme,
+            name: old
+                .as_ref()
+                .map_or_else(|| Arc::from(name.as_str()), |s| s.name.clone()),
+            scheme: scheme.clone(),
+            key: Arc::from(key.as_str()),
             endpoints: after
                 .iter()
                 .map(|&addr| {
@@ -383,24 +239,31 @@ impl Endpoints {
                         .unwrap_or_else(|| Arc::new(EndpointState::new(addr)))
                 })
                 .collect(),
-            recent: old.map_or_else(|| Arc::new(RecentKeys::new()), |s| s.recent.clone()),
+            recent: old
+                .as_ref()
+                .map_or_else(|| Arc::new(RecentKeys::new()), |s| s.recent.clone()),
+            ejections: old
+                .as_ref()
+                .map_or_else(Arc::default, |s| s.ejections.clone()),
         });
         let mut next = Services::clone(&services);
-        next.insert(authority, set.clone());
+        *next.entry(key.into()).or_default().slot(&scheme) = Some(set.clone());
         registry.services.store(Arc::new(next));
 
+        let (before_set, after_set): (HashSet<_>, HashSet<_>) =
+            (before.iter().collect(), after.iter().collect());
         let added: Vec<SocketAddr> = after
             .iter()
-            .filter(|a| !before.contains(a))
+            .filter(|a| !before_set.contains(a))
             .copied()
             .collect();
         let removed: Vec<SocketAddr> = before
             .iter()
-            .filter(|a| !after.contains(a))
+            .filter(|a| !after_set.contains(a))
             .copied()
             .collect();
-        self.undrain(&added);
-        self.drain(&removed);
+        self.unretire(&set, &added);
+        self.retire(&set, &removed);
         let events = registry.events.load();
         for (addrs, added) in [(&added, true), (&removed, false)] {
             for &endpoint in addrs {
@@ -418,7 +281,7 @@ impl Endpoints {
         }
         if let Some(old) = old.filter(|_| !added.is_empty() || !removed.is_empty()) {
             let (mut moved, mut tracked) = (0, 0);
-            for key in set.recent.keys() {
+            for key in set.recent.keys().take(REBALANCE_SAMPLE) {
                 tracked += 1;
                 if old.home(key) != set.home(key) {
                     moved += 1;
@@ -435,49 +298,49 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Let the connections to `addrs` close as they come free: the pool's
-    /// kill switch for those targets (idle ones close now, busy ones when
-    /// their requests end, none pre-warmed).
-    fn drain(&self, addrs: &[SocketAddr]) {
-        let Some(control) = self.registry.control.get() else {
+    /// Have the pool retire `set`'s targets at `addrs` (every partition):
+    /// their connections close as they come free, none opens ahead, and
+    /// the pool forgets them once none is open. Another service's
+    /// connections to the same address are left alone.
+    fn retire(&self, set: &ServiceSet, addrs: &[SocketAddr]) {
+        let Some(control) = self.registry.control.get().filter(|_| !addrs.is_empty()) else {
             return;
         };
-        if addrs.is_empty() {
-            return;
-        }
-        lock(&self.registry.drained).extend(addrs);
-        let drain = TargetConfig::default().reuse(false);
         for target in control.snapshot().targets {
             let target = target.target();
-            if target.endpoint().is_some_and(|e| addrs.contains(&e.addr())) {
-                // A drain configuration is valid over any pool-wide one.
-                let _ = control.set_target_config(target, Some(drain.clone()));
+            if serves(set, target) && target.endpoint().is_some_and(|e| addrs.contains(&e.addr())) {
+                control.retire(target);
             }
         }
     }
 
-    /// Endpoints back in a service keep connections again.
-    fn undrain(&self, addrs: &[SocketAddr]) {
-        let Some(control) = self.registry.control.get() else {
+    /// Endpoints back in `set` keep connections again: a retirement still
+    /// in force is undone.
+    fn unretire(&self, set: &ServiceSet, addrs: &[SocketAddr]) {
+        let Some(control) = self.registry.control.get().filter(|_| !addrs.is_empty()) else {
             return;
         };
-        let mut drained = lock(&self.registry.drained);
-        let back: Vec<SocketAddr> = addrs
-            .iter()
-            .filter(|a| drained.remove(a))
-            .copied()
-            .collect();
-        drop(drained);
-        if back.is_empty() {
-            return;
-        }
+        let retired = TargetConfig::default().reuse(false);
         for target in control.snapshot().targets {
             let target = target.target();
-            if target.endpoint().is_some_and(|e| back.contains(&e.addr())) {
+            if serves(set, target)
+                && target.endpoint().is_some_and(|e| addrs.contains(&e.addr()))
+                && control.target_config(target).as_ref() == Some(&retired)
+            {
                 let _ = control.set_target_config(target, None);
             }
         }
     }
+}
+
+/// How many recent keys a rebalance event checks: a sample, so that a
+/// change costs the same however many keys were seen.
+const REBALANCE_SAMPLE: usize = 256;
+
+/// Whether `target` is one of `set`'s (any endpoint, any partition).
+fn serves(set: &ServiceSet, target: &Target) -> bool {
+    target.scheme() == &set.scheme
+        && service_key(&set.scheme, target.authority().as_str()).as_deref() == Some(&*set.key)
 }
 
 fn dedup(addrs: &mut Vec<SocketAddr>) {

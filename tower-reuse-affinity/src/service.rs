@@ -22,7 +22,8 @@ use crate::error::Error;
 use crate::events::{AffinityEvents, WarmDetour};
 use crate::future::{Head, Outcome, ResponseFuture, Retry, Routed, Sent, record};
 use crate::key::AffinityKey;
-use crate::registry::{Endpoints, Registry, ServiceSet, find};
+use crate::registry::{Endpoints, Registry};
+use crate::services::{ServiceSet, find};
 use crate::snapshot::AffinitySnapshot;
 
 /// A pool the affinity layer can stack over: it asks the pool which
@@ -244,13 +245,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let services = self.registry.services.load();
-        let found = req
-            .uri()
-            .authority()
-            .and_then(|a| find(&services, a.as_str()));
-        let set = match found {
-            Some(set) if req.uri().scheme() == Some(&set.scheme) => set.clone(),
-            _ => return ResponseFuture::unrouted(self.inner.call(req)),
+        let uri = req.uri();
+        let found = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => find(&services, scheme, authority.as_str()),
+            _ => None,
+        };
+        let Some(set) = found.cloned() else {
+            return ResponseFuture::unrouted(self.inner.call(req));
         };
         drop(services);
         let routing = &self.routing;
@@ -276,7 +277,8 @@ where
             control: &self.control,
             registry: &self.registry,
         };
-        let sent = set.with_candidates(|candidates| router.route(&set, key, candidates, &req));
+        let sent =
+            set.with_candidates(|candidates| router.route(&set, key, candidates, &req, true));
         let Some(sent) = sent else {
             return ResponseFuture::failed(Error::no_endpoints(&set.name));
         };
@@ -320,26 +322,27 @@ impl Router<'_> {
         key: Option<u64>,
         candidates: &mut [Candidate],
         req: &Request<B>,
+        detour: bool,
     ) -> Option<Sent> {
         let epsilon = self.routing.epsilon;
         // At most one pass per endpoint: each failed probe claim rules one out.
         for _ in 0..=candidates.len() {
             let first = match key {
                 Some(key) => choice::choose(key, candidates, epsilon),
-                None => choice::least_loaded_of_two(candidates, |n| fastrand::usize(..n)),
+                None => choice::least_loaded_of_two(candidates, epsilon, |n| fastrand::usize(..n)),
             }?;
             let endpoint = &set.endpoints[first];
-            let probe = endpoint.is_out();
-            if probe {
-                let mut health = endpoint.health();
-                if !health.claim_probe(Instant::now()) {
-                    drop(health);
+            let mut probe = None;
+            if endpoint.is_out() {
+                probe = endpoint.health().claim_probe(Instant::now());
+                if probe.is_none() {
                     candidates[first].eligible = false;
                     continue;
                 }
             }
             let mut chosen = first;
-            if let Some(key) = key.filter(|_| self.routing.warm_aware && !probe) {
+            if let Some(key) = key.filter(|_| detour && self.routing.warm_aware && probe.is_none())
+            {
                 chosen = self.warm_detour(set, key, candidates, first, req);
             }
             let endpoint = set.endpoints[chosen].clone();
@@ -357,6 +360,7 @@ impl Router<'_> {
 
     /// The next endpoint of the key's order, when the first choice has no
     /// free connection and that one, in service and under the bound, has.
+    /// Not for a retry: it has moved one step already.
     fn warm_detour<B>(
         &self,
         set: &ServiceSet,
@@ -369,10 +373,12 @@ impl Router<'_> {
         if candidates.len() < 2 || self.control.is_warm_at(req, Some(home.endpoint())) {
             return first;
         }
+        // The very next endpoint of the key's order, if it is under the
+        // bound and in service: never further from the first choice.
         let (total, n) = choice::totals(candidates);
         let bound = choice::bound(self.routing.epsilon, total, n);
-        let Some(next) = choice::first_under(key, candidates, bound, Some(first))
-            .filter(|&next| !set.endpoints[next].is_out())
+        let Some(next) = choice::first_under(key, candidates, usize::MAX, Some(first))
+            .filter(|&next| candidates[next].load < bound && !set.endpoints[next].is_out())
         else {
             return first;
         };
@@ -393,7 +399,14 @@ impl Router<'_> {
                     && home.health().new_warm_failure(retry_at)
                 {
                     let rules = &self.routing.ejection;
-                    record(set, home, Outcome::Failure, false, rules, self.registry);
+                    record(
+                        set,
+                        home,
+                        Outcome::Failure(None),
+                        None,
+                        rules,
+                        self.registry,
+                    );
                 }
             }
             set.endpoints[next]

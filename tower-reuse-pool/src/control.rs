@@ -226,6 +226,8 @@ pub(crate) trait Controlled: Send + Sync {
     /// the reaper; hence the `Arc` receiver.
     fn set_target_config(self: Arc<Self>, target: &Target, own: Option<(TargetConfig, PoolConfig)>);
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
+    /// Gives an existing target the retirement's settings.
+    fn retire(&self, target: &Target, own: (TargetConfig, PoolConfig));
     fn is_warm(&self, key: TargetKey<'_>) -> bool;
     /// Creates the target if need be.
     fn warm_up(self: Arc<Self>, target: &Target) -> WarmUp;
@@ -340,6 +342,20 @@ impl PoolControl {
     /// [`set_target_config`](Self::set_target_config), if any.
     pub fn target_config(&self, target: &Target) -> Option<TargetConfig> {
         self.inner.target_config(target)
+    }
+
+    /// Retire `target` (an endpoint that left its service): its settings
+    /// become the kill switch's (idle connections close now, busy ones when
+    /// their requests end, none opens ahead; a request still sent to it gets
+    /// a connection of its own), and the pool forgets it once nothing is
+    /// open, as it forgets any unused target. A target the pool has not
+    /// seen is left alone; `set_target_config` undoes a retirement.
+    pub fn retire(&self, target: &Target) {
+        let _one_at_a_time = self.inner.update_lock();
+        let own = TargetConfig::default().reuse(false);
+        if let Ok(resolved) = own.resolve(&self.inner.config()) {
+            self.inner.retire(target, (own, resolved));
+        }
     }
 
     /// Whether `req` would find a connection of its target free now, with no

@@ -360,6 +360,14 @@ impl Error {
         self.inner.may_have_been_processed
     }
 
+    /// Whether `self` and `other` are one failure handed to several
+    /// requests: a connect that fails fails every request that waited for
+    /// it (over HTTP/2, many), with clones of one error. A balancer counting
+    /// failed connects counts such a failure once.
+    pub fn is_same_failure(&self, other: &Error) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The request was malformed (no authority, unsupported scheme).
     pub fn is_invalid_request(&self) -> bool {
         self.inner.kind == ErrorKind::InvalidRequest

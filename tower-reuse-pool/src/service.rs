@@ -260,8 +260,8 @@ where
             }
         }
         self.common.config.store(Arc::new(config));
-        for (pool, target_config, resolved) in own {
-            pool.set_own_config(Some((target_config, resolved)));
+        for (pool, _, resolved) in own {
+            pool.resolve_own_config(resolved);
         }
         self.common.reaper_wake.notify_one();
         Ok(())
@@ -272,11 +272,17 @@ where
         target: &Target,
         own: Option<(TargetConfig, PoolConfig)>,
     ) {
-        self.target_pool(target).set_own_config(own);
+        self.target_pool(target).set_own_config(own, false);
     }
 
     fn target_config(&self, target: &Target) -> Option<TargetConfig> {
         self.find(target.key())?.own_config()
+    }
+
+    fn retire(&self, target: &Target, own: (TargetConfig, PoolConfig)) {
+        if let Some(pool) = self.find(target.key()) {
+            pool.set_own_config(Some(own), true);
+        }
     }
 }
 

@@ -159,8 +159,9 @@ impl<B> TargetPool<B> {
     }
 
     /// Whether nothing is open, connecting or waiting, nothing was used for
-    /// [`forget_after`], and no pool handle holds it as the target it served
-    /// last: the pool may forget this target.
+    /// [`forget_after`], no pool handle holds it as the target it served
+    /// last, and it has no settings of its own (but a retirement's): the
+    /// pool may forget this target.
     pub(crate) fn is_forgettable(self: &Arc<Self>, now: Instant) -> bool {
         if Arc::strong_count(self) > 1 {
             return false;
@@ -171,7 +172,7 @@ impl<B> TargetPool<B> {
             && state.connecting == 0
             && state.waiters.is_empty()
             && config.min_idle_per_target == 0
-            && state.own_config.is_none()
+            && (state.own_config.is_none() || state.retired)
             && now.saturating_duration_since(state.last_active) >= forget_after(&config)
     }
 }

@@ -117,6 +117,9 @@ struct State<B> {
     own_config: Option<(TargetConfig, Arc<PoolConfig>)>,
     /// The pool was dropped: every connection closes as soon as it is free.
     shut: bool,
+    /// Retired (`PoolControl::retire`): its own settings are the kill
+    /// switch, and it is forgotten once empty all the same.
+    retired: bool,
 }
 
 impl<B> State<B> {
@@ -247,6 +250,7 @@ impl<B> TargetPool<B> {
                 last_active: Instant::now(),
                 counters: Counters::default(),
                 own_config: None,
+                retired: false,
                 shut: false,
             }),
             common,
@@ -438,16 +442,30 @@ impl<B> TargetPool<B> {
 
     /// Give the target its own settings (`None`: the pool-wide ones),
     /// with the configuration they resolve to.
-    pub(crate) fn set_own_config(&self, own: Option<(TargetConfig, PoolConfig)>) {
+    pub(crate) fn set_own_config(&self, own: Option<(TargetConfig, PoolConfig)>, retired: bool) {
         let mut state = self.lock();
         state.own_config = own.map(|(own, resolved)| (own, Arc::new(resolved)));
-        // Before its first connection, what the target speaks follows its
-        // own settings (`http2_prior_knowledge`); after, its connections say.
-        if state.open == 0 && state.connecting == 0 {
-            state.protocol = first_protocol(&self.config_of(&state), &self.target);
-        }
+        state.retired = retired;
+        self.settle_protocol(&mut state);
         drop(state);
         self.common.reaper_wake.notify_one();
+    }
+
+    /// Its own settings resolved again, over a new pool-wide configuration.
+    pub(crate) fn resolve_own_config(&self, resolved: PoolConfig) {
+        let mut state = self.lock();
+        if let Some((_, config)) = &mut state.own_config {
+            *config = Arc::new(resolved);
+        }
+        self.settle_protocol(&mut state);
+    }
+
+    /// Before its first connection, what the target speaks follows its
+    /// settings (`http2_prior_knowledge`); after, its connections say.
+    fn settle_protocol(&self, state: &mut State<B>) {
+        if state.open == 0 && state.connecting == 0 {
+            state.protocol = first_protocol(&self.config_of(state), &self.target);
+        }
     }
 
     /// The target's own settings, if it has any.

@@ -1,0 +1,254 @@
+//! A service's endpoints as the request path reads them: each endpoint's
+//! load, health and counts, and the map of services by authority.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::uri::Scheme;
+use tokio::time::Instant;
+use tower_reuse_pool::Endpoint;
+
+use crate::choice::{self, Candidate};
+use crate::health::{Availability, Health};
+
+/// One endpoint of a service: its load, health and counts. Kept across
+/// changes of the endpoint set while the endpoint stays in it.
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    pub(crate) addr: SocketAddr,
+    pub(crate) id: u64,
+    pub(crate) in_flight: AtomicUsize,
+    /// Ejected or on probation: look at `health` before sending.
+    out: AtomicBool,
+    /// A failure counted since the last success: a success resets it.
+    failing: AtomicBool,
+    health: Mutex<Health>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) ejections: AtomicU64,
+    pub(crate) detours_to: AtomicU64,
+    pub(crate) retries_from: AtomicU64,
+}
+
+impl EndpointState {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        EndpointState {
+            addr,
+            id: choice::endpoint_id(addr),
+            in_flight: AtomicUsize::new(0),
+            out: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            health: Mutex::default(),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            detours_to: AtomicU64::new(0),
+            retries_from: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.addr)
+    }
+
+    /// Its health, locked; the fast flag is kept in step by the caller
+    /// through [`EndpointState::sync_out`].
+    pub(crate) fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn sync_out(&self, health: &Health) {
+        self.out.store(health.is_out(), Ordering::Release);
+    }
+
+    /// Whether a request may go here now (`now` read once, when first
+    /// needed).
+    fn eligible(&self, now: &mut Option<Instant>) -> bool {
+        if !self.out.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = *now.get_or_insert_with(Instant::now);
+        matches!(
+            self.health().availability(now),
+            Availability::Healthy | Availability::Probation
+        )
+    }
+
+    pub(crate) fn is_out(&self) -> bool {
+        self.out.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn has_failures(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn note_failure(&self) {
+        self.failing.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn clear_failures(&self) {
+        self.failing.store(false, Ordering::Release);
+    }
+}
+
+/// How many recent keys a service remembers to report rebalances and keys
+/// per endpoint: a direct-mapped table, one relaxed store per request.
+const RECENT_KEYS: usize = 1024;
+
+#[derive(Debug)]
+pub(crate) struct RecentKeys(Box<[AtomicU64]>);
+
+impl RecentKeys {
+    pub(crate) fn new() -> Self {
+        RecentKeys((0..RECENT_KEYS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    pub(crate) fn record(&self, key: u64) {
+        self.0[(key as usize) % RECENT_KEYS].store(key.max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .iter()
+            .map(|k| k.load(Ordering::Relaxed))
+            .filter(|&k| k != 0)
+    }
+}
+
+/// One logical service and its endpoints now.
+#[derive(Debug)]
+pub(crate) struct ServiceSet {
+    pub(crate) name: Arc<str>,
+    pub(crate) scheme: Scheme,
+    /// Its authority as the map keys it.
+    pub(crate) key: Arc<str>,
+    pub(crate) endpoints: Vec<Arc<EndpointState>>,
+    /// Kept across changes of the endpoint set, as the lock below.
+    pub(crate) recent: Arc<RecentKeys>,
+    /// Taken by each failure while it checks and changes the share of
+    /// endpoints out of service.
+    pub(crate) ejections: Arc<Mutex<()>>,
+}
+
+impl ServiceSet {
+    /// `f` of the endpoints as a choice sees them now (on the stack for up
+    /// to 16 endpoints); the clock is read only if one is out of service.
+    pub(crate) fn with_candidates<R>(&self, f: impl FnOnce(&mut [Candidate]) -> R) -> R {
+        const INLINE: usize = 16;
+        let mut now = None;
+        let mut candidate = |e: &EndpointState| Candidate {
+            id: e.id,
+            load: e.in_flight.load(Ordering::Relaxed),
+            eligible: e.eligible(&mut now),
+        };
+        if self.endpoints.len() <= INLINE {
+            let mut buf = [Candidate::default(); INLINE];
+            for (slot, e) in buf.iter_mut().zip(&self.endpoints) {
+                *slot = candidate(e);
+            }
+            f(&mut buf[..self.endpoints.len()])
+        } else {
+            let mut all: Vec<Candidate> = self.endpoints.iter().map(|e| candidate(e)).collect();
+            f(&mut all)
+        }
+    }
+
+    /// Whether one more endpoint may be ejected: under the share, never
+    /// the last one in service.
+    pub(crate) fn room_to_eject(&self, max_share: f64) -> bool {
+        let n = self.endpoints.len();
+        let out = self.endpoints.iter().filter(|e| e.is_out()).count();
+        let allowed = ((max_share * n as f64).floor() as usize).min(n.saturating_sub(1));
+        out < allowed
+    }
+
+    /// One failure at a time, for the share of endpoints out.
+    pub(crate) fn ejecting(&self) -> MutexGuard<'_, ()> {
+        self.ejections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The endpoint at `addr`.
+    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.addr == addr)
+    }
+
+    /// The key's first endpoint, ignoring load and health: where it lives.
+    pub(crate) fn home(&self, key: u64) -> Option<SocketAddr> {
+        self.endpoints
+            .iter()
+            .max_by_key(|e| choice::score(key, e.id))
+            .map(|e| e.addr)
+    }
+}
+
+/// The routed services by authority (lowercase, without user info or its
+/// scheme's default port), one per scheme.
+pub(crate) type Services = HashMap<Box<str>, Schemes, BuildHasherDefault<choice::Fnv>>;
+
+/// The services of one authority: `http` and `https` are two services.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Schemes {
+    pub(crate) http: Option<Arc<ServiceSet>>,
+    pub(crate) https: Option<Arc<ServiceSet>>,
+}
+
+impl Schemes {
+    pub(crate) fn get(&self, scheme: &Scheme) -> Option<&Arc<ServiceSet>> {
+        if *scheme == Scheme::HTTP {
+            self.http.as_ref()
+        } else if *scheme == Scheme::HTTPS {
+            self.https.as_ref()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn slot(&mut self, scheme: &Scheme) -> &mut Option<Arc<ServiceSet>> {
+        if *scheme == Scheme::HTTPS {
+            &mut self.https
+        } else {
+            &mut self.http
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.http.is_none() && self.https.is_none()
+    }
+}
+
+/// `authority` as the map keys it: without user info, lowercase, without
+/// `scheme`'s default port; `None` if it is too long to key.
+pub(crate) fn service_key(scheme: &Scheme, authority: &str) -> Option<String> {
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let default_port = if *scheme == Scheme::HTTPS {
+        ":443"
+    } else {
+        ":80"
+    };
+    let authority = authority.strip_suffix(default_port).unwrap_or(authority);
+    Some(authority.to_ascii_lowercase())
+}
+
+/// The service a request to `scheme://authority` goes to: looked up by the
+/// authority's bytes as they are, as nearly every request writes them (as
+/// registered), and by its key (`service_key`) otherwise.
+pub(crate) fn find<'a>(
+    services: &'a Services,
+    scheme: &Scheme,
+    authority: &str,
+) -> Option<&'a Arc<ServiceSet>> {
+    if let Some(set) = services.get(authority).and_then(|s| s.get(scheme)) {
+        return Some(set);
+    }
+    if services.is_empty() {
+        return None;
+    }
+    services
+        .get(service_key(scheme, authority)?.as_str())?
+        .get(scheme)
+}
