@@ -86,7 +86,7 @@ pub struct EndpointChanged<'a> {
 pub struct Rebalanced<'a> {
     /// The logical service.
     pub service: &'a str,
-    /// Endpoints before and after.
+    /// Endpoints before the change.
     pub from: usize,
     /// Endpoints after the change.
     pub to: usize,

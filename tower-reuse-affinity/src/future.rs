@@ -1,6 +1,7 @@
 //! The response future: the request on its endpoint until its response
 //! head, its outcome for the endpoint's health, and at most one retry on
-//! the key's next endpoint. No allocation on the way that needs no retry.
+//! the key's next endpoint. The pool's future is held inline; what a retry
+//! needs is boxed apart, and kept only for a request that may be retried.
 
 use std::fmt;
 use std::future::Future;

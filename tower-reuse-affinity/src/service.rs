@@ -127,7 +127,12 @@ where
 /// which all endpoints share; the endpoint is chosen in `call`, and a retry
 /// waits for the pool's readiness again inside the response future.
 /// A request counts toward its endpoint's load from `call` until its
-/// response head arrives (or it fails).
+/// response head arrives (or it fails). The bound is read, then the load
+/// taken, without a reservation: requests choosing at the same instant may
+/// take an endpoint a request or two past it.
+///
+/// One layer routes over one pool: apply it once (clones of the service
+/// share everything), not to two pools.
 #[derive(Clone)]
 pub struct AffinityLayer {
     routing: Arc<Routing>,
