@@ -167,3 +167,47 @@ async fn warm_up_opens_one_connection_ahead_and_only_when_none_is_free() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(other.stats.accepted(), 0);
 }
+
+#[tokio::test]
+async fn each_endpoint_of_a_name_resumes_only_its_own_tls_sessions() {
+    use tower_reuse_pool::TlsHandshake;
+    use tower_reuse_pool::tls::{SessionCache, SessionCacheConfig};
+    let ca = TestCa::new("endpoints");
+    // Two servers behind one name, each with its own session keys, one
+    // ticket per handshake: a ticket offered to the wrong one is lost.
+    let options = || TlsServerOptions {
+        names: vec!["inventory.internal".to_owned()],
+        tickets_per_handshake: Some(1),
+        ..TlsServerOptions::default()
+    };
+    let a = TlsServer::start_on("127.0.0.2:0", &ca, options()).await;
+    let b = TlsServer::start_on("127.0.0.3:0", &ca, options()).await;
+    let cache = SessionCache::new(SessionCacheConfig::default()).unwrap();
+    let layer = TlsLayer::new(Arc::new(ca.client_config(None))).session_cache(Some(cache));
+    // One request per connection: every request a new handshake.
+    let config = PoolConfig::default().max_requests_per_connection(Some(1));
+    let mut client = PoolLayer::<Full<Bytes>>::new(config)
+        .unwrap()
+        .layer(layer.layer(tcp()));
+    let url = "https://inventory.internal:8443/";
+    let mut kinds = Vec::new();
+    for (id, server) in [(1, &a), (2, &b), (3, &a), (4, &b)] {
+        let (parts, _) = send(&mut client, to(url, server.addr().unwrap(), id))
+            .await
+            .unwrap();
+        kinds.push(tower_reuse_tests::info(&parts).tls_handshake());
+    }
+    let full = Some(TlsHandshake::Full);
+    let resumed = Some(TlsHandshake::Resumed);
+    assert_eq!(kinds, [full, full, resumed, resumed]);
+    assert_eq!(
+        a.stats.handshakes()[1].resumed_from,
+        Some(0),
+        "a's own ticket"
+    );
+    assert_eq!(
+        b.stats.handshakes()[1].resumed_from,
+        Some(0),
+        "b's own ticket"
+    );
+}

@@ -20,6 +20,7 @@ use super::io::{KeyUpdate, TlsIo};
 use super::{SessionCache, TlsError};
 use crate::conn::TlsHandshake;
 use crate::connect::{Connect, ConnectError, Established};
+use crate::endpoint::Endpoint;
 use crate::target::{Partition, Target};
 
 /// Configures TLS and builds a [`TlsConnector`] over a transport connector.
@@ -55,7 +56,7 @@ struct Shared {
     max_age: Option<Duration>,
     /// The configurations in use, per partition, with the partition's
     /// session store and the ALPN default applied.
-    derived: Mutex<HashMap<Option<Partition>, Arc<ClientConfig>>>,
+    derived: Mutex<HashMap<(Option<Partition>, Option<Endpoint>), Arc<ClientConfig>>>,
     stats: Counters,
 }
 
@@ -122,7 +123,9 @@ impl TlsLayer {
     }
 
     /// The session store for resumption, shared by every connection of
-    /// every connector built from this layer, one scope per partition.
+    /// every connector built from this layer, one scope per partition (and
+    /// per endpoint, for targets with one: each server behind a name gets
+    /// back only the tickets it issued).
     /// Pass a clone of a cache to share it with other layers or to adjust
     /// its bounds at run time. `None` leaves resumption to the
     /// configuration as given for unpartitioned targets and turns it off
@@ -258,10 +261,16 @@ impl<C> TlsConnector<C> {
 }
 
 impl Shared {
-    /// The configuration for `partition`'s connections.
-    fn config_for(&self, partition: Option<&Partition>) -> Arc<ClientConfig> {
+    /// The configuration for `partition`'s connections to `endpoint`: with
+    /// a session cache, each endpoint of a name resumes only its own
+    /// sessions (a ticket goes back to the server that issued it).
+    fn config_for(
+        &self,
+        partition: Option<&Partition>,
+        endpoint: Option<Endpoint>,
+    ) -> Arc<ClientConfig> {
         let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
-        let key = partition.cloned();
+        let key = (partition.cloned(), endpoint);
         if let Some(config) = derived.get(&key) {
             return config.clone();
         }
@@ -273,7 +282,9 @@ impl Shared {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
         match (&self.cache, partition) {
-            (Some(cache), _) => config.resumption = Resumption::store(cache.store_for(partition)),
+            (Some(cache), _) => {
+                config.resumption = Resumption::store(cache.store_at(partition, endpoint))
+            }
             (None, Some(_)) => config.resumption = Resumption::disabled(),
             (None, None) => {}
         }
@@ -304,7 +315,7 @@ impl<C: Connect> Connect for TlsConnector<C> {
         }
         let tls = self.tls.clone();
         let server = server_name(target);
-        let config = tls.config_for(target.partition());
+        let config = tls.config_for(target.partition(), target.endpoint());
         Box::pin(async move {
             let server = server.map_err(ConnectError::tls)?;
             let established = transport.await?;

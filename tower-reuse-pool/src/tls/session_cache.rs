@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 use crate::config::ConfigError;
+use crate::endpoint::Endpoint;
 use crate::target::Partition;
 
 mod config;
@@ -95,9 +96,19 @@ impl SessionCache {
     /// Stores of different partitions never see each other's entries; all
     /// share this cache's bounds and counts.
     pub fn store_for(&self, partition: Option<&Partition>) -> Arc<dyn ClientSessionStore> {
+        self.store_at(partition, None)
+    }
+
+    /// The store of `partition`'s connections to `endpoint`: the pool's
+    /// TLS connector keeps each endpoint's sessions apart.
+    pub(crate) fn store_at(
+        &self,
+        partition: Option<&Partition>,
+        endpoint: Option<Endpoint>,
+    ) -> Arc<dyn ClientSessionStore> {
         Arc::new(PartitionStore {
             cache: self.clone(),
-            partition: partition.cloned(),
+            partition: (partition.cloned(), endpoint),
         })
     }
 
@@ -289,31 +300,31 @@ impl SessionCache {
 /// The unpartitioned store: the same entries as `store_for(None)`.
 impl ClientSessionStore for SessionCache {
     fn set_kx_hint(&self, server: ServerName<'static>, group: NamedGroup) {
-        self.set_kx_hint_in(&None, server, group)
+        self.set_kx_hint_in(&UNSCOPED, server, group)
     }
 
     fn kx_hint(&self, server: &ServerName<'_>) -> Option<NamedGroup> {
-        self.kx_hint_in(&None, server)
+        self.kx_hint_in(&UNSCOPED, server)
     }
 
     fn set_tls12_session(&self, server: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.set_tls12_session_in(&None, server, value)
+        self.set_tls12_session_in(&UNSCOPED, server, value)
     }
 
     fn tls12_session(&self, server: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.tls12_session_in(&None, server)
+        self.tls12_session_in(&UNSCOPED, server)
     }
 
     fn remove_tls12_session(&self, server: &ServerName<'static>) {
-        self.remove_tls12_session_in(&None, server)
+        self.remove_tls12_session_in(&UNSCOPED, server)
     }
 
     fn insert_tls13_ticket(&self, server: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.insert_tls13_ticket_in(&None, server, value)
+        self.insert_tls13_ticket_in(&UNSCOPED, server, value)
     }
 
     fn take_tls13_ticket(&self, server: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.take_tls13_ticket_in(&None, server)
+        self.take_tls13_ticket_in(&UNSCOPED, server)
     }
 }
 
@@ -326,7 +337,7 @@ struct PartitionStore {
 impl fmt::Debug for PartitionStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PartitionStore")
-            .field("partitioned", &self.partition.is_some())
+            .field("partitioned", &self.partition.0.is_some())
             .field("cache", &self.cache)
             .finish()
     }
@@ -364,8 +375,14 @@ impl ClientSessionStore for PartitionStore {
     }
 }
 
-/// The partition part of an entry's key.
-type Key = Option<Partition>;
+/// The scope part of an entry's key: the partition, and the endpoint the
+/// connection went to, when its target has one (servers behind one name
+/// do not share their session keys, as a rule: a ticket goes back to the
+/// server that issued it).
+type Key = (Option<Partition>, Option<Endpoint>);
+
+/// The unpartitioned store's scope.
+const UNSCOPED: Key = (None, None);
 
 /// Entries by partition, then by server: a lookup borrows both parts of the
 /// key as given, and so clones nothing.
