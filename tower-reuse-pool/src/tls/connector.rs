@@ -56,7 +56,7 @@ struct Shared {
     max_age: Option<Duration>,
     /// The configurations in use, per partition, with the partition's
     /// session store and the ALPN default applied.
-    derived: Mutex<HashMap<(Option<Partition>, Option<Endpoint>), Arc<ClientConfig>>>,
+    derived: Mutex<HashMap<Scope, Arc<ClientConfig>>>,
     stats: Counters,
 }
 
@@ -296,6 +296,9 @@ impl Shared {
         config
     }
 }
+
+/// Whose connections a derived configuration is for.
+type Scope = (Option<Partition>, Option<Endpoint>);
 
 /// The server name to verify: the target's host, without IPv6 brackets.
 fn server_name(target: &Target) -> Result<ServerName<'static>, TlsError> {
