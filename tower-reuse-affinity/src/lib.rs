@@ -1,7 +1,8 @@
 //! Sticky, load-bounded, warm-aware routing of a service's requests over its
 //! endpoints, over [`tower_reuse_pool`].
 //!
-//! [`AffinityLayer`] stacks right over `PoolLayer`. Each logical service
+//! [`AffinityLayer`] stacks right over `PoolLayer` (no layer in between).
+//! Each logical service
 //! (`https://inventory.internal:8443`) has endpoints ([`Endpoints`]: a
 //! static list, or a `tower::discover::Discover` stream); each request is
 //! routed to one of them, and the pool connects to that endpoint's address
@@ -14,7 +15,8 @@
 //!   Loads"); adding or removing an endpoint moves only the keys that must
 //!   move;
 //! - warm-aware: a key whose endpoint has no free connection takes the
-//!   next endpoint of its order if that one has, one step at most;
+//!   next endpoint of its order if that one has, one step at most, while
+//!   its own endpoint opens one;
 //! - endpoints that keep failing are ejected, with a back-off that grows,
 //!   a cap on the share ejected at once, and probation on return; a
 //!   request whose endpoint is down is retried once on another when that

@@ -67,12 +67,15 @@ where
 }
 
 /// Routes the requests of each registered service over its endpoints; a
-/// tower `Layer` to stack right over `PoolLayer`.
+/// tower `Layer` to stack right over `PoolLayer` (nothing in between: it
+/// sends each request to its endpoint through `Pool::call_at`). Layers
+/// that change the body, such as `BufferBodyLayer`, go above it.
 ///
 /// A request to `http://inventory.internal:8080/...` (a service registered
-/// through [`endpoints`](Self::endpoints)) gets an endpoint address as a
-/// [`tower_reuse_pool::Endpoint`] extension: the pool connects there while
-/// `Host`, SNI and certificate verification stay `inventory.internal`.
+/// through [`endpoints`](Self::endpoints)) goes to one of its endpoints'
+/// addresses: the pool connects there while `Host`, SNI and certificate
+/// verification stay `inventory.internal`, and each endpoint has its own
+/// connections (and, with a session cache, its own TLS sessions).
 ///
 /// - **Sticky, bounded load.** A request's key ([`AffinityKey`]) picks the
 ///   first endpoint of its rendezvous order whose in-flight requests are
@@ -84,16 +87,18 @@ where
 ///   there, one step at most, while the pool opens a connection to the
 ///   first choice: the key's next request finds it warm and stays home.
 /// - **Ejection.** An endpoint whose connects fail `eject_after` times in a
-///   row (or, opt-in, that answers 5xx) is out of service for a back-off
-///   that grows with each ejection; its keys go to their next endpoints and
-///   come back when a probe request succeeds.
+///   row (each failed connect counted once, however many requests waited
+///   for it; a failed connect ahead for a warm detour too; opt-in, each 5xx
+///   answer) is out of service for a back-off that grows with each
+///   ejection, never more than `max_ejected_share` of the endpoints and
+///   never the last; its keys go to their next endpoints and come back when
+///   a probe request, the only one sent to it meanwhile, succeeds.
 /// - **Retry.** A request whose endpoint is down (its connect failed, or,
 ///   for an idempotent request, its connection closed under it) is sent
 ///   once more to the key's next endpoint, if its body is empty or a
 ///   `tower_reuse_pool::ReplayBody` makes it again (`BufferBodyLayer`
-///   above this layer sets one). A request
-///   whose bytes may have reached a server is never sent again unless it is
-///   idempotent.
+///   above this layer sets one). A request whose bytes may have reached a
+///   server is never sent again unless it is idempotent.
 ///
 /// ```
 /// use hyper_util::client::legacy::connect::HttpConnector;
