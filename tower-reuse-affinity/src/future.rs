@@ -235,6 +235,23 @@ fn outcome<'a, R>(result: &'a PoolResult<Response<R>>, rules: &Ejection) -> Outc
 }
 
 impl Sent {
+    /// A request sent to `endpoint` of `set` (as its probe, of that
+    /// generation, if `probe`): its share of the load taken.
+    pub(crate) fn to(
+        set: &Arc<ServiceSet>,
+        endpoint: &Arc<EndpointState>,
+        probe: Option<u64>,
+    ) -> Sent {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.requests.fetch_add(1, Ordering::Relaxed);
+        Sent {
+            set: set.clone(),
+            endpoint: endpoint.clone(),
+            probe,
+            finished: false,
+        }
+    }
+
     pub(crate) fn finish(&mut self, outcome: Outcome<'_>, rules: &Ejection, registry: &Registry) {
         self.finished = true;
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);

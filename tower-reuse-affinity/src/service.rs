@@ -287,8 +287,11 @@ where
             control: &self.control,
             registry: &self.registry,
         };
-        let sent =
-            set.with_candidates(|candidates| router.route(&set, key, candidates, &req, true));
+        let sent = match &set.endpoints[..] {
+            // One endpoint in service: nothing to choose.
+            [only] if !only.is_out() => Some(Sent::to(&set, only, None)),
+            _ => set.with_candidates(|candidates| router.route(&set, key, candidates, &req, true)),
+        };
         let Some(sent) = sent else {
             return ResponseFuture::failed(Error::no_endpoints(&set.name));
         };
@@ -355,15 +358,7 @@ impl Router<'_> {
             {
                 chosen = self.warm_detour(set, key, candidates, first, req);
             }
-            let endpoint = set.endpoints[chosen].clone();
-            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-            endpoint.requests.fetch_add(1, Ordering::Relaxed);
-            return Some(Sent {
-                set: set.clone(),
-                endpoint,
-                probe,
-                finished: false,
-            });
+            return Some(Sent::to(set, &set.endpoints[chosen], probe));
         }
         None
     }

@@ -135,9 +135,9 @@ pub(crate) struct ServiceSet {
 
 impl ServiceSet {
     /// `f` of the endpoints as a choice sees them now (on the stack for up
-    /// to 16 endpoints); the clock is read only if one is out of service.
+    /// to 12 endpoints); the clock is read only if one is out of service.
     pub(crate) fn with_candidates<R>(&self, f: impl FnOnce(&mut [Candidate]) -> R) -> R {
-        const INLINE: usize = 16;
+        const INLINE: usize = 12;
         let mut now = None;
         let mut candidate = |e: &EndpointState| Candidate {
             id: e.id,
