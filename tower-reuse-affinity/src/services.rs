@@ -245,7 +245,17 @@ pub(crate) fn find<'a>(
     if let Some(set) = services.get(authority).and_then(|s| s.get(scheme)) {
         return Some(set);
     }
-    if services.is_empty() {
+    // Only an authority written otherwise than its key is looked up again:
+    // a request to an authority no service has costs no allocation.
+    let default_port = if *scheme == Scheme::HTTPS {
+        ":443"
+    } else {
+        ":80"
+    };
+    let written_otherwise = authority.contains('@')
+        || authority.ends_with(default_port)
+        || authority.bytes().any(|b| b.is_ascii_uppercase());
+    if services.is_empty() || !written_otherwise {
         return None;
     }
     services
