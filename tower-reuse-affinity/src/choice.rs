@@ -65,17 +65,30 @@ pub(crate) fn score(key: u64, id: u64) -> u64 {
     mix(key ^ mix(id))
 }
 
-/// The most in-flight requests an endpoint may hold when one more arrives:
-/// `ceil((1 + epsilon) * (total + 1) / n)` ("Consistent Hashing with
-/// Bounded Loads", Mirrokni, Thorup and Zadimoghaddam). Some endpoint is
-/// always under it: `n` endpoints all at the bound would hold more than
-/// `total`.
-pub(crate) fn bound(epsilon: f64, total: usize, n: usize) -> usize {
-    if n == 0 {
-        return 0;
+/// The load bound: an endpoint takes one more request while its in-flight
+/// requests are under `ceil((1 + epsilon) * (total + 1) / n)` ("Consistent
+/// Hashing with Bounded Loads", Mirrokni, Thorup and Zadimoghaddam), and
+/// never under `floor`. Some endpoint is always under it: `n` endpoints all
+/// at the bound would hold more than `total`.
+///
+/// The floor is for light load: with few requests in flight the formula
+/// gives 1, and would move a key off an endpoint busy with a single
+/// request (the paper's guarantee is for `total` well above `n`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bound {
+    pub(crate) epsilon: f64,
+    pub(crate) floor: usize,
+}
+
+impl Bound {
+    /// The bound with `total` requests in flight over `n` endpoints.
+    pub(crate) fn limit(&self, total: usize, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let mean = (total + 1) as f64 / n as f64;
+        (((1.0 + self.epsilon) * mean).ceil() as usize).max(self.floor)
     }
-    let mean = (total + 1) as f64 / n as f64;
-    ((1.0 + epsilon) * mean).ceil() as usize
 }
 
 /// One endpoint as a choice sees it.
@@ -111,9 +124,9 @@ pub(crate) fn first_under(
 /// The key's choice: the first eligible endpoint of its order under the
 /// bound, or, when loads moved under the choice's reads and none is under
 /// it, the first eligible one.
-pub(crate) fn choose(key: u64, candidates: &[Candidate], epsilon: f64) -> Option<usize> {
+pub(crate) fn choose(key: u64, candidates: &[Candidate], bound: Bound) -> Option<usize> {
     let (total, n) = totals(candidates);
-    first_under(key, candidates, bound(epsilon, total, n), None)
+    first_under(key, candidates, bound.limit(total, n), None)
         .or_else(|| first_under(key, candidates, usize::MAX, None))
 }
 
@@ -130,11 +143,11 @@ pub(crate) fn totals(candidates: &[Candidate]) -> (usize, usize) {
 /// loaded of two drawn at random (`draw(n)` gives an index below `n`).
 pub(crate) fn least_loaded_of_two(
     candidates: &[Candidate],
-    epsilon: f64,
+    bound: Bound,
     mut draw: impl FnMut(usize) -> usize,
 ) -> Option<usize> {
     let (total, n) = totals(candidates);
-    let limit = bound(epsilon, total, n);
+    let limit = bound.limit(total, n);
     let under = |c: &Candidate| c.eligible && c.load < limit;
     if candidates.iter().any(under) {
         two_choices(candidates, under, &mut draw)
@@ -195,17 +208,29 @@ mod tests {
             .collect()
     }
 
+    /// The paper's bound (no floor) with `epsilon`.
+    fn paper(epsilon: f64) -> Bound {
+        Bound { epsilon, floor: 1 }
+    }
+
     /// The key's first endpoint, by id, with no load.
     fn home(key: u64, ids: &[u64]) -> u64 {
-        ids[choose(key, &idle(ids), 0.25).unwrap()]
+        ids[choose(key, &idle(ids), paper(0.25)).unwrap()]
     }
 
     #[test]
     fn the_bound_is_the_ceiling_of_the_mean_with_headroom() {
-        assert_eq!(bound(0.25, 0, 8), 1);
-        assert_eq!(bound(0.25, 15, 8), 3); // mean 2, 2.5 -> 3
-        assert_eq!(bound(0.25, 79, 8), 13); // mean 10, 12.5 -> 13
-        assert_eq!(bound(0.25, 5, 0), 0);
+        assert_eq!(paper(0.25).limit(0, 8), 1);
+        assert_eq!(paper(0.25).limit(15, 8), 3); // mean 2, 2.5 -> 3
+        assert_eq!(paper(0.25).limit(79, 8), 13); // mean 10, 12.5 -> 13
+        assert_eq!(paper(0.25).limit(5, 0), 0);
+        // Light load: the floor, not 1.
+        let floored = Bound {
+            epsilon: 0.25,
+            floor: 2,
+        };
+        assert_eq!(floored.limit(1, 8), 2);
+        assert_eq!(floored.limit(79, 8), 13);
     }
 
     #[test]
@@ -230,14 +255,14 @@ mod tests {
         for first in 0..2 {
             let mut draws = [first, 0].into_iter();
             assert_eq!(
-                least_loaded_of_two(&c, 100.0, |_| draws.next().unwrap()),
+                least_loaded_of_two(&c, paper(100.0), |_| draws.next().unwrap()),
                 Some(1)
             );
         }
         c[1].eligible = false;
-        assert_eq!(least_loaded_of_two(&c, 0.25, |_| 0), Some(0));
+        assert_eq!(least_loaded_of_two(&c, paper(0.25), |_| 0), Some(0));
         c[0].eligible = false;
-        assert_eq!(least_loaded_of_two(&c, 0.25, |_| 0), None);
+        assert_eq!(least_loaded_of_two(&c, paper(0.25), |_| 0), None);
     }
 
     #[test]
@@ -250,7 +275,7 @@ mod tests {
         for a in 0..2 {
             for b in 0..1 {
                 let mut draws = [a, b].into_iter();
-                let i = least_loaded_of_two(&c, 0.25, |_| draws.next().unwrap()).unwrap();
+                let i = least_loaded_of_two(&c, paper(0.25), |_| draws.next().unwrap()).unwrap();
                 assert!(i >= 2, "drew {i}");
             }
         }
@@ -265,18 +290,20 @@ mod tests {
         fn no_endpoint_ever_holds_more_than_the_bound(
             n in 1usize..12,
             epsilon in 0.05f64..2.0,
+            floor in 1usize..4,
             steps in prop::collection::vec((any::<bool>(), any::<u64>()), 1..400),
         ) {
             let mut c = idle(&ids(n));
             for (arrive, x) in steps {
                 if arrive {
                     let (total, eligible) = totals(&c);
-                    let limit = bound(epsilon, total, eligible);
+                    let bound = Bound { epsilon, floor };
+                    let limit = bound.limit(total, eligible);
                     // Every fourth arrival has no key: two random choices.
                     let i = if x % 4 == 0 {
-                        least_loaded_of_two(&c, epsilon, |n| (x as usize >> 8) % n).unwrap()
+                        least_loaded_of_two(&c, bound, |n| (x as usize >> 8) % n).unwrap()
                     } else {
-                        choose(mix(x), &c, epsilon).unwrap()
+                        choose(mix(x), &c, bound).unwrap()
                     };
                     c[i].load += 1;
                     prop_assert!(c[i].load <= limit, "load {} over {}", c[i].load, limit);

@@ -44,6 +44,7 @@ use crate::key::AffinityKey;
 pub struct AffinityConfig {
     pub(crate) key: AffinityKey,
     pub(crate) epsilon: f64,
+    pub(crate) load_floor: usize,
     pub(crate) warm_aware: bool,
     pub(crate) eject_after: u32,
     pub(crate) eject_on_5xx: bool,
@@ -60,6 +61,7 @@ impl Default for AffinityConfig {
         AffinityConfig {
             key: AffinityKey::None,
             epsilon: 0.25,
+            load_floor: 2,
             warm_aware: true,
             eject_after: 5,
             eject_on_5xx: false,
@@ -95,6 +97,16 @@ impl AffinityConfig {
     /// and at most 100; smaller is more even, larger is stickier.
     pub fn epsilon(mut self, epsilon: f64) -> Self {
         self.epsilon = epsilon;
+        self
+    }
+
+    /// The load bound is never below this many in-flight requests
+    /// (default 2; at least 1, which is the paper's bound exactly). Under
+    /// light load `ceil((1 + epsilon) * mean)` is 1: a key would leave its
+    /// endpoint whenever that endpoint is busy with a single request, and
+    /// lose its cache there; with 2 it stays unless two are in flight.
+    pub fn load_floor(mut self, requests: usize) -> Self {
+        self.load_floor = requests;
         self
     }
 
@@ -151,6 +163,9 @@ impl AffinityConfig {
                 "epsilon",
                 "must be above 0 and at most 100",
             ));
+        }
+        if self.load_floor == 0 {
+            return Err(ConfigError::new("load_floor", "must be at least 1"));
         }
         if self.eject_after == 0 {
             return Err(ConfigError::new("eject_after", "must be at least 1"));
@@ -277,6 +292,7 @@ mod tests {
             (d().epsilon(f64::NAN), "epsilon"),
             (d().epsilon(f64::INFINITY), "epsilon"),
             (d().eject_after(0), "eject_after"),
+            (d().load_floor(0), "load_floor"),
             (
                 d().ejection_time(Duration::ZERO, Duration::from_secs(1)),
                 "ejection_base",

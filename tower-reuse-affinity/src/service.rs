@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_reuse_pool::{Endpoint, Partition, PoolControl, Target, WarmUp};
 use tower_service::Service;
 
-use crate::choice::{self, Candidate};
+use crate::choice::{self, Bound, Candidate};
 use crate::config::{AffinityConfig, ConfigError, Ejection};
 use crate::error::Error;
 use crate::events::{AffinityEvents, WarmDetour};
@@ -79,7 +79,8 @@ where
 ///
 /// - **Sticky, bounded load.** A request's key ([`AffinityKey`]) picks the
 ///   first endpoint of its rendezvous order whose in-flight requests are
-///   under `ceil((1 + epsilon) * mean)`; when endpoints come or go only the
+///   under `ceil((1 + epsilon) * mean)` (and never under `load_floor`);
+///   when endpoints come or go only the
 ///   keys that must move, move. A request without a key goes to the less
 ///   loaded of two endpoints drawn at random.
 /// - **Warm-aware.** When the key's endpoint has no free connection and the
@@ -147,7 +148,7 @@ pub struct AffinityLayer {
 /// The validated configuration, as the request path reads it.
 pub(crate) struct Routing {
     key: AffinityKey,
-    epsilon: f64,
+    bound: Bound,
     warm_aware: bool,
     pub(crate) ejection: Ejection,
     retry: bool,
@@ -161,7 +162,10 @@ impl AffinityLayer {
             routing: Arc::new(Routing {
                 ejection: config.ejection(),
                 key: config.key,
-                epsilon: config.epsilon,
+                bound: Bound {
+                    epsilon: config.epsilon,
+                    floor: config.load_floor,
+                },
                 warm_aware: config.warm_aware,
                 retry: config.retry,
             }),
@@ -337,12 +341,12 @@ impl Router<'_> {
         req: &Request<B>,
         detour: bool,
     ) -> Option<Sent> {
-        let epsilon = self.routing.epsilon;
+        let bound = self.routing.bound;
         // At most one pass per endpoint: each failed probe claim rules one out.
         for _ in 0..=candidates.len() {
             let first = match key {
-                Some(key) => choice::choose(key, candidates, epsilon),
-                None => choice::least_loaded_of_two(candidates, epsilon, |n| fastrand::usize(..n)),
+                Some(key) => choice::choose(key, candidates, bound),
+                None => choice::least_loaded_of_two(candidates, bound, |n| fastrand::usize(..n)),
             }?;
             let endpoint = &set.endpoints[first];
             let mut probe = None;
@@ -381,7 +385,7 @@ impl Router<'_> {
         // The very next endpoint of the key's order, if it is under the
         // bound and in service: never further from the first choice.
         let (total, n) = choice::totals(candidates);
-        let bound = choice::bound(self.routing.epsilon, total, n);
+        let bound = self.routing.bound.limit(total, n);
         let Some(next) = choice::first_under(key, candidates, usize::MAX, Some(first))
             .filter(|&next| candidates[next].load < bound && !set.endpoints[next].is_out())
         else {
