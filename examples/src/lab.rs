@@ -665,6 +665,7 @@ fn request_figures(r: &mut RunResult, outcome: &LoadOutcome, embedded: bool) {
         0.0
     };
     r.p50_us = rec.quantile_us(0.5);
+    r.p90_us = rec.quantile_us(0.9);
     r.p99_us = rec.quantile_us(0.99);
     r.p999_us = rec.quantile_us(0.999);
     r.unechoed = rec.unechoed();
