@@ -154,6 +154,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         max_requests: sizes.requests,
         think: None,
         post_every: None,
+        keys: None,
     };
     let steady = |workers: usize| closed(workers, 3);
     let base = ServerConfig::default()
@@ -269,6 +270,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     max_requests: sizes.requests,
                     think: Some((Duration::from_millis(500), Duration::from_millis(1500))),
                     post_every: None,
+                    keys: None,
                 },
             );
             s.server = s.server.idle_timeout(Some(Duration::from_secs(1)));
@@ -304,6 +306,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     max_in_flight: in_flight,
                     zipf_exponent: Some(1.1),
                     max_requests: sizes.requests,
+                    keys: None,
                 },
             );
             s.addresses = 64;
@@ -355,6 +358,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     max_requests: Some(requests),
                     think: None,
                     post_every: Some(10),
+                    keys: None,
                 },
             );
             s.server = s.server.chaos(Some(faults));

@@ -19,7 +19,7 @@ use tower_reuse_pool::Pool;
 use tower_service::Service;
 
 use super::{BareSpan, BoxError, LabConnector, Protocol, ReuseConnector};
-use crate::server::X_REQUEST_ID;
+use crate::server::{X_REQUEST_ID, X_SERVED_BY};
 use crate::target::Target;
 
 /// A client a load worker sends through; see [`super::Stack::worker`].
@@ -57,6 +57,9 @@ pub struct Completed {
     pub request_id: Option<HeaderValue>,
     /// Body bytes read.
     pub body_bytes: usize,
+    /// The address that served it, from the embedded server's
+    /// `x-served-by` (when it sends one).
+    pub served_by: Option<HeaderValue>,
 }
 
 /// What kind of failure a request met.
@@ -280,6 +283,7 @@ where
         status: parts.status,
         request_id: parts.headers.get(X_REQUEST_ID).cloned(),
         body_bytes,
+        served_by: parts.headers.get(X_SERVED_BY).cloned(),
     })
 }
 
