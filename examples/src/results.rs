@@ -177,6 +177,12 @@ pub struct RunResult {
     /// whenever a request was in flight; `null` where the scenario has
     /// several endpoints of no one service.
     pub max_load_ratio: Option<f64>,
+    /// As `max_load_ratio`, over the bounded-load cap `ceil(1.25 * mean)`
+    /// instead of the mean (1.25: the affinity layer's default epsilon
+    /// 0.25): at most 1 when no endpoint ever held more than the cap. With
+    /// few requests in flight `max_load_ratio` is high for any balancer
+    /// (one request on one of 8 endpoints is 8x the mean, and within the cap).
+    pub max_load_over_bound: Option<f64>,
     /// Endpoints ejected by the stack during the run (the affinity layer's
     /// own count); `null` for a stack that has no ejection
     /// (`hyper-util+p2c`) or a scenario without endpoints.

@@ -180,6 +180,12 @@ async fn run(args: Args) -> Result<(), LabError> {
                 eprintln!("reuse-lab: {name} needs many embedded targets; skipped with --target");
                 continue;
             }
+            if scenario.service.is_some() {
+                eprintln!(
+                    "reuse-lab: {name} needs the embedded server's endpoints; skipped with --target"
+                );
+                continue;
+            }
             if scenario.server.injects_faults() {
                 eprintln!(
                     "reuse-lab: {name} injects faults in the embedded server; skipped with --target"

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub use keys::{Keys, Routes, moved_fraction};
 pub use load::run;
+pub(crate) use load::{note, send};
 pub use record::Recorder;
 
 /// A request the stack has neither answered nor failed after this long is

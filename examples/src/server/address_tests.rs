@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::address::Lru;
-use super::stats::load_ratio;
+use super::stats::load_sample;
 use super::{KeyCache, Server, ServerConfig};
 
 #[test]
@@ -32,11 +32,16 @@ fn an_empty_cache_always_misses() {
 }
 
 #[test]
-fn load_ratio_is_the_busiest_over_the_mean() {
-    assert_eq!(load_ratio(&[0, 0, 0]), None);
-    assert_eq!(load_ratio(&[]), None);
-    assert_eq!(load_ratio(&[2, 2]), Some(1.0));
-    assert_eq!(load_ratio(&[3, 1, 0, 0]), Some(3.0));
+fn load_is_the_busiest_over_the_mean_and_over_the_bound() {
+    assert_eq!(load_sample(&[0, 0, 0]), None);
+    assert_eq!(load_sample(&[]), None);
+    let figures = |in_flight: &[u64]| load_sample(in_flight).map(|s| (s.ratio, s.over_bound));
+    // Mean 2, cap ceil(2.5) = 3.
+    assert_eq!(figures(&[2, 2]), Some((1.0, 2.0 / 3.0)));
+    // Mean 1, cap ceil(1.25) = 2: 3 is over it.
+    assert_eq!(figures(&[3, 1, 0, 0]), Some((3.0, 1.5)));
+    // One request on one of 8: mean 1/8, cap 1: far over the mean, at the cap.
+    assert_eq!(figures(&[1, 0, 0, 0, 0, 0, 0, 0]), Some((8.0, 1.0)));
 }
 
 /// Sends one keyed GET on a new connection and returns the raw answer.

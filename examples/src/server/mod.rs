@@ -480,9 +480,7 @@ async fn sampler(
                 .filter(|address| address.is_up())
                 .map(|address| address.in_flight()),
         );
-        if let Some(ratio) = stats::load_ratio(&in_flight) {
-            stats.sample_load(ratio);
-        }
+        stats.sample_load(&in_flight);
     }
 }
 

@@ -46,9 +46,9 @@ struct Inner {
     cache_misses: AtomicU64,
     idle: Mutex<IdleIntegral>,
     samples: Mutex<Vec<OpenSample>>,
-    /// `(seconds since start, highest in-flight over mean in-flight)` of
-    /// the addresses up, at each sample with a request in flight.
-    load_ratios: Mutex<Vec<(f64, f64)>>,
+    /// The load across the addresses up, at each sample with a request in
+    /// flight.
+    load_samples: Mutex<Vec<LoadSample>>,
 }
 
 #[derive(Debug)]
@@ -168,7 +168,7 @@ impl ServerStats {
                     socket_seconds: 0.0,
                 }),
                 samples: Mutex::new(Vec::new()),
-                load_ratios: Mutex::new(Vec::new()),
+                load_samples: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -227,16 +227,25 @@ impl ServerStats {
     /// the mean across the addresses up. `None` when no such sample was
     /// taken.
     pub fn max_load_ratio_since(&self, since_s: f64) -> Option<f64> {
-        let ratios = self
+        self.max_load_since(since_s, |sample| sample.ratio)
+    }
+
+    /// As [`max_load_ratio_since`](Self::max_load_ratio_since), the most
+    /// requests in flight on one address over the bounded-load cap
+    /// `ceil(1.25 * mean)` (the affinity layer's default epsilon, 0.25):
+    /// above 1 at a sample where one address held more than the cap.
+    pub fn max_load_over_bound_since(&self, since_s: f64) -> Option<f64> {
+        self.max_load_since(since_s, |sample| sample.over_bound)
+    }
+
+    fn max_load_since(&self, since_s: f64, figure: fn(&LoadSample) -> f64) -> Option<f64> {
+        let samples = self
             .inner
-            .load_ratios
+            .load_samples
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let start = ratios.partition_point(|(at_s, _)| *at_s < since_s);
-        ratios[start..]
-            .iter()
-            .map(|(_, ratio)| *ratio)
-            .reduce(f64::max)
+        let start = samples.partition_point(|sample| sample.at_s < since_s);
+        samples[start..].iter().map(figure).reduce(f64::max)
     }
 
     /// Time integral of open connections with no request in flight, so far.
@@ -305,15 +314,20 @@ impl ServerStats {
         }
     }
 
-    pub(crate) fn sample_load(&self, ratio: f64) {
-        let at_s = self.inner.started.elapsed().as_secs_f64();
-        let mut ratios = self
+    /// Samples the load of the addresses up (requests in flight on each);
+    /// a sample with nothing in flight is not kept.
+    pub(crate) fn sample_load(&self, in_flight: &[u64]) {
+        let Some(mut sample) = load_sample(in_flight) else {
+            return;
+        };
+        sample.at_s = self.inner.started.elapsed().as_secs_f64();
+        let mut samples = self
             .inner
-            .load_ratios
+            .load_samples
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if ratios.len() < MAX_SAMPLES {
-            ratios.push((at_s, ratio));
+        if samples.len() < MAX_SAMPLES {
+            samples.push(sample);
         }
     }
 
@@ -398,10 +412,28 @@ impl ServerStats {
     }
 }
 
-/// The highest of `in_flight` (one count per address) over their mean;
-/// `None` when nothing is in flight.
-pub(crate) fn load_ratio(in_flight: &[u64]) -> Option<f64> {
+/// One sample of the load across addresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LoadSample {
+    pub(crate) at_s: f64,
+    /// The most requests in flight on one address over the mean.
+    pub(crate) ratio: f64,
+    /// The same over `ceil(1.25 * mean)`.
+    pub(crate) over_bound: f64,
+}
+
+/// The load figures of `in_flight` (one count per address); `None` when
+/// nothing is in flight.
+pub(crate) fn load_sample(in_flight: &[u64]) -> Option<LoadSample> {
     let total: u64 = in_flight.iter().sum();
     let max = in_flight.iter().copied().max()?;
-    (total > 0).then(|| max as f64 * in_flight.len() as f64 / total as f64)
+    if total == 0 {
+        return None;
+    }
+    let mean = total as f64 / in_flight.len() as f64;
+    Some(LoadSample {
+        at_s: 0.0,
+        ratio: max as f64 / mean,
+        over_bound: max as f64 / (1.25 * mean).ceil(),
+    })
 }

@@ -5,9 +5,11 @@
 
 mod connector;
 mod otel;
+mod p2c;
 mod worker;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ pub use connector::{
     ReuseConnector, TcpConnector,
 };
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
+pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
     complete,
@@ -69,16 +72,24 @@ pub enum StackKind {
     ReuseSpan,
     /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
     Raw,
+    /// tower's p2c balancer over one hyper-util client per endpoint of a
+    /// service with several: the peer of the affinity scenarios.
+    HyperUtilP2c,
+    /// `reuse` with the affinity layer on, over a service with one
+    /// endpoint (`steady-h1`): what affinity costs where it has no choice.
+    ReuseAffinity,
 }
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 8] = [
+    pub const ALL: [StackKind; 10] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
         StackKind::HyperUtilCache,
+        StackKind::HyperUtilP2c,
         StackKind::Reuse,
+        StackKind::ReuseAffinity,
         StackKind::ReuseOtel,
         StackKind::ReuseSpan,
         StackKind::Raw,
@@ -104,6 +115,8 @@ impl StackKind {
             StackKind::ReuseOtel => "reuse+otel",
             StackKind::ReuseSpan => "reuse+span",
             StackKind::Raw => "raw",
+            StackKind::HyperUtilP2c => "hyper-util+p2c",
+            StackKind::ReuseAffinity => "reuse+affinity",
         }
     }
 
@@ -179,6 +192,7 @@ enum Inner {
         pool: Pool<ReuseConnector, Full<Bytes>>,
         span: BareSpan,
     },
+    P2c(P2c),
 }
 
 impl fmt::Debug for Inner {
@@ -191,6 +205,7 @@ impl fmt::Debug for Inner {
             Inner::Reuse(_) => "Reuse",
             Inner::ReuseOtel { .. } => "ReuseOtel",
             Inner::ReuseSpan { .. } => "ReuseSpan",
+            Inner::P2c(_) => "P2c",
         })
     }
 }
@@ -266,6 +281,10 @@ impl Stack {
                     _telemetry: telemetry,
                 }
             }
+            StackKind::HyperUtilP2c => Inner::P2c(P2c::new(connector)),
+            StackKind::ReuseAffinity => {
+                return Err(StackError::new(AFFINITY_NOT_BUILT));
+            }
             StackKind::Raw => match protocol {
                 Protocol::Http1 => {
                     let mut senders = Vec::with_capacity(workers);
@@ -276,6 +295,35 @@ impl Stack {
                 }
                 Protocol::Http2 => Inner::RawHttp2(connect_http2(connector, target).await?),
             },
+        };
+        Ok(Self {
+            kind,
+            protocol,
+            connector_stats,
+            inner,
+        })
+    }
+
+    /// Builds `kind` for a logical service with several endpoints
+    /// ([`Stack::set_endpoints`]), HTTP/1.1: `hyper-util+p2c`, or `reuse`
+    /// as the affinity layer over the pool. No endpoint yet.
+    pub fn build_for_service(
+        kind: StackKind,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, StackError> {
+        let protocol = Protocol::Http1;
+        let connector = LabConnector::new(protocol, tls);
+        let connector_stats = connector.stats().clone();
+        let inner = match kind {
+            StackKind::HyperUtilP2c => Inner::P2c(P2c::new(connector)),
+            StackKind::Reuse | StackKind::ReuseAffinity => {
+                return Err(StackError::new(AFFINITY_NOT_BUILT));
+            }
+            _ => {
+                return Err(StackError::new(format!(
+                    "{kind} does not route a service over endpoints"
+                )));
+            }
         };
         Ok(Self {
             kind,
@@ -303,7 +351,7 @@ impl Stack {
         let pool = match &self.inner {
             Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool,
             Inner::ReuseOtel { client, .. } => client.get_ref(),
-            Inner::Legacy(_) => return None,
+            Inner::Legacy(_) | Inner::P2c(_) => return None,
             Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => return Some(0),
         };
         Some(pool.control().snapshot().total(|t| t.retries()))
@@ -354,10 +402,44 @@ impl Stack {
             Inner::ReuseSpan { pool, span, .. } => {
                 WorkerClient::ReuseSpan(pool.clone(), span.clone())
             }
+            Inner::P2c(p2c) => WorkerClient::P2c(p2c.client()),
             Inner::RawHttp1(_) => return None,
         })
     }
+
+    /// Whether the stack routes one service over several endpoints
+    /// ([`Stack::set_endpoints`]).
+    pub fn has_endpoints(&self) -> bool {
+        matches!(self.inner, Inner::P2c(_))
+    }
+
+    /// Makes `endpoints` the endpoints of the logical `service` (requests
+    /// go to `service`'s URI; the stack picks the endpoint). An error for
+    /// a stack without endpoints.
+    pub fn set_endpoints(
+        &self,
+        service: &Target,
+        endpoints: &[SocketAddr],
+    ) -> Result<(), StackError> {
+        match &self.inner {
+            Inner::P2c(p2c) => p2c.set_endpoints(service, endpoints),
+            _ => Err(StackError::new(format!(
+                "{}: the stack has no endpoints to set",
+                self.kind
+            ))),
+        }
+    }
+
+    /// Endpoints the stack has ejected so far; `None` for a stack that
+    /// does not eject endpoints.
+    pub fn ejections(&self) -> Option<u64> {
+        None
+    }
 }
+
+/// Why the affinity stacks cannot be built yet.
+pub const AFFINITY_NOT_BUILT: &str =
+    "the affinity layer (tower-reuse-affinity) is not in this build yet";
 
 /// The `reuse` stacks' pool layer: the pool's defaults (or the policy
 /// file), no per-scenario tuning; h2c needs prior knowledge (over TLS, ALPN

@@ -18,7 +18,7 @@ use tower_reuse_otel::Otel;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
 
-use super::{BareSpan, BoxError, LabConnector, Protocol, ReuseConnector};
+use super::{BareSpan, BoxError, LabConnector, P2cClient, Protocol, ReuseConnector};
 use crate::server::{X_REQUEST_ID, X_SERVED_BY};
 use crate::target::Target;
 
@@ -46,6 +46,8 @@ pub enum WorkerClient {
     ReuseOtel(Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>),
     /// A clone of the pool, and a bare span per request.
     ReuseSpan(Pool<ReuseConnector, Full<Bytes>>, BareSpan),
+    /// A handle on the p2c balancer's buffer.
+    P2c(P2cClient),
 }
 
 /// A response read to the end.
@@ -253,6 +255,10 @@ fn pool_error(e: tower_reuse_pool::Error) -> RequestError {
     RequestError::new(kind, chain(&e))
 }
 
+fn boxed_error(e: BoxError) -> RequestError {
+    RequestError::new(classify_boxed(e.as_ref()), chain(e.as_ref()))
+}
+
 fn connect_error(e: BoxError) -> RequestError {
     RequestError::new(RequestErrorKind::Connect, e.to_string())
 }
@@ -368,6 +374,13 @@ impl WorkerClient {
                 let response = pool.call(request).await.map_err(pool_error);
                 BareSpan::end(&mut span, response.as_ref().ok());
                 complete(response?).await
+            }
+            WorkerClient::P2c(client) => {
+                std::future::poll_fn(|cx| client.poll_ready(cx))
+                    .await
+                    .map_err(boxed_error)?;
+                let response = client.call(request).await.map_err(boxed_error)?;
+                complete(response).await
             }
         }
     }
