@@ -70,6 +70,8 @@ pub struct Seen {
     pub request_id: Option<String>,
     /// Its `x-partition`: the tenant the client says it sends for.
     pub partition: Option<String>,
+    /// Its `Host` header, or HTTP/2's `:authority`.
+    pub host: Option<String>,
 }
 
 impl ServerStats {
@@ -288,6 +290,11 @@ async fn respond(
         method: req.method().clone(),
         request_id: request_id.clone(),
         partition: header(headers, "x-partition"),
+        host: header(headers, "host").or_else(|| {
+            req.uri()
+                .authority()
+                .map(|authority| authority.as_str().to_owned())
+        }),
     });
     let version = req.version();
     // Read the request body, as a real handler would; a client that gives

@@ -235,6 +235,9 @@ pub struct TlsServerOptions {
     /// TLS 1.3 tickets sent after each handshake, full or resumed; `None`
     /// for rustls' default (2).
     pub tickets_per_handshake: Option<usize>,
+    /// The names the server's certificate is for; empty: `127.0.0.1` and
+    /// `localhost`.
+    pub names: Vec<String>,
     /// The HTTP behaviour behind TLS.
     pub http: ServerOptions,
 }
@@ -251,6 +254,8 @@ pub struct Handshake {
     /// out, and its session store notes which connection stored each TLS
     /// 1.2 session.
     pub resumed_from: Option<u64>,
+    /// The server name the client sent (SNI).
+    pub server_name: Option<String>,
     /// What rustls reports: full, full with a HelloRetryRequest, resumed.
     pub kind: Option<HandshakeKind>,
     /// The client identity presented (kept in resumed sessions too), by
@@ -325,9 +330,12 @@ impl TlsServer {
     /// A server on 127.0.0.1 (a free port), certified by `ca`; also
     /// reachable through [`connector`](Self::connector).
     pub async fn start(ca: &TestCa, options: TlsServerOptions) -> TlsServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        TlsServer::start_on("127.0.0.1:0", ca, options).await
+    }
+
+    /// A server on `addr` (a loopback address), certified by `ca`.
+    pub async fn start_on(addr: &str, ca: &TestCa, options: TlsServerOptions) -> TlsServer {
+        let listener = TcpListener::bind(addr).await.expect("bind loopback");
         let mut server = TlsServer::in_memory(ca, options);
         server.addr = Some(listener.local_addr().expect("local addr"));
         let handler = server.handler.clone();
@@ -372,6 +380,11 @@ impl TlsServer {
             handler,
             _stop: stop,
         }
+    }
+
+    /// The address it listens on (none for an in-memory server).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
     }
 
     /// `https://127.0.0.1:port` followed by `path`; for an in-memory server,
@@ -430,11 +443,12 @@ fn server_config(ca: &TestCa, options: &TlsServerOptions) -> Arc<ServerConfig> {
             builder.with_client_cert_verifier(verifier().build().expect("a client verifier"))
         }
     };
-    let (cert, key) = ca.issue(
-        vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let names = match options.names.as_slice() {
+        [] => vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+        names => names.to_vec(),
+    };
+    let common_name = names[0].clone();
+    let (cert, key) = ca.issue(names, &common_name, ExtendedKeyUsagePurpose::ServerAuth);
     let mut config = builder
         .with_single_cert(vec![cert], PrivateKeyDer::Pkcs8(key))
         .expect("a valid server key");
@@ -600,6 +614,7 @@ impl Handler {
             conn,
             resumed,
             resumed_from,
+            server_name: session.server_name().map(str::to_owned),
             kind: session.handshake_kind(),
             client,
             version: session.protocol_version(),

@@ -1,8 +1,73 @@
-//! Affinity routing over dedicated connection pools: hot and cold tiers, sticky endpoints by rendezvous hashing with bounded load.
+//! Sticky, load-bounded, warm-aware routing of a service's requests over its
+//! endpoints, over [`tower_reuse_pool`].
 //!
-//! This crate is planned and has no public items yet; see the workspace
-//! README for the layers that are ready to use today. It has no cargo
-//! features.
+//! [`AffinityLayer`] stacks right over `PoolLayer`. Each logical service
+//! (`https://inventory.internal:8443`) has endpoints ([`Endpoints`]: a
+//! static list, or a `tower::discover::Discover` stream); each request is
+//! routed to one of them, and the pool connects to that endpoint's address
+//! while `Host`, SNI and certificate verification stay the logical name.
+//!
+//! - requests with one [`AffinityKey`] (a header, or a function of the
+//!   head; the request's `Partition` is part of it) go to one endpoint by
+//!   rendezvous hashing, while its load stays under
+//!   `ceil((1 + epsilon) * mean)` ("Consistent Hashing with Bounded
+//!   Loads"); adding or removing an endpoint moves only the keys that must
+//!   move;
+//! - warm-aware: a key whose endpoint has no free connection takes the
+//!   next endpoint of its order if that one has, one step at most;
+//! - endpoints that keep failing are ejected, with a back-off that grows,
+//!   a cap on the share ejected at once, and probation on return; a
+//!   request whose endpoint is down is retried once on another when that
+//!   is safe;
+//! - [`AffinityEvents`](events::AffinityEvents) and
+//!   [`snapshot`](AffinityLayer::snapshot) say what it does.
+//!
+//! ```
+//! use hyper_util::client::legacy::connect::HttpConnector;
+//! use tower::ServiceBuilder;
+//! use tower_reuse_affinity::{AffinityConfig, AffinityKey, AffinityLayer};
+//! use tower_reuse_pool::{PoolConfig, PoolLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let affinity =
+//!     AffinityLayer::new(AffinityConfig::default().key(AffinityKey::header("x-user-id")))
+//!         .unwrap();
+//! let endpoints = affinity.endpoints();
+//! endpoints
+//!     .set(
+//!         "http://inventory.internal:8080",
+//!         ["127.0.0.2:8080".parse().unwrap(), "127.0.0.3:8080".parse().unwrap()],
+//!     )
+//!     .unwrap();
+//! let client = ServiceBuilder::new()
+//!     .layer(affinity)
+//!     .layer(PoolLayer::new(PoolConfig::default()).unwrap())
+//!     .service(HttpConnector::new());
+//! // Requests to http://inventory.internal:8080/... now go to 127.0.0.2 or
+//! // 127.0.0.3 by their x-user-id; other authorities pass through.
+//! # let _: tower_reuse_affinity::Affinity<tower_reuse_pool::Pool<HttpConnector>> = client;
+//! # }
+//! ```
+//!
+//! Features: `serde` deserializes [`AffinityConfig`] from policy files.
 
 // On docs.rs: label each item with the features it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod choice;
+mod config;
+mod discover;
+mod error;
+pub mod events;
+mod health;
+mod key;
+mod registry;
+mod service;
+mod snapshot;
+
+pub use config::{AffinityConfig, ConfigError};
+pub use error::Error;
+pub use key::AffinityKey;
+pub use registry::Endpoints;
+pub use service::{Affinity, AffinityLayer, PoolHandle, ResponseFuture};
+pub use snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};

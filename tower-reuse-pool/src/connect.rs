@@ -57,7 +57,15 @@ where
     fn connect(&self, target: &Target) -> Self::Future {
         let mut service = self.clone();
         let uri = target.connect_uri();
+        let unverifiable = target.is_https() && target.endpoint().is_some();
         Box::pin(async move {
+            if unverifiable {
+                return Err(ConnectError::tls(
+                    "an https target with an endpoint address needs a connector that \
+                     verifies the certificate against the target's name (the pool's \
+                     TlsConnector): a URI connector would be handed the address",
+                ));
+            }
             poll_fn(|cx| service.poll_ready(cx))
                 .await
                 .map_err(ConnectError::transport)?;

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::Request;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Protocol};
 use crate::events::CloseReason;
-use crate::target::Target;
+use crate::target::{Target, TargetKey};
 
 /// Counts for one target at one moment.
 #[derive(Clone, Debug)]
@@ -223,6 +224,9 @@ pub(crate) trait Controlled: Send + Sync {
     /// the reaper; hence the `Arc` receiver.
     fn set_target_config(self: Arc<Self>, target: &Target, own: Option<(TargetConfig, PoolConfig)>);
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
+    fn is_warm(&self, key: TargetKey<'_>) -> bool;
+    /// Creates the target if need be.
+    fn warm_up(self: Arc<Self>, target: &Target);
 }
 
 /// A handle to read and steer a running pool; cheap to clone.
@@ -334,6 +338,38 @@ impl PoolControl {
     /// [`set_target_config`](Self::set_target_config), if any.
     pub fn target_config(&self, target: &Target) -> Option<TargetConfig> {
         self.inner.target_config(target)
+    }
+
+    /// Whether `req` would find a connection of its target free now, with no
+    /// connect to wait for: an idle HTTP/1.1 connection or an HTTP/2 one
+    /// with a stream to spare. The affinity layer asks it to prefer warm
+    /// endpoints; it takes the target's lock for a moment.
+    ///
+    /// ```
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower::Layer;
+    /// use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool: Pool<HttpConnector> = PoolLayer::new(PoolConfig::default())
+    ///     .unwrap()
+    ///     .layer(HttpConnector::new());
+    /// let req = http::Request::get("http://127.0.0.1:8080/").body(()).unwrap();
+    /// assert!(!pool.control().is_warm(&req));
+    /// # }
+    /// ```
+    pub fn is_warm<B>(&self, req: &Request<B>) -> bool {
+        TargetKey::of_request(req).is_some_and(|key| self.inner.is_warm(key))
+    }
+
+    /// Open one connection to `target` ahead of its next request, if it
+    /// has none free and none connecting, within its limits (with reuse on,
+    /// not while a failed pre-warm backs off or the server asks for calm).
+    /// The affinity layer calls it for an endpoint it steered a request
+    /// away from because it was cold, so that the next request finds it
+    /// warm.
+    pub fn warm_up(&self, target: &Target) {
+        self.inner.clone().warm_up(target);
     }
 
     /// The kill switch: `false` makes every request use a new connection and

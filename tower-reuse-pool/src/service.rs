@@ -235,6 +235,14 @@ where
         self.common.config.load_full()
     }
 
+    fn is_warm(&self, key: TargetKey<'_>) -> bool {
+        self.find(key).is_some_and(|pool| pool.is_warm())
+    }
+
+    fn warm_up(self: Arc<Self>, target: &Target) {
+        self.target_pool(target).warm_one();
+    }
+
     fn update_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.common
             .updating

@@ -1,4 +1,5 @@
-//! The pool key: scheme, authority and an optional partition.
+//! The pool key: scheme, authority, an optional partition and an optional
+//! endpoint address.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use http::uri::{Authority, Scheme};
 use http::{Request, Uri};
 
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 
 /// A tenant, credential set or client identity whose connections must never
@@ -44,9 +46,12 @@ impl fmt::Debug for Partition {
     }
 }
 
-/// Where a connection goes: scheme + authority + optional [`Partition`].
+/// Where a connection goes: scheme + authority + optional [`Partition`] +
+/// optional [`Endpoint`] address.
 ///
-/// Connections are pooled per target and never cross targets.
+/// Connections are pooled per target and never cross targets. With an
+/// endpoint, the connection goes to its address and the authority stays
+/// the name the server is spoken to by (`Host`, TLS server name).
 ///
 /// # User info
 ///
@@ -71,6 +76,7 @@ pub struct Target {
     scheme: Scheme,
     authority: Authority,
     partition: Option<Partition>,
+    endpoint: Option<Endpoint>,
 }
 
 impl Target {
@@ -106,7 +112,24 @@ impl Target {
             scheme,
             authority,
             partition,
+            endpoint: None,
         })
+    }
+
+    /// This target reached at `endpoint`'s address instead of what its
+    /// authority resolves to (`None`: the authority's).
+    ///
+    /// ```
+    /// use tower_reuse_pool::{Endpoint, Target};
+    ///
+    /// let service = Target::from_uri(&"http://inventory.internal:8080".parse().unwrap(), None).unwrap();
+    /// let one = service.clone().with_endpoint(Some(Endpoint::new("127.0.0.2:8080".parse().unwrap())));
+    /// assert_ne!(one, service);
+    /// assert_eq!(one.to_string(), "http://inventory.internal:8080 at 127.0.0.2:8080");
+    /// ```
+    pub fn with_endpoint(mut self, endpoint: Option<Endpoint>) -> Self {
+        self.endpoint = endpoint;
+        self
     }
 
     /// The target of a URI such as `http://example.com:8080/path`.
@@ -132,9 +155,14 @@ impl Target {
         TargetKey::of_request(req).is_some_and(|key| key == self.key())
     }
 
-    /// The target of a request: its URI and its [`Partition`] extension.
+    /// The target of a request: its URI and its [`Partition`] and
+    /// [`Endpoint`] extensions.
     pub fn from_request<B>(req: &Request<B>) -> Result<Self, Error> {
-        Target::from_uri(req.uri(), req.extensions().get::<Partition>().cloned())
+        let extensions = req.extensions();
+        Ok(
+            Target::from_uri(req.uri(), extensions.get::<Partition>().cloned())?
+                .with_endpoint(extensions.get::<Endpoint>().copied()),
+        )
     }
 
     /// `http` or `https`.
@@ -152,6 +180,11 @@ impl Target {
         self.partition.as_ref()
     }
 
+    /// The address connections go to, when it is not the authority's.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint
+    }
+
     /// Whether the target is `https`.
     pub fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
@@ -159,7 +192,7 @@ impl Target {
 
     /// The plain-TCP target under a TLS layer: `http`, same host and port
     /// (the port written out: `https`' default 443 is not `http`'s), same
-    /// partition. A transport connector that refuses `https` URIs, such as
+    /// partition and endpoint. A transport connector that refuses `https` URIs, such as
     /// hyper-util's `HttpConnector` by default, accepts it.
     pub fn transport(&self) -> Target {
         if !self.is_https() {
@@ -176,14 +209,21 @@ impl Target {
             scheme: Scheme::HTTP,
             authority,
             partition: self.partition.clone(),
+            endpoint: self.endpoint,
         }
     }
 
-    /// The URI handed to the connector: `scheme://authority/`.
+    /// The URI handed to the connector: `scheme://authority/`, or the
+    /// endpoint's address in place of the authority.
     pub(crate) fn connect_uri(&self) -> Uri {
+        let authority = match self.endpoint {
+            Some(endpoint) => Authority::try_from(endpoint.addr().to_string())
+                .expect("a socket address is an authority"),
+            None => self.authority.clone(),
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .authority(authority)
             .path_and_query("/")
             .build()
             .expect("scheme and authority were validated")
@@ -200,6 +240,7 @@ pub(crate) struct TargetKey<'a> {
     /// Host and port, without user info.
     authority: &'a str,
     partition: Option<&'a Partition>,
+    endpoint: Option<Endpoint>,
 }
 
 impl<'a> TargetKey<'a> {
@@ -210,10 +251,12 @@ impl<'a> TargetKey<'a> {
     #[inline]
     pub(crate) fn of_request<B>(req: &'a Request<B>) -> Option<Self> {
         let uri = req.uri();
+        let extensions = req.extensions();
         Some(TargetKey {
             scheme: uri.scheme()?,
             authority: host_and_port(uri.authority()?),
-            partition: req.extensions().get::<Partition>(),
+            partition: extensions.get::<Partition>(),
+            endpoint: extensions.get::<Endpoint>().copied(),
         })
     }
 }
@@ -232,6 +275,7 @@ impl Hash for TargetKey<'_> {
             state.write(lower);
         }
         self.partition.hash(state);
+        self.endpoint.hash(state);
     }
 }
 
@@ -244,6 +288,7 @@ impl PartialEq for TargetKey<'_> {
         (a == b || a.eq_ignore_ascii_case(b))
             && self.scheme == other.scheme
             && self.partition == other.partition
+            && self.endpoint == other.endpoint
     }
 }
 
@@ -261,6 +306,7 @@ impl Keyed for Target {
             scheme: &self.scheme,
             authority: self.authority.as_str(),
             partition: self.partition.as_ref(),
+            endpoint: self.endpoint,
         }
     }
 }
@@ -316,10 +362,15 @@ pub(crate) fn host_and_port(authority: &Authority) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
-/// Prints `scheme://authority`, never the partition.
+/// Prints `scheme://authority`, and ` at address` with an endpoint; never
+/// the partition.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
+        write!(f, "{}://{}", self.scheme, self.authority)?;
+        match self.endpoint {
+            Some(endpoint) => write!(f, " at {endpoint}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -330,6 +381,9 @@ impl fmt::Debug for Target {
             .field("authority", &self.authority.as_str());
         if self.partition.is_some() {
             d.field("partition", &"..");
+        }
+        if let Some(endpoint) = self.endpoint {
+            d.field("endpoint", &endpoint.addr());
         }
         d.finish()
     }

@@ -33,6 +33,7 @@ mod lease;
 #[cfg(test)]
 mod model;
 mod snapshot;
+mod warm;
 
 pub(crate) use common::Common;
 use h2::CalmBackoff;
