@@ -96,12 +96,16 @@ impl Routes {
         }
     }
 
-    /// Each key requested in `phase` and the address that served it most
-    /// (ties: the first seen).
-    pub fn endpoint_per_key(&self, phase: u32) -> HashMap<u32, HeaderValue> {
+    /// Each key served at least `min_requests` times in `phase` and the
+    /// address that served it most (ties: the first seen). A key's single
+    /// request sent elsewhere (a load-bounded spill) does not decide where
+    /// the key lives when it has a few more.
+    pub fn endpoint_per_key(&self, phase: u32, min_requests: u32) -> HashMap<u32, HeaderValue> {
         self.served
             .iter()
-            .filter(|((p, _), _)| *p == phase)
+            .filter(|((p, _), counts)| {
+                *p == phase && counts.iter().map(|(_, n)| n).sum::<u32>() >= min_requests
+            })
             .filter_map(|((_, key), counts)| {
                 let mut best: Option<&(HeaderValue, u32)> = None;
                 for entry in counts {
@@ -157,10 +161,13 @@ mod tests {
         let mut other = Routes::default();
         other.record(0, 2, &by("c"));
         routes.merge(&other);
-        let phase0 = routes.endpoint_per_key(0);
+        let phase0 = routes.endpoint_per_key(0, 1);
         assert_eq!(phase0.get(&1), Some(&by("b")));
         assert_eq!(phase0.get(&2), Some(&by("c")));
-        assert_eq!(routes.endpoint_per_key(1).get(&1), Some(&by("a")));
+        assert_eq!(routes.endpoint_per_key(1, 1).get(&1), Some(&by("a")));
+        let often = routes.endpoint_per_key(0, 2);
+        assert_eq!(often.get(&1), Some(&by("b")), "served 3 times");
+        assert_eq!(often.get(&2), None, "served once");
     }
 
     #[test]

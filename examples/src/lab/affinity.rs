@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::{Baseline, Env, LabError, Row, row, tick};
-use crate::driver::{self, Keys, Progress, Recorder, Routes, moved_fraction};
+use crate::driver::{self, Progress, Recorder, Routes, moved_fraction};
 use crate::results::KeysMoved;
 use crate::scenarios::{Scenario, ServicePlan, Step};
 use crate::server::Server;
@@ -23,6 +23,10 @@ use crate::tls;
 
 /// The warm-up's key sequence is drawn from this seed: the same for every stack.
 const WARM_UP_SEED: u64 = 0x5EED_0015;
+
+/// A key's endpoint in a phase is the one that served most of its
+/// requests, among keys requested at least this often in the phase.
+const MIN_REQUESTS_PER_KEY: u32 = 3;
 
 /// Concurrent requests of the warm-up.
 const WARM_UP_WORKERS: usize = 32;
@@ -47,8 +51,8 @@ pub(super) async fn run(
     )?;
     let service = Target::parse(&format!("http://svc.lab:{}/", server.addrs()[0].port()))?;
     let baseline = Baseline::take(Some(&server), None);
-    let stack = match Stack::build_for_service(kind, tls::client_config(env.identity.root_store())?)
-    {
+    let tls = tls::client_config(env.identity.root_store())?;
+    let stack = match Stack::build_for_service(kind, tls, &service, env.policy.as_ref()) {
         Ok(stack) => stack,
         Err(why) => {
             bar.inc(100);
@@ -57,7 +61,7 @@ pub(super) async fn run(
     };
     stack.set_endpoints(&service, server.addrs())?;
     bar.set_message(format!("{kind} (warm-up)"));
-    let warmup = warm_up(&stack, &service, &plan.keys, plan.warm_up).await?;
+    let warmup = warm_up(&stack, &service, plan).await?;
     let warm = server.stats().snapshot();
     let load_from_s = server.stats().uptime().as_secs_f64();
 
@@ -168,8 +172,8 @@ fn keys_moved(routes: &Routes, moves: &[(usize, usize, u32)]) -> Vec<KeysMoved> 
         .iter()
         .map(|&(from, to, phase)| {
             let (moved, compared) = moved_fraction(
-                &routes.endpoint_per_key(phase),
-                &routes.endpoint_per_key(phase + 1),
+                &routes.endpoint_per_key(phase, MIN_REQUESTS_PER_KEY),
+                &routes.endpoint_per_key(phase + 1, MIN_REQUESTS_PER_KEY),
             );
             let minimum = if to > from {
                 (to - from) as f64 / to as f64
@@ -191,9 +195,9 @@ fn keys_moved(routes: &Routes, moves: &[(usize, usize, u32)]) -> Vec<KeysMoved> 
 /// requested once it had returned and settled (phase `settled`), the
 /// share it serves again.
 fn keys_returned(routes: &Routes, before: u32, settled: u32, failed: &HeaderValue) -> Option<f64> {
-    let after = routes.endpoint_per_key(settled);
+    let after = routes.endpoint_per_key(settled, MIN_REQUESTS_PER_KEY);
     let (mut seen, mut back) = (0usize, 0usize);
-    for (key, by) in routes.endpoint_per_key(before) {
+    for (key, by) in routes.endpoint_per_key(before, MIN_REQUESTS_PER_KEY) {
         if &by != failed {
             continue;
         }
@@ -205,16 +209,25 @@ fn keys_returned(routes: &Routes, before: u32, settled: u32, failed: &HeaderValu
     (seen > 0).then(|| back as f64 / seen as f64)
 }
 
-/// Sends `n` keyed GETs, the keys drawn from [`WARM_UP_SEED`] (the same
-/// sequence for every stack), `WARM_UP_WORKERS` at a time.
+/// Sends the plan's warm-up, keyed GETs in an order drawn from
+/// [`WARM_UP_SEED`] (the same sequence for every stack),
+/// `WARM_UP_WORKERS` at a time.
 async fn warm_up(
     stack: &Stack,
     service: &Target,
-    keys: &Arc<Keys>,
-    n: usize,
+    plan: &ServicePlan,
 ) -> Result<Recorder, LabError> {
+    let keys = &plan.keys;
     let mut rng = fastrand::Rng::with_seed(WARM_UP_SEED);
-    let order: Arc<[u32]> = (0..n).map(|_| keys.draw_with(&mut rng)).collect();
+    let mut every_key: Vec<u32> = Vec::new();
+    if plan.warm_every_key {
+        every_key.extend(0..keys.len() as u32);
+        rng.shuffle(&mut every_key);
+    }
+    let order: Arc<[u32]> = every_key
+        .into_iter()
+        .chain((0..plan.warm_up).map(|_| keys.draw_with(&mut rng)))
+        .collect();
     let next = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
@@ -270,10 +283,15 @@ mod tests {
     fn keys_moved_compares_each_step_with_its_minimum() {
         let mut routes = Routes::default();
         for key in 0..4 {
-            routes.record(0, key, &by("a"));
-            routes.record(1, key, &by(if key == 0 { "b" } else { "a" }));
-            routes.record(2, key, &by(if key < 2 { "b" } else { "a" }));
+            for _ in 0..MIN_REQUESTS_PER_KEY {
+                routes.record(0, key, &by("a"));
+                routes.record(1, key, &by(if key == 0 { "b" } else { "a" }));
+                routes.record(2, key, &by(if key < 2 { "b" } else { "a" }));
+            }
         }
+        // A key seen too rarely is not compared.
+        routes.record(0, 9, &by("a"));
+        routes.record(1, 9, &by("b"));
         let steps = keys_moved(&routes, &[(8, 12, 0), (12, 6, 1)]);
         assert_eq!(steps[0].moved_fraction, 0.25);
         assert_eq!(steps[0].minimum_fraction, 4.0 / 12.0);
@@ -285,13 +303,15 @@ mod tests {
     #[test]
     fn keys_returned_counts_the_failed_endpoints_keys_seen_again() {
         let mut routes = Routes::default();
-        routes.record(0, 1, &by("down"));
-        routes.record(0, 2, &by("down"));
-        routes.record(0, 3, &by("down"));
-        routes.record(0, 4, &by("other"));
-        routes.record(3, 1, &by("down"));
-        routes.record(3, 2, &by("other"));
-        routes.record(3, 4, &by("down"));
+        for _ in 0..MIN_REQUESTS_PER_KEY {
+            routes.record(0, 1, &by("down"));
+            routes.record(0, 2, &by("down"));
+            routes.record(0, 3, &by("down"));
+            routes.record(0, 4, &by("other"));
+            routes.record(3, 1, &by("down"));
+            routes.record(3, 2, &by("other"));
+            routes.record(3, 4, &by("down"));
+        }
         // Keys 1 and 2 were the failed endpoint's and are seen again; key 1 is back.
         assert_eq!(keys_returned(&routes, 0, 3, &by("down")), Some(0.5));
         assert_eq!(keys_returned(&routes, 0, 3, &by("nobody")), None);

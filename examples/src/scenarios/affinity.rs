@@ -37,9 +37,13 @@ pub struct ServicePlan {
     /// The keys the requests carry (the load holds the same `Arc`).
     pub keys: Arc<Keys>,
     /// Requests sent before the load, the same keys in the same order for
-    /// every stack, not measured: caches then hold what they would in
-    /// steady state.
+    /// every stack, not measured: with `warm_every_key`, first one request
+    /// per key (in a shuffled order), then `warm_up` drawn by popularity,
+    /// so that caches hold what they would in steady state (every key seen
+    /// before, the popular ones recently).
     pub warm_up: usize,
+    /// Whether the warm-up starts with one request per key.
+    pub warm_every_key: bool,
     /// Changes during the load, at offsets from its start; each starts a
     /// new phase of the keys' routes.
     pub steps: Vec<(Duration, Step)>,
@@ -78,21 +82,25 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     let mut plan = ServicePlan {
         endpoints: ENDPOINTS,
         keys: keys.clone(),
-        warm_up: if sizes.quick { 6_000 } else { 20_000 },
+        warm_up: if sizes.quick { 4_000 } else { 20_000 },
+        warm_every_key: false,
         steps: Vec::new(),
         drain: secs(1.0, 0.2),
     };
     let rate = if sizes.quick { 2_000.0 } else { 3_000.0 };
     let (description, load) = match name {
-        "affinity-cache" => (
-            format!(
-                "one service on {ENDPOINTS} endpoints, {KEYS} keys with Zipf({ZIPF}) popularity, \
-                 each endpoint caches {} keys, a miss adds {:?}; Poisson arrivals at {rate}/s \
-                 after {} warm-up requests",
-                CACHE.capacity, CACHE.miss_latency, plan.warm_up
-            ),
-            poisson(rate, secs(3.0, 1.0)),
-        ),
+        "affinity-cache" => {
+            plan.warm_every_key = true;
+            (
+                format!(
+                    "one service on {ENDPOINTS} endpoints, {KEYS} keys with Zipf({ZIPF}) \
+                     popularity, each endpoint caches {} keys, a miss adds {:?}; Poisson \
+                     arrivals at {rate}/s after a warm-up of one request per key and {} more",
+                    CACHE.capacity, CACHE.miss_latency, plan.warm_up
+                ),
+                poisson(rate, secs(3.0, 1.0)),
+            )
+        }
         "affinity-scale" => {
             let workers = sizes.concurrency(32);
             let phase = secs(2.0, 0.5);

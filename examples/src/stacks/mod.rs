@@ -6,10 +6,10 @@
 mod connector;
 mod otel;
 mod p2c;
+mod service;
 mod worker;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,9 +22,10 @@ use opentelemetry_sdk::trace::SdkTracer;
 use rustls::client::Resumption;
 use serde::Serialize;
 use tower_layer::Layer;
+use tower_reuse_affinity::Affinity;
 use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::tls::{SessionCache, TlsLayer};
-use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
+use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolLayer};
 use tower_service::Service;
 
 pub use connector::{
@@ -193,6 +194,8 @@ enum Inner {
         span: BareSpan,
     },
     P2c(P2c),
+    /// The affinity layer over the pool, and the pool's control handle.
+    ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>, PoolControl),
 }
 
 impl fmt::Debug for Inner {
@@ -206,6 +209,7 @@ impl fmt::Debug for Inner {
             Inner::ReuseOtel { .. } => "ReuseOtel",
             Inner::ReuseSpan { .. } => "ReuseSpan",
             Inner::P2c(_) => "P2c",
+            Inner::ReuseAffinity(..) => "ReuseAffinity",
         })
     }
 }
@@ -283,7 +287,12 @@ impl Stack {
             }
             StackKind::HyperUtilP2c => Inner::P2c(P2c::new(connector)),
             StackKind::ReuseAffinity => {
-                return Err(StackError::new(AFFINITY_NOT_BUILT));
+                let layer = pool_layer(kind, protocol, target, policy)?;
+                let pool = reuse_pool(layer, protocol, tls, &connector_stats);
+                let control = pool.control();
+                let client = service::affinity_layer()?.layer(pool);
+                service::one_endpoint(&client, target)?;
+                Inner::ReuseAffinity(client, control)
             }
             StackKind::Raw => match protocol {
                 Protocol::Http1 => {
@@ -295,35 +304,6 @@ impl Stack {
                 }
                 Protocol::Http2 => Inner::RawHttp2(connect_http2(connector, target).await?),
             },
-        };
-        Ok(Self {
-            kind,
-            protocol,
-            connector_stats,
-            inner,
-        })
-    }
-
-    /// Builds `kind` for a logical service with several endpoints
-    /// ([`Stack::set_endpoints`]), HTTP/1.1: `hyper-util+p2c`, or `reuse`
-    /// as the affinity layer over the pool. No endpoint yet.
-    pub fn build_for_service(
-        kind: StackKind,
-        tls: rustls::ClientConfig,
-    ) -> Result<Self, StackError> {
-        let protocol = Protocol::Http1;
-        let connector = LabConnector::new(protocol, tls);
-        let connector_stats = connector.stats().clone();
-        let inner = match kind {
-            StackKind::HyperUtilP2c => Inner::P2c(P2c::new(connector)),
-            StackKind::Reuse | StackKind::ReuseAffinity => {
-                return Err(StackError::new(AFFINITY_NOT_BUILT));
-            }
-            _ => {
-                return Err(StackError::new(format!(
-                    "{kind} does not route a service over endpoints"
-                )));
-            }
         };
         Ok(Self {
             kind,
@@ -351,6 +331,9 @@ impl Stack {
         let pool = match &self.inner {
             Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool,
             Inner::ReuseOtel { client, .. } => client.get_ref(),
+            Inner::ReuseAffinity(client, control) => {
+                return Some(service::retries(client, control));
+            }
             Inner::Legacy(_) | Inner::P2c(_) => return None,
             Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => return Some(0),
         };
@@ -403,43 +386,11 @@ impl Stack {
                 WorkerClient::ReuseSpan(pool.clone(), span.clone())
             }
             Inner::P2c(p2c) => WorkerClient::P2c(p2c.client()),
+            Inner::ReuseAffinity(client, _) => WorkerClient::ReuseAffinity(client.clone()),
             Inner::RawHttp1(_) => return None,
         })
     }
-
-    /// Whether the stack routes one service over several endpoints
-    /// ([`Stack::set_endpoints`]).
-    pub fn has_endpoints(&self) -> bool {
-        matches!(self.inner, Inner::P2c(_))
-    }
-
-    /// Makes `endpoints` the endpoints of the logical `service` (requests
-    /// go to `service`'s URI; the stack picks the endpoint). An error for
-    /// a stack without endpoints.
-    pub fn set_endpoints(
-        &self,
-        service: &Target,
-        endpoints: &[SocketAddr],
-    ) -> Result<(), StackError> {
-        match &self.inner {
-            Inner::P2c(p2c) => p2c.set_endpoints(service, endpoints),
-            _ => Err(StackError::new(format!(
-                "{}: the stack has no endpoints to set",
-                self.kind
-            ))),
-        }
-    }
-
-    /// Endpoints the stack has ejected so far; `None` for a stack that
-    /// does not eject endpoints.
-    pub fn ejections(&self) -> Option<u64> {
-        None
-    }
 }
-
-/// Why the affinity stacks cannot be built yet.
-pub const AFFINITY_NOT_BUILT: &str =
-    "the affinity layer (tower-reuse-affinity) is not in this build yet";
 
 /// The `reuse` stacks' pool layer: the pool's defaults (or the policy
 /// file), no per-scenario tuning; h2c needs prior knowledge (over TLS, ALPN

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry_sdk::trace::SdkTracer;
 use serde::Serialize;
+use tower_reuse_affinity::Affinity;
 use tower_reuse_otel::Otel;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
@@ -48,6 +49,8 @@ pub enum WorkerClient {
     ReuseSpan(Pool<ReuseConnector, Full<Bytes>>, BareSpan),
     /// A handle on the p2c balancer's buffer.
     P2c(P2cClient),
+    /// A clone of the affinity layer over the pool.
+    ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>),
 }
 
 /// A response read to the end.
@@ -255,6 +258,13 @@ fn pool_error(e: tower_reuse_pool::Error) -> RequestError {
     RequestError::new(kind, chain(&e))
 }
 
+fn affinity_error(e: tower_reuse_affinity::Error) -> RequestError {
+    match e.pool_error() {
+        Some(pool) => pool_error(pool.clone()),
+        None => RequestError::new(RequestErrorKind::Other, chain(&e)),
+    }
+}
+
 fn boxed_error(e: BoxError) -> RequestError {
     RequestError::new(classify_boxed(e.as_ref()), chain(e.as_ref()))
 }
@@ -374,6 +384,13 @@ impl WorkerClient {
                 let response = pool.call(request).await.map_err(pool_error);
                 BareSpan::end(&mut span, response.as_ref().ok());
                 complete(response?).await
+            }
+            WorkerClient::ReuseAffinity(client) => {
+                std::future::poll_fn(|cx| client.poll_ready(cx))
+                    .await
+                    .map_err(affinity_error)?;
+                let response = client.call(request).await.map_err(affinity_error)?;
+                complete(response).await
             }
             WorkerClient::P2c(client) => {
                 std::future::poll_fn(|cx| client.poll_ready(cx))
