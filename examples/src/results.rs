@@ -174,8 +174,8 @@ pub struct RunResult {
     pub cache_misses: Option<u64>,
     /// The highest in-flight load of one endpoint over the mean across the
     /// endpoints up, sampled by the server through the measured load
-    /// whenever a request was in flight; `null` where the scenario has
-    /// several endpoints of no one service.
+    /// whenever a request was in flight; `null` outside the affinity
+    /// scenarios (`affinity-cache`, `affinity-scale`, `endpoint-failure`).
     pub max_load_ratio: Option<f64>,
     /// As `max_load_ratio`, over the bounded-load cap `ceil(1.25 * mean)`
     /// instead of the mean (1.25: the affinity layer's default epsilon
@@ -187,6 +187,10 @@ pub struct RunResult {
     /// own count); `null` for a stack that has no ejection
     /// (`hyper-util+p2c`) or a scenario without endpoints.
     pub ejections: Option<u64>,
+    /// Requests the affinity layer sent to the next endpoint of their
+    /// key's order because it held a free connection and the first choice
+    /// did not (its own count); `null` for other stacks.
+    pub warm_detours: Option<u64>,
     /// `affinity-scale`: per step of the endpoint set, the share of keys
     /// whose endpoint changed.
     pub keys_moved: Option<Vec<KeysMoved>>,
@@ -194,6 +198,9 @@ pub struct RunResult {
     /// it went down (and seen again after its return), the share it serves
     /// again after its return.
     pub keys_returned_fraction: Option<f64>,
+    /// `endpoint-failure`: how many keys `keys_returned_fraction` covers
+    /// (a key counts when served at least 3 times in each phase compared).
+    pub keys_returned_compared: Option<usize>,
 }
 
 /// One step of `affinity-scale`'s endpoint set.

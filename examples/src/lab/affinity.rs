@@ -63,6 +63,7 @@ pub(super) async fn run(
     bar.set_message(format!("{kind} (warm-up)"));
     let warmup = warm_up(&stack, &service, plan).await?;
     let warm = server.stats().snapshot();
+    let (ejections_before, detours_before) = (stack.ejections(), stack.warm_detours());
     let load_from_s = server.stats().uptime().as_secs_f64();
 
     bar.set_message(kind.name());
@@ -90,14 +91,18 @@ pub(super) async fn run(
     r.cache_misses = Some(now.cache_misses - warm.cache_misses);
     r.max_load_ratio = server.stats().max_load_ratio_since(load_from_s);
     r.max_load_over_bound = server.stats().max_load_over_bound_since(load_from_s);
-    r.ejections = stack.ejections();
+    let (ejections, detours) = (stack.ejections(), stack.warm_detours());
+    r.ejections = ejections.map(|n| n - ejections_before.unwrap_or(0));
+    r.warm_detours = detours.map(|n| n - detours_before.unwrap_or(0));
     r.load_end_s = outcome.elapsed.as_secs_f64();
     let routes = outcome.recorder.routes();
     if !steps.moves.is_empty() {
         r.keys_moved = Some(keys_moved(routes, &steps.moves));
     }
     if let Some((down_phase, settled_phase, failed)) = &steps.failure {
-        r.keys_returned_fraction = keys_returned(routes, *down_phase, *settled_phase, failed);
+        let (fraction, compared) = keys_returned(routes, *down_phase, *settled_phase, failed);
+        r.keys_returned_fraction = fraction;
+        r.keys_returned_compared = Some(compared);
     }
     if warmup.errors() > 0 {
         r.errors_by_kind.insert("warmup".into(), warmup.errors());
@@ -142,8 +147,12 @@ async fn apply(
                 stack.set_endpoints(service, &server.addrs()[..n])?;
                 applied.moves.push((endpoints, n, before));
                 if n < endpoints {
-                    // The removed endpoints' connections drain, then their
-                    // addresses close: a stack still sending there fails.
+                    // The removed endpoints' connections drain, out of the
+                    // load samples, then their addresses close: a stack
+                    // still sending there fails.
+                    for i in n..endpoints {
+                        server.retire(i);
+                    }
                     sleep(plan.drain).await;
                     for i in n..endpoints {
                         server.take_down(i).await;
@@ -193,12 +202,17 @@ fn keys_moved(routes: &Routes, moves: &[(usize, usize, u32)]) -> Vec<KeysMoved> 
 
 /// Of the keys `failed` served before it went down (phase `before`) and
 /// requested once it had returned and settled (phase `settled`), the
-/// share it serves again.
-fn keys_returned(routes: &Routes, before: u32, settled: u32, failed: &HeaderValue) -> Option<f64> {
+/// share it serves again, and how many such keys there were.
+fn keys_returned(
+    routes: &Routes,
+    before: u32,
+    settled: u32,
+    failed: &HeaderValue,
+) -> (Option<f64>, usize) {
     let after = routes.endpoint_per_key(settled, MIN_REQUESTS_PER_KEY);
     let (mut seen, mut back) = (0usize, 0usize);
     for (key, by) in routes.endpoint_per_key(before, MIN_REQUESTS_PER_KEY) {
-        if &by != failed {
+        if by != failed {
             continue;
         }
         if let Some(now) = after.get(&key) {
@@ -206,7 +220,7 @@ fn keys_returned(routes: &Routes, before: u32, settled: u32, failed: &HeaderValu
             back += usize::from(now == failed);
         }
     }
-    (seen > 0).then(|| back as f64 / seen as f64)
+    ((seen > 0).then(|| back as f64 / seen as f64), seen)
 }
 
 /// Sends the plan's warm-up, keyed GETs in an order drawn from
@@ -313,7 +327,7 @@ mod tests {
             routes.record(3, 4, &by("down"));
         }
         // Keys 1 and 2 were the failed endpoint's and are seen again; key 1 is back.
-        assert_eq!(keys_returned(&routes, 0, 3, &by("down")), Some(0.5));
-        assert_eq!(keys_returned(&routes, 0, 3, &by("nobody")), None);
+        assert_eq!(keys_returned(&routes, 0, 3, &by("down")), (Some(0.5), 2));
+        assert_eq!(keys_returned(&routes, 0, 3, &by("nobody")), (None, 0));
     }
 }

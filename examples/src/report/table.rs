@@ -157,12 +157,11 @@ pub fn rows(runs: &[RunResult]) -> String {
             let lookups = (hits + misses).max(1) as f64;
             let figure = |f: Option<f64>| f.map_or_else(|| "-".to_owned(), |f| format!("{f:.2}"));
             let (ratio, over_bound) = (figure(r.max_load_ratio), figure(r.max_load_over_bound));
-            let ejections = r
-                .ejections
-                .map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+            let count = |n: Option<u64>| n.map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+            let (ejections, detours) = (count(r.ejections), count(r.warm_detours));
             let _ = writeln!(
                 out,
-                "{:<17}cache hits {hits}, misses {misses} ({:.1} % missed); p50/p90/p99 {:.0}/{:.0}/{:.0} us; in flight max/mean {ratio}, max/cap {over_bound}; ejections {ejections}",
+                "{:<17}cache hits {hits}, misses {misses} ({:.1} % missed); p50/p90/p99 {:.0}/{:.0}/{:.0} us; in flight max/mean {ratio}, max/cap {over_bound}; ejections {ejections}; warm detours {detours}",
                 "",
                 misses as f64 * 100.0 / lookups,
                 r.p50_us,
@@ -183,11 +182,14 @@ pub fn rows(runs: &[RunResult]) -> String {
                 step.moved_fraction / step.minimum_fraction
             );
         }
-        if let Some(back) = r.keys_returned_fraction {
+        if let Some(compared) = r.keys_returned_compared {
+            let back = r
+                .keys_returned_fraction
+                .map_or_else(|| "-".to_owned(), |f| format!("{f:.3}"));
             let _ = writeln!(
                 out,
-                "{:<17}{:.3} of the failed endpoint's keys back on it after its return",
-                "", back
+                "{:<17}{back} of the failed endpoint's {compared} keys back on it after its return",
+                ""
             );
         }
         if let Some(bytes) = r.rss_per_idle_target_bytes {

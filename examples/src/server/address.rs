@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub(crate) struct Address {
     misses: AtomicU64,
     cache: Option<(Mutex<Lru>, Duration)>,
     up: watch::Sender<bool>,
+    /// Whether the address counts in the load samples (it is one of the
+    /// service's endpoints).
+    in_service: AtomicBool,
 }
 
 impl Address {
@@ -78,6 +81,7 @@ impl Address {
             misses: AtomicU64::new(0),
             cache: cache.map(|c| (Mutex::new(Lru::new(c.capacity)), c.miss_latency)),
             up: watch::channel(true).0,
+            in_service: AtomicBool::new(true),
         }
     }
 
@@ -94,6 +98,16 @@ impl Address {
 
     pub(crate) fn is_up(&self) -> bool {
         *self.up.borrow()
+    }
+
+    /// Whether the address counts in the load samples: up, and not
+    /// retired from the service.
+    pub(crate) fn in_service(&self) -> bool {
+        self.is_up() && self.in_service.load(Relaxed)
+    }
+
+    pub(crate) fn set_in_service(&self, on: bool) {
+        self.in_service.store(on, Relaxed);
     }
 
     pub(crate) fn set_up(&self, up: bool) {

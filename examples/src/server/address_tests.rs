@@ -155,3 +155,21 @@ async fn load_is_sampled_across_the_addresses_up() {
     get(server.addrs()[0], "k").await.expect("an answer");
     assert_eq!(server.stats().max_load_ratio_since(0.0), Some(2.0));
 }
+
+#[tokio::test]
+async fn a_retired_address_leaves_the_load_samples() {
+    let server = Server::start(
+        ServerConfig::default()
+            .addresses(3)
+            .first_address(48)
+            .sample_interval(Duration::from_millis(1))
+            .latency(Some(Duration::from_millis(50))),
+    )
+    .expect("server starts");
+    server.retire(2);
+    // One slow request on the first of the two in service: max 1 over mean 0.5.
+    get(server.addrs()[0], "k").await.expect("an answer");
+    assert_eq!(server.stats().max_load_ratio_since(0.0), Some(2.0));
+    let answer = get(server.addrs()[2], "k").await.expect("it still serves");
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+}

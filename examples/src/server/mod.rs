@@ -381,14 +381,27 @@ impl Server {
     ///
     /// If `i` is not below `addrs().len()`.
     pub fn bring_up(&mut self, i: usize) -> io::Result<()> {
+        let address = self.address(i);
+        address.set_in_service(true);
         if self.accepts[i].is_some() {
             return Ok(());
         }
-        let address = self.address(i);
         let listener = self.listening.bind(address.addr)?;
         address.set_up(true);
         self.accepts[i] = Some(self.listening.spawn(listener, address));
         Ok(())
+    }
+
+    /// Retires the `i`-th address from the service: it still serves, but
+    /// no longer counts in the load samples (its clients were told it is
+    /// gone, its last requests drain). [`Server::bring_up`] counts it
+    /// again.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below `addrs().len()`.
+    pub fn retire(&self, i: usize) {
+        self.address(i).set_in_service(false);
     }
 
     /// Every address's counters, in address order.
@@ -454,8 +467,8 @@ impl Drop for Server {
     }
 }
 
-/// Samples the open connections and the load across the addresses that
-/// are up (see [`ServerStats::max_load_ratio_since`]).
+/// Samples the open connections and the load across the addresses in
+/// service, up and not retired (see [`ServerStats::max_load_ratio_since`]).
 async fn sampler(
     stats: ServerStats,
     addresses: Arc<Mutex<Vec<Arc<Address>>>>,
@@ -477,7 +490,7 @@ async fn sampler(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .filter(|address| address.is_up())
+                .filter(|address| address.in_service())
                 .map(|address| address.in_flight()),
         );
         stats.sample_load(&in_flight);

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_layer::Layer;
-use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityKey, AffinityLayer};
+use tower_reuse_affinity::{
+    Affinity, AffinityConfig, AffinityKey, AffinityLayer, EndpointSnapshot,
+};
 use tower_reuse_pool::PoolControl;
 
 use super::{
@@ -67,15 +69,18 @@ fn service_name(service: &Target) -> String {
 /// Requests the pool retried plus those the affinity layer sent again to
 /// another endpoint.
 pub(super) fn retries<S>(client: &Affinity<S>, pool: &PoolControl) -> u64 {
-    let pool = pool.snapshot().total(|t| t.retries());
-    let affinity: u64 = client
+    pool.snapshot().total(|t| t.retries()) + total(client, |e| e.retries_from)
+}
+
+/// `count` of every endpoint of every service, added up.
+fn total<S>(client: &Affinity<S>, count: fn(&EndpointSnapshot) -> u64) -> u64 {
+    client
         .snapshot()
         .services
         .iter()
         .flat_map(|s| &s.endpoints)
-        .map(|e| e.retries_from)
-        .sum();
-    pool + affinity
+        .map(count)
+        .sum()
 }
 
 impl Stack {
@@ -138,15 +143,16 @@ impl Stack {
     /// when its client is not ready, and hyper-util's always is).
     pub fn ejections(&self) -> Option<u64> {
         match &self.inner {
-            Inner::ReuseAffinity(client, _) => Some(
-                client
-                    .snapshot()
-                    .services
-                    .iter()
-                    .flat_map(|s| &s.endpoints)
-                    .map(|e| e.ejections)
-                    .sum(),
-            ),
+            Inner::ReuseAffinity(client, _) => Some(total(client, |e| e.ejections)),
+            _ => None,
+        }
+    }
+
+    /// Requests the affinity layer sent one step down their key's order to
+    /// a warm endpoint; `None` for a stack without the affinity layer.
+    pub fn warm_detours(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::ReuseAffinity(client, _) => Some(total(client, |e| e.warm_detours_to)),
             _ => None,
         }
     }
