@@ -28,8 +28,10 @@ const WARM_UP_SEED: u64 = 0x5EED_0015;
 /// requests, among keys requested at least this often in the phase.
 const MIN_REQUESTS_PER_KEY: u32 = 3;
 
-/// Concurrent requests of the warm-up.
-const WARM_UP_WORKERS: usize = 32;
+/// Concurrent requests of the warm-up: near the measured loads' requests
+/// in flight, so that the warm-up spills no more keys off their endpoint
+/// (a load-bounded router's overflow) than the load would.
+const WARM_UP_WORKERS: usize = 8;
 
 /// Runs `kind` on an affinity scenario from start to end.
 pub(super) async fn run(
