@@ -82,7 +82,7 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     let mut plan = ServicePlan {
         endpoints: ENDPOINTS,
         keys: keys.clone(),
-        warm_up: if sizes.quick { 4_000 } else { 20_000 },
+        warm_up: if sizes.quick { 2_000 } else { 20_000 },
         warm_every_key: false,
         steps: Vec::new(),
         drain: secs(1.0, 0.2),
@@ -127,7 +127,7 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         }
         "endpoint-failure" => {
             let (before, down, settle, after) = if sizes.quick {
-                (0.75, 1.5, 0.5, 1.0)
+                (0.5, 1.0, 0.5, 1.0)
             } else {
                 (3.0, 10.0, 1.0, 3.0)
             };
