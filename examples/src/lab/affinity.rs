@@ -52,7 +52,9 @@ pub(super) async fn run(
             .worker_threads(env.server_threads),
     )?;
     let service = Target::parse(&format!("http://svc.lab:{}/", server.addrs()[0].port()))?;
-    let baseline = Baseline::take(Some(&server), None);
+    // Connections count from before the stack exists (the warm-up's
+    // included); retries, the cache and the load from after the warm-up.
+    let mut baseline = Baseline::take(Some(&server), None);
     let tls = tls::client_config(env.identity.root_store())?;
     let stack = match Stack::build_for_service(kind, tls, &service, env.policy.as_ref()) {
         Ok(stack) => stack,
@@ -65,6 +67,7 @@ pub(super) async fn run(
     bar.set_message(format!("{kind} (warm-up)"));
     let warmup = warm_up(&stack, &service, plan).await?;
     let warm = server.stats().snapshot();
+    baseline.retries = stack.retries();
     let (ejections_before, detours_before) = (stack.ejections(), stack.warm_detours());
     let load_from_s = server.stats().uptime().as_secs_f64();
 
