@@ -83,12 +83,24 @@ pub(super) async fn run(
         100,
         stopped,
     ));
-    let load = driver::run(&stack, &targets, &scenario.load, &progress, false, 0);
-    let (outcome, steps) = tokio::join!(load, apply(&mut server, &stack, &service, plan));
+    // The steps stop with the load (a shorter `--duration` or a
+    // `--requests` cap ends it before the last ones).
+    let mut steps = Applied::default();
+    let outcome = {
+        let load = driver::run(&stack, &targets, &scenario.load, &progress, false, 0);
+        let apply = apply(&mut server, &stack, &service, plan, &mut steps);
+        tokio::pin!(load, apply);
+        tokio::select! {
+            outcome = &mut load => outcome,
+            applied = &mut apply => {
+                applied?;
+                load.await
+            }
+        }
+    };
     let _ = stop_ticker.send(());
     let _ = ticker.await;
     let outcome = outcome?;
-    let steps = steps?;
 
     let mut r = row(&scenario, kind, &outcome, Some(&server), &baseline, &stack);
     let now = server.stats().snapshot();
@@ -126,15 +138,16 @@ struct Applied {
     failure: Option<(u32, u32, HeaderValue)>,
 }
 
-/// Applies the plan's steps at their times; step `j` starts phase `j + 1`.
+/// Applies the plan's steps at their times, noting each in `applied`;
+/// step `j` starts phase `j + 1`.
 async fn apply(
     server: &mut Server,
     stack: &Stack,
     service: &Target,
     plan: &ServicePlan,
-) -> Result<Applied, LabError> {
+    applied: &mut Applied,
+) -> Result<(), LabError> {
     let start = Instant::now();
-    let mut applied = Applied::default();
     let mut endpoints = plan.endpoints;
     let mut down: Option<(u32, HeaderValue)> = None;
     for (j, (at, step)) in plan.steps.iter().enumerate() {
@@ -178,7 +191,7 @@ async fn apply(
             }
         }
     }
-    Ok(applied)
+    Ok(())
 }
 
 fn keys_moved(routes: &Routes, moves: &[(usize, usize, u32)]) -> Vec<KeysMoved> {
