@@ -23,6 +23,7 @@ use crate::stacks::{ClientSnapshot, Stack, StackKind};
 use crate::target::Target;
 use crate::tls::{self, TlsIdentity};
 
+mod affinity;
 mod idle_memory;
 mod idle_servers;
 mod sampler;
@@ -202,6 +203,9 @@ async fn run_one(
     env: Arc<Env>,
     bar: ProgressBar,
 ) -> Result<Row, LabError> {
+    if scenario.service.is_some() {
+        return affinity::run(scenario, kind, env, bar).await;
+    }
     let mut run = match Prepared::new(scenario.clone(), kind, &env).await? {
         Ok(run) => run,
         Err(why) => {
@@ -665,6 +669,7 @@ fn request_figures(r: &mut RunResult, outcome: &LoadOutcome, embedded: bool) {
         0.0
     };
     r.p50_us = rec.quantile_us(0.5);
+    r.p90_us = rec.quantile_us(0.9);
     r.p99_us = rec.quantile_us(0.99);
     r.p999_us = rec.quantile_us(0.999);
     r.unechoed = rec.unechoed();

@@ -99,6 +99,8 @@ pub struct RunResult {
     pub rps: f64,
     /// Median latency of successful requests.
     pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
     /// 99th percentile.
     pub p99_us: f64,
     /// 99.9th percentile.
@@ -164,6 +166,59 @@ pub struct RunResult {
     /// With idle targets (`scale-targets`): the same stack's requests/s on
     /// the same load with no idle targets, run in turns with this one.
     pub baseline_rps: Option<f64>,
+    /// Requests whose affinity key the serving endpoint had cached, by the
+    /// server's count, over the measured load (warm-up excluded); `null`
+    /// where the scenario has no cache.
+    pub cache_hits: Option<u64>,
+    /// Requests whose key it had not (each waited the miss latency).
+    pub cache_misses: Option<u64>,
+    /// The highest in-flight load of one endpoint over the mean across the
+    /// endpoints up, sampled by the server through the measured load
+    /// whenever a request was in flight; `null` outside the affinity
+    /// scenarios (`affinity-cache`, `affinity-scale`, `endpoint-failure`).
+    pub max_load_ratio: Option<f64>,
+    /// As `max_load_ratio`, over the bounded-load cap `ceil(1.25 * mean)`
+    /// instead of the mean (1.25: the affinity layer's default epsilon
+    /// 0.25): at most 1 when no endpoint ever held more than the cap. With
+    /// few requests in flight `max_load_ratio` is high for any balancer
+    /// (one request on one of 8 endpoints is 8x the mean, and within the cap).
+    pub max_load_over_bound: Option<f64>,
+    /// Endpoints ejected by the stack during the run (the affinity layer's
+    /// own count); `null` for a stack that has no ejection
+    /// (`hyper-util+p2c`) or a scenario without endpoints.
+    pub ejections: Option<u64>,
+    /// Requests the affinity layer sent to the next endpoint of their
+    /// key's order because it held a free connection and the first choice
+    /// did not (its own count); `null` for other stacks.
+    pub warm_detours: Option<u64>,
+    /// `affinity-scale`: per step of the endpoint set, the share of keys
+    /// whose endpoint changed.
+    pub keys_moved: Option<Vec<KeysMoved>>,
+    /// `endpoint-failure`: of the keys the failed endpoint served before
+    /// it went down (and seen again after its return), the share it serves
+    /// again after its return.
+    pub keys_returned_fraction: Option<f64>,
+    /// `endpoint-failure`: how many keys `keys_returned_fraction` covers
+    /// (a key counts when served at least 3 times in each phase compared).
+    pub keys_returned_compared: Option<usize>,
+}
+
+/// One step of `affinity-scale`'s endpoint set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KeysMoved {
+    /// Endpoints before the step.
+    pub from: usize,
+    /// Endpoints after it.
+    pub to: usize,
+    /// Of the keys requested both before and after the step, the share
+    /// served by another endpoint after it (each key's endpoint being the
+    /// one that served it most in the phase).
+    pub moved_fraction: f64,
+    /// The least share that must move: `(to - from) / to` when endpoints
+    /// are added, `(from - to) / from` when removed.
+    pub minimum_fraction: f64,
+    /// Keys requested both before and after the step.
+    pub keys_compared: usize,
 }
 
 impl RunResult {

@@ -7,8 +7,12 @@ use crate::driver::Load;
 use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
+mod affinity;
+
+pub use affinity::{ServicePlan, Step};
+
 /// The default suite, in order.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 13] = [
     "steady-h1",
     "steady-h1-tls",
     "steady-h2",
@@ -19,6 +23,9 @@ pub const ALL: [&str; 10] = [
     "tls-churn",
     "zipf-endpoints",
     "scale-targets",
+    "affinity-cache",
+    "affinity-scale",
+    "endpoint-failure",
 ];
 
 /// Scenarios run only when named with `--scenario`: the fault-injection
@@ -85,6 +92,10 @@ pub struct Scenario {
     pub take_turns: bool,
     /// Stacks this scenario means nothing for, with the reason.
     pub skip: Vec<(StackKind, &'static str)>,
+    /// One logical service over several endpoints (the affinity
+    /// scenarios): the load goes to `http://svc.lab:<port>/` and the
+    /// stack picks the endpoint.
+    pub service: Option<ServicePlan>,
 }
 
 impl Scenario {
@@ -154,6 +165,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         max_requests: sizes.requests,
         think: None,
         post_every: None,
+        keys: None,
     };
     let steady = |workers: usize| closed(workers, 3);
     let base = ServerConfig::default()
@@ -172,9 +184,13 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         parallel_stacks: false,
         take_turns: false,
         skip: Vec::new(),
+        service: None,
     };
     let workers = sizes.concurrency(32);
     let mut built = match name {
+        "affinity-cache" | "affinity-scale" | "endpoint-failure" => {
+            return affinity::build(name, sizes);
+        }
         "steady-h1" => scenario(
             "steady-h1",
             format!("{workers} workers, closed loop, HTTP/1.1, 100-byte responses"),
@@ -269,6 +285,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     max_requests: sizes.requests,
                     think: Some((Duration::from_millis(500), Duration::from_millis(1500))),
                     post_every: None,
+                    keys: None,
                 },
             );
             s.server = s.server.idle_timeout(Some(Duration::from_secs(1)));
@@ -304,6 +321,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     max_in_flight: in_flight,
                     zipf_exponent: Some(1.1),
                     max_requests: sizes.requests,
+                    keys: None,
                 },
             );
             s.addresses = 64;
@@ -355,6 +373,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     max_requests: Some(requests),
                     think: None,
                     post_every: Some(10),
+                    keys: None,
                 },
             );
             s.server = s.server.chaos(Some(faults));
@@ -380,6 +399,14 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
         built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
         built.skip.push((StackKind::ReuseSpan, OTEL_IN_STEADY_ONLY));
+    }
+    built
+        .skip
+        .push((StackKind::HyperUtilP2c, affinity::P2C_NEEDS_ENDPOINTS));
+    if built.name != "steady-h1" {
+        built
+            .skip
+            .push((StackKind::ReuseAffinity, affinity::AFFINITY_IN_STEADY_ONLY));
     }
     Some(built)
 }

@@ -31,10 +31,12 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
-    /// hyper-util+cache, reuse, reuse+otel, reuse+span, raw (default: all
-    /// but reuse+span, the opt-in floor of a sampled span per request;
-    /// reuse+otel and reuse+span run in steady-h1 and steady-h1-tls only,
-    /// hyper-util+cache in tls-churn only).
+    /// hyper-util+cache, hyper-util+p2c, reuse, reuse+affinity, reuse+otel,
+    /// reuse+span, raw (default: all but reuse+span, the opt-in floor of a
+    /// sampled span per request; reuse+otel and reuse+span run in steady-h1
+    /// and steady-h1-tls only, hyper-util+cache in tls-churn only,
+    /// reuse+affinity in steady-h1 only; the affinity scenarios run
+    /// hyper-util+p2c and reuse, there the affinity layer over the pool).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
     /// The smoke-test suite: short runs, under a minute in all.
@@ -178,6 +180,12 @@ async fn run(args: Args) -> Result<(), LabError> {
         if args.target.is_some() {
             if scenario.idle_targets > 0 {
                 eprintln!("reuse-lab: {name} needs many embedded targets; skipped with --target");
+                continue;
+            }
+            if scenario.service.is_some() {
+                eprintln!(
+                    "reuse-lab: {name} needs the embedded server's endpoints; skipped with --target"
+                );
                 continue;
             }
             if scenario.server.injects_faults() {

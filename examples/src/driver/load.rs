@@ -10,7 +10,8 @@ use http_body_util::Full;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use super::{Load, LoadOutcome, POST_BODY, Progress, REQUEST_TIMEOUT, Recorder, Zipf};
+use super::{Keys, Load, LoadOutcome, POST_BODY, Progress, REQUEST_TIMEOUT, Recorder, Zipf};
+use crate::server::X_AFFINITY_KEY;
 use crate::server::X_REQUEST_ID;
 use crate::stacks::{Completed, RequestError, RequestErrorKind, Stack, StackError, WorkerClient};
 use crate::target::Target;
@@ -49,6 +50,7 @@ pub async fn run(
             max_requests,
             think,
             post_every,
+            keys,
         } => {
             let deadline = started + *duration;
             let issued = Arc::new(AtomicU64::new(0));
@@ -66,6 +68,7 @@ pub async fn run(
                     issued: issued.clone(),
                     think: *think,
                     post_every: post_every.map(u64::from),
+                    keys: keys.clone(),
                     sent: sent.clone(),
                     progress: progress.clone(),
                     track_in_flight,
@@ -89,6 +92,7 @@ pub async fn run(
             max_in_flight,
             zipf_exponent,
             max_requests,
+            keys,
         } => {
             let zipf = match zipf_exponent {
                 Some(s) => Zipf::new(targets.len(), *s),
@@ -103,6 +107,7 @@ pub async fn run(
                     deadline: started + *duration,
                     max_in_flight: *max_in_flight,
                     max_requests: max_requests.unwrap_or(u64::MAX),
+                    keys: keys.clone(),
                 },
                 &sent,
                 progress,
@@ -121,6 +126,7 @@ pub async fn run(
                     tasks.spawn(one_shot(
                         client,
                         targets[0].clone(),
+                        None,
                         next_id,
                         sent.clone(),
                         progress.clone(),
@@ -154,8 +160,14 @@ fn shared(stack: &Stack) -> Result<WorkerClient, StackError> {
 }
 
 /// The request every stack receives: the pre-parsed absolute URI, one
-/// header, `x-request-id`, and an empty body (a GET) or [`POST_BODY`].
-fn request(target: &Target, id: &HeaderValue, post: bool) -> Request<Full<Bytes>> {
+/// header, `x-request-id` (and `x-affinity-key` when the load has keys),
+/// and an empty body (a GET) or [`POST_BODY`].
+fn request(
+    target: &Target,
+    id: &HeaderValue,
+    post: bool,
+    key: Option<&HeaderValue>,
+) -> Request<Full<Bytes>> {
     let body = if post {
         Bytes::from_static(POST_BODY)
     } else {
@@ -167,7 +179,18 @@ fn request(target: &Target, id: &HeaderValue, post: bool) -> Request<Full<Bytes>
     }
     *request.uri_mut() = target.uri.clone();
     request.headers_mut().insert(X_REQUEST_ID, id.clone());
+    if let Some(key) = key {
+        request.headers_mut().insert(X_AFFINITY_KEY, key.clone());
+    }
     request
+}
+
+/// A request's affinity key and the phase it was sent in.
+type Keyed = Option<(u32, u32)>;
+
+/// Draws a key for the next request, when the load has keys.
+fn draw(keys: Option<&Keys>) -> Keyed {
+    keys.map(|keys| (keys.draw(), keys.phase()))
 }
 
 /// A request's fate: `None` when the stack neither answered nor failed
@@ -175,27 +198,41 @@ fn request(target: &Target, id: &HeaderValue, post: bool) -> Request<Full<Bytes>
 type Answer = Option<Result<Completed, RequestError>>;
 
 /// Sends one request, counting it in `sent` first.
-async fn send(
+pub(crate) async fn send(
     client: &mut WorkerClient,
     target: &Target,
     id: &HeaderValue,
     post: bool,
+    key: Option<&HeaderValue>,
     sent: &AtomicU64,
 ) -> (Duration, Answer) {
     let started = Instant::now();
     sent.fetch_add(1, Relaxed);
     let answer = timeout(
         REQUEST_TIMEOUT,
-        client.send(request(target, id, post), target),
+        client.send(request(target, id, post, key), target),
     )
     .await
     .ok();
     (started.elapsed(), answer)
 }
 
-fn note(recorder: &mut Recorder, latency: Duration, answer: Answer, id: &HeaderValue) {
+pub(crate) fn note(
+    recorder: &mut Recorder,
+    latency: Duration,
+    answer: Answer,
+    id: &HeaderValue,
+    keyed: Keyed,
+) {
     match answer {
-        Some(outcome) => recorder.record(latency, outcome, id),
+        Some(outcome) => {
+            if let (Some((key, phase)), Ok(done)) = (keyed, &outcome)
+                && let Some(by) = &done.served_by
+            {
+                recorder.route(phase, key, by);
+            }
+            recorder.record(latency, outcome, id);
+        }
         None => recorder.record_lost(),
     }
 }
@@ -209,6 +246,7 @@ struct ClosedWorker {
     issued: Arc<AtomicU64>,
     think: Option<(Duration, Duration)>,
     post_every: Option<u64>,
+    keys: Option<Arc<Keys>>,
     sent: Arc<AtomicU64>,
     progress: Arc<Progress>,
     track_in_flight: bool,
@@ -241,12 +279,14 @@ impl ClosedWorker {
             let post = self
                 .post_every
                 .is_some_and(|n| seq.is_multiple_of(n.max(1)));
+            let keyed = draw(self.keys.as_deref());
+            let key = self.keys.as_ref().zip(keyed).map(|(k, (i, _))| k.value(i));
             let (latency, answer) =
-                send(&mut self.client, &self.target, &id, post, &self.sent).await;
+                send(&mut self.client, &self.target, &id, post, key, &self.sent).await;
             if self.track_in_flight {
                 self.progress.in_flight_delta(-1);
             }
-            note(&mut recorder, latency, answer, &id);
+            note(&mut recorder, latency, answer, &id, keyed);
             unreported += 1;
             if unreported == PROGRESS_BATCH {
                 self.progress.add_done(unreported);
@@ -258,11 +298,12 @@ impl ClosedWorker {
     }
 }
 
-type Sample = (Duration, Answer, HeaderValue);
+type Sample = (Duration, Answer, HeaderValue, Keyed);
 
 async fn one_shot(
     mut client: WorkerClient,
     target: Target,
+    keys: Option<Arc<Keys>>,
     id: u64,
     sent: Arc<AtomicU64>,
     progress: Arc<Progress>,
@@ -272,11 +313,13 @@ async fn one_shot(
     if track_in_flight {
         progress.in_flight_delta(1);
     }
-    let (latency, answer) = send(&mut client, &target, &id, false, &sent).await;
+    let keyed = draw(keys.as_deref());
+    let key = keys.as_ref().zip(keyed).map(|(k, (i, _))| k.value(i));
+    let (latency, answer) = send(&mut client, &target, &id, false, key, &sent).await;
     if track_in_flight {
         progress.in_flight_delta(-1);
     }
-    (latency, answer, id)
+    (latency, answer, id, keyed)
 }
 
 /// Awaits every task (until `drain_by`, then aborts the rest). A task that
@@ -285,7 +328,9 @@ async fn one_shot(
 async fn collect(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, drain_by: Instant) {
     loop {
         match tokio::time::timeout_at(drain_by, tasks.join_next()).await {
-            Ok(Some(Ok((latency, answer, id)))) => note(recorder, latency, answer, &id),
+            Ok(Some(Ok((latency, answer, id, keyed)))) => {
+                note(recorder, latency, answer, &id, keyed)
+            }
             Ok(Some(Err(_))) => {}
             Ok(None) => return,
             Err(_) => {
@@ -301,6 +346,7 @@ struct PoissonSpec {
     deadline: Instant,
     max_in_flight: usize,
     max_requests: u64,
+    keys: Option<Arc<Keys>>,
 }
 
 async fn poisson(
@@ -327,8 +373,8 @@ async fn poisson(
         sleep_until(next).await;
         while let Some(done) = tasks.try_join_next() {
             // A failed task leaves no record: reconciled as lost.
-            if let Ok((latency, answer, id)) = done {
-                note(&mut recorder, latency, answer, &id);
+            if let Ok((latency, answer, id, keyed)) = done {
+                note(&mut recorder, latency, answer, &id, keyed);
             }
             progress.add_done(1);
         }
@@ -344,6 +390,7 @@ async fn poisson(
         tasks.spawn(one_shot(
             shared(stack)?,
             target,
+            spec.keys.clone(),
             arrivals,
             sent.clone(),
             progress.clone(),

@@ -3,6 +3,7 @@
 //! in time, and every stack is driven identically (pre-parsed targets, the
 //! same headers, one `x-request-id` per request).
 
+mod keys;
 mod load;
 mod record;
 
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub use keys::{Keys, Routes, moved_fraction};
 pub use load::run;
+pub(crate) use load::{note, send};
 pub use record::Recorder;
 
 /// A request the stack has neither answered nor failed after this long is
@@ -39,6 +42,9 @@ pub enum Load {
         /// Every `n`-th request of a worker is a POST with a small body
         /// ([`POST_BODY`]); the others are GETs. `None`: all GETs.
         post_every: Option<u32>,
+        /// Affinity keys the requests carry, drawn by popularity, and
+        /// where each was served recorded ([`Recorder::routes`]).
+        keys: Option<Arc<Keys>>,
     },
     /// Requests arrive as a Poisson process of `rate` per second for
     /// `duration`, each to a target drawn from a Zipf(`zipf_exponent`)
@@ -56,6 +62,8 @@ pub enum Load {
         zipf_exponent: Option<f64>,
         /// Stop after this many arrivals.
         max_requests: Option<u64>,
+        /// Affinity keys the requests carry, as for a closed loop.
+        keys: Option<Arc<Keys>>,
     },
     /// `bursts` times: `size` concurrent requests, wait for all, then `gap`.
     Bursts {
@@ -182,7 +190,15 @@ impl Zipf {
 
     /// Draws an index.
     pub fn sample(&self) -> usize {
-        let u = fastrand::f64();
+        self.at(fastrand::f64())
+    }
+
+    /// Draws an index with `rng`.
+    pub fn sample_with(&self, rng: &mut fastrand::Rng) -> usize {
+        self.at(rng.f64())
+    }
+
+    fn at(&self, u: f64) -> usize {
         self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
     }
 }
@@ -201,6 +217,7 @@ mod tests {
             max_requests: Some(1000),
             think: None,
             post_every: Some(10),
+            keys: None,
         };
         let mut total = 0;
         for round in 0..6 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use http::HeaderValue;
 
+use super::Routes;
 use crate::stacks::{Completed, RequestError, RequestErrorKind};
 
 /// Lowest latency the histogram tells apart (1 us, in ns).
@@ -24,6 +25,7 @@ pub struct Recorder {
     misdelivered: u64,
     unechoed: u64,
     first_error: Option<String>,
+    routes: Routes,
 }
 
 impl Default for Recorder {
@@ -46,6 +48,7 @@ impl Recorder {
             misdelivered: 0,
             unechoed: 0,
             first_error: None,
+            routes: Routes::default(),
         }
     }
 
@@ -120,6 +123,17 @@ impl Recorder {
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
+        self.routes.merge(&other.routes);
+    }
+
+    /// Notes that key `key`, sent in `phase`, was served by `by`.
+    pub fn route(&mut self, phase: u32, key: u32, by: &HeaderValue) {
+        self.routes.record(phase, key, by);
+    }
+
+    /// Where each affinity key was served (loads with keys only).
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// Successful requests.
@@ -191,6 +205,7 @@ mod tests {
             status: StatusCode::OK,
             request_id: Some(HeaderValue::from_str(id).expect("a valid id")),
             body_bytes: 100,
+            served_by: None,
         })
     }
 

@@ -13,6 +13,7 @@ fn outcome(ids: &[Option<&'static str>]) -> LoadOutcome {
             status: StatusCode::OK,
             request_id: id.map(HeaderValue::from_static),
             body_bytes: 100,
+            served_by: None,
         };
         recorder.record(
             Duration::from_millis(1),

@@ -120,7 +120,7 @@ fn table(runs: &[&RunResult]) -> String {
     let ratio = |b: Option<f64>, v: f64| b.map_or("-".to_owned(), |b| format!("{:.2}x", v / b));
     let mut t = String::from(
         "<table><tr><th>stack</th><th>req/s</th><th>vs hyper-util</th><th>vs raw</th>\
-         <th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>errors</th><th>connections</th>\
+         <th>p50 us</th><th>p90 us</th><th>p99 us</th><th>p99.9 us</th><th>errors</th><th>connections</th>\
          <th>retries</th><th>per 1000 req</th><th>peak open</th><th>idle socket s</th>\
          <th>TLS full/resumed</th><th>misdelivered</th><th>lost</th></tr>",
     );
@@ -128,7 +128,7 @@ fn table(runs: &[&RunResult]) -> String {
         let _ = write!(
             t,
             "<tr><td style=\"color:{}\">{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.0}</td>\
-             <td>{:.0}</td><td>{:.0}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
+             <td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
              <td>{:.1}</td><td>{}/{}</td><td>{}</td><td>{}</td></tr>",
             stack_color(&r.stack),
             escape(&r.stack),
@@ -136,6 +136,7 @@ fn table(runs: &[&RunResult]) -> String {
             ratio(hu, r.rps),
             ratio(raw, r.rps),
             r.p50_us,
+            r.p90_us,
             r.p99_us,
             r.p999_us,
             escape(r.first_error.as_deref().unwrap_or("")),

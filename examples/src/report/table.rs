@@ -27,8 +27,16 @@ pub fn scenario_table(scenario: &Scenario, runs: &[RunResult], skipped: &[Skippe
     if scenario.server.injects_faults() {
         out.push_str(&accounting(runs));
     }
+    // Stacks skipped for one reason share a line.
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
     for s in skipped {
-        let _ = writeln!(out, "   skipped {}: {}", s.stack, s.reason);
+        match reasons.iter_mut().find(|(reason, _)| *reason == s.reason) {
+            Some((_, stacks)) => stacks.push(&s.stack),
+            None => reasons.push((&s.reason, vec![&s.stack])),
+        }
+    }
+    for (reason, stacks) in reasons {
+        let _ = writeln!(out, "   skipped {}: {reason}", stacks.join(", "));
     }
     out
 }
@@ -143,6 +151,45 @@ pub fn rows(runs: &[RunResult]) -> String {
                 "",
                 r.rps / baseline,
                 baseline
+            );
+        }
+        if let (Some(hits), Some(misses)) = (r.cache_hits, r.cache_misses) {
+            let lookups = (hits + misses).max(1) as f64;
+            let figure = |f: Option<f64>| f.map_or_else(|| "-".to_owned(), |f| format!("{f:.2}"));
+            let (ratio, over_bound) = (figure(r.max_load_ratio), figure(r.max_load_over_bound));
+            let count = |n: Option<u64>| n.map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+            let (ejections, detours) = (count(r.ejections), count(r.warm_detours));
+            let _ = writeln!(
+                out,
+                "{:<17}cache hits {hits}, misses {misses} ({:.1} % missed); p50/p90/p99 {:.0}/{:.0}/{:.0} us; in flight max/mean {ratio}, max/cap {over_bound}; ejections {ejections}; warm detours {detours}",
+                "",
+                misses as f64 * 100.0 / lookups,
+                r.p50_us,
+                r.p90_us,
+                r.p99_us,
+            );
+        }
+        for step in r.keys_moved.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<17}{} -> {} endpoints: {:.3} of {} keys moved (minimum {:.3}, {:.2}x)",
+                "",
+                step.from,
+                step.to,
+                step.moved_fraction,
+                step.keys_compared,
+                step.minimum_fraction,
+                step.moved_fraction / step.minimum_fraction
+            );
+        }
+        if let Some(compared) = r.keys_returned_compared {
+            let back = r
+                .keys_returned_fraction
+                .map_or_else(|| "-".to_owned(), |f| format!("{f:.3}"));
+            let _ = writeln!(
+                out,
+                "{:<17}{back} of the failed endpoint's {compared} keys back on it after its return",
+                ""
             );
         }
         if let Some(bytes) = r.rss_per_idle_target_bytes {

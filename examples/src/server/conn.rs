@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::ServerStats;
+use super::address::{Address, X_AFFINITY_KEY, X_SERVED_BY};
 use super::chaos::{Chaos, Fault, FaultGenerator};
 
 /// The header the server echoes back, and the lab checks.
@@ -47,6 +48,23 @@ pub(crate) struct Settings {
     /// HTTP/2 stream limit and how long a slot stays busy after its
     /// stream ends (`ServerConfig::h2_late_release`).
     pub(crate) late_release: Option<(u32, Duration)>,
+    /// Name the serving address in every response ([`X_SERVED_BY`]).
+    pub(crate) served_by: bool,
+}
+
+/// An accepted connection and what serving it needs.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// Its place in accept order (it seeds the fault draws).
+    pub(crate) index: u64,
+    /// Its [`ServerStream`](super::chaos::ServerStream)'s flag.
+    pub(crate) reset_on_drop: Arc<AtomicBool>,
+    pub(crate) stats: ServerStats,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) builder: Arc<auto::Builder<TokioExecutor>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The address it was accepted on: taking it down drops the connection.
+    pub(crate) address: Arc<Address>,
 }
 
 /// Shared state of one connection.
@@ -54,6 +72,7 @@ pub(crate) struct Settings {
 struct Conn {
     stats: ServerStats,
     settings: Arc<Settings>,
+    address: Arc<Address>,
     epoch: Instant,
     in_flight: AtomicU32,
     requests: AtomicU64,
@@ -152,6 +171,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _in_flight = conn.begin();
+    let _address_load = conn.address.begin();
     let served = conn.requests.fetch_add(1, Relaxed) + 1;
     let (parts, body) = req.into_parts();
     if !body.is_end_stream() {
@@ -159,6 +179,13 @@ async fn handle(
         let _ = body.collect().await;
     }
     let settings = &conn.settings;
+    let miss_latency = parts
+        .headers
+        .get(X_AFFINITY_KEY)
+        .and_then(|key| conn.address.lookup(key.as_bytes()));
+    if let Some(hit) = miss_latency.map(|latency| latency.is_zero()) {
+        conn.stats.cache_lookup(hit);
+    }
     let fault = conn.chaos.as_ref().and_then(|c| c.faults.draw());
     if let Some(fault) = fault {
         conn.stats.fault_injected(fault);
@@ -174,13 +201,17 @@ async fn handle(
         Some(Fault::Stall(stall)) => conn.pause(stall).await,
         _ => {}
     }
-    if let Some(latency) = settings.latency {
+    let latency = settings.latency.unwrap_or_default() + miss_latency.unwrap_or_default();
+    if !latency.is_zero() {
         conn.pause(latency).await;
     }
     let mut response = Response::new(Full::new(settings.body.clone()));
     let headers = response.headers_mut();
     if let Some(id) = parts.headers.get(X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID, id.clone());
+    }
+    if settings.served_by {
+        headers.insert(X_SERVED_BY, conn.address.served_by.clone());
     }
     let h2 = parts.version == Version::HTTP_2;
     if let (Some(hint), false) = (&settings.keep_alive_hint, h2) {
@@ -217,20 +248,21 @@ async fn idle_expired(conn: &Conn, idle: Option<Duration>) {
     }
 }
 
-/// Serves one connection (plain TCP or an accepted TLS stream) to the end.
-/// `index` is its place in accept order (it seeds the fault draws);
-/// `reset_on_drop` is its [`ServerStream`](super::chaos::ServerStream)'s flag.
-pub(crate) async fn serve<IO>(
-    io: IO,
-    index: u64,
-    reset_on_drop: Arc<AtomicBool>,
-    stats: ServerStats,
-    settings: Arc<Settings>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+/// Serves one connection (plain TCP or an accepted TLS stream) to the end,
+/// or until its address is taken down (then it is dropped at once).
+pub(crate) async fn serve<IO>(io: IO, accepted: Accepted)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Accepted {
+        index,
+        reset_on_drop,
+        stats,
+        settings,
+        builder,
+        mut shutdown,
+        address,
+    } = accepted;
     let chaos = settings.chaos.as_ref().map(|chaos| ConnChaos {
         faults: chaos.generator(index),
         abort: Notify::new(),
@@ -240,6 +272,7 @@ pub(crate) async fn serve<IO>(
     let conn = Arc::new(Conn {
         stats: stats.clone(),
         settings,
+        address: address.clone(),
         epoch: Instant::now(),
         in_flight: AtomicU32::new(0),
         requests: AtomicU64::new(0),
@@ -248,6 +281,7 @@ pub(crate) async fn serve<IO>(
         chaos,
     });
     stats.connection_opened();
+    address.connection_opened();
     {
         let service_conn = conn.clone();
         let service = service_fn(move |req| handle(service_conn.clone(), req));
@@ -261,6 +295,7 @@ pub(crate) async fn serve<IO>(
             tokio::select! {
                 _ = connection.as_mut() => break,
                 _ = conn.abort_requested() => break,
+                _ = address.went_down() => break,
                 _ = &mut idle, if !closing => {}
                 _ = conn.goaway.notified(), if !closing => {}
                 _ = shutdown.changed(), if !closing => {}
@@ -281,6 +316,7 @@ pub(crate) async fn serve<IO>(
             sleep(Duration::from_millis(1)).await;
         }
     }
+    address.connection_closed();
     stats.connection_closed(
         conn.requests.load(Relaxed),
         conn.in_flight.load(Relaxed) == 0,

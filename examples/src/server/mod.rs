@@ -17,24 +17,26 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 mod chaos;
 mod conn;
 mod late;
+mod listen;
 mod stats;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+pub use address::{AddressSnapshot, KeyCache, X_AFFINITY_KEY, X_SERVED_BY};
 pub use chaos::Chaos;
 pub use conn::X_REQUEST_ID;
 pub use stats::{
@@ -42,10 +44,11 @@ pub use stats::{
 };
 
 use crate::tls::TlsIdentity;
-use chaos::ServerStream;
+use address::Address;
+use listen::Listening;
 
-/// A TLS handshake that has not finished after this long is abandoned.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Server::take_down`] waits for an address's connections to close.
+const TAKE_DOWN_LIMIT: Duration = Duration::from_secs(5);
 
 /// The `i`-th loopback address the server listens on: `127.0.0.1` for 0, up
 /// to `127.0.0.254`, then `127.0.1.1` and so on.
@@ -74,6 +77,9 @@ pub struct ServerConfig {
     sample_interval: Duration,
     backlog: u32,
     chaos: Option<Chaos>,
+    cache: Option<KeyCache>,
+    served_by: bool,
+    one_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +100,9 @@ impl Default for ServerConfig {
             sample_interval: Duration::from_millis(25),
             backlog: 1024,
             chaos: None,
+            cache: None,
+            served_by: false,
+            one_port: false,
         }
     }
 }
@@ -203,6 +212,32 @@ impl ServerConfig {
         self
     }
 
+    /// Give every address a cache of affinity keys (read from the
+    /// request's [`X_AFFINITY_KEY`] header; a request without one skips
+    /// the cache): a miss adds [`KeyCache::miss_latency`] to its answer.
+    /// Hits and misses are counted per address
+    /// ([`Server::address_snapshots`]) and in all
+    /// ([`ServerSnapshot::cache_hits`]). Defaults to `None`.
+    pub fn cache(mut self, cache: Option<KeyCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Name the serving address in every response's [`X_SERVED_BY`]
+    /// header. Defaults to `false`.
+    pub fn served_by(mut self, on: bool) -> Self {
+        self.served_by = on;
+        self
+    }
+
+    /// Listen on the same port on every address (the port the first one
+    /// gets, when [`port`](Self::port) is 0), as the endpoints of one
+    /// logical service `name:port` do. Defaults to `false`.
+    pub fn one_port(mut self, on: bool) -> Self {
+        self.one_port = on;
+        self
+    }
+
     /// Whether the server injects faults.
     pub fn injects_faults(&self) -> bool {
         self.chaos.is_some()
@@ -211,10 +246,18 @@ impl ServerConfig {
 
 /// A running embedded server. Dropping it stops the server: listeners
 /// close, open connections are dropped, its runtime's threads end.
+///
+/// Its set of addresses can change while it runs: [`Server::add_address`]
+/// listens on one more, [`Server::take_down`] closes one (its listener and
+/// its connections: connects are refused) and [`Server::bring_up`] opens it
+/// again on the same socket address.
 #[derive(Debug)]
 pub struct Server {
     addrs: Vec<SocketAddr>,
-    tls: bool,
+    addresses: Arc<Mutex<Vec<Arc<Address>>>>,
+    accepts: Vec<Option<tokio::task::JoinHandle<()>>>,
+    listening: Listening,
+    config: ServerConfig,
     stats: ServerStats,
     shutdown: watch::Sender<bool>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -249,6 +292,7 @@ impl Server {
             late_release: config
                 .h2_late_release
                 .map(|after| (config.h2_max_concurrent_streams.unwrap_or(200), after)),
+            served_by: config.served_by,
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -256,49 +300,126 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.h2_max_concurrent_streams);
-        let builder = Arc::new(builder);
 
         let stats = ServerStats::new();
         let (shutdown, _) = watch::channel(false);
-        let mut listeners = Vec::with_capacity(config.addresses);
-        {
-            let _enter = runtime.enter();
-            for i in 0..config.addresses {
-                let addr = SocketAddr::new(loopback_addr(config.first_address + i), config.port);
-                let socket = TcpSocket::new_v4()?;
-                socket.set_reuseaddr(true)?;
-                socket
-                    .bind(addr)
-                    .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
-                listeners.push(socket.listen(config.backlog)?);
-            }
-        }
-        let addrs = listeners
-            .iter()
-            .map(TcpListener::local_addr)
-            .collect::<io::Result<Vec<_>>>()?;
-        for listener in listeners {
-            runtime.spawn(accept_loop(
-                listener,
-                tls.clone(),
-                stats.clone(),
-                settings.clone(),
-                builder.clone(),
-                shutdown.subscribe(),
-            ));
-        }
+        let listening = Listening {
+            runtime: runtime.handle().clone(),
+            tls,
+            stats: stats.clone(),
+            settings,
+            builder: Arc::new(builder),
+            shutdown: shutdown.subscribe(),
+            backlog: config.backlog,
+        };
+        let addresses = Arc::new(Mutex::new(Vec::new()));
         runtime.spawn(sampler(
             stats.clone(),
+            addresses.clone(),
             config.sample_interval,
             shutdown.subscribe(),
         ));
-        Ok(Self {
-            addrs,
-            tls: tls.is_some(),
+        let mut server = Self {
+            addrs: Vec::with_capacity(config.addresses),
+            addresses,
+            accepts: Vec::with_capacity(config.addresses),
+            listening,
+            config,
             stats,
             shutdown,
             runtime: Some(runtime),
-        })
+        };
+        for _ in 0..server.config.addresses {
+            server.add_address()?;
+        }
+        Ok(server)
+    }
+
+    /// Listens on one more loopback address (the next after the last, see
+    /// [`loopback_addr`]) and returns it.
+    pub fn add_address(&mut self) -> io::Result<SocketAddr> {
+        let port = match (self.config.one_port, self.addrs.first()) {
+            (true, Some(first)) => first.port(),
+            _ => self.config.port,
+        };
+        let ip = loopback_addr(self.config.first_address + self.addrs.len());
+        let listener = self.listening.bind(SocketAddr::new(ip, port))?;
+        let addr = listener.local_addr()?;
+        let address = Arc::new(Address::new(addr, self.config.cache));
+        self.lock_addresses().push(address.clone());
+        self.accepts
+            .push(Some(self.listening.spawn(listener, address)));
+        self.addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// Takes the `i`-th address down: its listener closes (connects are
+    /// refused) and its open connections are dropped, requests in flight
+    /// on them unanswered. Returns once the listener is closed and the
+    /// connections are gone (or after 5 s). Taking down an address that is
+    /// down does nothing.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below `addrs().len()`.
+    pub async fn take_down(&mut self, i: usize) {
+        let address = self.address(i);
+        address.set_up(false);
+        if let Some(accept) = self.accepts[i].take() {
+            let _ = accept.await;
+        }
+        let deadline = tokio::time::Instant::now() + TAKE_DOWN_LIMIT;
+        while address.open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Brings the `i`-th address back up on the same socket address. An
+    /// address that is up stays as it is.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below `addrs().len()`.
+    pub fn bring_up(&mut self, i: usize) -> io::Result<()> {
+        let address = self.address(i);
+        address.set_in_service(true);
+        if self.accepts[i].is_some() {
+            return Ok(());
+        }
+        let listener = self.listening.bind(address.addr)?;
+        address.set_up(true);
+        self.accepts[i] = Some(self.listening.spawn(listener, address));
+        Ok(())
+    }
+
+    /// Retires the `i`-th address from the service: it still serves, but
+    /// no longer counts in the load samples (its clients were told it is
+    /// gone, its last requests drain). [`Server::bring_up`] counts it
+    /// again.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below `addrs().len()`.
+    pub fn retire(&self, i: usize) {
+        self.address(i).set_in_service(false);
+    }
+
+    /// Every address's counters, in address order.
+    pub fn address_snapshots(&self) -> Vec<AddressSnapshot> {
+        self.lock_addresses()
+            .iter()
+            .map(|address| address.snapshot())
+            .collect()
+    }
+
+    fn address(&self, i: usize) -> Arc<Address> {
+        self.lock_addresses()[i].clone()
+    }
+
+    fn lock_addresses(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Address>>> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The bound addresses, in order (the first address first).
@@ -308,7 +429,7 @@ impl Server {
 
     /// Whether the server speaks TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls
+        self.listening.tls.is_some()
     }
 
     /// The base URL of the `i`-th address, e.g. `http://127.0.0.1:40123`.
@@ -317,7 +438,7 @@ impl Server {
     ///
     /// If `i` is not below `addrs().len()`.
     pub fn url(&self, i: usize) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.is_tls() { "https" } else { "http" };
         format!("{scheme}://{}", self.addrs[i])
     }
 
@@ -346,89 +467,37 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+/// Samples the open connections and the load across the addresses in
+/// service, up and not retired (see [`ServerStats::max_load_ratio_since`]).
+async fn sampler(
     stats: ServerStats,
-    settings: Arc<conn::Settings>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    addresses: Arc<Mutex<Vec<Arc<Address>>>>,
+    every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                // Out of file descriptors or a reset before accept: back off briefly.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let index = stats.accepted_connection();
-        let _ = stream.set_nodelay(true);
-        let stream = ServerStream::new(stream);
-        let reset_on_drop = stream.reset_on_drop();
-        let (stats, settings, builder, shutdown) = (
-            stats.clone(),
-            settings.clone(),
-            builder.clone(),
-            shutdown.clone(),
-        );
-        match &tls {
-            None if settings.late_release.is_some() => {
-                tokio::spawn(late::serve(stream, stats, settings, shutdown));
-            }
-            None => {
-                tokio::spawn(conn::serve(
-                    stream,
-                    index,
-                    reset_on_drop,
-                    stats,
-                    settings,
-                    builder,
-                    shutdown,
-                ));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            stats.tls_handshake(stream.get_ref().1.handshake_kind());
-                            conn::serve(
-                                stream,
-                                index,
-                                reset_on_drop,
-                                stats,
-                                settings,
-                                builder,
-                                shutdown,
-                            )
-                            .await;
-                        }
-                        _ => stats.tls_handshake(None),
-                    }
-                });
-            }
-        }
-    }
-}
-
-async fn sampler(stats: ServerStats, every: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight = Vec::new();
     loop {
         tokio::select! {
-            _ = ticks.tick() => stats.sample(),
+            _ = ticks.tick() => {}
             _ = shutdown.changed() => return,
         }
+        stats.sample();
+        in_flight.clear();
+        in_flight.extend(
+            addresses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|address| address.in_service())
+                .map(|address| address.in_flight()),
+        );
+        stats.sample_load(&in_flight);
     }
 }
 
+#[cfg(test)]
+mod address_tests;
 #[cfg(test)]
 mod tests;

@@ -42,8 +42,13 @@ struct Inner {
     tls_failed: AtomicU64,
     faults: [AtomicU64; 4],
     refused: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
     idle: Mutex<IdleIntegral>,
     samples: Mutex<Vec<OpenSample>>,
+    /// The load across the addresses up, at each sample with a request in
+    /// flight.
+    load_samples: Mutex<Vec<LoadSample>>,
 }
 
 #[derive(Debug)]
@@ -98,6 +103,11 @@ pub struct ServerSnapshot {
     /// HTTP/2 streams refused (`REFUSED_STREAM`) while every slot was still
     /// counted busy (see [`ServerConfig::h2_late_release`](super::ServerConfig::h2_late_release)).
     pub refused: u64,
+    /// Requests whose affinity key was in the serving address's cache,
+    /// all addresses together (see [`ServerConfig::cache`](super::ServerConfig::cache)).
+    pub cache_hits: u64,
+    /// Requests whose affinity key was not.
+    pub cache_misses: u64,
 }
 
 /// Faults the server injected, by kind.
@@ -150,12 +160,15 @@ impl ServerStats {
                 tls_failed: AtomicU64::new(0),
                 faults: std::array::from_fn(|_| AtomicU64::new(0)),
                 refused: AtomicU64::new(0),
+                cache_hits: AtomicU64::new(0),
+                cache_misses: AtomicU64::new(0),
                 idle: Mutex::new(IdleIntegral {
                     idle_now: 0,
                     last_change: now,
                     socket_seconds: 0.0,
                 }),
                 samples: Mutex::new(Vec::new()),
+                load_samples: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -202,7 +215,37 @@ impl ServerStats {
                 goaway: i.faults[FAULT_GOAWAY].load(Relaxed),
             },
             refused: i.refused.load(Relaxed),
+            cache_hits: i.cache_hits.load(Relaxed),
+            cache_misses: i.cache_misses.load(Relaxed),
         }
+    }
+
+    /// The highest load ratio sampled at or after `since_s` seconds of
+    /// uptime: at each sample (every
+    /// [`sample_interval`](super::ServerConfig::sample_interval)) with a
+    /// request in flight, the most requests in flight on one address over
+    /// the mean across the addresses up. `None` when no such sample was
+    /// taken.
+    pub fn max_load_ratio_since(&self, since_s: f64) -> Option<f64> {
+        self.max_load_since(since_s, |sample| sample.ratio)
+    }
+
+    /// As [`max_load_ratio_since`](Self::max_load_ratio_since), the most
+    /// requests in flight on one address over the bounded-load cap
+    /// `ceil(1.25 * mean)` (the affinity layer's default epsilon, 0.25):
+    /// above 1 at a sample where one address held more than the cap.
+    pub fn max_load_over_bound_since(&self, since_s: f64) -> Option<f64> {
+        self.max_load_since(since_s, |sample| sample.over_bound)
+    }
+
+    fn max_load_since(&self, since_s: f64, figure: fn(&LoadSample) -> f64) -> Option<f64> {
+        let samples = self
+            .inner
+            .load_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let start = samples.partition_point(|sample| sample.at_s < since_s);
+        samples[start..].iter().map(figure).reduce(f64::max)
     }
 
     /// Time integral of open connections with no request in flight, so far.
@@ -269,6 +312,33 @@ impl ServerStats {
         if samples.len() < MAX_SAMPLES {
             samples.push(OpenSample { at_s, open, idle });
         }
+    }
+
+    /// Samples the load of the addresses up (requests in flight on each);
+    /// a sample with nothing in flight is not kept.
+    pub(crate) fn sample_load(&self, in_flight: &[u64]) {
+        let Some(mut sample) = load_sample(in_flight) else {
+            return;
+        };
+        sample.at_s = self.inner.started.elapsed().as_secs_f64();
+        let mut samples = self
+            .inner
+            .load_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if samples.len() < MAX_SAMPLES {
+            samples.push(sample);
+        }
+    }
+
+    /// A request's affinity key was looked up in its address's cache.
+    pub(crate) fn cache_lookup(&self, hit: bool) {
+        let counter = if hit {
+            &self.inner.cache_hits
+        } else {
+            &self.inner.cache_misses
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Counts an accepted connection and returns its index (0 for the first).
@@ -340,4 +410,30 @@ impl ServerStats {
     pub(crate) fn stream_refused(&self) {
         self.inner.refused.fetch_add(1, Relaxed);
     }
+}
+
+/// One sample of the load across addresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LoadSample {
+    pub(crate) at_s: f64,
+    /// The most requests in flight on one address over the mean.
+    pub(crate) ratio: f64,
+    /// The same over `ceil(1.25 * mean)`.
+    pub(crate) over_bound: f64,
+}
+
+/// The load figures of `in_flight` (one count per address); `None` when
+/// nothing is in flight.
+pub(crate) fn load_sample(in_flight: &[u64]) -> Option<LoadSample> {
+    let total: u64 = in_flight.iter().sum();
+    let max = in_flight.iter().copied().max()?;
+    if total == 0 {
+        return None;
+    }
+    let mean = total as f64 / in_flight.len() as f64;
+    Some(LoadSample {
+        at_s: 0.0,
+        ratio: max as f64 / mean,
+        over_bound: max as f64 / (1.25 * mean).ceil(),
+    })
 }

@@ -5,6 +5,8 @@
 
 mod connector;
 mod otel;
+mod p2c;
+mod service;
 mod worker;
 
 use std::fmt;
@@ -20,9 +22,10 @@ use opentelemetry_sdk::trace::SdkTracer;
 use rustls::client::Resumption;
 use serde::Serialize;
 use tower_layer::Layer;
+use tower_reuse_affinity::Affinity;
 use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
 use tower_reuse_pool::tls::{SessionCache, TlsLayer};
-use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
+use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolLayer};
 use tower_service::Service;
 
 pub use connector::{
@@ -30,6 +33,7 @@ pub use connector::{
     ReuseConnector, TcpConnector,
 };
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
+pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
     complete,
@@ -69,16 +73,24 @@ pub enum StackKind {
     ReuseSpan,
     /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
     Raw,
+    /// tower's p2c balancer over one hyper-util client per endpoint of a
+    /// service with several: the peer of the affinity scenarios.
+    HyperUtilP2c,
+    /// `reuse` with the affinity layer on, over a service with one
+    /// endpoint (`steady-h1`): what affinity costs where it has no choice.
+    ReuseAffinity,
 }
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 8] = [
+    pub const ALL: [StackKind; 10] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
         StackKind::HyperUtilCache,
+        StackKind::HyperUtilP2c,
         StackKind::Reuse,
+        StackKind::ReuseAffinity,
         StackKind::ReuseOtel,
         StackKind::ReuseSpan,
         StackKind::Raw,
@@ -104,6 +116,8 @@ impl StackKind {
             StackKind::ReuseOtel => "reuse+otel",
             StackKind::ReuseSpan => "reuse+span",
             StackKind::Raw => "raw",
+            StackKind::HyperUtilP2c => "hyper-util+p2c",
+            StackKind::ReuseAffinity => "reuse+affinity",
         }
     }
 
@@ -179,6 +193,9 @@ enum Inner {
         pool: Pool<ReuseConnector, Full<Bytes>>,
         span: BareSpan,
     },
+    P2c(P2c),
+    /// The affinity layer over the pool, and the pool's control handle.
+    ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>, PoolControl),
 }
 
 impl fmt::Debug for Inner {
@@ -191,6 +208,8 @@ impl fmt::Debug for Inner {
             Inner::Reuse(_) => "Reuse",
             Inner::ReuseOtel { .. } => "ReuseOtel",
             Inner::ReuseSpan { .. } => "ReuseSpan",
+            Inner::P2c(_) => "P2c",
+            Inner::ReuseAffinity(..) => "ReuseAffinity",
         })
     }
 }
@@ -266,6 +285,15 @@ impl Stack {
                     _telemetry: telemetry,
                 }
             }
+            StackKind::HyperUtilP2c => Inner::P2c(P2c::new(connector)),
+            StackKind::ReuseAffinity => {
+                let layer = pool_layer(kind, protocol, target, policy)?;
+                let pool = reuse_pool(layer, protocol, tls, &connector_stats);
+                let control = pool.control();
+                let client = service::affinity_layer()?.layer(pool);
+                service::one_endpoint(&client, target)?;
+                Inner::ReuseAffinity(client, control)
+            }
             StackKind::Raw => match protocol {
                 Protocol::Http1 => {
                     let mut senders = Vec::with_capacity(workers);
@@ -303,7 +331,10 @@ impl Stack {
         let pool = match &self.inner {
             Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool,
             Inner::ReuseOtel { client, .. } => client.get_ref(),
-            Inner::Legacy(_) => return None,
+            Inner::ReuseAffinity(client, control) => {
+                return Some(service::retries(client, control));
+            }
+            Inner::Legacy(_) | Inner::P2c(_) => return None,
             Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => return Some(0),
         };
         Some(pool.control().snapshot().total(|t| t.retries()))
@@ -354,6 +385,8 @@ impl Stack {
             Inner::ReuseSpan { pool, span, .. } => {
                 WorkerClient::ReuseSpan(pool.clone(), span.clone())
             }
+            Inner::P2c(p2c) => WorkerClient::P2c(p2c.client()),
+            Inner::ReuseAffinity(client, _) => WorkerClient::ReuseAffinity(client.clone()),
             Inner::RawHttp1(_) => return None,
         })
     }

@@ -14,12 +14,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry_sdk::trace::SdkTracer;
 use serde::Serialize;
+use tower_reuse_affinity::Affinity;
 use tower_reuse_otel::Otel;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
 
-use super::{BareSpan, BoxError, LabConnector, Protocol, ReuseConnector};
-use crate::server::X_REQUEST_ID;
+use super::{BareSpan, BoxError, LabConnector, P2cClient, Protocol, ReuseConnector};
+use crate::server::{X_REQUEST_ID, X_SERVED_BY};
 use crate::target::Target;
 
 /// A client a load worker sends through; see [`super::Stack::worker`].
@@ -46,6 +47,10 @@ pub enum WorkerClient {
     ReuseOtel(Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>),
     /// A clone of the pool, and a bare span per request.
     ReuseSpan(Pool<ReuseConnector, Full<Bytes>>, BareSpan),
+    /// A handle on the p2c balancer's buffer.
+    P2c(P2cClient),
+    /// A clone of the affinity layer over the pool.
+    ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>),
 }
 
 /// A response read to the end.
@@ -57,6 +62,9 @@ pub struct Completed {
     pub request_id: Option<HeaderValue>,
     /// Body bytes read.
     pub body_bytes: usize,
+    /// The address that served it, from the embedded server's
+    /// `x-served-by` (when it sends one).
+    pub served_by: Option<HeaderValue>,
 }
 
 /// What kind of failure a request met.
@@ -250,6 +258,17 @@ fn pool_error(e: tower_reuse_pool::Error) -> RequestError {
     RequestError::new(kind, chain(&e))
 }
 
+fn affinity_error(e: tower_reuse_affinity::Error) -> RequestError {
+    match e.pool_error() {
+        Some(pool) => pool_error(pool.clone()),
+        None => RequestError::new(RequestErrorKind::Other, chain(&e)),
+    }
+}
+
+fn boxed_error(e: BoxError) -> RequestError {
+    RequestError::new(classify_boxed(e.as_ref()), chain(e.as_ref()))
+}
+
 fn connect_error(e: BoxError) -> RequestError {
     RequestError::new(RequestErrorKind::Connect, e.to_string())
 }
@@ -280,6 +299,7 @@ where
         status: parts.status,
         request_id: parts.headers.get(X_REQUEST_ID).cloned(),
         body_bytes,
+        served_by: parts.headers.get(X_SERVED_BY).cloned(),
     })
 }
 
@@ -364,6 +384,20 @@ impl WorkerClient {
                 let response = pool.call(request).await.map_err(pool_error);
                 BareSpan::end(&mut span, response.as_ref().ok());
                 complete(response?).await
+            }
+            WorkerClient::ReuseAffinity(client) => {
+                std::future::poll_fn(|cx| client.poll_ready(cx))
+                    .await
+                    .map_err(affinity_error)?;
+                let response = client.call(request).await.map_err(affinity_error)?;
+                complete(response).await
+            }
+            WorkerClient::P2c(client) => {
+                std::future::poll_fn(|cx| client.poll_ready(cx))
+                    .await
+                    .map_err(boxed_error)?;
+                let response = client.call(request).await.map_err(boxed_error)?;
+                complete(response).await
             }
         }
     }
