@@ -74,7 +74,7 @@ impl Default for AffinityConfig {
 }
 
 /// The ejection rules, as the state machine reads them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Ejection {
     pub(crate) after: u32,
     pub(crate) base: Duration,

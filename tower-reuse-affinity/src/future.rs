@@ -53,11 +53,11 @@ pin_project! {
     }
 }
 
-/// What a routed request carries besides its pool future.
+/// What a routed request carries besides its pool future: nothing shared
+/// to clone on the way that needs no retry.
 pub(crate) struct Routed<S, B> {
     pub(crate) sent: Sent,
-    pub(crate) routing: Arc<Routing>,
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) rules: Ejection,
     /// Kept when the request may be sent again; boxed, so that the future
     /// stays small when it is not.
     pub(crate) retry: Option<Box<Retry<S, B>>>,
@@ -65,6 +65,8 @@ pub(crate) struct Routed<S, B> {
 
 /// What sending a request again takes.
 pub(crate) struct Retry<S, B> {
+    pub(crate) routing: Arc<Routing>,
+    pub(crate) registry: Arc<Registry>,
     pub(crate) head: Head,
     pub(crate) inner: S,
     pub(crate) control: PoolControl,
@@ -121,10 +123,8 @@ where
             let Some(routed) = this.routed.as_mut() else {
                 return Poll::Ready(result.map_err(Error::from));
             };
-            let rules = &routed.routing.ejection;
-            routed
-                .sent
-                .finish(outcome(&result, rules), rules, &routed.registry);
+            let rules = routed.rules;
+            routed.sent.finish(outcome(&result, &rules), &rules);
             let error = match result {
                 Ok(response) => return Poll::Ready(Ok(response)),
                 Err(error) => error,
@@ -150,13 +150,12 @@ impl<S, B> Routed<S, B> {
         B: Default + Send + 'static,
         R: Send + 'static,
     {
-        let Routed {
-            sent,
-            routing,
-            registry,
-            retry,
-        } = self;
+        let Routed { sent, retry, .. } = self;
         let retry = retry.filter(|retry| retryable(error, &retry.head))?;
+        let Retry {
+            routing, registry, ..
+        } = &*retry;
+        let (routing, registry) = (routing.clone(), registry.clone());
         let retry = *retry;
         let req = retry.head.into_request();
         // The endpoints as they are now: one removed since is not retried on.
@@ -167,7 +166,6 @@ impl<S, B> Routed<S, B> {
         let router = Router {
             routing: &routing,
             control: &retry.control,
-            registry: &registry,
         };
         let mut again = set.with_candidates(|candidates| {
             if let Some(i) = failed {
@@ -176,7 +174,7 @@ impl<S, B> Routed<S, B> {
             router.route(&set, retry.key, candidates, &req, false)
         })?;
         sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
-        registry.events.load().on_retry(&Retried {
+        set.events.load().on_retry(&Retried {
             service: &set.name,
             from: sent.endpoint.addr,
             to: again.endpoint.addr,
@@ -189,8 +187,8 @@ impl<S, B> Routed<S, B> {
                 Ok(()) => inner.call_at(req, at).await,
                 Err(e) => Err(e),
             };
-            let rules = &routing.ejection;
-            again.finish(outcome(&result, rules), rules, &registry);
+            let rules = routing.ejection;
+            again.finish(outcome(&result, &rules), &rules);
             result
         }))
     }
@@ -252,17 +250,10 @@ impl Sent {
         }
     }
 
-    pub(crate) fn finish(&mut self, outcome: Outcome<'_>, rules: &Ejection, registry: &Registry) {
+    pub(crate) fn finish(&mut self, outcome: Outcome<'_>, rules: &Ejection) {
         self.finished = true;
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        record(
-            &self.set,
-            &self.endpoint,
-            outcome,
-            self.probe,
-            rules,
-            registry,
-        );
+        record(&self.set, &self.endpoint, outcome, self.probe, rules);
     }
 }
 
@@ -275,7 +266,6 @@ pub(crate) fn record(
     outcome: Outcome<'_>,
     probe: Option<u64>,
     rules: &Ejection,
-    registry: &Registry,
 ) {
     let verdict = match outcome {
         // The common case touches no lock: a healthy endpoint with no
@@ -313,7 +303,7 @@ pub(crate) fn record(
             verdict
         }
     };
-    let events = registry.events.load();
+    let events = set.events.load();
     match verdict {
         Verdict::Ejected {
             for_,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -13,15 +13,20 @@ use tower_reuse_pool::{PoolControl, Target, TargetConfig};
 
 use crate::choice;
 use crate::error::Error;
-use crate::events::{AffinityEvents, EndpointChanged, Rebalanced};
-use crate::services::{EndpointState, RecentKeys, Schemes, ServiceSet, Services, service_key};
+use crate::events::{EndpointChanged, Rebalanced};
+use crate::services::{
+    EndpointState, Events, RecentKeys, Schemes, ServiceSet, Services, service_key,
+};
 use crate::snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};
 
 /// The registry behind an [`Endpoints`] handle.
 pub(crate) struct Registry {
     pub(crate) services: ArcSwap<Services>,
+    /// Bumped by every change of `services`: a handle's last service is
+    /// good while it stays the same.
+    pub(crate) generation: AtomicU64,
     update: Mutex<()>,
-    pub(crate) events: ArcSwap<Box<dyn AffinityEvents>>,
+    pub(crate) events: Arc<Events>,
     /// The pool under the layer: removed endpoints' connections drain.
     pub(crate) control: OnceLock<PoolControl>,
 }
@@ -30,8 +35,9 @@ impl Registry {
     pub(crate) fn new() -> Self {
         Registry {
             services: ArcSwap::default(),
+            generation: AtomicU64::new(0),
             update: Mutex::default(),
-            events: ArcSwap::from_pointee(Box::new(())),
+            events: Arc::new(ArcSwap::from_pointee(Box::new(()))),
             control: OnceLock::new(),
         }
     }
@@ -156,6 +162,7 @@ impl Endpoints {
             services.remove(key.as_str());
         }
         self.registry.services.store(Arc::new(services));
+        self.registry.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = old {
             let addrs: Vec<SocketAddr> = old.endpoints.iter().map(|e| e.addr).collect();
             self.retire(&old, &addrs);
@@ -245,10 +252,12 @@ impl Endpoints {
             ejections: old
                 .as_ref()
                 .map_or_else(Arc::default, |s| s.ejections.clone()),
+            events: registry.events.clone(),
         });
         let mut next = Services::clone(&services);
         *next.entry(key.into()).or_default().slot(&scheme) = Some(set.clone());
         registry.services.store(Arc::new(next));
+        registry.generation.fetch_add(1, Ordering::AcqRel);
 
         let (before_set, after_set): (HashSet<_>, HashSet<_>) =
             (before.iter().collect(), after.iter().collect());

@@ -209,6 +209,7 @@ impl<S: PoolHandle> Layer<S> for AffinityLayer {
             control,
             routing: self.routing.clone(),
             registry: self.registry.clone(),
+            last: None,
         }
     }
 }
@@ -220,6 +221,9 @@ pub struct Affinity<S> {
     control: PoolControl,
     routing: Arc<Routing>,
     registry: Arc<Registry>,
+    /// The service this handle routed last, and the registry's generation
+    /// then: a handle sending to one service finds it without a lookup.
+    last: Option<(u64, Arc<ServiceSet>)>,
 }
 
 impl<S> Affinity<S> {
@@ -233,6 +237,26 @@ impl<S> Affinity<S> {
     /// Per service, per endpoint: load, health and counts now.
     pub fn snapshot(&self) -> AffinitySnapshot {
         self.endpoints().snapshot()
+    }
+}
+
+impl<S> Affinity<S> {
+    /// The service `req` goes to: the last one if the request is for it and
+    /// nothing changed since, else looked up (and kept as the last).
+    fn service_of<B>(&mut self, req: &Request<B>) -> Option<Arc<ServiceSet>> {
+        let uri = req.uri();
+        let (scheme, authority) = (uri.scheme()?, uri.authority()?.as_str());
+        let generation = self.registry.generation.load(Ordering::Acquire);
+        if let Some((seen, set)) = &self.last
+            && *seen == generation
+            && *set.key == *authority
+            && set.scheme.as_str() == scheme.as_str()
+        {
+            return Some(set.clone());
+        }
+        let set = find(&self.registry.services.load(), scheme, authority)?.clone();
+        self.last = Some((generation, set.clone()));
+        Some(set)
     }
 }
 
@@ -258,16 +282,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let services = self.registry.services.load();
-        let uri = req.uri();
-        let found = match (uri.scheme(), uri.authority()) {
-            (Some(scheme), Some(authority)) => find(&services, scheme, authority.as_str()),
-            _ => None,
-        };
-        let Some(set) = found.cloned() else {
+        let Some(set) = self.service_of(&req) else {
             return ResponseFuture::unrouted(self.inner.call(req));
         };
-        drop(services);
         let routing = &self.routing;
         let key = if routing.key.needs_parts() {
             let (parts, body) = req.into_parts();
@@ -289,7 +306,6 @@ where
         let router = Router {
             routing: &self.routing,
             control: &self.control,
-            registry: &self.registry,
         };
         let sent = match &set.endpoints[..] {
             // One endpoint in service: nothing to choose.
@@ -302,6 +318,8 @@ where
         let retry =
             (routing.retry && set.endpoints.len() > 1 && Head::replayable(&req)).then(|| {
                 Box::new(Retry {
+                    routing: self.routing.clone(),
+                    registry: self.registry.clone(),
                     head: Head::of(&req),
                     inner: self.inner.clone(),
                     control: self.control.clone(),
@@ -314,8 +332,7 @@ where
             future,
             Routed {
                 sent,
-                routing: self.routing.clone(),
-                registry: self.registry.clone(),
+                rules: self.routing.ejection,
                 retry,
             },
         )
@@ -326,7 +343,6 @@ where
 pub(crate) struct Router<'a> {
     pub(crate) routing: &'a Routing,
     pub(crate) control: &'a PoolControl,
-    pub(crate) registry: &'a Registry,
 }
 
 impl Router<'_> {
@@ -408,20 +424,13 @@ impl Router<'_> {
                     && home.health().new_warm_failure(retry_at)
                 {
                     let rules = &self.routing.ejection;
-                    record(
-                        set,
-                        home,
-                        Outcome::Failure(None),
-                        None,
-                        rules,
-                        self.registry,
-                    );
+                    record(set, home, Outcome::Failure(None), None, rules);
                 }
             }
             set.endpoints[next]
                 .detours_to
                 .fetch_add(1, Ordering::Relaxed);
-            self.registry.events.load().on_warm_detour(&WarmDetour {
+            set.events.load().on_warm_detour(&WarmDetour {
                 service: &set.name,
                 from: set.endpoints[first].addr,
                 to: set.endpoints[next].addr,

@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use http::uri::Scheme;
 use tokio::time::Instant;
 use tower_reuse_pool::Endpoint;
 
 use crate::choice::{self, Candidate};
+use crate::events::AffinityEvents;
 use crate::health::{Availability, Health};
 
 /// One endpoint of a service: its load, health and counts. Kept across
@@ -119,7 +121,6 @@ impl RecentKeys {
 }
 
 /// One logical service and its endpoints now.
-#[derive(Debug)]
 pub(crate) struct ServiceSet {
     pub(crate) name: Arc<str>,
     pub(crate) scheme: Scheme,
@@ -131,7 +132,22 @@ pub(crate) struct ServiceSet {
     /// Taken by each failure while it checks and changes the share of
     /// endpoints out of service.
     pub(crate) ejections: Arc<Mutex<()>>,
+    /// The layer's event hook (shared, so that a request's outcome reaches
+    /// it through its service alone).
+    pub(crate) events: Arc<Events>,
 }
+
+impl std::fmt::Debug for ServiceSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceSet")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An affinity layer's event hook, replaceable.
+pub(crate) type Events = ArcSwap<Box<dyn AffinityEvents>>;
 
 impl ServiceSet {
     /// `f` of the endpoints as a choice sees them now (on the stack for up
@@ -197,12 +213,10 @@ pub(crate) struct Schemes {
 
 impl Schemes {
     pub(crate) fn get(&self, scheme: &Scheme) -> Option<&Arc<ServiceSet>> {
-        if *scheme == Scheme::HTTP {
-            self.http.as_ref()
-        } else if *scheme == Scheme::HTTPS {
-            self.https.as_ref()
-        } else {
-            None
+        match scheme.as_str() {
+            "http" => self.http.as_ref(),
+            "https" => self.https.as_ref(),
+            _ => None,
         }
     }
 
