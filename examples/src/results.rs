@@ -177,7 +177,7 @@ pub struct RunResult {
     /// whenever a request was in flight; `null` outside the affinity
     /// scenarios (`affinity-cache`, `affinity-scale`, `endpoint-failure`).
     pub max_load_ratio: Option<f64>,
-    /// As `max_load_ratio`, over the bounded-load cap `ceil(1.25 * mean)`
+    /// As `max_load_ratio`, over the bounded-load cap `ceil(1.25 * mean)`, at least 2
     /// instead of the mean (1.25: the affinity layer's default epsilon
     /// 0.25): at most 1 when no endpoint ever held more than the cap. With
     /// few requests in flight `max_load_ratio` is high for any balancer

@@ -40,8 +40,11 @@ fn load_is_the_busiest_over_the_mean_and_over_the_bound() {
     assert_eq!(figures(&[2, 2]), Some((1.0, 2.0 / 3.0)));
     // Mean 1, cap ceil(1.25) = 2: 3 is over it.
     assert_eq!(figures(&[3, 1, 0, 0]), Some((3.0, 1.5)));
-    // One request on one of 8: mean 1/8, cap 1: far over the mean, at the cap.
-    assert_eq!(figures(&[1, 0, 0, 0, 0, 0, 0, 0]), Some((8.0, 1.0)));
+    // One request on one of 8: mean 1/8, cap the floor, 2: far over the
+    // mean, under the cap.
+    assert_eq!(figures(&[1, 0, 0, 0, 0, 0, 0, 0]), Some((8.0, 0.5)));
+    // Two: at the cap.
+    assert_eq!(figures(&[2, 0, 0, 0, 0, 0, 0, 0]), Some((8.0, 1.0)));
 }
 
 /// Sends one keyed GET on a new connection and returns the raw answer.

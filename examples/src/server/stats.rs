@@ -232,8 +232,9 @@ impl ServerStats {
 
     /// As [`max_load_ratio_since`](Self::max_load_ratio_since), the most
     /// requests in flight on one address over the bounded-load cap
-    /// `ceil(1.25 * mean)` (the affinity layer's default epsilon, 0.25):
-    /// above 1 at a sample where one address held more than the cap.
+    /// `ceil(1.25 * mean)`, at least 2 (the affinity layer's defaults:
+    /// epsilon 0.25, load floor 2): above 1 at a sample where one address
+    /// held more than the cap.
     pub fn max_load_over_bound_since(&self, since_s: f64) -> Option<f64> {
         self.max_load_since(since_s, |sample| sample.over_bound)
     }
@@ -418,7 +419,7 @@ pub(crate) struct LoadSample {
     pub(crate) at_s: f64,
     /// The most requests in flight on one address over the mean.
     pub(crate) ratio: f64,
-    /// The same over `ceil(1.25 * mean)`.
+    /// The same over `ceil(1.25 * mean)`, at least 2.
     pub(crate) over_bound: f64,
 }
 
@@ -434,6 +435,6 @@ pub(crate) fn load_sample(in_flight: &[u64]) -> Option<LoadSample> {
     Some(LoadSample {
         at_s: 0.0,
         ratio: max as f64 / mean,
-        over_bound: max as f64 / (1.25 * mean).ceil(),
+        over_bound: max as f64 / (1.25 * mean).ceil().max(2.0),
     })
 }
