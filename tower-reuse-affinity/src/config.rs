@@ -252,31 +252,13 @@ mod secs {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let seconds = match Form::deserialize(d)? {
-            Form::Seconds(s) => s,
-            Form::Text(text) => {
-                let text = text.trim();
-                let split = text
-                    .find(|c: char| !c.is_ascii_digit() && c != '.')
-                    .unwrap_or(text.len());
-                let (number, unit) = text.split_at(split);
-                let number: f64 = number
-                    .parse()
-                    .map_err(|_| D::Error::custom(format!("{text:?} is not a duration")))?;
-                let scale = match unit.trim() {
-                    "ms" => 0.001,
-                    "s" | "" => 1.0,
-                    "m" => 60.0,
-                    "h" => 3600.0,
-                    other => {
-                        return Err(D::Error::custom(format!("unknown duration unit {other:?}")));
-                    }
-                };
-                number * scale
-            }
-        };
-        Duration::try_from_secs_f64(seconds)
-            .map_err(|_| D::Error::custom(format!("{seconds} is not a valid number of seconds")))
+        match Form::deserialize(d)? {
+            Form::Seconds(s) => Duration::try_from_secs_f64(s)
+                .map_err(|_| D::Error::custom(format!("{s} is not a valid number of seconds"))),
+            Form::Text(text) => tower_reuse_pool::parse_duration(&text)
+                .map_err(D::Error::custom)?
+                .ok_or_else(|| D::Error::custom("an ejection time cannot be off")),
+        }
     }
 }
 

@@ -8,8 +8,7 @@ mod target;
 
 #[cfg(feature = "serde")]
 pub(crate) use duration::duration_opt;
-#[cfg(test)]
-pub(crate) use duration::parse_duration;
+pub use duration::parse_duration;
 pub use target::TargetConfig;
 
 /// The pool's policy. Build it from [`PoolConfig::default`] with the by-value

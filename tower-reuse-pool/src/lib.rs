@@ -99,7 +99,7 @@ pub mod tls;
 
 pub use body::PoolBody;
 pub use buffer::{BufferBody, BufferBodyLayer, BufferedBody};
-pub use config::{ConfigError, PoolConfig, TargetConfig};
+pub use config::{ConfigError, PoolConfig, TargetConfig, parse_duration};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};
 pub use control::{Http2Snapshot, PoolControl, PoolSnapshot, TargetSnapshot};

@@ -48,9 +48,19 @@ pub(crate) fn duration_override<'de, D: serde::Deserializer<'de>>(
     duration_opt::deserialize(d).map(Some)
 }
 
-/// Parses `"250ms"`, `"55s"`, `"5m"`, `"1h"` or `"off"`.
-#[cfg_attr(not(any(feature = "serde", test)), allow(dead_code))]
-pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+/// A duration as every tower-reuse policy file writes it: `"250ms"`,
+/// `"55s"`, `"5m"`, `"1h"` (or a bare number of seconds, `"1.5"`), and
+/// `"off"` or `"none"` for `None`. The error says what was wrong.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reuse_pool::parse_duration;
+///
+/// assert_eq!(parse_duration("250ms"), Ok(Some(Duration::from_millis(250))));
+/// assert_eq!(parse_duration("off"), Ok(None));
+/// assert!(parse_duration("3 parsecs").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("none") {
         return Ok(None);
