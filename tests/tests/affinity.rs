@@ -490,3 +490,67 @@ async fn a_request_with_a_body_is_retried_only_with_a_replay_body() {
     }
     assert_eq!(good.stats.requests(), served + 20);
 }
+
+#[tokio::test]
+async fn a_new_endpoint_takes_about_its_share_of_recent_keys_and_says_so() {
+    let servers = servers(5).await;
+    let events = Arc::new(Events::default());
+    let mut client = client(keyed().warm_aware(false), events.clone());
+    let endpoints = client.endpoints();
+    endpoints
+        .set(SERVICE, servers.iter().take(4).map(|s| s.addr))
+        .unwrap();
+    for key in 0..400u64 {
+        get(&mut client, key, key).await.unwrap();
+    }
+    let seen: usize = client.snapshot().services[0]
+        .endpoints
+        .iter()
+        .map(|e| e.keys_seen)
+        .sum();
+    assert!(seen > 300, "most of 400 keys kept in the sample: {seen}");
+    endpoints.insert(SERVICE, servers[4].addr).unwrap();
+    let rebalances = events.rebalances.lock().unwrap().clone();
+    let (from, to, moved) = *rebalances.last().unwrap();
+    assert_eq!((from, to), (4, 5));
+    // A fifth of the keys, give or take, all onto the new endpoint.
+    let share = moved as f64 / 256.0;
+    assert!(
+        (0.1..0.3).contains(&share),
+        "{moved} of 256 sampled keys moved"
+    );
+    for key in 0..400u64 {
+        get(&mut client, key, 1_000 + key).await.unwrap();
+    }
+    let by = served_by(&servers);
+    let onto_new = (0..400u64).filter(|k| by[&(1_000 + k)] == 4).count();
+    let changed = (0..400u64).filter(|k| by[k] != by[&(1_000 + k)]).count();
+    assert_eq!(changed, onto_new, "no key moved between two old endpoints");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_key_spread_by_two_random_choices() {
+    let servers = servers(3).await;
+    let client = client(keyed(), Arc::default());
+    client
+        .endpoints()
+        .set(SERVICE, servers.iter().map(|s| s.addr))
+        .unwrap();
+    tower_reuse_tests::concurrently(6, |worker| {
+        let mut client = client.clone();
+        async move {
+            for i in 0..50u64 {
+                let req = http::Request::get(format!("{SERVICE}/k"))
+                    .header("x-request-id", worker * 100 + i)
+                    .body(Full::<Bytes>::default())
+                    .unwrap();
+                let response = client.ready().await.unwrap().call(req).await.unwrap();
+                response.into_body().collect().await.unwrap();
+            }
+        }
+    })
+    .await;
+    for server in &servers {
+        assert!(server.stats.requests() > 20, "{}", server.stats.requests());
+    }
+}
