@@ -122,11 +122,20 @@ pub(crate) fn first_under(
 }
 
 /// The key's choice: the first eligible endpoint of its order under the
-/// bound, or, when loads moved under the choice's reads and none is under
-/// it, the first eligible one.
-pub(crate) fn choose(key: u64, candidates: &[Candidate], bound: Bound) -> Option<usize> {
+/// bound (for a hot key, under the bound less one, when one is), or, when
+/// loads moved under the choice's reads and none is under it, the first
+/// eligible one.
+pub(crate) fn choose(key: u64, candidates: &[Candidate], bound: Bound, hot: bool) -> Option<usize> {
     let (total, n) = totals(candidates);
-    first_under(key, candidates, bound.limit(total, n), None)
+    let limit = bound.limit(total, n);
+    // A hot key yields one request early, so that the last slot under the
+    // bound is left to the endpoint's other keys; if every endpoint is at
+    // that, it takes a last slot like any key.
+    let early = hot
+        .then(|| first_under(key, candidates, limit.saturating_sub(1).max(1), None))
+        .flatten();
+    early
+        .or_else(|| first_under(key, candidates, limit, None))
         .or_else(|| first_under(key, candidates, usize::MAX, None))
 }
 
@@ -215,7 +224,7 @@ mod tests {
 
     /// The key's first endpoint, by id, with no load.
     fn home(key: u64, ids: &[u64]) -> u64 {
-        ids[choose(key, &idle(ids), paper(0.25)).unwrap()]
+        ids[choose(key, &idle(ids), paper(0.25), false).unwrap()]
     }
 
     #[test]
@@ -266,6 +275,23 @@ mod tests {
     }
 
     #[test]
+    fn a_hot_key_yields_its_endpoint_one_request_early() {
+        let ids = ids(4);
+        let key = mix(42);
+        let home = choose(key, &idle(&ids), paper(0.25), false).unwrap();
+        let mut c = idle(&ids);
+        // Its endpoint holds one request and the bound is 2 (the floor):
+        // a cold key stays, a hot key goes to the next endpoint.
+        c[home].load = 1;
+        let floored = Bound {
+            epsilon: 0.25,
+            floor: 2,
+        };
+        assert_eq!(choose(key, &c, floored, false), Some(home));
+        assert_ne!(choose(key, &c, floored, true), Some(home));
+    }
+
+    #[test]
     fn two_choices_draw_only_under_the_bound() {
         // Loads 3, 3, 0, 0: the bound is ceil(1.25 * 7 / 4) = 3; whatever
         // the draws, the two loaded endpoints are never drawn.
@@ -303,7 +329,7 @@ mod tests {
                     let i = if x % 4 == 0 {
                         least_loaded_of_two(&c, bound, |n| (x as usize >> 8) % n).unwrap()
                     } else {
-                        choose(mix(x), &c, bound).unwrap()
+                        choose(mix(x), &c, bound, x % 3 == 0).unwrap()
                     };
                     c[i].load += 1;
                     prop_assert!(c[i].load <= limit, "load {} over {}", c[i].load, limit);

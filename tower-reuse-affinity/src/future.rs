@@ -71,6 +71,8 @@ pub(crate) struct Retry<S, B> {
     pub(crate) inner: S,
     pub(crate) control: PoolControl,
     pub(crate) key: Option<u64>,
+    /// The key was hot when the request was first routed.
+    pub(crate) hot: bool,
     pub(crate) _body: PhantomData<fn() -> B>,
 }
 
@@ -171,7 +173,7 @@ impl<S, B> Routed<S, B> {
             if let Some(i) = failed {
                 candidates[i].eligible = false;
             }
-            router.route(&set, retry.key, candidates, &req, false)
+            router.route(&set, retry.key, retry.hot, candidates, &req, false)
         })?;
         sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
         set.events.load().on_retry(&Retried {

@@ -12,7 +12,9 @@
 //!   head; the request's `Partition` is part of it) go to one endpoint by
 //!   rendezvous hashing, while its load stays under
 //!   `ceil((1 + epsilon) * mean)` ("Consistent Hashing with Bounded
-//!   Loads"; never under a floor of 2 in flight, for light load); adding or removing an endpoint moves only the keys that must
+//!   Loads"; never under a floor of 2 in flight, for light load; a hot key
+//!   yields its endpoint one request early, so that the endpoint's other
+//!   keys stay); adding or removing an endpoint moves only the keys that must
 //!   move;
 //! - warm-aware: a key whose endpoint has no free connection takes the
 //!   next endpoint of its order if that one has, one step at most, while

@@ -79,8 +79,11 @@ where
 ///
 /// - **Sticky, bounded load.** A request's key ([`AffinityKey`]) picks the
 ///   first endpoint of its rendezvous order whose in-flight requests are
-///   under `ceil((1 + epsilon) * mean)` (and never under `load_floor`);
-///   when endpoints come or go only the
+///   under `ceil((1 + epsilon) * mean)` (and never under `load_floor`); a
+///   hot key (one with far more requests than the keys it shares a slot
+///   of the layer's sketch with) yields its endpoint one request early,
+///   leaving the last slot to the endpoint's other keys, which then rarely
+///   leave it; when endpoints come or go only the
 ///   keys that must move, move. A request without a key goes to the less
 ///   loaded of two endpoints drawn at random.
 /// - **Warm-aware.** When the key's endpoint has no free connection and the
@@ -300,9 +303,7 @@ where
                 .key
                 .of(req.headers(), None, req.extensions().get::<Partition>())
         };
-        if let Some(key) = key {
-            set.recent.record(key);
-        }
+        let hot = key.is_some_and(|key| set.recent.record(key));
         let router = Router {
             routing: &self.routing,
             control: &self.control,
@@ -310,7 +311,8 @@ where
         let sent = match &set.endpoints[..] {
             // One endpoint in service: nothing to choose.
             [only] if !only.is_out() => Some(Sent::to(&set, only, None)),
-            _ => set.with_candidates(|candidates| router.route(&set, key, candidates, &req, true)),
+            _ => set
+                .with_candidates(|candidates| router.route(&set, key, hot, candidates, &req, true)),
         };
         let Some(sent) = sent else {
             return ResponseFuture::failed(Error::no_endpoints(&set.name));
@@ -324,6 +326,7 @@ where
                     inner: self.inner.clone(),
                     control: self.control.clone(),
                     key,
+                    hot,
                     _body: PhantomData,
                 })
             });
@@ -353,6 +356,7 @@ impl Router<'_> {
         &self,
         set: &Arc<ServiceSet>,
         key: Option<u64>,
+        hot: bool,
         candidates: &mut [Candidate],
         req: &Request<B>,
         detour: bool,
@@ -361,7 +365,7 @@ impl Router<'_> {
         // At most one pass per endpoint: each failed probe claim rules one out.
         for _ in 0..=candidates.len() {
             let first = match key {
-                Some(key) => choice::choose(key, candidates, bound),
+                Some(key) => choice::choose(key, candidates, bound, hot),
                 None => choice::least_loaded_of_two(candidates, bound, |n| fastrand::usize(..n)),
             }?;
             let endpoint = &set.endpoints[first];

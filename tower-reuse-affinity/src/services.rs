@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -97,23 +97,59 @@ impl EndpointState {
 }
 
 /// How many recent keys a service remembers to report rebalances and keys
-/// per endpoint: a direct-mapped table, one relaxed store per request.
+/// per endpoint, and to tell its hot keys: a direct-mapped table.
 const RECENT_KEYS: usize = 1024;
 
+/// A key is hot once it holds its slot of the table by this many requests
+/// more than the other keys that hash there: a key with well over
+/// 1/`RECENT_KEYS` of the service's requests.
+const HOT: u32 = 64;
+
+/// The most a slot counts.
+const MAX_COUNT: u32 = 1 << 16;
+
+/// Recent keys, one per slot, each with a count: a request of the slot's
+/// key adds one, a request of another key takes one off, and takes the
+/// slot when it is at one (a heavy-hitter sketch, slot by slot). Racy
+/// updates lose a count now and then: the counts are estimates.
 #[derive(Debug)]
-pub(crate) struct RecentKeys(Box<[AtomicU64]>);
+pub(crate) struct RecentKeys {
+    keys: Box<[AtomicU64]>,
+    counts: Box<[AtomicU32]>,
+}
 
 impl RecentKeys {
     pub(crate) fn new() -> Self {
-        RecentKeys((0..RECENT_KEYS).map(|_| AtomicU64::new(0)).collect())
+        RecentKeys {
+            keys: (0..RECENT_KEYS).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..RECENT_KEYS).map(|_| AtomicU32::new(0)).collect(),
+        }
     }
 
-    pub(crate) fn record(&self, key: u64) {
-        self.0[(key as usize) % RECENT_KEYS].store(key.max(1), Ordering::Relaxed);
+    /// Count a request of `key`; whether the key is hot.
+    pub(crate) fn record(&self, key: u64) -> bool {
+        let key = key.max(1);
+        let slot = (key as usize) % RECENT_KEYS;
+        let count = &self.counts[slot];
+        if self.keys[slot].load(Ordering::Relaxed) == key {
+            let n = count.load(Ordering::Relaxed);
+            if n < MAX_COUNT {
+                count.store(n + 1, Ordering::Relaxed);
+            }
+            return n + 1 >= HOT;
+        }
+        let n = count.load(Ordering::Relaxed);
+        if n <= 1 {
+            self.keys[slot].store(key, Ordering::Relaxed);
+            count.store(1, Ordering::Relaxed);
+        } else {
+            count.store(n - 1, Ordering::Relaxed);
+        }
+        false
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = u64> + '_ {
-        self.0
+        self.keys
             .iter()
             .map(|k| k.load(Ordering::Relaxed))
             .filter(|&k| k != 0)
@@ -275,4 +311,36 @@ pub(crate) fn find<'a>(
     services
         .get(service_key(scheme, authority)?.as_str())?
         .get(scheme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_with_many_requests_is_hot_and_rare_ones_are_not() {
+        let recent = RecentKeys::new();
+        let slot = |n: u64| n * RECENT_KEYS as u64 + 7; // all in slot 7
+        let hot = slot(1);
+        // Rare keys sharing the slot take turns; none gets hot.
+        for n in 2..200 {
+            assert!(!recent.record(slot(n)));
+        }
+        // A key sent far more often than its neighbours takes the slot and
+        // becomes hot, and stays hot through a few of theirs.
+        let mut was_hot = false;
+        for round in 0..200 {
+            was_hot = recent.record(hot);
+            if round % 10 == 0 {
+                recent.record(slot(1_000 + round));
+            }
+        }
+        assert!(was_hot);
+        assert!(recent.keys().any(|k| k == hot));
+        // Once its neighbours outnumber it, it is cold again.
+        for n in 0..(MAX_COUNT as u64 + 10) {
+            recent.record(slot(5_000 + n));
+        }
+        assert!(!recent.keys().any(|k| k == hot));
+    }
 }
