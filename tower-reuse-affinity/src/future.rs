@@ -164,7 +164,7 @@ impl<S, B> Routed<S, B> {
         let set = registry
             .current(&sent.set)
             .unwrap_or_else(|| sent.set.clone());
-        let failed = set.endpoint(sent.endpoint.addr);
+        let failed = set.endpoint(sent.endpoint().addr);
         let router = Router {
             routing: &routing,
             control: &retry.control,
@@ -175,15 +175,15 @@ impl<S, B> Routed<S, B> {
             }
             router.route(&set, retry.key, retry.hot, candidates, &req, false)
         })?;
-        sent.endpoint.retries_from.fetch_add(1, Ordering::Relaxed);
+        sent.endpoint().retries_from.fetch_add(1, Ordering::Relaxed);
         set.events.load().on_retry(&Retried {
             service: &set.name,
-            from: sent.endpoint.addr,
-            to: again.endpoint.addr,
+            from: sent.endpoint().addr,
+            to: again.endpoint().addr,
             error,
         });
         let mut inner = retry.inner;
-        let at = again.endpoint.endpoint();
+        let at = again.endpoint().endpoint();
         Some(Box::pin(async move {
             let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
                 Ok(()) => inner.call_at(req, at).await,
@@ -205,7 +205,9 @@ impl<F: Future, S, B> fmt::Debug for ResponseFuture<F, S, B> {
 /// A request on its endpoint: its share of the load until it finishes.
 pub(crate) struct Sent {
     pub(crate) set: Arc<ServiceSet>,
-    pub(crate) endpoint: Arc<EndpointState>,
+    /// Its endpoint, by its place in `set` (which holds it): no count of
+    /// its own to take and give back.
+    index: usize,
     /// The request is its endpoint's probe, of this generation.
     pub(crate) probe: Option<u64>,
     pub(crate) finished: bool,
@@ -237,25 +239,27 @@ fn outcome<'a, R>(result: &'a PoolResult<Response<R>>, rules: &Ejection) -> Outc
 impl Sent {
     /// A request sent to `endpoint` of `set` (as its probe, of that
     /// generation, if `probe`): its share of the load taken.
-    pub(crate) fn to(
-        set: &Arc<ServiceSet>,
-        endpoint: &Arc<EndpointState>,
-        probe: Option<u64>,
-    ) -> Sent {
+    pub(crate) fn to(set: Arc<ServiceSet>, index: usize, probe: Option<u64>) -> Sent {
+        let endpoint = &set.endpoints[index];
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         endpoint.requests.fetch_add(1, Ordering::Relaxed);
         Sent {
-            set: set.clone(),
-            endpoint: endpoint.clone(),
+            set,
+            index,
             probe,
             finished: false,
         }
     }
 
+    pub(crate) fn endpoint(&self) -> &EndpointState {
+        &self.set.endpoints[self.index]
+    }
+
     pub(crate) fn finish(&mut self, outcome: Outcome<'_>, rules: &Ejection) {
         self.finished = true;
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        record(&self.set, &self.endpoint, outcome, self.probe, rules);
+        let endpoint = self.endpoint();
+        endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        record(&self.set, endpoint, outcome, self.probe, rules);
     }
 }
 
@@ -334,9 +338,10 @@ impl Drop for Sent {
     /// load, and its probe to the next request.
     fn drop(&mut self) {
         if !self.finished {
-            self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let endpoint = self.endpoint();
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
             if self.probe.is_some() {
-                self.endpoint.health().release_probe(self.probe);
+                endpoint.health().release_probe(self.probe);
             }
         }
     }

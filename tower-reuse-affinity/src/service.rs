@@ -308,29 +308,31 @@ where
             routing: &self.routing,
             control: &self.control,
         };
-        let sent = match &set.endpoints[..] {
+        let many = set.endpoints.len() > 1;
+        let sent = if !many && set.endpoints.first().is_some_and(|only| !only.is_out()) {
             // One endpoint in service: nothing to choose.
-            [only] if !only.is_out() => Some(Sent::to(&set, only, None)),
-            _ => set
-                .with_candidates(|candidates| router.route(&set, key, hot, candidates, &req, true)),
+            Sent::to(set, 0, None)
+        } else {
+            let routed = set
+                .with_candidates(|candidates| router.route(&set, key, hot, candidates, &req, true));
+            match routed {
+                Some(sent) => sent,
+                None => return ResponseFuture::failed(Error::no_endpoints(&set.name)),
+            }
         };
-        let Some(sent) = sent else {
-            return ResponseFuture::failed(Error::no_endpoints(&set.name));
-        };
-        let retry =
-            (routing.retry && set.endpoints.len() > 1 && Head::replayable(&req)).then(|| {
-                Box::new(Retry {
-                    routing: self.routing.clone(),
-                    registry: self.registry.clone(),
-                    head: Head::of(&req),
-                    inner: self.inner.clone(),
-                    control: self.control.clone(),
-                    key,
-                    hot,
-                    _body: PhantomData,
-                })
-            });
-        let future = self.inner.call_at(req, sent.endpoint.endpoint());
+        let retry = (routing.retry && many && Head::replayable(&req)).then(|| {
+            Box::new(Retry {
+                routing: self.routing.clone(),
+                registry: self.registry.clone(),
+                head: Head::of(&req),
+                inner: self.inner.clone(),
+                control: self.control.clone(),
+                key,
+                hot,
+                _body: PhantomData,
+            })
+        });
+        let future = self.inner.call_at(req, sent.endpoint().endpoint());
         ResponseFuture::routed(
             future,
             Routed {
@@ -382,7 +384,7 @@ impl Router<'_> {
             {
                 chosen = self.warm_detour(set, key, candidates, first, req);
             }
-            return Some(Sent::to(set, &set.endpoints[chosen], probe));
+            return Some(Sent::to(set.clone(), chosen, probe));
         }
         None
     }
