@@ -268,10 +268,13 @@ fn pool_against_grpc_core(max_age: Option<Duration>) {
         );
         // Without GOAWAYs no call fails. Through them, the one failure
         // left is a stream h2 held pending open when the GOAWAY came (see
-        // `Run::dropped_pending_open`): seen in about one run in three at
-        // limit 4, one call in 1 600; allowed up to one call in 1 000.
+        // `Run::dropped_pending_open`; issue 19, blocked on it): seen in
+        // about one run in three at limit 4 (one call in 1 600), and at
+        // limit 16 up to two calls in 1 600 in one run of many. Allowed up
+        // to one call in 400, so that a run fails on a regression (any
+        // other failure, or many more of these), not on this known rate.
         let dropped_allowed = if max_age.is_some() {
-            outcome.calls / 1000
+            outcome.calls / 400
         } else {
             0
         };
