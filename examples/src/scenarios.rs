@@ -138,6 +138,9 @@ const FRESH_UNDER_CHAOS: &str = "fresh opens a connection per request: nothing p
 
 const CACHE_IN_TLS_CHURN_ONLY: &str = "measured in tls-churn only (what the TLS session cache gives hyper-util's client), to keep the suite short";
 
+const TRACING_IN_STEADY_ONLY: &str =
+    "measured in steady-h1 only (the instrumented peer of reuse+otel), to keep the suite short";
+
 const OTEL_IN_STEADY_ONLY: &str = "measured in steady-h1 and steady-h1-tls only (the OpenTelemetry overhead), to keep the suite short";
 
 /// The faults of the `chaos` scenarios, with the seed fixed: each accepted
@@ -407,6 +410,9 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         built
             .skip
             .push((StackKind::ReuseAffinity, affinity::AFFINITY_IN_STEADY_ONLY));
+        built
+            .skip
+            .push((StackKind::HyperUtilTracing, TRACING_IN_STEADY_ONLY));
     }
     Some(built)
 }

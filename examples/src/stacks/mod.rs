@@ -7,6 +7,7 @@ mod connector;
 mod otel;
 mod p2c;
 mod service;
+mod traced;
 mod worker;
 
 use std::fmt;
@@ -34,6 +35,7 @@ pub use connector::{
 };
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
 pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
+pub use traced::{Instruments, TracedClient};
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
     complete,
@@ -79,11 +81,16 @@ pub enum StackKind {
     /// `reuse` with the affinity layer on, over a service with one
     /// endpoint (`steady-h1`): what affinity costs where it has no choice.
     ReuseAffinity,
+    /// `hyper-util` under tower-http's `TraceLayer`, bridged to the same
+    /// OpenTelemetry SDK set-up as `reuse+otel` by `tracing-opentelemetry`,
+    /// with a hand-made request duration histogram: the instrumented client
+    /// users build today (`steady-h1` only).
+    HyperUtilTracing,
 }
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 10] = [
+    pub const ALL: [StackKind; 11] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
@@ -91,6 +98,7 @@ impl StackKind {
         StackKind::HyperUtilP2c,
         StackKind::Reuse,
         StackKind::ReuseAffinity,
+        StackKind::HyperUtilTracing,
         StackKind::ReuseOtel,
         StackKind::ReuseSpan,
         StackKind::Raw,
@@ -118,6 +126,7 @@ impl StackKind {
             StackKind::Raw => "raw",
             StackKind::HyperUtilP2c => "hyper-util+p2c",
             StackKind::ReuseAffinity => "reuse+affinity",
+            StackKind::HyperUtilTracing => "hyper-util+tracing",
         }
     }
 
@@ -196,6 +205,7 @@ enum Inner {
     P2c(P2c),
     /// The affinity layer over the pool, and the pool's control handle.
     ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>, PoolControl),
+    Traced(traced::Traced),
 }
 
 impl fmt::Debug for Inner {
@@ -210,6 +220,7 @@ impl fmt::Debug for Inner {
             Inner::ReuseSpan { .. } => "ReuseSpan",
             Inner::P2c(_) => "P2c",
             Inner::ReuseAffinity(..) => "ReuseAffinity",
+            Inner::Traced(_) => "Traced",
         })
     }
 }
@@ -242,7 +253,10 @@ impl Stack {
         let connector_stats = connector.stats().clone();
         let inner = match kind {
             StackKind::Fresh => Inner::Fresh(connector),
-            StackKind::HyperUtil | StackKind::HyperUtilTuned | StackKind::HyperUtilCache => {
+            StackKind::HyperUtil
+            | StackKind::HyperUtilTuned
+            | StackKind::HyperUtilCache
+            | StackKind::HyperUtilTracing => {
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder.pool_timer(TokioTimer::new());
                 if protocol == Protocol::Http2 {
@@ -253,7 +267,13 @@ impl Stack {
                         .pool_max_idle_per_host(8)
                         .pool_idle_timeout(Duration::from_secs(2));
                 }
-                Inner::Legacy(builder.build(connector))
+                let client = builder.build(connector);
+                match (kind, target.uri.authority()) {
+                    (StackKind::HyperUtilTracing, Some(authority)) => {
+                        Inner::Traced(traced::Traced::new(client, authority, otlp)?)
+                    }
+                    _ => Inner::Legacy(client),
+                }
             }
             StackKind::Reuse => Inner::Reuse(reuse_pool(
                 pool_layer(kind, protocol, target, policy)?,
@@ -334,7 +354,7 @@ impl Stack {
             Inner::ReuseAffinity(client, control) => {
                 return Some(service::retries(client, control));
             }
-            Inner::Legacy(_) | Inner::P2c(_) => return None,
+            Inner::Legacy(_) | Inner::P2c(_) | Inner::Traced(_) => return None,
             Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => return Some(0),
         };
         Some(pool.control().snapshot().total(|t| t.retries()))
@@ -387,6 +407,9 @@ impl Stack {
             }
             Inner::P2c(p2c) => WorkerClient::P2c(p2c.client()),
             Inner::ReuseAffinity(client, _) => WorkerClient::ReuseAffinity(client.clone()),
+            Inner::Traced(traced) => {
+                WorkerClient::Traced(traced.client.clone(), traced.instruments.clone())
+            }
             Inner::RawHttp1(_) => return None,
         })
     }

@@ -19,6 +19,8 @@ use tower_reuse_otel::Otel;
 use tower_reuse_pool::Pool;
 use tower_service::Service;
 
+use super::{Instruments, TracedClient};
+
 use super::{BareSpan, BoxError, LabConnector, P2cClient, Protocol, ReuseConnector};
 use crate::server::{X_REQUEST_ID, X_SERVED_BY};
 use crate::target::Target;
@@ -51,6 +53,9 @@ pub enum WorkerClient {
     P2c(P2cClient),
     /// A clone of the affinity layer over the pool.
     ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>),
+    /// hyper-util's client under `TraceLayer`, with what its requests
+    /// report to.
+    Traced(TracedClient, Instruments),
 }
 
 /// A response read to the end.
@@ -269,6 +274,16 @@ fn boxed_error(e: BoxError) -> RequestError {
     RequestError::new(classify_boxed(e.as_ref()), chain(e.as_ref()))
 }
 
+/// hyper-util's client's error, classified.
+fn legacy_error(e: hyper_util::client::legacy::Error) -> RequestError {
+    let kind = if e.is_connect() {
+        RequestErrorKind::Connect
+    } else {
+        e.source().map_or(RequestErrorKind::Other, classify_boxed)
+    };
+    RequestError::new(kind, chain(&e))
+}
+
 fn connect_error(e: BoxError) -> RequestError {
     RequestError::new(RequestErrorKind::Connect, e.to_string())
 }
@@ -341,14 +356,7 @@ impl WorkerClient {
                 }
             }
             WorkerClient::Legacy(client) => {
-                let response = client.request(request).await.map_err(|e| {
-                    let kind = if e.is_connect() {
-                        RequestErrorKind::Connect
-                    } else {
-                        e.source().map_or(RequestErrorKind::Other, classify_boxed)
-                    };
-                    RequestError::new(kind, chain(&e))
-                })?;
+                let response = client.request(request).await.map_err(legacy_error)?;
                 complete(response).await
             }
             WorkerClient::RawHttp1(sender) => {
@@ -398,6 +406,23 @@ impl WorkerClient {
                     .map_err(boxed_error)?;
                 let response = client.call(request).await.map_err(boxed_error)?;
                 complete(response).await
+            }
+            WorkerClient::Traced(client, instruments) => {
+                use tracing::instrument::WithSubscriber as _;
+                let method = request.method().clone();
+                let dispatch = instruments.dispatch.clone();
+                async {
+                    let started = std::time::Instant::now();
+                    std::future::poll_fn(|cx| client.poll_ready(cx))
+                        .await
+                        .map_err(legacy_error)?;
+                    let response = client.call(request).await;
+                    let status = response.as_ref().ok().map(Response::status);
+                    instruments.record(&method, started, status);
+                    complete(response.map_err(legacy_error)?).await
+                }
+                .with_subscriber(dispatch)
+                .await
             }
         }
     }
