@@ -6,7 +6,7 @@
 //! histogram users add by hand around the call (`http.client.request.duration`
 //! with the method, the server's address and port, and the status code).
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};

@@ -412,7 +412,7 @@ impl WorkerClient {
                 let method = request.method().clone();
                 let dispatch = instruments.dispatch.clone();
                 async {
-                    let started = std::time::Instant::now();
+                    let started = tokio::time::Instant::now();
                     std::future::poll_fn(|cx| client.poll_ready(cx))
                         .await
                         .map_err(legacy_error)?;
