@@ -130,8 +130,9 @@ fn reset_error() -> io::Error {
 }
 
 impl DuplexIo {
-    /// The client end of a pipe whose other end a test server serves.
-    pub(crate) fn new(client: DuplexStream) -> Self {
+    /// The client end of a pipe whose other end a test server serves (or a
+    /// test's own hand-written server).
+    pub fn new(client: DuplexStream) -> Self {
         DuplexIo {
             io: TokioIo::new(client),
             blackhole: None,

@@ -18,46 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_affinity::events::{AffinityEvents, Ejected};
 use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityKey, AffinityLayer};
 use tower_reuse_pool::{Pool, PoolConfig, PoolLayer};
-
-/// The client end of an in-memory connection.
-#[derive(Debug)]
-struct Io(TokioIo<DuplexStream>);
-impl Connection for Io {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-impl hyper::rt::Read for Io {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-impl hyper::rt::Write for Io {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, b)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
+use tower_reuse_tests::concurrently;
+use tower_reuse_tests::duplex::DuplexIo;
 
 /// Connects by the URI's authority; counts attempts per authority; the
 /// first `fail_first` attempts overall are refused (after 10 ms).
@@ -69,9 +37,9 @@ struct Net {
 }
 
 impl Service<Uri> for Net {
-    type Response = Io;
+    type Response = DuplexIo;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<DuplexIo>> + Send>>;
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
@@ -111,7 +79,7 @@ impl Service<Uri> for Net {
                     }
                 }
             });
-            Ok(Io(TokioIo::new(client)))
+            Ok(DuplexIo::new(client))
         })
     }
 }
@@ -131,6 +99,18 @@ fn client(config: AffinityConfig, net: Net, events: Arc<Events>) -> Client {
     let layer = AffinityLayer::new(config).unwrap().events(events);
     let pool = PoolLayer::new(PoolConfig::default()).unwrap().layer(net);
     layer.layer(pool)
+}
+
+/// `http://svc.test:8080` on 127.0.0.2 and 127.0.0.3.
+fn two_endpoints(client: &Client) {
+    let endpoints = [
+        "127.0.0.2:80".parse().unwrap(),
+        "127.0.0.3:80".parse().unwrap(),
+    ];
+    client
+        .endpoints()
+        .set("http://svc.test:8080", endpoints)
+        .unwrap();
 }
 
 async fn get(client: &mut Client, url: &str, key: u64) -> Result<(), tower_reuse_affinity::Error> {
@@ -158,26 +138,13 @@ async fn one_failed_connect_is_one_failure() {
         .warm_aware(false)
         .eject_after(3);
     let client = client(config, net.clone(), events.clone());
-    client
-        .endpoints()
-        .set(
-            "http://svc.test:8080",
-            [
-                "127.0.0.2:80".parse().unwrap(),
-                "127.0.0.3:80".parse().unwrap(),
-            ],
-        )
-        .unwrap();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
+    two_endpoints(&client);
+    let results = concurrently(8, |_| {
         let mut c = client.clone();
-        tasks.push(tokio::spawn(async move {
-            get(&mut c, "http://svc.test:8080/", 7).await
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap().unwrap();
-    }
+        async move { get(&mut c, "http://svc.test:8080/", 7).await }
+    })
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
     let failed_connects = 1;
     assert_eq!(
         events.0.load(Ordering::SeqCst),
@@ -303,26 +270,13 @@ async fn never_the_last_even_when_all_fail_at_once() {
             .eject_after(1)
             .max_ejected_share(1.0);
         let client = client(config, net, Arc::default());
-        client
-            .endpoints()
-            .set(
-                "http://svc.test:8080",
-                [
-                    "127.0.0.2:80".parse().unwrap(),
-                    "127.0.0.3:80".parse().unwrap(),
-                ],
-            )
-            .unwrap();
-        let mut tasks = Vec::new();
-        for key in 0..16u64 {
+        two_endpoints(&client);
+        // Every request fails: only the ejections are looked at.
+        concurrently(16, |key| {
             let mut c = client.clone();
-            tasks.push(tokio::spawn(async move {
-                get(&mut c, "http://svc.test:8080/", key).await
-            }));
-        }
-        for t in tasks {
-            let _ = t.await.unwrap();
-        }
+            async move { get(&mut c, "http://svc.test:8080/", key).await }
+        })
+        .await;
         let out = client.snapshot().services[0]
             .endpoints
             .iter()
@@ -343,9 +297,9 @@ struct H2Net {
 }
 
 impl Service<Uri> for H2Net {
-    type Response = Io;
+    type Response = DuplexIo;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<DuplexIo>> + Send>>;
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
@@ -371,7 +325,7 @@ impl Service<Uri> for H2Net {
                     _ = kill.notified() => {}
                 }
             });
-            Ok(Io(TokioIo::new(client)))
+            Ok(DuplexIo::new(client))
         })
     }
 }

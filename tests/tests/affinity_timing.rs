@@ -62,6 +62,40 @@ impl AffinityEvents for Events {
     }
 }
 
+/// The service's three endpoints.
+const ADDRS: [&str; 3] = ["127.0.0.2:80", "127.0.0.3:80", "127.0.0.4:80"];
+
+/// An in-memory server for each endpoint, by address.
+fn three_servers() -> HashMap<String, DuplexConnector> {
+    ADDRS
+        .iter()
+        .map(|a| {
+            (
+                a.to_string(),
+                DuplexConnector::new(ServerOptions::default()),
+            )
+        })
+        .collect()
+}
+
+/// The affinity layer with `config` over a pool reaching `servers`, the
+/// service's endpoints being theirs.
+fn client(
+    config: AffinityConfig,
+    servers: &HashMap<String, DuplexConnector>,
+    events: Arc<Events>,
+) -> Affinity<Pool<Endpoints>> {
+    let layer = AffinityLayer::new(config).unwrap().events(events);
+    layer
+        .endpoints()
+        .set(SERVICE, ADDRS.iter().map(|a| a.parse().unwrap()))
+        .unwrap();
+    let pool = PoolLayer::new(PoolConfig::default())
+        .unwrap()
+        .layer(Endpoints(Arc::new(servers.clone())));
+    layer.layer(pool)
+}
+
 async fn get(client: &mut Affinity<Pool<Endpoints>>, key: u64) {
     let req = http::Request::get(format!("{SERVICE}/"))
         .header("x-user-id", key)
@@ -80,36 +114,19 @@ async fn get(client: &mut Affinity<Pool<Endpoints>>, key: u64) {
 #[test]
 fn ejection_back_off_probation_and_return() {
     on_paused_time_within(REAL_TIME_BOUND, || async {
-        let addrs = ["127.0.0.2:80", "127.0.0.3:80", "127.0.0.4:80"];
-        let servers: HashMap<String, DuplexConnector> = addrs
-            .iter()
-            .map(|a| {
-                (
-                    a.to_string(),
-                    DuplexConnector::new(ServerOptions::default()),
-                )
-            })
-            .collect();
-        let down = servers[addrs[2]].clone();
+        let servers = three_servers();
+        let down = servers[ADDRS[2]].clone();
         down.refuse.store(true, Ordering::SeqCst);
         let events = Arc::new(Events::default());
-        let layer = AffinityLayer::new(
+        let mut client = client(
             AffinityConfig::default()
                 .key(AffinityKey::header("x-user-id"))
                 .warm_aware(false)
                 .eject_after(3)
                 .ejection_time(Duration::from_secs(30), Duration::from_secs(300)),
-        )
-        .unwrap()
-        .events(events.clone());
-        layer
-            .endpoints()
-            .set(SERVICE, addrs.iter().map(|a| a.parse().unwrap()))
-            .unwrap();
-        let pool = PoolLayer::new(PoolConfig::default())
-            .unwrap()
-            .layer(Endpoints(Arc::new(servers)));
-        let mut client = layer.layer(pool);
+            &servers,
+            events.clone(),
+        );
         let keys = 0..60u64;
         for key in keys.clone() {
             get(&mut client, key).await;
@@ -155,7 +172,7 @@ fn ejection_back_off_probation_and_return() {
         assert!(back >= 10, "about a third of 60 keys came home: {back}");
         let snapshot = client.snapshot();
         let endpoint = snapshot.services[0]
-            .endpoint(addrs[2].parse().unwrap())
+            .endpoint(ADDRS[2].parse().unwrap())
             .unwrap()
             .clone();
         assert_eq!(endpoint.ejected_until, None);
@@ -170,33 +187,16 @@ fn ejection_back_off_probation_and_return() {
 #[test]
 fn a_dead_endpoint_kept_cold_by_detours_is_ejected_by_its_failed_warm_ups() {
     on_paused_time_within(REAL_TIME_BOUND, || async {
-        let addrs = ["127.0.0.2:80", "127.0.0.3:80", "127.0.0.4:80"];
-        let servers: HashMap<String, DuplexConnector> = addrs
-            .iter()
-            .map(|a| {
-                (
-                    a.to_string(),
-                    DuplexConnector::new(ServerOptions::default()),
-                )
-            })
-            .collect();
-        let dead = servers[addrs[2]].clone();
+        let servers = three_servers();
+        let dead = servers[ADDRS[2]].clone();
         let events = Arc::new(Events::default());
-        let layer = AffinityLayer::new(
+        let mut client = client(
             AffinityConfig::default()
                 .key(AffinityKey::header("x-user-id"))
                 .eject_after(3),
-        )
-        .unwrap()
-        .events(events.clone());
-        layer
-            .endpoints()
-            .set(SERVICE, addrs.iter().map(|a| a.parse().unwrap()))
-            .unwrap();
-        let pool = PoolLayer::new(PoolConfig::default())
-            .unwrap()
-            .layer(Endpoints(Arc::new(servers)));
-        let mut client = layer.layer(pool);
+            &servers,
+            events.clone(),
+        );
         // Every endpoint warm, then the third one dies: its connections
         // close and its connects are refused.
         for key in 0..30u64 {
@@ -217,7 +217,7 @@ fn a_dead_endpoint_kept_cold_by_detours_is_ejected_by_its_failed_warm_ups() {
         }
         let snapshot = client.snapshot();
         let endpoint = snapshot.services[0]
-            .endpoint(addrs[2].parse().unwrap())
+            .endpoint(ADDRS[2].parse().unwrap())
             .unwrap()
             .clone();
         assert_eq!(endpoint.ejections, 1);
