@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tower_reuse_pool::{ErrorKind, PoolControl, ReplayBody};
+use tower_reuse_pool::{ErrorKind, ReplayBody};
 
 use crate::config::Ejection;
 use crate::error::Error;
@@ -69,7 +69,6 @@ pub(crate) struct Retry<S, B> {
     pub(crate) registry: Arc<Registry>,
     pub(crate) head: Head,
     pub(crate) inner: S,
-    pub(crate) control: PoolControl,
     pub(crate) key: Option<u64>,
     /// The key was hot when the request was first routed.
     pub(crate) hot: bool,
@@ -155,11 +154,16 @@ impl<S, B> Routed<S, B> {
         let Routed { sent, retry, .. } = self;
         let retry = retry.filter(|retry| retryable(error, &retry.head))?;
         let Retry {
-            routing, registry, ..
-        } = &*retry;
-        let (routing, registry) = (routing.clone(), registry.clone());
-        let retry = *retry;
-        let req = retry.head.into_request();
+            routing,
+            registry,
+            head,
+            inner,
+            key,
+            hot,
+            ..
+        } = *retry;
+        let control = registry.control.get()?;
+        let req = head.into_request();
         // The endpoints as they are now: one removed since is not retried on.
         let set = registry
             .current(&sent.set)
@@ -167,13 +171,13 @@ impl<S, B> Routed<S, B> {
         let failed = set.endpoint(sent.endpoint().addr);
         let router = Router {
             routing: &routing,
-            control: &retry.control,
+            control,
         };
         let mut again = set.with_candidates(|candidates| {
             if let Some(i) = failed {
                 candidates[i].eligible = false;
             }
-            router.route(&set, retry.key, retry.hot, candidates, &req, false)
+            router.route(&set, key, hot, candidates, &req, false)
         })?;
         sent.endpoint().retries_from.fetch_add(1, Ordering::Relaxed);
         set.events.load().on_retry(&Retried {
@@ -182,7 +186,7 @@ impl<S, B> Routed<S, B> {
             to: again.endpoint().addr,
             error,
         });
-        let mut inner = retry.inner;
+        let mut inner = inner;
         let at = again.endpoint().endpoint();
         Some(Box::pin(async move {
             let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {

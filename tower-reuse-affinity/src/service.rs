@@ -326,7 +326,6 @@ where
                 registry: self.registry.clone(),
                 head: Head::of(&req),
                 inner: self.inner.clone(),
-                control: self.control.clone(),
                 key,
                 hot,
                 _body: PhantomData,

@@ -269,17 +269,22 @@ impl Schemes {
     }
 }
 
+/// `:443` for `https`, `:80` otherwise: the port a URI may leave out.
+fn default_port(scheme: &Scheme) -> &'static str {
+    if *scheme == Scheme::HTTPS {
+        ":443"
+    } else {
+        ":80"
+    }
+}
+
 /// `authority` as the map keys it: without user info, lowercase, without
 /// `scheme`'s default port; `None` if it is too long to key.
 pub(crate) fn service_key(scheme: &Scheme, authority: &str) -> Option<String> {
     let authority = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
-    let default_port = if *scheme == Scheme::HTTPS {
-        ":443"
-    } else {
-        ":80"
-    };
+    let default_port = default_port(scheme);
     let authority = authority.strip_suffix(default_port).unwrap_or(authority);
     Some(authority.to_ascii_lowercase())
 }
@@ -297,11 +302,7 @@ pub(crate) fn find<'a>(
     }
     // Only an authority written otherwise than its key is looked up again:
     // a request to an authority no service has costs no allocation.
-    let default_port = if *scheme == Scheme::HTTPS {
-        ":443"
-    } else {
-        ":80"
-    };
+    let default_port = default_port(scheme);
     let written_otherwise = authority.contains('@')
         || authority.ends_with(default_port)
         || authority.bytes().any(|b| b.is_ascii_uppercase());

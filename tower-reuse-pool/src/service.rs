@@ -139,6 +139,35 @@ where
         }
     }
 
+    /// `call` with the request's connections going to `endpoint` (`None`:
+    /// its authority's address), whatever its [`Endpoint`] extension says:
+    /// what a balancer over the pool calls, sparing the request an
+    /// extension. Like `call`, after `poll_ready`.
+    #[inline]
+    pub fn call_at(&mut self, req: Request<B>, endpoint: Option<Endpoint>) -> ResponseFuture {
+        let permit = self.permit.take();
+        if self.semaphore.is_some() && permit.is_none() {
+            return ResponseFuture::new(async { Err(Error::not_ready()) });
+        }
+        let pool = match &self.last {
+            Some(pool) if pool.target.is_for(&req, endpoint) => pool.clone(),
+            _ => {
+                let known =
+                    TargetKey::of_request(&req, endpoint).and_then(|key| self.shared.find(key));
+                let pool = match known {
+                    Some(pool) => pool,
+                    None => match Target::from_request(&req) {
+                        Ok(target) => self.shared.target_pool(&target.with_endpoint(endpoint)),
+                        Err(error) => return ResponseFuture::new(async { Err(error) }),
+                    },
+                };
+                self.last = Some(pool.clone());
+                pool
+            }
+        };
+        ResponseFuture::new(future::request(pool, req, permit))
+    }
+
     /// A handle to read the pool's state and steer it.
     pub fn control(&self) -> PoolControl {
         PoolControl {
@@ -314,43 +343,6 @@ where
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
         let endpoint = req.extensions().get::<Endpoint>().copied();
         self.call_at(req, endpoint)
-    }
-}
-
-impl<C, B> Pool<C, B>
-where
-    C: Connect,
-    B: Body + Default + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    /// `call` with the request's connections going to `endpoint` (`None`:
-    /// its authority's address), whatever its [`Endpoint`] extension says:
-    /// what a balancer over the pool calls, sparing the request an
-    /// extension. Like `call`, after `poll_ready`.
-    #[inline]
-    pub fn call_at(&mut self, req: Request<B>, endpoint: Option<Endpoint>) -> ResponseFuture {
-        let permit = self.permit.take();
-        if self.semaphore.is_some() && permit.is_none() {
-            return ResponseFuture::new(async { Err(Error::not_ready()) });
-        }
-        let pool = match &self.last {
-            Some(pool) if pool.target.is_for(&req, endpoint) => pool.clone(),
-            _ => {
-                let known =
-                    TargetKey::of_request(&req, endpoint).and_then(|key| self.shared.find(key));
-                let pool = match known {
-                    Some(pool) => pool,
-                    None => match Target::from_request(&req) {
-                        Ok(target) => self.shared.target_pool(&target.with_endpoint(endpoint)),
-                        Err(error) => return ResponseFuture::new(async { Err(error) }),
-                    },
-                };
-                self.last = Some(pool.clone());
-                pool
-            }
-        };
-        ResponseFuture::new(future::request(pool, req, permit))
     }
 }
 
