@@ -305,6 +305,23 @@ fn forgets_cold_keys_not_seen_for_forget_after() {
 }
 
 #[test]
+fn a_key_seen_again_is_forgotten_from_its_last_request() {
+    let mut run = Run::new(TierConfig::default());
+    run.record(A);
+    run.at = secs(1);
+    run.record(B);
+    run.at = secs(50);
+    run.record(A);
+    run.at = secs(61);
+    run.sweep();
+    assert_eq!(run.key(B), None, "not seen since 1 s");
+    assert!(run.key(A).is_some(), "seen at 50 s");
+    run.at = secs(110);
+    run.sweep();
+    assert_eq!(run.key(A), None);
+}
+
+#[test]
 fn the_tracked_key_cap_holds_under_100k_distinct_keys() {
     let config = TierConfig::default().max_dedicated(2);
     let mut run = Run::new(config);
@@ -314,16 +331,21 @@ fn the_tracked_key_cap_holds_under_100k_distinct_keys() {
     for key in 0..100_000u64 {
         run.at += Duration::from_micros(100);
         run.record(1_000 + key);
+        if key % 3_000 == 0 {
+            // D, cold (3.3 rps), seen again every 3000 new keys.
+            run.record(D);
+        }
     }
     let snapshot = run.tiers.snapshot(run.now());
     assert_eq!(snapshot.len(), 4096);
-    // The dedicated keys and the key with a request in flight stay; the
-    // rest are the most recently seen.
-    for key in [A, B, C] {
+    // The dedicated keys, the key with a request in flight and the key
+    // seen again stay; the rest are the most recently seen.
+    for key in [A, B, C, D] {
         assert!(snapshot.iter().any(|k| k.key == key), "{key}");
     }
     let oldest_kept = snapshot.iter().map(|k| k.key).filter(|&k| k >= 1_000).min();
-    assert_eq!(oldest_kept, Some(1_000 + 100_000 - 4_093));
+    assert_eq!(oldest_kept, Some(1_000 + 100_000 - 4_092));
+    assert_eq!(run.changes.len(), 2, "{:?}", run.changes);
 }
 
 #[test]
