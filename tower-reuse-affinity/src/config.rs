@@ -162,6 +162,13 @@ impl AffinityConfig {
     /// Hot and cold tiers: keys with a high request rate get dedicated
     /// pools (default `None`: every request shares the pool). In a policy
     /// file, a `[tiers]` table.
+    ///
+    /// ```
+    /// use tower_reuse_affinity::{AffinityConfig, TierConfig};
+    ///
+    /// let config = AffinityConfig::default().tiers(Some(TierConfig::default().max_dedicated(8)));
+    /// assert_eq!(config.get_tiers().map(|t| t.get_max_dedicated()), Some(8));
+    /// ```
     pub fn tiers(mut self, tiers: Option<TierConfig>) -> Self {
         self.tiers = tiers;
         self
@@ -310,6 +317,10 @@ mod tests {
             (d().max_ejected_share(1.5), "max_ejected_share"),
             (d().max_ejected_share(f64::NAN), "max_ejected_share"),
             (d().key(AffinityKey::header("bad header")), "key"),
+            (
+                d().tiers(Some(TierConfig::default().demote_rps(9.0))),
+                "demote_rps",
+            ),
         ];
         for (config, field) in cases {
             let error = config.validate().unwrap_err();
@@ -336,5 +347,33 @@ mod tests {
         );
         let bad: AffinityConfig = serde_json::from_str(r#"{"epsilon": 0}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().field(), "epsilon");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_policy_file_carries_a_tiers_table() {
+        let config: AffinityConfig = toml::from_str(
+            r#"
+            epsilon = 0.5
+
+            [tiers]
+            promote_rps = 20
+            demote_window = "1m"
+            cold_idle_timeout = "off"
+            "#,
+        )
+        .unwrap();
+        let config = config.validate().unwrap();
+        let expected = TierConfig::default()
+            .promote_rps(20.0)
+            .demote_window(Duration::from_secs(60))
+            .cold_idle_timeout(None);
+        assert_eq!(config.get_tiers(), Some(&expected));
+        let none: AffinityConfig = toml::from_str("epsilon = 0.5").unwrap();
+        assert_eq!(none.get_tiers(), None);
+        let bad: AffinityConfig = toml::from_str("[tiers]\ndemote_rps = 9").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field(), "demote_rps");
+        assert!(toml::from_str::<AffinityConfig>("[tiers]\npromote_rsp = 9").is_err());
+        assert!(toml::from_str::<AffinityConfig>("[tiers]\nforget_after = \"off\"").is_err());
     }
 }
