@@ -62,20 +62,38 @@ use crate::ConfigError;
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct TierConfig {
     pub(crate) promote_rps: f64,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::config::secs::deserialize"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::config::secs::deserialize")
+    )]
     pub(crate) promote_window: Duration,
     pub(crate) demote_rps: f64,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::config::secs::deserialize"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::config::secs::deserialize")
+    )]
     pub(crate) demote_window: Duration,
     pub(crate) max_dedicated: usize,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::config::secs::deserialize"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::config::secs::deserialize")
+    )]
     pub(crate) idle_retire_after: Duration,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::config::secs::deserialize"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::config::secs::deserialize")
+    )]
     pub(crate) forget_after: Duration,
     pub(crate) max_tracked_keys: usize,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::config::secs::deserialize"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::config::secs::deserialize")
+    )]
     pub(crate) hot_idle_timeout: Duration,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::config::secs::optional"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::config::secs::optional")
+    )]
     pub(crate) cold_idle_timeout: Option<Duration>,
     pub(crate) max_reserved_per_pool: usize,
     pub(crate) reserved_share: f64,
@@ -283,8 +301,14 @@ mod tests {
             (d().forget_after(Duration::ZERO), "forget_after"),
             (d().forget_after(Duration::MAX), "forget_after"),
             (d().hot_idle_timeout(Duration::ZERO), "hot_idle_timeout"),
-            (d().cold_idle_timeout(Some(Duration::ZERO)), "cold_idle_timeout"),
-            (d().cold_idle_timeout(Some(secs(400 * 86_400))), "cold_idle_timeout"),
+            (
+                d().cold_idle_timeout(Some(Duration::ZERO)),
+                "cold_idle_timeout",
+            ),
+            (
+                d().cold_idle_timeout(Some(secs(400 * 86_400))),
+                "cold_idle_timeout",
+            ),
             (d().max_dedicated(0), "max_dedicated"),
             (d().max_tracked_keys(16).max_dedicated(17), "max_dedicated"),
             (d().max_tracked_keys(0), "max_tracked_keys"),

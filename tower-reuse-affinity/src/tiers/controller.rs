@@ -357,7 +357,8 @@ impl State {
         let Some((i, coldest_rate)) = coldest else {
             return Recorded::tier(Tier::Cold);
         };
-        if !(rate > coldest_rate * DISPLACE_MARGIN) {
+        // Rates are finite: a count over a span that is never zero.
+        if rate <= coldest_rate * DISPLACE_MARGIN {
             return Recorded::tier(Tier::Cold);
         }
         let by = self.keys.key(slot);

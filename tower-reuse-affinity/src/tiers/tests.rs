@@ -76,7 +76,7 @@ impl Run {
                     self.record(key);
                 }
             }
-            if self.at.as_millis() % 500 == 0 {
+            if self.at.as_millis().is_multiple_of(500) {
                 self.sweep();
             }
         }
@@ -95,7 +95,10 @@ impl Run {
 
     fn dedicated(&self) -> usize {
         let snapshot = self.tiers.snapshot(self.now());
-        snapshot.iter().filter(|k| k.tier == Tier::Dedicated).count()
+        snapshot
+            .iter()
+            .filter(|k| k.tier == Tier::Dedicated)
+            .count()
     }
 }
 
@@ -135,7 +138,11 @@ fn a_burst_inside_the_first_window_does_not_promote_early() {
         assert_eq!(run.record(A), Tier::Cold);
     }
     run.at = ms(4_999);
-    assert_eq!(run.record(A), Tier::Cold, "tracked for less than the window");
+    assert_eq!(
+        run.record(A),
+        Tier::Cold,
+        "tracked for less than the window"
+    );
     run.at = secs(5);
     // The burst at 0 s has left the window by now: 1 request in 4.5 s.
     assert_eq!(run.record(A), Tier::Cold);
@@ -267,7 +274,7 @@ fn no_displacement_without_the_margin() {
     run.drive(&[(A, 10.0), (B, 10.0)], secs(6));
     // D at 11 rps is hotter than both, but not by a quarter (estimates
     // are within 1 request of the window, 0.22 rps, of the true rates).
-    assert!(11.0 + 0.23 < (10.0 - 0.23) * DISPLACE_MARGIN);
+    const { assert!(11.0 + 0.23 < (10.0 - 0.23) * DISPLACE_MARGIN) };
     run.drive(&[(A, 10.0), (B, 10.0), (D, 11.0)], secs(120));
     assert_eq!(run.changes.len(), 2, "{:?}", run.changes);
     assert_eq!(run.tier(D), Some(Tier::Cold));
@@ -402,7 +409,10 @@ fn peak_concurrency_covers_the_promote_window() {
         }
     }
     let (_, promoted) = run.changes.last().unwrap();
-    assert_eq!((promoted.kind, promoted.peak_concurrency), (ChangeKind::Promoted, 3));
+    assert_eq!(
+        (promoted.kind, promoted.peak_concurrency),
+        (ChangeKind::Promoted, 3)
+    );
 }
 
 #[test]

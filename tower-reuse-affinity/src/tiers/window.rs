@@ -136,7 +136,11 @@ mod tests {
         ring.add(1_000);
         assert_eq!(ring.sum_at(1_000), 1, "a long gap clears every bucket");
         ring.add(999);
-        assert_eq!(ring.sum_at(1_000), 2, "a late count lands in the newest bucket");
+        assert_eq!(
+            ring.sum_at(1_000),
+            2,
+            "a late count lands in the newest bucket"
+        );
     }
 
     #[test]
