@@ -79,4 +79,4 @@ pub use key::AffinityKey;
 pub use registry::Endpoints;
 pub use service::{Affinity, AffinityLayer, CallAt, PoolHandle};
 pub use snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};
-pub use tiers::{Tier, TierConfig};
+pub use tiers::{DedicatedSnapshot, Tier, TierConfig, TiersSnapshot};

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::controller::DISPLACE_MARGIN;
+use super::change::{ChangeKind, DemoteReason, KeySnapshot, TierChange};
+use super::controller::{DISPLACE_MARGIN, Tiers};
 use super::*;
 
 const A: u64 = 1;

@@ -271,7 +271,10 @@ mod tests {
         assert_eq!(pool.get_max_connections(), Some(64));
         assert!(reserved.resolve(&pool).is_ok());
         assert_eq!(
-            reserved.resolve(&PoolConfig::default()).unwrap_err().field(),
+            reserved
+                .resolve(&PoolConfig::default())
+                .unwrap_err()
+                .field(),
             "reserved_connections"
         );
         assert!(toml::from_str::<TargetConfig>("max_requests_in_flight = 4").is_err());
