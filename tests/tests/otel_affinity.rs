@@ -4,7 +4,8 @@
 //! down (ejected, its requests retried on others, its probe failing while
 //! it is still down), comes back (returned), another is ejected and then
 //! removed, and a cold first choice detours to
-//! a warm endpoint; every affinity instrument of the crate docs' table is
+//! a warm endpoint, and a busy service gets a dedicated pool and gives it
+//! back when idle; every affinity instrument of the crate docs' table is
 //! emitted with its unit, kind and attributes, and its values agree with
 //! the events the layer reported.
 
@@ -19,9 +20,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::metrics::MeterProvider as _;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_affinity::events::{
-    AffinityEvents, Ejected, EndpointChanged, Rebalanced, Retried, Returned, WarmDetour,
+    AffinityEvents, DemoteReason, Demoted, Ejected, EndpointChanged, Promoted, Rebalanced, Retried,
+    Returned, WarmDetour,
 };
-use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityKey, AffinityLayer};
+use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityKey, AffinityLayer, TierConfig};
 use tower_reuse_otel::OtelAffinityEvents;
 use tower_reuse_pool::{ErrorKind, Partition, Pool, PoolConfig, PoolLayer};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
@@ -49,6 +51,8 @@ struct Reported {
     /// connect (`error.type` `connect`).
     retried: Mutex<Vec<(SocketAddr, bool)>>,
     detours: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    /// Promotions (true) and demotions (false), in order.
+    tiers: Mutex<Vec<bool>>,
 }
 
 /// Forwards every event to the hook under test, keeping a copy.
@@ -80,6 +84,15 @@ impl AffinityEvents for Tee {
     fn on_warm_detour(&self, e: &WarmDetour<'_>) {
         self.reported.detours.lock().unwrap().push((e.from, e.to));
         self.hook.on_warm_detour(e);
+    }
+    fn on_promoted(&self, e: &Promoted<'_>) {
+        self.reported.tiers.lock().unwrap().push(true);
+        self.hook.on_promoted(e);
+    }
+    fn on_demoted(&self, e: &Demoted<'_>) {
+        assert_eq!(e.reason, DemoteReason::Idle);
+        self.reported.tiers.lock().unwrap().push(false);
+        self.hook.on_demoted(e);
     }
     fn on_retry(&self, e: &Retried<'_>) {
         let refused = e.error.kind() == ErrorKind::Connect;
@@ -253,6 +266,27 @@ async fn affinity_events_are_recorded_as_the_documented_instruments() {
     get(&mut warm, WARM, key_a).await;
     assert_eq!(*reported.detours.lock().unwrap(), [(a, b)]);
 
+    // Tiers: warm.test busy for 300 ms gets a pool of its own, then, idle,
+    // goes back.
+    let tiers = TierConfig::default()
+        .promote_rps(20.0)
+        .promote_window(Duration::from_millis(100))
+        .demote_rps(5.0)
+        .demote_window(Duration::from_millis(200))
+        .idle_retire_after(Duration::from_millis(150));
+    let tee = Tee {
+        hook: hook.clone(),
+        reported: reported.clone(),
+    };
+    let mut tiered = self::client(keyed().warm_aware(false).tiers(Some(tiers)), tee);
+    tiered.endpoints().set(WARM, [a, b]).unwrap();
+    for key in 0..30 {
+        get(&mut tiered, WARM, key).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(*reported.tiers.lock().unwrap(), [true, false]);
+
     let metrics = telemetry.metrics();
 
     // Every affinity instrument of the docs table, as documented; nothing
@@ -278,14 +312,29 @@ async fn affinity_events_are_recorded_as_the_documented_instruments() {
         .collect();
     assert_eq!(emitted, documented);
 
-    // Endpoints: svc.test had 3, +1, -1, -1; warm.test 2, through the
-    // warm layer only (the probe has no hook).
+    // Endpoints: svc.test had 3, +1, -1, -1; warm.test 2 in each of the
+    // warm and tiered layers (the probe has no hook).
     let svc = [("server.address", "svc.test".to_owned())];
     let endpoints_now = &metrics["tower_reuse.affinity.endpoints"];
     assert_eq!(total(endpoints_now, &svc), 2.0);
     assert_eq!(
         endpoints_now.total(&[("server.address", "warm.test"), ("server.port", "8081")]),
-        2.0
+        4.0
+    );
+    let warm_service = [("server.address", "warm.test"), ("server.port", "8081")];
+    let promotions = &metrics["tower_reuse.affinity.tier.promotions"];
+    assert_eq!(promotions.total(&warm_service), 1.0);
+    let demotions = &metrics["tower_reuse.affinity.tier.demotions"];
+    assert_eq!(
+        demotions.total(&[
+            ("server.address", "warm.test"),
+            ("tower_reuse.affinity.tier.reason", "idle")
+        ]),
+        1.0
+    );
+    assert_eq!(
+        metrics["tower_reuse.affinity.tier.dedicated"].total(&[]),
+        0.0
     );
     let changes = &metrics["tower_reuse.affinity.endpoint.changes"];
     let change = |what: &str, endpoint: SocketAddr| {

@@ -10,11 +10,12 @@ use http::uri::{Authority, Scheme};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use tower_reuse_affinity::events::{
-    AffinityEvents, Ejected, EndpointChanged, Rebalanced, Retried, Returned, WarmDetour,
+    AffinityEvents, Demoted, Ejected, EndpointChanged, Promoted, Rebalanced, Retried, Returned,
+    WarmDetour,
 };
 
 use crate::attributes::{
-    self, AFFINITY_CHANGE, ERROR_TYPE, NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT,
+    self, AFFINITY_CHANGE, ERROR_TYPE, NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT, TIER_REASON,
 };
 
 /// Bucket boundaries for `tower_reuse.affinity.rebalance.moved`: the least
@@ -60,6 +61,9 @@ struct Inner {
     returns: Counter<u64>,
     warm_detours: Counter<u64>,
     retries: Counter<u64>,
+    dedicated: UpDownCounter<i64>,
+    promotions: Counter<u64>,
+    demotions: Counter<u64>,
     /// The endpoints out of service now (ejected or on probation), by
     /// service: an endpoint ejected again after a failed probe is counted
     /// once, and one removed while out leaves the count.
@@ -116,6 +120,21 @@ impl OtelAffinityEvents {
                 .u64_counter("tower_reuse.affinity.retries")
                 .with_description("Requests sent again to another endpoint because theirs was down.")
                 .with_unit("{retry}")
+                .build(),
+            dedicated: meter
+                .i64_up_down_counter("tower_reuse.affinity.tier.dedicated")
+                .with_description("Keys with a dedicated pool now (hot tier).")
+                .with_unit("{pool}")
+                .build(),
+            promotions: meter
+                .u64_counter("tower_reuse.affinity.tier.promotions")
+                .with_description("Keys given a dedicated pool.")
+                .with_unit("{promotion}")
+                .build(),
+            demotions: meter
+                .u64_counter("tower_reuse.affinity.tier.demotions")
+                .with_description("Keys sent back to the shared pool, by reason.")
+                .with_unit("{demotion}")
                 .build(),
             out: Mutex::default(),
         };
@@ -238,5 +257,18 @@ impl AffinityEvents for OtelAffinityEvents {
         self.inner
             .retries
             .add(1, &at_endpoint(event.service, event.from, [error]));
+    }
+
+    fn on_promoted(&self, event: &Promoted<'_>) {
+        let attributes = service(event.service);
+        self.inner.dedicated.add(1, &[]);
+        self.inner.promotions.add(1, &attributes);
+    }
+
+    fn on_demoted(&self, event: &Demoted<'_>) {
+        let mut attributes = service(event.service);
+        attributes.push(KeyValue::new(TIER_REASON, event.reason.as_str()));
+        self.inner.dedicated.add(-1, &[]);
+        self.inner.demotions.add(1, &attributes);
     }
 }

@@ -75,6 +75,9 @@
 //! | `tower_reuse.affinity.returns` | Counter | `{return}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port` | `OtelAffinityEvents`: an ejected endpoint whose probe succeeded, back in service |
 //! | `tower_reuse.affinity.warm_detours` | Counter | `{request}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port` | `OtelAffinityEvents`: a request sent one step down its key's order to a warm endpoint; the peer is the key's first choice, which had no free connection (an endpoint detoured from all the time may be down while its neighbours are warm) |
 //! | `tower_reuse.affinity.retries` | Counter | `{retry}` | `server.address`, `server.port`, `url.scheme`, `network.peer.address`, `network.peer.port`, `error.type` | `OtelAffinityEvents`: a request sent again to another endpoint because its own was down; the peer is the endpoint that failed |
+//! | `tower_reuse.affinity.tier.dedicated` | UpDownCounter | `{pool}` | none | `OtelAffinityEvents`: keys with a dedicated pool now (tiers on), +1 at a promotion, -1 at a demotion |
+//! | `tower_reuse.affinity.tier.promotions` | Counter | `{promotion}` | `server.address`, `server.port`, `url.scheme` | `OtelAffinityEvents`: a key given a dedicated pool (its rate held above `promote_rps` over the promote window) |
+//! | `tower_reuse.affinity.tier.demotions` | Counter | `{demotion}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.affinity.tier.reason` | `OtelAffinityEvents`: a key sent back to the shared pool |
 //!
 //! The observable instruments cost the request path an atomic add: the
 //! SDK reads the counts when it collects. Exported, the up-down counters
@@ -129,6 +132,9 @@
 //! - `tower_reuse.prewarm.served`: `true` or `false`.
 //! - `tower_reuse.tls.session_cache.result`: `hit` or `miss`.
 //! - `tower_reuse.affinity.change`: `added` or `removed`.
+//! - `tower_reuse.affinity.tier.reason`: why a key left its dedicated pool,
+//!   `cold` (its rate fell below `demote_rps`), `idle` or `displaced` (a
+//!   hotter key took its place).
 //! - `server.address`, `server.port`, `url.scheme` on the affinity
 //!   instruments: the logical service (`http://inventory.internal:8080`);
 //!   `network.peer.address`, `network.peer.port`: one of its endpoints
