@@ -98,6 +98,14 @@ where
 ///   ejection, never more than `max_ejected_share` of the endpoints and
 ///   never the last; its keys go to their next endpoints and come back when
 ///   a probe request, the only one sent to it meanwhile, succeeds.
+/// - **Tiers** (with [`AffinityConfig::tiers`]): every request, routed or
+///   not, counts for its key (scheme, authority and partition); a key
+///   promoted to a dedicated pool sends its requests in a `Partition` of
+///   its own, which the pool gives warm connections, a longer idle timeout
+///   and a reservation out of its budget (`PoolConfig::max_connections`);
+///   the pool-wide idle timeout becomes the cold tier's. A demoted key's
+///   partition is retired: idle connections close, busy ones finish their
+///   requests.
 /// - **Retry.** A request whose endpoint is down (its connect failed, or,
 ///   for an idempotent request, its connection closed under it) is sent
 ///   once more to the key's next endpoint, if its body is empty or a
