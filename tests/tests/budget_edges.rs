@@ -1,0 +1,126 @@
+//! The pool-wide connection budget at its edges, against real servers on
+//! loopback: reservations set or a budget lowered while it is spent never
+//! open a connection over it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tower_reuse_pool::{Pool, PoolConfig, Target, TargetConfig};
+use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
+use tower_reuse_tests::{bounded, get, pool, send, until};
+
+/// Servers on 127.0.0.2 .. 127.0.0.(n + 1), counting as one.
+async fn servers(n: u8, options: ServerOptions) -> (Vec<TestServer>, Arc<ServerStats>) {
+    let stats = ServerStats::kernel_counted();
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let addr = format!("127.0.0.{}:0", i + 2);
+        servers.push(TestServer::start_counting(&addr, options.clone(), stats.clone()).await);
+    }
+    (servers, stats)
+}
+
+fn target(server: &TestServer) -> Target {
+    Target::from_uri(&server.url("/").parse().unwrap(), None).unwrap()
+}
+
+/// A GET the server answers after `ms` milliseconds.
+fn slow_get(url: &str, id: u64, ms: u64) -> http::Request<Full<Bytes>> {
+    let mut req = get(url, id);
+    req.headers_mut().insert("x-delay-ms", ms.into());
+    req
+}
+
+/// The connections the pool counts, checked against its targets' counts.
+fn counted<C: tower_reuse_pool::Connect>(client: &Pool<C>) -> usize {
+    let snapshot = client.control().snapshot();
+    let open: u64 = snapshot
+        .total(|t| (t.idle() + t.active() + t.connecting() + t.dedicated() + t.closing()) as u64);
+    assert_eq!(snapshot.budget.connections as u64, open, "{snapshot:?}");
+    snapshot.budget.connections
+}
+
+/// Two connections to `url` left idle (two requests at once).
+async fn two_idle(client: &Pool<hyper_util::client::legacy::connect::HttpConnector>, url: &str) {
+    let (mut a, mut b) = (client.clone(), client.clone());
+    let (ra, rb) = tokio::join!(
+        send(&mut a, slow_get(url, 0, 100)),
+        send(&mut b, slow_get(url, 1, 100))
+    );
+    ra.unwrap();
+    rb.unwrap();
+}
+
+#[tokio::test]
+async fn a_reservation_set_while_the_budget_is_spent_opens_no_connection_over_it() {
+    let (servers, stats) = servers(2, ServerOptions::default()).await;
+    let client = pool(
+        PoolConfig::default()
+            .max_connections(Some(2))
+            .checkout_timeout(Some(Duration::from_secs(5))),
+    );
+    two_idle(&client, &servers[0].url("/")).await;
+    assert_eq!(counted(&client), 2, "the budget is spent");
+    // A reservation for the other target, set now: its slot is not free
+    // until one of the first target's connections goes.
+    client
+        .control()
+        .set_target_config(
+            &target(&servers[1]),
+            Some(TargetConfig::default().reserved_connections(Some(1))),
+        )
+        .unwrap();
+    let mut c = client.clone();
+    bounded(send(&mut c, get(&servers[1].url("/"), 2)))
+        .await
+        .unwrap();
+    let open = counted(&client);
+    assert!(
+        open <= 2,
+        "the pool counts {open} connections, over a budget of 2"
+    );
+    assert!(
+        stats.peak_established() <= 2,
+        "the servers had {} connections open at once, over a budget of 2",
+        stats.peak_established()
+    );
+}
+
+#[tokio::test]
+async fn a_budget_lowered_below_the_connections_open_lets_no_reservation_over_it() {
+    let (servers, stats) = servers(2, ServerOptions::default()).await;
+    let client = pool(
+        PoolConfig::default()
+            .max_connections(Some(3))
+            .checkout_timeout(Some(Duration::from_secs(5))),
+    );
+    client
+        .control()
+        .set_target_config(
+            &target(&servers[1]),
+            Some(TargetConfig::default().reserved_connections(Some(1))),
+        )
+        .unwrap();
+    two_idle(&client, &servers[0].url("/")).await;
+    assert_eq!(counted(&client), 2);
+    client
+        .control()
+        .update(|c| c.max_connections(Some(2)))
+        .unwrap();
+    let mut c = client.clone();
+    bounded(send(&mut c, get(&servers[1].url("/"), 2)))
+        .await
+        .unwrap();
+    let open = counted(&client);
+    assert!(
+        open <= 2,
+        "the pool counts {open} connections, over a budget of 2"
+    );
+    assert!(
+        stats.peak_established() <= 2,
+        "the servers had {} connections open at once, over a budget lowered to 2",
+        stats.peak_established()
+    );
+}
