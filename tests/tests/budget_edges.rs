@@ -1,6 +1,7 @@
 //! The pool-wide connection budget at its edges, against real servers on
 //! loopback: reservations set or a budget lowered while it is spent never
-//! open a connection over it.
+//! open a connection over it, and an HTTP/2 connection going idle while
+//! another target waits gives its slot up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use tower_reuse_pool::{Pool, PoolConfig, Target, TargetConfig};
+use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
-use tower_reuse_tests::{bounded, get, pool, send, until};
+use tower_reuse_tests::{bounded, client, get, pool, send, until};
 
 /// Servers on 127.0.0.2 .. 127.0.0.(n + 1), counting as one.
 async fn servers(n: u8, options: ServerOptions) -> (Vec<TestServer>, Arc<ServerStats>) {
@@ -123,4 +125,85 @@ async fn a_budget_lowered_below_the_connections_open_lets_no_reservation_over_it
         "the servers had {} connections open at once, over a budget lowered to 2",
         stats.peak_established()
     );
+}
+
+#[tokio::test]
+async fn an_http2_connection_going_idle_gives_its_slot_to_a_waiting_target() {
+    let (servers, _stats) = servers(2, ServerOptions::default()).await;
+    let client = pool(
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .max_connections(Some(1))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .checkout_timeout(Some(Duration::from_secs(3))),
+    );
+    // The first target's one connection is busy when the second target
+    // asks for a slot: nothing idle to evict then.
+    let busy = {
+        let mut c = client.clone();
+        let url = servers[0].url("/");
+        tokio::spawn(async move { send(&mut c, slow_get(&url, 0, 300)).await })
+    };
+    until("the first target holds the one slot", || {
+        client
+            .control()
+            .snapshot()
+            .target(&target(&servers[0]))
+            .is_some_and(|t| t.active() == 1)
+    })
+    .await;
+    let mut c = client.clone();
+    let waiting = send(&mut c, get(&servers[1].url("/"), 1));
+    let result = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the checkout timeout ends the wait");
+    bounded(busy).await.unwrap().unwrap();
+    // Its request ends at 300 ms and leaves the connection idle, while
+    // the second target waits: the slot goes to it, not to an idle
+    // connection kept for a minute.
+    match result {
+        Ok(_) => {}
+        Err(e) => panic!(
+            "the waiting target never got the idle connection's slot ({:?}): {e}",
+            e.kind()
+        ),
+    }
+    assert!(counted(&client) <= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_landing_idle_gives_its_slot_to_a_waiting_target() {
+    // The first connect takes 100 ms; the rest are quick.
+    let connector = DuplexConnector::new(ServerOptions::default())
+        .with_connect_delays([Duration::from_millis(100)]);
+    let client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .max_connections(Some(1))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .checkout_timeout(Some(Duration::from_secs(5))),
+    );
+    // A request to the first target gives up while its connect is under
+    // way: the connection will land with nobody to serve.
+    let mut c = client.clone();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(10),
+        send(&mut c, get("http://first.test/", 0)),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    // The second target finds the budget spent by that connect and
+    // nothing idle to evict: it waits.
+    let started = tokio::time::Instant::now();
+    let result = send(&mut c, get("http://second.test/", 1)).await;
+    if let Err(e) = result {
+        panic!(
+            "the waiting target never got the slot of the connection that landed idle \
+             ({:?} after {:?}): {e}",
+            e.kind(),
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(counted(&client) <= 1);
 }

@@ -167,6 +167,36 @@ impl<B> TargetPool<B> {
                 .others_wait(state.slots.group.as_ref(), &self.me)
     }
 
+    /// Connection `id`, left idle (landed, or its last HTTP/2 stream ended)
+    /// while none of this target's requests waits and other targets wait
+    /// for a slot, closes (`CloseReason::Evicted`) so that its slot goes to
+    /// them: a waiting target asks for an eviction once, when it joins the
+    /// queue, and what goes idle after that would otherwise keep its slot
+    /// until its idle timeout.
+    pub(super) fn yield_idle(
+        &self,
+        state: &mut State<B>,
+        id: ConnId,
+        now: Instant,
+        fx: &mut Effects<B>,
+    ) {
+        if !state.waiters.is_empty() || !self.yields_slot(state) {
+            return;
+        }
+        let mut life = if let Some(pos) = state.idle.iter().position(|c| c.life.id == id) {
+            state.idle.remove(pos).life
+        } else if let Some(pos) = state
+            .h2
+            .iter()
+            .position(|c| c.life.id == id && c.streams == 0 && !c.life.is_draining())
+        {
+            state.h2.swap_remove(pos).life
+        } else {
+            return;
+        };
+        state.closed(&mut life, CloseReason::Evicted, now, fx);
+    }
+
     /// When the least recently used of its idle connections was last used,
     /// if it has one holding a shared slot.
     pub(crate) fn oldest_idle(&self) -> Option<Instant> {
