@@ -207,3 +207,56 @@ async fn a_connection_landing_idle_gives_its_slot_to_a_waiting_target() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(counted(&client) <= 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn connections_ending_while_lent_give_their_slots_back_however_many() {
+    // More connections lent at once than the pool remembers ended ones
+    // by number (1 024): their server goes down mid-request.
+    const LENT: u64 = 1100;
+    let connector = DuplexConnector::new(ServerOptions {
+        delay: Some(Duration::from_secs(10)),
+        ..ServerOptions::default()
+    });
+    let client = client(
+        connector.clone(),
+        PoolConfig::default()
+            .max_connections(Some(2000))
+            .retry(false),
+    );
+    let requests: Vec<_> = (0..LENT)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move { send(&mut c, get("http://lent.test/", i)).await })
+        })
+        .collect();
+    for _ in 0..100 {
+        if connector.stats.requests() == LENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        connector.stats.requests(),
+        LENT,
+        "every request is in flight"
+    );
+    assert_eq!(counted(&client), LENT as usize);
+    connector.close_open_connections();
+    for request in requests {
+        assert!(request.await.unwrap().is_err());
+    }
+    tokio_settle().await;
+    let snapshot = client.control().snapshot();
+    assert_eq!(
+        counted(&client),
+        0,
+        "slots still held after every connection closed: {:?}",
+        snapshot.targets[0]
+    );
+}
+
+async fn tokio_settle() {
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
