@@ -260,3 +260,34 @@ async fn tokio_settle() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+#[tokio::test]
+async fn a_lowered_budget_closes_the_idle_connections_beyond_it() {
+    let (servers, stats) = servers(1, ServerOptions::default()).await;
+    let client = pool(PoolConfig::default().max_connections(Some(4)));
+    let url = servers[0].url("/");
+    let requests: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move { send(&mut c, slow_get(&url, i, 100)).await })
+        })
+        .collect();
+    for request in requests {
+        request.await.unwrap().unwrap();
+    }
+    assert_eq!(counted(&client), 4);
+    client
+        .control()
+        .update(|c| c.max_connections(Some(2)))
+        .unwrap();
+    until(
+        "the idle connections beyond the lowered budget close",
+        || counted(&client) <= 2 && stats.open() <= 2,
+    )
+    .await;
+    // What is left is still served.
+    let mut c = client.clone();
+    send(&mut c, get(&url, 9)).await.unwrap();
+    assert!(counted(&client) <= 2);
+}

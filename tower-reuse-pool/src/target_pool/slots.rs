@@ -199,6 +199,11 @@ impl<B> TargetPool<B> {
         state.closed(&mut life, CloseReason::Evicted, now, fx);
     }
 
+    /// Connections it let go of whose sockets are not closed yet.
+    pub(crate) fn closing(&self) -> usize {
+        self.lock().slots.ending.len()
+    }
+
     /// When the least recently used of its idle connections was last used,
     /// if it has one holding a shared slot.
     pub(crate) fn oldest_idle(&self) -> Option<Instant> {
