@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tower_reuse_pool::{Pool, PoolConfig, Target, TargetConfig};
 use tower_reuse_tests::duplex::DuplexConnector;
+use tower_reuse_tests::h2server::{H2Options, H2Server, Reply};
 use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
 use tower_reuse_tests::{bounded, client, get, pool, send, until};
 
@@ -290,4 +291,168 @@ async fn a_lowered_budget_closes_the_idle_connections_beyond_it() {
     let mut c = client.clone();
     send(&mut c, get(&url, 9)).await.unwrap();
     assert!(counted(&client) <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_budget_serves_the_targets_waiting_at_once() {
+    let (servers, stats) = servers(2, ServerOptions::default()).await;
+    let client = pool(
+        PoolConfig::default()
+            .max_connections(Some(1))
+            .checkout_timeout(Some(Duration::from_secs(3))),
+    );
+    let holder = {
+        let mut c = client.clone();
+        let url = servers[0].url("/");
+        tokio::spawn(async move { send(&mut c, slow_get(&url, 0, 1500)).await })
+    };
+    until("the first target holds the one slot", || {
+        counted(&client) == 1
+    })
+    .await;
+    let waiting = {
+        let mut c = client.clone();
+        let url = servers[1].url("/");
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            send(&mut c, get(&url, 1)).await.map(|_| started.elapsed())
+        })
+    };
+    until("the second target waits", || {
+        client.control().snapshot().budget.waiting_targets == 1
+    })
+    .await;
+    client
+        .control()
+        .update(|c| c.max_connections(Some(2)))
+        .unwrap();
+    let waited = waiting.await.unwrap().unwrap();
+    assert!(
+        waited < Duration::from_millis(1000),
+        "served only when the first target's request ended ({waited:?})"
+    );
+    holder.await.unwrap().unwrap();
+    assert!(stats.peak_established() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_connections_of_the_kill_switch_stay_within_the_budget() {
+    let (servers, stats) = servers(2, ServerOptions::default()).await;
+    let client = pool(
+        PoolConfig::default()
+            .max_connections(Some(1))
+            .reuse(false)
+            .checkout_timeout(Some(Duration::from_secs(3))),
+    );
+    let holder = {
+        let mut c = client.clone();
+        let url = servers[0].url("/");
+        tokio::spawn(async move { send(&mut c, slow_get(&url, 0, 200)).await })
+    };
+    until("the first target holds the one slot", || {
+        counted(&client) == 1
+    })
+    .await;
+    let mut c = client.clone();
+    send(&mut c, get(&servers[1].url("/"), 1)).await.unwrap();
+    holder.await.unwrap().unwrap();
+    for i in 0..10 {
+        send(&mut c, get(&servers[(i % 2) as usize].url("/"), i))
+            .await
+            .unwrap();
+    }
+    until("every dedicated connection closes", || {
+        counted(&client) == 0
+    })
+    .await;
+    assert!(
+        stats.peak_established() <= 1,
+        "{}",
+        stats.peak_established()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_ended_by_goaway_or_reset_give_their_slots_back() {
+    let server = H2Server::start(H2Options::replying(|s| match s.index % 3 {
+        0 => Reply::RespondThenGoAway,
+        1 => Reply::Close,
+        _ => Reply::Respond,
+    }))
+    .await;
+    let client = pool(
+        PoolConfig::default()
+            .http2_prior_knowledge(true)
+            .max_connections(Some(2))
+            .retry(false)
+            .checkout_timeout(Some(Duration::from_secs(2))),
+    );
+    let requests: Vec<_> = (0..30)
+        .map(|i| {
+            let mut c = client.clone();
+            let url = server.url("/");
+            tokio::spawn(async move { send(&mut c, get(&url, i)).await.is_ok() })
+        })
+        .collect();
+    let mut served = 0;
+    for request in requests {
+        served += u32::from(request.await.unwrap());
+    }
+    assert!(served > 0);
+    until("the pool counts what the server has open", || {
+        counted(&client) == server.seen().open()
+    })
+    .await;
+    assert_eq!(client.control().snapshot().budget.waiting_targets, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_giving_up_amid_rotation_and_pre_warming_leak_no_slot() {
+    let (servers, stats) = servers(8, ServerOptions::default()).await;
+    let client = pool(
+        PoolConfig::default()
+            .max_connections(Some(5))
+            .min_idle_per_target(1)
+            .max_lifetime(Some(Duration::from_millis(150)))
+            .checkout_timeout(Some(Duration::from_millis(300))),
+    );
+    let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|s| s.url("/")).collect());
+    let workers: Vec<_> = (0..40u64)
+        .map(|i| {
+            let mut c = client.clone();
+            let urls = urls.clone();
+            tokio::spawn(async move {
+                for round in 0..10u64 {
+                    let url = &urls[((i * 7 + round) % 8) as usize];
+                    let request = send(&mut c, slow_get(url, i, (i + round) % 30));
+                    let patience = Duration::from_millis(5 + (i * 13 + round * 7) % 40);
+                    let _ = tokio::time::timeout(patience, request).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    // Rotation never rests: stop it, and let the pool go quiet.
+    client
+        .control()
+        .update(|c| c.max_lifetime(None).min_idle_per_target(0))
+        .unwrap();
+    until("the budget's count matches its targets'", || {
+        let snapshot = client.control().snapshot();
+        let open = snapshot.total(|t| {
+            (t.idle() + t.active() + t.connecting() + t.dedicated() + t.closing()) as u64
+        });
+        snapshot.budget.connections as u64 == open
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(counted(&client) <= 5);
+    assert!(
+        stats.peak_established() <= 5,
+        "{}",
+        stats.peak_established()
+    );
+    assert_eq!(client.control().snapshot().budget.waiting_targets, 0);
 }
