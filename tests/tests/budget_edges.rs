@@ -1,33 +1,23 @@
 //! The pool-wide connection budget at its edges, against real servers on
-//! loopback: reservations set or a budget lowered while it is spent never
-//! open a connection over it, and an HTTP/2 connection going idle while
-//! another target waits gives its slot up.
+//! loopback (and in memory on paused time): reservations set or a budget
+//! lowered while it is spent never open a connection over it, a lowered
+//! budget closes idle connections beyond it, a raised one serves the
+//! targets waiting, connections going idle while targets wait give their
+//! slots up, and no slot leaks however connections end (HTTP/2 GOAWAY and
+//! resets, the kill switch, many at once, requests giving up, rotation).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use tower_reuse_pool::{Pool, PoolConfig, Target, TargetConfig};
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_reuse_pool::{Pool, PoolConfig, TargetConfig};
+use tower_reuse_tests::budget::{counted, counts, servers, target};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply};
-use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
+use tower_reuse_tests::server::{ServerOptions, ServerStats};
 use tower_reuse_tests::{bounded, client, get, pool, send, until};
-
-/// Servers on 127.0.0.2 .. 127.0.0.(n + 1), counting as one.
-async fn servers(n: u8, options: ServerOptions) -> (Vec<TestServer>, Arc<ServerStats>) {
-    let stats = ServerStats::kernel_counted();
-    let mut servers = Vec::new();
-    for i in 0..n {
-        let addr = format!("127.0.0.{}:0", i + 2);
-        servers.push(TestServer::start_counting(&addr, options.clone(), stats.clone()).await);
-    }
-    (servers, stats)
-}
-
-fn target(server: &TestServer) -> Target {
-    Target::from_uri(&server.url("/").parse().unwrap(), None).unwrap()
-}
 
 /// A GET the server answers after `ms` milliseconds.
 fn slow_get(url: &str, id: u64, ms: u64) -> http::Request<Full<Bytes>> {
@@ -36,17 +26,8 @@ fn slow_get(url: &str, id: u64, ms: u64) -> http::Request<Full<Bytes>> {
     req
 }
 
-/// The connections the pool counts, checked against its targets' counts.
-fn counted<C: tower_reuse_pool::Connect>(client: &Pool<C>) -> usize {
-    let snapshot = client.control().snapshot();
-    let open: u64 = snapshot
-        .total(|t| (t.idle() + t.active() + t.connecting() + t.dedicated() + t.closing()) as u64);
-    assert_eq!(snapshot.budget.connections as u64, open, "{snapshot:?}");
-    snapshot.budget.connections
-}
-
 /// Two connections to `url` left idle (two requests at once).
-async fn two_idle(client: &Pool<hyper_util::client::legacy::connect::HttpConnector>, url: &str) {
+async fn two_idle(client: &Pool<HttpConnector>, url: &str) {
     let (mut a, mut b) = (client.clone(), client.clone());
     let (ra, rb) = tokio::join!(
         send(&mut a, slow_get(url, 0, 100)),
@@ -54,6 +35,23 @@ async fn two_idle(client: &Pool<hyper_util::client::legacy::connect::HttpConnect
     );
     ra.unwrap();
     rb.unwrap();
+}
+
+/// A request to `url` is served, and neither the pool nor the servers
+/// ever count more than 2 connections.
+async fn served_within_two(client: &Pool<HttpConnector>, stats: &ServerStats, url: &str) {
+    let mut c = client.clone();
+    bounded(send(&mut c, get(url, 2))).await.unwrap();
+    let open = counted(client);
+    assert!(
+        open <= 2,
+        "the pool counts {open} connections, over a budget of 2"
+    );
+    assert!(
+        stats.peak_established() <= 2,
+        "the servers had {} connections open at once, over a budget of 2",
+        stats.peak_established()
+    );
 }
 
 #[tokio::test]
@@ -75,20 +73,7 @@ async fn a_reservation_set_while_the_budget_is_spent_opens_no_connection_over_it
             Some(TargetConfig::default().reserved_connections(Some(1))),
         )
         .unwrap();
-    let mut c = client.clone();
-    bounded(send(&mut c, get(&servers[1].url("/"), 2)))
-        .await
-        .unwrap();
-    let open = counted(&client);
-    assert!(
-        open <= 2,
-        "the pool counts {open} connections, over a budget of 2"
-    );
-    assert!(
-        stats.peak_established() <= 2,
-        "the servers had {} connections open at once, over a budget of 2",
-        stats.peak_established()
-    );
+    served_within_two(&client, &stats, &servers[1].url("/")).await;
 }
 
 #[tokio::test]
@@ -112,20 +97,7 @@ async fn a_budget_lowered_below_the_connections_open_lets_no_reservation_over_it
         .control()
         .update(|c| c.max_connections(Some(2)))
         .unwrap();
-    let mut c = client.clone();
-    bounded(send(&mut c, get(&servers[1].url("/"), 2)))
-        .await
-        .unwrap();
-    let open = counted(&client);
-    assert!(
-        open <= 2,
-        "the pool counts {open} connections, over a budget of 2"
-    );
-    assert!(
-        stats.peak_established() <= 2,
-        "the servers had {} connections open at once, over a budget lowered to 2",
-        stats.peak_established()
-    );
+    served_within_two(&client, &stats, &servers[1].url("/")).await;
 }
 
 #[tokio::test]
@@ -440,11 +412,8 @@ async fn requests_giving_up_amid_rotation_and_pre_warming_leak_no_slot() {
         .update(|c| c.max_lifetime(None).min_idle_per_target(0))
         .unwrap();
     until("the budget's count matches its targets'", || {
-        let snapshot = client.control().snapshot();
-        let open = snapshot.total(|t| {
-            (t.idle() + t.active() + t.connecting() + t.dedicated() + t.closing()) as u64
-        });
-        snapshot.budget.connections as u64 == open
+        let (budget, targets) = counts(&client);
+        budget == targets
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
