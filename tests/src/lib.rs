@@ -5,6 +5,7 @@
 //! produces, and in-memory connectors and an HTTP/2 server for tests on
 //! paused time.
 
+pub mod budget;
 pub mod duplex;
 pub mod h2frame;
 pub mod h2server;

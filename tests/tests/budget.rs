@@ -12,34 +12,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower::Layer;
 use tower_reuse_pool::events::{CloseReason, Closed, PoolEvents};
 use tower_reuse_pool::{ErrorKind, Partition, Pool, PoolConfig, PoolLayer, Target, TargetConfig};
-use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
+use tower_reuse_tests::budget::{counted, servers, target};
+use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::{concurrently, get, pool, send, until};
-
-/// Servers on 127.0.0.2 .. 127.0.0.(n + 1), counting as one.
-async fn servers(n: u8, options: ServerOptions) -> (Vec<TestServer>, Arc<ServerStats>) {
-    let stats = ServerStats::kernel_counted();
-    let mut servers = Vec::new();
-    for i in 0..n {
-        let addr = format!("127.0.0.{}:0", i + 2);
-        servers.push(TestServer::start_counting(&addr, options.clone(), stats.clone()).await);
-    }
-    (servers, stats)
-}
 
 /// `work`, or a panic if it takes 10 s: these loads take well under 2 s.
 async fn bounded<T>(work: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
         .expect("hung: not done within 10 s")
-}
-
-/// The connections the pool counts, checked against its targets' counts.
-fn counted<C: tower_reuse_pool::Connect>(client: &tower_reuse_pool::Pool<C>) -> usize {
-    let snapshot = client.control().snapshot();
-    let open: u64 = snapshot
-        .total(|t| (t.idle() + t.active() + t.connecting() + t.dedicated() + t.closing()) as u64);
-    assert_eq!(snapshot.budget.connections as u64, open, "{snapshot:?}");
-    snapshot.budget.connections
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,10 +77,6 @@ impl Closes {
             .map(|(target, _)| target.clone())
             .collect()
     }
-}
-
-fn target(server: &TestServer) -> Target {
-    Target::from_uri(&server.url("/").parse().unwrap(), None).unwrap()
 }
 
 #[tokio::test]

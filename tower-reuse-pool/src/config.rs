@@ -265,7 +265,9 @@ impl PoolConfig {
         /// get freed ones first come, first served. Slots reserved with
         /// [`TargetConfig::reserved_connections`](crate::TargetConfig::reserved_connections)
         /// are taken out of it. Pre-warming and rotation only use free
-        /// slots. Defaults to `None` (no budget).
+        /// slots. Lowered at run time, it closes idle connections beyond
+        /// it at once (as `Evicted`); those in use count until they go.
+        /// Defaults to `None` (no budget).
         max_connections, get_max_connections: Option<usize>
     }
 

@@ -68,6 +68,24 @@ where
         });
     }
 
+    /// After the budget was lowered: close idle connections (the least
+    /// recently used first, as for a waiting target) until those open fit
+    /// in it, not when they expire; those closing already count as gone.
+    fn trim_to_budget(&self) {
+        let Some(max) = self.common.config.load().max_connections else {
+            return;
+        };
+        let closing: usize = self.target_pools().iter().map(|p| p.closing()).sum();
+        let (used, _, _) = self.common.budget.snapshot();
+        let over = used.saturating_sub(closing).saturating_sub(max);
+        if over > 0 {
+            self.common.follow(Follow {
+                grants: Vec::new(),
+                evictions: over,
+            });
+        }
+    }
+
     /// The settings given to `partition`'s targets, if any.
     fn partition_config(&self, partition: Option<&Partition>) -> Option<TargetConfig> {
         let partitions = self.partitions.read().unwrap_or_else(|e| e.into_inner());
@@ -185,6 +203,7 @@ where
             pool.set_resolved(config);
         }
         self.settle_budget();
+        self.trim_to_budget();
         self.common.reaper_wake.notify_one();
         Ok(())
     }

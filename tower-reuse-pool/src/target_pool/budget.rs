@@ -73,13 +73,20 @@ impl Slots {
         self.groups.values().map(|g| g.reserved).sum()
     }
 
+    /// Whether one of `group`'s reserved slots is free. Never beyond
+    /// `max`: a reservation set, or a budget lowered, while more slots are
+    /// in use than it leaves is kept only as connections go.
+    fn reserved_free(&self, max: Option<usize>, group: Option<&Group>) -> bool {
+        group
+            .and_then(|g| self.groups.get(g))
+            .is_some_and(|g| g.held < g.reserved)
+            && max.is_none_or(|max| self.used < max)
+    }
+
     /// Whether a target of `group` may take a slot now: one of its group's
     /// reserved ones, or a shared one.
     fn may_take(&self, max: Option<usize>, group: Option<&Group>) -> bool {
-        let reserved_free = group
-            .and_then(|g| self.groups.get(g))
-            .is_some_and(|g| g.held < g.reserved);
-        reserved_free || max.is_none_or(|max| self.used + self.set_aside() < max)
+        self.reserved_free(max, group) || max.is_none_or(|max| self.used + self.set_aside() < max)
     }
 
     fn take(&mut self, group: Option<&Group>) {
@@ -139,10 +146,9 @@ impl Budget {
         let mut slots = self.lock();
         // Targets already waiting go first: no newcomer jumps the queue
         // for a shared slot.
-        let reserved_free = group
-            .and_then(|g| slots.groups.get(g))
-            .is_some_and(|g| g.held < g.reserved);
-        if reserved_free || (slots.waiting.is_empty() && slots.may_take(max, group)) {
+        if slots.reserved_free(max, group)
+            || (slots.waiting.is_empty() && slots.may_take(max, group))
+        {
             slots.take(group);
             return true;
         }
@@ -194,12 +200,24 @@ impl Budget {
     }
 
     /// Move `held` slots from one group to another (a target's reservation
-    /// changed).
-    pub(crate) fn regroup(&self, from: Option<&Group>, to: Option<&Group>, held: usize) {
-        if from == to || held == 0 {
+    /// changed), and the target's place in the queue, if it waits, so that
+    /// it is handed its new group's slots.
+    pub(crate) fn regroup(
+        &self,
+        from: Option<&Group>,
+        to: Option<&Group>,
+        held: usize,
+        me: &Weak<dyn Claimant>,
+    ) {
+        if from == to {
             return;
         }
         let mut slots = self.lock();
+        for queued in slots.waiting.iter_mut() {
+            if Weak::ptr_eq(&queued.target, me) {
+                queued.group = to.cloned();
+            }
+        }
         if let Some(g) = from.and_then(|g| slots.groups.get_mut(g)) {
             g.held = g.held.saturating_sub(held);
         }
@@ -395,6 +413,38 @@ mod tests {
         // A shared one frees: the first in the queue gets it.
         let next = budget.release(Some(3), None).unwrap();
         assert!(Arc::ptr_eq(&next, &shared));
+    }
+
+    #[test]
+    fn a_reserved_slot_is_never_taken_beyond_the_budget() {
+        let budget = Budget::default();
+        assert!(budget.acquire(Some(2), None, None, false));
+        assert!(budget.acquire(Some(2), None, None, false));
+        // A reservation set while the budget is spent.
+        budget.reserve(Some(2), group("g"), Some(1)).unwrap();
+        let member: Arc<dyn Claimant> = Arc::new(Nobody);
+        let me = Arc::downgrade(&member);
+        assert!(!budget.acquire(Some(2), Some(&group("g")), Some(me.clone()), false));
+        assert_eq!(budget.snapshot().0, 2);
+        let next = budget.release(Some(2), None).expect("handed over");
+        assert!(Arc::ptr_eq(&next, &member));
+        assert_eq!(budget.snapshot().2[0].held, 1);
+    }
+
+    #[test]
+    fn a_waiting_target_given_a_reservation_waits_for_it() {
+        let budget = Budget::default();
+        assert!(budget.acquire(Some(2), None, None, false));
+        assert!(budget.acquire(Some(2), None, None, false));
+        let target: Arc<dyn Claimant> = Arc::new(Nobody);
+        let me = Arc::downgrade(&target);
+        assert!(!budget.acquire(Some(2), None, Some(me.clone()), false));
+        // It is given a reservation while it waits, holding nothing.
+        budget.reserve(Some(2), group("g"), Some(1)).unwrap();
+        budget.regroup(None, Some(&group("g")), 0, &me);
+        let next = budget.release(Some(2), None).expect("its reserved slot");
+        assert!(Arc::ptr_eq(&next, &target));
+        assert_eq!(budget.snapshot().2[0].held, 1, "counted in its group");
     }
 
     #[test]

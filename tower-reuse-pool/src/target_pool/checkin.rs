@@ -172,6 +172,7 @@ impl<B> TargetPool<B> {
         } else {
             fx.wake_at(conn.life.next_deadline(config, false));
         }
+        self.yield_idle(state, id, now, fx);
     }
 
     /// A dedicated (kill switch) connection opened.

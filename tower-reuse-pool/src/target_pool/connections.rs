@@ -76,6 +76,7 @@ impl<B> TargetPool<B> {
             };
             fx.wake_reaper = deadline;
             self.dispatch(&mut state, &config, now, &mut fx);
+            self.yield_idle(&mut state, id, now, &mut fx);
             // Connects outlived the demand that started them.
             state.trim_idle(&config, now, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);

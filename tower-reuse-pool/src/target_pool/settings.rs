@@ -99,6 +99,7 @@ impl<B> TargetPool<B> {
                 state.slots.group.as_ref(),
                 group.as_ref(),
                 state.slots.held,
+                &self.me,
             );
             state.slots.group = group;
         }

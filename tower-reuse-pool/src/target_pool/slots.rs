@@ -32,10 +32,6 @@ pub(crate) struct Slots {
     pub(super) ended: Vec<ConnId>,
 }
 
-/// Most ended connections remembered while lent out (a connection whose
-/// connect was abandoned is never given back, so this must not grow).
-const ENDED_KEPT: usize = 1024;
-
 /// What is left to do after a target's effects: slots handed to waiting
 /// targets, and idle connections to close for them. Done in a loop, so
 /// that a slot passed from target to target never nests calls.
@@ -82,7 +78,7 @@ impl<B> State<B> {
     /// socket is closed.
     pub(super) fn slot_closing(&mut self, id: ConnId, fx: &mut Effects<B>) {
         if let Some(pos) = self.slots.ended.iter().position(|e| *e == id) {
-            self.slots.ended.swap_remove(pos);
+            self.slots.ended.remove(pos);
             self.free_slot(fx);
         } else {
             self.slots.ending.push(id);
@@ -95,10 +91,16 @@ impl<B> State<B> {
             self.slots.ending.swap_remove(pos);
             self.free_slot(fx);
         } else {
-            if self.slots.ended.len() >= ENDED_KEPT {
-                self.slots.ended.remove(0);
-            }
             self.slots.ended.push(id);
+            // Each one remembered is of a connection the pool still counts
+            // (lent, landing or dedicated), to be given back: however many
+            // end at once, none is forgotten. Only more than those (never
+            // to be given back) are let go, the oldest first.
+            let counted = self.open + self.dedicated_open + self.connecting;
+            if self.slots.ended.len() > counted {
+                let stale = self.slots.ended.len() - counted;
+                self.slots.ended.drain(..stale);
+            }
         }
     }
 
@@ -165,6 +167,41 @@ impl<B> TargetPool<B> {
                 .common
                 .budget
                 .others_wait(state.slots.group.as_ref(), &self.me)
+    }
+
+    /// Connection `id`, left idle (landed, or its last HTTP/2 stream ended)
+    /// while none of this target's requests waits and other targets wait
+    /// for a slot, closes (`CloseReason::Evicted`) so that its slot goes to
+    /// them: a waiting target asks for an eviction once, when it joins the
+    /// queue, and what goes idle after that would otherwise keep its slot
+    /// until its idle timeout.
+    pub(super) fn yield_idle(
+        &self,
+        state: &mut State<B>,
+        id: ConnId,
+        now: Instant,
+        fx: &mut Effects<B>,
+    ) {
+        if !state.waiters.is_empty() || !self.yields_slot(state) {
+            return;
+        }
+        let mut life = if let Some(pos) = state.idle.iter().position(|c| c.life.id == id) {
+            state.idle.remove(pos).life
+        } else if let Some(pos) = state
+            .h2
+            .iter()
+            .position(|c| c.life.id == id && c.streams == 0 && !c.life.is_draining())
+        {
+            state.h2.swap_remove(pos).life
+        } else {
+            return;
+        };
+        state.closed(&mut life, CloseReason::Evicted, now, fx);
+    }
+
+    /// Connections it let go of whose sockets are not closed yet.
+    pub(crate) fn closing(&self) -> usize {
+        self.lock().slots.ending.len()
     }
 
     /// When the least recently used of its idle connections was last used,
