@@ -44,3 +44,130 @@ pub fn counted<C: Connect>(client: &Pool<C>) -> usize {
     assert_eq!(budget, targets, "{:?}", client.control().snapshot());
     budget
 }
+
+/// A TCP connector that counts the sockets it opened and that are not
+/// closed yet (a socket closes when the pool drops its byte stream): the
+/// client's own count, exact at every instant.
+#[derive(Clone, Debug, Default)]
+pub struct CountingConnector {
+    counts: Arc<SocketCounts>,
+}
+
+/// Sockets open now, and the most open at once.
+#[derive(Debug, Default)]
+pub struct SocketCounts {
+    open: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl SocketCounts {
+    /// The most sockets open at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl CountingConnector {
+    /// Its counts.
+    pub fn counts(&self) -> Arc<SocketCounts> {
+        self.counts.clone()
+    }
+}
+
+/// A socket counted until dropped.
+#[derive(Debug)]
+pub struct CountedIo {
+    io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    _counted: Counted,
+}
+
+/// One socket in the counts, from its connect until dropped.
+#[derive(Debug)]
+struct Counted(Arc<SocketCounts>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl CountedIo {
+    fn guard(counts: Arc<SocketCounts>) -> Counted {
+        Counted(counts)
+    }
+}
+
+impl Counted {
+    fn with(self, stream: tokio::net::TcpStream) -> CountedIo {
+        CountedIo {
+            io: hyper_util::rt::TokioIo::new(stream),
+            _counted: self,
+        }
+    }
+}
+
+impl hyper::rt::Read for CountedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connect for CountingConnector {
+    type Io = CountedIo;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        tower_reuse_pool::Established<CountedIo>,
+                        tower_reuse_pool::ConnectError,
+                    >,
+                > + Send,
+        >,
+    >;
+
+    fn connect(&self, target: &Target) -> Self::Future {
+        let counts = self.counts.clone();
+        let authority = target.authority().as_str().to_owned();
+        Box::pin(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            // Counted from before the SYN: the server may see the socket
+            // before the connect returns here.
+            let open = counts.open.fetch_add(1, SeqCst) + 1;
+            counts.peak.fetch_max(open, SeqCst);
+            let counted = CountedIo::guard(counts);
+            let stream = tokio::net::TcpStream::connect(authority)
+                .await
+                .map_err(tower_reuse_pool::ConnectError::transport)?;
+            let _ = stream.set_nodelay(true);
+            Ok(tower_reuse_pool::Established::new(counted.with(stream)))
+        })
+    }
+}

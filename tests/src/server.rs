@@ -86,8 +86,8 @@ pub struct Seen {
 impl ServerStats {
     /// Stats for TCP servers that also count, at every accept, the
     /// connections whose clients have not closed them, as the kernel says
-    /// (a peek at each socket: end of stream once the client's FIN
-    /// arrived). The servers' own count lags a client's close (a
+    /// (each socket's state in `/proc/net/tcp`: `ESTABLISHED` until the
+    /// client's FIN arrives, even with a request still unread before it). The servers' own count lags a client's close (a
     /// connection's task may see its end after the next accept); this one
     /// does not: a client that closed one socket before opening the next
     /// is never counted with both.
@@ -108,21 +108,32 @@ impl ServerStats {
             return;
         };
         let mut sockets = sockets.lock().expect("not poisoned");
-        sockets.retain(|socket| {
-            let Some(socket) = socket.upgrade() else {
-                return false;
-            };
-            // Nothing to read, or data: open. End of stream or an error:
-            // closed by its client.
-            match socket.peek(&mut [0; 1]) {
-                Ok(0) => false,
-                Ok(_) => true,
-                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        let open = |sockets: &mut Vec<Weak<std::net::TcpStream>>| {
+            let established = established();
+            sockets.retain(|socket| {
+                socket.upgrade().is_some_and(|socket| {
+                    match (socket.local_addr(), socket.peer_addr()) {
+                        (Ok(local), Ok(peer)) => established.contains(&(hex(local), hex(peer))),
+                        _ => false,
+                    }
+                })
+            });
+            sockets.len() + 1
+        };
+        let mut count = open(&mut sockets);
+        // A new peak: on a loaded machine the kernel may not have processed
+        // yet a FIN its client sent before this connect (softirqs deferred
+        // to a busy CPU's thread). Give it up to 50 ms, counting again: a
+        // connection the client really kept open is still open then.
+        for _ in 0..10 {
+            if count <= self.peak_established.load(Ordering::SeqCst) {
+                break;
             }
-        });
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            count = open(&mut sockets);
+        }
         sockets.push(Arc::downgrade(accepted));
-        self.peak_established
-            .fetch_max(sockets.len(), Ordering::SeqCst);
+        self.peak_established.fetch_max(count, Ordering::SeqCst);
     }
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
@@ -430,4 +441,32 @@ fn with_handle(
     let stream = stream.into_std()?;
     let handle = stream.try_clone()?;
     Ok((tokio::net::TcpStream::from_std(stream)?, Arc::new(handle)))
+}
+
+/// The IPv4 connections in state `ESTABLISHED`, as (local, remote) in
+/// `/proc/net/tcp`'s form (nothing where the table does not exist).
+fn established() -> std::collections::HashSet<(String, String)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (local, remote, state) = (fields.next()?, fields.next()?, fields.next()?);
+            (state == "01").then(|| (local.to_owned(), remote.to_owned()))
+        })
+        .collect()
+}
+
+/// `addr` as `/proc/net/tcp` writes it: the IPv4 address's 32 bits in host
+/// order, in hex, then the port.
+fn hex(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    }
 }

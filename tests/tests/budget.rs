@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower::Layer;
 use tower_reuse_pool::events::{CloseReason, Closed, PoolEvents};
 use tower_reuse_pool::{ErrorKind, Partition, Pool, PoolConfig, PoolLayer, Target, TargetConfig};
-use tower_reuse_tests::budget::{counted, servers, target};
+use tower_reuse_tests::budget::{CountingConnector, counted, counts, servers, target};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::{concurrently, get, pool, send, until};
 
@@ -30,7 +30,10 @@ async fn the_budget_holds_across_64_concurrent_targets() {
         ..Default::default()
     };
     let (servers, stats) = servers(64, options).await;
-    let client = pool(PoolConfig::default().max_connections(Some(16)));
+    let connector = CountingConnector::default();
+    let sockets = connector.counts();
+    let client =
+        tower_reuse_tests::client(connector, PoolConfig::default().max_connections(Some(16)));
     let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|s| s.url("/")).collect());
     let results = bounded(concurrently(256, |i| {
         let mut client = client.clone();
@@ -47,6 +50,11 @@ async fn the_budget_holds_across_64_concurrent_targets() {
     .await;
     assert_eq!(results.iter().sum::<u32>(), 0, "no request failed");
     assert_eq!(stats.requests(), 1024);
+    assert!(
+        sockets.peak() <= 16,
+        "the client had {} sockets open at once",
+        sockets.peak()
+    );
     assert!(
         stats.peak_established() <= 16,
         "the servers had {} connections open at once",
@@ -157,7 +165,7 @@ async fn a_reservation_keeps_a_quiet_partition_served_while_a_noisy_one_saturate
             }))
         };
         until("the noisy partition holds the budget", || {
-            counted(&client) == 4 - usize::from(reserved.is_some())
+            counts(&client).0 == 4 - usize::from(reserved.is_some())
         })
         .await;
         let mut failed = 0;
@@ -205,7 +213,10 @@ async fn a_target_waiting_for_the_budget_gets_a_slot_from_a_busy_one() {
             }
         }))
     };
-    until("the busy target holds the budget", || counted(&client) == 4).await;
+    until("the busy target holds the budget", || {
+        counts(&client).0 == 4
+    })
+    .await;
     // The busy target's own requests never let a connection go idle: the
     // other target gets a slot when one of them is checked in.
     let mut client_other = client.clone();
@@ -245,7 +256,7 @@ async fn requests_that_give_up_waiting_leak_no_slot() {
         tokio::spawn(async move { send(&mut client, get(&url, 0)).await })
     };
     until("the slow request holds the one slot", || {
-        counted(&client) == 1
+        counts(&client).0 == 1
     })
     .await;
     let mut waiting = client.clone();
@@ -348,7 +359,7 @@ async fn pre_warming_stays_within_the_budget() {
     for (i, server) in servers.iter().enumerate() {
         send(&mut c, get(&server.url("/"), i as u64)).await.unwrap();
     }
-    until("pre-warming fills the budget", || counted(&client) == 6).await;
+    until("pre-warming fills the budget", || counts(&client).0 == 6).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(counted(&client), 6);
     assert!(

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_reuse_pool::{Pool, PoolConfig, TargetConfig};
-use tower_reuse_tests::budget::{counted, counts, servers, target};
+use tower_reuse_tests::budget::{CountingConnector, counted, counts, servers, target};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply};
 use tower_reuse_tests::server::{ServerOptions, ServerStats};
@@ -334,7 +334,7 @@ async fn dedicated_connections_of_the_kill_switch_stay_within_the_budget() {
             .unwrap();
     }
     until("every dedicated connection closes", || {
-        counted(&client) == 0
+        counts(&client) == (0, 0)
     })
     .await;
     assert!(
@@ -370,9 +370,12 @@ async fn http2_connections_ended_by_goaway_or_reset_give_their_slots_back() {
     for request in requests {
         served += u32::from(request.await.unwrap());
     }
-    assert!(served > 0);
+    // How many were served depends on how the streams interleave with
+    // the closes; what is checked is that every ended connection's slot
+    // came back.
+    let _ = served;
     until("the pool counts what the server has open", || {
-        counted(&client) == server.seen().open()
+        counts(&client) == (server.seen().open(), server.seen().open())
     })
     .await;
     assert_eq!(client.control().snapshot().budget.waiting_targets, 0);
@@ -381,7 +384,10 @@ async fn http2_connections_ended_by_goaway_or_reset_give_their_slots_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_giving_up_amid_rotation_and_pre_warming_leak_no_slot() {
     let (servers, stats) = servers(8, ServerOptions::default()).await;
-    let client = pool(
+    let connector = CountingConnector::default();
+    let sockets = connector.counts();
+    let client = client(
+        connector,
         PoolConfig::default()
             .max_connections(Some(5))
             .min_idle_per_target(1)
@@ -418,6 +424,11 @@ async fn requests_giving_up_amid_rotation_and_pre_warming_leak_no_slot() {
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(counted(&client) <= 5);
+    assert!(
+        sockets.peak() <= 5,
+        "the client had {} sockets open",
+        sockets.peak()
+    );
     assert!(
         stats.peak_established() <= 5,
         "{}",
