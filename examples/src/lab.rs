@@ -27,6 +27,7 @@ mod affinity;
 mod idle_memory;
 mod idle_servers;
 mod sampler;
+mod tenants;
 
 pub use idle_memory::{MEASURE_IDLE_MEMORY_FLAG, measure as measure_idle_memory};
 use idle_servers::IdleServers;
@@ -205,6 +206,9 @@ async fn run_one(
 ) -> Result<Row, LabError> {
     if scenario.service.is_some() {
         return affinity::run(scenario, kind, env, bar).await;
+    }
+    if scenario.tenants.is_some() {
+        return tenants::run(scenario, kind, env, bar).await;
     }
     let mut run = match Prepared::new(scenario.clone(), kind, &env).await? {
         Ok(run) => run,

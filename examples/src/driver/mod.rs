@@ -3,6 +3,7 @@
 //! in time, and every stack is driven identically (pre-parsed targets, the
 //! same headers, one `x-request-id` per request).
 
+mod arrivals;
 mod keys;
 mod load;
 mod record;
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub use arrivals::Arrivals;
 pub use keys::{Keys, Routes, moved_fraction};
-pub use load::run;
 pub(crate) use load::{note, send};
+pub use load::{run, timed_bursts};
 pub use record::Recorder;
 
 /// A request the stack has neither answered nor failed after this long is
