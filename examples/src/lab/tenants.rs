@@ -126,6 +126,8 @@ async fn noisy(
             return Ok(Row::Skipped(why));
         }
     };
+    // Connections count from before the warm-up; retries from after it.
+    let mut baseline = Baseline::take(Some(&server), Some(&stack));
     let (a, b): (Arc<[Target]>, Arc<[Target]>) = (
         vec![targets[0].clone()].into(),
         vec![targets[1].clone()].into(),
@@ -162,7 +164,7 @@ async fn noisy(
     )
     .await?;
     let mut warmup = merged(&[&noisy_warm, &quiet_warm]).recorder;
-    let baseline = Baseline::take(Some(&server), Some(&stack));
+    baseline.retries = stack.retries();
     bar.set_message(kind.name());
     let measured = both(
         &stack,
