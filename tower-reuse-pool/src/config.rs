@@ -59,6 +59,7 @@ pub struct PoolConfig {
     pub(crate) retry: bool,
     pub(crate) reuse: bool,
     pub(crate) max_requests_in_flight: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -84,6 +85,7 @@ impl Default for PoolConfig {
             retry: true,
             reuse: true,
             max_requests_in_flight: None,
+            max_connections: None,
         }
     }
 }
@@ -251,6 +253,22 @@ impl PoolConfig {
         max_requests_in_flight, get_max_requests_in_flight: Option<usize>
     }
 
+    knob! {
+        /// Most connections (open or opening) across every target of the
+        /// pool: the process-wide budget. When it is spent, a connect first
+        /// takes the slot of the least recently used idle connection of
+        /// another target (closed as
+        /// [`CloseReason::Evicted`](crate::events::CloseReason::Evicted));
+        /// otherwise the request waits in its target's queue, as under
+        /// `max_connections_per_target` (`checkout_timeout` and
+        /// `max_waiters_per_target` apply), and targets waiting for a slot
+        /// get freed ones first come, first served. Slots reserved with
+        /// [`TargetConfig::reserved_connections`](crate::TargetConfig::reserved_connections)
+        /// are taken out of it. Pre-warming and rotation only use free
+        /// slots. Defaults to `None` (no budget).
+        max_connections, get_max_connections: Option<usize>
+    }
+
     /// The largest `min_idle_per_target`: 1 024 warm connections to one
     /// target, a bound on the sockets and memory pre-warming alone may hold.
     pub const MAX_MIN_IDLE: usize = 1024;
@@ -270,6 +288,7 @@ impl PoolConfig {
             ("max_waiters_per_target", self.max_waiters_per_target),
             ("max_requests_in_flight", self.max_requests_in_flight),
             ("max_response_header_bytes", self.max_response_header_bytes),
+            ("max_connections", self.max_connections),
         ];
         for (field, value) in positive {
             if value == Some(0) {
@@ -361,7 +380,7 @@ impl PoolConfig {
         self.max_connecting_per_target.unwrap_or(usize::MAX)
     }
 
-    pub(crate) fn max_connections(&self) -> usize {
+    pub(crate) fn per_target_limit(&self) -> usize {
         self.max_connections_per_target.unwrap_or(usize::MAX)
     }
 }

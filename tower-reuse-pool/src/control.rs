@@ -10,7 +10,7 @@ use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::conn::{ConnId, Protocol};
 use crate::endpoint::Endpoint;
 use crate::events::CloseReason;
-use crate::target::{Target, TargetKey};
+use crate::target::{Partition, Target, TargetKey};
 use crate::target_pool::WarmUp;
 
 /// Counts for one target at one moment.
@@ -190,7 +190,39 @@ impl Http2Snapshot {
 pub struct PoolSnapshot {
     /// Per-target counts, in no particular order.
     pub targets: Vec<TargetSnapshot>,
+    /// The pool-wide connection budget.
+    pub budget: BudgetSnapshot,
     pub(crate) reaper_wakeups: u64,
+}
+
+/// The pool-wide connection budget ([`PoolConfig::max_connections`]) now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BudgetSnapshot {
+    /// The budget, if one is set.
+    pub limit: Option<usize>,
+    /// Connections open or opening, across every target (counted with or
+    /// without a budget); a slot being handed to a waiting target counts.
+    pub connections: usize,
+    /// Targets waiting for a slot.
+    pub waiting_targets: usize,
+    /// Each reservation, in no particular order.
+    pub reservations: Vec<ReservationSnapshot>,
+}
+
+/// One reservation of the budget: for one target, or for every target of
+/// one partition together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReservationSnapshot {
+    /// The target it is for, if set with `set_target_config`.
+    pub target: Option<Target>,
+    /// The partition it is for, if set with `set_partition_config`.
+    pub partition: Option<Partition>,
+    /// Slots reserved.
+    pub reserved: usize,
+    /// Slots its connections hold (beyond `reserved`, shared ones).
+    pub held: usize,
 }
 
 impl PoolSnapshot {
@@ -224,10 +256,20 @@ pub(crate) trait Controlled: Send + Sync {
     fn update_lock(&self) -> std::sync::MutexGuard<'_, ()>;
     /// Creates the target if need be, through the one path that also starts
     /// the reaper; hence the `Arc` receiver.
-    fn set_target_config(self: Arc<Self>, target: &Target, own: Option<(TargetConfig, PoolConfig)>);
+    fn set_target_config(
+        self: Arc<Self>,
+        target: &Target,
+        own: Option<TargetConfig>,
+    ) -> Result<(), ConfigError>;
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
+    fn set_partition_config(
+        &self,
+        partition: &Partition,
+        settings: Option<TargetConfig>,
+    ) -> Result<(), ConfigError>;
+    fn partition_settings(&self, partition: &Partition) -> Option<TargetConfig>;
     /// Gives an existing target the retirement's settings.
-    fn retire(&self, target: &Target, own: (TargetConfig, PoolConfig));
+    fn retire(&self, target: &Target);
     fn is_warm(&self, key: TargetKey<'_>) -> bool;
     /// Creates the target if need be.
     fn warm_up(self: Arc<Self>, target: &Target) -> WarmUp;
@@ -327,15 +369,7 @@ impl PoolControl {
         own: Option<TargetConfig>,
     ) -> Result<(), ConfigError> {
         let _one_at_a_time = self.inner.update_lock();
-        let own = match own {
-            Some(own) => {
-                let resolved = own.resolve(&self.inner.config())?;
-                Some((own, resolved))
-            }
-            None => None,
-        };
-        self.inner.clone().set_target_config(target, own);
-        Ok(())
+        self.inner.clone().set_target_config(target, own)
     }
 
     /// The settings `target` was given with
@@ -352,10 +386,53 @@ impl PoolControl {
     /// seen is left alone; `set_target_config` undoes a retirement.
     pub fn retire(&self, target: &Target) {
         let _one_at_a_time = self.inner.update_lock();
-        let own = TargetConfig::default().reuse(false);
-        if let Ok(resolved) = own.resolve(&self.inner.config()) {
-            self.inner.retire(target, (own, resolved));
-        }
+        self.inner.retire(target);
+    }
+
+    /// Give every target of `partition` (those the pool has and those it
+    /// will have) these settings: the knobs set here override the
+    /// pool-wide ones, and a target's own settings
+    /// ([`set_target_config`](Self::set_target_config)) override these.
+    /// A reservation ([`TargetConfig::reserved_connections`]) set here is
+    /// for the partition's targets together: a group of targets with slots
+    /// of the budget kept for them. `None` returns the partition's targets
+    /// to the pool-wide configuration and drops its reservation.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower::Layer;
+    /// use tower_reuse_pool::{Partition, Pool, PoolConfig, PoolLayer, TargetConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool: Pool<HttpConnector> = PoolLayer::new(PoolConfig::default().max_connections(Some(64)))
+    ///     .unwrap()
+    ///     .layer(HttpConnector::new());
+    /// let control = pool.control();
+    /// let payments = Partition::new("payments");
+    /// let settings = TargetConfig::default()
+    ///     .reserved_connections(Some(8))
+    ///     .idle_timeout(Some(Duration::from_secs(30)));
+    /// control.set_partition_config(&payments, Some(settings)).unwrap();
+    /// // Reservations beyond the budget are refused.
+    /// let greedy = TargetConfig::default().reserved_connections(Some(60));
+    /// assert!(control.set_partition_config(&Partition::new("batch"), Some(greedy)).is_err());
+    /// assert_eq!(control.snapshot().budget.reservations[0].reserved, 8);
+    /// # }
+    /// ```
+    pub fn set_partition_config(
+        &self,
+        partition: &Partition,
+        settings: Option<TargetConfig>,
+    ) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.inner.update_lock();
+        self.inner.set_partition_config(partition, settings)
+    }
+
+    /// The settings given to `partition` with
+    /// [`set_partition_config`](Self::set_partition_config), if any.
+    pub fn partition_config(&self, partition: &Partition) -> Option<TargetConfig> {
+        self.inner.partition_settings(partition)
     }
 
     /// Whether `req` would find a connection of its target free now, with no

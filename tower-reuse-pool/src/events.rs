@@ -170,11 +170,14 @@ pub enum CloseReason {
     KillSwitch,
     /// The pool was dropped.
     PoolDropped,
+    /// Idle while the pool-wide budget (`PoolConfig::max_connections`) was
+    /// spent and another target needed a connection: its slot went there.
+    Evicted,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::IdleTimeout,
         CloseReason::MaxLifetime,
         CloseReason::MaxRequests,
@@ -186,6 +189,7 @@ impl CloseReason {
         CloseReason::OverLimit,
         CloseReason::KillSwitch,
         CloseReason::PoolDropped,
+        CloseReason::Evicted,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -209,6 +213,7 @@ impl CloseReason {
             CloseReason::OverLimit => "over_limit",
             CloseReason::KillSwitch => "kill_switch",
             CloseReason::PoolDropped => "pool_dropped",
+            CloseReason::Evicted => "evicted",
         }
     }
 }

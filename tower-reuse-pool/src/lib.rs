@@ -91,6 +91,7 @@ mod policy_fuzz;
 mod reaper;
 mod replay;
 mod service;
+mod shared;
 mod sync;
 mod target;
 mod target_pool;
@@ -102,7 +103,9 @@ pub use buffer::{BufferBody, BufferBodyLayer, BufferedBody};
 pub use config::{ConfigError, PoolConfig, TargetConfig, parse_duration};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};
-pub use control::{Http2Snapshot, PoolControl, PoolSnapshot, TargetSnapshot};
+pub use control::{
+    BudgetSnapshot, Http2Snapshot, PoolControl, PoolSnapshot, ReservationSnapshot, TargetSnapshot,
+};
 pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, ErrorKind, Phase};
 pub use future::ResponseFuture;

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use crate::connect::Connect;
 use crate::error::BoxError;
-use crate::service::{Shared, WeakShared};
+use crate::service::WeakShared;
+use crate::shared::Shared;
 
 /// Spawn the reaper for `shared`.
 pub(crate) fn spawn<C, B>(shared: &Arc<Shared<C, B>>)

@@ -1,9 +1,7 @@
 //! `Pool<C, B>`: the request-level service, and the connection-level checkout.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,15 +12,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
-use crate::config::{ConfigError, PoolConfig, TargetConfig};
-use crate::connect::{Connect, Dialer};
-use crate::control::{Controlled, PoolControl, PoolSnapshot};
+use crate::config::PoolConfig;
+use crate::connect::Connect;
+use crate::shared::Shared;
+use crate::control::PoolControl;
 use crate::endpoint::Endpoint;
 use crate::error::{BoxError, Error};
 use crate::events::PoolEvents;
 use crate::future::{self, Checkout, Exchange, ResponseFuture};
-use crate::target::{Keyed, Target, TargetKey};
-use crate::target_pool::{Common, Dial, TargetPool};
+use crate::target::{Target, TargetKey};
+use crate::target_pool::TargetPool;
 
 /// A pooling HTTP client over the connector `C`, for request bodies `B`.
 ///
@@ -77,23 +76,6 @@ pub struct Pool<C, B = Full<Bytes>> {
     last: Option<Arc<TargetPool<B>>>,
 }
 
-pub(crate) struct Shared<C, B> {
-    pub(crate) common: Arc<Common>,
-    dialer: Arc<Dialer<C>>,
-    targets: RwLock<HashMap<Target, Arc<TargetPool<B>>>>,
-}
-
-impl<C, B> Drop for Shared<C, B> {
-    fn drop(&mut self) {
-        // Connections close (and say so in events) rather than vanish.
-        let targets = self.targets.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (_, pool) in targets.drain() {
-            pool.shut_down();
-        }
-        // Let the reaper see that the pool is gone.
-        self.common.reaper_wake.notify_one();
-    }
-}
 
 impl<C, B> Clone for Pool<C, B> {
     fn clone(&self) -> Self {
@@ -128,11 +110,7 @@ where
             .max_requests_in_flight
             .map(|max| PollSemaphore::new(Arc::new(Semaphore::new(max))));
         Pool {
-            shared: Arc::new(Shared {
-                common: Arc::new(Common::new(config, events)),
-                dialer: Arc::new(Dialer { connector }),
-                targets: RwLock::new(HashMap::new()),
-            }),
+            shared: Shared::new(connector, config, events),
             semaphore,
             permit: None,
             last: None,
@@ -195,125 +173,6 @@ where
     }
 }
 
-impl<C, B> Shared<C, B>
-where
-    C: Connect,
-    B: Body + Default + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    /// The pool of the target `key` names, if it has one.
-    fn find(&self, key: TargetKey<'_>) -> Option<Arc<TargetPool<B>>> {
-        self.read_targets().get(&key as &dyn Keyed).cloned()
-    }
-
-    /// The pool for `target`, created on first use.
-    fn target_pool(self: &Arc<Self>, target: &Target) -> Arc<TargetPool<B>> {
-        if let Some(pool) = self.find(target.key()) {
-            return pool;
-        }
-        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
-        let pool = targets
-            .entry(target.clone())
-            .or_insert_with(|| {
-                let dial: Arc<dyn Dial<B>> = self.dialer.clone();
-                Arc::new(TargetPool::new(target.clone(), self.common.clone(), dial))
-            })
-            .clone();
-        drop(targets);
-        if !self
-            .common
-            .reaper_started
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            crate::reaper::spawn(self);
-        }
-        pool
-    }
-
-    fn read_targets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Target, Arc<TargetPool<B>>>> {
-        self.targets.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn target_pools(&self) -> Vec<Arc<TargetPool<B>>> {
-        self.read_targets().values().cloned().collect()
-    }
-
-    /// Forget targets with nothing open and no use for a while (see
-    /// `forget_after`); their counts go with them.
-    pub(crate) fn forget_idle_targets(&self, now: tokio::time::Instant) {
-        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
-        targets.retain(|_, pool| !pool.is_forgettable(now));
-    }
-}
-
-impl<C, B> Controlled for Shared<C, B>
-where
-    C: Connect,
-    B: Body + Default + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    fn snapshot(&self) -> PoolSnapshot {
-        PoolSnapshot {
-            targets: self.target_pools().iter().map(|p| p.snapshot()).collect(),
-            reaper_wakeups: self.common.reaper_wakeups.load(Ordering::Relaxed),
-        }
-    }
-
-    fn config(&self) -> Arc<PoolConfig> {
-        self.common.config.load_full()
-    }
-
-    fn is_warm(&self, key: TargetKey<'_>) -> bool {
-        self.find(key).is_some_and(|pool| pool.is_warm())
-    }
-
-    fn warm_up(self: Arc<Self>, target: &Target) -> crate::WarmUp {
-        self.target_pool(target).warm_one()
-    }
-
-    fn update_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.common
-            .updating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_config(&self, config: PoolConfig) -> Result<(), ConfigError> {
-        let mut own = Vec::new();
-        for pool in self.target_pools() {
-            if let Some(target_config) = pool.own_config() {
-                let resolved = target_config.resolve(&config)?;
-                own.push((pool, target_config, resolved));
-            }
-        }
-        self.common.config.store(Arc::new(config));
-        for (pool, _, resolved) in own {
-            pool.resolve_own_config(resolved);
-        }
-        self.common.reaper_wake.notify_one();
-        Ok(())
-    }
-
-    fn set_target_config(
-        self: Arc<Self>,
-        target: &Target,
-        own: Option<(TargetConfig, PoolConfig)>,
-    ) {
-        self.target_pool(target).set_own_config(own, false);
-    }
-
-    fn target_config(&self, target: &Target) -> Option<TargetConfig> {
-        self.find(target.key())?.own_config()
-    }
-
-    fn retire(&self, target: &Target, own: (TargetConfig, PoolConfig)) {
-        if let Some(pool) = self.find(target.key()) {
-            pool.set_own_config(Some(own), true);
-        }
-    }
-}
 
 impl<C, B> Service<Request<B>> for Pool<C, B>
 where

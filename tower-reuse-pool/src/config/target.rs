@@ -104,6 +104,7 @@ pub struct TargetConfig {
     http2_scale_out: Option<bool>,
     retry: Option<bool>,
     reuse: Option<bool>,
+    reserved_connections: Option<usize>,
 }
 
 /// The target's knobs, each with a setter named as in [`PoolConfig`] and a
@@ -130,9 +131,33 @@ macro_rules! overrides {
                 }
             )*
 
+            /// These settings over `base`: each knob set here wins, each
+            /// knob left unset takes `base`'s. The reservation is not
+            /// inherited: it belongs to the level that sets it.
+            pub(crate) fn over(&self, base: &TargetConfig) -> TargetConfig {
+                TargetConfig {
+                    $($name: self.$name.or(base.$name),)*
+                    reserved_connections: self.reserved_connections,
+                }
+            }
+
             /// The configuration in force for the target: `pool` with this
             /// target's knobs over it, validated as a whole.
             pub fn resolve(&self, pool: &PoolConfig) -> Result<PoolConfig, ConfigError> {
+                if let Some(reserved) = self.reserved_connections {
+                    if reserved == 0 {
+                        return Err(ConfigError::new(
+                            "reserved_connections",
+                            "must be at least 1 (use None for no reservation)",
+                        ));
+                    }
+                    if pool.max_connections.is_none_or(|max| reserved > max) {
+                        return Err(ConfigError::new(
+                            "reserved_connections",
+                            "must be within the pool's max_connections (set one first)",
+                        ));
+                    }
+                }
                 let mut config = pool.clone();
                 $(
                     if let Some(value) = self.$name {
@@ -167,6 +192,29 @@ overrides! {
     http2_scale_out, get_http2_scale_out: bool;
     retry, get_retry: bool;
     reuse, get_reuse: bool;
+}
+
+impl TargetConfig {
+    /// Set aside this many slots of the pool-wide budget
+    /// ([`PoolConfig::max_connections`]): connections no other target may
+    /// take, so that this target (or, given to a partition with
+    /// [`PoolControl::set_partition_config`](crate::PoolControl::set_partition_config),
+    /// every target of the partition together) is served while others
+    /// saturate the budget. Beyond its reservation it competes for the
+    /// shared slots like any target, and a connection within it is never
+    /// evicted for another target. Every reservation together must fit in
+    /// `max_connections`: a reservation that does not is rejected when it is
+    /// set. `None` (the default) reserves nothing.
+    #[must_use]
+    pub fn reserved_connections(mut self, value: Option<usize>) -> Self {
+        self.reserved_connections = value;
+        self
+    }
+
+    /// The reservation set here, if any.
+    pub fn get_reserved_connections(&self) -> Option<usize> {
+        self.reserved_connections
+    }
 }
 
 #[cfg(test)]

@@ -73,7 +73,17 @@ impl<B> TargetPool<B> {
             state.closed(&mut conn.life, reason, now, fx);
             return;
         }
-        start_rotation(&mut state.connecting, config, &mut conn.life, now, fx);
+        if self.yields_slot(state) {
+            state.closed(&mut conn.life, CloseReason::Evicted, now, fx);
+            return;
+        }
+        start_rotation(
+            (&mut state.connecting, &mut state.slots, &self.common.budget),
+            config,
+            &mut conn.life,
+            now,
+            fx,
+        );
         if !state.waiters.is_empty() {
             state.idle.push(conn);
             return; // `dispatch` hands it to the first waiter.
@@ -166,7 +176,7 @@ impl<B> TargetPool<B> {
 
     /// A dedicated (kill switch) connection opened.
     pub(crate) fn dedicated_opened(self: &Arc<Self>, tls: Option<TlsHandshake>) {
-        self.dedicated_changed(|state| {
+        self.dedicated_changed(|state, _| {
             state.connecting -= 1;
             state.dedicated_open += 1;
             state.counters.opened(tls);
@@ -176,32 +186,37 @@ impl<B> TargetPool<B> {
 
     /// A dedicated (kill switch) connect failed.
     pub(crate) fn dedicated_failed(self: &Arc<Self>) {
-        self.dedicated_changed(|state| {
+        self.dedicated_changed(|state, fx| {
             state.connecting -= 1;
+            state.free_slot(fx);
             state.counters.connect_errors += 1;
         });
     }
 
     /// A dedicated (kill switch) connect that never landed (its task was
     /// dropped): its slot is given back and the reaper, not this call,
-    /// starts what the freed room allows.
+    /// starts what the freed room allows (the budget's slot goes to the
+    /// next target waiting for one at once).
     pub(crate) fn dedicated_abandoned(&self) {
+        let mut fx = Effects::new();
         let mut state = self.lock();
         state.connecting -= 1;
+        state.free_slot(&mut fx);
         state.counters.connect_errors += 1;
         drop(state);
+        self.common.follow(self.give_back(&fx));
         self.common.reaper_wake.notify_one();
     }
 
     /// Apply `change` to the dedicated counts, then start what the freed
     /// room allows.
-    fn dedicated_changed(self: &Arc<Self>, change: impl FnOnce(&mut State<B>)) {
+    fn dedicated_changed(self: &Arc<Self>, change: impl FnOnce(&mut State<B>, &mut Effects<B>)) {
         let now = Instant::now();
         let mut fx = Effects::new();
         {
             let mut state = self.lock();
             let config = self.config_of(&state);
-            change(&mut state);
+            change(&mut state, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
         }
         self.finish(fx);
@@ -221,6 +236,7 @@ impl<B> TargetPool<B> {
             let mut state = self.lock();
             let config = self.config_of(&state);
             state.dedicated_open -= 1;
+            state.free_slot(&mut fx);
             state.counters.closed[CloseReason::KillSwitch.index()] += 1;
             self.plan(&mut state, &config, now, &mut fx);
         }

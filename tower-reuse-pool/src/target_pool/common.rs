@@ -1,8 +1,8 @@
 //! What every target of one pool shares: the configuration, the events
-//! hook, connection ids and the reaper's schedule.
+//! hook, connection ids, the reaper's schedule and the connection budget.
 
-use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::{Arc, OnceLock, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
@@ -12,6 +12,9 @@ use tokio::time::Instant;
 use crate::config::PoolConfig;
 use crate::conn::ConnId;
 use crate::events::PoolEvents;
+
+use super::Follow;
+use super::budget::{Budget, Evictor};
 
 /// What every target of one pool shares.
 pub(crate) struct Common {
@@ -27,6 +30,11 @@ pub(crate) struct Common {
     pub(crate) reaper_wakeups: AtomicU64,
     /// Serializes configuration updates (read, change, store).
     pub(crate) updating: Mutex<()>,
+    /// The pool-wide connection budget.
+    pub(crate) budget: Budget,
+    /// Frees a slot from another target's idle connection (the pool's
+    /// targets, set once the pool is built).
+    pub(crate) evictor: OnceLock<Weak<dyn Evictor>>,
 }
 
 impl Common {
@@ -41,6 +49,8 @@ impl Common {
             reaper_started: std::sync::atomic::AtomicBool::new(false),
             reaper_wakeups: AtomicU64::new(0),
             updating: Mutex::new(()),
+            budget: Budget::default(),
+            evictor: OnceLock::new(),
         }
     }
 
@@ -50,6 +60,26 @@ impl Common {
 
     pub(crate) fn since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Hand freed slots to the targets waiting for them and close idle
+    /// connections for them, until nothing more follows.
+    pub(crate) fn follow(&self, mut follow: Follow) {
+        loop {
+            if follow.evictions > 0 {
+                follow.evictions -= 1;
+                if let Some(evictor) = self.evictor.get().and_then(Weak::upgrade)
+                    && let Some(more) = evictor.evict_idle()
+                {
+                    follow.merge(more);
+                }
+                continue;
+            }
+            let Some(next) = follow.grants.pop() else {
+                return;
+            };
+            follow.merge(next.take_slot());
+        }
     }
 
     /// Tell the reaper about a deadline, waking it only if it would sleep past it.

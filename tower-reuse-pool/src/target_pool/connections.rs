@@ -113,6 +113,7 @@ impl<B> TargetPool<B> {
             let mut state = self.lock();
             let config = self.config_of(&state);
             state.connecting -= 1;
+            state.free_slot(&mut fx);
             state.counters.connect_errors += 1;
             match reason {
                 ConnectReason::Prewarm => {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::budget::Budget;
+use super::slots::Slots;
 use super::{Effects, TargetPool};
 use crate::config::PoolConfig;
 use crate::conn::Lifecycle;
@@ -43,7 +45,13 @@ impl<B> TargetPool<B> {
                     state.closed(&mut conn.life, reason, now, &mut fx);
                     continue;
                 }
-                start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
+                start_rotation(
+                    (&mut state.connecting, &mut state.slots, &self.common.budget),
+                    &config,
+                    &mut conn.life,
+                    now,
+                    &mut fx,
+                );
                 soonest(idle_deadline);
                 soonest(
                     conn.life
@@ -79,7 +87,13 @@ impl<B> TargetPool<B> {
                     conn.life.drain();
                 }
                 soonest(idle_deadline);
-                start_rotation(&mut state.connecting, &config, &mut conn.life, now, &mut fx);
+                start_rotation(
+                    (&mut state.connecting, &mut state.slots, &self.common.budget),
+                    &config,
+                    &mut conn.life,
+                    now,
+                    &mut fx,
+                );
                 soonest(
                     conn.life
                         .lifetime_deadline()
@@ -172,7 +186,7 @@ impl<B> TargetPool<B> {
             && state.connecting == 0
             && state.waiters.is_empty()
             && config.min_idle_per_target == 0
-            && (state.own_config.is_none() || state.retired)
+            && (!Self::has_own_config(&state) || state.retired)
             && now.saturating_duration_since(state.last_active) >= forget_after(&config)
     }
 }
@@ -202,10 +216,11 @@ pub(crate) fn forget_after(config: &PoolConfig) -> Duration {
 
 /// Past its lifetime: start a replacement and keep serving until it is up
 /// (make-before-break). A rotation may exceed `max_connections_per_target` by
-/// the connects in flight, never `max_connecting_per_target`; with no connect
-/// slot free the connection drains instead.
+/// the connects in flight, never `max_connecting_per_target` nor the
+/// pool-wide budget; with no connect slot or budget slot free the
+/// connection drains instead (break before make).
 pub(super) fn start_rotation<B>(
-    connecting: &mut usize,
+    (connecting, slots, budget): (&mut usize, &mut Slots, &Budget),
     config: &PoolConfig,
     life: &mut Lifecycle,
     now: Instant,
@@ -217,7 +232,7 @@ pub(super) fn start_rotation<B>(
         return;
     }
     life.rotating = true;
-    if *connecting < config.max_connecting() {
+    if *connecting < config.max_connecting() && slots.take_free(budget, config.max_connections) {
         *connecting += 1;
         fx.connects.push(ConnectReason::Rotation);
     } else {

@@ -11,18 +11,19 @@
 //! and connects started after the lock is released.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::config::{PoolConfig, TargetConfig};
+use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, Http2Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::events::{Calmed, CheckedIn, CloseReason, Closed, ConnectReason, Refused};
 use crate::sync::{self, MutexGuard};
 use crate::target::Target;
 
+mod budget;
 mod checkin;
 mod checkout;
 mod common;
@@ -32,11 +33,18 @@ mod h2;
 mod lease;
 #[cfg(test)]
 mod model;
+mod settings;
+mod slots;
 mod snapshot;
 mod warm;
 pub use warm::WarmUp;
 
+pub(crate) use budget::{Evictor, Group};
 pub(crate) use common::Common;
+use budget::Claimant;
+use settings::Settings;
+pub(crate) use slots::Follow;
+use slots::Slots;
 use h2::CalmBackoff;
 pub(crate) use lease::{Grant, Granted, Http2Parts, Lease, Outcome, RequestPolicy, Waiting};
 
@@ -112,9 +120,12 @@ struct State<B> {
     calm_backoff: Option<CalmBackoff>,
     last_active: Instant,
     counters: Counters,
-    /// The target's own settings, and the configuration they resolve to
-    /// over the pool-wide one (kept current by `PoolControl::update`).
-    own_config: Option<(TargetConfig, Arc<PoolConfig>)>,
+    /// The target's own settings and its partition's, and the
+    /// configuration they resolve to over the pool-wide one (kept current
+    /// by `PoolControl::update`); `None` while neither is set.
+    settings: Option<Settings>,
+    /// Its share of the pool-wide connection budget.
+    slots: Slots,
     /// The pool was dropped: every connection closes as soon as it is free.
     shut: bool,
     /// Retired (`PoolControl::retire`): its own settings are the kill
@@ -133,6 +144,7 @@ impl<B> State<B> {
     ) {
         self.open -= 1;
         self.counters.closed[reason.index()] += 1;
+        self.free_slot(fx);
         fx.close(life, reason, now);
     }
 
@@ -159,6 +171,8 @@ pub(crate) struct TargetPool<B> {
     pub(crate) common: Arc<Common>,
     dial: Arc<dyn Dial<B>>,
     state: sync::Mutex<State<B>>,
+    /// Itself, for the budget's queue of waiting targets.
+    me: Weak<dyn Claimant>,
 }
 
 /// Work gathered under the lock and done after it.
@@ -171,6 +185,11 @@ struct Effects<B> {
     wake_reaper: Option<Instant>,
     refused: Option<RefusedInfo>,
     calmed: Option<(ConnId, Duration)>,
+    /// Budget slots given back, and the reservation they counted against.
+    freed: usize,
+    group: Option<Group>,
+    /// The target waits for a slot: close another's idle connection.
+    evict: bool,
 }
 
 /// A refusal, for its event.
@@ -200,6 +219,9 @@ impl<B> Effects<B> {
             wake_reaper: None,
             refused: None,
             calmed: None,
+            freed: 0,
+            group: None,
+            evict: false,
         }
     }
 
@@ -222,15 +244,16 @@ impl<B> Effects<B> {
     }
 }
 
-impl<B> TargetPool<B> {
-    pub(crate) fn new(target: Target, common: Arc<Common>, dial: Arc<dyn Dial<B>>) -> Self {
+impl<B: Send + 'static> TargetPool<B> {
+    pub(crate) fn new(target: Target, common: Arc<Common>, dial: Arc<dyn Dial<B>>) -> Arc<Self> {
         let protocol = first_protocol(&common.config.load(), &target);
         let host = HeaderValue::from_str(target.authority().as_str())
             .expect("an authority is a valid header value");
-        TargetPool {
+        Arc::new_cyclic(|me: &Weak<Self>| TargetPool {
             target,
             host,
             dial,
+            me: me.clone(),
             state: sync::Mutex::new(State {
                 idle: Vec::new(),
                 h2: Vec::new(),
@@ -249,35 +272,20 @@ impl<B> TargetPool<B> {
                 calm_backoff: None,
                 last_active: Instant::now(),
                 counters: Counters::default(),
-                own_config: None,
+                settings: None,
+                slots: Slots::default(),
                 retired: false,
                 shut: false,
             }),
             common,
-        }
+        })
     }
+}
 
+impl<B> TargetPool<B> {
     fn lock(&self) -> MutexGuard<'_, State<B>> {
         // A panic while holding the lock leaves counts that are still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The configuration in force for this target.
-    pub(crate) fn config(&self) -> Arc<PoolConfig> {
-        let state = self.lock();
-        match &state.own_config {
-            Some((_, config)) => config.clone(),
-            None => self.common.config.load_full(),
-        }
-    }
-
-    /// Without a per-target override (the common case) this costs no
-    /// reference-count traffic: a guard, not an `Arc` clone.
-    fn config_of(&self, state: &State<B>) -> ConfigRef {
-        match &state.own_config {
-            Some((_, config)) => ConfigRef::Target(config.clone()),
-            None => ConfigRef::Pool(self.common.config.load()),
-        }
     }
 
     /// Start the connects the queue, pre-warming and limits call for.
@@ -285,7 +293,7 @@ impl<B> TargetPool<B> {
         if state.shut {
             return;
         }
-        let max_open = config.max_connections();
+        let max_open = config.per_target_limit();
         let max_connecting = config.max_connecting();
         let room = |state: &State<B>| {
             state.connecting < max_connecting
@@ -296,10 +304,15 @@ impl<B> TargetPool<B> {
             let Some(tx) = state.dedicated_waiters.pop_front() else {
                 break;
             };
-            if !tx.is_closed() {
-                state.connecting += 1;
-                fx.dedicated.push(tx);
+            if tx.is_closed() {
+                continue;
             }
+            if !self.take_slot(state, config, true, fx) {
+                state.dedicated_waiters.push_front(tx);
+                break;
+            }
+            state.connecting += 1;
+            fx.dedicated.push(tx);
         }
         // Demand: waiters that no connect in flight (or settling HTTP/2
         // connection) will serve; none while the server asks for calm.
@@ -337,7 +350,7 @@ impl<B> TargetPool<B> {
                     }
                 }
             };
-            if state.waiters.len() <= covered {
+            if state.waiters.len() <= covered || !self.take_slot(state, config, true, fx) {
                 break;
             }
             state.connecting += 1;
@@ -357,6 +370,7 @@ impl<B> TargetPool<B> {
             && !calming
             && idle + state.prewarming < config.min_idle_per_target
             && room(state)
+            && self.take_slot(state, config, false, fx)
         {
             state.connecting += 1;
             state.prewarming += 1;
@@ -364,8 +378,21 @@ impl<B> TargetPool<B> {
         }
     }
 
-    /// Emit events and start connects, after the lock is released.
+    /// Emit events and start connects, after the lock is released; then
+    /// hand the slots given back to the targets waiting for them, and close
+    /// idle connections for them, in a loop.
     fn finish(self: &Arc<Self>, fx: Effects<B>) {
+        let follow = self.finish_local(fx);
+        if follow.grants.is_empty() && follow.evictions == 0 {
+            return;
+        }
+        self.common.follow(follow);
+    }
+
+    /// [`finish`](Self::finish) for this target alone: what follows for
+    /// others is returned.
+    fn finish_local(self: &Arc<Self>, fx: Effects<B>) -> Follow {
+        let follow = self.give_back(&fx);
         let events = &self.common.events;
         for closed in &fx.closed {
             #[cfg(feature = "tracing")]
@@ -415,6 +442,7 @@ impl<B> TargetPool<B> {
             self.dial
                 .dial(self.clone(), ConnectReason::Dedicated, Some(grant));
         }
+        follow
     }
 
     /// A waiter left before it was served.
@@ -439,39 +467,6 @@ impl<B> TargetPool<B> {
     pub(crate) fn count_stale_skip(&self) {
         self.lock().counters.stale_skips += 1;
     }
-
-    /// Give the target its own settings (`None`: the pool-wide ones),
-    /// with the configuration they resolve to.
-    pub(crate) fn set_own_config(&self, own: Option<(TargetConfig, PoolConfig)>, retired: bool) {
-        let mut state = self.lock();
-        state.own_config = own.map(|(own, resolved)| (own, Arc::new(resolved)));
-        state.retired = retired;
-        self.settle_protocol(&mut state);
-        drop(state);
-        self.common.reaper_wake.notify_one();
-    }
-
-    /// Its own settings resolved again, over a new pool-wide configuration.
-    pub(crate) fn resolve_own_config(&self, resolved: PoolConfig) {
-        let mut state = self.lock();
-        if let Some((_, config)) = &mut state.own_config {
-            *config = Arc::new(resolved);
-        }
-        self.settle_protocol(&mut state);
-    }
-
-    /// Before its first connection, what the target speaks follows its
-    /// settings (`http2_prior_knowledge`); after, its connections say.
-    fn settle_protocol(&self, state: &mut State<B>) {
-        if state.open == 0 && state.connecting == 0 {
-            state.protocol = first_protocol(&self.config_of(state), &self.target);
-        }
-    }
-
-    /// The target's own settings, if it has any.
-    pub(crate) fn own_config(&self) -> Option<TargetConfig> {
-        self.lock().own_config.as_ref().map(|(own, _)| own.clone())
-    }
 }
 
 /// What a target speaks before its first connection says: HTTP/2 by prior
@@ -483,22 +478,5 @@ fn first_protocol(config: &PoolConfig, target: &Target) -> Option<Protocol> {
         Some(Protocol::Http1)
     } else {
         None
-    }
-}
-
-/// The configuration in force for a target.
-enum ConfigRef {
-    Pool(arc_swap::Guard<Arc<PoolConfig>>),
-    Target(Arc<PoolConfig>),
-}
-
-impl std::ops::Deref for ConfigRef {
-    type Target = PoolConfig;
-
-    fn deref(&self) -> &PoolConfig {
-        match self {
-            ConfigRef::Pool(guard) => guard,
-            ConfigRef::Target(config) => config,
-        }
     }
 }

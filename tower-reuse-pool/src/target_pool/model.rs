@@ -301,7 +301,7 @@ impl Model {
             .http2_prior_knowledge(matches!(speaks, Speaks::Http2 { .. }))
             .validate()
             .expect("a valid config");
-        let max_connections = config.max_connections();
+        let max_connections = config.per_target_limit();
         let max_connecting = config.max_connecting();
         let dial = Arc::new(FakeDial {
             connects,
@@ -312,7 +312,7 @@ impl Model {
         });
         let target = Target::from_uri(&uri.parse().expect("a URI"), None).expect("a target");
         let common = Arc::new(Common::new(config, Arc::new(())));
-        let pool = Arc::new(TargetPool::new(target, common, dial.clone()));
+        let pool = TargetPool::new(target, common, dial.clone());
         Arc::new(Model {
             pool,
             dial,

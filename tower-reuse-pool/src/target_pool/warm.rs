@@ -62,8 +62,11 @@ impl<B> TargetPool<B> {
                 WarmUp::Failing { retry_at }
             } else if !config.reuse
                 || state.shut
-                || state.open + state.dedicated_open >= config.max_connections()
+                || state.open + state.dedicated_open >= config.per_target_limit()
                 || state.calming(now, &mut fx)
+                || !state
+                    .slots
+                    .take_free(&self.common.budget, config.max_connections)
             {
                 WarmUp::Refused
             } else {
