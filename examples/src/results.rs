@@ -208,6 +208,12 @@ pub struct RunResult {
     /// client of the same stack on a server of its own (a short run
     /// beside the row's).
     pub solo_p99_us: Option<f64>,
+    /// `noisy-neighbour`: the most connections open at once by the
+    /// client's count (sockets from connected to dropped), beside the
+    /// server's `peak_open_connections`: the server sees a connection the
+    /// client closed until it has read the close, so under churn its
+    /// count runs ahead of the client's.
+    pub client_peak_open_connections: Option<u64>,
     /// `tiers`: the p99 of the hot services' requests only.
     pub hot_p99_us: Option<f64>,
     /// `tiers`: connections opened to the hot services' addresses and to

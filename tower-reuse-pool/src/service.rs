@@ -14,12 +14,12 @@ use tower_service::Service;
 
 use crate::config::PoolConfig;
 use crate::connect::Connect;
-use crate::shared::Shared;
 use crate::control::PoolControl;
 use crate::endpoint::Endpoint;
 use crate::error::{BoxError, Error};
 use crate::events::PoolEvents;
 use crate::future::{self, Checkout, Exchange, ResponseFuture};
+use crate::shared::Shared;
 use crate::target::{Target, TargetKey};
 use crate::target_pool::TargetPool;
 
@@ -75,7 +75,6 @@ pub struct Pool<C, B = Full<Bytes>> {
     /// it keeps the target from being forgotten (see `is_forgettable`).
     last: Option<Arc<TargetPool<B>>>,
 }
-
 
 impl<C, B> Clone for Pool<C, B> {
     fn clone(&self) -> Self {
@@ -172,7 +171,6 @@ where
         }
     }
 }
-
 
 impl<C, B> Service<Request<B>> for Pool<C, B>
 where

@@ -197,10 +197,14 @@ where
         let pool = self.target_pool(target);
         let config = self.common.config.load_full();
         let resolved = pool.resolve(&config, Some(own.as_ref()), None)?;
-        let reserved = own.as_ref().and_then(TargetConfig::get_reserved_connections);
-        self.common
-            .budget
-            .reserve(config.max_connections, Group::Target(target.clone()), reserved)?;
+        let reserved = own
+            .as_ref()
+            .and_then(TargetConfig::get_reserved_connections);
+        self.common.budget.reserve(
+            config.max_connections,
+            Group::Target(target.clone()),
+            reserved,
+        )?;
         let partition = self.partition_config(target.partition());
         pool.set_settings(own, partition, resolved, false);
         self.settle_budget();
@@ -243,7 +247,12 @@ where
             };
         }
         for (pool, config) in resolved {
-            pool.set_settings(pool.own_config(), settings.clone(), config, pool.is_retired());
+            pool.set_settings(
+                pool.own_config(),
+                settings.clone(),
+                config,
+                pool.is_retired(),
+            );
         }
         self.settle_budget();
         Ok(())
@@ -263,10 +272,10 @@ where
             return;
         };
         // Its reservation goes with its own settings.
-        let _ = self
-            .common
-            .budget
-            .reserve(config.max_connections, Group::Target(target.clone()), None);
+        let _ =
+            self.common
+                .budget
+                .reserve(config.max_connections, Group::Target(target.clone()), None);
         pool.set_settings(Some(own), pool.partition_config(), resolved, true);
         self.settle_budget();
     }

@@ -182,6 +182,7 @@ async fn noisy(
     let outcome = merged(&[&noisy_out, &quiet_out]);
     let mut r = row(&scenario, kind, &outcome, Some(&server), &baseline, &stack);
     r.load_end_s = outcome.elapsed.as_secs_f64();
+    r.client_peak_open_connections = Some(stack.client_stats().snapshot().peak_open);
     r.services = Some(BTreeMap::from([
         ("A".to_owned(), figures(&noisy_out)),
         ("B".to_owned(), figures(&quiet_out)),
@@ -196,7 +197,7 @@ async fn noisy(
     let warm = driver::run(
         &stack,
         &b,
-        &quiet_load(plan, plan.solo),
+        &quiet_load(plan, plan.solo_warm_up),
         &progress,
         false,
         0,

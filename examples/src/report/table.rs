@@ -226,10 +226,12 @@ fn tenants(r: &RunResult) -> String {
             .map_or(0.0, |b| b.p99_us);
         let _ = writeln!(
             out,
-            "{:<17}B alone: p99 {solo:.0} us (beside A: {:.2}x); most connections open at once (server): {}",
+            "{:<17}B alone: p99 {solo:.0} us (beside A: {:.2}x); most connections open at once: {} by the server's count, {} by the client's",
             "",
             together / solo.max(1.0),
-            r.peak_open_connections
+            r.peak_open_connections,
+            r.client_peak_open_connections
+                .map_or_else(|| "-".to_owned(), |n| n.to_string())
         );
     }
     if let Some(tiers) = r.connections_by_tier {

@@ -38,7 +38,9 @@ pub struct NoisyPlan {
     /// The measured phase.
     pub measured: Duration,
     /// Service B alone through a client of the same stack (its own server
-    /// and client): a warm-up of this long, then as long again measured.
+    /// and client): a warm-up of this long ...
+    pub solo_warm_up: Duration,
+    /// ... then this long measured.
     pub solo: Duration,
     /// The budget of the stacks that have one.
     pub budget: usize,
@@ -115,7 +117,8 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 quiet_in_flight: 256,
                 warm_up: Duration::from_secs_f64(if sizes.quick { 0.5 } else { 2.0 }),
                 measured: secs(4.0, 1.0),
-                solo: Duration::from_secs_f64(if sizes.quick { 0.5 } else { 1.5 }),
+                solo_warm_up: Duration::from_secs_f64(if sizes.quick { 0.2 } else { 0.5 }),
+                solo: Duration::from_secs_f64(if sizes.quick { 0.5 } else { 2.5 }),
                 budget: 64,
             };
             let description = format!(
@@ -129,7 +132,7 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 plan.budget,
                 plan.warm_up,
                 plan.measured,
-                plan.solo,
+                plan.solo_warm_up,
                 plan.solo,
             );
             let load = Load::Closed {

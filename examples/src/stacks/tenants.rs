@@ -20,10 +20,10 @@ pub const LOOSE_BUDGET: usize = 2_048;
 
 /// `config` with a total of `budget` connections across targets.
 pub(super) fn with_budget(config: PoolConfig, budget: usize) -> Result<PoolConfig, StackError> {
-    let _ = (config, budget);
-    Err(StackError::new(
-        "the pool has no connection budget yet (PoolConfig::max_connections)",
-    ))
+    config
+        .max_connections(Some(budget))
+        .validate()
+        .map_err(|e| StackError::new(format!("a budget of {budget} connections: {e}")))
 }
 
 /// `reuse+budget`'s configuration: `config` with [`LOOSE_BUDGET`].

@@ -252,7 +252,11 @@ impl Budget {
     pub(crate) fn holds_shared(&self, group: Option<&Group>) -> bool {
         match group {
             None => true,
-            Some(g) => self.lock().groups.get(g).is_none_or(|g| g.held > g.reserved),
+            Some(g) => self
+                .lock()
+                .groups
+                .get(g)
+                .is_none_or(|g| g.held > g.reserved),
         }
     }
 
@@ -340,7 +344,10 @@ mod tests {
         budget.reserve(Some(4), group("quiet"), Some(2)).unwrap();
         assert!(budget.acquire(Some(4), None, None, false));
         assert!(budget.acquire(Some(4), None, None, false));
-        assert!(!budget.acquire(Some(4), None, None, false), "2 are set aside");
+        assert!(
+            !budget.acquire(Some(4), None, None, false),
+            "2 are set aside"
+        );
         assert!(budget.acquire(Some(4), Some(&group("quiet")), None, false));
         assert!(budget.acquire(Some(4), Some(&group("quiet")), None, false));
         assert!(!budget.holds_shared(Some(&group("quiet"))));
@@ -357,7 +364,10 @@ mod tests {
         assert!(budget.reserve(None, group("b"), Some(1)).is_err());
         // Changing one's own reservation counts it once.
         budget.reserve(Some(4), group("a"), Some(4)).unwrap();
-        assert_eq!(budget.check_limit(Some(3)).unwrap_err().field(), "max_connections");
+        assert_eq!(
+            budget.check_limit(Some(3)).unwrap_err().field(),
+            "max_connections"
+        );
         assert!(budget.check_limit(None).is_err());
         budget.reserve(Some(4), group("a"), None).unwrap();
         assert!(budget.check_limit(None).is_ok());

@@ -2,8 +2,8 @@
 //! hook, connection ids, the reaper's schedule and the connection budget.
 
 use std::sync::Mutex;
-use std::sync::{Arc, OnceLock, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;

@@ -39,14 +39,14 @@ mod snapshot;
 mod warm;
 pub use warm::WarmUp;
 
+use budget::Claimant;
 pub(crate) use budget::{Evictor, Group};
 pub(crate) use common::Common;
-use budget::Claimant;
+use h2::CalmBackoff;
+pub(crate) use lease::{Grant, Granted, Http2Parts, Lease, Outcome, RequestPolicy, Waiting};
 use settings::Settings;
 pub(crate) use slots::Follow;
 use slots::Slots;
-use h2::CalmBackoff;
-pub(crate) use lease::{Grant, Granted, Http2Parts, Lease, Outcome, RequestPolicy, Waiting};
 
 use expiry::start_rotation;
 

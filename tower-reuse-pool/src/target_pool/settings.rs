@@ -75,7 +75,10 @@ impl<B> TargetPool<B> {
         retired: bool,
     ) {
         let mut state = self.lock();
-        let group = if own.as_ref().is_some_and(|o| o.get_reserved_connections().is_some()) {
+        let group = if own
+            .as_ref()
+            .is_some_and(|o| o.get_reserved_connections().is_some())
+        {
             Some(Group::Target(self.target.clone()))
         } else if partition
             .as_ref()
@@ -92,9 +95,11 @@ impl<B> TargetPool<B> {
         });
         state.retired = retired;
         if state.slots.group != group {
-            self.common
-                .budget
-                .regroup(state.slots.group.as_ref(), group.as_ref(), state.slots.held);
+            self.common.budget.regroup(
+                state.slots.group.as_ref(),
+                group.as_ref(),
+                state.slots.held,
+            );
             state.slots.group = group;
         }
         self.settle_protocol(&mut state);

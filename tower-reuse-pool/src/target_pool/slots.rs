@@ -48,7 +48,12 @@ impl Slots {
         self.take(budget, max, None)
     }
 
-    fn take(&mut self, budget: &Budget, max: Option<usize>, waiter: Option<Weak<dyn Claimant>>) -> bool {
+    fn take(
+        &mut self,
+        budget: &Budget,
+        max: Option<usize>,
+        waiter: Option<Weak<dyn Claimant>>,
+    ) -> bool {
         if self.credit > 0 {
             self.credit -= 1;
             return true;
@@ -140,7 +145,10 @@ impl<B> TargetPool<B> {
 
     /// Its least recently used idle connection: HTTP/1.1 (its index) or
     /// HTTP/2 (its id), and when it was last used.
-    fn oldest_idle_of(&self, state: &State<B>) -> Option<(Result<usize, crate::conn::ConnId>, Instant)> {
+    fn oldest_idle_of(
+        &self,
+        state: &State<B>,
+    ) -> Option<(Result<usize, crate::conn::ConnId>, Instant)> {
         let h1 = state.idle.first().map(|c| (Ok(0), c.life.last_used));
         let h2 = state
             .h2
