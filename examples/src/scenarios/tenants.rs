@@ -115,10 +115,10 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 noisy_latency: Duration::from_millis(5),
                 quiet_rate: 200.0,
                 quiet_in_flight: 256,
-                warm_up: Duration::from_secs_f64(if sizes.quick { 0.5 } else { 2.0 }),
-                measured: secs(4.0, 1.0),
-                solo_warm_up: Duration::from_secs_f64(if sizes.quick { 0.2 } else { 0.5 }),
-                solo: Duration::from_secs_f64(if sizes.quick { 0.5 } else { 2.5 }),
+                warm_up: Duration::from_secs_f64(if sizes.quick { 0.3 } else { 2.0 }),
+                measured: secs(4.0, 0.7),
+                solo_warm_up: Duration::from_secs_f64(if sizes.quick { 0.1 } else { 0.5 }),
+                solo: Duration::from_secs_f64(if sizes.quick { 0.4 } else { 2.5 }),
                 budget: 64,
             };
             let description = format!(
@@ -169,11 +169,11 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 hot: 10,
                 burst: sizes.concurrency(32),
                 period: Duration::from_secs(3),
-                cold: if sizes.quick { 90 } else { 990 },
+                cold: if sizes.quick { 40 } else { 990 },
                 cold_zipf: 1.1,
                 cold_rate: 200.0,
-                load: secs(20.0, 3.0),
-                tail: Duration::from_secs_f64(if sizes.quick { 1.0 } else { 10.0 }),
+                load: secs(20.0, 1.5),
+                tail: Duration::from_secs_f64(if sizes.quick { 0.5 } else { 10.0 }),
             };
             let description = format!(
                 "{} hot services, each a burst of {} concurrent requests every {:?} (phases \
