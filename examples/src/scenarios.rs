@@ -32,6 +32,11 @@ pub const ALL: [&str; 15] = [
     "tiers",
 ];
 
+/// Scenarios of the default suite left out of `--quick` (unless named with
+/// `--scenario`): `tiers` needs seconds of load and a tail to mean
+/// anything, and the smoke suite must stay under a minute.
+pub const NOT_QUICK: [&str; 1] = ["tiers"];
+
 /// Scenarios run only when named with `--scenario`: the fault-injection
 /// runs, which check correctness rather than measure speed and would take
 /// the default suite past 3 minutes.

@@ -39,7 +39,8 @@ struct Args {
     /// hyper-util+p2c and reuse, there the affinity layer over the pool).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
-    /// The smoke-test suite: short runs, under a minute in all.
+    /// The smoke-test suite: short runs, under a minute in all (the suite
+    /// without tiers, unless named).
     #[arg(long)]
     quick: bool,
     /// Stop each run after this many requests.
@@ -164,7 +165,11 @@ async fn run(args: Args) -> Result<(), LabError> {
         duration: args.duration,
     };
     let names: Vec<String> = if args.scenario.is_empty() {
-        scenarios::ALL.iter().map(|s| (*s).to_owned()).collect()
+        scenarios::ALL
+            .iter()
+            .filter(|s| !(args.quick && scenarios::NOT_QUICK.contains(s)))
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         args.scenario.clone()
     };
