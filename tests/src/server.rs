@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +53,12 @@ pub struct ServerOptions {
 pub struct ServerStats {
     accepted: AtomicU64,
     open: AtomicUsize,
+    peak_open: AtomicUsize,
+    /// With `kernel_counted`: a handle on each connection's socket, to ask
+    /// the kernel at each accept whether its client closed it; and the most
+    /// connections open at once by that count.
+    sockets: Option<Mutex<Vec<Weak<std::net::TcpStream>>>>,
+    peak_established: AtomicUsize,
     requests: AtomicU64,
     peak_in_flight: AtomicUsize,
     in_flight: AtomicUsize,
@@ -78,6 +84,46 @@ pub struct Seen {
 }
 
 impl ServerStats {
+    /// Stats for TCP servers that also count, at every accept, the
+    /// connections whose clients have not closed them, as the kernel says
+    /// (a peek at each socket: end of stream once the client's FIN
+    /// arrived). The servers' own count lags a client's close (a
+    /// connection's task may see its end after the next accept); this one
+    /// does not: a client that closed one socket before opening the next
+    /// is never counted with both.
+    pub fn kernel_counted() -> Arc<ServerStats> {
+        Arc::new(ServerStats {
+            sockets: Some(Mutex::new(Vec::new())),
+            ..Default::default()
+        })
+    }
+    /// Most connections open at once by the kernel's count at each accept
+    /// (0 unless `kernel_counted`).
+    pub fn peak_established(&self) -> usize {
+        self.peak_established.load(Ordering::SeqCst)
+    }
+    /// Count the open connections, the one just accepted among them.
+    fn count_established(&self, accepted: &Arc<std::net::TcpStream>) {
+        let Some(sockets) = &self.sockets else {
+            return;
+        };
+        let mut sockets = sockets.lock().expect("not poisoned");
+        sockets.retain(|socket| {
+            let Some(socket) = socket.upgrade() else {
+                return false;
+            };
+            // Nothing to read, or data: open. End of stream or an error:
+            // closed by its client.
+            match socket.peek(&mut [0; 1]) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        });
+        sockets.push(Arc::downgrade(accepted));
+        self.peak_established
+            .fetch_max(sockets.len(), Ordering::SeqCst);
+    }
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
@@ -85,6 +131,10 @@ impl ServerStats {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+    /// Most connections open at once.
+    pub fn peak_open(&self) -> usize {
+        self.peak_open.load(Ordering::SeqCst)
     }
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
@@ -126,9 +176,19 @@ impl TestServer {
 
     /// Start a server on `addr` with `options`.
     pub async fn start_on(addr: &str, options: ServerOptions) -> TestServer {
+        Self::start_counting(addr, options, Arc::default()).await
+    }
+
+    /// Start a server on `addr` with `options` that counts into `stats`:
+    /// servers sharing one count as one (connections open across all of
+    /// them, say).
+    pub async fn start_counting(
+        addr: &str,
+        options: ServerOptions,
+        stats: Arc<ServerStats>,
+    ) -> TestServer {
         let listener = TcpListener::bind(addr).await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let stats = Arc::new(ServerStats::default());
         let (stop, stopped) = watch::channel(());
         let options = Arc::new(options);
         let conn_ids = Arc::new(AtomicU64::new(0));
@@ -144,14 +204,30 @@ impl TestServer {
                     _ = stopped.changed() => return,
                 };
                 let _ = stream.set_nodelay(true);
+                // A second handle on the socket, for the kernel's count;
+                // dropped with the connection's task.
+                let (stream, socket) = match accept_stats.sockets {
+                    Some(_) => {
+                        let Ok((stream, socket)) = with_handle(stream) else {
+                            continue;
+                        };
+                        accept_stats.count_established(&socket);
+                        (stream, Some(socket))
+                    }
+                    None => (stream, None),
+                };
                 let conn_id = conn_ids.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(
+                let served = serve(
                     stream,
                     conn_id,
                     options.clone(),
                     accept_stats.clone(),
                     stopped.clone(),
-                ));
+                );
+                tokio::spawn(async move {
+                    served.await;
+                    drop(socket);
+                });
             }
         });
         TestServer {
@@ -184,7 +260,8 @@ pub(crate) async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     stats.accepted.fetch_add(1, Ordering::SeqCst);
-    stats.open.fetch_add(1, Ordering::SeqCst);
+    let open = stats.open.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.peak_open.fetch_max(open, Ordering::SeqCst);
     let conn = Arc::new(ConnState {
         requests: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
@@ -344,4 +421,13 @@ async fn respond(
     conn.in_flight.fetch_sub(1, Ordering::SeqCst);
     stats.in_flight.fetch_sub(1, Ordering::SeqCst);
     Ok(response)
+}
+
+/// `stream`, and a second handle on its socket.
+fn with_handle(
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, Arc<std::net::TcpStream>)> {
+    let stream = stream.into_std()?;
+    let handle = stream.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(stream)?, Arc::new(handle)))
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::key::AffinityKey;
+use crate::tiers::TierConfig;
 
 /// How the affinity layer routes. Validated by
 /// [`AffinityLayer::new`](crate::AffinityLayer::new).
@@ -54,6 +55,7 @@ pub struct AffinityConfig {
     pub(crate) ejection_max: Duration,
     pub(crate) max_ejected_share: f64,
     pub(crate) retry: bool,
+    pub(crate) tiers: Option<TierConfig>,
 }
 
 impl Default for AffinityConfig {
@@ -69,6 +71,7 @@ impl Default for AffinityConfig {
             ejection_max: Duration::from_secs(300),
             max_ejected_share: 0.5,
             retry: true,
+            tiers: None,
         }
     }
 }
@@ -156,8 +159,28 @@ impl AffinityConfig {
         self
     }
 
+    /// Hot and cold tiers: keys with a high request rate get dedicated
+    /// pools (default `None`: every request shares the pool). In a policy
+    /// file, a `[tiers]` table.
+    ///
+    /// ```
+    /// use tower_reuse_affinity::{AffinityConfig, TierConfig};
+    ///
+    /// let config = AffinityConfig::default().tiers(Some(TierConfig::default().max_dedicated(8)));
+    /// assert_eq!(config.get_tiers().map(|t| t.get_max_dedicated()), Some(8));
+    /// ```
+    pub fn tiers(mut self, tiers: Option<TierConfig>) -> Self {
+        self.tiers = tiers;
+        self
+    }
+
+    /// The value of [`tiers`](Self::tiers), as set or its default.
+    pub fn get_tiers(&self) -> Option<&TierConfig> {
+        self.tiers.as_ref()
+    }
+
     /// The configuration if every field is valid, or the first error.
-    pub fn validate(self) -> Result<Self, ConfigError> {
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
         if !(self.epsilon > 0.0 && self.epsilon <= 100.0) {
             return Err(ConfigError::new(
                 "epsilon",
@@ -189,6 +212,7 @@ impl AffinityConfig {
             ));
         }
         self.key.validate()?;
+        self.tiers = self.tiers.map(TierConfig::validate).transpose()?;
         Ok(self)
     }
 
@@ -237,9 +261,9 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Durations in policy files: a number of seconds, or `"250ms"`, `"30s"`,
-/// `"5m"`, `"1h"`.
+/// `"5m"`, `"1h"`; `"off"` only where the duration is optional.
 #[cfg(feature = "serde")]
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::de::{Deserialize, Deserializer, Error};
@@ -251,13 +275,16 @@ mod secs {
         Text(String),
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        optional(d)?.ok_or_else(|| D::Error::custom("this duration cannot be off"))
+    }
+
+    pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Form::deserialize(d)? {
             Form::Seconds(s) => Duration::try_from_secs_f64(s)
+                .map(Some)
                 .map_err(|_| D::Error::custom(format!("{s} is not a valid number of seconds"))),
-            Form::Text(text) => tower_reuse_pool::parse_duration(&text)
-                .map_err(D::Error::custom)?
-                .ok_or_else(|| D::Error::custom("an ejection time cannot be off")),
+            Form::Text(text) => tower_reuse_pool::parse_duration(&text).map_err(D::Error::custom),
         }
     }
 }
@@ -290,6 +317,10 @@ mod tests {
             (d().max_ejected_share(1.5), "max_ejected_share"),
             (d().max_ejected_share(f64::NAN), "max_ejected_share"),
             (d().key(AffinityKey::header("bad header")), "key"),
+            (
+                d().tiers(Some(TierConfig::default().demote_rps(9.0))),
+                "demote_rps",
+            ),
         ];
         for (config, field) in cases {
             let error = config.validate().unwrap_err();
@@ -316,5 +347,33 @@ mod tests {
         );
         let bad: AffinityConfig = serde_json::from_str(r#"{"epsilon": 0}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().field(), "epsilon");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_policy_file_carries_a_tiers_table() {
+        let config: AffinityConfig = toml::from_str(
+            r#"
+            epsilon = 0.5
+
+            [tiers]
+            promote_rps = 20
+            demote_window = "1m"
+            cold_idle_timeout = "off"
+            "#,
+        )
+        .unwrap();
+        let config = config.validate().unwrap();
+        let expected = TierConfig::default()
+            .promote_rps(20.0)
+            .demote_window(Duration::from_secs(60))
+            .cold_idle_timeout(None);
+        assert_eq!(config.get_tiers(), Some(&expected));
+        let none: AffinityConfig = toml::from_str("epsilon = 0.5").unwrap();
+        assert_eq!(none.get_tiers(), None);
+        let bad: AffinityConfig = toml::from_str("[tiers]\ndemote_rps = 9").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field(), "demote_rps");
+        assert!(toml::from_str::<AffinityConfig>("[tiers]\npromote_rsp = 9").is_err());
+        assert!(toml::from_str::<AffinityConfig>("[tiers]\nforget_after = \"off\"").is_err());
     }
 }

@@ -39,6 +39,10 @@ pub trait AffinityEvents: Send + Sync + 'static {
     fn on_warm_detour(&self, _event: &WarmDetour<'_>) {}
     /// A request whose endpoint was down was sent again to another.
     fn on_retry(&self, _event: &Retried<'_>) {}
+    /// A key got a dedicated pool (hot tier).
+    fn on_promoted(&self, _event: &Promoted<'_>) {}
+    /// A key went back to the shared pool (cold tier).
+    fn on_demoted(&self, _event: &Demoted<'_>) {}
 }
 
 impl AffinityEvents for () {}
@@ -65,6 +69,12 @@ impl<T: AffinityEvents + ?Sized> AffinityEvents for std::sync::Arc<T> {
     }
     fn on_retry(&self, event: &Retried<'_>) {
         (**self).on_retry(event)
+    }
+    fn on_promoted(&self, event: &Promoted<'_>) {
+        (**self).on_promoted(event)
+    }
+    fn on_demoted(&self, event: &Demoted<'_>) {
+        (**self).on_demoted(event)
     }
 }
 
@@ -146,4 +156,64 @@ pub struct Retried<'a> {
     pub to: SocketAddr,
     /// The failure, as the pool reported it.
     pub error: &'a tower_reuse_pool::Error,
+}
+
+/// A key's requests got a pool of their own: their rate held at or above
+/// `promote_rps` over the promote window.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Promoted<'a> {
+    /// `scheme://authority` of the key's requests (never its partition).
+    pub service: &'a str,
+    /// Its requests per second over `window`.
+    pub rate: f64,
+    /// The window the rate is measured over.
+    pub window: Duration,
+    /// The most requests in flight at once over the promote window: the
+    /// warm connections its pool keeps.
+    pub peak_concurrency: u32,
+    /// Slots of the pool's budget reserved for it (none without a budget,
+    /// or when the dedicated pools' share of it is spent).
+    pub reserved: Option<usize>,
+}
+
+/// A key's requests went back to the shared pool; its pool's idle
+/// connections close now, busy ones when their requests end.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Demoted<'a> {
+    /// `scheme://authority` of the key's requests (never its partition).
+    pub service: &'a str,
+    /// Why.
+    pub reason: DemoteReason,
+    /// Its requests per second over `window`.
+    pub rate: f64,
+    /// The window the rate is measured over (the demote window, or the
+    /// promote window for a displacement).
+    pub window: Duration,
+    /// How long it had its own pool.
+    pub dedicated_for: Duration,
+}
+
+/// Why a key went back to the shared pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DemoteReason {
+    /// Its rate fell below `demote_rps` over the demote window.
+    Cold,
+    /// No request for `idle_retire_after`.
+    Idle,
+    /// Every dedicated pool was taken and a hotter key needed one.
+    Displaced,
+}
+
+impl DemoteReason {
+    /// A short snake_case name, for metrics attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DemoteReason::Cold => "cold",
+            DemoteReason::Idle => "idle",
+            DemoteReason::Displaced => "displaced",
+        }
+    }
 }

@@ -23,6 +23,7 @@ use crate::health::Verdict;
 use crate::registry::Registry;
 use crate::service::{CallAt, Router, Routing};
 use crate::services::{EndpointState, ServiceSet};
+use crate::tiers::InFlight;
 
 type PoolResult<T> = Result<T, tower_reuse_pool::Error>;
 
@@ -38,6 +39,9 @@ pin_project! {
         #[pin]
         state: State<F>,
         routed: Option<Routed<S, B>>,
+        // The request's tier key counts it in flight until this future
+        // is dropped.
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -80,6 +84,7 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         ResponseFuture {
             state: State::Sending { future },
             routed: Some(routed),
+            in_flight: None,
         }
     }
 
@@ -88,6 +93,7 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         ResponseFuture {
             state: State::Sending { future },
             routed: None,
+            in_flight: None,
         }
     }
 
@@ -95,7 +101,14 @@ impl<F: Future, S, B> ResponseFuture<F, S, B> {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
             routed: None,
+            in_flight: None,
         }
+    }
+
+    /// Count the request in flight for its tier key until this future ends.
+    pub(crate) fn in_flight(mut self, in_flight: Option<InFlight>) -> Self {
+        self.in_flight = in_flight;
+        self
     }
 }
 

@@ -70,6 +70,7 @@ mod registry;
 mod service;
 mod services;
 mod snapshot;
+mod tiers;
 
 pub use config::{AffinityConfig, ConfigError};
 pub use error::Error;
@@ -78,3 +79,4 @@ pub use key::AffinityKey;
 pub use registry::Endpoints;
 pub use service::{Affinity, AffinityLayer, CallAt, PoolHandle};
 pub use snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};
+pub use tiers::{DedicatedSnapshot, Tier, TierConfig, TiersSnapshot};

@@ -25,6 +25,7 @@ use crate::key::AffinityKey;
 use crate::registry::{Endpoints, Registry};
 use crate::services::{ServiceSet, find};
 use crate::snapshot::AffinitySnapshot;
+use crate::tiers::{TierPools, TiersSnapshot};
 
 /// A pool the affinity layer can stack over: it asks the pool which
 /// endpoints hold a free connection, and drains removed endpoints' ones.
@@ -155,14 +156,22 @@ pub(crate) struct Routing {
     warm_aware: bool,
     pub(crate) ejection: Ejection,
     retry: bool,
+    /// Hot and cold tiers, when on.
+    tiers: Option<Arc<TierPools>>,
 }
 
 impl AffinityLayer {
     /// A layer routing by `config`, with no services yet.
     pub fn new(config: AffinityConfig) -> Result<Self, ConfigError> {
         let config = config.validate()?;
+        let registry = Arc::new(Registry::new());
+        let tiers = config
+            .tiers
+            .clone()
+            .map(|tiers| Arc::new(TierPools::new(tiers, registry.events.clone())));
         Ok(AffinityLayer {
             routing: Arc::new(Routing {
+                tiers,
                 ejection: config.ejection(),
                 key: config.key,
                 bound: Bound {
@@ -172,7 +181,7 @@ impl AffinityLayer {
                 warm_aware: config.warm_aware,
                 retry: config.retry,
             }),
-            registry: Arc::new(Registry::new()),
+            registry,
         })
     }
 
@@ -193,6 +202,12 @@ impl AffinityLayer {
     pub fn snapshot(&self) -> AffinitySnapshot {
         self.endpoints().snapshot()
     }
+
+    /// The tiers now: keys tracked, and per dedicated pool its rate,
+    /// reservation and connections (`None` with tiers off).
+    pub fn tiers(&self) -> Option<TiersSnapshot> {
+        self.routing.tiers.as_ref().map(|t| t.snapshot())
+    }
 }
 
 impl fmt::Debug for AffinityLayer {
@@ -207,6 +222,9 @@ impl<S: PoolHandle> Layer<S> for AffinityLayer {
     fn layer(&self, inner: S) -> Affinity<S> {
         let control = inner.pool_control();
         let _ = self.registry.control.set(control.clone());
+        if let Some(tiers) = &self.routing.tiers {
+            tiers.stacked(&control);
+        }
         Affinity {
             inner,
             control,
@@ -240,6 +258,11 @@ impl<S> Affinity<S> {
     /// Per service, per endpoint: load, health and counts now.
     pub fn snapshot(&self) -> AffinitySnapshot {
         self.endpoints().snapshot()
+    }
+
+    /// The tiers now (`None` with tiers off): see [`AffinityLayer::tiers`].
+    pub fn tiers(&self) -> Option<TiersSnapshot> {
+        self.routing.tiers.as_ref().map(|t| t.snapshot())
     }
 }
 
@@ -286,7 +309,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(set) = self.service_of(&req) else {
-            return ResponseFuture::unrouted(self.inner.call(req));
+            let in_flight = self.routing.tiers.as_ref().and_then(|t| t.route(&mut req));
+            return ResponseFuture::unrouted(self.inner.call(req)).in_flight(in_flight);
         };
         let routing = &self.routing;
         let key = if routing.key.needs_parts() {
@@ -303,6 +327,9 @@ where
                 .key
                 .of(req.headers(), None, req.extensions().get::<Partition>())
         };
+        // The tier after the key: a dedicated pool's partition does not
+        // move the key's endpoint.
+        let in_flight = routing.tiers.as_ref().and_then(|t| t.route(&mut req));
         let hot = key.is_some_and(|key| set.recent.record(key));
         let router = Router {
             routing: &self.routing,
@@ -317,7 +344,10 @@ where
                 .with_candidates(|candidates| router.route(&set, key, hot, candidates, &req, true));
             match routed {
                 Some(sent) => sent,
-                None => return ResponseFuture::failed(Error::no_endpoints(&set.name)),
+                None => {
+                    return ResponseFuture::failed(Error::no_endpoints(&set.name))
+                        .in_flight(in_flight);
+                }
             }
         };
         let retry = (routing.retry && many && Head::replayable(&req)).then(|| {
@@ -340,6 +370,7 @@ where
                 retry,
             },
         )
+        .in_flight(in_flight)
     }
 }
 

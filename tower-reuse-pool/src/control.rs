@@ -22,6 +22,8 @@ pub struct TargetSnapshot {
     pub(crate) idle: usize,
     pub(crate) active: usize,
     pub(crate) connecting: usize,
+    pub(crate) dedicated: usize,
+    pub(crate) closing: usize,
     pub(crate) waiting: usize,
     pub(crate) opened: u64,
     pub(crate) reused: u64,
@@ -59,6 +61,16 @@ impl TargetSnapshot {
     /// Connects in flight.
     pub fn connecting(&self) -> usize {
         self.connecting
+    }
+    /// Connections of their own given to single requests while reuse is
+    /// off (the kill switch), not counted in `active`.
+    pub fn dedicated(&self) -> usize {
+        self.dedicated
+    }
+    /// Connections the pool closed whose sockets are not closed yet: they
+    /// still count against the budget, as the server still sees them.
+    pub fn closing(&self) -> usize {
+        self.closing
     }
     /// Requests waiting for a connection.
     pub fn waiting(&self) -> usize {

@@ -7,6 +7,14 @@
 //!
 //! - limits: connections, idle connections, concurrent connects and waiters
 //!   per target, a checkout timeout, requests in flight (real backpressure);
+//! - a process-wide connection budget (`max_connections`) across targets:
+//!   a connect takes the slot of another target's least recently used idle
+//!   connection or waits its turn, a busy target yields a connection to a
+//!   target waiting, and reservations (`TargetConfig::reserved_connections`,
+//!   for one target or, through
+//!   [`PoolControl::set_partition_config`], a partition's targets together)
+//!   keep slots for quiet targets; a slot comes back when its socket is
+//!   closed, so servers never see more connections than the budget;
 //! - checkout rules: idle connections LIFO, waiters FIFO, a connect serves
 //!   the queue so connections never exceed demand;
 //! - expiry: idle timeout, max lifetime with jitter and make-before-break

@@ -265,6 +265,18 @@ mod tests {
             TargetConfig::default()
         );
         assert!(toml::from_str::<TargetConfig>("idle_timeout = \"5 parsecs\"").is_err());
+        let reserved: TargetConfig = toml::from_str("reserved_connections = 4").unwrap();
+        assert_eq!(reserved.get_reserved_connections(), Some(4));
+        let pool: PoolConfig = toml::from_str("max_connections = 64").unwrap();
+        assert_eq!(pool.get_max_connections(), Some(64));
+        assert!(reserved.resolve(&pool).is_ok());
+        assert_eq!(
+            reserved
+                .resolve(&PoolConfig::default())
+                .unwrap_err()
+                .field(),
+            "reserved_connections"
+        );
         assert!(toml::from_str::<TargetConfig>("max_requests_in_flight = 4").is_err());
     }
 

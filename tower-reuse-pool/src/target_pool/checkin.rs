@@ -236,7 +236,7 @@ impl<B> TargetPool<B> {
             let mut state = self.lock();
             let config = self.config_of(&state);
             state.dedicated_open -= 1;
-            state.free_slot(&mut fx);
+            state.slot_closing(life.id, &mut fx);
             state.counters.closed[CloseReason::KillSwitch.index()] += 1;
             self.plan(&mut state, &config, now, &mut fx);
         }

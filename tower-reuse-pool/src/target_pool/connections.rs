@@ -184,6 +184,7 @@ impl<B> TargetPool<B> {
                     state.closed(&mut conn.life, reason, now, &mut fx);
                 }
             }
+            state.slot_ended(id, &mut fx);
             self.plan(&mut state, &config, now, &mut fx);
         }
         self.finish(fx);

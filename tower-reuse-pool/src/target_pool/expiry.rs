@@ -184,6 +184,7 @@ impl<B> TargetPool<B> {
         let config = self.config_of(&state);
         state.open == 0
             && state.connecting == 0
+            && state.slots.ending.is_empty()
             && state.waiters.is_empty()
             && config.min_idle_per_target == 0
             && (!Self::has_own_config(&state) || state.retired)

@@ -144,7 +144,7 @@ impl<B> State<B> {
     ) {
         self.open -= 1;
         self.counters.closed[reason.index()] += 1;
-        self.free_slot(fx);
+        self.slot_closing(life.id, fx);
         fx.close(life, reason, now);
     }
 

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::budget::{Budget, Claimant, Group};
 use super::{Effects, State, TargetPool};
 use crate::config::PoolConfig;
+use crate::conn::ConnId;
 use crate::events::CloseReason;
 
 /// What a target holds of the budget.
@@ -23,7 +24,17 @@ pub(crate) struct Slots {
     pub(super) group: Option<Group>,
     /// In the budget's queue of waiting targets.
     pub(super) queued: bool,
+    /// Connections the pool let go of whose sockets are not closed yet
+    /// (their tasks still run): their slots are held until they are, so
+    /// that servers never see more connections than the budget.
+    pub(super) ending: Vec<ConnId>,
+    /// Connections whose tasks ended while the pool still had them lent.
+    pub(super) ended: Vec<ConnId>,
 }
+
+/// Most ended connections remembered while lent out (a connection whose
+/// connect was abandoned is never given back, so this must not grow).
+const ENDED_KEPT: usize = 1024;
 
 /// What is left to do after a target's effects: slots handed to waiting
 /// targets, and idle connections to close for them. Done in a loop, so
@@ -67,7 +78,31 @@ impl Slots {
 }
 
 impl<B> State<B> {
-    /// A connection (or a connect) left: its slot goes back.
+    /// The pool let go of connection `id`: its slot goes back once its
+    /// socket is closed.
+    pub(super) fn slot_closing(&mut self, id: ConnId, fx: &mut Effects<B>) {
+        if let Some(pos) = self.slots.ended.iter().position(|e| *e == id) {
+            self.slots.ended.swap_remove(pos);
+            self.free_slot(fx);
+        } else {
+            self.slots.ending.push(id);
+        }
+    }
+
+    /// Connection `id`'s task ended: its socket is closed.
+    pub(super) fn slot_ended(&mut self, id: ConnId, fx: &mut Effects<B>) {
+        if let Some(pos) = self.slots.ending.iter().position(|e| *e == id) {
+            self.slots.ending.swap_remove(pos);
+            self.free_slot(fx);
+        } else {
+            if self.slots.ended.len() >= ENDED_KEPT {
+                self.slots.ended.remove(0);
+            }
+            self.slots.ended.push(id);
+        }
+    }
+
+    /// A connect left without a connection: its slot goes back.
     pub(super) fn free_slot(&mut self, fx: &mut Effects<B>) {
         self.slots.held = self.slots.held.saturating_sub(1);
         fx.freed += 1;

@@ -35,6 +35,8 @@ impl<B> TargetPool<B> {
             idle,
             active: state.open - idle,
             connecting: state.connecting,
+            dedicated: state.dedicated_open,
+            closing: state.slots.ending.len(),
             waiting: state.waiters.len()
                 + state
                     .dedicated_waiters
