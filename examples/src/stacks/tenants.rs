@@ -6,7 +6,7 @@
 //! affinity layer by the two functions below, one per scenario.
 
 use tower_layer::Layer;
-use tower_reuse_affinity::{Affinity, AffinityLayer};
+use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityLayer, TierConfig};
 use tower_reuse_pool::PoolConfig;
 
 use super::{ClientStats, Inner, Protocol, Stack, StackError, StackKind, layer_of, reuse_pool};
@@ -39,21 +39,27 @@ pub(crate) fn noisy_neighbour_reuse(
     budget: usize,
 ) -> Result<(PoolConfig, Option<AffinityLayer>), StackError> {
     let config = with_budget(PoolConfig::default(), budget)?;
-    Ok((config, None))
+    Ok((config, Some(tiered(TierConfig::default())?)))
 }
 
 /// `reuse` in `tiers`: the pool under the affinity layer with tiers (hot
 /// keys in dedicated pools, cold ones in the shared pool with short-lived
 /// connections). With no layer (`None`) the stack is skipped.
 pub(crate) fn tiers_reuse() -> Result<(PoolConfig, Option<AffinityLayer>), StackError> {
-    Ok((PoolConfig::default(), None))
+    Ok((PoolConfig::default(), Some(tiered(TierConfig::default())?)))
+}
+
+/// The affinity layer with `tiers` and otherwise its defaults (the key:
+/// each request's logical authority).
+fn tiered(tiers: TierConfig) -> Result<AffinityLayer, StackError> {
+    AffinityLayer::new(AffinityConfig::default().tiers(Some(tiers)))
+        .map_err(|e| StackError::new(format!("invalid affinity config: {e}")))
 }
 
 /// The affinity layer's dedicated pools now, for the `tiers` time series;
-/// `None` where the layer reports none (no tiers).
+/// `None` for a layer without tiers.
 fn dedicated_pools<S>(client: &Affinity<S>) -> Option<u64> {
-    let _ = client;
-    None
+    client.tiers().map(|tiers| tiers.dedicated.len() as u64)
 }
 
 impl Stack {
