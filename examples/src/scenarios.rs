@@ -292,7 +292,9 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         }
         "keepalive-race" => {
             let workers = sizes.concurrency(16);
-            let duration = sizes.duration(Duration::from_secs(20), Duration::from_secs(3));
+            // 14 s: about 15 requests per worker, each after a gap that
+            // may outlast the server's idle timeout.
+            let duration = sizes.duration(Duration::from_secs(14), Duration::from_secs(3));
             let mut s = scenario(
                 "keepalive-race",
                 format!(

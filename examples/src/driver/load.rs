@@ -372,13 +372,7 @@ async fn poisson(
     let mut arrivals = 0u64;
     for at in schedule {
         sleep_until(start + at).await;
-        while let Some(done) = tasks.try_join_next() {
-            // A failed task leaves no record: reconciled as lost.
-            if let Ok((latency, answer, id, keyed)) = done {
-                note(&mut recorder, latency, answer, &id, keyed);
-            }
-            progress.add_done(1);
-        }
+        harvest(&mut tasks, &mut recorder, progress);
         arrivals += 1;
         if tasks.len() >= spec.max_in_flight {
             recorder.error(RequestError::new(
@@ -398,15 +392,27 @@ async fn poisson(
             track_in_flight,
         ));
     }
-    let outstanding = tasks.len() as u64;
-    collect(
-        &mut tasks,
-        &mut recorder,
-        Instant::now() + REQUEST_TIMEOUT + DRAIN,
-    )
-    .await;
-    progress.add_done(outstanding);
+    drain(&mut tasks, &mut recorder, progress).await;
     Ok(recorder)
+}
+
+/// Records an open loop's requests answered so far, without waiting.
+fn harvest(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, progress: &Progress) {
+    while let Some(done) = tasks.try_join_next() {
+        // A failed task leaves no record: reconciled as lost.
+        if let Ok((latency, answer, id, keyed)) = done {
+            note(recorder, latency, answer, &id, keyed);
+        }
+        progress.add_done(1);
+    }
+}
+
+/// Awaits an open loop's outstanding requests once it has sent its last
+/// ([`REQUEST_TIMEOUT`] and [`DRAIN`] at most).
+async fn drain(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, progress: &Progress) {
+    let outstanding = tasks.len() as u64;
+    collect(tasks, recorder, Instant::now() + REQUEST_TIMEOUT + DRAIN).await;
+    progress.add_done(outstanding);
 }
 
 /// Request ids of [`timed_bursts`] start here, apart from the other loads'.
@@ -431,12 +437,7 @@ pub async fn timed_bursts(
     let mut next_id = BURST_ID_BASE;
     for (at, target) in schedule {
         sleep_until(started + *at).await;
-        while let Some(done) = tasks.try_join_next() {
-            if let Ok((latency, answer, id, keyed)) = done {
-                note(&mut recorder, latency, answer, &id, keyed);
-            }
-            progress.add_done(1);
-        }
+        harvest(&mut tasks, &mut recorder, progress);
         for _ in 0..size {
             next_id += 1;
             tasks.spawn(one_shot(
@@ -450,14 +451,7 @@ pub async fn timed_bursts(
             ));
         }
     }
-    let outstanding = tasks.len() as u64;
-    collect(
-        &mut tasks,
-        &mut recorder,
-        Instant::now() + REQUEST_TIMEOUT + DRAIN,
-    )
-    .await;
-    progress.add_done(outstanding);
+    drain(&mut tasks, &mut recorder, progress).await;
     recorder.reconcile(sent.load(Relaxed));
     Ok(LoadOutcome {
         recorder,

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep};
 
 use super::sampler::{ClientSampler, OpenCount};
-use super::{Baseline, Env, LabError, Row, row, tick};
+use super::{Baseline, Env, LabError, Row, Ticker, row};
 use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
 use crate::results::{RunResult, ServiceFigures, TierCounts, TierSample};
 use crate::scenarios::{NoisyPlan, Scenario, TenantsPlan, TiersPlan};
@@ -38,13 +38,13 @@ pub(super) async fn run(
     }
 }
 
-/// The scenario's server on `addresses` addresses, its URLs as targets, and
-/// a stack of `kind` (`Err(why)` when it cannot run).
+/// The scenario's server, its addresses' URLs as targets, and a stack of
+/// `kind`; `Ok(Err(why))` when the stack cannot run here.
 async fn set_up(
     scenario: &Scenario,
     kind: StackKind,
     env: &Env,
-) -> Result<(Server, Vec<Target>, Result<Stack, String>), LabError> {
+) -> Result<Result<(Server, Vec<Target>, Stack), String>, LabError> {
     let server = Server::start(
         scenario
             .server
@@ -60,10 +60,23 @@ async fn set_up(
         .as_ref()
         .ok_or("a scenario with several services but no plan")?;
     let tls = tls::client_config(env.identity.root_store())?;
-    let stack = Stack::build_for_tenants(kind, tls, plan, &targets[0])
+    Ok(Stack::build_for_tenants(kind, tls, plan, &targets[0])
         .await
-        .map_err(|e| e.to_string());
-    Ok((server, targets, stack))
+        .map(|stack| (server, targets, stack))
+        .map_err(|e| e.to_string()))
+}
+
+/// [`set_up`], or the skipped row (the bar moved past it).
+async fn set_up_or_skip(
+    scenario: &Scenario,
+    kind: StackKind,
+    env: &Env,
+    bar: &ProgressBar,
+) -> Result<Result<(Server, Vec<Target>, Stack), Row>, LabError> {
+    Ok(set_up(scenario, kind, env).await?.map_err(|why| {
+        bar.inc(100);
+        Row::Skipped(why)
+    }))
 }
 
 /// One service's figures from its record.
@@ -118,13 +131,9 @@ async fn noisy(
     bar: &ProgressBar,
     plan: &NoisyPlan,
 ) -> Result<Row, LabError> {
-    let (server, targets, stack) = set_up(&scenario, kind, env).await?;
-    let stack = match stack {
-        Ok(stack) => stack,
-        Err(why) => {
-            bar.inc(100);
-            return Ok(Row::Skipped(why));
-        }
+    let (server, targets, stack) = match set_up_or_skip(&scenario, kind, env, bar).await? {
+        Ok(set) => set,
+        Err(skipped) => return Ok(skipped),
     };
     // Connections count from before the warm-up; retries from after it.
     let mut baseline = Baseline::take(Some(&server), Some(&stack));
@@ -143,15 +152,8 @@ async fn noisy(
         post_every: None,
         keys: None,
     };
-    let (stop_ticker, stopped) = oneshot::channel();
     let progress = Progress::new();
-    let ticker = tokio::spawn(tick(
-        bar.clone(),
-        progress.clone(),
-        scenario.load.clone(),
-        100,
-        stopped,
-    ));
+    let ticker = Ticker::start(bar, &progress, &scenario.load, 100);
     bar.set_message(format!("{kind} (warm-up)"));
     let (noisy_warm, quiet_warm) = both(
         &stack,
@@ -176,8 +178,7 @@ async fn noisy(
         1,
     )
     .await;
-    let _ = stop_ticker.send(());
-    let _ = ticker.await;
+    ticker.stop().await;
     let (noisy_out, quiet_out) = measured?;
     let outcome = merged(&[&noisy_out, &quiet_out]);
     let mut r = row(&scenario, kind, &outcome, Some(&server), &baseline, &stack);
@@ -190,8 +191,9 @@ async fn noisy(
     drop((stack, server));
 
     bar.set_message(format!("{kind} (B alone)"));
-    let (_server, targets, stack) = set_up(&scenario, kind, env).await?;
-    let stack = stack.map_err(|why| format!("{kind}: B alone: {why}"))?;
+    let (_server, targets, stack) = set_up(&scenario, kind, env)
+        .await?
+        .map_err(|why| format!("{kind}: B alone: {why}"))?;
     let b: Arc<[Target]> = vec![targets[1].clone()].into();
     let progress = Progress::new();
     let warm = driver::run(
@@ -273,13 +275,9 @@ async fn tiers(
     bar: &ProgressBar,
     plan: &TiersPlan,
 ) -> Result<Row, LabError> {
-    let (server, targets, stack) = set_up(&scenario, kind, env).await?;
-    let stack = match stack {
-        Ok(stack) => stack,
-        Err(why) => {
-            bar.inc(100);
-            return Ok(Row::Skipped(why));
-        }
+    let (server, targets, stack) = match set_up_or_skip(&scenario, kind, env, bar).await? {
+        Ok(set) => set,
+        Err(skipped) => return Ok(skipped),
     };
     let (hot, cold) = targets.split_at(plan.hot.min(targets.len()));
     let cold: Arc<[Target]> = cold.to_vec().into();
@@ -287,14 +285,7 @@ async fn tiers(
     let baseline = Baseline::take(Some(&server), Some(&stack));
     let accepted_before = server.address_snapshots();
     let progress = Progress::new();
-    let (stop_ticker, stopped) = oneshot::channel();
-    let ticker = tokio::spawn(tick(
-        bar.clone(),
-        progress.clone(),
-        scenario.load.clone(),
-        100,
-        stopped,
-    ));
+    let ticker = Ticker::start(bar, &progress, &scenario.load, 100);
     let started = Instant::now();
     let server_idle_before = server.stats().idle_socket_seconds();
     let sampler = ClientSampler::start(OpenCount::Server(server.stats().clone()), progress.clone());
@@ -313,8 +304,7 @@ async fn tiers(
             let _ = watching.await;
         }),
     );
-    let _ = stop_ticker.send(());
-    let _ = ticker.await;
+    ticker.stop().await;
     let (cold_out, hot_out) = (cold_out?, hot_out?);
     let load_window = sampler.finish();
     let server_idle_load = server.stats().idle_socket_seconds() - server_idle_before;

@@ -115,10 +115,10 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 noisy_latency: Duration::from_millis(5),
                 quiet_rate: 200.0,
                 quiet_in_flight: 256,
-                warm_up: Duration::from_secs_f64(if sizes.quick { 0.3 } else { 2.0 }),
+                warm_up: Duration::from_secs_f64(if sizes.quick { 0.3 } else { 1.5 }),
                 measured: secs(4.0, 0.7),
                 solo_warm_up: Duration::from_secs_f64(if sizes.quick { 0.1 } else { 0.5 }),
-                solo: Duration::from_secs_f64(if sizes.quick { 0.4 } else { 2.5 }),
+                solo: Duration::from_secs_f64(if sizes.quick { 0.4 } else { 2.0 }),
                 budget: 64,
             };
             let description = format!(
