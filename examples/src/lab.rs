@@ -28,6 +28,7 @@ mod idle_memory;
 mod idle_servers;
 mod sampler;
 mod tenants;
+mod tiers;
 
 pub use idle_memory::{MEASURE_IDLE_MEMORY_FLAG, measure as measure_idle_memory};
 use idle_servers::IdleServers;

@@ -194,7 +194,12 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                 duration: plan.load,
                 max_in_flight: 256,
                 zipf_exponent: Some(plan.cold_zipf),
-                max_requests: sizes.requests,
+                // Twice the expected arrivals at most.
+                max_requests: Some(
+                    sizes
+                        .requests
+                        .unwrap_or((plan.cold_rate * plan.load.as_secs_f64() * 2.0) as u64 + 100),
+                ),
                 keys: None,
             };
             let skip = only(
