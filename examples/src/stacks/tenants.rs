@@ -66,7 +66,7 @@ impl Stack {
     /// Builds `kind` for a scenario with several services (`plan`), HTTP/1.1:
     /// `hyper-util` and `hyper-util-tuned` as everywhere, `reuse-shared`
     /// (the pool with the scenario's budget, no affinity) and `reuse`
-    /// (from [`noisy_neighbour_reuse`] or [`tiers_reuse`]). `target` is
+    /// (from `noisy_neighbour_reuse` or `tiers_reuse`, in this module). `target` is
     /// any of the services' (only a pre-connecting stack would use it).
     pub async fn build_for_tenants(
         kind: StackKind,
