@@ -31,12 +31,15 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
-    /// hyper-util+cache, hyper-util+p2c, reuse, reuse+affinity, reuse+otel,
-    /// reuse+span, raw (default: all but reuse+span, the opt-in floor of a
-    /// sampled span per request; reuse+otel and reuse+span run in steady-h1
-    /// and steady-h1-tls only, hyper-util+cache in tls-churn only,
-    /// reuse+affinity in steady-h1 only; the affinity scenarios run
-    /// hyper-util+p2c and reuse, there the affinity layer over the pool).
+    /// hyper-util+cache, hyper-util+p2c, reuse, reuse-shared, reuse+budget,
+    /// reuse+affinity, reuse+otel, reuse+span, raw (default: all but
+    /// reuse+span, the opt-in floor of a sampled span per request;
+    /// reuse+otel and reuse+span run in steady-h1 and steady-h1-tls only,
+    /// hyper-util+cache in tls-churn only, reuse+affinity in steady-h1
+    /// only, reuse-shared in noisy-neighbour only, reuse+budget in
+    /// scale-targets only; the affinity scenarios run hyper-util+p2c and
+    /// reuse, there the affinity layer over the pool; noisy-neighbour and
+    /// tiers run reuse with the affinity layer's tiers).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
     /// The smoke-test suite: short runs, under a minute in all (the suite
