@@ -197,25 +197,13 @@ async fn noisy(
         .map_err(|why| format!("{kind}: B alone: {why}"))?;
     let b: Arc<[Target]> = vec![targets[1].clone()].into();
     let progress = Progress::new();
-    let warm = driver::run(
-        &stack,
-        &b,
-        &quiet_load(plan, plan.solo_warm_up),
-        &progress,
-        false,
-        0,
-    )
-    .await?;
-    warmup.merge(&warm.recorder);
-    let solo = driver::run(
-        &stack,
-        &b,
-        &quiet_load(plan, plan.solo),
-        &progress,
-        false,
-        0,
-    )
-    .await?;
+    let mut phases = Vec::with_capacity(2);
+    for duration in [plan.solo_warm_up, plan.solo] {
+        let load = quiet_load(plan, duration);
+        phases.push(driver::run(&stack, &b, &load, &progress, false, 0).await?);
+    }
+    let solo = phases.pop().expect("two phases");
+    warmup.merge(&phases.pop().expect("two phases").recorder);
     r.solo_p99_us = Some(solo.recorder.quantile_us(0.99));
     if solo.recorder.errors() > 0 {
         r.errors_by_kind
