@@ -27,6 +27,8 @@ mod affinity;
 mod idle_memory;
 mod idle_servers;
 mod sampler;
+mod tenants;
+mod tiers;
 
 pub use idle_memory::{MEASURE_IDLE_MEMORY_FLAG, measure as measure_idle_memory};
 use idle_servers::IdleServers;
@@ -205,6 +207,9 @@ async fn run_one(
 ) -> Result<Row, LabError> {
     if scenario.service.is_some() {
         return affinity::run(scenario, kind, env, bar).await;
+    }
+    if scenario.tenants.is_some() {
+        return tenants::run(scenario, kind, env, bar).await;
     }
     let mut run = match Prepared::new(scenario.clone(), kind, &env).await? {
         Ok(run) => run,
@@ -460,17 +465,9 @@ impl Prepared {
         let progress = Progress::new();
         let server_idle_before = self.server_idle_now();
         let sampler = ClientSampler::start(self.open_count(), progress.clone());
-        let (stop_ticker, stopped) = oneshot::channel();
-        let ticker = tokio::spawn(tick(
-            bar.clone(),
-            progress.clone(),
-            load.clone(),
-            share,
-            stopped,
-        ));
+        let ticker = Ticker::start(bar, &progress, load, share);
         let outcome = driver::run(&self.stack, &self.targets, load, &progress, true, round).await;
-        let _ = stop_ticker.send(());
-        let _ = ticker.await;
+        ticker.stop().await;
         let outcome = outcome?;
         let (idle_seconds, samples) = sampler.finish();
         // Samples on one time line: each slice's after the ones before.
@@ -682,6 +679,33 @@ fn request_figures(r: &mut RunResult, outcome: &LoadOutcome, embedded: bool) {
         .collect();
     r.first_error = rec.first_error().map(str::to_owned);
     r.latency_quantiles_us = rec.quantiles_us(&CHART_QUANTILES);
+}
+
+/// The scenario's bar moving with a run ([`tick`]) until stopped.
+struct Ticker {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ticker {
+    /// Moves `bar` by up to `share` as `load` progresses.
+    fn start(bar: &ProgressBar, progress: &Arc<Progress>, load: &Load, share: u64) -> Self {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(tick(
+            bar.clone(),
+            progress.clone(),
+            load.clone(),
+            share,
+            stopped,
+        ));
+        Self { stop, task }
+    }
+
+    /// Moves the bar to the end of its share.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// Moves the scenario's bar by up to `share` as the run progresses (by

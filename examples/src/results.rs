@@ -201,6 +201,68 @@ pub struct RunResult {
     /// `endpoint-failure`: how many keys `keys_returned_fraction` covers
     /// (a key counts when served at least 3 times in each phase compared).
     pub keys_returned_compared: Option<usize>,
+    /// `noisy-neighbour` (services `A` and `B`) and `tiers` (`hot` and
+    /// `cold`): each service's figures over the measured load.
+    pub services: Option<BTreeMap<String, ServiceFigures>>,
+    /// `noisy-neighbour`: service B's p99 when it runs alone, through a
+    /// client of the same stack on a server of its own (a short run
+    /// beside the row's).
+    pub solo_p99_us: Option<f64>,
+    /// `noisy-neighbour`: the most connections open at once by the
+    /// client's count (sockets from connected to dropped), beside the
+    /// server's `peak_open_connections`: the server sees a connection the
+    /// client closed until it has read the close, so under churn its
+    /// count runs ahead of the client's.
+    pub client_peak_open_connections: Option<u64>,
+    /// `tiers`: the p99 of the hot services' requests only.
+    pub hot_p99_us: Option<f64>,
+    /// `tiers`: connections opened to the hot services' addresses and to
+    /// the cold targets' (the server's count per address), load and tail.
+    pub connections_by_tier: Option<TierCounts>,
+    /// `tiers`: the most dedicated pools the stack held at once (sampled
+    /// with `tier_samples`); `null` for a stack without tiers.
+    pub dedicated_pools_peak: Option<u64>,
+    /// `tiers`: open connections per tier (the server's count) and the
+    /// stack's dedicated pools over the load and the tail, seconds from
+    /// the load's start.
+    pub tier_samples: Vec<TierSample>,
+}
+
+/// One service's figures in a scenario with several.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServiceFigures {
+    /// Requests attempted: successes, errors and lost.
+    pub requests: u64,
+    /// Successful requests per second over the measured phase.
+    pub rps: f64,
+    /// Median latency of its successful requests.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Its failed requests.
+    pub errors: u64,
+}
+
+/// Connections opened per tier of addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TierCounts {
+    /// To the hot services' addresses.
+    pub hot: u64,
+    /// To the cold targets' addresses.
+    pub cold: u64,
+}
+
+/// One sample of `tiers`' time series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct TierSample {
+    /// Seconds from the load's start.
+    pub at_s: f64,
+    /// Connections open to the hot services' addresses.
+    pub open_hot: u64,
+    /// Connections open to the cold targets' addresses.
+    pub open_cold: u64,
+    /// The stack's dedicated pools; `null` for a stack without tiers.
+    pub dedicated_pools: Option<u64>,
 }
 
 /// One step of `affinity-scale`'s endpoint set.

@@ -8,11 +8,13 @@ use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
 mod affinity;
+mod tenants;
 
 pub use affinity::{ServicePlan, Step};
+pub use tenants::{NoisyPlan, TenantsPlan, TiersPlan};
 
 /// The default suite, in order.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 15] = [
     "steady-h1",
     "steady-h1-tls",
     "steady-h2",
@@ -26,7 +28,14 @@ pub const ALL: [&str; 13] = [
     "affinity-cache",
     "affinity-scale",
     "endpoint-failure",
+    "noisy-neighbour",
+    "tiers",
 ];
+
+/// Scenarios of the default suite left out of `--quick` (unless named with
+/// `--scenario`): `tiers` needs seconds of load and a tail to mean
+/// anything, and the smoke suite must stay under a minute.
+pub const NOT_QUICK: [&str; 1] = ["tiers"];
 
 /// Scenarios run only when named with `--scenario`: the fault-injection
 /// runs, which check correctness rather than measure speed and would take
@@ -96,6 +105,9 @@ pub struct Scenario {
     /// scenarios): the load goes to `http://svc.lab:<port>/` and the
     /// stack picks the endpoint.
     pub service: Option<ServicePlan>,
+    /// Several services through one client, each on addresses of its own
+    /// (`noisy-neighbour`, `tiers`): what each gets.
+    pub tenants: Option<TenantsPlan>,
 }
 
 impl Scenario {
@@ -137,6 +149,11 @@ const FRESH_UNDER_CHAOS: &str = "fresh opens a connection per request: nothing p
      faults to catch (each fails exactly its own request); skipped to keep the run short";
 
 const CACHE_IN_TLS_CHURN_ONLY: &str = "measured in tls-churn only (what the TLS session cache gives hyper-util's client), to keep the suite short";
+
+const REUSE_SHARED_IN_NOISY_ONLY: &str =
+    "the pool's budget without affinity: run in noisy-neighbour only";
+
+const BUDGET_IN_SCALE_ONLY: &str = "reuse with a budget that does not bind: measured in scale-targets only (what the budget's bookkeeping costs), to keep the suite short";
 
 const TRACING_IN_STEADY_ONLY: &str =
     "measured in steady-h1 only (the instrumented peer of reuse+otel), to keep the suite short";
@@ -188,12 +205,14 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         take_turns: false,
         skip: Vec::new(),
         service: None,
+        tenants: None,
     };
     let workers = sizes.concurrency(32);
     let mut built = match name {
         "affinity-cache" | "affinity-scale" | "endpoint-failure" => {
             return affinity::build(name, sizes);
         }
+        "noisy-neighbour" | "tiers" => return tenants::build(name, sizes),
         "steady-h1" => scenario(
             "steady-h1",
             format!("{workers} workers, closed loop, HTTP/1.1, 100-byte responses"),
@@ -273,7 +292,9 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         }
         "keepalive-race" => {
             let workers = sizes.concurrency(16);
-            let duration = sizes.duration(Duration::from_secs(20), Duration::from_secs(3));
+            // 14 s: about 15 requests per worker, each after a gap that
+            // may outlast the server's idle timeout.
+            let duration = sizes.duration(Duration::from_secs(14), Duration::from_secs(3));
             let mut s = scenario(
                 "keepalive-race",
                 format!(
@@ -406,6 +427,14 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     built
         .skip
         .push((StackKind::HyperUtilP2c, affinity::P2C_NEEDS_ENDPOINTS));
+    built
+        .skip
+        .push((StackKind::ReuseShared, REUSE_SHARED_IN_NOISY_ONLY));
+    if built.name != "scale-targets" {
+        built
+            .skip
+            .push((StackKind::ReuseBudget, BUDGET_IN_SCALE_ONLY));
+    }
     if built.name != "steady-h1" {
         built
             .skip

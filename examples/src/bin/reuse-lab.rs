@@ -31,15 +31,19 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
-    /// hyper-util+cache, hyper-util+p2c, reuse, reuse+affinity, reuse+otel,
-    /// reuse+span, raw (default: all but reuse+span, the opt-in floor of a
-    /// sampled span per request; reuse+otel and reuse+span run in steady-h1
-    /// and steady-h1-tls only, hyper-util+cache in tls-churn only,
-    /// reuse+affinity in steady-h1 only; the affinity scenarios run
-    /// hyper-util+p2c and reuse, there the affinity layer over the pool).
+    /// hyper-util+cache, hyper-util+p2c, reuse, reuse-shared, reuse+budget,
+    /// reuse+affinity, reuse+otel, reuse+span, raw (default: all but
+    /// reuse+span, the opt-in floor of a sampled span per request;
+    /// reuse+otel and reuse+span run in steady-h1 and steady-h1-tls only,
+    /// hyper-util+cache in tls-churn only, reuse+affinity in steady-h1
+    /// only, reuse-shared in noisy-neighbour only, reuse+budget in
+    /// scale-targets only; the affinity scenarios run hyper-util+p2c and
+    /// reuse, there the affinity layer over the pool; noisy-neighbour and
+    /// tiers run reuse with the affinity layer's tiers).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
-    /// The smoke-test suite: short runs, under a minute in all.
+    /// The smoke-test suite: short runs, under a minute in all (the suite
+    /// without tiers, unless named).
     #[arg(long)]
     quick: bool,
     /// Stop each run after this many requests.
@@ -164,7 +168,11 @@ async fn run(args: Args) -> Result<(), LabError> {
         duration: args.duration,
     };
     let names: Vec<String> = if args.scenario.is_empty() {
-        scenarios::ALL.iter().map(|s| (*s).to_owned()).collect()
+        scenarios::ALL
+            .iter()
+            .filter(|s| !(args.quick && scenarios::NOT_QUICK.contains(s)))
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         args.scenario.clone()
     };

@@ -10,7 +10,9 @@ use http_body_util::Full;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use super::{Keys, Load, LoadOutcome, POST_BODY, Progress, REQUEST_TIMEOUT, Recorder, Zipf};
+use super::{
+    Arrivals, Keys, Load, LoadOutcome, POST_BODY, Progress, REQUEST_TIMEOUT, Recorder, Zipf,
+};
 use crate::server::X_AFFINITY_KEY;
 use crate::server::X_REQUEST_ID;
 use crate::stacks::{Completed, RequestError, RequestErrorKind, Stack, StackError, WorkerClient};
@@ -360,24 +362,17 @@ async fn poisson(
 ) -> Result<Recorder, StackError> {
     let mut recorder = Recorder::new();
     let mut tasks = JoinSet::new();
-    let mut next = Instant::now();
+    let start = Instant::now();
+    let schedule = Arrivals::new(
+        spec.rate,
+        spec.deadline.saturating_duration_since(start),
+        spec.max_requests,
+        fastrand::Rng::new(),
+    );
     let mut arrivals = 0u64;
-    let mean_gap = 1.0 / spec.rate.max(1e-3);
-    while arrivals < spec.max_requests {
-        // Exponential inter-arrival time; 1 - u is in (0, 1], so ln is finite.
-        let gap = -(1.0 - fastrand::f64()).ln() * mean_gap;
-        next += Duration::from_secs_f64(gap);
-        if next >= spec.deadline {
-            break;
-        }
-        sleep_until(next).await;
-        while let Some(done) = tasks.try_join_next() {
-            // A failed task leaves no record: reconciled as lost.
-            if let Ok((latency, answer, id, keyed)) = done {
-                note(&mut recorder, latency, answer, &id, keyed);
-            }
-            progress.add_done(1);
-        }
+    for at in schedule {
+        sleep_until(start + at).await;
+        harvest(&mut tasks, &mut recorder, progress);
         arrivals += 1;
         if tasks.len() >= spec.max_in_flight {
             recorder.error(RequestError::new(
@@ -397,13 +392,69 @@ async fn poisson(
             track_in_flight,
         ));
     }
-    let outstanding = tasks.len() as u64;
-    collect(
-        &mut tasks,
-        &mut recorder,
-        Instant::now() + REQUEST_TIMEOUT + DRAIN,
-    )
-    .await;
-    progress.add_done(outstanding);
+    drain(&mut tasks, &mut recorder, progress).await;
     Ok(recorder)
+}
+
+/// Records an open loop's requests answered so far, without waiting.
+fn harvest(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, progress: &Progress) {
+    while let Some(done) = tasks.try_join_next() {
+        // A failed task leaves no record: reconciled as lost.
+        if let Ok((latency, answer, id, keyed)) = done {
+            note(recorder, latency, answer, &id, keyed);
+        }
+        progress.add_done(1);
+    }
+}
+
+/// Awaits an open loop's outstanding requests once it has sent its last
+/// ([`REQUEST_TIMEOUT`] and [`DRAIN`] at most).
+async fn drain(tasks: &mut JoinSet<Sample>, recorder: &mut Recorder, progress: &Progress) {
+    let outstanding = tasks.len() as u64;
+    collect(tasks, recorder, Instant::now() + REQUEST_TIMEOUT + DRAIN).await;
+    progress.add_done(outstanding);
+}
+
+/// Request ids of [`timed_bursts`] start here, apart from the other loads'.
+const BURST_ID_BASE: u64 = 1 << 48;
+
+/// Bursts at fixed times: at each `(at, target)` of `schedule` (offsets
+/// from the start, in order), `size` concurrent requests to `target`,
+/// whether the earlier bursts are answered or not. Bounded by the
+/// schedule in count and time; the last answers are awaited as in the
+/// other loads.
+pub async fn timed_bursts(
+    stack: &Stack,
+    schedule: &[(Duration, Target)],
+    size: usize,
+    progress: &Arc<Progress>,
+    track_in_flight: bool,
+) -> Result<LoadOutcome, StackError> {
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut recorder = Recorder::new();
+    let mut tasks = JoinSet::new();
+    let mut next_id = BURST_ID_BASE;
+    for (at, target) in schedule {
+        sleep_until(started + *at).await;
+        harvest(&mut tasks, &mut recorder, progress);
+        for _ in 0..size {
+            next_id += 1;
+            tasks.spawn(one_shot(
+                shared(stack)?,
+                target.clone(),
+                None,
+                next_id,
+                sent.clone(),
+                progress.clone(),
+                track_in_flight,
+            ));
+        }
+    }
+    drain(&mut tasks, &mut recorder, progress).await;
+    recorder.reconcile(sent.load(Relaxed));
+    Ok(LoadOutcome {
+        recorder,
+        elapsed: started.elapsed(),
+    })
 }

@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use http::HeaderValue;
 use indicatif::ProgressBar;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::{Baseline, Env, LabError, Row, row, tick};
+use super::{Baseline, Env, LabError, Row, Ticker, row};
 use crate::driver::{self, Progress, Recorder, Routes, moved_fraction};
 use crate::results::KeysMoved;
 use crate::scenarios::{Scenario, ServicePlan, Step};
@@ -75,14 +74,7 @@ pub(super) async fn run(
     plan.keys.set_phase(0);
     let targets: Arc<[Target]> = vec![service.clone()].into();
     let progress = Progress::new();
-    let (stop_ticker, stopped) = oneshot::channel();
-    let ticker = tokio::spawn(tick(
-        bar.clone(),
-        progress.clone(),
-        scenario.load.clone(),
-        100,
-        stopped,
-    ));
+    let ticker = Ticker::start(&bar, &progress, &scenario.load, 100);
     // The steps stop with the load (a shorter `--duration` or a
     // `--requests` cap ends it before the last ones).
     let mut steps = Applied::default();
@@ -98,8 +90,7 @@ pub(super) async fn run(
             }
         }
     };
-    let _ = stop_ticker.send(());
-    let _ = ticker.await;
+    ticker.stop().await;
     let outcome = outcome?;
 
     let mut r = row(&scenario, kind, &outcome, Some(&server), &baseline, &stack);

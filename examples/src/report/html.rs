@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::svg::{Axis, Series, bar_chart, escape, line_chart};
+use super::tenants;
 use crate::results::{Results, RunResult};
 
 /// The color of a stack in every chart.
@@ -14,6 +15,8 @@ pub fn stack_color(stack: &str) -> &'static str {
         "hyper-util-tuned" => "#17becf",
         "hyper-util+cache" => "#ff7f0e",
         "reuse" => "#2ca02c",
+        "reuse-shared" => "#8c564b",
+        "reuse+budget" => "#e377c2",
         "reuse+otel" => "#98df8a",
         "reuse+span" => "#bcbd22",
         "raw" => "#7f7f7f",
@@ -78,6 +81,7 @@ pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
         );
         let _ = write!(page, "<p><b>Verdict:</b> {}</p>", escape(&verdict(&runs)));
         page.push_str(&table(&runs));
+        page.push_str(&tenants::services_table(&runs));
         page.push_str(&accounting(&runs));
         for s in results.skipped.iter().filter(|s| s.scenario == name) {
             let _ = write!(
@@ -104,6 +108,7 @@ pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
                 .collect::<Vec<_>>(),
         ));
         page.push_str(&open_chart(name, &runs));
+        page.push_str(&tenants::tier_charts(name, &runs));
         page.push_str("</div>");
     }
     page.push_str("</body></html>\n");

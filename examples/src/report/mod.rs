@@ -4,3 +4,4 @@
 pub mod html;
 pub mod svg;
 pub mod table;
+mod tenants;

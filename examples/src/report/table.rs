@@ -192,6 +192,7 @@ pub fn rows(runs: &[RunResult]) -> String {
                 ""
             );
         }
+        out.push_str(&tenants(r));
         if let Some(bytes) = r.rss_per_idle_target_bytes {
             let _ = writeln!(
                 out,
@@ -201,6 +202,51 @@ pub fn rows(runs: &[RunResult]) -> String {
                 bytes / 1024.0
             );
         }
+    }
+    out
+}
+
+/// The lines of a scenario with several services (`noisy-neighbour`,
+/// `tiers`): each service's figures, B alone, the tiers' connections and
+/// dedicated pools. Empty for other rows.
+fn tenants(r: &RunResult) -> String {
+    let mut out = String::new();
+    for (name, f) in r.services.iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<17}{name}: {} requests, {:.0} req/s, p50/p99 {:.0}/{:.0} us, {} errors",
+            "", f.requests, f.rps, f.p50_us, f.p99_us, f.errors
+        );
+    }
+    if let Some(solo) = r.solo_p99_us {
+        let together = r
+            .services
+            .as_ref()
+            .and_then(|s| s.get("B"))
+            .map_or(0.0, |b| b.p99_us);
+        let _ = writeln!(
+            out,
+            "{:<17}B alone: p99 {solo:.0} us (beside A: {:.2}x); most connections open at once: {} by the server's count, {} by the client's",
+            "",
+            together / solo.max(1.0),
+            r.peak_open_connections,
+            r.client_peak_open_connections
+                .map_or_else(|| "-".to_owned(), |n| n.to_string())
+        );
+    }
+    if let Some(tiers) = r.connections_by_tier {
+        let pools = r
+            .dedicated_pools_peak
+            .map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "{:<17}hot p99 {:.0} us (all {:.0}); connections opened: {} to hot services, {} to cold targets; dedicated pools at most {pools}",
+            "",
+            r.hot_p99_us.unwrap_or_default(),
+            r.p99_us,
+            tiers.hot,
+            tiers.cold
+        );
     }
     out
 }

@@ -183,6 +183,7 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         take_turns: false,
         skip,
         service: Some(plan),
+        tenants: None,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct AddressSnapshot {
     pub cache_misses: u64,
     /// Connections open on it now.
     pub open: u64,
+    /// Connections it has accepted so far.
+    pub accepted: u64,
 }
 
 /// The shared state of one listening address.
@@ -60,6 +62,10 @@ pub(crate) struct Address {
     pub(crate) served_by: HeaderValue,
     in_flight: AtomicU64,
     open: AtomicU64,
+    accepted: AtomicU64,
+    /// Added to every answer on this address, in place of the server's
+    /// latency ([`ServerConfig::latency_on`](super::ServerConfig::latency_on)).
+    pub(crate) latency: Option<Duration>,
     hits: AtomicU64,
     misses: AtomicU64,
     cache: Option<(Mutex<Lru>, Duration)>,
@@ -70,13 +76,19 @@ pub(crate) struct Address {
 }
 
 impl Address {
-    pub(crate) fn new(addr: SocketAddr, cache: Option<KeyCache>) -> Self {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        cache: Option<KeyCache>,
+        latency: Option<Duration>,
+    ) -> Self {
         Self {
             addr,
             served_by: HeaderValue::from_str(&addr.to_string())
                 .expect("a socket address is a valid header value"),
             in_flight: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            latency,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             cache: cache.map(|c| (Mutex::new(Lru::new(c.capacity)), c.miss_latency)),
@@ -93,6 +105,7 @@ impl Address {
             cache_hits: self.hits.load(Relaxed),
             cache_misses: self.misses.load(Relaxed),
             open: self.open.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
         }
     }
 
@@ -128,6 +141,7 @@ impl Address {
     }
 
     pub(crate) fn connection_opened(&self) {
+        self.accepted.fetch_add(1, Relaxed);
         self.open.fetch_add(1, Relaxed);
     }
 

@@ -201,7 +201,12 @@ async fn handle(
         Some(Fault::Stall(stall)) => conn.pause(stall).await,
         _ => {}
     }
-    let latency = settings.latency.unwrap_or_default() + miss_latency.unwrap_or_default();
+    let latency = conn
+        .address
+        .latency
+        .or(settings.latency)
+        .unwrap_or_default()
+        + miss_latency.unwrap_or_default();
     if !latency.is_zero() {
         conn.pause(latency).await;
     }

@@ -72,6 +72,7 @@ pub struct ServerConfig {
     h2_late_release: Option<Duration>,
     response_size: usize,
     latency: Option<Duration>,
+    address_latency: Vec<(usize, Duration)>,
     keep_alive_hint: Option<Duration>,
     worker_threads: usize,
     sample_interval: Duration,
@@ -95,6 +96,7 @@ impl Default for ServerConfig {
             h2_late_release: None,
             response_size: 100,
             latency: None,
+            address_latency: Vec::new(),
             keep_alive_hint: None,
             worker_threads: 1,
             sample_interval: Duration::from_millis(25),
@@ -176,6 +178,15 @@ impl ServerConfig {
     /// Latency added to every response. Defaults to `None`.
     pub fn latency(mut self, latency: Option<Duration>) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Latency added to every response on the `i`-th address (counted from
+    /// the server's first), in place of [`latency`](Self::latency): one
+    /// slow service beside fast ones on one server. Defaults to none.
+    pub fn latency_on(mut self, i: usize, latency: Duration) -> Self {
+        self.address_latency.retain(|(j, _)| *j != i);
+        self.address_latency.push((i, latency));
         self
     }
 
@@ -345,7 +356,13 @@ impl Server {
         let ip = loopback_addr(self.config.first_address + self.addrs.len());
         let listener = self.listening.bind(SocketAddr::new(ip, port))?;
         let addr = listener.local_addr()?;
-        let address = Arc::new(Address::new(addr, self.config.cache));
+        let latency = self
+            .config
+            .address_latency
+            .iter()
+            .find(|(i, _)| *i == self.addrs.len())
+            .map(|(_, latency)| *latency);
+        let address = Arc::new(Address::new(addr, self.config.cache, latency));
         self.lock_addresses().push(address.clone());
         self.accepts
             .push(Some(self.listening.spawn(listener, address)));

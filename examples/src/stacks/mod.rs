@@ -7,6 +7,7 @@ mod connector;
 mod otel;
 mod p2c;
 mod service;
+mod tenants;
 mod traced;
 mod worker;
 
@@ -35,6 +36,7 @@ pub use connector::{
 };
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
 pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
+pub use tenants::LOOSE_BUDGET;
 pub use traced::{Instruments, TracedClient};
 pub use worker::{
     Completed, RequestError, RequestErrorKind, WorkerClient, classify_boxed, classify_hyper,
@@ -81,6 +83,12 @@ pub enum StackKind {
     /// `reuse` with the affinity layer on, over a service with one
     /// endpoint (`steady-h1`): what affinity costs where it has no choice.
     ReuseAffinity,
+    /// The pool with a total budget across targets and no affinity layer:
+    /// the `noisy-neighbour` scenario's shared pool.
+    ReuseShared,
+    /// `reuse` with a total budget across targets that does not bind
+    /// ([`LOOSE_BUDGET`]): `scale-targets` only, against its twin.
+    ReuseBudget,
     /// `hyper-util` under tower-http's `TraceLayer`, bridged to the same
     /// OpenTelemetry SDK set-up as `reuse+otel` by `tracing-opentelemetry`,
     /// with a hand-made request duration histogram: the instrumented client
@@ -90,13 +98,15 @@ pub enum StackKind {
 
 impl StackKind {
     /// Every stack, in table order.
-    pub const ALL: [StackKind; 11] = [
+    pub const ALL: [StackKind; 13] = [
         StackKind::Fresh,
         StackKind::HyperUtil,
         StackKind::HyperUtilTuned,
         StackKind::HyperUtilCache,
         StackKind::HyperUtilP2c,
         StackKind::Reuse,
+        StackKind::ReuseShared,
+        StackKind::ReuseBudget,
         StackKind::ReuseAffinity,
         StackKind::HyperUtilTracing,
         StackKind::ReuseOtel,
@@ -125,6 +135,8 @@ impl StackKind {
             StackKind::ReuseSpan => "reuse+span",
             StackKind::Raw => "raw",
             StackKind::HyperUtilP2c => "hyper-util+p2c",
+            StackKind::ReuseShared => "reuse-shared",
+            StackKind::ReuseBudget => "reuse+budget",
             StackKind::ReuseAffinity => "reuse+affinity",
             StackKind::HyperUtilTracing => "hyper-util+tracing",
         }
@@ -275,8 +287,20 @@ impl Stack {
                     _ => Inner::Legacy(client),
                 }
             }
+            StackKind::ReuseShared => {
+                return Err(StackError::new(
+                    "reuse-shared takes its budget from noisy-neighbour: run there only",
+                ));
+            }
             StackKind::Reuse => Inner::Reuse(reuse_pool(
                 pool_layer(kind, protocol, target, policy)?,
+                protocol,
+                tls,
+                &connector_stats,
+            )),
+            StackKind::ReuseBudget => Inner::Reuse(reuse_pool(
+                tenants::loose_budget(pool_layer_config(protocol, target, policy))
+                    .and_then(|config| layer_of(kind, config))?,
                 protocol,
                 tls,
                 &connector_stats,
@@ -424,11 +448,24 @@ fn pool_layer(
     target: &Target,
     policy: Option<&PoolConfig>,
 ) -> Result<PoolLayer<Full<Bytes>>, StackError> {
+    layer_of(kind, pool_layer_config(protocol, target, policy))
+}
+
+/// The configuration of [`pool_layer`].
+fn pool_layer_config(
+    protocol: Protocol,
+    target: &Target,
+    policy: Option<&PoolConfig>,
+) -> PoolConfig {
     let h2c = protocol == Protocol::Http2 && !target.is_tls();
-    let config = policy
+    policy
         .cloned()
         .unwrap_or_default()
-        .http2_prior_knowledge(h2c);
+        .http2_prior_knowledge(h2c)
+}
+
+/// A pool layer from `config`, or why not for `kind`.
+fn layer_of(kind: StackKind, config: PoolConfig) -> Result<PoolLayer<Full<Bytes>>, StackError> {
     PoolLayer::new(config).map_err(|e| StackError(format!("{kind}: invalid pool config: {e}")))
 }
 
