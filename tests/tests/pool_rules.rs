@@ -742,3 +742,28 @@ async fn an_idle_timeout_changed_at_run_time_applies_to_an_idle_connection() {
     settle().await;
     assert_eq!(connector.stats.open(), 0, "the socket was closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_connections_keeps_a_floor_open_and_a_burst_within_it_opens_none() {
+    let server = TestServer::start(ServerOptions {
+        delay: Some(Duration::from_millis(20)),
+        ..Default::default()
+    })
+    .await;
+    let client = pool(PoolConfig::default().min_connections_per_target(4));
+    let mut c = client.clone();
+    send(&mut c, get(&server.url("/"), 0)).await.unwrap();
+    until("the floor is open", || server.stats.accepted() == 4).await;
+    // Four at once, all busy together: `min_idle_per_target` would open
+    // four more to keep some idle; this floor opens none.
+    let url = server.url("/");
+    concurrently(4, |i| {
+        let mut c = client.clone();
+        let url = url.clone();
+        async move { send(&mut c, get(&url, i)).await.unwrap() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.stats.accepted(), 4);
+    assert_eq!(only(&client).idle(), 4);
+}

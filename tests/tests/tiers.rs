@@ -14,6 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_reuse_affinity::events::{AffinityEvents, DemoteReason, Demoted, Promoted};
 use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityLayer, TierConfig};
 use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolLayer};
+use tower_reuse_tests::budget::CountingConnector;
 use tower_reuse_tests::concurrently;
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 
@@ -48,6 +49,7 @@ fn tiers() -> TierConfig {
         .demote_rps(5.0)
         .demote_window(Duration::from_millis(400))
         .idle_retire_after(Duration::from_millis(300))
+        .cold_idle_timeout(Some(Duration::from_millis(200)))
 }
 
 fn client(
@@ -62,7 +64,10 @@ fn client(
     (layer.clone(), pool.control(), layer.layer(pool))
 }
 
-async fn get(client: &mut Client, url: &str) -> Result<(), tower_reuse_affinity::Error> {
+async fn get<C: tower_reuse_pool::Connect>(
+    client: &mut Affinity<Pool<C>>,
+    url: &str,
+) -> Result<(), tower_reuse_affinity::Error> {
     let req = http::Request::get(url)
         .body(Full::<Bytes>::default())
         .unwrap();
@@ -86,6 +91,11 @@ async fn a_busy_service_gets_a_pool_of_its_own_and_gives_it_back_when_idle() {
     let events = Arc::new(Events::default());
     let pool = PoolConfig::default().max_connections(Some(16));
     let (layer, control, mut client) = client(tiers(), pool, events.clone());
+    // The shared pool's connections live as the cold tier's.
+    assert_eq!(
+        control.config().get_idle_timeout(),
+        Some(Duration::from_millis(200))
+    );
     let hot_url = hot.url("/");
     // 100 requests/s for 400 ms: above 20/s for the whole window.
     steady(&mut client, &hot_url, 40, Duration::from_millis(10)).await;
@@ -100,21 +110,28 @@ async fn a_busy_service_gets_a_pool_of_its_own_and_gives_it_back_when_idle() {
     assert_eq!(tiers.dedicated.len(), 1);
     assert_eq!(tiers.dedicated[0].name, name);
     assert!(tiers.dedicated[0].open >= 1);
-    // Its requests go to its own partition, the cold one's do not.
+    // Its targets have a dedicated pool's settings, the cold one's not;
+    // the connection it had before its promotion stayed (one opened).
+    let hot_target = tower_reuse_pool::Target::from_uri(&hot_url.parse().unwrap(), None).unwrap();
+    let cold_target =
+        tower_reuse_pool::Target::from_uri(&cold.url("/").parse().unwrap(), None).unwrap();
+    let settings = control.service_config(&hot_target).unwrap();
+    assert_eq!(settings.get_reserved_connections(), Some(1));
+    assert_eq!(
+        settings.get_idle_timeout(),
+        Some(Some(Duration::from_secs(30)))
+    );
+    assert!(control.service_config(&cold_target).is_none());
+    assert_eq!(hot.stats.accepted(), 1, "promotion opened no connection");
     let snapshot = control.snapshot();
-    let partition = |port: u16| {
-        snapshot
-            .targets
-            .iter()
-            .filter(|t| t.target().authority().port_u16() == Some(port))
-            .filter_map(|t| t.target().partition().map(|p| p.as_str().to_owned()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(partition(hot.addr.port()), vec![format!("tier:{name}")]);
-    assert!(partition(cold.addr.port()).is_empty());
     assert_eq!(snapshot.budget.reservations.len(), 1);
     assert_eq!(snapshot.budget.reservations[0].reserved, 1);
-    // Idle: retired, its reservation dropped, its connections closed.
+    assert_eq!(
+        snapshot.budget.reservations[0].service.as_ref(),
+        Some(&hot_target)
+    );
+    // Idle: back to the shared settings, its reservation dropped, its
+    // connection closed at the cold tier's idle timeout.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         events.demoted.lock().unwrap().clone(),
@@ -123,12 +140,12 @@ async fn a_busy_service_gets_a_pool_of_its_own_and_gives_it_back_when_idle() {
     assert!(layer.tiers().unwrap().dedicated.is_empty());
     let snapshot = control.snapshot();
     assert!(snapshot.budget.reservations.is_empty());
-    assert!(
+    assert!(control.service_config(&hot_target).is_none());
+    assert_eq!(
         snapshot
-            .targets
-            .iter()
-            .filter(|t| t.target().partition().is_some())
-            .all(|t| t.idle() + t.active() == 0)
+            .target(&hot_target)
+            .map_or(0, |t| t.idle() + t.active()),
+        0
     );
 }
 
@@ -182,5 +199,55 @@ async fn no_request_is_lost_while_dedicated_pools_are_displaced_and_retired_unde
     assert!(
         promoted - demoted <= 2,
         "never more than two dedicated pools"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_pools_stay_within_the_budget() {
+    let noisy = TestServer::start_on(
+        "127.0.0.2:0",
+        ServerOptions {
+            delay: Some(Duration::from_millis(5)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let quiet = TestServer::start_on("127.0.0.3:0", ServerOptions::default()).await;
+    let connector = CountingConnector::default();
+    let sockets = connector.counts();
+    let layer = AffinityLayer::new(AffinityConfig::default().tiers(Some(tiers())))
+        .unwrap()
+        .events(Arc::new(Events::default()));
+    let pool: Pool<CountingConnector> =
+        PoolLayer::new(PoolConfig::default().max_connections(Some(16)))
+            .unwrap()
+            .layer(connector);
+    let client = layer.layer(pool);
+    let start = tokio::time::Instant::now();
+    let urls = Arc::new([noisy.url("/"), quiet.url("/")]);
+    let failed = concurrently(48, |worker| {
+        let mut client = client.clone();
+        let urls = urls.clone();
+        async move {
+            let (mut sent, mut failed) = (0u32, 0u32);
+            while start.elapsed() < Duration::from_millis(1500) && sent < 5_000 {
+                // One worker in eight is the quiet service's.
+                let url = &urls[usize::from(worker % 8 == 0)];
+                failed += u32::from(get(&mut client, url).await.is_err());
+                sent += 1;
+                if worker % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            failed
+        }
+    })
+    .await;
+    assert_eq!(failed.iter().sum::<u32>(), 0);
+    assert!(!layer.tiers().unwrap().dedicated.is_empty());
+    assert!(
+        sockets.peak() <= 16,
+        "the client had {} sockets open",
+        sockets.peak()
     );
 }

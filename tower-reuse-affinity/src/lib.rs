@@ -24,12 +24,13 @@
 //!   request whose endpoint is down is retried once on another when that
 //!   is safe;
 //! - hot and cold tiers ([`TierConfig`], off by default): a service whose
-//!   request rate holds above a threshold gets a dedicated pool (a
-//!   partition of the pool with warm connections for its peak concurrency,
-//!   a longer idle timeout and a reservation out of the pool's connection
-//!   budget); the shared pool's connections live short; at most
-//!   `max_dedicated` pools, the coldest giving way to a hotter key, and a
-//!   pool going quiet or idle goes back without failing a request;
+//!   request rate holds above a threshold gets a dedicated pool (its
+//!   targets get connections kept open for its peak concurrency, a longer
+//!   idle timeout and a reservation out of the pool's connection budget,
+//!   keeping the connections they have); the shared pool's connections
+//!   live short; at most `max_dedicated` pools, the coldest giving way to
+//!   a hotter key, and a pool going quiet or idle goes back without
+//!   failing a request;
 //! - [`AffinityEvents`](events::AffinityEvents) and
 //!   [`snapshot`](AffinityLayer::snapshot) say what it does.
 //!

@@ -100,12 +100,13 @@ where
 ///   a probe request, the only one sent to it meanwhile, succeeds.
 /// - **Tiers** (with [`AffinityConfig::tiers`]): every request, routed or
 ///   not, counts for its key (scheme, authority and partition); a key
-///   promoted to a dedicated pool sends its requests in a `Partition` of
-///   its own, which the pool gives warm connections, a longer idle timeout
-///   and a reservation out of its budget (`PoolConfig::max_connections`);
-///   the pool-wide idle timeout becomes the cold tier's. A demoted key's
-///   partition is retired: idle connections close, busy ones finish their
-///   requests.
+///   promoted to a dedicated pool gets the pool's settings for its service
+///   (`PoolControl::set_service_config`): connections kept open for its
+///   peak concurrency, a longer idle timeout and a reservation out of the
+///   budget (`PoolConfig::max_connections`); its connections stay. The
+///   pool-wide idle timeout becomes the cold tier's. A demoted key's
+///   service goes back to it: idle connections close as they expire, busy
+///   ones finish their requests first.
 /// - **Retry.** A request whose endpoint is down (its connect failed, or,
 ///   for an idempotent request, its connection closed under it) is sent
 ///   once more to the key's next endpoint, if its body is empty or a
@@ -317,7 +318,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(set) = self.service_of(&req) else {
-            let in_flight = self.routing.tiers.as_ref().and_then(|t| t.route(&mut req));
+            let in_flight = self.routing.tiers.as_ref().and_then(|t| t.route(&req));
             return ResponseFuture::unrouted(self.inner.call(req)).in_flight(in_flight);
         };
         let routing = &self.routing;
@@ -335,9 +336,8 @@ where
                 .key
                 .of(req.headers(), None, req.extensions().get::<Partition>())
         };
-        // The tier after the key: a dedicated pool's partition does not
-        // move the key's endpoint.
-        let in_flight = routing.tiers.as_ref().and_then(|t| t.route(&mut req));
+        // Counted for its service's tier.
+        let in_flight = routing.tiers.as_ref().and_then(|t| t.route(&req));
         let hot = key.is_some_and(|key| set.recent.record(key));
         let router = Router {
             routing: &self.routing,

@@ -50,6 +50,7 @@ pub(crate) const PARTITION: &str = "tower_reuse.partition";
 #[cfg(feature = "affinity")]
 pub(crate) const AFFINITY_CHANGE: &str = "tower_reuse.affinity.change";
 /// Why a key left its dedicated pool: `cold`, `idle` or `displaced`.
+#[cfg(feature = "affinity")]
 pub(crate) const TIER_REASON: &str = "tower_reuse.affinity.tier.reason";
 #[cfg(feature = "tls")]
 pub(crate) const SESSION_CACHE_RESULT: &str = "tower_reuse.tls.session_cache.result";

@@ -52,6 +52,7 @@ pub struct PoolConfig {
     pub(crate) lifetime_jitter: f64,
     pub(crate) max_requests_per_connection: Option<u64>,
     pub(crate) min_idle_per_target: usize,
+    pub(crate) min_connections_per_target: usize,
     #[cfg_attr(feature = "serde", serde(with = "crate::config::duration_opt"))]
     pub(crate) revalidate_after_idle: Option<Duration>,
     pub(crate) http2_prior_knowledge: bool,
@@ -79,6 +80,7 @@ impl Default for PoolConfig {
             lifetime_jitter: 0.1,
             max_requests_per_connection: None,
             min_idle_per_target: 0,
+            min_connections_per_target: 0,
             revalidate_after_idle: Some(Duration::from_secs(2)),
             http2_prior_knowledge: false,
             http2_scale_out: true,
@@ -209,6 +211,16 @@ impl PoolConfig {
         min_idle_per_target, get_min_idle_per_target: usize
     }
     knob! {
+        /// Connections, busy or idle, kept open for every target already
+        /// seen, refilled in the background (pre-warming, suspended with
+        /// the kill switch as `min_idle_per_target` is): a floor covering a
+        /// known concurrency. Unlike `min_idle_per_target`, a burst that
+        /// makes them all busy opens no more. Idle ones within it do not
+        /// expire. At most [`MAX_MIN_IDLE`](Self::MAX_MIN_IDLE). Defaults
+        /// to 0.
+        min_connections_per_target, get_min_connections_per_target: usize
+    }
+    knob! {
         /// A connection idle longer than this is revalidated before reuse: the
         /// pool lets its connection task observe a pending close first.
         /// Defaults to 2 seconds.
@@ -337,6 +349,21 @@ impl PoolConfig {
                     "must be at most 365 days (use None to disable)",
                 ));
             }
+        }
+        if self.min_connections_per_target > Self::MAX_MIN_IDLE {
+            return Err(ConfigError::new(
+                "min_connections_per_target",
+                "must be at most PoolConfig::MAX_MIN_IDLE (1024)",
+            ));
+        }
+        if self
+            .max_connections_per_target
+            .is_some_and(|max| self.min_connections_per_target > max)
+        {
+            return Err(ConfigError::new(
+                "min_connections_per_target",
+                "must not exceed max_connections_per_target",
+            ));
         }
         if self.min_idle_per_target > Self::MAX_MIN_IDLE {
             return Err(ConfigError::new(

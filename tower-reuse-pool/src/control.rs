@@ -11,7 +11,7 @@ use crate::conn::{ConnId, Protocol};
 use crate::endpoint::Endpoint;
 use crate::events::CloseReason;
 use crate::target::{Partition, Target, TargetKey};
-use crate::target_pool::WarmUp;
+use crate::target_pool::{Group, WarmUp};
 
 /// Counts for one target at one moment.
 #[derive(Clone, Debug)]
@@ -229,6 +229,9 @@ pub struct BudgetSnapshot {
 pub struct ReservationSnapshot {
     /// The target it is for, if set with `set_target_config`.
     pub target: Option<Target>,
+    /// The service it is for (every endpoint of one scheme, authority and
+    /// partition), if set with `set_service_config`.
+    pub service: Option<Target>,
     /// The partition it is for, if set with `set_partition_config`.
     pub partition: Option<Partition>,
     /// Slots reserved.
@@ -274,12 +277,13 @@ pub(crate) trait Controlled: Send + Sync {
         own: Option<TargetConfig>,
     ) -> Result<(), ConfigError>;
     fn target_config(&self, target: &Target) -> Option<TargetConfig>;
-    fn set_partition_config(
+    /// Settings for a service's or a partition's targets.
+    fn set_group_config(
         &self,
-        partition: &Partition,
+        group: Group,
         settings: Option<TargetConfig>,
     ) -> Result<(), ConfigError>;
-    fn partition_settings(&self, partition: &Partition) -> Option<TargetConfig>;
+    fn group_settings(&self, group: &Group) -> Option<TargetConfig>;
     /// Gives an existing target the retirement's settings.
     fn retire(&self, target: &Target);
     fn is_warm(&self, key: TargetKey<'_>) -> bool;
@@ -438,13 +442,59 @@ impl PoolControl {
         settings: Option<TargetConfig>,
     ) -> Result<(), ConfigError> {
         let _one_at_a_time = self.inner.update_lock();
-        self.inner.set_partition_config(partition, settings)
+        self.inner
+            .set_group_config(Group::Partition(partition.clone()), settings)
     }
 
     /// The settings given to `partition` with
     /// [`set_partition_config`](Self::set_partition_config), if any.
     pub fn partition_config(&self, partition: &Partition) -> Option<TargetConfig> {
-        self.inner.partition_settings(partition)
+        self.inner
+            .group_settings(&Group::Partition(partition.clone()))
+    }
+
+    /// Give every target of `service`'s scheme, authority and partition,
+    /// whatever its endpoint (those the pool has and those it will have),
+    /// these settings: over its partition's, under each target's own. A
+    /// reservation set here is for those targets together. The tiers of
+    /// the affinity layer give a busy service its settings this way: its
+    /// connections stay, and live by the new settings. `None` returns them
+    /// to what they inherited before and drops the reservation.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower::Layer;
+    /// use tower_reuse_pool::{Pool, PoolConfig, PoolLayer, Target, TargetConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pool: Pool<HttpConnector> = PoolLayer::new(PoolConfig::default().max_connections(Some(64)))
+    ///     .unwrap()
+    ///     .layer(HttpConnector::new());
+    /// let control = pool.control();
+    /// let inventory = Target::from_uri(&"http://inventory.internal:8080".parse().unwrap(), None).unwrap();
+    /// let hot = TargetConfig::default()
+    ///     .reserved_connections(Some(4))
+    ///     .idle_timeout(Some(Duration::from_secs(30)));
+    /// control.set_service_config(&inventory, Some(hot)).unwrap();
+    /// assert_eq!(control.snapshot().budget.reservations[0].reserved, 4);
+    /// # }
+    /// ```
+    pub fn set_service_config(
+        &self,
+        service: &Target,
+        settings: Option<TargetConfig>,
+    ) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.inner.update_lock();
+        let group = Group::Service(service.clone().with_endpoint(None));
+        self.inner.set_group_config(group, settings)
+    }
+
+    /// The settings given to `service` with
+    /// [`set_service_config`](Self::set_service_config), if any.
+    pub fn service_config(&self, service: &Target) -> Option<TargetConfig> {
+        let group = Group::Service(service.clone().with_endpoint(None));
+        self.inner.group_settings(&group)
     }
 
     /// Whether `req` would find a connection of its target free now, with no

@@ -26,7 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::parsers_fuzz::{config, duration_like};
 use crate::{Connect, ConnectError, Established, PoolConfig, PoolLayer, Target};
 
-const LIMITS: [&str; 8] = [
+const LIMITS: [&str; 10] = [
     "max_connections_per_target",
     "max_idle_per_target",
     "max_connecting_per_target",
@@ -34,7 +34,9 @@ const LIMITS: [&str; 8] = [
     "max_response_header_bytes",
     "max_requests_per_connection",
     "min_idle_per_target",
+    "min_connections_per_target",
     "max_requests_in_flight",
+    "max_connections",
 ];
 const DURATIONS: [&str; 7] = [
     "checkout_timeout",

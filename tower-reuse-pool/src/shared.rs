@@ -12,16 +12,16 @@ use crate::connect::{Connect, Dialer};
 use crate::control::{BudgetSnapshot, Controlled, PoolSnapshot};
 use crate::error::BoxError;
 use crate::events::PoolEvents;
-use crate::target::{Keyed, Partition, Target, TargetKey};
-use crate::target_pool::{Common, Dial, Evictor, Follow, Group, TargetPool};
+use crate::target::{Keyed, Target, TargetKey};
+use crate::target_pool::{Common, Dial, Evictor, Follow, Group, Inherited, TargetPool, layered};
 
 /// What every handle of one pool shares.
 pub(crate) struct Shared<C, B> {
     pub(crate) common: Arc<Common>,
     pub(crate) dialer: Arc<Dialer<C>>,
     targets: RwLock<HashMap<Target, Arc<TargetPool<B>>>>,
-    /// Settings given to every target of a partition.
-    partitions: RwLock<HashMap<Partition, TargetConfig>>,
+    /// Settings given to every target of a service or a partition.
+    groups: RwLock<HashMap<Group, TargetConfig>>,
 }
 
 impl<C, B> Drop for Shared<C, B> {
@@ -48,7 +48,7 @@ where
             common: Arc::new(Common::new(config, events)),
             dialer: Arc::new(Dialer { connector }),
             targets: RwLock::new(HashMap::new()),
-            partitions: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
         });
         let evictor: Weak<dyn Evictor> = Arc::downgrade(&shared) as Weak<dyn Evictor>;
         let _ = shared.common.evictor.set(evictor);
@@ -86,10 +86,45 @@ where
         }
     }
 
-    /// The settings given to `partition`'s targets, if any.
-    fn partition_config(&self, partition: Option<&Partition>) -> Option<TargetConfig> {
-        let partitions = self.partitions.read().unwrap_or_else(|e| e.into_inner());
-        partitions.get(partition?).cloned()
+    /// The settings given to a group of targets (a service or a
+    /// partition), if any.
+    fn group_config(&self, group: &Group) -> Option<TargetConfig> {
+        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        groups.get(group).cloned()
+    }
+
+    /// What `target` inherits from its service and its partition, with
+    /// `change` (one group's new settings) in place of what is stored.
+    fn inherited(
+        &self,
+        target: &Target,
+        change: Option<(&Group, Option<&TargetConfig>)>,
+    ) -> Option<Inherited> {
+        let get = |group: Group| {
+            let settings = match change {
+                Some((changed, settings)) if *changed == group => settings.cloned(),
+                _ => self.group_config(&group),
+            };
+            settings.map(|settings| (group, settings))
+        };
+        let service = get(Group::Service(target.clone().with_endpoint(None)));
+        let partition = target
+            .partition()
+            .and_then(|p| get(Group::Partition(p.clone())));
+        let config = layered(
+            service.as_ref().map(|(_, s)| s),
+            partition.as_ref().map(|(_, s)| s),
+        )?;
+        let reserves = |(group, settings): (Group, TargetConfig)| {
+            settings.get_reserved_connections().map(|_| group)
+        };
+        let reservation = service
+            .and_then(reserves)
+            .or_else(|| partition.and_then(reserves));
+        Some(Inherited {
+            config,
+            reservation,
+        })
     }
 
     /// The pool of the target `key` names, if it has one.
@@ -108,11 +143,12 @@ where
             .or_insert_with(|| {
                 let dial: Arc<dyn Dial<B>> = self.dialer.clone();
                 let pool = TargetPool::new(target.clone(), self.common.clone(), dial);
-                // A new target of a partition with settings gets them.
-                if let Some(settings) = self.partition_config(target.partition())
-                    && let Ok(resolved) = settings.resolve(&self.common.config.load())
+                // A new target of a service or a partition with settings
+                // gets them.
+                if let Some(inherited) = self.inherited(target, None)
+                    && let Ok(resolved) = inherited.config.resolve(&self.common.config.load())
                 {
-                    pool.set_settings(None, Some(settings), Some(resolved), false);
+                    pool.set_settings(None, Some(inherited), Some(resolved), false);
                 }
                 pool
             })
@@ -187,8 +223,8 @@ where
     fn set_config(&self, config: PoolConfig) -> Result<(), ConfigError> {
         self.common.budget.check_limit(config.max_connections)?;
         {
-            let partitions = self.partitions.read().unwrap_or_else(|e| e.into_inner());
-            for settings in partitions.values() {
+            let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+            for settings in groups.values() {
                 settings.resolve(&config)?;
             }
         }
@@ -224,8 +260,7 @@ where
             Group::Target(target.clone()),
             reserved,
         )?;
-        let partition = self.partition_config(target.partition());
-        pool.set_settings(own, partition, resolved, false);
+        pool.set_settings(own, self.inherited(target, None), resolved, false);
         self.settle_budget();
         Ok(())
     }
@@ -234,9 +269,9 @@ where
         self.find(target.key())?.own_config()
     }
 
-    fn set_partition_config(
+    fn set_group_config(
         &self,
-        partition: &Partition,
+        group: Group,
         settings: Option<TargetConfig>,
     ) -> Result<(), ConfigError> {
         let config = self.common.config.load_full();
@@ -245,40 +280,39 @@ where
         }
         let mut resolved = Vec::new();
         for pool in self.target_pools() {
-            if pool.target.partition() == Some(partition) {
-                let config = pool.resolve(&config, None, Some(settings.as_ref()))?;
-                resolved.push((pool, config));
+            let member = match &group {
+                Group::Partition(p) => pool.target.partition() == Some(p),
+                Group::Service(service) => pool.target.clone().with_endpoint(None) == *service,
+                Group::Target(_) => false,
+            };
+            if member {
+                let inherited = self.inherited(&pool.target, Some((&group, settings.as_ref())));
+                let config = pool.resolve(&config, None, Some(inherited.as_ref()))?;
+                resolved.push((pool, inherited, config));
             }
         }
         let reserved = settings
             .as_ref()
             .and_then(TargetConfig::get_reserved_connections);
-        self.common.budget.reserve(
-            config.max_connections,
-            Group::Partition(partition.clone()),
-            reserved,
-        )?;
+        self.common
+            .budget
+            .reserve(config.max_connections, group.clone(), reserved)?;
         {
-            let mut partitions = self.partitions.write().unwrap_or_else(|e| e.into_inner());
-            match &settings {
-                Some(settings) => partitions.insert(partition.clone(), settings.clone()),
-                None => partitions.remove(partition),
+            let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            match settings {
+                Some(settings) => groups.insert(group, settings),
+                None => groups.remove(&group),
             };
         }
-        for (pool, config) in resolved {
-            pool.set_settings(
-                pool.own_config(),
-                settings.clone(),
-                config,
-                pool.is_retired(),
-            );
+        for (pool, inherited, config) in resolved {
+            pool.set_settings(pool.own_config(), inherited, config, pool.is_retired());
         }
         self.settle_budget();
         Ok(())
     }
 
-    fn partition_settings(&self, partition: &Partition) -> Option<TargetConfig> {
-        self.partition_config(Some(partition))
+    fn group_settings(&self, group: &Group) -> Option<TargetConfig> {
+        self.group_config(group)
     }
 
     fn retire(&self, target: &Target) {
@@ -295,7 +329,7 @@ where
             self.common
                 .budget
                 .reserve(config.max_connections, Group::Target(target.clone()), None);
-        pool.set_settings(Some(own), pool.partition_config(), resolved, true);
+        pool.set_settings(Some(own), self.inherited(target, None), resolved, true);
         self.settle_budget();
     }
 }

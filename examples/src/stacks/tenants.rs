@@ -39,14 +39,29 @@ pub(crate) fn noisy_neighbour_reuse(
     budget: usize,
 ) -> Result<(PoolConfig, Option<AffinityLayer>), StackError> {
     let config = with_budget(PoolConfig::default(), budget)?;
-    Ok((config, Some(tiered(TierConfig::default())?)))
+    Ok((config, Some(tiered(lab_tiers())?)))
+}
+
+/// The tiers of the lab's `reuse` stacks: `TierConfig`'s defaults but a
+/// 1 s promote window (5 s by default), for runs of a few seconds, and
+/// promotion at 10 requests/s (5 by default; demotion under 2, 1 by
+/// default): over a window that short, a cold target of `tiers` drawing
+/// 3 requests/s on average reaches 5 in some second by chance alone; and
+/// a dedicated pool idle for 5 s is retired (60 s by default): longer
+/// than `tiers`' 3 s between bursts, shorter than its 10 s tail.
+fn lab_tiers() -> TierConfig {
+    TierConfig::default()
+        .promote_window(std::time::Duration::from_secs(1))
+        .promote_rps(10.0)
+        .demote_rps(2.0)
+        .idle_retire_after(std::time::Duration::from_secs(5))
 }
 
 /// `reuse` in `tiers`: the pool under the affinity layer with tiers (hot
 /// keys in dedicated pools, cold ones in the shared pool with short-lived
 /// connections). With no layer (`None`) the stack is skipped.
 pub(crate) fn tiers_reuse() -> Result<(PoolConfig, Option<AffinityLayer>), StackError> {
-    Ok((PoolConfig::default(), Some(tiered(TierConfig::default())?)))
+    Ok((PoolConfig::default(), Some(tiered(lab_tiers())?)))
 }
 
 /// The affinity layer with `tiers` and otherwise its defaults (the key:

@@ -182,9 +182,11 @@ impl Tiers {
         true
     }
 
-    /// Demotes dedicated keys that went cold or idle, then forgets cold
-    /// keys not seen for `forget_after` (forgetting is no tier change, so
-    /// it is not reported). Meant to run about once a bucket width.
+    /// Demotes dedicated keys that went cold or idle, promotes cold keys
+    /// whose rule holds now (a key whose requests come in bursts qualifies
+    /// between them, before its next burst), then forgets cold keys not
+    /// seen for `forget_after` (forgetting is no tier change, so it is not
+    /// reported). Meant to run about once a bucket width.
     pub(crate) fn sweep(&self, now: Instant) -> Vec<TierChange> {
         let tick = self.tick(now);
         let rules = &self.rules;
@@ -208,6 +210,20 @@ impl Tiers {
                 Some(reason) => changes.push(state.demote(i, reason, tick, rules)),
                 None => i += 1,
             }
+        }
+        let qualified: Vec<u32> = state
+            .keys
+            .slots()
+            .filter(|&slot| {
+                let k = state.keys.get(slot);
+                k.tier == Tier::Cold && rules.qualifies_between(k, tick)
+            })
+            .collect();
+        for slot in qualified {
+            if state.dedicated.len() >= rules.max_dedicated {
+                break;
+            }
+            changes.push(state.promote(slot, tick, rules));
         }
         state.forget(tick, rules);
         changes
@@ -262,8 +278,21 @@ impl Rules {
 
     /// The promote rule: tracked for the promote window, and at least
     /// `promote_rps` over it.
+    /// Whether a cold key's rate over the promote window reaches
+    /// `promote_rps`, the key having been tracked for the window.
     fn qualifies(&self, k: &KeyState, tick: u64) -> bool {
         tick.saturating_sub(k.first_seen) >= self.promote_window
+            && self.recent_rate(k, tick) >= self.promote_rps
+    }
+
+    /// [`qualifies`](Self::qualifies) at a sweep, between requests: the
+    /// window known to its resolution, a bucket. The ring holds the
+    /// window's first bucket until its last begins, so a key whose requests
+    /// came in one burst at its start qualifies in that last bucket, before
+    /// the burst leaves the window (and before its next burst comes).
+    fn qualifies_between(&self, k: &KeyState, tick: u64) -> bool {
+        let tracked = self.promote_window.saturating_sub(self.recent.width());
+        tick.saturating_sub(k.first_seen) >= tracked
             && self.recent_rate(k, tick) >= self.promote_rps
     }
 

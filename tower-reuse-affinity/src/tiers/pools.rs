@@ -1,12 +1,15 @@
 //! Dedicated pools: what the layer does with the tier controller's
-//! decisions. A dedicated key gets a partition of the pool of its own (its
-//! requests carry that `Partition`), with settings for a hot service (a
-//! longer idle timeout, warm connections for its recent peak concurrency)
-//! and a reservation out of the pool's connection budget; a key going back
-//! retires its partition's targets (idle connections close now, busy ones
-//! when their requests end) and drops the reservation.
+//! decisions. A key is a service (scheme, authority and partition), whose
+//! connections are its own already, never shared with another service's.
+//! A dedicated key's targets get the pool's settings for a hot service
+//! (`PoolControl::set_service_config`: a longer idle timeout, warm
+//! connections for its recent peak concurrency, a reservation out of the
+//! budget); the connections it has stay and live by them, so a promotion
+//! costs no connect. A key going back returns to the shared settings (the
+//! cold tier's short idle timeout): its idle connections close as they
+//! expire, busy ones serve their requests first, and its reservation goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use http::Request;
 use tokio::time::Instant;
-use tower_reuse_pool::{Partition, PoolConfig, PoolControl, TargetConfig};
+use tower_reuse_pool::{Partition, PoolConfig, PoolControl, Target, TargetConfig};
 
 use super::change::{ChangeKind, DemoteReason, Tier, TierChange};
 use super::config::TierConfig;
@@ -22,23 +25,28 @@ use super::controller::Tiers;
 use crate::events::{Demoted, Promoted};
 use crate::services::Events;
 
-/// The layer's tiers: the controller, and the dedicated pools it made.
+/// The layer's tiers: the controller, and the keys' services.
 pub(crate) struct TierPools {
     config: TierConfig,
     tiers: Tiers,
     hasher: std::collections::hash_map::RandomState,
     control: OnceLock<PoolControl>,
     events: Arc<Events>,
-    dedicated: Mutex<HashMap<u64, Dedicated>>,
+    keys: Mutex<HashMap<u64, Key>>,
     sweeping: AtomicBool,
+}
+
+/// A key the controller tracks: its service, and its pool's settings
+/// while it is dedicated.
+struct Key {
+    /// The key's targets, without an endpoint.
+    service: Target,
+    dedicated: Option<Dedicated>,
 }
 
 /// One dedicated key's pool.
 #[derive(Clone)]
 struct Dedicated {
-    /// `scheme://authority` of the key's requests.
-    name: Arc<str>,
-    partition: Partition,
     reserved: Option<usize>,
     warm: usize,
 }
@@ -68,7 +76,7 @@ pub struct DedicatedSnapshot {
     pub peak_concurrency: u32,
     /// Slots of the pool's budget reserved for it.
     pub reserved: Option<usize>,
-    /// Warm connections it keeps (`min_idle_per_target`).
+    /// Connections it keeps open, busy or idle (`min_connections_per_target`).
     pub warm: usize,
     /// Its connections open now (idle, busy or connecting).
     pub open: usize,
@@ -94,18 +102,17 @@ impl TierPools {
             hasher: Default::default(),
             control: OnceLock::new(),
             events,
-            dedicated: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Dedicated>> {
-        self.dedicated.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Key>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pool under the layer: its idle timeout becomes the cold tier's
-    /// (unless `cold_idle_timeout` is off), and a task starts that demotes
-    /// keys as their rates fall (while a runtime runs and the layer lives).
+    /// (unless `cold_idle_timeout` is off).
     pub(crate) fn stacked(self: &Arc<Self>, control: &PoolControl) {
         if self.control.set(control.clone()).is_err() {
             return;
@@ -115,16 +122,22 @@ impl TierPools {
             // if it rejects this one, the pool's stays.
             let _ = control.update(|c| c.idle_timeout(Some(cold)));
         }
-        if tokio::runtime::Handle::try_current().is_ok()
+    }
+
+    /// Start the task that promotes and demotes keys between requests, on
+    /// the runtime of the first request (it ends with the layer).
+    fn start_sweeping(self: &Arc<Self>) {
+        if !self.sweeping.load(Ordering::Relaxed)
+            && tokio::runtime::Handle::try_current().is_ok()
             && !self.sweeping.swap(true, Ordering::AcqRel)
         {
             tokio::spawn(sweep(Arc::downgrade(self), self.config.promote_window / 10));
         }
     }
 
-    /// Count `req` for its key and, if the key is dedicated, mark it with
-    /// the key's partition.
-    pub(crate) fn route<B>(self: &Arc<Self>, req: &mut Request<B>) -> Option<InFlight> {
+    /// Count `req` for its key (its service: scheme, authority and
+    /// partition).
+    pub(crate) fn route<B>(self: &Arc<Self>, req: &Request<B>) -> Option<InFlight> {
         let uri = req.uri();
         let (scheme, authority) = (uri.scheme()?, uri.authority()?);
         let user = req.extensions().get::<Partition>();
@@ -135,18 +148,19 @@ impl TierPools {
             user.map(Partition::as_str).hash(&mut hasher);
             hasher.finish()
         };
-        let now = Instant::now();
-        let recorded = self.tiers.record(key, now);
-        let tier = recorded.tier;
-        for change in recorded.changes() {
-            let name = || format!("{}://{}", scheme, authority.as_str().to_ascii_lowercase());
-            self.apply(&change, Some((name(), user)));
-        }
-        if tier == Tier::Dedicated {
-            let partition = self.lock().get(&key).map(|d| d.partition.clone());
-            if let Some(partition) = partition {
-                req.extensions_mut().insert(partition);
+        {
+            let mut keys = self.lock();
+            if !keys.contains_key(&key)
+                && let Ok(service) = Target::from_uri(uri, user.cloned())
+            {
+                let dedicated = None;
+                keys.insert(key, Key { service, dedicated });
             }
+        }
+        self.start_sweeping();
+        let now = Instant::now();
+        for change in self.tiers.record(key, now).changes() {
+            self.apply(&change);
         }
         self.tiers.enter(key, now).then(|| InFlight {
             pools: self.clone(),
@@ -154,26 +168,21 @@ impl TierPools {
         })
     }
 
-    /// Act on one change: a promotion makes the key's pool (named by the
-    /// request that promoted it), a demotion retires it.
-    fn apply(&self, change: &TierChange, request: Option<(String, Option<&Partition>)>) {
+    /// Act on one change: a promotion gives the key's service a dedicated
+    /// pool's settings, a demotion takes them back.
+    fn apply(&self, change: &TierChange) {
         match change.kind {
-            ChangeKind::Promoted => {
-                if let Some((name, user)) = request {
-                    self.promote(change, name, user);
-                }
-            }
+            ChangeKind::Promoted => self.promote(change),
             ChangeKind::Demoted { reason } => self.demote(change, reason),
         }
     }
 
-    fn promote(&self, change: &TierChange, name: String, user: Option<&Partition>) {
+    fn promote(&self, change: &TierChange) {
         let Some(control) = self.control.get() else {
             return;
         };
-        let partition = match user {
-            Some(user) => Partition::new(format!("{}/tier:{name}", user.as_str())),
-            None => Partition::new(format!("tier:{name}")),
+        let Some(service) = self.lock().get(&change.key).map(|k| k.service.clone()) else {
+            return;
         };
         let peak = usize::try_from(change.peak_concurrency.max(1)).unwrap_or(usize::MAX);
         let warm = peak.min(PoolConfig::MAX_MIN_IDLE);
@@ -181,35 +190,28 @@ impl TierPools {
         let settings = |reserved: Option<usize>| {
             TargetConfig::default()
                 .idle_timeout(Some(self.config.hot_idle_timeout))
-                .min_idle_per_target(warm)
+                .min_connections_per_target(warm)
                 .reserved_connections(reserved)
         };
         if control
-            .set_partition_config(&partition, Some(settings(reserved)))
+            .set_service_config(&service, Some(settings(reserved)))
             .is_err()
         {
             // The budget changed under it (other reservations): a
             // dedicated pool all the same, without one.
             reserved = None;
-            let _ = control.set_partition_config(&partition, Some(settings(None)));
+            let _ = control.set_service_config(&service, Some(settings(None)));
         }
-        let name: Arc<str> = name.into();
         self.events.load().on_promoted(&Promoted {
-            service: &name,
+            service: &name(&service),
             rate: change.rate,
             window: change.rate_window,
             peak_concurrency: change.peak_concurrency,
             reserved,
         });
-        self.lock().insert(
-            change.key,
-            Dedicated {
-                name,
-                partition,
-                reserved,
-                warm,
-            },
-        );
+        if let Some(key) = self.lock().get_mut(&change.key) {
+            key.dedicated = Some(Dedicated { reserved, warm });
+        }
     }
 
     /// Slots to reserve for a new dedicated pool whose peak concurrency is
@@ -218,7 +220,11 @@ impl TierPools {
     fn reservation(&self, pool: &PoolConfig, peak: usize) -> Option<usize> {
         let budget = pool.get_max_connections()?;
         let share = (budget as f64 * self.config.reserved_share).floor() as usize;
-        let taken: usize = self.lock().values().filter_map(|d| d.reserved).sum();
+        let taken: usize = self
+            .lock()
+            .values()
+            .filter_map(|k| k.dedicated.as_ref()?.reserved)
+            .sum();
         let reserved = peak
             .min(self.config.max_reserved_per_pool)
             .min(share.saturating_sub(taken));
@@ -226,19 +232,19 @@ impl TierPools {
     }
 
     fn demote(&self, change: &TierChange, reason: DemoteReason) {
-        let Some(dedicated) = self.lock().remove(&change.key) else {
-            return;
+        let service = {
+            let mut keys = self.lock();
+            let Some(key) = keys.get_mut(&change.key) else {
+                return;
+            };
+            key.dedicated = None;
+            key.service.clone()
         };
         if let Some(control) = self.control.get() {
-            for target in control.snapshot().targets {
-                if target.target().partition() == Some(&dedicated.partition) {
-                    control.retire(target.target());
-                }
-            }
-            let _ = control.set_partition_config(&dedicated.partition, None);
+            let _ = control.set_service_config(&service, None);
         }
         self.events.load().on_demoted(&Demoted {
-            service: &dedicated.name,
+            service: &name(&service),
             reason: match reason {
                 DemoteReason::Cold => crate::events::DemoteReason::Cold,
                 DemoteReason::Idle => crate::events::DemoteReason::Idle,
@@ -250,23 +256,31 @@ impl TierPools {
         });
     }
 
-    /// Demote the keys whose rates fell, retire idle ones.
+    /// Demote the keys whose rates fell, retire idle ones, promote those
+    /// whose rule holds; forget the services of keys no longer tracked.
     fn sweep(&self, now: Instant) {
         for change in self.tiers.sweep(now) {
-            self.apply(&change, None);
+            self.apply(&change);
         }
+        let tracked: HashSet<u64> = self.tiers.snapshot(now).iter().map(|k| k.key).collect();
+        self.lock()
+            .retain(|key, k| k.dedicated.is_some() || tracked.contains(key));
     }
 
     pub(crate) fn snapshot(&self) -> TiersSnapshot {
         let keys = self.tiers.snapshot(Instant::now());
         let pools = self.control.get().map(PoolControl::snapshot);
-        let dedicated = self.lock().clone();
-        let open = |partition: &Partition| {
+        let dedicated: HashMap<u64, (Target, Dedicated)> = self
+            .lock()
+            .iter()
+            .filter_map(|(key, k)| Some((*key, (k.service.clone(), k.dedicated.clone()?))))
+            .collect();
+        let open = |service: &Target| {
             pools.as_ref().map_or(0, |pools| {
                 pools
                     .targets
                     .iter()
-                    .filter(|t| t.target().partition() == Some(partition))
+                    .filter(|t| t.target().clone().with_endpoint(None) == *service)
                     .map(|t| t.idle() + t.active() + t.connecting())
                     .sum()
             })
@@ -277,19 +291,24 @@ impl TierPools {
             dedicated: keys
                 .iter()
                 .filter_map(|k| {
-                    let d = dedicated.get(&k.key)?;
+                    let (service, d) = dedicated.get(&k.key)?;
                     Some(DedicatedSnapshot {
-                        name: d.name.to_string(),
+                        name: name(service),
                         rate: k.rate,
                         peak_concurrency: k.peak_concurrency,
                         reserved: d.reserved,
                         warm: d.warm,
-                        open: open(&d.partition),
+                        open: open(service),
                     })
                 })
                 .collect(),
         }
     }
+}
+
+/// `scheme://authority` of a service (never its partition).
+fn name(service: &Target) -> String {
+    format!("{}://{}", service.scheme(), service.authority())
 }
 
 /// Sweeps the tiers every `every` while the layer lives.

@@ -26,6 +26,11 @@ impl Span {
         }
     }
 
+    /// Nanoseconds per bucket.
+    pub(crate) fn width(self) -> u64 {
+        self.width
+    }
+
     /// The bucket a tick falls in.
     pub(crate) fn epoch(self, tick: u64) -> u64 {
         tick / self.width

@@ -95,6 +95,7 @@ pub struct TargetConfig {
     lifetime_jitter: Option<f64>,
     max_requests_per_connection: Option<Option<u64>>,
     min_idle_per_target: Option<usize>,
+    min_connections_per_target: Option<usize>,
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "super::duration::duration_override")
@@ -187,6 +188,7 @@ overrides! {
     lifetime_jitter, get_lifetime_jitter: f64;
     max_requests_per_connection, get_max_requests_per_connection: Option<u64>;
     min_idle_per_target, get_min_idle_per_target: usize;
+    min_connections_per_target, get_min_connections_per_target: usize;
     revalidate_after_idle, get_revalidate_after_idle: Option<Duration>;
     http2_prior_knowledge, get_http2_prior_knowledge: bool;
     http2_scale_out, get_http2_scale_out: bool;

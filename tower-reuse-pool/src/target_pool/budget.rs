@@ -24,6 +24,9 @@ use super::slots::Follow;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Group {
     Target(Target),
+    /// Every target of one scheme, authority and partition (the key:
+    /// such a target without an endpoint).
+    Service(Target),
     Partition(Partition),
 }
 
@@ -96,10 +99,21 @@ impl Slots {
         }
     }
 
-    /// The first waiting target that may take a slot now gets one; the
+    /// The first waiting target that may take a slot now gets one, the
+    /// target giving the slot back (`from`) only if no other may; the
     /// targets gone on the way leave the queue.
-    fn hand_over(&mut self, max: Option<usize>) -> Option<Arc<dyn Claimant>> {
-        let mut i = 0;
+    fn hand_over(
+        &mut self,
+        max: Option<usize>,
+        from: Option<&Weak<dyn Claimant>>,
+    ) -> Option<Arc<dyn Claimant>> {
+        self.waiting.retain(|q| q.target.strong_count() > 0);
+        let others_first = from.and_then(|from| {
+            self.waiting.iter().position(|q| {
+                !Weak::ptr_eq(&q.target, from) && self.may_take(max, q.group.as_ref())
+            })
+        });
+        let mut i = others_first.unwrap_or(0);
         while i < self.waiting.len() {
             if self.waiting[i].target.strong_count() == 0 {
                 self.waiting.remove(i);
@@ -162,11 +176,15 @@ impl Budget {
         false
     }
 
-    /// Give a slot of `group` back; the target it went to, if one waited.
+    /// Give a slot of `group` back; the target it went to, if one waited
+    /// (a target other than `from`, the one giving it back, if one may
+    /// take it: a busy target closing a connection for the others waiting
+    /// does not get the slot back itself).
     pub(crate) fn release(
         &self,
         max: Option<usize>,
         group: Option<&Group>,
+        from: Option<&Weak<dyn Claimant>>,
     ) -> Option<Arc<dyn Claimant>> {
         let mut slots = self.lock();
         slots.used = slots.used.saturating_sub(1);
@@ -181,7 +199,7 @@ impl Budget {
         {
             slots.groups.remove(g);
         }
-        let next = slots.hand_over(max);
+        let next = slots.hand_over(max, from);
         self.starving
             .store(!slots.waiting.is_empty(), Ordering::Release);
         next
@@ -191,7 +209,7 @@ impl Budget {
     pub(crate) fn settle(&self, max: Option<usize>) -> Vec<Arc<dyn Claimant>> {
         let mut slots = self.lock();
         let mut next = Vec::new();
-        while let Some(target) = slots.hand_over(max) {
+        while let Some(target) = slots.hand_over(max, None) {
             next.push(target);
         }
         self.starving
@@ -307,11 +325,15 @@ impl Budget {
             .map(|(group, g)| ReservationSnapshot {
                 target: match group {
                     Group::Target(t) => Some(t.clone()),
-                    Group::Partition(_) => None,
+                    _ => None,
+                },
+                service: match group {
+                    Group::Service(t) => Some(t.clone()),
+                    _ => None,
                 },
                 partition: match group {
                     Group::Partition(p) => Some(p.clone()),
-                    Group::Target(_) => None,
+                    _ => None,
                 },
                 reserved: g.reserved,
                 held: g.held,
@@ -350,10 +372,28 @@ mod tests {
         assert!(!budget.acquire(Some(2), None, Some(Arc::downgrade(&waiting)), false));
         assert!(budget.is_starving());
         // A newcomer does not jump the queue, even once a slot frees.
-        let next = budget.release(Some(2), None).expect("handed over");
+        let next = budget.release(Some(2), None, None).expect("handed over");
         assert!(Arc::ptr_eq(&next, &waiting));
         assert!(!budget.is_starving());
         assert_eq!(budget.snapshot().0, 2, "the handed slot stays counted");
+    }
+
+    #[test]
+    fn a_slot_given_back_goes_to_another_waiting_target_first() {
+        let budget = Budget::default();
+        assert!(budget.acquire(Some(1), None, None, false));
+        let busy: Arc<dyn Claimant> = Arc::new(Nobody);
+        let other: Arc<dyn Claimant> = Arc::new(Nobody);
+        let (busy_weak, other_weak) = (Arc::downgrade(&busy), Arc::downgrade(&other));
+        assert!(!budget.acquire(Some(1), None, Some(busy_weak.clone()), false));
+        assert!(!budget.acquire(Some(1), None, Some(other_weak), false));
+        // The busy target, first in the queue, closes one of its
+        // connections for the others: the other one gets the slot.
+        let next = budget.release(Some(1), None, Some(&busy_weak)).unwrap();
+        assert!(Arc::ptr_eq(&next, &other));
+        // With nobody else waiting, it gets its own slot back.
+        let next = budget.release(Some(1), None, Some(&busy_weak)).unwrap();
+        assert!(Arc::ptr_eq(&next, &busy));
     }
 
     #[test]
@@ -408,10 +448,10 @@ mod tests {
             false
         ));
         // The group's reserved slot frees: only its member may take it.
-        let next = budget.release(Some(3), Some(&group("g"))).unwrap();
+        let next = budget.release(Some(3), Some(&group("g")), None).unwrap();
         assert!(Arc::ptr_eq(&next, &member));
         // A shared one frees: the first in the queue gets it.
-        let next = budget.release(Some(3), None).unwrap();
+        let next = budget.release(Some(3), None, None).unwrap();
         assert!(Arc::ptr_eq(&next, &shared));
     }
 
@@ -426,7 +466,7 @@ mod tests {
         let me = Arc::downgrade(&member);
         assert!(!budget.acquire(Some(2), Some(&group("g")), Some(me.clone()), false));
         assert_eq!(budget.snapshot().0, 2);
-        let next = budget.release(Some(2), None).expect("handed over");
+        let next = budget.release(Some(2), None, None).expect("handed over");
         assert!(Arc::ptr_eq(&next, &member));
         assert_eq!(budget.snapshot().2[0].held, 1);
     }
@@ -442,7 +482,9 @@ mod tests {
         // It is given a reservation while it waits, holding nothing.
         budget.reserve(Some(2), group("g"), Some(1)).unwrap();
         budget.regroup(None, Some(&group("g")), 0, &me);
-        let next = budget.release(Some(2), None).expect("its reserved slot");
+        let next = budget
+            .release(Some(2), None, None)
+            .expect("its reserved slot");
         assert!(Arc::ptr_eq(&next, &target));
         assert_eq!(budget.snapshot().2[0].held, 1, "counted in its group");
     }
@@ -454,7 +496,7 @@ mod tests {
         let gone: Arc<dyn Claimant> = Arc::new(Nobody);
         assert!(!budget.acquire(Some(1), None, Some(Arc::downgrade(&gone)), false));
         drop(gone);
-        assert!(budget.release(Some(1), None).is_none());
+        assert!(budget.release(Some(1), None, None).is_none());
         assert!(!budget.is_starving());
         assert_eq!(budget.snapshot(), (0, 0, Vec::new()));
     }

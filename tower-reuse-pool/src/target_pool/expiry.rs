@@ -28,11 +28,12 @@ impl<B> TargetPool<B> {
             let mut state = self.lock();
             let config = self.config_of(&state);
             let keep = config.min_idle_per_target;
+            let floor = config.min_connections_per_target;
             let state = &mut *state;
             // Oldest first; the last `keep` (most recently used) stay warm.
             let mut i = 0;
             while i < state.idle.len() {
-                let above_min = state.idle.len() > keep;
+                let above_min = state.idle.len() > keep && state.open > floor;
                 let conn = &mut state.idle[i];
                 let idle_deadline = conn.life.idle_deadline(&config).filter(|_| above_min);
                 let reason = if conn.tx.is_closed() {
@@ -68,7 +69,7 @@ impl<B> TargetPool<B> {
             let mut idle_h2 = state.h2.iter().filter(|c| c.streams == 0).count();
             let mut i = 0;
             while i < state.h2.len() {
-                let above_min = state.idle.len() + idle_h2 > keep;
+                let above_min = state.idle.len() + idle_h2 > keep && state.open > floor;
                 let conn = &mut state.h2[i];
                 let idle_deadline = conn
                     .life
@@ -187,6 +188,7 @@ impl<B> TargetPool<B> {
             && state.slots.ending.is_empty()
             && state.waiters.is_empty()
             && config.min_idle_per_target == 0
+            && config.min_connections_per_target == 0
             && (!Self::has_own_config(&state) || state.retired)
             && now.saturating_duration_since(state.last_active) >= forget_after(&config)
     }

@@ -45,6 +45,7 @@ pub(crate) use common::Common;
 use h2::CalmBackoff;
 pub(crate) use lease::{Grant, Granted, Http2Parts, Lease, Outcome, RequestPolicy, Waiting};
 use settings::Settings;
+pub(crate) use settings::{Inherited, layered};
 pub(crate) use slots::Follow;
 use slots::Slots;
 
@@ -356,9 +357,12 @@ impl<B> TargetPool<B> {
             state.connecting += 1;
             fx.connects.push(ConnectReason::Demand);
         }
-        // Pre-warm: keep `min_idle_per_target` connections idle; never
-        // with reuse off (the kill switch), when they could serve nobody.
-        if config.min_idle_per_target == 0 || !config.reuse {
+        // Pre-warm: keep `min_idle_per_target` connections idle and
+        // `min_connections_per_target` open; never with reuse off (the
+        // kill switch), when they could serve nobody.
+        if config.min_idle_per_target == 0 && config.min_connections_per_target == 0
+            || !config.reuse
+        {
             return;
         }
         let idle = state.idle.len() + state.h2.iter().filter(|c| c.streams == 0).count();
@@ -368,7 +372,8 @@ impl<B> TargetPool<B> {
         }
         while !backoff
             && !calming
-            && idle + state.prewarming < config.min_idle_per_target
+            && (idle + state.prewarming < config.min_idle_per_target
+                || state.open + state.connecting < config.min_connections_per_target)
             && room(state)
             && self.take_slot(state, config, false, fx)
         {

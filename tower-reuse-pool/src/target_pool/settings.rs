@@ -1,6 +1,7 @@
-//! A target's settings: its own (`PoolControl::set_target_config`) over its
-//! partition's (`PoolControl::set_partition_config`) over the pool-wide
-//! configuration, and the budget reservation they name.
+//! A target's settings: its own (`PoolControl::set_target_config`) over
+//! those it inherits (its service's, `PoolControl::set_service_config`,
+//! over its partition's, `PoolControl::set_partition_config`) over the
+//! pool-wide configuration, and the budget reservation they name.
 
 use std::sync::Arc;
 
@@ -11,17 +12,26 @@ use crate::config::{ConfigError, PoolConfig, TargetConfig};
 /// The settings a target has beyond the pool-wide configuration.
 pub(crate) struct Settings {
     own: Option<TargetConfig>,
-    partition: Option<TargetConfig>,
+    inherited: Option<Inherited>,
     resolved: Arc<PoolConfig>,
 }
 
-/// The target's own settings over its partition's, if either is set.
+/// What a target inherits from the groups it belongs to: their settings,
+/// the narrower group's over the wider's, and the group whose reservation
+/// its connections count against, if one reserves.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Inherited {
+    pub(crate) config: TargetConfig,
+    pub(crate) reservation: Option<Group>,
+}
+
+/// `upper`'s settings over `lower`'s, if either is set.
 pub(crate) fn layered(
-    own: Option<&TargetConfig>,
-    partition: Option<&TargetConfig>,
+    upper: Option<&TargetConfig>,
+    lower: Option<&TargetConfig>,
 ) -> Option<TargetConfig> {
-    match (own, partition) {
-        (Some(own), Some(partition)) => Some(own.over(partition)),
+    match (upper, lower) {
+        (Some(upper), Some(lower)) => Some(upper.over(lower)),
         (Some(one), None) | (None, Some(one)) => Some(one.clone()),
         (None, None) => None,
     }
@@ -47,19 +57,19 @@ impl<B> TargetPool<B> {
     }
 
     /// What the target's settings resolve to over `pool`, with `own` or
-    /// `partition` in place of its current ones when given: `None` when it
+    /// `inherited` in place of its current ones when given: `None` when it
     /// has neither.
     pub(crate) fn resolve(
         &self,
         pool: &PoolConfig,
         own: Option<Option<&TargetConfig>>,
-        partition: Option<Option<&TargetConfig>>,
+        inherited: Option<Option<&Inherited>>,
     ) -> Result<Option<PoolConfig>, ConfigError> {
         let state = self.lock();
         let current = state.settings.as_ref();
         let own = own.unwrap_or_else(|| current.and_then(|s| s.own.as_ref()));
-        let partition = partition.unwrap_or_else(|| current.and_then(|s| s.partition.as_ref()));
-        layered(own, partition)
+        let inherited = inherited.unwrap_or_else(|| current.and_then(|s| s.inherited.as_ref()));
+        layered(own, inherited.map(|i| &i.config))
             .map(|config| config.resolve(pool))
             .transpose()
     }
@@ -70,7 +80,7 @@ impl<B> TargetPool<B> {
     pub(crate) fn set_settings(
         &self,
         own: Option<TargetConfig>,
-        partition: Option<TargetConfig>,
+        inherited: Option<Inherited>,
         resolved: Option<PoolConfig>,
         retired: bool,
     ) {
@@ -80,17 +90,12 @@ impl<B> TargetPool<B> {
             .is_some_and(|o| o.get_reserved_connections().is_some())
         {
             Some(Group::Target(self.target.clone()))
-        } else if partition
-            .as_ref()
-            .is_some_and(|p| p.get_reserved_connections().is_some())
-        {
-            self.target.partition().cloned().map(Group::Partition)
         } else {
-            None
+            inherited.as_ref().and_then(|i| i.reservation.clone())
         };
         state.settings = resolved.map(|resolved| Settings {
             own,
-            partition,
+            inherited,
             resolved: Arc::new(resolved),
         });
         state.retired = retired;
@@ -134,12 +139,6 @@ impl<B> TargetPool<B> {
     pub(crate) fn own_config(&self) -> Option<TargetConfig> {
         let state = self.lock();
         state.settings.as_ref().and_then(|s| s.own.clone())
-    }
-
-    /// Its partition's settings, as the target last got them.
-    pub(crate) fn partition_config(&self) -> Option<TargetConfig> {
-        let state = self.lock();
-        state.settings.as_ref().and_then(|s| s.partition.clone())
     }
 
     /// Whether it has settings of its own (not only its partition's).

@@ -146,7 +146,11 @@ impl<B> TargetPool<B> {
         if fx.freed > 0 {
             let max = self.common.config.load().max_connections;
             for _ in 0..fx.freed {
-                if let Some(next) = self.common.budget.release(max, fx.group.as_ref()) {
+                if let Some(next) =
+                    self.common
+                        .budget
+                        .release(max, fx.group.as_ref(), Some(&self.me))
+                {
                     follow.grants.push(next);
                 }
             }

@@ -110,19 +110,22 @@ impl Run {
 #[test]
 fn promotes_only_once_the_rate_has_held_over_the_promote_window() {
     let mut run = Run::new(TierConfig::default());
-    // A at twice the threshold from the start, B under it, C a burst.
+    // A at twice the threshold from the start, B under it, C a burst
+    // under it too (20 requests in a 5 s window).
     run.record(A);
-    for _ in 0..100 {
+    for _ in 0..20 {
         run.record(C);
     }
-    run.drive(&[(A, 10.0), (B, 4.0)], ms(4_990));
+    run.drive(&[(A, 10.0), (B, 4.0)], ms(4_490));
     assert!(run.changes.is_empty(), "{:?}", run.changes);
     assert_eq!(run.tier(A), Some(Tier::Cold));
     run.drive(&[(A, 10.0), (B, 4.0)], ms(10));
     let [(at, change)] = &run.changes[..] else {
         panic!("{:?}", run.changes)
     };
-    assert_eq!(*at, secs(5));
+    // The window to its resolution (a tenth of it): the sweep in its last
+    // bucket.
+    assert_eq!(*at, ms(4_500));
     assert_eq!(change.key, A);
     assert_eq!(change.kind, ChangeKind::Promoted);
     assert!((change.rate - 10.0).abs() < 0.5, "{change:?}");
@@ -152,6 +155,29 @@ fn a_burst_inside_the_first_window_does_not_promote_early() {
     // The burst at 0 s has left the window by now: 1 request in 4.5 s.
     assert_eq!(run.record(A), Tier::Cold);
     assert!(run.changes.is_empty());
+}
+
+#[test]
+fn a_sweep_promotes_a_bursty_key_between_its_bursts() {
+    // 32 requests at once at 0 s, then nothing: in the 1 s window's last
+    // bucket the burst is still in it (32 requests/s) and the key has
+    // been tracked for the window, to its resolution; the sweep promotes
+    // it before its next burst comes.
+    let mut run = Run::new(TierConfig::default().promote_window(Duration::from_secs(1)));
+    for _ in 0..32 {
+        assert_eq!(run.record(A), Tier::Cold);
+    }
+    run.at = ms(850);
+    run.sweep();
+    assert!(run.changes.is_empty(), "tracked for less than the window");
+    run.at = ms(900);
+    run.sweep();
+    assert_eq!(run.changes.len(), 1, "{:?}", run.changes);
+    assert_eq!(run.tier(A), Some(Tier::Dedicated));
+    assert_eq!(
+        run.changes[0].1.peak_concurrency, 0,
+        "nothing was in flight"
+    );
 }
 
 #[test]
@@ -203,7 +229,7 @@ fn a_key_stays_dedicated_for_at_least_the_demote_window() {
     // average falls under 1 rps before it has been dedicated for 30 s.
     run.drive(&[(A, 0.5)], secs(60));
     let (at, change) = &run.changes[1];
-    assert_eq!(*at, secs(35), "30 s after the promotion at 5 s");
+    assert_eq!(*at, ms(34_500), "30 s after the promotion at 4.5 s");
     assert_eq!(change.dedicated_for, secs(30));
     assert_eq!(run.changes.len(), 2);
 }
@@ -229,7 +255,7 @@ fn retires_an_idle_dedicated_key_before_the_demote_rule_fires() {
             reason: DemoteReason::Idle
         }
     );
-    assert_eq!(change.dedicated_for, secs(12));
+    assert_eq!(change.dedicated_for, ms(12_500));
     assert_eq!(run.changes.len(), 3);
     assert_eq!(run.tier(B), Some(Tier::Dedicated));
     assert!(run.tiers.exit(B, run.now()));
