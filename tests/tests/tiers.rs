@@ -108,6 +108,7 @@ async fn a_busy_service_gets_a_pool_of_its_own_and_gives_it_back_when_idle() {
     );
     let tiers = layer.tiers().unwrap();
     assert_eq!(tiers.dedicated.len(), 1);
+    assert_eq!(layer.dedicated_pools(), Some(1));
     assert_eq!(tiers.dedicated[0].name, name);
     assert!(tiers.dedicated[0].open >= 1);
     // Its targets have a dedicated pool's settings, the cold one's not;

@@ -213,9 +213,16 @@ impl AffinityLayer {
     }
 
     /// The tiers now: keys tracked, and per dedicated pool its rate,
-    /// reservation and connections (`None` with tiers off).
+    /// reservation and connections (`None` with tiers off). It reads the
+    /// pool's every target; [`dedicated_pools`](Self::dedicated_pools) is
+    /// the cheap count.
     pub fn tiers(&self) -> Option<TiersSnapshot> {
         self.routing.tiers.as_ref().map(|t| t.snapshot())
+    }
+
+    /// How many keys have a dedicated pool now (`None` with tiers off).
+    pub fn dedicated_pools(&self) -> Option<usize> {
+        self.routing.tiers.as_ref().map(|t| t.dedicated())
     }
 }
 
@@ -272,6 +279,11 @@ impl<S> Affinity<S> {
     /// The tiers now (`None` with tiers off): see [`AffinityLayer::tiers`].
     pub fn tiers(&self) -> Option<TiersSnapshot> {
         self.routing.tiers.as_ref().map(|t| t.snapshot())
+    }
+
+    /// How many keys have a dedicated pool now (`None` with tiers off).
+    pub fn dedicated_pools(&self) -> Option<usize> {
+        self.routing.tiers.as_ref().map(|t| t.dedicated())
     }
 }
 

@@ -74,7 +74,7 @@ fn tiered(tiers: TierConfig) -> Result<AffinityLayer, StackError> {
 /// The affinity layer's dedicated pools now, for the `tiers` time series;
 /// `None` for a layer without tiers.
 fn dedicated_pools<S>(client: &Affinity<S>) -> Option<u64> {
-    client.tiers().map(|tiers| tiers.dedicated.len() as u64)
+    client.dedicated_pools().map(|n| n as u64)
 }
 
 impl Stack {

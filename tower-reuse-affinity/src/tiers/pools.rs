@@ -144,7 +144,10 @@ impl TierPools {
         let key = {
             let mut hasher = self.hasher.build_hasher();
             scheme.as_str().hash(&mut hasher);
-            authority.as_str().to_ascii_lowercase().hash(&mut hasher);
+            // Hosts are case-insensitive: hashed lowercase, without a copy.
+            for byte in authority.as_str().bytes() {
+                hasher.write_u8(byte.to_ascii_lowercase());
+            }
             user.map(Partition::as_str).hash(&mut hasher);
             hasher.finish()
         };
@@ -257,14 +260,26 @@ impl TierPools {
     }
 
     /// Demote the keys whose rates fell, retire idle ones, promote those
-    /// whose rule holds; forget the services of keys no longer tracked.
-    fn sweep(&self, now: Instant) {
+    /// whose rule holds; with `prune`, forget the services of keys no
+    /// longer tracked.
+    fn sweep(&self, now: Instant, prune: bool) {
         for change in self.tiers.sweep(now) {
             self.apply(&change);
         }
-        let tracked: HashSet<u64> = self.tiers.snapshot(now).iter().map(|k| k.key).collect();
+        if prune {
+            let tracked: HashSet<u64> = self.tiers.snapshot(now).iter().map(|k| k.key).collect();
+            self.lock()
+                .retain(|key, k| k.dedicated.is_some() || tracked.contains(key));
+        }
+    }
+
+    /// Keys with a dedicated pool now: a count under one lock, where
+    /// [`snapshot`](Self::snapshot) reads the pool's every target.
+    pub(crate) fn dedicated(&self) -> usize {
         self.lock()
-            .retain(|key, k| k.dedicated.is_some() || tracked.contains(key));
+            .values()
+            .filter(|k| k.dedicated.is_some())
+            .count()
     }
 
     pub(crate) fn snapshot(&self) -> TiersSnapshot {
@@ -316,11 +331,12 @@ async fn sweep(pools: Weak<TierPools>, every: Duration) {
     let every = every.max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // The keys' services are pruned every tenth sweep: a full pass.
+    for n in 0u64.. {
         ticks.tick().await;
         let Some(pools) = pools.upgrade() else {
             return;
         };
-        pools.sweep(Instant::now());
+        pools.sweep(Instant::now(), n % 10 == 0);
     }
 }
