@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_affinity::events::{AffinityEvents, DemoteReason, Demoted, Promoted};
-use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityLayer, TierConfig};
+use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityLayer, Tier, TierConfig};
 use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolLayer};
 use tower_reuse_tests::budget::CountingConnector;
 use tower_reuse_tests::concurrently;
@@ -109,6 +109,21 @@ async fn a_busy_service_gets_a_pool_of_its_own_and_gives_it_back_when_idle() {
     let tiers = layer.tiers().unwrap();
     assert_eq!(tiers.dedicated.len(), 1);
     assert_eq!(layer.dedicated_pools(), Some(1));
+    // Per key: the hot one dedicated with its reservation, the cold one
+    // cold, each with its connection.
+    let mut keys: Vec<_> = tiers
+        .keys
+        .iter()
+        .map(|k| (k.name.clone(), k.tier, k.reserved, k.open))
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        keys,
+        vec![
+            (name.clone(), Tier::Dedicated, Some(1), 1),
+            (format!("http://{}", cold.addr), Tier::Cold, None, 1),
+        ]
+    );
     assert_eq!(tiers.dedicated[0].name, name);
     assert!(tiers.dedicated[0].open >= 1);
     // Its targets have a dedicated pool's settings, the cold one's not;

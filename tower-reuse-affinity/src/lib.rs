@@ -87,4 +87,4 @@ pub use key::AffinityKey;
 pub use registry::Endpoints;
 pub use service::{Affinity, AffinityLayer, CallAt, PoolHandle};
 pub use snapshot::{AffinitySnapshot, EndpointSnapshot, ServiceSnapshot};
-pub use tiers::{DedicatedSnapshot, Tier, TierConfig, TiersSnapshot};
+pub use tiers::{DedicatedSnapshot, KeyTierSnapshot, Tier, TierConfig, TiersSnapshot};

@@ -16,5 +16,5 @@ mod window;
 
 pub use change::Tier;
 pub use config::TierConfig;
-pub use pools::{DedicatedSnapshot, TiersSnapshot};
+pub use pools::{DedicatedSnapshot, KeyTierSnapshot, TiersSnapshot};
 pub(crate) use pools::{InFlight, TierPools};

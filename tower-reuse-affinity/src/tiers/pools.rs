@@ -82,6 +82,22 @@ pub struct DedicatedSnapshot {
     pub open: usize,
 }
 
+/// One tracked key, in a snapshot.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct KeyTierSnapshot {
+    /// `scheme://authority` of the key's requests.
+    pub name: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Requests per second over the promote window.
+    pub rate: f64,
+    /// Slots of the pool's budget reserved for it (dedicated keys only).
+    pub reserved: Option<usize>,
+    /// Its connections open now (idle, busy or connecting).
+    pub open: usize,
+}
+
 /// The tiers in a snapshot.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -92,6 +108,9 @@ pub struct TiersSnapshot {
     pub cold: usize,
     /// Each dedicated pool, in no particular order.
     pub dedicated: Vec<DedicatedSnapshot>,
+    /// Every tracked key whose service is known, cold or dedicated, in no
+    /// particular order.
+    pub keys: Vec<KeyTierSnapshot>,
 }
 
 impl TierPools {
@@ -285,21 +304,23 @@ impl TierPools {
     pub(crate) fn snapshot(&self) -> TiersSnapshot {
         let keys = self.tiers.snapshot(Instant::now());
         let pools = self.control.get().map(PoolControl::snapshot);
-        let dedicated: HashMap<u64, (Target, Dedicated)> = self
+        let services: HashMap<u64, (Target, Option<Dedicated>)> = self
             .lock()
             .iter()
-            .filter_map(|(key, k)| Some((*key, (k.service.clone(), k.dedicated.clone()?))))
+            .map(|(key, k)| (*key, (k.service.clone(), k.dedicated.clone())))
             .collect();
-        let open = |service: &Target| {
-            pools.as_ref().map_or(0, |pools| {
-                pools
-                    .targets
-                    .iter()
-                    .filter(|t| t.target().clone().with_endpoint(None) == *service)
-                    .map(|t| t.idle() + t.active() + t.connecting())
-                    .sum()
-            })
-        };
+        let dedicated: HashMap<u64, (Target, Dedicated)> = services
+            .iter()
+            .filter_map(|(key, (service, d))| Some((*key, (service.clone(), d.clone()?))))
+            .collect();
+        // Open connections per service, in one pass over the pool.
+        let mut by_service: HashMap<Target, usize> = HashMap::new();
+        for t in pools.iter().flat_map(|pools| &pools.targets) {
+            *by_service
+                .entry(t.target().clone().with_endpoint(None))
+                .or_default() += t.idle() + t.active() + t.connecting();
+        }
+        let open = |service: &Target| by_service.get(service).copied().unwrap_or(0);
         TiersSnapshot {
             keys_tracked: keys.len(),
             cold: keys.iter().filter(|k| k.tier == Tier::Cold).count(),
@@ -313,6 +334,19 @@ impl TierPools {
                         peak_concurrency: k.peak_concurrency,
                         reserved: d.reserved,
                         warm: d.warm,
+                        open: open(service),
+                    })
+                })
+                .collect(),
+            keys: keys
+                .iter()
+                .filter_map(|k| {
+                    let (service, d) = services.get(&k.key)?;
+                    Some(KeyTierSnapshot {
+                        name: name(service),
+                        tier: k.tier,
+                        rate: k.rate,
+                        reserved: d.as_ref().and_then(|d| d.reserved),
                         open: open(service),
                     })
                 })
