@@ -153,7 +153,7 @@ const CACHE_IN_TLS_CHURN_ONLY: &str = "measured in tls-churn only (what the TLS 
 const REUSE_SHARED_IN_NOISY_ONLY: &str =
     "the pool's budget without affinity: run in noisy-neighbour only";
 
-const BUDGET_IN_SCALE_ONLY: &str = "reuse with a budget that does not bind: measured in scale-targets only (what the budget's bookkeeping costs), to keep the suite short";
+const BUDGET_IN_SCALE_ONLY: &str = "reuse with a budget that does not bind and the affinity layer's tiers: measured in scale-targets only (what the budget's and the tiers' bookkeeping cost), to keep the suite short";
 
 const TRACING_IN_STEADY_ONLY: &str =
     "measured in steady-h1 only (the instrumented peer of reuse+otel), to keep the suite short";

@@ -298,13 +298,14 @@ impl Stack {
                 tls,
                 &connector_stats,
             )),
-            StackKind::ReuseBudget => Inner::Reuse(reuse_pool(
-                tenants::loose_budget(pool_layer_config(protocol, target, policy))
-                    .and_then(|config| layer_of(kind, config))?,
-                protocol,
-                tls,
-                &connector_stats,
-            )),
+            StackKind::ReuseBudget => {
+                // The budget set and the affinity layer's tiers on.
+                let layer = tenants::loose_budget(pool_layer_config(protocol, target, policy))
+                    .and_then(|config| layer_of(kind, config))?;
+                let pool = reuse_pool(layer, protocol, tls, &connector_stats);
+                let control = pool.control();
+                Inner::ReuseAffinity(tenants::budget_tiers()?.layer(pool), control)
+            }
             StackKind::ReuseOtel => {
                 // Exactly `reuse`, plus both OpenTelemetry pieces; the lab
                 // still counts TLS handshakes from the pool's events.

@@ -64,6 +64,12 @@ pub(crate) fn tiers_reuse() -> Result<(PoolConfig, Option<AffinityLayer>), Stack
     Ok((PoolConfig::default(), Some(tiered(lab_tiers())?)))
 }
 
+/// `reuse+budget`'s affinity layer in `scale-targets`: the lab's tiers,
+/// over the pool with [`LOOSE_BUDGET`].
+pub(super) fn budget_tiers() -> Result<AffinityLayer, StackError> {
+    tiered(lab_tiers())
+}
+
 /// The affinity layer with `tiers` and otherwise its defaults (the key:
 /// each request's logical authority).
 fn tiered(tiers: TierConfig) -> Result<AffinityLayer, StackError> {
