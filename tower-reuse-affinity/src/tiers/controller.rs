@@ -19,14 +19,15 @@ pub(crate) const DISPLACE_MARGIN: f64 = 1.25;
 /// The tier controller: a deterministic state machine over explicit
 /// instants, with no timer of its own.
 ///
-/// - [`record`](Self::record) counts a request (on the request path) and
-///   promotes its key on the spot when the promote rule holds; the
-///   promotion, and the displacement it may cause, come back in its
-///   [`Recorded`] (there is no queue to drain);
-/// - [`enter`](Self::enter) and [`exit`](Self::exit) follow the requests in
-///   flight, for the peak concurrency over the promote window;
+/// - [`record_and_enter`](Self::record_and_enter), on the request path,
+///   counts a request, promoting its key on the spot when the promote rule
+///   holds (the promotion, and the displacement it may cause, come back in
+///   its [`Recorded`]: there is no queue to drain), and counts it in
+///   flight until its [`exit`](Self::exit), for the peak concurrency over
+///   the promote window;
 /// - [`sweep`](Self::sweep), about once a bucket (a tenth of the promote
-///   window), demotes cold and idle keys and forgets old cold ones.
+///   window), demotes cold and idle keys, promotes those whose rule holds
+///   between their requests, and forgets old cold ones.
 ///
 /// One mutex holds every key: the rules are global (the dedicated bound,
 /// the coldest key, the least recently seen key), and the work under it is
@@ -118,68 +119,40 @@ impl Tiers {
     /// [`Recorded`]). A new key beyond `max_tracked_keys` replaces the least
     /// recently seen cold key with nothing in flight, or stays untracked
     /// (and cold) if there is none.
+    #[cfg(test)]
     pub(crate) fn record(&self, key: u64, now: Instant) -> Recorded {
         let tick = self.tick(now);
-        let rules = &self.rules;
+        self.rules.record(&mut self.lock(), key, tick)
+    }
+
+    /// [`record`](Self::record), then [`enter`](Self::enter), under one
+    /// lock: the request path's two calls.
+    pub(crate) fn record_and_enter(&self, key: u64, now: Instant) -> (Recorded, bool) {
+        let tick = self.tick(now);
         let mut state = self.lock();
-        let slot = match state.keys.find(key) {
-            Some(slot) => {
-                state.keys.touch(slot);
-                slot
-            }
-            None => match state.track(key, tick, rules) {
-                Some(slot) => slot,
-                None => return Recorded::tier(Tier::Cold),
-            },
-        };
-        let recent_epoch = rules.recent.epoch(tick);
-        let k = state.keys.get_mut(slot);
-        k.last_seen = k.last_seen.max(tick);
-        k.recent.add(recent_epoch);
-        k.long.add(rules.long.epoch(tick));
-        if k.tier == Tier::Dedicated || !rules.qualifies(k, tick) {
-            return Recorded::tier(k.tier);
-        }
-        let attempt = recent_epoch.wrapping_add(1);
-        let tried = std::mem::replace(&mut k.tried_displacing, attempt);
-        if state.dedicated.len() < rules.max_dedicated {
-            let promoted = state.promote(slot, tick, rules);
-            Recorded {
-                tier: Tier::Dedicated,
-                displaced: None,
-                promoted: Some(promoted),
-            }
-        } else if tried == attempt {
-            Recorded::tier(Tier::Cold)
-        } else {
-            state.displace(slot, tick, rules)
-        }
+        let recorded = self.rules.record(&mut state, key, tick);
+        let entered = self
+            .rules
+            .in_flight(&mut state, key, tick, |n| n.saturating_add(1));
+        (recorded, entered)
     }
 
     /// A request of `key` starts: counted in flight until its
     /// [`exit`](Self::exit). Returns whether the key is tracked (an
     /// untracked key's requests are not followed).
+    #[cfg(test)]
     pub(crate) fn enter(&self, key: u64, now: Instant) -> bool {
-        self.in_flight(key, now, |n| n.saturating_add(1))
+        let tick = self.tick(now);
+        self.rules
+            .in_flight(&mut self.lock(), key, tick, |n| n.saturating_add(1))
     }
 
     /// A request of `key` has ended (its response is done, or it failed or
     /// was dropped). Never below zero.
     pub(crate) fn exit(&self, key: u64, now: Instant) -> bool {
-        self.in_flight(key, now, |n| n.saturating_sub(1))
-    }
-
-    fn in_flight(&self, key: u64, now: Instant, change: impl FnOnce(u32) -> u32) -> bool {
-        let epoch = self.rules.recent.epoch(self.tick(now));
-        let mut state = self.lock();
-        let Some(slot) = state.keys.find(key) else {
-            return false;
-        };
-        let k = state.keys.get_mut(slot);
-        k.peaks.advance(epoch, k.in_flight);
-        k.in_flight = change(k.in_flight);
-        k.peaks.raise(k.in_flight);
-        true
+        let tick = self.tick(now);
+        self.rules
+            .in_flight(&mut self.lock(), key, tick, |n| n.saturating_sub(1))
     }
 
     /// Demotes dedicated keys that went cold or idle, promotes cold keys
@@ -262,6 +235,62 @@ impl Tiers {
 }
 
 impl Rules {
+    /// Counts one request of `key` at `tick` (see [`Tiers::record`]).
+    fn record(&self, state: &mut State, key: u64, tick: u64) -> Recorded {
+        let slot = match state.keys.find(key) {
+            Some(slot) => {
+                state.keys.touch(slot);
+                slot
+            }
+            None => match state.track(key, tick, self) {
+                Some(slot) => slot,
+                None => return Recorded::tier(Tier::Cold),
+            },
+        };
+        let recent_epoch = self.recent.epoch(tick);
+        let k = state.keys.get_mut(slot);
+        k.last_seen = k.last_seen.max(tick);
+        k.recent.add(recent_epoch);
+        k.long.add(self.long.epoch(tick));
+        if k.tier == Tier::Dedicated || !self.qualifies(k, tick) {
+            return Recorded::tier(k.tier);
+        }
+        let attempt = recent_epoch.wrapping_add(1);
+        let tried = std::mem::replace(&mut k.tried_displacing, attempt);
+        if state.dedicated.len() < self.max_dedicated {
+            let promoted = state.promote(slot, tick, self);
+            Recorded {
+                tier: Tier::Dedicated,
+                displaced: None,
+                promoted: Some(promoted),
+            }
+        } else if tried == attempt {
+            Recorded::tier(Tier::Cold)
+        } else {
+            state.displace(slot, tick, self)
+        }
+    }
+
+    /// Applies `change` to `key`'s requests in flight, keeping its peak;
+    /// whether the key is tracked.
+    fn in_flight(
+        &self,
+        state: &mut State,
+        key: u64,
+        tick: u64,
+        change: impl FnOnce(u32) -> u32,
+    ) -> bool {
+        let epoch = self.recent.epoch(tick);
+        let Some(slot) = state.keys.find(key) else {
+            return false;
+        };
+        let k = state.keys.get_mut(slot);
+        k.peaks.advance(epoch, k.in_flight);
+        k.in_flight = change(k.in_flight);
+        k.peaks.raise(k.in_flight);
+        true
+    }
+
     fn recent_rate(&self, k: &KeyState, tick: u64) -> f64 {
         let sum = k.recent.sum_at(self.recent.epoch(tick));
         self.recent.rate(sum, tick)

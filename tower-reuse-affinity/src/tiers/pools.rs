@@ -181,10 +181,11 @@ impl TierPools {
         }
         self.start_sweeping();
         let now = Instant::now();
-        for change in self.tiers.record(key, now).changes() {
+        let (recorded, entered) = self.tiers.record_and_enter(key, now);
+        for change in recorded.changes() {
             self.apply(&change);
         }
-        self.tiers.enter(key, now).then(|| InFlight {
+        entered.then(|| InFlight {
             pools: self.clone(),
             key,
         })
@@ -309,10 +310,6 @@ impl TierPools {
             .iter()
             .map(|(key, k)| (*key, (k.service.clone(), k.dedicated.clone())))
             .collect();
-        let dedicated: HashMap<u64, (Target, Dedicated)> = services
-            .iter()
-            .filter_map(|(key, (service, d))| Some((*key, (service.clone(), d.clone()?))))
-            .collect();
         // Open connections per service, in one pass over the pool.
         let mut by_service: HashMap<Target, usize> = HashMap::new();
         for t in pools.iter().flat_map(|pools| &pools.targets) {
@@ -321,37 +318,35 @@ impl TierPools {
                 .or_default() += t.idle() + t.active() + t.connecting();
         }
         let open = |service: &Target| by_service.get(service).copied().unwrap_or(0);
-        TiersSnapshot {
+        let mut snapshot = TiersSnapshot {
             keys_tracked: keys.len(),
             cold: keys.iter().filter(|k| k.tier == Tier::Cold).count(),
-            dedicated: keys
-                .iter()
-                .filter_map(|k| {
-                    let (service, d) = dedicated.get(&k.key)?;
-                    Some(DedicatedSnapshot {
-                        name: name(service),
-                        rate: k.rate,
-                        peak_concurrency: k.peak_concurrency,
-                        reserved: d.reserved,
-                        warm: d.warm,
-                        open: open(service),
-                    })
-                })
-                .collect(),
-            keys: keys
-                .iter()
-                .filter_map(|k| {
-                    let (service, d) = services.get(&k.key)?;
-                    Some(KeyTierSnapshot {
-                        name: name(service),
-                        tier: k.tier,
-                        rate: k.rate,
-                        reserved: d.as_ref().and_then(|d| d.reserved),
-                        open: open(service),
-                    })
-                })
-                .collect(),
+            ..TiersSnapshot::default()
+        };
+        for k in &keys {
+            let Some((service, dedicated)) = services.get(&k.key) else {
+                continue;
+            };
+            let open = open(service);
+            if let Some(d) = dedicated {
+                snapshot.dedicated.push(DedicatedSnapshot {
+                    name: name(service),
+                    rate: k.rate,
+                    peak_concurrency: k.peak_concurrency,
+                    reserved: d.reserved,
+                    warm: d.warm,
+                    open,
+                });
+            }
+            snapshot.keys.push(KeyTierSnapshot {
+                name: name(service),
+                tier: k.tier,
+                rate: k.rate,
+                reserved: dedicated.as_ref().and_then(|d| d.reserved),
+                open,
+            });
         }
+        snapshot
     }
 }
 

@@ -72,6 +72,14 @@ impl Slots {
             .sum()
     }
 
+    /// Whether `group`'s connections hold shared slots: it reserves none,
+    /// or holds more than it reserves.
+    fn holds_shared(&self, group: Option<&Group>) -> bool {
+        group
+            .and_then(|g| self.groups.get(g))
+            .is_none_or(|g| g.held > g.reserved)
+    }
+
     fn reserved_total(&self) -> usize {
         self.groups.values().map(|g| g.reserved).sum()
     }
@@ -286,24 +294,14 @@ impl Budget {
     /// Whether a connection of `group` holds a shared slot (one another
     /// target could use), rather than one of its group's reserved ones.
     pub(crate) fn holds_shared(&self, group: Option<&Group>) -> bool {
-        match group {
-            None => true,
-            Some(g) => self
-                .lock()
-                .groups
-                .get(g)
-                .is_none_or(|g| g.held > g.reserved),
-        }
+        group.is_none() || self.lock().holds_shared(group)
     }
 
     /// Whether a connection of `group` holds a shared slot and a target
     /// other than `me` waits for a slot.
     pub(crate) fn others_wait(&self, group: Option<&Group>, me: &Weak<dyn Claimant>) -> bool {
         let slots = self.lock();
-        let shared = group
-            .and_then(|g| slots.groups.get(g))
-            .is_none_or(|g| g.held > g.reserved);
-        shared
+        slots.holds_shared(group)
             && slots
                 .waiting
                 .iter()
