@@ -16,7 +16,7 @@ use tower_reuse_pool::{Pool, PoolConfig, TargetConfig};
 use tower_reuse_tests::budget::{CountingConnector, counted, counts, servers, target};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::h2server::{H2Options, H2Server, Reply};
-use tower_reuse_tests::server::{ServerOptions, ServerStats};
+use tower_reuse_tests::server::{ServerOptions, ServerStats, TestServer};
 use tower_reuse_tests::{bounded, client, get, pool, send, until};
 
 /// A GET the server answers after `ms` milliseconds.
@@ -54,6 +54,17 @@ async fn served_within_two(client: &Pool<HttpConnector>, stats: &ServerStats, ur
     );
 }
 
+/// One slot of the budget reserved for `server`'s target.
+fn reserve_one(client: &Pool<HttpConnector>, server: &TestServer) {
+    client
+        .control()
+        .set_target_config(
+            &target(server),
+            Some(TargetConfig::default().reserved_connections(Some(1))),
+        )
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_reservation_set_while_the_budget_is_spent_opens_no_connection_over_it() {
     let (servers, stats) = servers(2, ServerOptions::default()).await;
@@ -66,13 +77,7 @@ async fn a_reservation_set_while_the_budget_is_spent_opens_no_connection_over_it
     assert_eq!(counted(&client), 2, "the budget is spent");
     // A reservation for the other target, set now: its slot is not free
     // until one of the first target's connections goes.
-    client
-        .control()
-        .set_target_config(
-            &target(&servers[1]),
-            Some(TargetConfig::default().reserved_connections(Some(1))),
-        )
-        .unwrap();
+    reserve_one(&client, &servers[1]);
     served_within_two(&client, &stats, &servers[1].url("/")).await;
 }
 
@@ -84,13 +89,7 @@ async fn a_budget_lowered_below_the_connections_open_lets_no_reservation_over_it
             .max_connections(Some(3))
             .checkout_timeout(Some(Duration::from_secs(5))),
     );
-    client
-        .control()
-        .set_target_config(
-            &target(&servers[1]),
-            Some(TargetConfig::default().reserved_connections(Some(1))),
-        )
-        .unwrap();
+    reserve_one(&client, &servers[1]);
     two_idle(&client, &servers[0].url("/")).await;
     assert_eq!(counted(&client), 2);
     client
