@@ -13,6 +13,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_layer::Layer;
+pub use tower_reuse_pool::PoolHandle;
 use tower_reuse_pool::{Endpoint, Partition, PoolControl, Target, WarmUp};
 use tower_service::Service;
 
@@ -26,26 +27,6 @@ use crate::registry::{Endpoints, Registry};
 use crate::services::{ServiceSet, find};
 use crate::snapshot::AffinitySnapshot;
 use crate::tiers::{TierPools, TiersSnapshot};
-
-/// A pool the affinity layer can stack over: it asks the pool which
-/// endpoints hold a free connection, and drains removed endpoints' ones.
-/// Implemented by `tower_reuse_pool::Pool`.
-pub trait PoolHandle {
-    /// The pool's control handle.
-    fn pool_control(&self) -> PoolControl;
-}
-
-impl<C, B> PoolHandle for tower_reuse_pool::Pool<C, B>
-where
-    C: tower_reuse_pool::Connect,
-    B: Body + Default + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<tower_reuse_pool::BoxError>,
-{
-    fn pool_control(&self) -> PoolControl {
-        self.control()
-    }
-}
 
 /// Sends a request to one endpoint without an extension on the request
 /// (which would cost it an allocation). Implemented by
@@ -304,6 +285,14 @@ impl<S> Affinity<S> {
         let set = find(&self.registry.services.load(), scheme, authority)?.clone();
         self.last = Some((generation, set.clone()));
         Some(set)
+    }
+}
+
+/// The pool below, for a layer stacked over the affinity layer (the
+/// adaptive controller).
+impl<S> PoolHandle for Affinity<S> {
+    fn pool_control(&self) -> PoolControl {
+        self.control.clone()
     }
 }
 

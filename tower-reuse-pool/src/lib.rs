@@ -121,6 +121,6 @@ pub use hints::keep_alive_timeout;
 pub use info::ConnectionInfo;
 pub use layer::PoolLayer;
 pub use replay::ReplayBody;
-pub use service::{Connections, Pool, Pooled};
+pub use service::{Connections, Pool, PoolHandle, Pooled};
 pub use target::{Partition, Target};
 pub use target_pool::WarmUp;

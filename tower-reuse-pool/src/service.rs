@@ -172,6 +172,26 @@ where
     }
 }
 
+/// A service that reaches a pool's control handle: the pool itself, or a
+/// layer's service stacked over it. The layers that steer the pool
+/// (affinity, adaptive) take the handle from the service they wrap.
+pub trait PoolHandle {
+    /// The pool's control handle.
+    fn pool_control(&self) -> PoolControl;
+}
+
+impl<C, B> PoolHandle for Pool<C, B>
+where
+    C: Connect,
+    B: Body + Default + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn pool_control(&self) -> PoolControl {
+        self.control()
+    }
+}
+
 impl<C, B> Service<Request<B>> for Pool<C, B>
 where
     C: Connect,

@@ -1,0 +1,327 @@
+//! The decisions, as pure functions of one target's window, what was
+//! learned of its server, and the settings it has: what each knob should
+//! be, and the rules that keep it from oscillating (a dead band, a
+//! cool-down, a bounded step).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::AdaptiveConfig;
+use crate::events::{Change, Inputs, Reason};
+use crate::learn::{Learned, margin};
+use crate::signals::Samples;
+use crate::window::Bucket;
+
+/// Idle gaps needed in the window before they set the idle timeout.
+pub(crate) const MIN_GAPS: u64 = 20;
+
+/// The shortest idle timeout the workload's gaps set (a server's learned
+/// idle limit may set a shorter one).
+pub(crate) const KEEP_FLOOR: Duration = Duration::from_secs(1);
+
+/// The idle timeout the gaps set: this many times their 99th percentile.
+const GAP_HEADROOM: f64 = 1.5;
+
+/// Burst starts needed to find a period (three intervals).
+const PERIOD_STARTS: usize = 4;
+
+/// Each of those intervals within this share of their median.
+const PERIOD_TOLERANCE: f64 = 0.2;
+
+/// Shorter periods are not kept warm for: connections outlive such gaps.
+const MIN_PERIOD: Duration = Duration::from_millis(500);
+
+/// One knob as the controller set it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Knob<T> {
+    /// The controller's value, if it set one.
+    pub(crate) ours: Option<T>,
+    /// When it last changed.
+    pub(crate) changed_at: Option<Instant>,
+}
+
+impl<T: Copy> Knob<T> {
+    fn cooled(&self, now: Instant, cool_down: Duration) -> bool {
+        self.changed_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= cool_down)
+    }
+
+    fn current(&self, inherited: T) -> T {
+        self.ours.unwrap_or(inherited)
+    }
+}
+
+/// The knobs the controller sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Knobs {
+    pub(crate) idle_timeout: Knob<Option<Duration>>,
+    pub(crate) min_idle: Knob<usize>,
+    pub(crate) max_requests: Knob<Option<u64>>,
+}
+
+impl Knobs {
+    /// Record `change` as made at `now`; `ours` is `None` where it returns
+    /// the knob to what the target inherits.
+    pub(crate) fn record(&mut self, change: Change, inherited: &Inherited, now: Instant) {
+        match change {
+            Change::IdleTimeout { to, .. } => {
+                self.idle_timeout = Knob {
+                    ours: (to != inherited.idle_timeout).then_some(to),
+                    changed_at: Some(now),
+                };
+            }
+            Change::MinIdle { to, .. } => {
+                self.min_idle = Knob {
+                    ours: (to != inherited.min_idle).then_some(to),
+                    changed_at: Some(now),
+                };
+            }
+            Change::MaxRequests { to, .. } => {
+                self.max_requests = Knob {
+                    ours: (to != inherited.max_requests).then_some(to),
+                    changed_at: Some(now),
+                };
+            }
+        }
+    }
+}
+
+/// What a target has without the controller. A knob the operator set on
+/// the target itself (`own_*`) is left alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Inherited {
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) min_idle: usize,
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) own_idle_timeout: bool,
+    pub(crate) own_min_idle: bool,
+    pub(crate) own_max_requests: bool,
+}
+
+/// Bursts that come at a steady period.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Periodic {
+    pub(crate) period: Duration,
+    /// The most in flight in the last bursts.
+    pub(crate) peak: usize,
+    /// The next burst is not overdue.
+    pub(crate) ongoing: bool,
+}
+
+/// The period of the latest bursts, if their starts are evenly spaced.
+pub(crate) fn periodic(samples: &Samples, now: Instant) -> Option<Periodic> {
+    let mut starts: Vec<Instant> = samples.bursts.iter().map(|b| b.start).collect();
+    starts.extend(samples.burst_start);
+    let latest = starts.get(starts.len().checked_sub(PERIOD_STARTS)?..)?;
+    let mut intervals: Vec<Duration> = latest
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .collect();
+    intervals.sort_unstable();
+    let period = intervals[intervals.len() / 2];
+    let tolerance = period.mul_f64(PERIOD_TOLERANCE);
+    if period < MIN_PERIOD || intervals.iter().any(|i| i.abs_diff(period) > tolerance) {
+        return None;
+    }
+    let peak = samples
+        .bursts
+        .iter()
+        .rev()
+        .take(PERIOD_STARTS - 1)
+        .map(|b| b.peak)
+        .max()?;
+    let last = *latest.last()?;
+    Some(Periodic {
+        period,
+        peak,
+        ongoing: now.saturating_duration_since(last) < period * 2,
+    })
+}
+
+/// One target's view at a tick.
+#[derive(Debug)]
+pub(crate) struct View<'a> {
+    pub(crate) now: Instant,
+    pub(crate) window: &'a Bucket,
+    pub(crate) learned: &'a Learned,
+    pub(crate) periodic: Option<Periodic>,
+    pub(crate) inherited: Inherited,
+    pub(crate) knobs: Knobs,
+}
+
+/// What the controller saw, and the changes it wants now.
+pub(crate) fn decide(config: &AdaptiveConfig, view: &View<'_>) -> (Inputs, Vec<(Change, Reason)>) {
+    let window = view.window;
+    let connect_p50 = window.connect.quantile(0.5);
+    let margin = view.learned.idle_limit.map(|l| margin(l, connect_p50));
+    let inputs = Inputs {
+        rate: window.counts.checkouts as f64 / config.window.as_secs_f64(),
+        peak: window.counts.peak,
+        gap_p99: window.gaps.quantile(0.99),
+        server_idle_limit: view.learned.idle_limit,
+        margin,
+        request_limit: view.learned.request_limit,
+        period: view.periodic.map(|p| p.period),
+        burst_peak: view.periodic.map(|p| p.peak),
+    };
+    let mut changes = Vec::new();
+    changes.extend(idle_timeout(config, view, &inputs));
+    changes.extend(min_idle(config, view));
+    changes.extend(max_requests(config, view));
+    (inputs, changes)
+}
+
+/// The longest idle timeout the controller may set: the target's own
+/// without it, within the operator's bound.
+fn idle_ceiling(config: &AdaptiveConfig, inherited: &Inherited) -> Option<Duration> {
+    match (inherited.idle_timeout, config.idle_timeout_max) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Close before the server does; keep connections as long as the gaps
+/// between their requests need, no longer, and never longer than the
+/// target would without the controller.
+fn idle_timeout(
+    config: &AdaptiveConfig,
+    view: &View<'_>,
+    inputs: &Inputs,
+) -> Option<(Change, Reason)> {
+    if view.inherited.own_idle_timeout {
+        return None;
+    }
+    let ceiling = idle_ceiling(config, &view.inherited);
+    let server_safe = view
+        .learned
+        .idle_limit
+        .filter(|_| config.learn_idle_timeout)
+        .zip(inputs.margin)
+        .map(|(limit, margin)| limit.saturating_sub(margin).max(config.idle_timeout_min));
+    let knob = view.knobs.idle_timeout;
+    let current = knob.current(view.inherited.idle_timeout);
+    // The gaps set the timeout once there are enough of them; a few are
+    // enough to lengthen it (a gap longer than the timeout cost a connect).
+    let gaps = view.window.gaps.count();
+    let workload = (gaps > 0)
+        .then(|| {
+            view.window
+                .gaps
+                .quantile(if gaps >= MIN_GAPS { 0.99 } else { 1.0 })
+        })
+        .flatten()
+        .map(|gap| gap.mul_f64(GAP_HEADROOM).max(KEEP_FLOOR))
+        .filter(|&w| gaps >= MIN_GAPS || current.is_some_and(|c| w > c));
+    // With no opinion of the gaps, the timeout stays as it is.
+    let (mut want, mut why) = match knob.ours {
+        Some(ours) => (ours, Reason::IdleGaps),
+        None => (ceiling, Reason::Restored),
+    };
+    if let Some(w) = workload {
+        (want, why) = (Some(w), Reason::IdleGaps);
+    }
+    if let Some(c) = ceiling.filter(|&c| want.is_none_or(|w| w > c)) {
+        (want, why) = (Some(c), Reason::Restored);
+    }
+    if let Some(s) = server_safe.filter(|&s| want.is_none_or(|x| s < x)) {
+        (want, why) = (Some(s), Reason::ServerIdleLimit);
+    }
+    let want = match (want.map(|w| w.max(config.idle_timeout_min)), ceiling) {
+        (Some(w), Some(c)) => Some(w.min(c)),
+        (w, _) => w,
+    };
+    if want == current {
+        return None;
+    }
+    let change = |to| Change::IdleTimeout { from: current, to };
+    // A server that closes connections before the pool does fails requests
+    // on them: no cool-down, no step bound, straight to safe.
+    if let Some(safe) = server_safe.filter(|&s| current.is_none_or(|c| c > s)) {
+        return Some((change(Some(safe)), Reason::ServerIdleLimit));
+    }
+    if !knob.cooled(view.now, config.cool_down) {
+        return None;
+    }
+    let (Some(to), Some(from)) = (want, current) else {
+        // From or to no timeout at all: no step to bound.
+        return Some((change(want), why));
+    };
+    if from.as_secs_f64() * config.dead_band >= to.abs_diff(from).as_secs_f64() {
+        return None;
+    }
+    let stepped = if to < from {
+        to.max(from.div_f64(config.max_factor))
+    } else {
+        to.min(from.mul_f64(config.max_factor))
+    };
+    Some((change(Some(stepped)), why))
+}
+
+/// Keep the recent bursts' peak warm while bursts come at a steady period
+/// with gaps that outlast the connections; release gradually otherwise.
+fn min_idle(config: &AdaptiveConfig, view: &View<'_>) -> Option<(Change, Reason)> {
+    if view.inherited.own_min_idle {
+        return None;
+    }
+    let ceiling = idle_ceiling(config, &view.inherited);
+    let floor = view.inherited.min_idle;
+    // Only when the connections cannot be kept through the gap: the
+    // server closes them first, or the idle timeout may not be that long.
+    // Otherwise the idle gaps lengthen the idle timeout instead.
+    let outlasted = |p: &Periodic| {
+        view.learned.idle_limit.is_some_and(|l| l < p.period)
+            || ceiling.is_some_and(|c| c < p.period)
+    };
+    let want = view
+        .periodic
+        .filter(|p| config.prewarm && p.ongoing && outlasted(p))
+        .map_or(floor, |p| p.peak.min(config.max_prewarm).max(floor));
+    let knob = view.knobs.min_idle;
+    let current = knob.current(floor);
+    if want == current || !knob.cooled(view.now, config.cool_down) {
+        return None;
+    }
+    let change = |to| Change::MinIdle { from: current, to };
+    if want > current {
+        if (want - current) as f64 <= current as f64 * config.dead_band {
+            return None;
+        }
+        let to = want.min(current.saturating_add(config.max_step));
+        return Some((change(to), Reason::PeriodicBurst));
+    }
+    // Released at most half at a time.
+    let to = want
+        .max(current / 2)
+        .max(current.saturating_sub(config.max_step));
+    Some((change(to), Reason::Released))
+}
+
+/// Retire connections at the server's request limit, so the pool opens the
+/// replacement ahead of the last request.
+fn max_requests(config: &AdaptiveConfig, view: &View<'_>) -> Option<(Change, Reason)> {
+    if view.inherited.own_max_requests {
+        return None;
+    }
+    let inherited = view.inherited.max_requests;
+    let learned = view
+        .learned
+        .request_limit
+        .filter(|&n| config.learn_request_limit && inherited.is_none_or(|m| n < m));
+    let (want, why) = match learned {
+        Some(n) => (Some(n), Reason::RequestLimit),
+        None => (inherited, Reason::Restored),
+    };
+    let knob = view.knobs.max_requests;
+    let current = knob.current(inherited);
+    if want == current || !knob.cooled(view.now, config.cool_down) {
+        return None;
+    }
+    Some((
+        Change::MaxRequests {
+            from: current,
+            to: want,
+        },
+        why,
+    ))
+}

@@ -1,0 +1,72 @@
+//! `AdaptivePoolEvents`: the pool's hook that feeds the controller.
+
+use std::sync::Arc;
+
+use tower_reuse_pool::TlsHandshake;
+use tower_reuse_pool::events::{
+    CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectReason, ConnectStarted, Connected,
+    PoolEvents, Refused, Retried,
+};
+
+use crate::controller::Controller;
+
+/// The pool's events hook of an [`AdaptiveLayer`](crate::AdaptiveLayer):
+/// give it to the pool below the layer with `PoolLayer::events` (paired
+/// with another hook as `(hook, adaptive.pool_events())`). Without it the
+/// controller sees no connection and tunes nothing.
+///
+/// Per request it costs a read lock of the target map and a few relaxed
+/// atomic adds; a lock of the target's own state only at a burst's start
+/// and end, a connect and a close.
+#[derive(Clone, Debug)]
+pub struct AdaptivePoolEvents {
+    pub(crate) controller: Arc<Controller>,
+}
+
+impl PoolEvents for AdaptivePoolEvents {
+    fn on_connect_start(&self, event: &ConnectStarted<'_>) {
+        let demand = event.reason() == ConnectReason::Demand;
+        self.controller
+            .with_live(event.target(), |live| live.connect_started(demand));
+    }
+
+    fn on_connect(&self, event: &Connected<'_>) {
+        let demand = event.reason() == ConnectReason::Demand;
+        let resumed = event.tls().map(|tls| tls == TlsHandshake::Resumed);
+        self.controller.with_live(event.target(), |live| {
+            live.connected(demand, event.duration(), resumed)
+        });
+    }
+
+    fn on_connect_error(&self, event: &ConnectFailed<'_>) {
+        self.controller
+            .with_live(event.target(), |live| live.connect_failed());
+    }
+
+    fn on_checkout(&self, event: &CheckedOut<'_>) {
+        self.controller.with_live(event.target(), |live| {
+            live.checkout(event.reused(), event.wait(), event.idle_for())
+        });
+    }
+
+    fn on_checkin(&self, event: &CheckedIn<'_>) {
+        self.controller
+            .with_live(event.target(), |live| live.checkin());
+    }
+
+    fn on_close(&self, event: &Closed<'_>) {
+        self.controller.with_live(event.target(), |live| {
+            live.closed(event.reason(), None, event.requests_served())
+        });
+    }
+
+    fn on_retry(&self, event: &Retried<'_>) {
+        self.controller
+            .with_live(event.target(), |live| live.retried());
+    }
+
+    fn on_refused(&self, event: &Refused<'_>) {
+        self.controller
+            .with_live(event.target(), |live| live.refused());
+    }
+}

@@ -1,0 +1,360 @@
+//! One target's live signals: what the pool's events and the request path
+//! record as they happen (relaxed atomics on the per-request path, a lock
+//! only for the rare events: a burst's start and end, a close, a connect),
+//! drained by the controller every tick.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_reuse_pool::events::CloseReason;
+
+use crate::histogram::LiveHistogram;
+use crate::window::{Bucket, Counts};
+
+/// A quiet spell at least this long between two requests starts a new
+/// burst.
+pub(crate) const BURST_QUIET: Duration = Duration::from_millis(100);
+
+/// A server's close of a connection idle at least this long is taken for
+/// its idle timeout; a shorter idle age, for a close after a response (its
+/// request limit).
+pub(crate) const IDLE_SAMPLE_FLOOR: Duration = Duration::from_millis(50);
+
+/// How many bursts are remembered to find a period.
+const BURSTS_KEPT: usize = 8;
+
+/// Connections closed at their idle timeout whose would-be reuse is
+/// looked for, at most.
+const EXPIRED_KEPT: usize = 256;
+
+/// One target's signals as they happen.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    checkouts: AtomicU64,
+    reused: AtomicU64,
+    in_flight: AtomicUsize,
+    /// The most requests in flight since the last drain.
+    peak: AtomicUsize,
+    /// The most in flight since the current burst started.
+    burst_peak: AtomicUsize,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    pub(crate) wait: LiveHistogram,
+    /// Idle ages at which connections were reused, and those at which
+    /// expired connections would have been.
+    pub(crate) gaps: LiveHistogram,
+    pub(crate) connect: LiveHistogram,
+    pub(crate) latency: LiveHistogram,
+    demand_connects: AtomicU64,
+    other_connects: AtomicU64,
+    connect_errors: AtomicU64,
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
+    stale: AtomicU64,
+    retries: AtomicU64,
+    refused: AtomicU64,
+    closes: [AtomicU64; CloseReason::ALL.len()],
+    rare: Mutex<Rare>,
+}
+
+/// What the rare events leave for the controller.
+#[derive(Debug, Default)]
+pub(crate) struct Rare {
+    /// When the last request in flight ended (none in flight since).
+    quiet_since: Option<Instant>,
+    /// The current burst's start.
+    burst_start: Option<Instant>,
+    /// Finished bursts, oldest first.
+    pub(crate) bursts: VecDeque<Burst>,
+    /// Idle ages at which the server closed connections (or a request found
+    /// one closed), since the last drain.
+    pub(crate) idle_closes: Vec<Duration>,
+    /// Requests served by connections the server closed after a response,
+    /// since the last drain.
+    pub(crate) request_closes: Vec<u64>,
+    /// When each connection closed at its idle timeout had last been used.
+    expired: VecDeque<Instant>,
+}
+
+/// One finished burst.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Burst {
+    pub(crate) start: Instant,
+    pub(crate) peak: usize,
+}
+
+impl Live {
+    /// A request got a connection.
+    pub(crate) fn checkout(&self, reused: bool, wait: Duration, idle_for: Option<Duration>) {
+        self.checkouts.fetch_add(1, Ordering::Relaxed);
+        if reused {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wait.record(wait);
+        if let Some(idle) = idle_for {
+            self.gaps.record(idle);
+        }
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
+        if before == 0 {
+            self.busy(Instant::now());
+        }
+    }
+
+    /// A request gave its connection back.
+    pub(crate) fn checkin(&self) {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            self.lock().quiet_since = Some(Instant::now());
+        }
+    }
+
+    /// A request went out with nothing in flight: a new burst if the
+    /// target was quiet long enough.
+    fn busy(&self, now: Instant) {
+        let mut rare = self.lock();
+        let quiet = rare
+            .quiet_since
+            .map(|since| now.saturating_duration_since(since));
+        if rare.burst_start.is_some() && quiet.is_some_and(|q| q < BURST_QUIET) {
+            return;
+        }
+        // The previous burst's peak; this request counts in the new one.
+        let peak = self.burst_peak.swap(1, Ordering::Relaxed);
+        if let Some(start) = rare.burst_start.replace(now) {
+            if rare.bursts.len() == BURSTS_KEPT {
+                rare.bursts.pop_front();
+            }
+            rare.bursts.push_back(Burst { start, peak });
+        }
+    }
+
+    /// A request through the layer ended, after `latency`.
+    pub(crate) fn request(&self, latency: Duration, failed: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.record(latency);
+    }
+
+    /// A connect started: a demand connect after connections expired at the
+    /// idle timeout tells how long one of them would have waited.
+    pub(crate) fn connect_started(&self, demand: bool) {
+        if !demand {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last_used) = self.lock().expired.pop_back() {
+            self.gaps.record(now.saturating_duration_since(last_used));
+        }
+    }
+
+    pub(crate) fn connected(&self, demand: bool, duration: Duration, resumed: Option<bool>) {
+        let count = if demand {
+            &self.demand_connects
+        } else {
+            &self.other_connects
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        self.connect.record(duration);
+        match resumed {
+            Some(true) => self.tls_resumed.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.tls_full.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+    }
+
+    pub(crate) fn connect_failed(&self) {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed: what it says of the server's limits.
+    pub(crate) fn closed(&self, reason: CloseReason, idle_for: Option<Duration>, served: u64) {
+        if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
+            self.closes[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let idle_sample = idle_for.filter(|d| *d >= IDLE_SAMPLE_FLOOR);
+        let after_response = idle_for.is_some_and(|d| d < IDLE_SAMPLE_FLOOR);
+        match reason {
+            CloseReason::ServerClosed if idle_sample.is_some() => {
+                self.lock().idle_closes.extend(idle_sample);
+            }
+            CloseReason::ServerClosed if after_response && served > 0 => {
+                self.lock().request_closes.push(served);
+            }
+            CloseReason::ServerHint if served > 0 => self.lock().request_closes.push(served),
+            CloseReason::IdleTimeout => {
+                if let Some(idle) = idle_for {
+                    let mut rare = self.lock();
+                    if rare.expired.len() == EXPIRED_KEPT {
+                        rare.expired.pop_front();
+                    }
+                    let last_used = Instant::now().checked_sub(idle);
+                    rare.expired.extend(last_used);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A request found a reused connection the server had closed, taken
+    /// after `idle_for` idle: the server's idle limit is at most that.
+    pub(crate) fn stale(&self, idle_for: Option<Duration>) {
+        self.stale.fetch_add(1, Ordering::Relaxed);
+        if let Some(idle) = idle_for.filter(|d| *d >= IDLE_SAMPLE_FLOOR) {
+            self.lock().idle_closes.push(idle);
+        }
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Move everything recorded since the last drain into `bucket`; the
+    /// samples of the server's limits are returned. `forget_before`: the
+    /// expired connections last used before it can no longer be reused.
+    pub(crate) fn drain(&self, bucket: &mut Bucket, forget_before: Instant) -> Samples {
+        let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        let counts: &mut Counts = &mut bucket.counts;
+        counts.checkouts += take(&self.checkouts);
+        counts.reused += take(&self.reused);
+        let peak = self
+            .peak
+            .swap(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+        counts.peak = counts.peak.max(peak);
+        counts.requests += take(&self.requests);
+        counts.errors += take(&self.errors);
+        counts.demand_connects += take(&self.demand_connects);
+        counts.other_connects += take(&self.other_connects);
+        counts.connect_errors += take(&self.connect_errors);
+        counts.tls_full += take(&self.tls_full);
+        counts.tls_resumed += take(&self.tls_resumed);
+        counts.stale += take(&self.stale);
+        counts.retries += take(&self.retries);
+        counts.refused += take(&self.refused);
+        for (sum, live) in counts.closes.iter_mut().zip(&self.closes) {
+            *sum += take(live);
+        }
+        self.wait.drain_into(&mut bucket.wait);
+        self.gaps.drain_into(&mut bucket.gaps);
+        self.connect.drain_into(&mut bucket.connect);
+        self.latency.drain_into(&mut bucket.latency);
+        let mut rare = self.lock();
+        while rare.expired.front().is_some_and(|&at| at < forget_before) {
+            rare.expired.pop_front();
+        }
+        Samples {
+            idle_closes: std::mem::take(&mut rare.idle_closes),
+            request_closes: std::mem::take(&mut rare.request_closes),
+            bursts: rare.bursts.iter().copied().collect(),
+            burst_start: rare.burst_start,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rare> {
+        self.rare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What one drain found of the server's limits and the bursts.
+#[derive(Debug, Default)]
+pub(crate) struct Samples {
+    pub(crate) idle_closes: Vec<Duration>,
+    pub(crate) request_closes: Vec<u64>,
+    /// Finished bursts, oldest first.
+    pub(crate) bursts: Vec<Burst>,
+    /// When the current burst started.
+    pub(crate) burst_start: Option<Instant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_are_split_by_quiet_spells() {
+        let live = Live::default();
+        for _ in 0..3 {
+            for _ in 0..4 {
+                live.checkout(true, Duration::ZERO, None);
+            }
+            tokio::time::advance(Duration::from_millis(10)).await;
+            for _ in 0..4 {
+                live.checkin();
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Requests a few milliseconds apart are one burst.
+        live.checkout(true, Duration::ZERO, None);
+        live.checkin();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        live.checkout(true, Duration::ZERO, None);
+        live.checkin();
+        let samples = live.drain(&mut Bucket::default(), Instant::now());
+        assert_eq!(samples.bursts.len(), 3);
+        assert!(samples.bursts.iter().all(|b| b.peak == 4));
+        assert!(samples.burst_start.is_some());
+    }
+
+    #[test]
+    fn a_checkin_without_its_checkout_does_not_wrap() {
+        let live = Live::default();
+        live.checkin();
+        assert_eq!(live.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_closes_are_sorted_into_idle_and_request_limits() {
+        let live = Live::default();
+        live.closed(
+            CloseReason::ServerClosed,
+            Some(Duration::from_millis(1000)),
+            3,
+        );
+        live.closed(
+            CloseReason::ServerClosed,
+            Some(Duration::from_millis(1)),
+            10,
+        );
+        live.closed(CloseReason::ServerHint, None, 10);
+        live.closed(CloseReason::ServerClosed, None, 4); // mid-request: neither
+        live.stale(Some(Duration::from_millis(990)));
+        let mut bucket = Bucket::default();
+        let samples = live.drain(&mut bucket, Instant::now());
+        assert_eq!(
+            samples.idle_closes,
+            [Duration::from_millis(1000), Duration::from_millis(990)]
+        );
+        assert_eq!(samples.request_closes, [10, 10]);
+        assert_eq!(bucket.counts.stale, 1);
+        assert_eq!(bucket.counts.closes.iter().sum::<u64>(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_demand_connect_after_an_expiry_records_the_gap_it_would_have_had() {
+        let live = Live::default();
+        live.closed(CloseReason::IdleTimeout, Some(Duration::from_secs(2)), 1);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        live.connect_started(true);
+        let mut bucket = Bucket::default();
+        live.drain(&mut bucket, Instant::now() - Duration::from_secs(60));
+        assert_eq!(bucket.gaps.count(), 1);
+        assert!(bucket.gaps.quantile(1.0).unwrap() >= Duration::from_secs(5));
+    }
+}

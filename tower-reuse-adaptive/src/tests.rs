@@ -1,0 +1,356 @@
+//! The controller on paused time: signals fed as the pool's hook feeds
+//! them, ticks at explicit instants, and the settings read back from a real
+//! pool's control handle.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::{Instant, advance};
+use tower_layer::Layer;
+use tower_reuse_pool::events::CloseReason;
+use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolLayer, Target, TargetConfig};
+
+use crate::config::{AdaptiveConfig, Mode};
+use crate::controller::Controller;
+use crate::events::{AdaptiveEvents, Change, Decision, Reason};
+
+/// Notes every decision.
+#[derive(Clone, Debug, Default)]
+struct Noted(Arc<Mutex<Vec<Decision>>>);
+
+impl AdaptiveEvents for Noted {
+    fn on_decision(&self, decision: &Decision) {
+        self.0.lock().unwrap().push(decision.clone());
+    }
+}
+
+impl Noted {
+    fn take(&self) -> Vec<Decision> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+struct Rig {
+    controller: Arc<Controller>,
+    control: PoolControl,
+    noted: Noted,
+    target: Target,
+    _pool: Pool<HttpConnector>,
+}
+
+const TICK: Duration = Duration::from_secs(1);
+
+fn rig(config: AdaptiveConfig) -> Rig {
+    rig_with(config, PoolConfig::default())
+}
+
+fn rig_with(config: AdaptiveConfig, pool: PoolConfig) -> Rig {
+    let pool: Pool<HttpConnector> = PoolLayer::new(pool).unwrap().layer(HttpConnector::new());
+    let control = pool.control();
+    let noted = Noted::default();
+    let controller = Arc::new(Controller::new(
+        config.validate().unwrap(),
+        Arc::new(noted.clone()),
+    ));
+    controller.control.set(control.clone()).unwrap();
+    let target = Target::from_uri(&"http://127.0.0.1:9".parse().unwrap(), None).unwrap();
+    Rig {
+        controller,
+        control,
+        noted,
+        target,
+        _pool: pool,
+    }
+}
+
+impl Rig {
+    /// One tick's worth of closed-loop load: `workers` requests in flight
+    /// at once, `rounds` times, each reusing a connection idle `gap`.
+    fn load(&self, workers: usize, rounds: usize, gap: Duration) {
+        self.controller.with_live(&self.target, |live| {
+            for _ in 0..rounds {
+                for _ in 0..workers {
+                    live.checkout(true, Duration::ZERO, Some(gap));
+                }
+                for _ in 0..workers {
+                    live.checkin();
+                }
+            }
+        });
+    }
+
+    /// A burst of `size` requests that end at once.
+    fn burst(&self, size: usize) {
+        self.controller.with_live(&self.target, |live| {
+            for _ in 0..size {
+                live.checkout(false, Duration::ZERO, None);
+            }
+            for _ in 0..size {
+                live.checkin();
+            }
+        });
+    }
+
+    fn server_closed_idle(&self, idle: Duration) {
+        self.controller.with_live(&self.target, |live| {
+            live.closed(CloseReason::ServerClosed, Some(idle), 1)
+        });
+    }
+
+    async fn tick(&self) {
+        advance(TICK).await;
+        self.controller.tick(Instant::now());
+    }
+
+    /// `seconds` of steady load, a tick each second.
+    async fn steady(&self, seconds: usize, workers: usize) {
+        for _ in 0..seconds {
+            self.load(workers, 50, Duration::from_millis(1));
+            self.tick().await;
+        }
+    }
+
+    fn own(&self) -> TargetConfig {
+        self.control.target_config(&self.target).unwrap_or_default()
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        self.own()
+            .get_idle_timeout()
+            .unwrap_or(self.control.config().get_idle_timeout())
+    }
+
+    fn min_idle(&self) -> usize {
+        self.own().get_min_idle_per_target().unwrap_or(0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn converges_on_steady_load_then_makes_no_change() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(30, 8).await;
+    let warm_up = rig.noted.take();
+    assert!(!warm_up.is_empty());
+    assert!(warm_up.iter().all(|d| d.reason() == Reason::IdleGaps));
+    // Tiny gaps: connections are kept a second, reached in bounded steps
+    // (55 s divided by at most 8 per decision).
+    assert_eq!(rig.idle_timeout(), Some(Duration::from_secs(1)));
+    for pair in warm_up.windows(2) {
+        let (Change::IdleTimeout { from: Some(a), .. }, Change::IdleTimeout { from: Some(b), .. }) =
+            (pair[0].change(), pair[1].change())
+        else {
+            panic!("idle timeout changes: {warm_up:?}");
+        };
+        assert!(a > b);
+    }
+    rig.steady(60, 8).await;
+    assert!(rig.noted.take().len() <= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_inside_the_dead_band_changes_nothing() {
+    // The pool keeps idle connections 1.2 s; the gaps want 1 s: within
+    // the dead band (a quarter of 1.2 s).
+    let pool = PoolConfig::default().idle_timeout(Some(Duration::from_millis(1200)));
+    let rig = rig_with(AdaptiveConfig::default(), pool);
+    rig.steady(90, 8).await;
+    assert!(rig.noted.take().is_empty());
+    assert_eq!(rig.control.target_config(&rig.target), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn learns_a_servers_idle_close_and_closes_first_at_once() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(3, 2).await;
+    rig.noted.take();
+    rig.server_closed_idle(Duration::from_millis(1003));
+    rig.tick().await;
+    let decisions = rig.noted.take();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0].reason(), Reason::ServerIdleLimit);
+    assert_eq!(
+        decisions[0].inputs().server_idle_limit,
+        Some(Duration::from_millis(1003))
+    );
+    let idle = rig.idle_timeout().unwrap();
+    assert!(idle <= Duration::from_millis(903), "{idle:?}");
+    assert!(idle >= Duration::from_millis(500), "{idle:?}");
+    let estimates = rig.controller.snapshot();
+    let target = estimates.target(&rig.target).unwrap();
+    assert_eq!(target.server_idle_limit, Some(Duration::from_millis(1003)));
+    assert_eq!(target.idle_timeout, Some(Some(idle)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn learns_a_request_limit_from_closes_that_agree() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(2, 2).await;
+    for _ in 0..3 {
+        rig.controller.with_live(&rig.target, |live| {
+            live.closed(CloseReason::ServerHint, None, 10)
+        });
+    }
+    rig.tick().await;
+    assert_eq!(rig.own().get_max_requests_per_connection(), Some(Some(10)));
+    assert!(
+        rig.noted
+            .take()
+            .iter()
+            .any(|d| d.reason() == Reason::RequestLimit)
+    );
+}
+
+/// Bursts of `size` every `period`, ticking each second, for `bursts`.
+async fn bursts(rig: &Rig, size: usize, period: Duration, count: usize) {
+    let ticks = (period.as_secs_f64() / TICK.as_secs_f64()).round() as usize;
+    for _ in 0..count {
+        rig.burst(size);
+        for _ in 0..ticks {
+            rig.tick().await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_a_periodic_bursts_peak_warm_then_releases_it_gradually() {
+    let rig = rig(AdaptiveConfig::default());
+    // The server closes connections idle 2 s; bursts of 32 every 3 s.
+    rig.server_closed_idle(Duration::from_secs(2));
+    bursts(&rig, 32, Duration::from_secs(3), 5).await;
+    // Found within a bounded number of ticks: the fourth burst's start
+    // gives three equal intervals.
+    assert_eq!(rig.min_idle(), 32);
+    let warm: Vec<_> = rig
+        .noted
+        .take()
+        .into_iter()
+        .filter(|d| d.reason() == Reason::PeriodicBurst)
+        .collect();
+    assert_eq!(warm.len(), 1);
+    assert_eq!(warm[0].inputs().period, Some(Duration::from_secs(3)));
+    // The bursts stop: at most half released per decision, a cool-down
+    // apart, down to none.
+    let mut last = 32;
+    let mut released_at: Vec<Instant> = Vec::new();
+    for _ in 0..60 {
+        rig.tick().await;
+        let now = rig.min_idle();
+        if now != last {
+            assert!(now >= last / 2, "{last} -> {now}");
+            released_at.push(Instant::now());
+            last = now;
+        }
+    }
+    assert_eq!(last, 0);
+    assert!(released_at.len() >= 5);
+    for pair in released_at.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_secs(5));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bursts_whose_connections_outlive_the_gap_get_none_kept_warm() {
+    let rig = rig(AdaptiveConfig::default());
+    bursts(&rig, 32, Duration::from_secs(3), 8).await;
+    assert_eq!(rig.min_idle(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn observe_only_freezes_and_off_takes_every_setting_back() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(10, 4).await;
+    let set = rig.own();
+    assert!(set.get_idle_timeout().is_some());
+    rig.noted.take();
+    rig.controller.set_mode(Mode::Observe);
+    rig.server_closed_idle(Duration::from_millis(500));
+    rig.tick().await;
+    let observed = rig.noted.take();
+    assert!(!observed.is_empty());
+    assert!(observed.iter().all(|d| !d.applied()));
+    assert_eq!(rig.own(), set);
+    rig.controller.set_mode(Mode::Off);
+    rig.tick().await;
+    assert_eq!(rig.control.target_config(&rig.target), None);
+    let restored = rig.noted.take();
+    assert!(restored.iter().all(|d| d.reason() == Reason::Restored));
+    rig.steady(30, 4).await;
+    assert!(rig.noted.take().is_empty());
+    assert_eq!(rig.control.target_config(&rig.target), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_bounds_and_own_settings_are_never_crossed() {
+    let config = AdaptiveConfig::default()
+        .idle_timeout_bounds(Duration::from_millis(800), None)
+        .max_prewarm(8);
+    let rig = rig(config);
+    rig.server_closed_idle(Duration::from_millis(300));
+    bursts(&rig, 32, Duration::from_secs(3), 6).await;
+    assert_eq!(rig.idle_timeout(), Some(Duration::from_millis(800)));
+    assert_eq!(rig.min_idle(), 8);
+    // A knob set on the target itself is the operator's.
+    let other = Target::from_uri(&"http://127.0.0.2:9".parse().unwrap(), None).unwrap();
+    rig.control
+        .set_target_config(
+            &other,
+            Some(TargetConfig::default().idle_timeout(Some(Duration::from_secs(20)))),
+        )
+        .unwrap();
+    rig.controller.with_live(&other, |live| {
+        live.closed(CloseReason::ServerClosed, Some(Duration::from_secs(1)), 1);
+        live.checkout(true, Duration::ZERO, Some(Duration::from_millis(1)));
+        live.checkin();
+    });
+    rig.tick().await;
+    assert_eq!(
+        rig.control
+            .target_config(&other)
+            .unwrap()
+            .get_idle_timeout(),
+        Some(Some(Duration::from_secs(20)))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sparse_requests_raise_a_short_idle_timeout_and_then_hold() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(30, 4).await;
+    assert_eq!(rig.idle_timeout(), Some(Duration::from_secs(1)));
+    rig.noted.take();
+    // Now one request every 4 s: each finds its connection expired, and
+    // its demand connect tells the gap it would have had.
+    for _ in 0..30 {
+        rig.controller.with_live(&rig.target, |live| {
+            live.closed(CloseReason::IdleTimeout, Some(Duration::from_secs(1)), 1);
+        });
+        for _ in 0..4 {
+            rig.tick().await;
+        }
+        rig.controller.with_live(&rig.target, |live| {
+            live.connect_started(true);
+            live.checkout(false, Duration::ZERO, None);
+            live.checkin();
+        });
+    }
+    let idle = rig.idle_timeout().unwrap();
+    assert!(idle >= Duration::from_secs(4), "{idle:?}");
+    let raised = rig.noted.take();
+    assert!(raised.len() <= 3, "{raised:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_target_is_forgotten_with_its_settings() {
+    let config = AdaptiveConfig::default()
+        .window(Duration::from_secs(10))
+        .forget_after(Duration::from_secs(20));
+    let rig = rig(config);
+    rig.steady(10, 4).await;
+    assert!(rig.control.target_config(&rig.target).is_some());
+    for _ in 0..25 {
+        rig.tick().await;
+    }
+    assert_eq!(rig.control.target_config(&rig.target), None);
+    assert_eq!(rig.controller.snapshot().tracked, 0);
+}
