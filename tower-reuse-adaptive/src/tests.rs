@@ -354,3 +354,43 @@ async fn a_quiet_target_is_forgotten_with_its_settings() {
     assert_eq!(rig.control.target_config(&rig.target), None);
     assert_eq!(rig.controller.snapshot().tracked, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn tunes_within_a_tiers_settings_without_fighting_them() {
+    // The affinity layer's tiers give a hot service its settings at the
+    // service level (a 30 s idle timeout) and take them back at demotion;
+    // the controller's own are the target's and stay under the tier's.
+    let pool = PoolConfig::default().idle_timeout(Some(Duration::from_millis(1500)));
+    let rig = rig_with(AdaptiveConfig::default(), pool);
+    let hot = TargetConfig::default()
+        .idle_timeout(Some(Duration::from_secs(30)))
+        .min_connections_per_target(8);
+    let mut changes = 0;
+    for round in 0..6 {
+        let promoted = round % 2 == 0;
+        rig.control
+            .set_service_config(&rig.target, promoted.then(|| hot.clone()))
+            .unwrap();
+        for _ in 0..20 {
+            // Requests 2 s apart on each of 8 connections: the gaps want
+            // 3 s or so.
+            rig.load(8, 2, Duration::from_secs(2));
+            rig.tick().await;
+            let idle = rig.idle_timeout().unwrap();
+            let tier = if promoted {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_millis(1500)
+            };
+            assert!(
+                idle <= tier,
+                "round {round}: {idle:?} over the tier's {tier:?}"
+            );
+        }
+        changes += rig.noted.take().len();
+        // The tier's own knob is never touched.
+        assert_eq!(rig.own().get_min_connections_per_target(), None);
+    }
+    // One change per tier change at most, none in between.
+    assert!(changes <= 6, "{changes} changes");
+}
