@@ -476,8 +476,10 @@ mod tests {
         assert_eq!(life.state(), State::Idle);
         assert_eq!(life.checkout(now), Some(Duration::ZERO));
         assert_eq!(life.state(), State::Active(1));
+        assert_eq!(life.idle_for(now), None, "a request is on it");
         life.checkin(now);
         tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(life.idle_for(Instant::now()), Some(Duration::from_secs(3)));
         assert!(life.needs_revalidation(Instant::now(), &config));
         assert_eq!(life.state(), State::Revalidating);
         assert_eq!(life.checkout(Instant::now()), Some(Duration::from_secs(3)));
@@ -486,6 +488,7 @@ mod tests {
         assert_eq!(life.retire_reason(&config), Some(CloseReason::GoAway));
         life.close();
         assert_eq!(life.state(), State::Closed);
+        assert_eq!(life.idle_for(now), None, "closed with its request on it");
         assert_eq!(life.served, 2);
     }
 
