@@ -432,6 +432,11 @@ impl<B> Http2Conn<B> {
 mod tests {
     use super::*;
 
+    /// An HTTP/1.1 connection opened on demand.
+    fn opened(id: ConnId, now: Instant, config: &PoolConfig) -> Lifecycle {
+        Lifecycle::established(id, Protocol::Http1, now, config, ConnectReason::Demand)
+    }
+
     #[test]
     fn a_learned_limit_steps_back_up_doubling_its_step() {
         let now = Instant::now();
@@ -466,13 +471,7 @@ mod tests {
     async fn walks_the_lifecycle() {
         let config = PoolConfig::default().revalidate_after_idle(Some(Duration::from_secs(2)));
         let now = Instant::now();
-        let mut life = Lifecycle::established(
-            ConnId(1),
-            Protocol::Http1,
-            now,
-            &config,
-            ConnectReason::Demand,
-        );
+        let mut life = opened(ConnId(1), now, &config);
         assert_eq!(life.state(), State::Idle);
         assert_eq!(life.checkout(now), Some(Duration::ZERO));
         assert_eq!(life.state(), State::Active(1));
@@ -496,13 +495,7 @@ mod tests {
     async fn server_keep_alive_hint_expires_before_the_server() {
         let config = PoolConfig::default();
         let now = Instant::now();
-        let mut life = Lifecycle::established(
-            ConnId(1),
-            Protocol::Http1,
-            now,
-            &config,
-            ConnectReason::Demand,
-        );
+        let mut life = opened(ConnId(1), now, &config);
         assert_eq!(
             life.idle_deadline(&config),
             Some(now + Duration::from_secs(55))
@@ -526,13 +519,7 @@ mod tests {
             .lifetime_jitter(0.2);
         let now = Instant::now();
         for i in 0..100 {
-            let life = Lifecycle::established(
-                ConnId(i),
-                Protocol::Http1,
-                now,
-                &config,
-                ConnectReason::Demand,
-            );
+            let life = opened(ConnId(i), now, &config);
             let deadline = life.lifetime_deadline().unwrap();
             assert!(deadline <= now + Duration::from_secs(100));
             assert!(deadline >= now + Duration::from_secs(80));
