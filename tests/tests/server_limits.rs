@@ -371,3 +371,38 @@ async fn a_replacement_never_exceeds_the_budget() {
     let waits = later_waits(&recorder.events());
     assert_eq!(waits[9], Duration::from_millis(40), "{waits:?}");
 }
+
+/// A replacement takes a free connect slot or none: the connection's last
+/// request comes while a connect on demand is in flight, which with one
+/// connect allowed per target leaves no slot for it (with two, it starts).
+#[tokio::test(start_paused = true)]
+async fn a_replacement_takes_a_free_connect_slot_or_none() {
+    for (max_connecting, replaced) in [(1, false), (2, true)] {
+        let connector = DuplexConnector::new(ServerOptions::default())
+            .with_connect_delay(Duration::from_millis(100));
+        let config = PoolConfig::default()
+            .max_requests_per_connection(Some(3))
+            .max_connecting_per_target(Some(max_connecting));
+        let (client, recorder) = recorded(connector, config);
+        send(&mut client.clone(), get(URL, 0)).await.unwrap();
+        // The second request holds the connection 50 ms; the third waits
+        // for it, starting a connect that takes 100 ms, and gets it back
+        // first, for its last request.
+        let mut slow = get(URL, 1);
+        slow.headers_mut()
+            .insert("x-delay-ms", http::HeaderValue::from_static("50"));
+        let mut other = client.clone();
+        let second = tokio::spawn(async move { send(&mut other, slow).await });
+        settle().await;
+        let (third, _) = send(&mut client.clone(), get(URL, 2)).await.unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(info(&third).wait(), Duration::from_millis(50));
+        use ConnectReason::{Demand, Replacement};
+        let expected: &[ConnectReason] = if replaced {
+            &[Demand, Demand, Replacement]
+        } else {
+            &[Demand, Demand]
+        };
+        assert_eq!(recorder.starts(), expected, "{max_connecting} connecting");
+    }
+}
