@@ -184,8 +184,9 @@ async fn each_endpoint_of_a_name_resumes_only_its_own_tls_sessions() {
     let b = TlsServer::start_on("127.0.0.3:0", &ca, options()).await;
     let cache = SessionCache::new(SessionCacheConfig::default()).unwrap();
     let layer = TlsLayer::new(Arc::new(ca.client_config(None))).session_cache(Some(cache));
-    // One request per connection: every request a new handshake.
-    let config = PoolConfig::default().max_requests_per_connection(Some(1));
+    // One request per connection (the kill switch: no connection opened
+    // ahead of the next request): every request a new handshake.
+    let config = PoolConfig::default().reuse(false);
     let mut client = PoolLayer::<Full<Bytes>>::new(config)
         .unwrap()
         .layer(layer.layer(tcp()));

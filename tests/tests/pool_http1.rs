@@ -9,7 +9,7 @@ use tower_reuse_pool::events::CloseReason;
 use tower_reuse_pool::{ConnectionInfo, ErrorKind, Partition, PoolConfig, PoolLayer, Target};
 use tower_reuse_tests::raw_http1::{Answer, RawHttp1Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
-use tower_reuse_tests::{concurrently, echoed_id, get, pool, send, server_conn};
+use tower_reuse_tests::{concurrently, echoed_id, get, only, pool, send, server_conn, until};
 
 #[tokio::test]
 async fn reuses_one_connection_for_sequential_requests() {
@@ -201,7 +201,10 @@ async fn max_requests_per_connection_rotates_connections() {
     for i in 0..9 {
         send(&mut client, get(&server.url("/"), i)).await.unwrap();
     }
-    assert_eq!(server.stats.accepted(), 3);
+    // Three connections served three requests each; the replacement
+    // opened at the ninth request's checkout waits for the next.
+    until("the last replacement is up", || only(&client).idle() == 1).await;
+    assert_eq!(server.stats.accepted(), 4);
     let snapshot = client.control().snapshot();
     assert_eq!(snapshot.targets[0].closed(CloseReason::MaxRequests), 3);
 }

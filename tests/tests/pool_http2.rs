@@ -6,7 +6,7 @@ use std::time::Duration;
 use tower_reuse_pool::{ConnectionInfo, PoolConfig, Protocol};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::{ServerOptions, TestServer};
-use tower_reuse_tests::{client, concurrently, echoed_id, get, pool, send};
+use tower_reuse_tests::{client, concurrently, echoed_id, get, only, pool, send, until};
 
 /// The target of the tests on paused time.
 const URL: &str = "http://h2.test/";
@@ -95,7 +95,10 @@ async fn max_requests_per_connection_holds_for_http2() {
     for i in 0..6 {
         send(&mut client, get(&url, i)).await.unwrap();
     }
-    assert_eq!(server.stats.accepted(), 3, "two requests per connection");
+    // Two requests per connection; the replacement opened at the sixth
+    // request's checkout waits for the next.
+    until("the last replacement is up", || only(&client).idle() == 1).await;
+    assert_eq!(server.stats.accepted(), 4, "two requests per connection");
     let target = client.control().snapshot().targets[0].clone();
     assert!(
         target.closed(tower_reuse_pool::events::CloseReason::MaxRequests) >= 2,

@@ -777,10 +777,11 @@ async fn a_reconnect_burst_resumes_no_more_connections_than_tickets_per_server()
         cache: cache.clone(),
         seen: Mutex::default(),
     });
-    // Every request on a new connection; the burst within the default eight
-    // concurrent connects.
+    // Every request on a new connection (the kill switch: no connection
+    // opened ahead, as a replacement under `max_requests_per_connection`
+    // would be); the burst within the default eight concurrent connects.
     let config = PoolConfig::default()
-        .max_requests_per_connection(Some(1))
+        .reuse(false)
         .idle_timeout(Some(Duration::from_secs(600)));
     let (connector, client) = tls_pool(&layer, server.connector(), config, events.clone());
     let url = server.url("/");

@@ -329,6 +329,7 @@ fn connect_reason(reason: ConnectReason) -> &'static str {
         ConnectReason::Prewarm => "prewarm",
         ConnectReason::Rotation => "rotation",
         ConnectReason::Dedicated => "dedicated",
+        ConnectReason::Replacement => "replacement",
         _ => "_OTHER",
     }
 }

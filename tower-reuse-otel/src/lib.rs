@@ -123,7 +123,7 @@
 //!   `connect_timeout`, `checkout_timeout`, `send` ...; also inside a
 //!   `BoxError`), else `_OTHER`.
 //! - `tower_reuse.connect.reason`: `demand`, `prewarm`, `rotation`,
-//!   `dedicated`.
+//!   `dedicated`, `replacement`.
 //! - `tower_reuse.close.reason`: [`CloseReason::as_str`](tower_reuse_pool::events::CloseReason::as_str)
 //!   (`idle_timeout`, `max_lifetime`, `server_closed`, `goaway` ...).
 //! - `tower_reuse.retry.reason`: [`RetryReason::as_str`](tower_reuse_pool::events::RetryReason::as_str).

@@ -201,6 +201,17 @@ impl PoolConfig {
     knob! {
         /// A connection is closed after serving this many requests. Defaults
         /// to `None`.
+        ///
+        /// When a request takes a connection for its last request and no
+        /// other connection of the target is free, the pool opens its
+        /// replacement at once ([`ConnectReason::Replacement`](crate::events::ConnectReason::Replacement),
+        /// make-before-break), so the next request finds a connection
+        /// ready instead of waiting for a handshake. One replacement per
+        /// connection, only with a connect slot (`max_connecting_per_target`)
+        /// and a slot of the budget (`max_connections`) free; it may exceed
+        /// `max_connections_per_target` by the connects in flight, as a
+        /// rotation does. Without a free slot, or when its connect fails,
+        /// the connection simply retires after its last request.
         max_requests_per_connection, get_max_requests_per_connection: Option<u64>
     }
     knob! {

@@ -14,7 +14,7 @@ use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
-use crate::events::CloseReason;
+use crate::events::{CloseReason, ConnectReason};
 
 /// A connection's id, unique within its pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,7 +114,14 @@ pub(crate) struct Lifecycle {
     pub(crate) rotating: bool,
     /// Some response said the connection must not be reused.
     pub(crate) reusable: bool,
-    pub(crate) prewarmed: bool,
+    /// Why it was opened.
+    pub(crate) opened_for: ConnectReason,
+    /// A request is on it (kept while it drains, so that a drained
+    /// connection's close tells whether it still carried one).
+    busy: bool,
+    /// A replacement was started ahead of its last request
+    /// (`max_requests_per_connection`).
+    pub(crate) replaced: bool,
 }
 
 impl Lifecycle {
@@ -124,7 +131,7 @@ impl Lifecycle {
         protocol: Protocol,
         now: Instant,
         config: &PoolConfig,
-        prewarmed: bool,
+        opened_for: ConnectReason,
     ) -> Self {
         // Deadlines past what an `Instant` holds never come: checked, never
         // a panic, whatever a connector or a configuration says.
@@ -144,7 +151,9 @@ impl Lifecycle {
             lifetime_deadline,
             rotating: false,
             reusable: true,
-            prewarmed,
+            opened_for,
+            busy: false,
+            replaced: false,
         }
     }
 
@@ -180,6 +189,11 @@ impl Lifecycle {
                 | (_, Closed)
         );
         debug_assert!(allowed, "{}: {:?} -> {:?}", self.id, self.state, to);
+        match to {
+            Active(_) => self.busy = true,
+            Idle | Revalidating => self.busy = false,
+            Connecting | Draining | Closed => {}
+        }
         self.state = to;
     }
 
@@ -229,6 +243,12 @@ impl Lifecycle {
 
     pub(crate) fn close(&mut self) {
         self.transition(State::Closed);
+    }
+
+    /// How long it has carried no request (since its last request ended,
+    /// or since it opened), or `None` while a request is on it.
+    pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
+        (!self.busy).then(|| now.saturating_duration_since(self.last_used))
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -412,6 +432,11 @@ impl<B> Http2Conn<B> {
 mod tests {
     use super::*;
 
+    /// An HTTP/1.1 connection opened on demand.
+    fn opened(id: ConnId, now: Instant, config: &PoolConfig) -> Lifecycle {
+        Lifecycle::established(id, Protocol::Http1, now, config, ConnectReason::Demand)
+    }
+
     #[test]
     fn a_learned_limit_steps_back_up_doubling_its_step() {
         let now = Instant::now();
@@ -446,12 +471,14 @@ mod tests {
     async fn walks_the_lifecycle() {
         let config = PoolConfig::default().revalidate_after_idle(Some(Duration::from_secs(2)));
         let now = Instant::now();
-        let mut life = Lifecycle::established(ConnId(1), Protocol::Http1, now, &config, false);
+        let mut life = opened(ConnId(1), now, &config);
         assert_eq!(life.state(), State::Idle);
         assert_eq!(life.checkout(now), Some(Duration::ZERO));
         assert_eq!(life.state(), State::Active(1));
+        assert_eq!(life.idle_for(now), None, "a request is on it");
         life.checkin(now);
         tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(life.idle_for(Instant::now()), Some(Duration::from_secs(3)));
         assert!(life.needs_revalidation(Instant::now(), &config));
         assert_eq!(life.state(), State::Revalidating);
         assert_eq!(life.checkout(Instant::now()), Some(Duration::from_secs(3)));
@@ -460,6 +487,7 @@ mod tests {
         assert_eq!(life.retire_reason(&config), Some(CloseReason::GoAway));
         life.close();
         assert_eq!(life.state(), State::Closed);
+        assert_eq!(life.idle_for(now), None, "closed with its request on it");
         assert_eq!(life.served, 2);
     }
 
@@ -467,7 +495,7 @@ mod tests {
     async fn server_keep_alive_hint_expires_before_the_server() {
         let config = PoolConfig::default();
         let now = Instant::now();
-        let mut life = Lifecycle::established(ConnId(1), Protocol::Http1, now, &config, false);
+        let mut life = opened(ConnId(1), now, &config);
         assert_eq!(
             life.idle_deadline(&config),
             Some(now + Duration::from_secs(55))
@@ -491,7 +519,7 @@ mod tests {
             .lifetime_jitter(0.2);
         let now = Instant::now();
         for i in 0..100 {
-            let life = Lifecycle::established(ConnId(i), Protocol::Http1, now, &config, false);
+            let life = opened(ConnId(i), now, &config);
             let deadline = life.lifetime_deadline().unwrap();
             assert!(deadline <= now + Duration::from_secs(100));
             assert!(deadline >= now + Duration::from_secs(80));

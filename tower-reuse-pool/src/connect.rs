@@ -326,14 +326,8 @@ pub(crate) fn land<B>(
                 reason,
                 duration,
             });
-            let life = Lifecycle::established(
-                id,
-                protocol,
-                Instant::now(),
-                config,
-                reason == ConnectReason::Prewarm,
-            )
-            .with_transport(facts.tls, facts.max_age);
+            let life = Lifecycle::established(id, protocol, Instant::now(), config, reason)
+                .with_transport(facts.tls, facts.max_age);
             match direct {
                 Some(grant) => {
                     pool.dedicated_opened(facts.tls);

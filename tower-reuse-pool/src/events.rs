@@ -43,6 +43,8 @@ pub trait PoolEvents: Send + Sync + 'static {
     fn on_close(&self, _event: &Closed<'_>) {}
     /// A request was retried on another connection.
     fn on_retry(&self, _event: &Retried<'_>) {}
+    /// A request found a reused connection the server had closed.
+    fn on_stale(&self, _event: &Stale<'_>) {}
     /// An HTTP/2 server refused a stream (`REFUSED_STREAM`), or its GOAWAY
     /// left a stream unprocessed: the request goes back to the queue.
     fn on_refused(&self, _event: &Refused<'_>) {}
@@ -107,6 +109,11 @@ impl<A: PoolEvents, B: PoolEvents> PoolEvents for (A, B) {
         self.1.on_retry(event);
     }
 
+    fn on_stale(&self, event: &Stale<'_>) {
+        self.0.on_stale(event);
+        self.1.on_stale(event);
+    }
+
     fn on_refused(&self, event: &Refused<'_>) {
         self.0.on_refused(event);
         self.1.on_refused(event);
@@ -130,6 +137,11 @@ pub enum ConnectReason {
     Rotation,
     /// The kill switch is on: one connection for one request.
     Dedicated,
+    /// A request took a connection for its last request under
+    /// `max_requests_per_connection` while no other connection was idle:
+    /// its replacement is opened at once (make-before-break), so the next
+    /// request finds a connection ready instead of waiting for a handshake.
+    Replacement,
 }
 
 /// Why a connection closed.
@@ -346,8 +358,21 @@ event! {
         lifetime: Duration,
         /// How many requests it served.
         requests_served: u64,
-        /// Whether it was opened to pre-warm the pool.
-        prewarmed: bool,
+        /// How long it had carried no request when it closed (since its
+        /// last request ended, or since it opened if it served none);
+        /// `None` if a request was on it, as when it closes at check-in.
+        /// For a [`ServerClosed`](CloseReason::ServerClosed) connection,
+        /// the idle age at which the server closed it (as the pool saw it).
+        idle_for: Option<Duration>,
+        /// Why it was opened.
+        opened_for: ConnectReason,
+    }
+}
+
+impl Closed<'_> {
+    /// Whether it was opened to pre-warm the pool.
+    pub fn prewarmed(&self) -> bool {
+        self.opened_for == ConnectReason::Prewarm
     }
 }
 
@@ -358,6 +383,23 @@ event! {
         reason: RetryReason,
         /// The connection that failed it.
         failed_on: ConnId,
+    }
+}
+
+event! {
+    /// A request found a reused connection the server had closed: before
+    /// its bytes were written (the request goes to another connection,
+    /// nothing reached a server), or, for an idempotent empty-bodied
+    /// request, after they were written and before any response (retried:
+    /// [`RetryReason::ClosedIdempotent`], reported by [`Retried`] too).
+    Stale {
+        /// The connection.
+        id: ConnId,
+        /// How long the connection had been idle when the request took it
+        /// (as [`CheckedOut::idle_for`] reports it).
+        idle_for: Option<Duration>,
+        /// Whether the request had been written.
+        written: bool,
     }
 }
 
@@ -413,6 +455,10 @@ mod tests {
         fn on_close(&self, _event: &Closed<'_>) {
             self.1.lock().unwrap().push(self.0);
         }
+
+        fn on_stale(&self, _event: &Stale<'_>) {
+            self.1.lock().unwrap().push(self.0);
+        }
     }
 
     #[test]
@@ -431,8 +477,15 @@ mod tests {
             reason: CloseReason::IdleTimeout,
             lifetime: Duration::from_secs(1),
             requests_served: 1,
-            prewarmed: false,
+            idle_for: None,
+            opened_for: ConnectReason::Demand,
         });
-        assert_eq!(*SEEN.lock().unwrap(), ["a", "b", "a", "b"]);
+        hooks.on_stale(&Stale {
+            target: &target,
+            id: ConnId(1),
+            idle_for: None,
+            written: false,
+        });
+        assert_eq!(*SEEN.lock().unwrap(), ["a", "b", "a", "b", "a", "b"]);
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::body::{BodyGuard, PoolBody};
 use crate::conn::{ConnId, Protocol, TlsHandshake};
 use crate::error::{BoxError, Error};
-use crate::events::{CheckedOut, Retried, RetryReason};
+use crate::events::{CheckedOut, Retried, RetryReason, Stale};
 use crate::hints::{self, ServerHints};
 use crate::info::ConnectionInfo;
 use crate::replay::SentHead;
@@ -621,6 +621,7 @@ where
         loop {
             let checkout = Checkout::acquire_since(&pool, avoid, &mut since).await?;
             let failed_on = checkout.id();
+            let idle_for = checkout.idle_for;
             match exchange(checkout, &mut slot, true, retried, refusals, &mut permit).await {
                 Exchange::Response(response) => return Ok(response),
                 Exchange::Failed {
@@ -638,6 +639,15 @@ where
                     error,
                     retry: Some(reason),
                 } => {
+                    let written = reason == RetryReason::ClosedIdempotent;
+                    if written || reason == RetryReason::Unwritten {
+                        pool.common.events.on_stale(&Stale {
+                            target: &pool.target,
+                            id: failed_on,
+                            idle_for,
+                            written,
+                        });
+                    }
                     if reason == RetryReason::Unwritten && stale < 8 {
                         stale += 1;
                         pool.count_stale_skip();

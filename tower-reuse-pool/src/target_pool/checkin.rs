@@ -48,7 +48,8 @@ impl<B> TargetPool<B> {
         if outcome == Outcome::Unused {
             conn.life.served -= 1;
         }
-        conn.life.checkin(now);
+        // Checked in only once it stays: a connection closed here closes
+        // with its request on it (`Closed::idle_for` is `None`).
         let reason = match outcome {
             _ if state.shut => Some(CloseReason::PoolDropped),
             Outcome::Abandoned => Some(CloseReason::Abandoned),
@@ -84,18 +85,20 @@ impl<B> TargetPool<B> {
             now,
             fx,
         );
-        if !state.waiters.is_empty() {
-            state.idle.push(conn);
-            return; // `dispatch` hands it to the first waiter.
-        }
-        if config
-            .max_idle_per_target
-            .is_some_and(|max| state.idle.len() >= max)
+        // With waiters, `dispatch` hands it to the first one.
+        let waited_for = !state.waiters.is_empty();
+        if !waited_for
+            && config
+                .max_idle_per_target
+                .is_some_and(|max| state.idle.len() >= max)
         {
             state.closed(&mut conn.life, CloseReason::OverLimit, now, fx);
             return;
         }
-        fx.wake_reaper = conn.life.next_deadline(config, true);
+        conn.life.checkin(now);
+        if !waited_for {
+            fx.wake_reaper = conn.life.next_deadline(config, true);
+        }
         state.idle.push(conn);
     }
 
@@ -125,7 +128,6 @@ impl<B> TargetPool<B> {
         if matches!(outcome, Outcome::Unused | Outcome::Refused { .. }) {
             conn.life.served -= 1;
         }
-        conn.life.checkin(now);
         match outcome {
             Outcome::Refused {
                 refused_stream,
@@ -154,6 +156,9 @@ impl<B> TargetPool<B> {
             _ if conn.life.retire_reason(config).is_some() => conn.life.drain(),
             _ => {}
         }
+        // After the drain: a connection closed here closes with its last
+        // stream on it (`Closed::idle_for` is `None`).
+        conn.life.checkin(now);
         fx.checkin = Some((id, !conn.life.is_draining()));
         if conn.streams == 0 {
             if conn.life.is_draining() || conn.tx.is_closed() {

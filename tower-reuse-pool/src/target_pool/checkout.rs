@@ -6,11 +6,13 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::budget::Budget;
+use super::slots::Slots;
 use super::{Effects, Granted, Lease, RequestPolicy, State, TargetPool, Waiter, Waiting};
 use crate::config::PoolConfig;
-use crate::conn::{ConnId, Protocol};
+use crate::conn::{ConnId, Http2Conn, Lifecycle, Protocol};
 use crate::error::Error;
-use crate::events::CloseReason;
+use crate::events::{CloseReason, ConnectReason};
 use crate::sync;
 
 impl<B> TargetPool<B> {
@@ -95,15 +97,29 @@ impl<B> TargetPool<B> {
     ) -> Option<Granted<B>> {
         state.probe_learned_limits(now);
         let learned = state.h2_learned;
-        if let Some(conn) = state.h2.iter_mut().find(|c| {
-            Some(c.life.id) != avoid
-                && c.has_room(learned)
+        let open_to = |c: &Http2Conn<B>| {
+            c.has_room(learned)
                 && config
                     .max_requests_per_connection
                     .is_none_or(|max| c.life.served < max)
-        }) {
+        };
+        if let Some(pos) = state
+            .h2
+            .iter()
+            .position(|c| Some(c.life.id) != avoid && open_to(c))
+        {
+            let others_free = !state.idle.is_empty()
+                || (state.h2.iter().enumerate()).any(|(i, c)| i != pos && open_to(c));
+            let conn = &mut state.h2[pos];
             conn.streams += 1;
             let idle_for = conn.life.checkout(now);
+            start_replacement(
+                (&mut state.connecting, &mut state.slots, &self.common.budget),
+                config,
+                &mut conn.life,
+                others_free,
+                fx,
+            );
             let reused = conn.life.served > 1;
             state.counters.checkouts += 1;
             state.counters.reused += u64::from(reused);
@@ -135,6 +151,14 @@ impl<B> TargetPool<B> {
             }
             let revalidate = conn.life.needs_revalidation(now, config);
             let idle_for = conn.life.checkout(now);
+            let others_free = !state.idle.is_empty() || state.h2.iter().any(open_to);
+            start_replacement(
+                (&mut state.connecting, &mut state.slots, &self.common.budget),
+                config,
+                &mut conn.life,
+                others_free,
+                fx,
+            );
             let reused = conn.life.served > 1;
             state.counters.checkouts += 1;
             state.counters.reused += u64::from(reused);
@@ -207,5 +231,33 @@ impl<B> TargetPool<B> {
             }
             Lease::Dedicated2 { .. } => unreachable!("dedicated connections are never queued"),
         }
+    }
+}
+
+/// A request took `life` for its last request under
+/// `max_requests_per_connection` and no other connection is free
+/// (`others_free`): start its replacement now (make-before-break), so the
+/// next request finds a connection ready. Admitted as a rotation is: reuse
+/// on, a connect slot and a budget slot free; it may exceed
+/// `max_connections_per_target` by the connects in flight. One per
+/// connection; without a slot the connection simply retires after this
+/// request, and a failed replacement changes nothing else.
+fn start_replacement<B>(
+    (connecting, slots, budget): (&mut usize, &mut Slots, &Budget),
+    config: &PoolConfig,
+    life: &mut Lifecycle,
+    others_free: bool,
+    fx: &mut Effects<B>,
+) {
+    let last = config
+        .max_requests_per_connection
+        .is_some_and(|max| life.served >= max);
+    if !config.reuse || !last || life.replaced || others_free {
+        return;
+    }
+    if *connecting < config.max_connecting() && slots.take_free(budget, config.max_connections) {
+        life.replaced = true;
+        *connecting += 1;
+        fx.connects.push(ConnectReason::Replacement);
     }
 }

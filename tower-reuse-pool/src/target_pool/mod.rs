@@ -207,7 +207,8 @@ struct ClosedInfo {
     reason: CloseReason,
     lifetime: Duration,
     served: u64,
-    prewarmed: bool,
+    idle_for: Option<Duration>,
+    opened_for: ConnectReason,
 }
 
 impl<B> Effects<B> {
@@ -240,7 +241,8 @@ impl<B> Effects<B> {
             reason,
             lifetime: now.saturating_duration_since(life.created),
             served: life.served,
-            prewarmed: life.prewarmed,
+            idle_for: life.idle_for(now),
+            opened_for: life.opened_for,
         });
     }
 }
@@ -408,7 +410,8 @@ impl<B> TargetPool<B> {
                 reason: closed.reason,
                 lifetime: closed.lifetime,
                 requests_served: closed.served,
-                prewarmed: closed.prewarmed,
+                idle_for: closed.idle_for,
+                opened_for: closed.opened_for,
             });
         }
         if let Some(refused) = &fx.refused {
