@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tower_reuse_pool::TlsHandshake;
 use tower_reuse_pool::events::{
     CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectReason, ConnectStarted, Connected,
-    PoolEvents, Refused, Retried,
+    PoolEvents, Refused, Retried, Stale,
 };
 
 use crate::controller::Controller;
@@ -50,23 +50,25 @@ impl PoolEvents for AdaptivePoolEvents {
     }
 
     fn on_checkin(&self, event: &CheckedIn<'_>) {
-        self.controller
-            .with_live(event.target(), |live| live.checkin());
+        self.controller.with_live(event.target(), |live| live.checkin());
     }
 
     fn on_close(&self, event: &Closed<'_>) {
         self.controller.with_live(event.target(), |live| {
-            live.closed(event.reason(), None, event.requests_served())
+            live.closed(event.reason(), event.idle_for(), event.requests_served())
         });
     }
 
     fn on_retry(&self, event: &Retried<'_>) {
+        self.controller.with_live(event.target(), |live| live.retried());
+    }
+
+    fn on_stale(&self, event: &Stale<'_>) {
         self.controller
-            .with_live(event.target(), |live| live.retried());
+            .with_live(event.target(), |live| live.stale(event.idle_for()));
     }
 
     fn on_refused(&self, event: &Refused<'_>) {
-        self.controller
-            .with_live(event.target(), |live| live.refused());
+        self.controller.with_live(event.target(), |live| live.refused());
     }
 }
