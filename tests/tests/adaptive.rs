@@ -1,0 +1,249 @@
+//! The adaptive controller over a real pool and an in-process server, on
+//! paused time: it learns a server's idle timeout and request limit from
+//! the closes it sees (no header says them), and keeps connections warm
+//! ahead of periodic bursts. Each test runs the same load with the
+//! controller off too, which is what shows the controller did it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt};
+use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveLayer, Mode};
+use tower_reuse_pool::events::{CheckedOut, CloseReason, Closed, ConnectReason, ConnectStarted, PoolEvents, Stale};
+use tower_reuse_pool::{Pool, PoolConfig, PoolLayer, Target};
+use tower_reuse_tests::duplex::DuplexConnector;
+use tower_reuse_tests::server::ServerOptions;
+use tower_reuse_tests::{get, send};
+
+const URL: &str = "http://adaptive.test/";
+
+/// What the pool did, in order.
+#[derive(Clone, Debug, PartialEq)]
+enum Seen {
+    Connect(ConnectReason),
+    Out { wait: Duration },
+    Closed(CloseReason),
+    Stale,
+}
+
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<Seen>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+impl PoolEvents for Recorder {
+    fn on_connect_start(&self, event: &ConnectStarted<'_>) {
+        self.0.lock().unwrap().push(Seen::Connect(event.reason()));
+    }
+
+    fn on_checkout(&self, event: &CheckedOut<'_>) {
+        self.0.lock().unwrap().push(Seen::Out { wait: event.wait() });
+    }
+
+    fn on_close(&self, event: &Closed<'_>) {
+        self.0.lock().unwrap().push(Seen::Closed(event.reason()));
+    }
+
+    fn on_stale(&self, _event: &Stale<'_>) {
+        self.0.lock().unwrap().push(Seen::Stale);
+    }
+}
+
+type Client = Adaptive<Pool<DuplexConnector>>;
+
+/// The controller (in `mode`) over a pool with `config`, to an in-process
+/// server with `options`.
+fn client(options: ServerOptions, config: PoolConfig, mode: Mode) -> (Client, Arc<Recorder>, AdaptiveLayer) {
+    let adaptive = AdaptiveLayer::new(AdaptiveConfig::default().mode(mode)).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let pool = PoolLayer::<Full<Bytes>>::new(config)
+        .unwrap()
+        .events((SharedRecorder(recorder.clone()), adaptive.pool_events()));
+    let client = adaptive.layer(pool.layer(DuplexConnector::new(options)));
+    (client, recorder, adaptive)
+}
+
+#[derive(Debug)]
+struct SharedRecorder(Arc<Recorder>);
+
+impl PoolEvents for SharedRecorder {
+    fn on_connect_start(&self, event: &ConnectStarted<'_>) {
+        self.0.on_connect_start(event);
+    }
+
+    fn on_checkout(&self, event: &CheckedOut<'_>) {
+        self.0.on_checkout(event);
+    }
+
+    fn on_close(&self, event: &Closed<'_>) {
+        self.0.on_close(event);
+    }
+
+    fn on_stale(&self, event: &Stale<'_>) {
+        self.0.on_stale(event);
+    }
+}
+
+async fn one(client: &mut Client, id: u64) {
+    let response = client.ready().await.unwrap().call(get(URL, id)).await.unwrap();
+    let (_, body) = response.into_parts();
+    http_body_util::BodyExt::collect(body).await.unwrap();
+}
+
+fn target() -> Target {
+    Target::from_uri(&URL.parse().unwrap(), None).unwrap()
+}
+
+/// Gaps around the server's 1 s idle timeout, some exactly at it.
+const GAPS_MS: [u64; 8] = [500, 1200, 1000, 800, 1500, 1000, 950, 1100];
+
+/// The server closes connections idle 1 s and says nothing of it. Once the
+/// controller has seen it close one, the pool closes first: no request
+/// meets a connection the server closed, and the server closes none
+/// again. With the controller off the server keeps closing them, and a
+/// request sent as it closes meets the close.
+#[tokio::test(start_paused = true)]
+async fn learns_a_servers_idle_close_and_closes_first() {
+    for mode in [Mode::On, Mode::Off] {
+        let options = ServerOptions {
+            idle_close: Some(Duration::from_secs(1)),
+            ..ServerOptions::default()
+        };
+        let (mut client, recorder, adaptive) = client(options, PoolConfig::default(), mode);
+        // Until the server's first close is seen (the controller's tick
+        // follows within a second).
+        one(&mut client, 0).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let learning = recorder.take();
+        assert!(learning.contains(&Seen::Closed(CloseReason::ServerClosed)));
+        for (i, gap) in GAPS_MS.iter().cycle().take(40).enumerate() {
+            one(&mut client, i as u64 + 1).await;
+            tokio::time::sleep(Duration::from_millis(*gap)).await;
+        }
+        let after = recorder.take();
+        let server_closes = after
+            .iter()
+            .filter(|s| **s == Seen::Closed(CloseReason::ServerClosed))
+            .count();
+        let stale = after.iter().filter(|s| **s == Seen::Stale).count();
+        match mode {
+            Mode::On => {
+                assert_eq!((server_closes, stale), (0, 0), "{after:?}");
+                let estimates = adaptive.handle().snapshot();
+                let target = estimates.target(&target()).expect("tracked");
+                assert!(target.server_idle_limit >= Some(Duration::from_secs(1)));
+                let idle = target.idle_timeout.flatten().expect("set");
+                assert!(idle <= Duration::from_millis(900), "{idle:?}");
+            }
+            _ => assert!(server_closes + stale >= 10, "{after:?}"),
+        }
+    }
+}
+
+/// The server closes every connection after its 10th request (with
+/// `Connection: close`). Once three closes agree, the controller sets the
+/// limit, and the pool opens each replacement during a connection's last
+/// request: no later request waits for a connect. Off, every 10th request
+/// after the first waits for one.
+#[tokio::test(start_paused = true)]
+async fn learns_a_request_limit_and_replaces_connections_ahead() {
+    for mode in [Mode::On, Mode::Off] {
+        let options = ServerOptions {
+            max_requests_per_conn: Some(10),
+            delay: Some(Duration::from_millis(20)),
+            ..ServerOptions::default()
+        };
+        let connector_delay = Duration::from_millis(40);
+        let adaptive = AdaptiveLayer::new(AdaptiveConfig::default().mode(mode)).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
+            .unwrap()
+            .events((SharedRecorder(recorder.clone()), adaptive.pool_events()));
+        let connector = DuplexConnector::new(options).with_connect_delay(connector_delay);
+        let mut client = adaptive.layer(pool.layer(connector));
+        for id in 0..40 {
+            one(&mut client, id).await;
+        }
+        // The controller's tick.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        recorder.take();
+        for id in 40..100 {
+            one(&mut client, id).await;
+        }
+        let after = recorder.take();
+        let waited = after
+            .iter()
+            .filter(|s| matches!(s, Seen::Out { wait } if *wait >= connector_delay))
+            .count();
+        let demand = after
+            .iter()
+            .filter(|s| **s == Seen::Connect(ConnectReason::Demand))
+            .count();
+        match mode {
+            Mode::On => {
+                assert_eq!((waited, demand), (0, 0), "{after:?}");
+                let ahead = after
+                    .iter()
+                    .filter(|s| **s == Seen::Connect(ConnectReason::Replacement))
+                    .count();
+                assert_eq!(ahead, 6, "{after:?}");
+                let estimates = adaptive.handle().snapshot();
+                assert_eq!(estimates.target(&target()).unwrap().request_limit, Some(10));
+            }
+            _ => assert_eq!((waited, demand), (6, 6), "{after:?}"),
+        }
+    }
+}
+
+/// Bursts of 16 every 3 s to a server that closes connections idle 2 s:
+/// once the period is seen, the controller keeps 16 connections warm
+/// (the pool replaces those the server closes), and the later bursts wait
+/// for no connect. Off, every burst opens its connections anew.
+#[tokio::test(start_paused = true)]
+async fn keeps_connections_warm_ahead_of_periodic_bursts() {
+    for mode in [Mode::On, Mode::Off] {
+        let options = ServerOptions {
+            idle_close: Some(Duration::from_secs(2)),
+            delay: Some(Duration::from_millis(5)),
+            ..ServerOptions::default()
+        };
+        let (client, recorder, _adaptive) = client(options, PoolConfig::default(), mode);
+        let mut demand_per_burst = Vec::new();
+        for burst in 0..10u64 {
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let mut client = client.clone();
+                    tokio::spawn(async move { one(&mut client, burst * 100 + i).await })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let seen = recorder.take();
+            demand_per_burst.push(
+                seen.iter()
+                    .filter(|s| **s == Seen::Connect(ConnectReason::Demand))
+                    .count(),
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        match mode {
+            // Found after the fourth burst's start (three equal intervals).
+            Mode::On => assert_eq!(demand_per_burst[6..], [0, 0, 0, 0], "{demand_per_burst:?}"),
+            _ => assert!(demand_per_burst.iter().all(|&n| n == 16), "{demand_per_burst:?}"),
+        }
+    }
+}
+
+// `send` is the crate's helper for a pool; the controller's service has the
+// same shape.
+#[allow(dead_code)]
+async fn send_through(client: &mut Client) {
+    let _ = send(client, get(URL, 0)).await;
+}
