@@ -194,6 +194,12 @@ impl Row {
     pub(crate) fn is_affinity(&self) -> bool {
         self.recorded_by.starts_with("`OtelAffinityEvents`")
     }
+
+    /// Whether the adaptive controller's hook records it (feature
+    /// `adaptive`).
+    pub(crate) fn is_adaptive(&self) -> bool {
+        self.recorded_by.starts_with("`OtelAdaptiveEvents`")
+    }
 }
 
 /// Backticked words in `text` (values have no dot; attribute names do).
