@@ -50,7 +50,11 @@ async fn get(mut client: Client, url: String, delay_ms: u64) {
 }
 
 fn target(server: &TestServer) -> Target {
-    Target::from_uri(&server.url("/").parse().unwrap(), Some(Partition::new(SECRET))).unwrap()
+    Target::from_uri(
+        &server.url("/").parse().unwrap(),
+        Some(Partition::new(SECRET)),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

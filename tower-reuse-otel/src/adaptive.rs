@@ -168,10 +168,9 @@ mod tests {
         for scope in exported.last().unwrap().scope_metrics() {
             for metric in scope.metrics().filter(|m| m.name() == name) {
                 match metric.data() {
-                    AggregatedMetrics::F64(MetricData::Gauge(g)) => points.extend(
-                        g.data_points()
-                            .map(|p| (port(p.attributes()), p.value())),
-                    ),
+                    AggregatedMetrics::F64(MetricData::Gauge(g)) => {
+                        points.extend(g.data_points().map(|p| (port(p.attributes()), p.value())))
+                    }
                     AggregatedMetrics::U64(MetricData::Gauge(g)) => points.extend(
                         g.data_points()
                             .map(|p| (port(p.attributes()), p.value() as f64)),
@@ -221,23 +220,59 @@ mod tests {
         hook.record(&target(1), change, Reason::ServerIdleLimit, true, &learned);
         // Port 2: observed only; the gauge stays without a point.
         let change = idle(Some(SECOND * 90), Some(SECOND));
-        hook.record(&target(2), change, Reason::IdleGaps, false, &Inputs::default());
+        hook.record(
+            &target(2),
+            change,
+            Reason::IdleGaps,
+            false,
+            &Inputs::default(),
+        );
         // Port 3: set, then to no timeout at all: the gauge keeps 3 s.
         let change = idle(None, Some(SECOND * 3));
-        hook.record(&target(3), change, Reason::IdleGaps, true, &Inputs::default());
+        hook.record(
+            &target(3),
+            change,
+            Reason::IdleGaps,
+            true,
+            &Inputs::default(),
+        );
         let change = idle(Some(SECOND * 3), None);
-        hook.record(&target(3), change, Reason::Restored, true, &Inputs::default());
+        hook.record(
+            &target(3),
+            change,
+            Reason::Restored,
+            true,
+            &Inputs::default(),
+        );
         // Port 4: warm connections kept, then half released.
         let change = Change::MinIdle { from: 0, to: 8 };
-        hook.record(&target(4), change, Reason::PeriodicBurst, true, &Inputs::default());
+        hook.record(
+            &target(4),
+            change,
+            Reason::PeriodicBurst,
+            true,
+            &Inputs::default(),
+        );
         let change = Change::MinIdle { from: 8, to: 4 };
-        hook.record(&target(4), change, Reason::Released, true, &Inputs::default());
+        hook.record(
+            &target(4),
+            change,
+            Reason::Released,
+            true,
+            &Inputs::default(),
+        );
         // Port 5: a request limit: counted, no gauge.
         let change = Change::MaxRequests {
             from: None,
             to: Some(10),
         };
-        hook.record(&target(5), change, Reason::RequestLimit, true, &Inputs::default());
+        hook.record(
+            &target(5),
+            change,
+            Reason::RequestLimit,
+            true,
+            &Inputs::default(),
+        );
         provider.force_flush().unwrap();
 
         let idle_timeout = gauges(&exporter, "tower_reuse.adaptive.idle_timeout");
