@@ -203,9 +203,10 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
     );
 
     let metrics = telemetry.metrics();
-    // The affinity layer's instruments are `otel_affinity.rs`'s.
+    // The affinity layer's instruments are `otel_affinity.rs`'s, the
+    // adaptive controller's `otel_adaptive.rs`'s.
     let mut table = docs_table();
-    table.retain(|row| !row.is_affinity());
+    table.retain(|row| !row.is_affinity() && !row.is_adaptive());
     for row in &table {
         let metric = metrics
             .get(&row.name)

@@ -52,6 +52,16 @@ pub(crate) const AFFINITY_CHANGE: &str = "tower_reuse.affinity.change";
 /// Why a key left its dedicated pool: `cold`, `idle` or `displaced`.
 #[cfg(feature = "affinity")]
 pub(crate) const TIER_REASON: &str = "tower_reuse.affinity.tier.reason";
+/// The setting an adaptive decision changed: `idle_timeout`,
+/// `min_idle_per_target` or `max_requests_per_connection`.
+#[cfg(feature = "adaptive")]
+pub(crate) const ADAPTIVE_KNOB: &str = "tower_reuse.adaptive.knob";
+/// Why the controller decided, as `Reason::as_str` spells it.
+#[cfg(feature = "adaptive")]
+pub(crate) const ADAPTIVE_REASON: &str = "tower_reuse.adaptive.reason";
+/// Whether the pool took the decision.
+#[cfg(feature = "adaptive")]
+pub(crate) const ADAPTIVE_APPLIED: &str = "tower_reuse.adaptive.applied";
 #[cfg(feature = "tls")]
 pub(crate) const SESSION_CACHE_RESULT: &str = "tower_reuse.tls.session_cache.result";
 #[cfg(feature = "tls")]
@@ -103,6 +113,18 @@ pub(crate) fn server(scheme: Option<&str>, host: Option<&str>, port: Option<u16>
         attributes.push(KeyValue::new(URL_SCHEME, scheme));
     }
     attributes
+}
+
+/// `server.address`, `server.port`, `url.scheme` of a pool's target.
+/// Never its partition, nor user info (a target holds none).
+#[cfg(feature = "pool")]
+pub(crate) fn target(target: &tower_reuse_pool::Target) -> Vec<KeyValue> {
+    let authority = target.authority();
+    server(
+        Some(target.scheme().as_str()),
+        Some(authority.host()),
+        authority.port_u16(),
+    )
 }
 
 /// `network.protocol.version` for an HTTP version.

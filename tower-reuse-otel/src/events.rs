@@ -265,7 +265,7 @@ impl OtelPoolEvents {
 
     /// The attributes of `target`'s connection metrics.
     fn target_attributes(&self, target: &Target) -> Vec<KeyValue> {
-        let mut attributes = target_attributes(target);
+        let mut attributes = attributes::target(target);
         if self.record_partition
             && let Some(partition) = target.partition()
         {
@@ -305,17 +305,6 @@ impl fmt::Debug for OtelPoolEvents {
             .field("open", &self.open().len())
             .finish_non_exhaustive()
     }
-}
-
-/// `server.address`, `server.port`, `url.scheme` of a target. Never its
-/// partition.
-fn target_attributes(target: &Target) -> Vec<KeyValue> {
-    let authority = target.authority();
-    attributes::server(
-        Some(target.scheme().as_str()),
-        Some(authority.host()),
-        authority.port_u16(),
-    )
 }
 
 fn with(mut attributes: Vec<KeyValue>, extra: impl IntoIterator<Item = KeyValue>) -> Vec<KeyValue> {

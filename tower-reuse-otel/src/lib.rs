@@ -17,6 +17,10 @@
 //!   hook (`tower_reuse_affinity::events::AffinityEvents`): a service's
 //!   endpoints coming and going, the keys each change moved, ejections and
 //!   returns, warm detours and retries, by service and endpoint.
+//! - `OtelAdaptiveEvents` (feature `adaptive`) is the adaptive controller's
+//!   hook (`tower_reuse_adaptive::events::AdaptiveEvents`): each decision
+//!   by target, setting, reason and whether the pool took it, the settings
+//!   it gave, and the server idle timeout it learned.
 //!
 //! ```
 //! use hyper_util::client::legacy::connect::HttpConnector;
@@ -78,6 +82,10 @@
 //! | `tower_reuse.affinity.tier.dedicated` | UpDownCounter | `{pool}` | none | `OtelAffinityEvents`: keys with a dedicated pool now (tiers on), +1 at a promotion, -1 at a demotion |
 //! | `tower_reuse.affinity.tier.promotions` | Counter | `{promotion}` | `server.address`, `server.port`, `url.scheme` | `OtelAffinityEvents`: a key given a dedicated pool (its rate held above `promote_rps` over the promote window) |
 //! | `tower_reuse.affinity.tier.demotions` | Counter | `{demotion}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.affinity.tier.reason` | `OtelAffinityEvents`: a key sent back to the shared pool |
+//! | `tower_reuse.adaptive.decisions` | Counter | `{decision}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.adaptive.knob`, `tower_reuse.adaptive.reason`, `tower_reuse.adaptive.applied` | `OtelAdaptiveEvents` (feature `adaptive`): each decision of the controller, applied or not (observing only, or refused by the pool) |
+//! | `tower_reuse.adaptive.idle_timeout` | Gauge | `s` | `server.address`, `server.port`, `url.scheme` | `OtelAdaptiveEvents`, at each applied decision on `idle_timeout`: the timeout the controller gave the target; a decision to no timeout at all records no point (the last value stays) |
+//! | `tower_reuse.adaptive.min_idle` | Gauge | `{connection}` | `server.address`, `server.port`, `url.scheme` | `OtelAdaptiveEvents`, at each applied decision on `min_idle_per_target`: the idle connections the controller keeps open for the target |
+//! | `tower_reuse.adaptive.server_idle_limit` | Gauge | `s` | `server.address`, `server.port`, `url.scheme` | `OtelAdaptiveEvents`, at each decision whose inputs carry one: the server's idle timeout, as learned from the idle ages at which it closed connections |
 //!
 //! The observable instruments cost the request path an atomic add: the
 //! SDK reads the counts when it collects. Exported, the up-down counters
@@ -135,6 +143,12 @@
 //! - `tower_reuse.affinity.tier.reason`: why a key left its dedicated pool,
 //!   `cold` (its rate fell below `demote_rps`), `idle` or `displaced` (a
 //!   hotter key took its place).
+//! - `tower_reuse.adaptive.knob`: the setting, as `PoolConfig` names it:
+//!   `idle_timeout`, `min_idle_per_target`, `max_requests_per_connection`.
+//! - `tower_reuse.adaptive.reason`: `Reason::as_str` of the adaptive crate
+//!   (`server_idle_limit`, `idle_gaps`, `request_limit`, `periodic_burst`,
+//!   `released`, `restored`).
+//! - `tower_reuse.adaptive.applied`: `true` or `false`.
 //! - `server.address`, `server.port`, `url.scheme` on the affinity
 //!   instruments: the logical service (`http://inventory.internal:8080`);
 //!   `network.peer.address`, `network.peer.port`: one of its endpoints
@@ -166,7 +180,8 @@
 //! By default no URL path or query string, no header value, no pool
 //! partition, no error message: only the scheme, host and port of a
 //! request, and low-cardinality values. `OtelAffinityEvents` never records
-//! an affinity key (nor the header it comes from) or a partition. Each of
+//! an affinity key (nor the header it comes from) or a partition, nor does
+//! `OtelAdaptiveEvents` record a target's partition. Each of
 //! these is opted into:
 //!
 //! - [`OtelLayer::record_url_full`]: `url.full` on request spans, query
@@ -185,6 +200,7 @@
 //! | `pool` | on | [`OtelPoolEvents`], [`ConnectionSpans`], and the pool's connection facts on request spans (depends on `tower-reuse-pool`). |
 //! | `tls` | off | `OtelSessionCache`: the pool's TLS session cache as metrics (implies `pool`, and the pool's `tls`). |
 //! | `affinity` | off | `OtelAffinityEvents`: the affinity layer's events as metrics (implies `pool`; depends on `tower-reuse-affinity`). |
+//! | `adaptive` | off | `OtelAdaptiveEvents`: the adaptive controller's decisions as metrics (implies `pool`; depends on `tower-reuse-adaptive`). |
 //! | `bound-instruments` | off | Histograms recorded through OpenTelemetry's bound instruments (see above); switches on `opentelemetry_sdk`'s feature of the same name, which implements them. |
 
 // On docs.rs: label each item with the features it needs.
@@ -194,6 +210,8 @@
 /// (see the crate docs).
 pub(crate) const MAX_TARGETS: usize = 1024;
 
+#[cfg(feature = "adaptive")]
+mod adaptive;
 #[cfg(feature = "affinity")]
 mod affinity;
 mod attributes;
@@ -212,6 +230,8 @@ mod service;
 #[cfg(feature = "tls")]
 mod session_cache;
 
+#[cfg(feature = "adaptive")]
+pub use adaptive::OtelAdaptiveEvents;
 #[cfg(feature = "affinity")]
 pub use affinity::OtelAffinityEvents;
 #[cfg(feature = "pool")]

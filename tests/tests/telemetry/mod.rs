@@ -119,6 +119,21 @@ impl Telemetry {
     }
 }
 
+/// Panics if an attribute of any point holds `secret` in its value, or is
+/// a partition.
+pub(crate) fn assert_no_attribute_holds(metrics: &BTreeMap<String, Metric>, secret: &str) {
+    for (name, metric) in metrics {
+        for (attributes, _) in &metric.points {
+            for (key, value) in attributes {
+                assert!(
+                    !value.contains(secret) && !key.contains("partition"),
+                    "{name} recorded {key}={value:?}"
+                );
+            }
+        }
+    }
+}
+
 pub(crate) fn attribute_map<'a>(
     attributes: impl Iterator<Item = &'a KeyValue>,
 ) -> BTreeMap<String, String> {
@@ -193,6 +208,12 @@ impl Row {
     /// Whether the affinity layer's hook records it (feature `affinity`).
     pub(crate) fn is_affinity(&self) -> bool {
         self.recorded_by.starts_with("`OtelAffinityEvents`")
+    }
+
+    /// Whether the adaptive controller's hook records it (feature
+    /// `adaptive`).
+    pub(crate) fn is_adaptive(&self) -> bool {
+        self.recorded_by.starts_with("`OtelAdaptiveEvents`")
     }
 }
 
