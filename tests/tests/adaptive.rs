@@ -11,11 +11,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveLayer, Mode};
-use tower_reuse_pool::events::{CheckedOut, CloseReason, Closed, ConnectReason, ConnectStarted, PoolEvents, Stale};
+use tower_reuse_pool::events::{
+    CheckedOut, CloseReason, Closed, ConnectReason, ConnectStarted, PoolEvents, Stale,
+};
 use tower_reuse_pool::{Pool, PoolConfig, PoolLayer, Target};
 use tower_reuse_tests::duplex::DuplexConnector;
+use tower_reuse_tests::get;
 use tower_reuse_tests::server::ServerOptions;
-use tower_reuse_tests::{get, send};
 
 const URL: &str = "http://adaptive.test/";
 
@@ -43,7 +45,10 @@ impl PoolEvents for Recorder {
     }
 
     fn on_checkout(&self, event: &CheckedOut<'_>) {
-        self.0.lock().unwrap().push(Seen::Out { wait: event.wait() });
+        self.0
+            .lock()
+            .unwrap()
+            .push(Seen::Out { wait: event.wait() });
     }
 
     fn on_close(&self, event: &Closed<'_>) {
@@ -59,7 +64,11 @@ type Client = Adaptive<Pool<DuplexConnector>>;
 
 /// The controller (in `mode`) over a pool with `config`, to an in-process
 /// server with `options`.
-fn client(options: ServerOptions, config: PoolConfig, mode: Mode) -> (Client, Arc<Recorder>, AdaptiveLayer) {
+fn client(
+    options: ServerOptions,
+    config: PoolConfig,
+    mode: Mode,
+) -> (Client, Arc<Recorder>, AdaptiveLayer) {
     let adaptive = AdaptiveLayer::new(AdaptiveConfig::default().mode(mode)).unwrap();
     let recorder = Arc::new(Recorder::default());
     let pool = PoolLayer::<Full<Bytes>>::new(config)
@@ -91,7 +100,13 @@ impl PoolEvents for SharedRecorder {
 }
 
 async fn one(client: &mut Client, id: u64) {
-    let response = client.ready().await.unwrap().call(get(URL, id)).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(URL, id))
+        .await
+        .unwrap();
     let (_, body) = response.into_parts();
     http_body_util::BodyExt::collect(body).await.unwrap();
 }
@@ -149,14 +164,14 @@ async fn learns_a_servers_idle_close_and_closes_first() {
 /// The server closes every connection after its 10th request (with
 /// `Connection: close`). Once three closes agree, the controller sets the
 /// limit, and the pool opens each replacement during a connection's last
-/// request: no later request waits for a connect. Off, every 10th request
-/// after the first waits for one.
+/// request (a connect takes 40 ms, a response 50): no later request waits
+/// for a connect. Off, every 10th request waits for one.
 #[tokio::test(start_paused = true)]
 async fn learns_a_request_limit_and_replaces_connections_ahead() {
     for mode in [Mode::On, Mode::Off] {
         let options = ServerOptions {
             max_requests_per_conn: Some(10),
-            delay: Some(Duration::from_millis(20)),
+            delay: Some(Duration::from_millis(50)),
             ..ServerOptions::default()
         };
         let connector_delay = Duration::from_millis(40);
@@ -170,10 +185,11 @@ async fn learns_a_request_limit_and_replaces_connections_ahead() {
         for id in 0..40 {
             one(&mut client, id).await;
         }
-        // The controller's tick.
+        // The controller's tick; then the first request of a connection.
         tokio::time::sleep(Duration::from_millis(1100)).await;
+        one(&mut client, 40).await;
         recorder.take();
-        for id in 40..100 {
+        for id in 41..101 {
             one(&mut client, id).await;
         }
         let after = recorder.take();
@@ -236,14 +252,10 @@ async fn keeps_connections_warm_ahead_of_periodic_bursts() {
         match mode {
             // Found after the fourth burst's start (three equal intervals).
             Mode::On => assert_eq!(demand_per_burst[6..], [0, 0, 0, 0], "{demand_per_burst:?}"),
-            _ => assert!(demand_per_burst.iter().all(|&n| n == 16), "{demand_per_burst:?}"),
+            _ => assert!(
+                demand_per_burst.iter().all(|&n| n == 16),
+                "{demand_per_burst:?}"
+            ),
         }
     }
-}
-
-// `send` is the crate's helper for a pool; the controller's service has the
-// same shape.
-#[allow(dead_code)]
-async fn send_through(client: &mut Client) {
-    let _ = send(client, get(URL, 0)).await;
 }

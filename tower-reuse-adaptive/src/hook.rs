@@ -50,7 +50,8 @@ impl PoolEvents for AdaptivePoolEvents {
     }
 
     fn on_checkin(&self, event: &CheckedIn<'_>) {
-        self.controller.with_live(event.target(), |live| live.checkin());
+        self.controller
+            .with_live(event.target(), |live| live.checkin());
     }
 
     fn on_close(&self, event: &Closed<'_>) {
@@ -60,7 +61,8 @@ impl PoolEvents for AdaptivePoolEvents {
     }
 
     fn on_retry(&self, event: &Retried<'_>) {
-        self.controller.with_live(event.target(), |live| live.retried());
+        self.controller
+            .with_live(event.target(), |live| live.retried());
     }
 
     fn on_stale(&self, event: &Stale<'_>) {
@@ -69,6 +71,7 @@ impl PoolEvents for AdaptivePoolEvents {
     }
 
     fn on_refused(&self, event: &Refused<'_>) {
-        self.controller.with_live(event.target(), |live| live.refused());
+        self.controller
+            .with_live(event.target(), |live| live.refused());
     }
 }
