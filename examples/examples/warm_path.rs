@@ -32,7 +32,9 @@
 //! `http://svc.warm:8080`, whose endpoints are the servers; keyed by their
 //! `accept` header, so that they are byte for byte the other stacks'
 //! requests and one key: with one server, the cost of routing and of
-//! carrying the endpoint).
+//! carrying the endpoint), `adaptive` (`AdaptiveLayer` over the pool,
+//! the pool's events going to its controller: what the controller's
+//! signals cost the request path).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -50,6 +52,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
+use tower_reuse_adaptive::{AdaptiveConfig, AdaptiveLayer};
 use tower_reuse_affinity::{AffinityConfig, AffinityKey, AffinityLayer};
 use tower_reuse_examples::stacks::{BareSpan, DiscardMetrics, DiscardSpans};
 use tower_reuse_otel::{OtelLayer, OtelPoolEvents};
@@ -207,10 +210,18 @@ fn main() -> Result<(), BoxError> {
                 let service = ["http://svc.warm:8080/x".parse::<Uri>()?];
                 run(&mut client, &service, n, None).await
             }
+            "adaptive" => {
+                let adaptive = AdaptiveLayer::new(AdaptiveConfig::default())?;
+                let pool = PoolLayer::new(PoolConfig::default())?
+                    .events(adaptive.pool_events())
+                    .layer(connector());
+                let mut client = adaptive.layer(pool);
+                run(&mut client, &uris, n, None).await
+            }
             "otel" => otel(&uris, n, Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).await,
             "otel-unsampled" => otel(&uris, n, Sampler::AlwaysOff).await,
             other => Err(format!(
-                "no stack {other:?}: raw, hyper-util, pool, span, otel, otel-unsampled, affinity"
+                "no stack {other:?}: raw, hyper-util, pool, span, otel, otel-unsampled, affinity, adaptive"
             )
             .into()),
         }

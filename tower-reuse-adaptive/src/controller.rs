@@ -3,6 +3,7 @@
 //! pool through its control handle and told to the events hook.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
@@ -21,7 +22,7 @@ use crate::window::Window;
 pub(crate) struct Controller {
     pub(crate) config: AdaptiveConfig,
     mode: AtomicU8,
-    live: RwLock<HashMap<Target, Arc<Live>>>,
+    live: RwLock<HashMap<Target, Arc<Live>, BuildHasherDefault<TargetHasher>>>,
     states: Mutex<HashMap<Target, TargetState>>,
     pub(crate) control: OnceLock<PoolControl>,
     events: Arc<dyn AdaptiveEvents>,
@@ -417,6 +418,43 @@ async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
             return;
         };
         controller.tick(now);
+    }
+}
+
+/// The target map's hasher, looked up twice per request by the pool's
+/// hook: a multiply and rotate per word (as rustc's own maps hash) rather
+/// than SipHash, whose resistance to chosen keys the map does not need
+/// (at most `max_targets` entries, each one of the client's own targets).
+#[derive(Default)]
+struct TargetHasher(u64);
+
+impl Hasher for TargetHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            self.add(word);
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.add(word);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl TargetHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 

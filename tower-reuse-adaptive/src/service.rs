@@ -53,15 +53,15 @@ impl<S> Adaptive<S> {
     }
 
     fn live<B>(&mut self, req: &Request<B>) -> Option<Arc<Live>> {
-        let target = Target::from_request(req).ok()?;
-        match &self.last {
-            Some((last, live)) if *last == target => Some(live.clone()),
-            _ => {
-                let live = self.controller.live_of(&target)?;
-                self.last = Some((target, live.clone()));
-                Some(live)
-            }
+        if let Some((last, live)) = &self.last
+            && last.is_target_of(req)
+        {
+            return Some(live.clone());
         }
+        let target = Target::from_request(req).ok()?;
+        let live = self.controller.live_of(&target)?;
+        self.last = Some((target, live.clone()));
+        Some(live)
     }
 }
 

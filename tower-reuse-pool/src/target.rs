@@ -155,6 +155,24 @@ impl Target {
         TargetKey::of_request(req, endpoint).is_some_and(|key| key == self.key())
     }
 
+    /// Whether `req` goes to this target ([`from_request`](Self::from_request)
+    /// would give it), found without building a `Target`: what a layer
+    /// that remembers the target of its last request checks first.
+    ///
+    /// ```
+    /// use tower_reuse_pool::{Partition, Target};
+    ///
+    /// let req = http::Request::get("http://a.test/x").body(()).unwrap();
+    /// let target = Target::from_request(&req).unwrap();
+    /// assert!(target.is_target_of(&req));
+    /// let mut other = http::Request::get("http://a.test/y").body(()).unwrap();
+    /// other.extensions_mut().insert(Partition::new("tenant-a"));
+    /// assert!(!target.is_target_of(&other));
+    /// ```
+    pub fn is_target_of<B>(&self, req: &Request<B>) -> bool {
+        self.is_for(req, req.extensions().get::<Endpoint>().copied())
+    }
+
     /// The target of a request: its URI and its [`Partition`] and
     /// [`Endpoint`] extensions.
     pub fn from_request<B>(req: &Request<B>) -> Result<Self, Error> {
