@@ -16,8 +16,8 @@ use tower_reuse_pool::events::{
 };
 use tower_reuse_pool::{Pool, PoolConfig, PoolLayer, Target};
 use tower_reuse_tests::duplex::DuplexConnector;
-use tower_reuse_tests::get;
 use tower_reuse_tests::server::ServerOptions;
+use tower_reuse_tests::{get, settle};
 
 const URL: &str = "http://adaptive.test/";
 
@@ -258,4 +258,56 @@ async fn keeps_connections_warm_ahead_of_periodic_bursts() {
             ),
         }
     }
+}
+
+/// The layer adds no queue: the pool's backpressure comes through, a
+/// clone of a ready service is not ready, and a request given up midway
+/// leaves nothing counted in flight.
+#[tokio::test(start_paused = true)]
+async fn backpressure_passes_through_and_a_cancelled_request_is_not_left_in_flight() {
+    let options = ServerOptions {
+        delay: Some(Duration::from_secs(5)),
+        ..ServerOptions::default()
+    };
+    let config = PoolConfig::default().max_requests_in_flight(Some(1));
+    let (mut client, _recorder, adaptive) = client(options, config, Mode::On);
+    let slow = client.ready().await.unwrap().call(get(URL, 1));
+    let mut blocked = client.clone();
+    let mut waiting = tokio::spawn(async move {
+        blocked.ready().await.unwrap();
+    });
+    settle().await;
+    assert!(!waiting.is_finished(), "ready past the pool's limit");
+    let in_flight = || {
+        adaptive
+            .handle()
+            .snapshot()
+            .target(&target())
+            .map_or(0, |t| t.in_flight)
+    };
+    // Give the request time to be on its connection, then give it up.
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    adaptive.handle().tick();
+    assert_eq!(in_flight(), 1);
+    slow.abort();
+    let _ = slow.await;
+    settle().await;
+    assert!(
+        waiting.is_finished(),
+        "not woken when the request was given up"
+    );
+    (&mut waiting).await.unwrap();
+    adaptive.handle().tick();
+    assert_eq!(in_flight(), 0);
+
+    let mut ready = client.clone();
+    std::future::poll_fn(|cx| ready.poll_ready(cx))
+        .await
+        .unwrap();
+    let mut clone = ready.clone();
+    assert!(
+        clone.call(get(URL, 2)).await.is_err(),
+        "a clone took the readiness"
+    );
 }
