@@ -84,6 +84,7 @@ pub struct AdaptiveConfig {
     #[cfg_attr(feature = "serde", serde(deserialize_with = "secs::optional"))]
     pub(crate) idle_timeout_max: Option<Duration>,
     pub(crate) max_prewarm: usize,
+    pub(crate) max_tickets_per_server: usize,
     pub(crate) learn_idle_timeout: bool,
     pub(crate) learn_request_limit: bool,
     pub(crate) prewarm: bool,
@@ -105,6 +106,7 @@ impl Default for AdaptiveConfig {
             idle_timeout_min: Duration::from_millis(100),
             idle_timeout_max: None,
             max_prewarm: 256,
+            max_tickets_per_server: 1024,
             learn_idle_timeout: true,
             learn_request_limit: true,
             prewarm: true,
@@ -159,6 +161,10 @@ knobs! {
     /// The most connections the controller keeps warm ahead of a periodic
     /// burst, per target. Defaults to 256.
     max_prewarm, get_max_prewarm: usize;
+    /// The most tickets per server the controller gives the TLS session
+    /// cache (feature `tls`); it never sets fewer than the cache had when
+    /// it first saw it. Defaults to 1 024.
+    max_tickets_per_server, get_max_tickets_per_server: usize;
     /// Learn each server's idle timeout from the idle ages at which it
     /// closes connections, and close before it. Defaults to on.
     learn_idle_timeout, get_learn_idle_timeout: bool;
@@ -238,6 +244,12 @@ impl AdaptiveConfig {
         }
         if self.max_prewarm > MAX_PREWARM {
             return Err(ConfigError::new("max_prewarm", "must be at most 1024"));
+        }
+        if self.max_tickets_per_server == 0 {
+            return Err(ConfigError::new(
+                "max_tickets_per_server",
+                "must be at least 1",
+            ));
         }
         if self.max_targets == 0 {
             return Err(ConfigError::new("max_targets", "must be at least 1"));
@@ -345,6 +357,7 @@ mod tests {
             ),
             (d().max_prewarm(5000), "max_prewarm"),
             (d().max_targets(0), "max_targets"),
+            (d().max_tickets_per_server(0), "max_tickets_per_server"),
             (d().forget_after(s(1)), "forget_after"),
         ];
         for (config, field) in cases {

@@ -29,6 +29,11 @@ pub(crate) struct Controller {
     started: std::sync::atomic::AtomicBool,
     untracked: AtomicU64,
     ticks: AtomicU64,
+    /// The pool's TLS session cache, whose tickets per server it tunes.
+    #[cfg(feature = "tls")]
+    pub(crate) session_cache: OnceLock<tower_reuse_pool::tls::SessionCache>,
+    #[cfg(feature = "tls")]
+    tickets: Mutex<crate::tickets::Tickets>,
 }
 
 /// One target as the controller keeps it between ticks.
@@ -82,6 +87,10 @@ impl Controller {
             started: std::sync::atomic::AtomicBool::new(false),
             untracked: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
+            #[cfg(feature = "tls")]
+            session_cache: OnceLock::new(),
+            #[cfg(feature = "tls")]
+            tickets: Mutex::default(),
         }
     }
 
@@ -190,6 +199,8 @@ impl Controller {
                 }
                 decisions.extend(self.decide_one(control, target, state, mode, now));
             }
+            #[cfg(feature = "tls")]
+            decisions.extend(self.decide_tickets(&states, mode, now));
             for target in &forgotten {
                 if let Some(state) = states.remove(target)
                     && state.written.is_some()
@@ -241,6 +252,7 @@ impl Controller {
         let view = View {
             now,
             window: &total,
+            connect_burst: state.window.busiest(|c| c.tls_full + c.tls_resumed),
             learned: &state.learned,
             periodic: periodic(&state.bursts, now),
             inherited: state.inherited,
@@ -269,6 +281,43 @@ impl Controller {
                 inputs: state.inputs.clone(),
             })
             .collect()
+    }
+
+    /// The session cache's tickets per server, for the largest TLS connect
+    /// burst to one target.
+    #[cfg(feature = "tls")]
+    fn decide_tickets(
+        &self,
+        states: &HashMap<Target, TargetState>,
+        mode: Mode,
+        now: Instant,
+    ) -> Option<Decision> {
+        let cache = self.session_cache.get()?;
+        let (target, state) = states
+            .iter()
+            .filter(|(_, s)| s.pooled)
+            .max_by_key(|(_, s)| s.inputs.connect_burst)?;
+        let current = cache.tickets_per_server();
+        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let (change, reason) = if mode == Mode::Off {
+            (tickets.restore(current)?, Reason::Restored)
+        } else {
+            tickets.decide(&self.config, now, current, state.inputs.connect_burst)?
+        };
+        let Change::TlsTickets { to, .. } = change else {
+            return None;
+        };
+        if mode != Mode::Off {
+            tickets.record(to, now);
+        }
+        let applied = mode != Mode::Observe && cache.set_tickets_per_server(to).is_ok();
+        Some(Decision {
+            target: target.clone(),
+            change,
+            reason,
+            applied,
+            inputs: state.inputs.clone(),
+        })
     }
 
     /// Write the base settings with the controller's knobs over them.

@@ -83,6 +83,8 @@ impl Knobs {
                     changed_at: Some(now),
                 };
             }
+            // The session cache's, not the target's.
+            Change::TlsTickets { .. } => {}
         }
     }
 }
@@ -144,6 +146,8 @@ pub(crate) fn periodic(samples: &Samples, now: Instant) -> Option<Periodic> {
 pub(crate) struct View<'a> {
     pub(crate) now: Instant,
     pub(crate) window: &'a Bucket,
+    /// The most TLS connects in one bucket of the window.
+    pub(crate) connect_burst: u64,
     pub(crate) learned: &'a Learned,
     pub(crate) periodic: Option<Periodic>,
     pub(crate) inherited: Inherited,
@@ -164,6 +168,7 @@ pub(crate) fn decide(config: &AdaptiveConfig, view: &View<'_>) -> (Inputs, Vec<(
         request_limit: view.learned.request_limit,
         period: view.periodic.map(|p| p.period),
         burst_peak: view.periodic.map(|p| p.peak),
+        connect_burst: view.connect_burst,
     };
     let mut changes = Vec::new();
     changes.extend(idle_timeout(config, view, &inputs));

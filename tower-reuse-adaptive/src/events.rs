@@ -70,16 +70,27 @@ pub enum Change {
         /// After.
         to: Option<u64>,
     },
+    /// The TLS session cache's tickets per server (feature `tls`), for
+    /// every server: the decision names the target with the largest
+    /// connect burst.
+    TlsTickets {
+        /// Before.
+        from: usize,
+        /// After.
+        to: usize,
+    },
 }
 
 impl Change {
-    /// The setting's name, as in `PoolConfig`: `"idle_timeout"`,
-    /// `"min_idle_per_target"` or `"max_requests_per_connection"`.
+    /// The setting's name, as in `PoolConfig` and `SessionCacheConfig`:
+    /// `"idle_timeout"`, `"min_idle_per_target"`,
+    /// `"max_requests_per_connection"` or `"tickets_per_server"`.
     pub fn knob(&self) -> &'static str {
         match self {
             Change::IdleTimeout { .. } => "idle_timeout",
             Change::MinIdle { .. } => "min_idle_per_target",
             Change::MaxRequests { .. } => "max_requests_per_connection",
+            Change::TlsTickets { .. } => "tickets_per_server",
         }
     }
 }
@@ -107,6 +118,10 @@ pub enum Reason {
     /// The bursts stopped, or no longer need connections kept warm: the
     /// warm connections are released, at most half of them per decision.
     Released,
+    /// TLS connects come in bursts ([`Inputs::connect_burst`]): the
+    /// session cache keeps a ticket for each connection of a burst, so
+    /// that all of them resume; released gradually when bursts shrink.
+    ConnectBursts,
     /// The controller was switched off or the target's own settings
     /// changed: its setting is taken back.
     Restored,
@@ -121,6 +136,7 @@ impl Reason {
             Reason::RequestLimit => "request_limit",
             Reason::PeriodicBurst => "periodic_burst",
             Reason::Released => "released",
+            Reason::ConnectBursts => "connect_bursts",
             Reason::Restored => "restored",
         }
     }
@@ -147,6 +163,8 @@ pub struct Inputs {
     pub period: Option<Duration>,
     /// The most requests in flight in the recent bursts.
     pub burst_peak: Option<usize>,
+    /// The most TLS connects to the target in one tenth of the window.
+    pub connect_burst: u64,
 }
 
 /// A change of one target's setting. See [`AdaptiveEvents`].

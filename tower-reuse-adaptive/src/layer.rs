@@ -47,6 +47,18 @@ impl AdaptiveLayer {
         }
     }
 
+    /// Tune `cache`'s tickets per server too (the session cache of the
+    /// pool's `TlsLayer`): never below what it has when the controller
+    /// first sees it, nor above
+    /// [`max_tickets_per_server`](AdaptiveConfig::max_tickets_per_server).
+    /// A layer takes one cache; a second call is ignored.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn session_cache(self, cache: tower_reuse_pool::tls::SessionCache) -> Self {
+        let _ = self.controller.session_cache.set(cache);
+        self
+    }
+
     /// A handle to read the controller's estimates and switch its mode.
     pub fn handle(&self) -> AdaptiveHandle {
         AdaptiveHandle {

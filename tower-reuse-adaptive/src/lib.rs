@@ -22,7 +22,10 @@
 //!   connection's last request;
 //! - **`min_idle_per_target`**: the recent bursts' peak, kept warm while
 //!   bursts come at a steady period with gaps longer than connections
-//!   live, and released at most half at a time when they stop.
+//!   live, and released at most half at a time when they stop;
+//! - with the `tls` feature and [`AdaptiveLayer::session_cache`], the
+//!   session cache's **tickets per server**: enough for every connection
+//!   of the largest recent connect burst to one server to resume.
 //!
 //! Against oscillation, each change needs the wanted value outside a dead
 //! band of the current one, waits a cool-down after the knob's last change
@@ -64,7 +67,8 @@
 //! ends when the layer and its services are dropped.
 //!
 //! Features: `serde` deserializes [`AdaptiveConfig`] from policy files;
-//! `tracing` logs each decision at debug level.
+//! `tracing` logs each decision at debug level; `tls` tunes the pool's TLS
+//! session cache.
 
 // On docs.rs: label each item with the features it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -82,6 +86,8 @@ mod learn;
 mod service;
 mod signals;
 mod snapshot;
+#[cfg(feature = "tls")]
+mod tickets;
 mod window;
 
 #[cfg(test)]

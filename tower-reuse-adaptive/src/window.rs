@@ -119,6 +119,15 @@ impl Window {
         &mut self.buckets[self.current]
     }
 
+    /// The largest `count` of one bucket.
+    pub(crate) fn busiest(&self, count: impl Fn(&Counts) -> u64) -> u64 {
+        self.buckets
+            .iter()
+            .map(|b| count(&b.counts))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Everything in the window.
     pub(crate) fn total(&self) -> Bucket {
         let mut sum = Bucket::default();

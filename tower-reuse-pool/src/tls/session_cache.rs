@@ -121,6 +121,11 @@ impl SessionCache {
         state.stats
     }
 
+    /// The tickets kept per server now (as changed at run time).
+    pub fn tickets_per_server(&self) -> usize {
+        self.lock().config.tickets_per_server
+    }
+
     /// Changes `max_servers`, evicting the least recently used servers down
     /// to it at once. Zero is rejected and changes nothing.
     pub fn set_max_servers(&self, max: usize) -> Result<(), ConfigError> {
