@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
 use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
+use crate::relay::Relay;
 use crate::otlp::Endpoint;
 use crate::results::{CHART_QUANTILES, Environment, Results, RunResult, Skipped};
 use crate::scenarios::Scenario;
@@ -23,6 +24,7 @@ use crate::stacks::{ClientSnapshot, Stack, StackKind};
 use crate::target::Target;
 use crate::tls::{self, TlsIdentity};
 
+mod adaptive;
 mod affinity;
 mod idle_memory;
 mod idle_servers;
@@ -135,7 +137,11 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
             let mut set = JoinSet::new();
             for (i, &kind) in stacks.iter().enumerate() {
                 let (scenario, env, bar) = (scenario.clone(), env.clone(), bar.clone());
-                set.spawn(async move { (i, kind, run_one(scenario, kind, env, bar).await) });
+                let offset = scenario.start_offset(i, stacks.len());
+                set.spawn(async move {
+                    sleep(offset).await;
+                    (i, kind, run_one(scenario, kind, env, bar).await)
+                });
             }
             let mut done = Vec::new();
             while let Some(joined) = set.join_next().await {
@@ -335,6 +341,8 @@ struct Prepared {
     /// The child process serving the idle targets, for as long as the
     /// run lasts.
     _idle_servers: Option<IdleServers>,
+    /// The relays between client and server, for as long as the run lasts.
+    _relays: Vec<Relay>,
     targets: Arc<[Target]>,
     stack: Stack,
     baseline: Baseline,
@@ -378,7 +386,17 @@ impl Prepared {
             }
             _ => None,
         };
+        let relays = match (&server, scenario.relay) {
+            (Some(server), Some(delay)) => adaptive::relays(server, delay).await?,
+            _ => Vec::new(),
+        };
         let targets: Arc<[Target]> = match (&server, &env.target) {
+            (Some(server), _) if !relays.is_empty() => relays
+                .iter()
+                .map(|relay| adaptive::relayed_url(server, relay))
+                .map(|url| Target::parse(&url))
+                .collect::<Result<Vec<_>, _>>()?
+                .into(),
             (Some(server), _) => (0..server.addrs().len())
                 .map(|i| server.url(i))
                 .chain(idle_servers.iter().flat_map(|s| s.urls().iter().cloned()))
@@ -397,17 +415,13 @@ impl Prepared {
         // Counted from before the stack exists: `raw`'s pre-established
         // connections are part of its cost.
         let mut baseline = Baseline::take(server.as_ref(), None);
-        let stack = match Stack::build(
-            kind,
-            scenario.protocol,
-            tls,
-            workers,
-            &targets[0],
-            env.policy.as_ref(),
-            env.otlp.as_ref(),
-        )
-        .await
-        {
+        let (protocol, policy, otlp) = (scenario.protocol, env.policy.as_ref(), env.otlp.as_ref());
+        let built = if scenario.client_per_worker {
+            Stack::build_per_worker(kind, protocol, tls, workers, &targets[0], policy, otlp).await
+        } else {
+            Stack::build(kind, protocol, tls, workers, &targets[0], policy, otlp).await
+        };
+        let stack = match built {
             Ok(stack) => stack,
             Err(e) => return Ok(Err(e.to_string())),
         };
@@ -439,6 +453,7 @@ impl Prepared {
             turn_seed: env.turn_seed,
             server,
             _idle_servers: idle_servers,
+            _relays: relays,
             targets,
             stack,
             baseline,
@@ -566,6 +581,7 @@ impl Prepared {
         row.idle_targets = self.scenario.idle_targets;
         row.rss_per_idle_target_bytes = self.rss_per_target;
         row.rounds = self.slices;
+        adaptive::figures(&mut row, &self.scenario.load, &self.stack, &self.baseline.stack);
         row.baseline_rps = baseline_rps;
         if self.warmup.errors() > 0 {
             row.errors_by_kind
@@ -587,6 +603,8 @@ struct Baseline {
     server: Option<ServerSnapshot>,
     client: ClientSnapshot,
     retries: Option<u64>,
+    /// The pool's own counters.
+    stack: adaptive::StackBaseline,
 }
 
 impl Baseline {
@@ -597,6 +615,7 @@ impl Baseline {
                 .map(|s| s.client_stats().snapshot())
                 .unwrap_or_default(),
             retries: stack.map_or(Some(0), Stack::retries),
+            stack: adaptive::StackBaseline::take(stack),
         }
     }
 }
@@ -721,7 +740,10 @@ async fn tick(
     let nominal = load.nominal_duration().as_secs_f64().max(1e-3);
     let expected = match &load {
         Load::Closed { max_requests, .. } | Load::Poisson { max_requests, .. } => *max_requests,
-        Load::Bursts { bursts, size, .. } => Some((bursts * size) as u64),
+        Load::Bursts { bursts, size, .. } | Load::Periodic { bursts, size, .. } => {
+            Some((bursts * size) as u64)
+        }
+        Load::Steps { .. } => None,
     };
     let mut shown = 0u64;
     loop {

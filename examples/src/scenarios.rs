@@ -7,14 +7,16 @@ use crate::driver::Load;
 use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
+mod adaptive;
 mod affinity;
 mod tenants;
 
+pub use adaptive::SHIFT_LOW_WORKERS;
 pub use affinity::{ServicePlan, Step};
 pub use tenants::{NoisyPlan, TenantsPlan, TiersPlan};
 
 /// The default suite, in order.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 17] = [
     "steady-h1",
     "steady-h1-tls",
     "steady-h2",
@@ -23,6 +25,8 @@ pub const ALL: [&str; 15] = [
     "bursty",
     "keepalive-race",
     "tls-churn",
+    "cyclic",
+    "shift",
     "zipf-endpoints",
     "scale-targets",
     "affinity-cache",
@@ -99,6 +103,12 @@ pub struct Scenario {
     /// without a tail, on the embedded server, only; see
     /// [`Scenario::rounds`].
     pub take_turns: bool,
+    /// A relay between client and server adding this delay each way
+    /// ([`crate::relay`]): the round trip of a network, not loopback's.
+    pub relay: Option<Duration>,
+    /// Each closed-loop worker builds a client of its own, as separate
+    /// processes would ([`crate::stacks::Stack::build_per_worker`]).
+    pub client_per_worker: bool,
     /// Stacks this scenario means nothing for, with the reason.
     pub skip: Vec<(StackKind, &'static str)>,
     /// One logical service over several endpoints (the affinity
@@ -126,6 +136,18 @@ impl Scenario {
         }
     }
 
+    /// When the `i`-th of `n` stacks running at once starts its load: for
+    /// a periodic load, an equal share of the period each, so that no two
+    /// stacks' bursts meet on the machine's cores; otherwise at once.
+    pub fn start_offset(&self, i: usize, n: usize) -> Duration {
+        match &self.load {
+            Load::Periodic { period, .. } if self.parallel_stacks && n > 1 => {
+                period.mul_f64(i as f64 / n as f64)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The reason `stack` is skipped here, if it is.
     pub fn skip_reason(&self, stack: StackKind) -> Option<&'static str> {
         self.skip
@@ -139,6 +161,13 @@ impl Scenario {
 /// connections are never idle for longer than the shortest idle timeout
 /// in play (`hyper-util-tuned`'s 2 s) while the five others take theirs.
 pub const TURN: Duration = Duration::from_millis(250);
+
+/// The one-way delay of `keepalive-race`'s relay: a close takes this long
+/// to reach the client, a request this long to reach the server.
+pub const RELAY_DELAY: Duration = Duration::from_millis(5);
+
+const STATIC_WHERE_COMPARED: &str = "reuse with the controller off: run where the controller's \
+     effect is measured (steady-h1, bursty, keepalive-race, tls-churn, cyclic, shift)";
 
 const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
 
@@ -203,6 +232,8 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         tail: None,
         parallel_stacks: false,
         take_turns: false,
+        relay: None,
+        client_per_worker: false,
         skip: Vec::new(),
         service: None,
         tenants: None,
@@ -213,6 +244,10 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             return affinity::build(name, sizes);
         }
         "noisy-neighbour" | "tiers" => return tenants::build(name, sizes),
+        "cyclic" | "shift" => {
+            let base = scenario("", String::new(), Protocol::Http1, false, steady(1));
+            return adaptive::build(name, sizes, base);
+        }
         "steady-h1" => scenario(
             "steady-h1",
             format!("{workers} workers, closed loop, HTTP/1.1, 100-byte responses"),
@@ -298,7 +333,9 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             let mut s = scenario(
                 "keepalive-race",
                 format!(
-                    "server closes connections idle 1 s; {workers} workers, gaps 0.5-1.5 s, {}s",
+                    "server closes connections idle 1 s (no hint), a relay adds {} ms each way; \
+                     {workers} workers, each with a client of its own, gaps 0.5-1.5 s, {}s",
+                    RELAY_DELAY.as_millis(),
                     duration.as_secs_f64()
                 ),
                 Protocol::Http1,
@@ -312,7 +349,11 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     keys: None,
                 },
             );
+            // No `Keep-Alive` hint (the server's default): the client
+            // cannot know the limit.
             s.server = s.server.idle_timeout(Some(Duration::from_secs(1)));
+            s.relay = Some(RELAY_DELAY);
+            s.client_per_worker = true;
             s.parallel_stacks = true;
             s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
             s
@@ -423,6 +464,14 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
         built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
         built.skip.push((StackKind::ReuseSpan, OTEL_IN_STEADY_ONLY));
+    }
+    if !matches!(
+        built.name,
+        "steady-h1" | "bursty" | "keepalive-race" | "tls-churn"
+    ) {
+        built
+            .skip
+            .push((StackKind::ReuseStatic, STATIC_WHERE_COMPARED));
     }
     built
         .skip

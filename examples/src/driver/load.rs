@@ -46,47 +46,29 @@ pub async fn run(
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let mut recorder = match load {
-        Load::Closed {
-            workers,
-            duration,
-            max_requests,
-            think,
-            post_every,
-            keys,
-        } => {
-            let deadline = started + *duration;
-            let issued = Arc::new(AtomicU64::new(0));
-            let mut tasks = JoinSet::new();
-            for w in 0..*workers {
-                let client = stack.worker(w).ok_or_else(|| {
-                    StackError::new(format!("{}: no client for worker {w}", stack.kind()))
-                })?;
-                let worker = ClosedWorker {
-                    client,
-                    target: targets[0].clone(),
-                    id_base: ((w as u64) << 40) | (u64::from(round) << 32),
-                    deadline,
-                    max_requests: *max_requests,
-                    issued: issued.clone(),
-                    think: *think,
-                    post_every: post_every.map(u64::from),
-                    keys: keys.clone(),
-                    sent: sent.clone(),
-                    progress: progress.clone(),
-                    track_in_flight,
-                };
-                tasks.spawn(worker.run());
-            }
+        Load::Closed { .. } => closed(stack, targets, load, &sent, progress, track_in_flight, round).await?,
+        Load::Steps { steps } => {
             let mut all = Recorder::new();
-            while let Some(done) = tasks.join_next().await {
-                // A worker that panicked leaves no record: its requests are
-                // counted lost below.
-                if let Ok((recorder, client)) = done {
-                    all.merge(&recorder);
-                    stack.give_back(client);
-                }
+            for (i, &(workers, duration)) in steps.iter().enumerate() {
+                let step = Load::Closed {
+                    workers,
+                    duration,
+                    max_requests: None,
+                    think: None,
+                    post_every: None,
+                    keys: None,
+                };
+                // Ids apart between steps, as between rounds.
+                let round = round + u32::try_from(i).unwrap_or(u32::MAX);
+                all.merge(&closed(stack, targets, &step, &sent, progress, track_in_flight, round).await?);
             }
             all
+        }
+        &Load::Periodic { bursts, size, period } => {
+            let schedule: Vec<(Duration, Target)> = (0..bursts)
+                .map(|b| (period * u32::try_from(b).unwrap_or(u32::MAX), targets[0].clone()))
+                .collect();
+            return timed_bursts(stack, &schedule, size, progress, track_in_flight).await;
         }
         Load::Poisson {
             rate,
@@ -150,6 +132,64 @@ pub async fn run(
         recorder,
         elapsed: started.elapsed(),
     })
+}
+
+/// A closed loop ([`Load::Closed`]) from now to its duration: each
+/// worker's client from [`Stack::worker`], given back at the end.
+async fn closed(
+    stack: &Stack,
+    targets: &Arc<[Target]>,
+    load: &Load,
+    sent: &Arc<AtomicU64>,
+    progress: &Arc<Progress>,
+    track_in_flight: bool,
+    round: u32,
+) -> Result<Recorder, StackError> {
+    let Load::Closed {
+        workers,
+        duration,
+        max_requests,
+        think,
+        post_every,
+        keys,
+    } = load
+    else {
+        return Err(StackError::new("not a closed loop"));
+    };
+    let started = Instant::now();
+    let deadline = started + *duration;
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for w in 0..*workers {
+        let client = stack.worker(w).ok_or_else(|| {
+            StackError::new(format!("{}: no client for worker {w}", stack.kind()))
+        })?;
+        let worker = ClosedWorker {
+            client,
+            target: targets[0].clone(),
+            id_base: ((w as u64) << 40) | (u64::from(round) << 32),
+            deadline,
+            max_requests: *max_requests,
+            issued: issued.clone(),
+            think: *think,
+            post_every: post_every.map(u64::from),
+            keys: keys.clone(),
+            sent: sent.clone(),
+            progress: progress.clone(),
+            track_in_flight,
+        };
+        tasks.spawn(worker.run());
+    }
+    let mut all = Recorder::new();
+    while let Some(done) = tasks.join_next().await {
+        // A worker that panicked leaves no record: its requests are
+        // counted lost when the run reconciles.
+        if let Ok((recorder, client)) = done {
+            all.merge(&recorder);
+            stack.give_back(client);
+        }
+    }
+    Ok(all)
 }
 
 fn shared(stack: &Stack) -> Result<WorkerClient, StackError> {

@@ -181,6 +181,8 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         tail: None,
         parallel_stacks: false,
         take_turns: false,
+        relay: None,
+        client_per_worker: false,
         skip,
         service: Some(plan),
         tenants: None,

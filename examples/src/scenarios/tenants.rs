@@ -236,6 +236,8 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         tail,
         parallel_stacks: false,
         take_turns: false,
+        relay: None,
+        client_per_worker: false,
         skip,
         service: None,
         tenants: Some(plan),
