@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
 use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
-use crate::relay::Relay;
 use crate::otlp::Endpoint;
+use crate::relay::Relay;
 use crate::results::{CHART_QUANTILES, Environment, Results, RunResult, Skipped};
 use crate::scenarios::Scenario;
 use crate::server::{OpenSample, Server, ServerSnapshot};
@@ -581,7 +581,12 @@ impl Prepared {
         row.idle_targets = self.scenario.idle_targets;
         row.rss_per_idle_target_bytes = self.rss_per_target;
         row.rounds = self.slices;
-        adaptive::figures(&mut row, &self.scenario.load, &self.stack, &self.baseline.stack);
+        adaptive::figures(
+            &mut row,
+            &self.scenario.load,
+            &self.stack,
+            &self.baseline.stack,
+        );
         row.baseline_rps = baseline_rps;
         if self.warmup.errors() > 0 {
             row.errors_by_kind

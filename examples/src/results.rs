@@ -240,7 +240,7 @@ pub struct RunResult {
     /// duration, plus the last responses); empty for other scenarios.
     pub steps_s: Vec<f64>,
     /// `shift`: open connections (the server's count) 5 s after the step
-    /// down to 4 workers.
+    /// down to 4 workers; `null` when the last step is shorter (`--quick`).
     pub connections_5s_after_step_down: Option<u64>,
     /// `shift`: how long after the step down the open connections fell to
     /// at most 8 (twice what 4 workers need) and stayed there to the end;

@@ -111,6 +111,10 @@ pub struct Scenario {
     pub client_per_worker: bool,
     /// Stacks this scenario means nothing for, with the reason.
     pub skip: Vec<(StackKind, &'static str)>,
+    /// Stacks left out of a run that names none (`--stack`), with the
+    /// reason: they add nothing there, and the suite must stay short.
+    /// Named, they run. [`Scenario::by_default`] moves them to `skip`.
+    pub default_skip: Vec<(StackKind, &'static str)>,
     /// One logical service over several endpoints (the affinity
     /// scenarios): the load goes to `http://svc.lab:<port>/` and the
     /// stack picks the endpoint.
@@ -146,6 +150,13 @@ impl Scenario {
             }
             _ => Duration::ZERO,
         }
+    }
+
+    /// The scenario as the default suite runs it, with no stack named:
+    /// its [`default_skip`](Scenario::default_skip) stacks skipped.
+    pub fn by_default(mut self) -> Self {
+        self.skip.append(&mut self.default_skip);
+        self
     }
 
     /// The reason `stack` is skipped here, if it is.
@@ -189,6 +200,33 @@ const TRACING_IN_STEADY_ONLY: &str =
 
 const OTEL_IN_STEADY_ONLY: &str = "measured in steady-h1 and steady-h1-tls only (the OpenTelemetry overhead), to keep the suite short";
 
+const FRESH_ADDS_NOTHING: &str = "fresh (a connection per request) adds nothing here beyond \
+     steady-h1's figure; left out of the default suite to keep it short (--stack fresh runs it)";
+
+const TUNED_ADDS_NOTHING: &str = "hyper-util-tuned (2 s idle, 8 idle per host) is one more \
+     static setting; no figure of the suite comes from it here: left out of the default suite to \
+     keep it short (--stack hyper-util-tuned runs it)";
+
+/// The stacks a scenario leaves out when none is named (see
+/// [`Scenario::default_skip`]).
+fn default_skip(name: &str) -> Vec<(StackKind, &'static str)> {
+    let (fresh, tuned) = match name {
+        "steady-h1-tls" => (false, true),
+        "steady-h2" | "h2-stream-limit" | "h2-refuse" | "tls-churn" | "zipf-endpoints"
+        | "bursty" => (true, true),
+        "scale-targets" => (false, true),
+        _ => (false, false),
+    };
+    let mut skip = Vec::new();
+    if fresh {
+        skip.push((StackKind::Fresh, FRESH_ADDS_NOTHING));
+    }
+    if tuned {
+        skip.push((StackKind::HyperUtilTuned, TUNED_ADDS_NOTHING));
+    }
+    skip
+}
+
 /// The faults of the `chaos` scenarios, with the seed fixed: each accepted
 /// connection draws the same sequence in every run. Runs and stacks still
 /// meet different faults (each opens its own connections and spreads its
@@ -217,6 +255,8 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         keys: None,
     };
     let steady = |workers: usize| closed(workers, 3);
+    // Figures that hold in 2 s (h2 and TLS throughput, in turns).
+    let steady_short = |workers: usize| closed(workers, 2);
     let base = ServerConfig::default()
         .response_size(100)
         .idle_timeout(Some(Duration::from_secs(30)));
@@ -235,6 +275,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         relay: None,
         client_per_worker: false,
         skip: Vec::new(),
+        default_skip: Vec::new(),
         service: None,
         tenants: None,
     };
@@ -260,14 +301,14 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             format!("{workers} workers, closed loop, HTTP/1.1 over TLS 1.3, 100-byte responses"),
             Protocol::Http1,
             true,
-            steady(32),
+            steady_short(32),
         ),
         "steady-h2" => scenario(
             "steady-h2",
             format!("{workers} workers, closed loop, h2c, 100-byte responses"),
             Protocol::Http2,
             false,
-            steady(32),
+            steady_short(32),
         ),
         "h2-stream-limit" => {
             let workers = sizes.concurrency(256);
@@ -461,6 +502,7 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             .skip
             .push((StackKind::HyperUtilCache, CACHE_IN_TLS_CHURN_ONLY));
     }
+    built.default_skip = default_skip(built.name);
     if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
         built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
         built.skip.push((StackKind::ReuseSpan, OTEL_IN_STEADY_ONLY));

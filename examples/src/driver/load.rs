@@ -46,7 +46,18 @@ pub async fn run(
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let mut recorder = match load {
-        Load::Closed { .. } => closed(stack, targets, load, &sent, progress, track_in_flight, round).await?,
+        Load::Closed { .. } => {
+            closed(
+                stack,
+                targets,
+                load,
+                &sent,
+                progress,
+                track_in_flight,
+                round,
+            )
+            .await?
+        }
         Load::Steps { steps } => {
             let mut all = Recorder::new();
             for (i, &(workers, duration)) in steps.iter().enumerate() {
@@ -60,13 +71,33 @@ pub async fn run(
                 };
                 // Ids apart between steps, as between rounds.
                 let round = round + u32::try_from(i).unwrap_or(u32::MAX);
-                all.merge(&closed(stack, targets, &step, &sent, progress, track_in_flight, round).await?);
+                all.merge(
+                    &closed(
+                        stack,
+                        targets,
+                        &step,
+                        &sent,
+                        progress,
+                        track_in_flight,
+                        round,
+                    )
+                    .await?,
+                );
             }
             all
         }
-        &Load::Periodic { bursts, size, period } => {
+        &Load::Periodic {
+            bursts,
+            size,
+            period,
+        } => {
             let schedule: Vec<(Duration, Target)> = (0..bursts)
-                .map(|b| (period * u32::try_from(b).unwrap_or(u32::MAX), targets[0].clone()))
+                .map(|b| {
+                    (
+                        period * u32::try_from(b).unwrap_or(u32::MAX),
+                        targets[0].clone(),
+                    )
+                })
                 .collect();
             return timed_bursts(stack, &schedule, size, progress, track_in_flight).await;
         }

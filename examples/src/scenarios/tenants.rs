@@ -239,6 +239,7 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         relay: None,
         client_per_worker: false,
         skip,
+        default_skip: Vec::new(),
         service: None,
         tenants: Some(plan),
     })

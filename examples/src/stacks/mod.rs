@@ -31,14 +31,14 @@ use tower_reuse_pool::tls::SessionCache;
 use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolSnapshot};
 use tower_service::Service;
 
-pub use kind::{Protocol, StackKind};
 pub use connector::{
     BoxError, ClientSnapshot, ClientStats, ConnectFuture, Counted, LabConnector, LabStream,
     ReuseConnector, TcpConnector,
 };
+pub use kind::{Protocol, StackKind};
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
-pub use reuse::{Controller, PrewarmCounts, PrewarmSnapshot};
 pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
+pub use reuse::{Controller, PrewarmCounts, PrewarmSnapshot};
 pub use tenants::LOOSE_BUDGET;
 pub use traced::{Instruments, TracedClient};
 pub use worker::{
@@ -259,13 +259,8 @@ impl Stack {
             }
             StackKind::Reuse | StackKind::ReuseStatic => {
                 let layer = pool_layer(kind, protocol, target, policy)?;
-                let (pool, counts) = reuse_stack(
-                    Controller::of(kind),
-                    layer,
-                    protocol,
-                    tls,
-                    &connector_stats,
-                );
+                let (pool, counts) =
+                    reuse_stack(Controller::of(kind), layer, protocol, tls, &connector_stats);
                 prewarm = Some(counts);
                 Inner::Reuse(pool)
             }

@@ -161,7 +161,10 @@ pub(super) fn pool_layer_config(
 }
 
 /// A pool layer from `config`, or why not for `kind`.
-pub(super) fn layer_of(kind: StackKind, config: PoolConfig) -> Result<PoolLayer<Full<Bytes>>, StackError> {
+pub(super) fn layer_of(
+    kind: StackKind,
+    config: PoolConfig,
+) -> Result<PoolLayer<Full<Bytes>>, StackError> {
     PoolLayer::new(config).map_err(|e| StackError::new(format!("{kind}: invalid pool config: {e}")))
 }
 
