@@ -68,6 +68,40 @@ pub struct LabConfig {
     pub on_scenario: fn(&Scenario, &[RunResult], &[Skipped]) -> String,
 }
 
+impl LabConfig {
+    /// `scenarios` on `stacks` against the embedded server, results in
+    /// `out_dir`, with the pools' defaults, exporting nowhere, on a
+    /// one-thread server; the environment says `command` and the seed is
+    /// 0. The tests' set-up: change a field where a test needs to.
+    pub fn embedded(
+        scenarios: Vec<Scenario>,
+        stacks: Vec<StackKind>,
+        out_dir: PathBuf,
+        command: &str,
+    ) -> Self {
+        Self {
+            scenarios,
+            stacks,
+            target: None,
+            roots: None,
+            out_dir,
+            server_threads: 1,
+            policy: None,
+            otlp: None,
+            environment: Environment {
+                command: command.to_owned(),
+                cpus: 1,
+                client_threads: 2,
+                server_threads: 1,
+                quick: false,
+                target: None,
+                turn_seed: 0,
+            },
+            on_scenario: crate::report::table::scenario_table,
+        }
+    }
+}
+
 /// Shared, read-only state of a lab run.
 #[derive(Debug)]
 struct Env {

@@ -1,9 +1,10 @@
 //! The adaptive controller's scenarios in their quick form, tiny: the
 //! rows carry their figures, and the `reuse` stacks fail no request.
 
+use std::time::Duration;
+
 use tower_reuse_examples::lab::{self, LabConfig};
-use tower_reuse_examples::report::table;
-use tower_reuse_examples::results::{Environment, Results, RunResult};
+use tower_reuse_examples::results::{Results, RunResult};
 use tower_reuse_examples::scenarios::{self, Scenario, Sizes};
 use tower_reuse_examples::stacks::StackKind;
 use tower_reuse_pool::PoolConfig;
@@ -24,41 +25,37 @@ async fn run_with(
         std::process::id(),
         scenario.name
     ));
-    let results = lab::run(LabConfig {
-        scenarios: vec![scenario],
-        stacks,
-        target: None,
-        roots: None,
-        out_dir: out_dir.clone(),
-        server_threads: 1,
-        policy,
-        otlp: None,
-        environment: Environment {
-            command: "lab_adaptive test".into(),
-            cpus: 1,
-            client_threads: 2,
-            server_threads: 1,
-            quick: true,
-            target: None,
-            turn_seed: 0,
-        },
-        on_scenario: table::scenario_table,
-    })
-    .await
-    .unwrap();
+    let mut config =
+        LabConfig::embedded(vec![scenario], stacks, out_dir.clone(), "lab_adaptive test");
+    config.policy = policy;
+    config.environment.quick = true;
+    let results = lab::run(config).await.unwrap();
     let _ = std::fs::remove_dir_all(&out_dir);
     assert!(results.failures().is_empty(), "{:?}", results.failures());
     results
 }
 
-fn quick() -> Sizes {
+/// `--quick` sizes, with `concurrency` workers (or burst size) and
+/// runs of `duration`.
+fn quick(concurrency: usize, duration: Option<Duration>) -> Sizes {
     Sizes {
         quick: true,
+        concurrency: Some(concurrency),
+        duration,
         ..Sizes::default()
     }
 }
 
-fn row<'a>(results: &'a Results, stack: StackKind) -> &'a RunResult {
+/// The stacks the adaptive scenarios compare.
+fn compared() -> Vec<StackKind> {
+    vec![
+        StackKind::Reuse,
+        StackKind::ReuseStatic,
+        StackKind::HyperUtil,
+    ]
+}
+
+fn row(results: &Results, stack: StackKind) -> &RunResult {
     results
         .runs
         .iter()
@@ -75,16 +72,10 @@ fn json(row: &RunResult) -> serde_json::Value {
 /// pre-warmed connections; `hyper-util` has no such count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cyclic_reports_prewarmed_connections_of_the_reuse_stacks() {
-    let mut sizes = quick();
-    sizes.concurrency = Some(8);
+    let sizes = quick(8, None);
     let scenario = scenarios::build("cyclic", &sizes).unwrap();
     assert!(scenario.tls);
-    let stacks = vec![
-        StackKind::Reuse,
-        StackKind::ReuseStatic,
-        StackKind::HyperUtil,
-    ];
-    let results = run(scenario, stacks).await;
+    let results = run(scenario, compared()).await;
     assert_eq!(results.runs.len(), 3);
     for stack in [StackKind::Reuse, StackKind::ReuseStatic] {
         let r = row(&results, stack);
@@ -104,8 +95,7 @@ async fn cyclic_reports_prewarmed_connections_of_the_reuse_stacks() {
 /// from the pool's events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cyclic_counts_prewarmed_connections_that_served() {
-    let mut sizes = quick();
-    sizes.concurrency = Some(8);
+    let sizes = quick(8, None);
     let scenario = scenarios::build("cyclic", &sizes).unwrap();
     let policy = PoolConfig::default().min_idle_per_target(8);
     let results = run_with(scenario, vec![StackKind::ReuseStatic], Some(policy)).await;
@@ -124,16 +114,9 @@ async fn cyclic_counts_prewarmed_connections_that_served() {
 /// high step's workers need, give or take the step down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shift_reports_its_steps_and_open_connections() {
-    let mut sizes = quick();
-    sizes.concurrency = Some(16);
-    sizes.duration = Some(std::time::Duration::from_millis(400));
+    let sizes = quick(16, Some(Duration::from_millis(400)));
     let scenario = scenarios::build("shift", &sizes).unwrap();
-    let stacks = vec![
-        StackKind::Reuse,
-        StackKind::ReuseStatic,
-        StackKind::HyperUtil,
-    ];
-    let results = run(scenario, stacks).await;
+    let results = run(scenario, compared()).await;
     for r in &results.runs {
         assert_eq!(r.steps_s, [0.0, 0.4, 0.8], "{}", r.stack);
         assert!(!r.open_connections.is_empty(), "{}", r.stack);
@@ -162,17 +145,10 @@ async fn shift_reports_its_steps_and_open_connections() {
 /// connection, so there are at least as many as workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_race_counts_every_workers_client() {
-    let mut sizes = quick();
-    sizes.concurrency = Some(4);
-    sizes.duration = Some(std::time::Duration::from_millis(1500));
+    let sizes = quick(4, Some(Duration::from_millis(1500)));
     let scenario = scenarios::build("keepalive-race", &sizes).unwrap();
     assert!(scenario.relay.is_some() && scenario.client_per_worker);
-    let stacks = vec![
-        StackKind::Reuse,
-        StackKind::ReuseStatic,
-        StackKind::HyperUtil,
-    ];
-    let results = run(scenario, stacks).await;
+    let results = run(scenario, compared()).await;
     for r in &results.runs {
         assert!(
             r.connections_opened >= 4,

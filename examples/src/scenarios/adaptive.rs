@@ -35,7 +35,7 @@ pub(super) fn build(name: &str, sizes: &Sizes, mut base: Scenario) -> Option<Sce
             let (bursts, period, idle) = if sizes.quick {
                 (2, Duration::from_millis(1500), Duration::from_secs(1))
             } else {
-                (10, Duration::from_secs(3), Duration::from_secs(2))
+                (8, Duration::from_secs(3), Duration::from_secs(2))
             };
             base.name = "cyclic";
             base.description = format!(
