@@ -9,6 +9,7 @@ use crate::stacks::{Protocol, StackKind};
 
 mod adaptive;
 mod affinity;
+mod stacks;
 mod tenants;
 
 pub use adaptive::SHIFT_LOW_WORKERS;
@@ -177,9 +178,6 @@ pub const TURN: Duration = Duration::from_millis(250);
 /// to reach the client, a request this long to reach the server.
 pub const RELAY_DELAY: Duration = Duration::from_millis(5);
 
-const STATIC_WHERE_COMPARED: &str = "reuse with the controller off: run where the controller's \
-     effect is measured (steady-h1, bursty, keepalive-race, tls-churn, cyclic, shift)";
-
 const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
 
 const RAW_CANNOT_RECONNECT: &str =
@@ -187,45 +185,6 @@ const RAW_CANNOT_RECONNECT: &str =
 
 const FRESH_UNDER_CHAOS: &str = "fresh opens a connection per request: nothing pooled for the \
      faults to catch (each fails exactly its own request); skipped to keep the run short";
-
-const CACHE_IN_TLS_CHURN_ONLY: &str = "measured in tls-churn only (what the TLS session cache gives hyper-util's client), to keep the suite short";
-
-const REUSE_SHARED_IN_NOISY_ONLY: &str =
-    "the pool's budget without affinity: run in noisy-neighbour only";
-
-const BUDGET_IN_SCALE_ONLY: &str = "reuse with a budget that does not bind and the affinity layer's tiers: measured in scale-targets only (what the budget's and the tiers' bookkeeping cost), to keep the suite short";
-
-const TRACING_IN_STEADY_ONLY: &str =
-    "measured in steady-h1 only (the instrumented peer of reuse+otel), to keep the suite short";
-
-const OTEL_IN_STEADY_ONLY: &str = "measured in steady-h1 and steady-h1-tls only (the OpenTelemetry overhead), to keep the suite short";
-
-const FRESH_ADDS_NOTHING: &str = "fresh (a connection per request) adds nothing here beyond \
-     steady-h1's figure; left out of the default suite to keep it short (--stack fresh runs it)";
-
-const TUNED_ADDS_NOTHING: &str = "hyper-util-tuned (2 s idle, 8 idle per host) is one more \
-     static setting; no figure of the suite comes from it here: left out of the default suite to \
-     keep it short (--stack hyper-util-tuned runs it)";
-
-/// The stacks a scenario leaves out when none is named (see
-/// [`Scenario::default_skip`]).
-fn default_skip(name: &str) -> Vec<(StackKind, &'static str)> {
-    let (fresh, tuned) = match name {
-        "steady-h1-tls" => (false, true),
-        "steady-h2" | "h2-stream-limit" | "h2-refuse" | "tls-churn" | "zipf-endpoints"
-        | "bursty" => (true, true),
-        "scale-targets" => (false, true),
-        _ => (false, false),
-    };
-    let mut skip = Vec::new();
-    if fresh {
-        skip.push((StackKind::Fresh, FRESH_ADDS_NOTHING));
-    }
-    if tuned {
-        skip.push((StackKind::HyperUtilTuned, TUNED_ADDS_NOTHING));
-    }
-    skip
-}
 
 /// The faults of the `chaos` scenarios, with the seed fixed: each accepted
 /// connection draws the same sequence in every run. Runs and stacks still
@@ -497,42 +456,6 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         // with idle targets and without) are these scenarios' point.
         built.take_turns = true;
     }
-    if built.name != "tls-churn" {
-        built
-            .skip
-            .push((StackKind::HyperUtilCache, CACHE_IN_TLS_CHURN_ONLY));
-    }
-    built.default_skip = default_skip(built.name);
-    if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
-        built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
-        built.skip.push((StackKind::ReuseSpan, OTEL_IN_STEADY_ONLY));
-    }
-    if !matches!(
-        built.name,
-        "steady-h1" | "bursty" | "keepalive-race" | "tls-churn"
-    ) {
-        built
-            .skip
-            .push((StackKind::ReuseStatic, STATIC_WHERE_COMPARED));
-    }
-    built
-        .skip
-        .push((StackKind::HyperUtilP2c, affinity::P2C_NEEDS_ENDPOINTS));
-    built
-        .skip
-        .push((StackKind::ReuseShared, REUSE_SHARED_IN_NOISY_ONLY));
-    if built.name != "scale-targets" {
-        built
-            .skip
-            .push((StackKind::ReuseBudget, BUDGET_IN_SCALE_ONLY));
-    }
-    if built.name != "steady-h1" {
-        built
-            .skip
-            .push((StackKind::ReuseAffinity, affinity::AFFINITY_IN_STEADY_ONLY));
-        built
-            .skip
-            .push((StackKind::HyperUtilTracing, TRACING_IN_STEADY_ONLY));
-    }
+    stacks::choose(&mut built);
     Some(built)
 }

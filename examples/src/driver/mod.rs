@@ -4,6 +4,7 @@
 //! same headers, one `x-request-id` per request).
 
 mod arrivals;
+mod closed;
 mod keys;
 mod load;
 mod record;
