@@ -11,19 +11,25 @@ use super::Relay;
 
 const DELAY: Duration = Duration::from_millis(5);
 
-/// A client's two writes and its half-close reach the server in order and
-/// at least `DELAY` after they were sent; the server's answer and close
-/// reach the client the same way.
-#[tokio::test(start_paused = true)]
-async fn relays_bytes_and_closes_in_order_after_the_delay() {
+/// A relay to a loopback listener, a client connected through it, and
+/// the server's end of that connection.
+async fn relayed() -> (Relay, TcpStream, TcpStream) {
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay = Relay::start(upstream.local_addr().unwrap(), DELAY)
         .await
         .unwrap();
     assert_ne!(relay.addr().ip(), upstream.local_addr().unwrap().ip());
+    let client = TcpStream::connect(relay.addr()).await.unwrap();
+    let (server, _) = upstream.accept().await.unwrap();
+    (relay, client, server)
+}
 
-    let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-    let (mut server, _) = upstream.accept().await.unwrap();
+/// A client's two writes and its half-close reach the server in order and
+/// at least `DELAY` after they were sent; the server's answer and close
+/// reach the client the same way.
+#[tokio::test(start_paused = true)]
+async fn relays_bytes_and_closes_in_order_after_the_delay() {
+    let (_relay, mut client, mut server) = relayed().await;
 
     let sent = Instant::now();
     client.write_all(b"first ").await.unwrap();
@@ -48,12 +54,7 @@ async fn relays_bytes_and_closes_in_order_after_the_delay() {
 /// the delay: until then the client's read is still pending.
 #[tokio::test(start_paused = true)]
 async fn a_server_close_reaches_the_client_after_the_delay() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::start(upstream.local_addr().unwrap(), DELAY)
-        .await
-        .unwrap();
-    let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-    let (server, _) = upstream.accept().await.unwrap();
+    let (_relay, mut client, server) = relayed().await;
     let closed = Instant::now();
     drop(server);
     let mut byte = [0u8; 1];
@@ -64,12 +65,7 @@ async fn a_server_close_reaches_the_client_after_the_delay() {
 /// Dropping the relay closes the connections it carries.
 #[tokio::test]
 async fn dropping_the_relay_closes_its_connections() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::start(upstream.local_addr().unwrap(), DELAY)
-        .await
-        .unwrap();
-    let mut client = TcpStream::connect(relay.addr()).await.unwrap();
-    let (_server, _) = upstream.accept().await.unwrap();
+    let (relay, mut client, _server) = relayed().await;
     drop(relay);
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut byte)).await;
