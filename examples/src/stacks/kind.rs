@@ -14,7 +14,7 @@ pub enum StackKind {
     HyperUtil,
     /// The same with `pool_max_idle_per_host(8)`, `pool_idle_timeout(2s)`.
     HyperUtilTuned,
-    /// `hyper-util` with the workspace's TLS [`SessionCache`] (64 tickets
+    /// `hyper-util` with the workspace's TLS [`SessionCache`](tower_reuse_pool::tls::SessionCache) (64 tickets
     /// per server) as its rustls session store instead of rustls' default
     /// (8): what the cache gives on its own, apart from the pool. Run in
     /// `tls-churn` only.
@@ -49,7 +49,7 @@ pub enum StackKind {
     /// the `noisy-neighbour` scenario's shared pool.
     ReuseShared,
     /// `reuse` with a total budget across targets that does not bind
-    /// ([`LOOSE_BUDGET`]): `scale-targets` only, against its twin.
+    /// ([`LOOSE_BUDGET`](super::LOOSE_BUDGET)): `scale-targets` only, against its twin.
     ReuseBudget,
     /// `hyper-util` under tower-http's `TraceLayer`, bridged to the same
     /// OpenTelemetry SDK set-up as `reuse+otel` by `tracing-opentelemetry`,

@@ -19,7 +19,7 @@ use crate::target::Target;
 
 /// Whether a `reuse` stack runs with the adaptive controller: `reuse`
 /// does, `reuse-static` (its baseline) does not. Both are built by
-/// [`reuse_stack`].
+/// `reuse_stack`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Controller {
     /// The controller tunes the pool.
