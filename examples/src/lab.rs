@@ -6,34 +6,35 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rustls::RootCertStore;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
-use crate::driver::{self, Load, LoadOutcome, Progress, Recorder};
 use crate::otlp::Endpoint;
-use crate::results::{CHART_QUANTILES, Environment, Results, RunResult, Skipped};
+use crate::results::{Environment, Results, RunResult, Skipped};
 use crate::scenarios::Scenario;
-use crate::server::{OpenSample, Server, ServerSnapshot};
-use crate::stacks::{ClientSnapshot, Stack, StackKind};
+use crate::stacks::StackKind;
 use crate::target::Target;
-use crate::tls::{self, TlsIdentity};
+use crate::tls::TlsIdentity;
 
+mod adaptive;
 mod affinity;
 mod idle_memory;
 mod idle_servers;
+mod prepared;
+mod row;
 mod sampler;
 mod tenants;
+mod ticker;
 mod tiers;
 
 pub use idle_memory::{MEASURE_IDLE_MEMORY_FLAG, measure as measure_idle_memory};
-use idle_servers::IdleServers;
 pub use idle_servers::{SERVE_IDLE_FLAG, serve as serve_idle};
-use sampler::{ClientSampler, OpenCount};
+use prepared::{Baseline, Prepared};
+use row::row;
+use ticker::Ticker;
 
 /// Any error that stops the lab.
 pub type LabError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,6 +65,40 @@ pub struct LabConfig {
     pub environment: Environment,
     /// Called with each scenario's rows when it finishes (prints the table).
     pub on_scenario: fn(&Scenario, &[RunResult], &[Skipped]) -> String,
+}
+
+impl LabConfig {
+    /// `scenarios` on `stacks` against the embedded server, results in
+    /// `out_dir`, with the pools' defaults, exporting nowhere, on a
+    /// one-thread server; the environment says `command` and the seed is
+    /// 0. The tests' set-up: change a field where a test needs to.
+    pub fn embedded(
+        scenarios: Vec<Scenario>,
+        stacks: Vec<StackKind>,
+        out_dir: PathBuf,
+        command: &str,
+    ) -> Self {
+        Self {
+            scenarios,
+            stacks,
+            target: None,
+            roots: None,
+            out_dir,
+            server_threads: 1,
+            policy: None,
+            otlp: None,
+            environment: Environment {
+                command: command.to_owned(),
+                cpus: 1,
+                client_threads: 2,
+                server_threads: 1,
+                quick: false,
+                target: None,
+                turn_seed: 0,
+            },
+            on_scenario: crate::report::table::scenario_table,
+        }
+    }
 }
 
 /// Shared, read-only state of a lab run.
@@ -135,7 +170,11 @@ pub async fn run(config: LabConfig) -> Result<Results, LabError> {
             let mut set = JoinSet::new();
             for (i, &kind) in stacks.iter().enumerate() {
                 let (scenario, env, bar) = (scenario.clone(), env.clone(), bar.clone());
-                set.spawn(async move { (i, kind, run_one(scenario, kind, env, bar).await) });
+                let offset = scenario.start_offset(i, stacks.len());
+                set.spawn(async move {
+                    sleep(offset).await;
+                    (i, kind, run_one(scenario, kind, env, bar).await)
+                });
             }
             let mut done = Vec::new();
             while let Some(joined) = set.join_next().await {
@@ -323,423 +362,6 @@ fn turn_order(seed: u64, round: u32, n: usize) -> Vec<usize> {
     fastrand::Rng::with_seed(seed ^ u64::from(round).wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .shuffle(&mut order);
     order
-}
-
-/// One stack set up on a scenario (its server, its client, the counters
-/// before the load), and what its slices of the load have measured.
-struct Prepared {
-    scenario: Arc<Scenario>,
-    kind: StackKind,
-    turn_seed: u64,
-    server: Option<Server>,
-    /// The child process serving the idle targets, for as long as the
-    /// run lasts.
-    _idle_servers: Option<IdleServers>,
-    targets: Arc<[Target]>,
-    stack: Stack,
-    baseline: Baseline,
-    warmup: Recorder,
-    rss_per_target: Option<f64>,
-    /// Every slice's requests.
-    recorder: Recorder,
-    /// The slices' time under load, added up.
-    elapsed: Duration,
-    idle_seconds: f64,
-    samples: Vec<OpenSample>,
-    /// The server's idle-socket integral during the slices (between
-    /// slices of a run taking turns the stack is idle by design), the same
-    /// window as `idle_seconds`.
-    server_idle_seconds: f64,
-    slices: u32,
-}
-
-impl Prepared {
-    /// Starts the server and builds the client; `Ok(Err(why))` when the
-    /// stack cannot run here.
-    async fn new(
-        scenario: Arc<Scenario>,
-        kind: StackKind,
-        env: &Env,
-    ) -> Result<Result<Self, String>, LabError> {
-        let server = match &env.target {
-            Some(_) => None,
-            None => Some(Server::start(
-                scenario
-                    .server
-                    .clone()
-                    .addresses(scenario.addresses)
-                    .tls(scenario.tls.then(|| env.identity.clone()))
-                    .worker_threads(env.server_threads),
-            )?),
-        };
-        let idle_servers = match &server {
-            Some(_) if scenario.idle_targets > 0 => {
-                Some(IdleServers::spawn(scenario.idle_targets)?)
-            }
-            _ => None,
-        };
-        let targets: Arc<[Target]> = match (&server, &env.target) {
-            (Some(server), _) => (0..server.addrs().len())
-                .map(|i| server.url(i))
-                .chain(idle_servers.iter().flat_map(|s| s.urls().iter().cloned()))
-                .map(|url| Target::parse(&url))
-                .collect::<Result<Vec<_>, _>>()?
-                .into(),
-            (None, Some(target)) => vec![target.clone()].into(),
-            (None, None) => unreachable!("either embedded or external"),
-        };
-        let roots = env
-            .roots
-            .clone()
-            .unwrap_or_else(|| env.identity.root_store());
-        let tls = tls::client_config(roots)?;
-        let workers = scenario.load.peak_concurrency();
-        // Counted from before the stack exists: `raw`'s pre-established
-        // connections are part of its cost.
-        let mut baseline = Baseline::take(server.as_ref(), None);
-        let stack = match Stack::build(
-            kind,
-            scenario.protocol,
-            tls,
-            workers,
-            &targets[0],
-            env.policy.as_ref(),
-            env.otlp.as_ref(),
-        )
-        .await
-        {
-            Ok(stack) => stack,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-
-        let mut warmup = Recorder::new();
-        let mut rss_per_target = None;
-        if scenario.idle_targets > 0 && targets.len() > 1 {
-            let idle = &targets[1..targets.len().min(scenario.idle_targets + 1)];
-            // In a process of its own: this one has run other stacks.
-            rss_per_target = Some(idle_memory::in_child(kind, idle).await?);
-            // One request per idle target, in order, so each gets exactly one.
-            let one_request = Load::Bursts {
-                bursts: 1,
-                size: 1,
-                gap: Duration::ZERO,
-            };
-            for target in idle {
-                let one: Arc<[Target]> = vec![target.clone()].into();
-                let outcome =
-                    driver::run(&stack, &one, &one_request, &Progress::new(), false, 0).await?;
-                warmup.merge(&outcome.recorder);
-            }
-            // The idle targets' connections are the setting, not the load.
-            baseline = Baseline::take(server.as_ref(), Some(&stack));
-        }
-        Ok(Ok(Prepared {
-            scenario,
-            kind,
-            turn_seed: env.turn_seed,
-            server,
-            _idle_servers: idle_servers,
-            targets,
-            stack,
-            baseline,
-            warmup,
-            rss_per_target,
-            recorder: Recorder::new(),
-            elapsed: Duration::ZERO,
-            idle_seconds: 0.0,
-            samples: Vec::new(),
-            server_idle_seconds: 0.0,
-            slices: 0,
-        }))
-    }
-
-    /// Runs `load` (the scenario's, or one round's slice of it), moving the
-    /// bar by `share`.
-    async fn slice(
-        &mut self,
-        load: &Load,
-        round: u32,
-        bar: &ProgressBar,
-        share: u64,
-    ) -> Result<(), LabError> {
-        let progress = Progress::new();
-        let server_idle_before = self.server_idle_now();
-        let sampler = ClientSampler::start(self.open_count(), progress.clone());
-        let ticker = Ticker::start(bar, &progress, load, share);
-        let outcome = driver::run(&self.stack, &self.targets, load, &progress, true, round).await;
-        ticker.stop().await;
-        let outcome = outcome?;
-        let (idle_seconds, samples) = sampler.finish();
-        // Samples on one time line: each slice's after the ones before.
-        let offset = self.elapsed.as_secs_f64();
-        self.samples.extend(samples.into_iter().map(|mut sample| {
-            sample.at_s += offset;
-            sample
-        }));
-        self.idle_seconds += idle_seconds;
-        self.server_idle_seconds += self.server_idle_now() - server_idle_before;
-        self.recorder.merge(&outcome.recorder);
-        self.elapsed += outcome.elapsed;
-        self.slices += 1;
-        Ok(())
-    }
-
-    /// Requests/s answered over the slices so far.
-    fn rps(&self) -> f64 {
-        let seconds = self.elapsed.as_secs_f64();
-        if seconds > 0.0 {
-            self.recorder.ok() as f64 / seconds
-        } else {
-            0.0
-        }
-    }
-
-    fn server_idle_now(&self) -> f64 {
-        self.server
-            .as_ref()
-            .map_or(0.0, |server| server.stats().snapshot().idle_socket_seconds)
-    }
-
-    /// The row, once the scenario's tail (if any) has been sampled, with
-    /// its twin's requests/s if it ran against one.
-    fn finish(self, baseline_rps: Option<f64>) -> Row {
-        match self.scenario.tail {
-            Some(tail) => Row::Pending(tokio::spawn(async move {
-                let tail = self.sample_tail(tail).await;
-                self.row(baseline_rps, Some(tail))
-            })),
-            None => Row::Done(Box::new(self.row(baseline_rps, None))),
-        }
-    }
-
-    /// Samples open connections for `tail` after the load, as during it.
-    async fn sample_tail(&self, tail: Duration) -> Window {
-        let server_idle_before = self.server_idle_now();
-        let sampler = ClientSampler::start(self.open_count(), Progress::new());
-        sleep(tail).await;
-        let (idle_seconds, samples) = sampler.finish();
-        Window {
-            idle_seconds,
-            samples,
-            server_idle_seconds: self.server_idle_now() - server_idle_before,
-        }
-    }
-
-    fn open_count(&self) -> OpenCount {
-        match &self.server {
-            Some(server) => OpenCount::Server(server.stats().clone()),
-            None => OpenCount::Client(self.stack.client_stats().clone()),
-        }
-    }
-
-    fn row(self, baseline_rps: Option<f64>, tail: Option<Window>) -> RunResult {
-        let outcome = LoadOutcome {
-            recorder: self.recorder,
-            elapsed: self.elapsed,
-        };
-        let mut row = row(
-            &self.scenario,
-            self.kind,
-            &outcome,
-            self.server.as_ref(),
-            &self.baseline,
-            &self.stack,
-        );
-        let load_end_s = outcome.elapsed.as_secs_f64();
-        let mut samples = self.samples;
-        row.idle_socket_seconds = self.idle_seconds;
-        row.server_idle_socket_seconds = self.server_idle_seconds;
-        if let Some(tail) = tail {
-            samples.extend(tail.samples.into_iter().map(|mut sample| {
-                sample.at_s += load_end_s;
-                sample
-            }));
-            row.idle_socket_seconds += tail.idle_seconds;
-            row.server_idle_socket_seconds += tail.server_idle_seconds;
-            row.tail_idle_socket_seconds = Some(tail.idle_seconds);
-        }
-        if self.server.is_none() {
-            row.server_idle_socket_seconds = 0.0;
-        }
-        row.open_connections = samples;
-        row.load_end_s = load_end_s;
-        row.idle_targets = self.scenario.idle_targets;
-        row.rss_per_idle_target_bytes = self.rss_per_target;
-        row.rounds = self.slices;
-        row.baseline_rps = baseline_rps;
-        if self.warmup.errors() > 0 {
-            row.errors_by_kind
-                .insert("warmup".into(), self.warmup.errors());
-        }
-        row
-    }
-}
-
-/// What the sampler saw over a window of a run.
-struct Window {
-    idle_seconds: f64,
-    samples: Vec<OpenSample>,
-    server_idle_seconds: f64,
-}
-
-/// Counters before the measured part of a run.
-struct Baseline {
-    server: Option<ServerSnapshot>,
-    client: ClientSnapshot,
-    retries: Option<u64>,
-}
-
-impl Baseline {
-    fn take(server: Option<&Server>, stack: Option<&Stack>) -> Self {
-        Self {
-            server: server.map(|s| s.stats().snapshot()),
-            client: stack
-                .map(|s| s.client_stats().snapshot())
-                .unwrap_or_default(),
-            retries: stack.map_or(Some(0), Stack::retries),
-        }
-    }
-}
-
-fn row(
-    scenario: &Scenario,
-    kind: StackKind,
-    outcome: &LoadOutcome,
-    server: Option<&Server>,
-    baseline: &Baseline,
-    stack: &Stack,
-) -> RunResult {
-    let mut r = RunResult {
-        scenario: scenario.name.to_owned(),
-        stack: kind.name().to_owned(),
-        retries: stack
-            .retries()
-            .map(|now| now.saturating_sub(baseline.retries.unwrap_or(0))),
-        peak_concurrency: scenario.load.peak_concurrency(),
-        ..RunResult::default()
-    };
-    request_figures(&mut r, outcome, server.is_some());
-    match (server, &baseline.server) {
-        (Some(server), Some(base)) => {
-            let now = server.stats().snapshot();
-            r.counted_by = "server".into();
-            r.connections_opened = now.accepted - base.accepted;
-            r.peak_open_connections = now.peak_open;
-            r.tls_full = now.tls_full - base.tls_full;
-            r.tls_resumed = now.tls_resumed - base.tls_resumed;
-            r.max_requests_on_connection = now.max_requests_on_connection;
-            r.refused = now.refused - base.refused;
-            if scenario.server.injects_faults() {
-                r.faults_injected = Some(now.faults.since(&base.faults));
-            }
-        }
-        _ => {
-            let now = stack.client_stats().snapshot();
-            r.counted_by = "client".into();
-            r.connections_opened = now.opened - baseline.client.opened;
-            r.peak_open_connections = now.peak_open;
-            r.tls_full = now.tls_full - baseline.client.tls_full;
-            r.tls_resumed = now.tls_resumed - baseline.client.tls_resumed;
-        }
-    }
-    if r.requests > 0 {
-        r.connections_per_1000_requests = r.connections_opened as f64 * 1000.0 / r.requests as f64;
-        r.connections_per_1000_lower_bound =
-            (r.peak_concurrency.max(1) as f64).min(r.requests as f64) * 1000.0 / r.requests as f64;
-    }
-    r
-}
-
-/// The row's figures from the requests' record: counts, rate, latency, and
-/// misdelivered responses. The embedded server echoes every request's id,
-/// so there a response without one counts as misdelivered too; an external
-/// server may not echo it (the row's `unechoed` says how many could not be
-/// checked).
-fn request_figures(r: &mut RunResult, outcome: &LoadOutcome, embedded: bool) {
-    let rec = &outcome.recorder;
-    r.requests = rec.requests();
-    r.errors = rec.errors();
-    r.duration_s = outcome.elapsed.as_secs_f64();
-    r.rps = if r.duration_s > 0.0 {
-        rec.ok() as f64 / r.duration_s
-    } else {
-        0.0
-    };
-    r.p50_us = rec.quantile_us(0.5);
-    r.p90_us = rec.quantile_us(0.9);
-    r.p99_us = rec.quantile_us(0.99);
-    r.p999_us = rec.quantile_us(0.999);
-    r.unechoed = rec.unechoed();
-    r.misdelivered = rec.misdelivered() + if embedded { rec.unechoed() } else { 0 };
-    r.lost = rec.lost();
-    r.errors_by_kind = rec
-        .errors_by_kind()
-        .iter()
-        .map(|(k, n)| (k.name().to_owned(), *n))
-        .collect();
-    r.first_error = rec.first_error().map(str::to_owned);
-    r.latency_quantiles_us = rec.quantiles_us(&CHART_QUANTILES);
-}
-
-/// The scenario's bar moving with a run ([`tick`]) until stopped.
-struct Ticker {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Ticker {
-    /// Moves `bar` by up to `share` as `load` progresses.
-    fn start(bar: &ProgressBar, progress: &Arc<Progress>, load: &Load, share: u64) -> Self {
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(tick(
-            bar.clone(),
-            progress.clone(),
-            load.clone(),
-            share,
-            stopped,
-        ));
-        Self { stop, task }
-    }
-
-    /// Moves the bar to the end of its share.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
-/// Moves the scenario's bar by up to `share` as the run progresses (by
-/// time or by request count, whichever is further).
-async fn tick(
-    bar: ProgressBar,
-    progress: Arc<Progress>,
-    load: Load,
-    share: u64,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let started = Instant::now();
-    let nominal = load.nominal_duration().as_secs_f64().max(1e-3);
-    let expected = match &load {
-        Load::Closed { max_requests, .. } | Load::Poisson { max_requests, .. } => *max_requests,
-        Load::Bursts { bursts, size, .. } => Some((bursts * size) as u64),
-    };
-    let mut shown = 0u64;
-    loop {
-        tokio::select! {
-            _ = sleep(Duration::from_millis(100)) => {}
-            _ = &mut stop => {
-                bar.inc(share - shown);
-                return;
-            }
-        }
-        let by_time = started.elapsed().as_secs_f64() / nominal;
-        let by_count = expected.map_or(0.0, |n| progress.done() as f64 / n.max(1) as f64);
-        let percent = ((by_time.max(by_count) * share as f64) as u64).min(share.saturating_sub(1));
-        if percent > shown {
-            bar.inc(percent - shown);
-            shown = percent;
-        }
-    }
 }
 
 #[cfg(test)]

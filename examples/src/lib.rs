@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod lab;
 pub mod otlp;
+pub mod relay;
 pub mod report;
 pub mod results;
 pub mod scenarios;

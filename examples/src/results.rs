@@ -222,6 +222,30 @@ pub struct RunResult {
     /// `tiers`: the most dedicated pools the stack held at once (sampled
     /// with `tier_samples`); `null` for a stack without tiers.
     pub dedicated_pools_peak: Option<u64>,
+    /// Connections the pool skipped at checkout because they had closed
+    /// or were closing, summed over targets (and over the workers' own
+    /// clients in `keepalive-race`); `null` for stacks without the pool
+    /// in reach.
+    pub stale_skips: Option<u64>,
+    /// `reuse`, `reuse-static`: connections the pool opened to pre-warm
+    /// itself (its events, `ConnectReason::Prewarm`); `null` for other
+    /// stacks.
+    pub prewarmed_opened: Option<u64>,
+    /// Of `prewarmed_opened`, the connections that served at least one
+    /// request (closed ones by their `Closed` event, open ones by their
+    /// first checkout).
+    pub prewarmed_served: Option<u64>,
+    /// `shift`: when each step of the load started, seconds from the
+    /// load's start (the nominal boundaries: a step ends at its
+    /// duration, plus the last responses); empty for other scenarios.
+    pub steps_s: Vec<f64>,
+    /// `shift`: open connections (the server's count) 5 s after the step
+    /// down to 4 workers; `null` when the last step is shorter (`--quick`).
+    pub connections_5s_after_step_down: Option<u64>,
+    /// `shift`: how long after the step down the open connections fell to
+    /// at most 8 (twice what 4 workers need) and stayed there to the end;
+    /// `null` when they never did (or outside `shift`).
+    pub step_down_settle_s: Option<f64>,
     /// `tiers`: open connections per tier (the server's count) and the
     /// stack's dedicated pools over the load and the tail, seconds from
     /// the load's start.

@@ -7,14 +7,17 @@ use crate::driver::Load;
 use crate::server::{Chaos, ServerConfig};
 use crate::stacks::{Protocol, StackKind};
 
+mod adaptive;
 mod affinity;
+mod stacks;
 mod tenants;
 
+pub use adaptive::SHIFT_LOW_WORKERS;
 pub use affinity::{ServicePlan, Step};
 pub use tenants::{NoisyPlan, TenantsPlan, TiersPlan};
 
 /// The default suite, in order.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 17] = [
     "steady-h1",
     "steady-h1-tls",
     "steady-h2",
@@ -23,6 +26,8 @@ pub const ALL: [&str; 15] = [
     "bursty",
     "keepalive-race",
     "tls-churn",
+    "cyclic",
+    "shift",
     "zipf-endpoints",
     "scale-targets",
     "affinity-cache",
@@ -99,8 +104,18 @@ pub struct Scenario {
     /// without a tail, on the embedded server, only; see
     /// [`Scenario::rounds`].
     pub take_turns: bool,
+    /// A relay between client and server adding this delay each way
+    /// ([`crate::relay`]): the round trip of a network, not loopback's.
+    pub relay: Option<Duration>,
+    /// Each closed-loop worker builds a client of its own, as separate
+    /// processes would ([`crate::stacks::Stack::build_per_worker`]).
+    pub client_per_worker: bool,
     /// Stacks this scenario means nothing for, with the reason.
     pub skip: Vec<(StackKind, &'static str)>,
+    /// Stacks left out of a run that names none (`--stack`), with the
+    /// reason: they add nothing there, and the suite must stay short.
+    /// Named, they run. [`Scenario::by_default`] moves them to `skip`.
+    pub default_skip: Vec<(StackKind, &'static str)>,
     /// One logical service over several endpoints (the affinity
     /// scenarios): the load goes to `http://svc.lab:<port>/` and the
     /// stack picks the endpoint.
@@ -126,6 +141,25 @@ impl Scenario {
         }
     }
 
+    /// When the `i`-th of `n` stacks running at once starts its load: for
+    /// a periodic load, an equal share of the period each, so that no two
+    /// stacks' bursts meet on the machine's cores; otherwise at once.
+    pub fn start_offset(&self, i: usize, n: usize) -> Duration {
+        match &self.load {
+            Load::Periodic { period, .. } if self.parallel_stacks && n > 1 => {
+                period.mul_f64(i as f64 / n as f64)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The scenario as the default suite runs it, with no stack named:
+    /// its [`default_skip`](Scenario::default_skip) stacks skipped.
+    pub fn by_default(mut self) -> Self {
+        self.skip.append(&mut self.default_skip);
+        self
+    }
+
     /// The reason `stack` is skipped here, if it is.
     pub fn skip_reason(&self, stack: StackKind) -> Option<&'static str> {
         self.skip
@@ -140,6 +174,10 @@ impl Scenario {
 /// in play (`hyper-util-tuned`'s 2 s) while the five others take theirs.
 pub const TURN: Duration = Duration::from_millis(250);
 
+/// The one-way delay of `keepalive-race`'s relay: a close takes this long
+/// to reach the client, a request this long to reach the server.
+pub const RELAY_DELAY: Duration = Duration::from_millis(5);
+
 const RAW_NEEDS_STEADY: &str = "raw keeps one connection per worker: meaningless here";
 
 const RAW_CANNOT_RECONNECT: &str =
@@ -147,18 +185,6 @@ const RAW_CANNOT_RECONNECT: &str =
 
 const FRESH_UNDER_CHAOS: &str = "fresh opens a connection per request: nothing pooled for the \
      faults to catch (each fails exactly its own request); skipped to keep the run short";
-
-const CACHE_IN_TLS_CHURN_ONLY: &str = "measured in tls-churn only (what the TLS session cache gives hyper-util's client), to keep the suite short";
-
-const REUSE_SHARED_IN_NOISY_ONLY: &str =
-    "the pool's budget without affinity: run in noisy-neighbour only";
-
-const BUDGET_IN_SCALE_ONLY: &str = "reuse with a budget that does not bind and the affinity layer's tiers: measured in scale-targets only (what the budget's and the tiers' bookkeeping cost), to keep the suite short";
-
-const TRACING_IN_STEADY_ONLY: &str =
-    "measured in steady-h1 only (the instrumented peer of reuse+otel), to keep the suite short";
-
-const OTEL_IN_STEADY_ONLY: &str = "measured in steady-h1 and steady-h1-tls only (the OpenTelemetry overhead), to keep the suite short";
 
 /// The faults of the `chaos` scenarios, with the seed fixed: each accepted
 /// connection draws the same sequence in every run. Runs and stacks still
@@ -188,6 +214,8 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         keys: None,
     };
     let steady = |workers: usize| closed(workers, 3);
+    // Figures that hold in 2 s (h2 and TLS throughput, in turns).
+    let steady_short = |workers: usize| closed(workers, 2);
     let base = ServerConfig::default()
         .response_size(100)
         .idle_timeout(Some(Duration::from_secs(30)));
@@ -203,7 +231,10 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         tail: None,
         parallel_stacks: false,
         take_turns: false,
+        relay: None,
+        client_per_worker: false,
         skip: Vec::new(),
+        default_skip: Vec::new(),
         service: None,
         tenants: None,
     };
@@ -213,6 +244,10 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             return affinity::build(name, sizes);
         }
         "noisy-neighbour" | "tiers" => return tenants::build(name, sizes),
+        "cyclic" | "shift" => {
+            let base = scenario("", String::new(), Protocol::Http1, false, steady(1));
+            return adaptive::build(name, sizes, base);
+        }
         "steady-h1" => scenario(
             "steady-h1",
             format!("{workers} workers, closed loop, HTTP/1.1, 100-byte responses"),
@@ -225,14 +260,14 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             format!("{workers} workers, closed loop, HTTP/1.1 over TLS 1.3, 100-byte responses"),
             Protocol::Http1,
             true,
-            steady(32),
+            steady_short(32),
         ),
         "steady-h2" => scenario(
             "steady-h2",
             format!("{workers} workers, closed loop, h2c, 100-byte responses"),
             Protocol::Http2,
             false,
-            steady(32),
+            steady_short(32),
         ),
         "h2-stream-limit" => {
             let workers = sizes.concurrency(256);
@@ -298,7 +333,9 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             let mut s = scenario(
                 "keepalive-race",
                 format!(
-                    "server closes connections idle 1 s; {workers} workers, gaps 0.5-1.5 s, {}s",
+                    "server closes connections idle 1 s (no hint), a relay adds {} ms each way; \
+                     {workers} workers, each with a client of its own, gaps 0.5-1.5 s, {}s",
+                    RELAY_DELAY.as_millis(),
                     duration.as_secs_f64()
                 ),
                 Protocol::Http1,
@@ -312,7 +349,11 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
                     keys: None,
                 },
             );
+            // No `Keep-Alive` hint (the server's default): the client
+            // cannot know the limit.
             s.server = s.server.idle_timeout(Some(Duration::from_secs(1)));
+            s.relay = Some(RELAY_DELAY);
+            s.client_per_worker = true;
             s.parallel_stacks = true;
             s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
             s
@@ -415,33 +456,6 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         // with idle targets and without) are these scenarios' point.
         built.take_turns = true;
     }
-    if built.name != "tls-churn" {
-        built
-            .skip
-            .push((StackKind::HyperUtilCache, CACHE_IN_TLS_CHURN_ONLY));
-    }
-    if !matches!(built.name, "steady-h1" | "steady-h1-tls") {
-        built.skip.push((StackKind::ReuseOtel, OTEL_IN_STEADY_ONLY));
-        built.skip.push((StackKind::ReuseSpan, OTEL_IN_STEADY_ONLY));
-    }
-    built
-        .skip
-        .push((StackKind::HyperUtilP2c, affinity::P2C_NEEDS_ENDPOINTS));
-    built
-        .skip
-        .push((StackKind::ReuseShared, REUSE_SHARED_IN_NOISY_ONLY));
-    if built.name != "scale-targets" {
-        built
-            .skip
-            .push((StackKind::ReuseBudget, BUDGET_IN_SCALE_ONLY));
-    }
-    if built.name != "steady-h1" {
-        built
-            .skip
-            .push((StackKind::ReuseAffinity, affinity::AFFINITY_IN_STEADY_ONLY));
-        built
-            .skip
-            .push((StackKind::HyperUtilTracing, TRACING_IN_STEADY_ONLY));
-    }
+    stacks::choose(&mut built);
     Some(built)
 }

@@ -5,8 +5,7 @@
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tower_reuse_examples::lab::{self, LabConfig};
 use tower_reuse_examples::otlp::{Receiver, attribute};
-use tower_reuse_examples::report::table;
-use tower_reuse_examples::results::{Environment, RunResult};
+use tower_reuse_examples::results::RunResult;
 use tower_reuse_examples::scenarios::{self, Sizes};
 use tower_reuse_examples::stacks::StackKind;
 
@@ -26,24 +25,13 @@ async fn run_exporting(stack: StackKind, receiver: &Receiver) -> RunResult {
         stack.name()
     ));
     let results = lab::run(LabConfig {
-        scenarios: vec![scenarios::build("steady-h1", &sizes).unwrap()],
-        stacks: vec![stack],
-        target: None,
-        roots: None,
-        out_dir: out_dir.clone(),
-        server_threads: 1,
-        policy: None,
         otlp: Some(receiver.endpoint()),
-        environment: Environment {
-            command: "lab_otlp test".into(),
-            cpus: 1,
-            client_threads: 2,
-            server_threads: 1,
-            quick: false,
-            target: None,
-            turn_seed: 0,
-        },
-        on_scenario: table::scenario_table,
+        ..LabConfig::embedded(
+            vec![scenarios::build("steady-h1", &sizes).unwrap()],
+            vec![stack],
+            out_dir.clone(),
+            "lab_otlp test",
+        )
     })
     .await
     .unwrap();

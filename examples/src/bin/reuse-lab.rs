@@ -31,15 +31,20 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stacks to run, comma separated: fresh, hyper-util, hyper-util-tuned,
-    /// hyper-util+cache, hyper-util+p2c, reuse, reuse-shared, reuse+budget,
-    /// reuse+affinity, reuse+otel, reuse+span, raw (default: all but
-    /// reuse+span, the opt-in floor of a sampled span per request;
+    /// hyper-util+cache, hyper-util+p2c, reuse, reuse-static, reuse-shared,
+    /// reuse+budget, reuse+affinity, reuse+otel, reuse+span, raw (default:
+    /// all but reuse+span, the opt-in floor of a sampled span per request;
     /// reuse+otel and reuse+span run in steady-h1 and steady-h1-tls only,
     /// hyper-util+cache in tls-churn only, reuse+affinity in steady-h1
     /// only, reuse-shared in noisy-neighbour only, reuse+budget in
-    /// scale-targets only; the affinity scenarios run hyper-util+p2c and
-    /// reuse, there the affinity layer over the pool; noisy-neighbour and
-    /// tiers run reuse with the affinity layer's tiers).
+    /// scale-targets only, reuse-static (reuse with the adaptive controller
+    /// off) in steady-h1, bursty, keepalive-race, tls-churn, cyclic and
+    /// shift only; the affinity scenarios run hyper-util+p2c and reuse,
+    /// there the affinity layer over the pool; noisy-neighbour and tiers
+    /// run reuse with the affinity layer's tiers; cyclic and shift run
+    /// reuse, reuse-static and hyper-util. Without this option, fresh and
+    /// hyper-util-tuned are left out where they add no figure, to keep
+    /// the suite short: named here, they run).
     #[arg(long, value_delimiter = ',')]
     stack: Vec<String>,
     /// The smoke-test suite: short runs, under a minute in all (the suite
@@ -203,6 +208,9 @@ async fn run(args: Args) -> Result<(), LabError> {
                 continue;
             }
             scenario.addresses = 1;
+        }
+        if args.stack.is_empty() {
+            scenario = scenario.by_default();
         }
         chosen.push(scenario);
     }

@@ -10,6 +10,7 @@ use http_body_util::Full;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
+use super::closed::closed;
 use super::{
     Arrivals, Keys, Load, LoadOutcome, POST_BODY, Progress, REQUEST_TIMEOUT, Recorder, Zipf,
 };
@@ -17,9 +18,6 @@ use crate::server::X_AFFINITY_KEY;
 use crate::server::X_REQUEST_ID;
 use crate::stacks::{Completed, RequestError, RequestErrorKind, Stack, StackError, WorkerClient};
 use crate::target::Target;
-
-/// Closed-loop workers flush their progress count this often.
-const PROGRESS_BATCH: u64 = 16;
 
 /// Late responses are awaited this long after the load ends.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -46,47 +44,60 @@ pub async fn run(
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let mut recorder = match load {
-        Load::Closed {
-            workers,
-            duration,
-            max_requests,
-            think,
-            post_every,
-            keys,
-        } => {
-            let deadline = started + *duration;
-            let issued = Arc::new(AtomicU64::new(0));
-            let mut tasks = JoinSet::new();
-            for w in 0..*workers {
-                let client = stack.worker(w).ok_or_else(|| {
-                    StackError::new(format!("{}: no client for worker {w}", stack.kind()))
-                })?;
-                let worker = ClosedWorker {
-                    client,
-                    target: targets[0].clone(),
-                    id_base: ((w as u64) << 40) | (u64::from(round) << 32),
-                    deadline,
-                    max_requests: *max_requests,
-                    issued: issued.clone(),
-                    think: *think,
-                    post_every: post_every.map(u64::from),
-                    keys: keys.clone(),
-                    sent: sent.clone(),
-                    progress: progress.clone(),
-                    track_in_flight,
-                };
-                tasks.spawn(worker.run());
-            }
+        Load::Closed { .. } => {
+            closed(
+                stack,
+                targets,
+                load,
+                &sent,
+                progress,
+                track_in_flight,
+                round,
+            )
+            .await?
+        }
+        Load::Steps { steps } => {
             let mut all = Recorder::new();
-            while let Some(done) = tasks.join_next().await {
-                // A worker that panicked leaves no record: its requests are
-                // counted lost below.
-                if let Ok((recorder, client)) = done {
-                    all.merge(&recorder);
-                    stack.give_back(client);
-                }
+            for (i, &(workers, duration)) in steps.iter().enumerate() {
+                let step = Load::Closed {
+                    workers,
+                    duration,
+                    max_requests: None,
+                    think: None,
+                    post_every: None,
+                    keys: None,
+                };
+                // Ids apart between steps, as between rounds.
+                let round = round + u32::try_from(i).unwrap_or(u32::MAX);
+                all.merge(
+                    &closed(
+                        stack,
+                        targets,
+                        &step,
+                        &sent,
+                        progress,
+                        track_in_flight,
+                        round,
+                    )
+                    .await?,
+                );
             }
             all
+        }
+        &Load::Periodic {
+            bursts,
+            size,
+            period,
+        } => {
+            let schedule: Vec<(Duration, Target)> = (0..bursts)
+                .map(|b| {
+                    (
+                        period * u32::try_from(b).unwrap_or(u32::MAX),
+                        targets[0].clone(),
+                    )
+                })
+                .collect();
+            return timed_bursts(stack, &schedule, size, progress, track_in_flight).await;
         }
         Load::Poisson {
             rate,
@@ -188,10 +199,10 @@ fn request(
 }
 
 /// A request's affinity key and the phase it was sent in.
-type Keyed = Option<(u32, u32)>;
+pub(super) type Keyed = Option<(u32, u32)>;
 
 /// Draws a key for the next request, when the load has keys.
-fn draw(keys: Option<&Keys>) -> Keyed {
+pub(super) fn draw(keys: Option<&Keys>) -> Keyed {
     keys.map(|keys| (keys.draw(), keys.phase()))
 }
 
@@ -236,67 +247,6 @@ pub(crate) fn note(
             recorder.record(latency, outcome, id);
         }
         None => recorder.record_lost(),
-    }
-}
-
-struct ClosedWorker {
-    client: WorkerClient,
-    target: Target,
-    id_base: u64,
-    deadline: Instant,
-    max_requests: Option<u64>,
-    issued: Arc<AtomicU64>,
-    think: Option<(Duration, Duration)>,
-    post_every: Option<u64>,
-    keys: Option<Arc<Keys>>,
-    sent: Arc<AtomicU64>,
-    progress: Arc<Progress>,
-    track_in_flight: bool,
-}
-
-impl ClosedWorker {
-    /// The worker's record, and its client for the next round.
-    async fn run(mut self) -> (Recorder, WorkerClient) {
-        let mut recorder = Recorder::new();
-        let mut seq = 0u64;
-        let mut unreported = 0;
-        loop {
-            if let Some((low, high)) = self.think {
-                let gap = low + (high.saturating_sub(low)).mul_f64(fastrand::f64());
-                sleep_until((Instant::now() + gap).min(self.deadline)).await;
-            }
-            if Instant::now() >= self.deadline {
-                break;
-            }
-            if let Some(max) = self.max_requests
-                && self.issued.fetch_add(1, Relaxed) >= max
-            {
-                break;
-            }
-            seq += 1;
-            let id = HeaderValue::from(self.id_base | seq);
-            if self.track_in_flight {
-                self.progress.in_flight_delta(1);
-            }
-            let post = self
-                .post_every
-                .is_some_and(|n| seq.is_multiple_of(n.max(1)));
-            let keyed = draw(self.keys.as_deref());
-            let key = self.keys.as_ref().zip(keyed).map(|(k, (i, _))| k.value(i));
-            let (latency, answer) =
-                send(&mut self.client, &self.target, &id, post, key, &self.sent).await;
-            if self.track_in_flight {
-                self.progress.in_flight_delta(-1);
-            }
-            note(&mut recorder, latency, answer, &id, keyed);
-            unreported += 1;
-            if unreported == PROGRESS_BATCH {
-                self.progress.add_done(unreported);
-                unreported = 0;
-            }
-        }
-        self.progress.add_done(unreported);
-        (recorder, self.client)
     }
 }
 

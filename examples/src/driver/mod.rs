@@ -4,6 +4,7 @@
 //! same headers, one `x-request-id` per request).
 
 mod arrivals;
+mod closed;
 mod keys;
 mod load;
 mod record;
@@ -67,6 +68,23 @@ pub enum Load {
         /// Affinity keys the requests carry, as for a closed loop.
         keys: Option<Arc<Keys>>,
     },
+    /// Closed loops one after another, one client for them all: each
+    /// step's workers for its duration (the step starts when the last
+    /// one's workers are done). `shift`'s load.
+    Steps {
+        /// Each step's workers and duration, in order.
+        steps: Vec<(usize, Duration)>,
+    },
+    /// `bursts` bursts of `size` concurrent requests, one every `period`
+    /// from the start, whether the last is answered or not.
+    Periodic {
+        /// Number of bursts.
+        bursts: usize,
+        /// Requests per burst.
+        size: usize,
+        /// From one burst's start to the next's.
+        period: Duration,
+    },
     /// `bursts` times: `size` concurrent requests, wait for all, then `gap`.
     Bursts {
         /// Number of bursts.
@@ -84,7 +102,8 @@ impl Load {
         match self {
             Load::Closed { workers, .. } => *workers,
             Load::Poisson { max_in_flight, .. } => *max_in_flight,
-            Load::Bursts { size, .. } => *size,
+            Load::Bursts { size, .. } | Load::Periodic { size, .. } => *size,
+            Load::Steps { steps } => steps.iter().map(|&(workers, _)| workers).max().unwrap_or(0),
         }
     }
 
@@ -117,6 +136,10 @@ impl Load {
             Load::Closed { duration, .. } | Load::Poisson { duration, .. } => *duration,
             Load::Bursts { bursts, gap, .. } => {
                 (*gap + Duration::from_millis(20)) * u32::try_from(*bursts).unwrap_or(u32::MAX)
+            }
+            Load::Steps { steps } => steps.iter().map(|&(_, duration)| duration).sum(),
+            Load::Periodic { bursts, period, .. } => {
+                *period * u32::try_from(*bursts).unwrap_or(u32::MAX)
             }
         }
     }

@@ -1,8 +1,12 @@
 //! The lab's row computation and turn order, without a run.
 
+use std::time::Duration;
+
 use http::{HeaderValue, StatusCode};
 
+use super::row::request_figures;
 use super::*;
+use crate::driver::{LoadOutcome, Recorder};
 use crate::results::Environment;
 use crate::stacks::Completed;
 

@@ -15,6 +15,7 @@ pub fn stack_color(stack: &str) -> &'static str {
         "hyper-util-tuned" => "#17becf",
         "hyper-util+cache" => "#ff7f0e",
         "reuse" => "#2ca02c",
+        "reuse-static" => "#006d2c",
         "reuse-shared" => "#8c564b",
         "reuse+budget" => "#e377c2",
         "reuse+otel" => "#98df8a",
@@ -81,6 +82,17 @@ pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
         );
         let _ = write!(page, "<p><b>Verdict:</b> {}</p>", escape(&verdict(&runs)));
         page.push_str(&table(&runs));
+        for r in &runs {
+            let line = super::adaptive::line(r);
+            if !line.trim().is_empty() {
+                let _ = write!(
+                    page,
+                    "<p class=\"note\">{}: {}</p>",
+                    escape(&r.stack),
+                    escape(line.trim())
+                );
+            }
+        }
         page.push_str(&tenants::services_table(&runs));
         page.push_str(&accounting(&runs));
         for s in results.skipped.iter().filter(|s| s.scenario == name) {
@@ -266,6 +278,11 @@ fn open_chart(name: &str, runs: &[&RunResult]) -> String {
     if runs.iter().any(|r| r.tail_idle_socket_seconds.is_some()) {
         let load_end = runs.iter().map(|r| r.load_end_s).fold(0.0, f64::max);
         x.marks.push((load_end, "load ends".to_owned()));
+    }
+    // `shift`: where the load steps up and back down.
+    if let Some(steps) = runs.iter().map(|r| &r.steps_s).find(|s| s.len() == 3) {
+        x.marks.push((steps[1], "step up".to_owned()));
+        x.marks.push((steps[2], "step down".to_owned()));
     }
     line_chart(
         &format!("{name}: open connections over time"),

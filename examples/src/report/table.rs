@@ -144,6 +144,7 @@ pub fn rows(runs: &[RunResult]) -> String {
                 "", r.idle_socket_seconds, tail, r.server_idle_socket_seconds
             );
         }
+        out.push_str(&super::adaptive::line(r));
         if let Some(baseline) = r.baseline_rps.filter(|b| *b > 0.0) {
             let _ = writeln!(
                 out,

@@ -236,7 +236,10 @@ pub(super) fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
         tail,
         parallel_stacks: false,
         take_turns: false,
+        relay: None,
+        client_per_worker: false,
         skip,
+        default_skip: Vec::new(),
         service: None,
         tenants: Some(plan),
     })

@@ -249,6 +249,11 @@ impl ServerConfig {
         self
     }
 
+    /// Whether the server sends a `Keep-Alive: timeout=N` hint.
+    pub fn sends_keep_alive_hint(&self) -> bool {
+        self.keep_alive_hint.is_some()
+    }
+
     /// Whether the server injects faults.
     pub fn injects_faults(&self) -> bool {
         self.chaos.is_some()

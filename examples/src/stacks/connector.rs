@@ -154,6 +154,13 @@ impl LabConnector {
         }
     }
 
+    /// The connector counting its connections in `stats` (shared with
+    /// other connectors: a stack with a client per worker).
+    pub fn counted_by(mut self, stats: ClientStats) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// This connector's counters (shared by its clones).
     pub fn stats(&self) -> &ClientStats {
         &self.stats

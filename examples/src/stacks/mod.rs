@@ -4,8 +4,10 @@
 //! every stack and reads the whole response.
 
 mod connector;
+mod kind;
 mod otel;
 mod p2c;
+mod reuse;
 mod service;
 mod tenants;
 mod traced;
@@ -22,20 +24,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry_sdk::trace::SdkTracer;
 use rustls::client::Resumption;
-use serde::Serialize;
 use tower_layer::Layer;
 use tower_reuse_affinity::Affinity;
 use tower_reuse_otel::{Otel, OtelLayer, OtelPoolEvents};
-use tower_reuse_pool::tls::{SessionCache, TlsLayer};
-use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolLayer};
+use tower_reuse_pool::tls::SessionCache;
+use tower_reuse_pool::{Pool, PoolConfig, PoolControl, PoolSnapshot};
 use tower_service::Service;
 
 pub use connector::{
     BoxError, ClientSnapshot, ClientStats, ConnectFuture, Counted, LabConnector, LabStream,
     ReuseConnector, TcpConnector,
 };
+pub use kind::{Protocol, StackKind};
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
 pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
+pub use reuse::{Controller, PrewarmCounts, PrewarmSnapshot};
 pub use tenants::LOOSE_BUDGET;
 pub use traced::{Instruments, TracedClient};
 pub use worker::{
@@ -43,126 +46,10 @@ pub use worker::{
     complete,
 };
 
+use reuse::{layer_of, pool_layer, pool_layer_config, reuse_connector, reuse_pool, reuse_stack};
+
 use crate::otlp::Endpoint;
 use crate::target::Target;
-
-/// Which client stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StackKind {
-    /// A new connection per request.
-    Fresh,
-    /// `hyper_util::client::legacy::Client`, defaults + nodelay + pool timer.
-    HyperUtil,
-    /// The same with `pool_max_idle_per_host(8)`, `pool_idle_timeout(2s)`.
-    HyperUtilTuned,
-    /// `hyper-util` with the workspace's TLS [`SessionCache`] (64 tickets
-    /// per server) as its rustls session store instead of rustls' default
-    /// (8): what the cache gives on its own, apart from the pool. Run in
-    /// `tls-churn` only.
-    HyperUtilCache,
-    /// This workspace's stack (`tower_reuse_pool`).
-    Reuse,
-    /// `reuse` with OpenTelemetry on: `OtelLayer` on top and
-    /// `OtelPoolEvents` as the pool's hook, over the real SDK exporting
-    /// nowhere (batched spans dropped, metrics never collected mid-run), or
-    /// over OTLP/HTTP to `--otlp URL`.
-    ReuseOtel,
-    /// `reuse` under one bare OpenTelemetry SDK span per request and
-    /// nothing else: four attributes at the start, two at the response
-    /// head, no metrics, no context, no hook. The least any layer that
-    /// records a sampled span per request can cost, on the same SDK set-up
-    /// as `reuse+otel` (exporting to `--otlp URL` too). Opt-in (`--stack`):
-    /// not in the default suite.
-    ReuseSpan,
-    /// Pre-established connections: one per worker (HTTP/1) or one shared (h2).
-    Raw,
-    /// tower's p2c balancer over one hyper-util client per endpoint of a
-    /// service with several: the peer of the affinity scenarios.
-    HyperUtilP2c,
-    /// `reuse` with the affinity layer on, over a service with one
-    /// endpoint (`steady-h1`): what affinity costs where it has no choice.
-    ReuseAffinity,
-    /// The pool with a total budget across targets and no affinity layer:
-    /// the `noisy-neighbour` scenario's shared pool.
-    ReuseShared,
-    /// `reuse` with a total budget across targets that does not bind
-    /// ([`LOOSE_BUDGET`]): `scale-targets` only, against its twin.
-    ReuseBudget,
-    /// `hyper-util` under tower-http's `TraceLayer`, bridged to the same
-    /// OpenTelemetry SDK set-up as `reuse+otel` by `tracing-opentelemetry`,
-    /// with a hand-made request duration histogram: the instrumented client
-    /// users build today (`steady-h1` only).
-    HyperUtilTracing,
-}
-
-impl StackKind {
-    /// Every stack, in table order.
-    pub const ALL: [StackKind; 13] = [
-        StackKind::Fresh,
-        StackKind::HyperUtil,
-        StackKind::HyperUtilTuned,
-        StackKind::HyperUtilCache,
-        StackKind::HyperUtilP2c,
-        StackKind::Reuse,
-        StackKind::ReuseShared,
-        StackKind::ReuseBudget,
-        StackKind::ReuseAffinity,
-        StackKind::HyperUtilTracing,
-        StackKind::ReuseOtel,
-        StackKind::ReuseSpan,
-        StackKind::Raw,
-    ];
-
-    /// The stacks a run without `--stack` compares: all but the opt-in
-    /// `reuse+span`.
-    pub fn default_set() -> Vec<StackKind> {
-        Self::ALL
-            .into_iter()
-            .filter(|&k| k != StackKind::ReuseSpan)
-            .collect()
-    }
-
-    /// The name used on the command line and in the results.
-    pub fn name(self) -> &'static str {
-        match self {
-            StackKind::Fresh => "fresh",
-            StackKind::HyperUtil => "hyper-util",
-            StackKind::HyperUtilTuned => "hyper-util-tuned",
-            StackKind::HyperUtilCache => "hyper-util+cache",
-            StackKind::Reuse => "reuse",
-            StackKind::ReuseOtel => "reuse+otel",
-            StackKind::ReuseSpan => "reuse+span",
-            StackKind::Raw => "raw",
-            StackKind::HyperUtilP2c => "hyper-util+p2c",
-            StackKind::ReuseShared => "reuse-shared",
-            StackKind::ReuseBudget => "reuse+budget",
-            StackKind::ReuseAffinity => "reuse+affinity",
-            StackKind::HyperUtilTracing => "hyper-util+tracing",
-        }
-    }
-
-    /// Parses a name from [`StackKind::name`].
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-impl fmt::Display for StackKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The HTTP version a scenario speaks (h2 over plain TCP is prior knowledge,
-/// over TLS it is negotiated with ALPN).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Protocol {
-    /// HTTP/1.1.
-    Http1,
-    /// HTTP/2.
-    Http2,
-}
 
 /// Why a stack could not be built.
 #[derive(Debug)]
@@ -183,6 +70,16 @@ impl fmt::Display for StackError {
 
 impl std::error::Error for StackError {}
 
+/// What [`Stack::build`] builds for, besides the stack's kind.
+#[derive(Clone, Copy)]
+struct Spec<'a> {
+    protocol: Protocol,
+    workers: usize,
+    target: &'a Target,
+    policy: Option<&'a PoolConfig>,
+    otlp: Option<&'a Endpoint>,
+}
+
 /// A built client stack.
 #[derive(Debug)]
 pub struct Stack {
@@ -190,6 +87,11 @@ pub struct Stack {
     protocol: Protocol,
     connector_stats: ClientStats,
     inner: Inner,
+    /// The `reuse` stacks' count of pre-warmed connections.
+    prewarm: Option<PrewarmCounts>,
+    /// With a client per worker ([`Stack::build_per_worker`]): the
+    /// workers' own stacks, worker `i` on `per_worker[i % len]`.
+    per_worker: Vec<Stack>,
 }
 
 // One per stack: size does not matter.
@@ -218,6 +120,8 @@ enum Inner {
     /// The affinity layer over the pool, and the pool's control handle.
     ReuseAffinity(Affinity<Pool<ReuseConnector, Full<Bytes>>>, PoolControl),
     Traced(traced::Traced),
+    /// A client per worker: see [`Stack::per_worker`].
+    PerWorker,
 }
 
 impl fmt::Debug for Inner {
@@ -233,6 +137,7 @@ impl fmt::Debug for Inner {
             Inner::P2c(_) => "P2c",
             Inner::ReuseAffinity(..) => "ReuseAffinity",
             Inner::Traced(_) => "Traced",
+            Inner::PerWorker => "PerWorker",
         })
     }
 }
@@ -255,14 +160,74 @@ impl Stack {
         policy: Option<&PoolConfig>,
         otlp: Option<&Endpoint>,
     ) -> Result<Self, StackError> {
+        let spec = Spec {
+            protocol,
+            workers,
+            target,
+            policy,
+            otlp,
+        };
+        Self::build_counted(kind, &spec, tls, ClientStats::default()).await
+    }
+
+    /// `clients` instances of `kind`, as `clients` processes would each
+    /// build their own: closed-loop worker `i` gets instance `i % clients`
+    /// ([`Stack::worker`]), nothing is shared between them but the lab's
+    /// client-side counters. Not for `raw` (one connection per worker
+    /// already).
+    pub async fn build_per_worker(
+        kind: StackKind,
+        protocol: Protocol,
+        tls: rustls::ClientConfig,
+        clients: usize,
+        target: &Target,
+        policy: Option<&PoolConfig>,
+        otlp: Option<&Endpoint>,
+    ) -> Result<Self, StackError> {
+        if kind == StackKind::Raw {
+            return Err(StackError::new("raw has a connection per worker already"));
+        }
+        let spec = Spec {
+            protocol,
+            workers: 1,
+            target,
+            policy,
+            otlp,
+        };
+        let stats = ClientStats::default();
+        let mut per_worker = Vec::with_capacity(clients);
+        for _ in 0..clients.max(1) {
+            per_worker.push(Self::build_counted(kind, &spec, tls.clone(), stats.clone()).await?);
+        }
+        Ok(Self {
+            per_worker,
+            ..Self::from_parts(kind, protocol, stats, Inner::PerWorker)
+        })
+    }
+
+    /// [`Stack::build`], counting its connections in `connector_stats`.
+    async fn build_counted(
+        kind: StackKind,
+        spec: &Spec<'_>,
+        tls: rustls::ClientConfig,
+        connector_stats: ClientStats,
+    ) -> Result<Self, StackError> {
+        let Spec {
+            protocol,
+            workers,
+            target,
+            policy,
+            otlp,
+        } = *spec;
         let connector = if kind == StackKind::HyperUtilCache {
             let mut tls = tls.clone();
             tls.resumption = Resumption::store(Arc::new(SessionCache::default()));
             LabConnector::new(protocol, tls)
         } else {
             LabConnector::new(protocol, tls.clone())
-        };
-        let connector_stats = connector.stats().clone();
+        }
+        .counted_by(connector_stats.clone());
+        let mut prewarm = None;
         let inner = match kind {
             StackKind::Fresh => Inner::Fresh(connector),
             StackKind::HyperUtil
@@ -292,12 +257,13 @@ impl Stack {
                     "reuse-shared takes its budget from noisy-neighbour: run there only",
                 ));
             }
-            StackKind::Reuse => Inner::Reuse(reuse_pool(
-                pool_layer(kind, protocol, target, policy)?,
-                protocol,
-                tls,
-                &connector_stats,
-            )),
+            StackKind::Reuse | StackKind::ReuseStatic => {
+                let layer = pool_layer(kind, protocol, target, policy)?;
+                let (pool, counts) =
+                    reuse_stack(Controller::of(kind), layer, protocol, tls, &connector_stats);
+                prewarm = Some(counts);
+                Inner::Reuse(pool)
+            }
             StackKind::ReuseBudget => {
                 // The budget set and the affinity layer's tiers on.
                 let layer = tenants::loose_budget(pool_layer_config(protocol, target, policy))
@@ -351,11 +317,26 @@ impl Stack {
             },
         };
         Ok(Self {
+            prewarm,
+            ..Self::from_parts(kind, protocol, connector_stats, inner)
+        })
+    }
+
+    /// A stack of one client, without the `reuse` stacks' pre-warm count.
+    fn from_parts(
+        kind: StackKind,
+        protocol: Protocol,
+        connector_stats: ClientStats,
+        inner: Inner,
+    ) -> Self {
+        Self {
             kind,
             protocol,
             connector_stats,
             inner,
-        })
+            prewarm: None,
+            per_worker: Vec::new(),
+        }
     }
 
     /// Which stack this is.
@@ -373,16 +354,51 @@ impl Stack {
     /// the lab cannot count it (hyper-util's client retries a request
     /// whose pooled connection was closed under it, and says nothing).
     pub fn retries(&self) -> Option<u64> {
-        let pool = match &self.inner {
-            Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool,
-            Inner::ReuseOtel { client, .. } => client.get_ref(),
-            Inner::ReuseAffinity(client, control) => {
-                return Some(service::retries(client, control));
-            }
-            Inner::Legacy(_) | Inner::P2c(_) | Inner::Traced(_) => return None,
-            Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => return Some(0),
+        match &self.inner {
+            Inner::ReuseAffinity(client, control) => Some(service::retries(client, control)),
+            Inner::Fresh(_) | Inner::RawHttp1(_) | Inner::RawHttp2(_) => Some(0),
+            Inner::PerWorker => self.per_worker.iter().map(Stack::retries).sum(),
+            _ => self.pool_total(|t| t.retries()),
+        }
+    }
+
+    /// Connections the pool skipped at checkout because they had closed
+    /// or were closing (stale), summed over targets (and over the
+    /// workers' own stacks); `None` for stacks without the pool.
+    pub fn stale_skips(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::PerWorker => self.per_worker.iter().map(Stack::stale_skips).sum(),
+            _ => self.pool_total(|t| t.stale_skips()),
+        }
+    }
+
+    /// Pre-warmed connections opened and served (`reuse`, `reuse-static`,
+    /// summed over the workers' own stacks); `None` for other stacks.
+    pub fn prewarm(&self) -> Option<PrewarmSnapshot> {
+        match &self.inner {
+            Inner::PerWorker => self
+                .per_worker
+                .iter()
+                .map(Stack::prewarm)
+                .collect::<Option<Vec<_>>>()
+                .map(|all| PrewarmSnapshot {
+                    opened: all.iter().map(|p| p.opened).sum(),
+                    served: all.iter().map(|p| p.served).sum(),
+                }),
+            _ => self.prewarm.as_ref().map(PrewarmCounts::snapshot),
+        }
+    }
+
+    /// A figure of the pool's snapshot summed over its targets, for the
+    /// stacks whose pool the lab holds.
+    fn pool_total(&self, figure: impl Fn(&tower_reuse_pool::TargetSnapshot) -> u64) -> Option<u64> {
+        let snapshot: PoolSnapshot = match &self.inner {
+            Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool.control().snapshot(),
+            Inner::ReuseOtel { client, .. } => client.get_ref().control().snapshot(),
+            Inner::ReuseAffinity(_, control) => control.snapshot(),
+            _ => return None,
         };
-        Some(pool.control().snapshot().total(|t| t.retries()))
+        Some(snapshot.total(figure))
     }
 
     /// Whether one client can be shared by any number of concurrent tasks
@@ -392,9 +408,11 @@ impl Stack {
     }
 
     /// The client for closed-loop worker `i`: for `raw` HTTP/1, worker `i`'s
-    /// own connection (each handed out once); otherwise a shared client.
-    pub fn worker(&self, _i: usize) -> Option<WorkerClient> {
+    /// own connection (each handed out once); with a client per worker,
+    /// its own stack's; otherwise a shared client.
+    pub fn worker(&self, i: usize) -> Option<WorkerClient> {
         match &self.inner {
+            Inner::PerWorker => self.per_worker[i % self.per_worker.len()].shared(),
             Inner::RawHttp1(senders) => senders
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -436,65 +454,10 @@ impl Stack {
                 WorkerClient::Traced(traced.client.clone(), traced.instruments.clone())
             }
             Inner::RawHttp1(_) => return None,
+            // The first worker's: open loops have no workers.
+            Inner::PerWorker => return self.per_worker.first()?.shared(),
         })
     }
-}
-
-/// The `reuse` stacks' pool layer: the pool's defaults (or the policy
-/// file), no per-scenario tuning; h2c needs prior knowledge (over TLS, ALPN
-/// decides).
-fn pool_layer(
-    kind: StackKind,
-    protocol: Protocol,
-    target: &Target,
-    policy: Option<&PoolConfig>,
-) -> Result<PoolLayer<Full<Bytes>>, StackError> {
-    layer_of(kind, pool_layer_config(protocol, target, policy))
-}
-
-/// The configuration of [`pool_layer`].
-fn pool_layer_config(
-    protocol: Protocol,
-    target: &Target,
-    policy: Option<&PoolConfig>,
-) -> PoolConfig {
-    let h2c = protocol == Protocol::Http2 && !target.is_tls();
-    policy
-        .cloned()
-        .unwrap_or_default()
-        .http2_prior_knowledge(h2c)
-}
-
-/// A pool layer from `config`, or why not for `kind`.
-fn layer_of(kind: StackKind, config: PoolConfig) -> Result<PoolLayer<Full<Bytes>>, StackError> {
-    PoolLayer::new(config).map_err(|e| StackError(format!("{kind}: invalid pool config: {e}")))
-}
-
-/// The `reuse` stack's pool (also under `reuse+span`): `layer` with the
-/// lab's hook (TLS handshakes counted) over [`reuse_connector`].
-fn reuse_pool(
-    layer: PoolLayer<Full<Bytes>>,
-    protocol: Protocol,
-    tls: rustls::ClientConfig,
-    stats: &ClientStats,
-) -> Pool<ReuseConnector, Full<Bytes>> {
-    layer
-        .events(stats.clone())
-        .layer(reuse_connector(protocol, tls, stats))
-}
-
-/// The `reuse` stacks' connector: the lab's counting TCP connector under
-/// the pool's TLS layer, offering the scenario's protocol over ALPN.
-fn reuse_connector(
-    protocol: Protocol,
-    mut tls: rustls::ClientConfig,
-    stats: &ClientStats,
-) -> ReuseConnector {
-    tls.alpn_protocols = vec![match protocol {
-        Protocol::Http1 => b"http/1.1".to_vec(),
-        Protocol::Http2 => b"h2".to_vec(),
-    }];
-    TlsLayer::new(Arc::new(tls)).layer(TcpConnector::new(stats.clone()))
 }
 
 pub(crate) async fn connect_http1(

@@ -111,12 +111,7 @@ impl Stack {
                 )));
             }
         };
-        Ok(Self {
-            kind,
-            protocol,
-            connector_stats,
-            inner,
-        })
+        Ok(Self::from_parts(kind, protocol, connector_stats, inner))
     }
 
     /// Makes `endpoints` the endpoints of the logical `service` (requests

@@ -149,20 +149,6 @@ impl Stack {
             _ => None,
         }
     }
-
-    fn from_parts(
-        kind: StackKind,
-        protocol: Protocol,
-        connector_stats: ClientStats,
-        inner: Inner,
-    ) -> Self {
-        Self {
-            kind,
-            protocol,
-            connector_stats,
-            inner,
-        }
-    }
 }
 
 fn no_tiers() -> StackError {
