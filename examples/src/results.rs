@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::server::{FaultCounts, OpenSample};
+use crate::stacks::DecisionRecord;
 
 /// The quantiles stored for the latency charts.
 pub const CHART_QUANTILES: [f64; 13] = [
@@ -250,6 +251,10 @@ pub struct RunResult {
     /// stack's dedicated pools over the load and the tail, seconds from
     /// the load's start.
     pub tier_samples: Vec<TierSample>,
+    /// `reuse`, `reuse-static`: the adaptive controller's decisions in
+    /// this run (every worker's own in `keepalive-race`), in time order;
+    /// `reuse-static`'s controller is off and decides nothing.
+    pub decisions: Vec<DecisionRecord>,
 }
 
 /// One service's figures in a scenario with several.

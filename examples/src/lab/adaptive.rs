@@ -52,6 +52,7 @@ pub(super) fn figures(row: &mut RunResult, load: &Load, stack: &Stack, before: &
     row.stale_skips = stack
         .stale_skips()
         .map(|now| now.saturating_sub(before.stale_skips.unwrap_or(0)));
+    row.decisions = stack.decisions();
     if let Some(prewarm) = stack.prewarm() {
         row.prewarmed_opened = Some(prewarm.opened);
         row.prewarmed_served = Some(prewarm.served);

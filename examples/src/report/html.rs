@@ -120,6 +120,7 @@ pub fn render(results: &Results, descriptions: &[(String, String)]) -> String {
                 .collect::<Vec<_>>(),
         ));
         page.push_str(&open_chart(name, &runs));
+        page.push_str(&super::adaptive::decision_charts(name, &runs));
         page.push_str(&tenants::tier_charts(name, &runs));
         page.push_str("</div>");
     }

@@ -38,7 +38,9 @@ pub use connector::{
 pub use kind::{Protocol, StackKind};
 pub use otel::{BareSpan, DiscardMetrics, DiscardSpans};
 pub use p2c::{ChannelDiscover, EndpointClient, P2c, P2cClient};
-pub use reuse::{Controller, PrewarmCounts, PrewarmSnapshot};
+pub use reuse::{
+    AdaptivePool, Controller, DecisionLog, DecisionRecord, PrewarmCounts, PrewarmSnapshot,
+};
 pub use tenants::LOOSE_BUDGET;
 pub use traced::{Instruments, TracedClient};
 pub use worker::{
@@ -89,6 +91,8 @@ pub struct Stack {
     inner: Inner,
     /// The `reuse` stacks' count of pre-warmed connections.
     prewarm: Option<PrewarmCounts>,
+    /// The `reuse` stacks' controller decisions.
+    decisions: Option<DecisionLog>,
     /// With a client per worker ([`Stack::build_per_worker`]): the
     /// workers' own stacks, worker `i` on `per_worker[i % len]`.
     per_worker: Vec<Stack>,
@@ -101,7 +105,10 @@ enum Inner {
     Legacy(Client<LabConnector, Full<Bytes>>),
     RawHttp1(Mutex<Vec<http1::SendRequest<Full<Bytes>>>>),
     RawHttp2(http2::SendRequest<Full<Bytes>>),
-    Reuse(Pool<ReuseConnector, Full<Bytes>>),
+    /// `reuse` and `reuse-static`: the adaptive layer over the pool.
+    Reuse(AdaptivePool),
+    /// The pool alone (`reuse-shared`).
+    Pool(Pool<ReuseConnector, Full<Bytes>>),
     ReuseOtel {
         // Held for the providers' lifetime; dropping it shuts them down.
         // Declared first, so dropped first: the last export happens while
@@ -132,6 +139,7 @@ impl fmt::Debug for Inner {
             Inner::RawHttp1(_) => "RawHttp1",
             Inner::RawHttp2(_) => "RawHttp2",
             Inner::Reuse(_) => "Reuse",
+            Inner::Pool(_) => "Pool",
             Inner::ReuseOtel { .. } => "ReuseOtel",
             Inner::ReuseSpan { .. } => "ReuseSpan",
             Inner::P2c(_) => "P2c",
@@ -228,6 +236,7 @@ impl Stack {
         }
         .counted_by(connector_stats.clone());
         let mut prewarm = None;
+        let mut decisions = None;
         let inner = match kind {
             StackKind::Fresh => Inner::Fresh(connector),
             StackKind::HyperUtil
@@ -259,10 +268,11 @@ impl Stack {
             }
             StackKind::Reuse | StackKind::ReuseStatic => {
                 let layer = pool_layer(kind, protocol, target, policy)?;
-                let (pool, counts) =
-                    reuse_stack(Controller::of(kind), layer, protocol, tls, &connector_stats);
-                prewarm = Some(counts);
-                Inner::Reuse(pool)
+                let stack =
+                    reuse_stack(Controller::of(kind), layer, protocol, tls, &connector_stats)?;
+                prewarm = Some(stack.prewarm);
+                decisions = Some(stack.decisions);
+                Inner::Reuse(stack.client)
             }
             StackKind::ReuseBudget => {
                 // The budget set and the affinity layer's tiers on.
@@ -318,6 +328,7 @@ impl Stack {
         };
         Ok(Self {
             prewarm,
+            decisions,
             ..Self::from_parts(kind, protocol, connector_stats, inner)
         })
     }
@@ -335,6 +346,7 @@ impl Stack {
             connector_stats,
             inner,
             prewarm: None,
+            decisions: None,
             per_worker: Vec::new(),
         }
     }
@@ -372,6 +384,24 @@ impl Stack {
         }
     }
 
+    /// The controller's decisions (`reuse`, `reuse-static`; over the
+    /// workers' own stacks, in time order); empty for other stacks.
+    pub fn decisions(&self) -> Vec<DecisionRecord> {
+        match &self.inner {
+            Inner::PerWorker => {
+                let mut all: Vec<DecisionRecord> =
+                    self.per_worker.iter().flat_map(Stack::decisions).collect();
+                all.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+                all
+            }
+            _ => self
+                .decisions
+                .as_ref()
+                .map(DecisionLog::records)
+                .unwrap_or_default(),
+        }
+    }
+
     /// Pre-warmed connections opened and served (`reuse`, `reuse-static`,
     /// summed over the workers' own stacks); `None` for other stacks.
     pub fn prewarm(&self) -> Option<PrewarmSnapshot> {
@@ -393,7 +423,8 @@ impl Stack {
     /// stacks whose pool the lab holds.
     fn pool_total(&self, figure: impl Fn(&tower_reuse_pool::TargetSnapshot) -> u64) -> Option<u64> {
         let snapshot: PoolSnapshot = match &self.inner {
-            Inner::Reuse(pool) | Inner::ReuseSpan { pool, .. } => pool.control().snapshot(),
+            Inner::Reuse(client) => client.get_ref().control().snapshot(),
+            Inner::ReuseSpan { pool, .. } | Inner::Pool(pool) => pool.control().snapshot(),
             Inner::ReuseOtel { client, .. } => client.get_ref().control().snapshot(),
             Inner::ReuseAffinity(_, control) => control.snapshot(),
             _ => return None,
@@ -443,7 +474,8 @@ impl Stack {
             },
             Inner::Legacy(client) => WorkerClient::Legacy(client.clone()),
             Inner::RawHttp2(sender) => WorkerClient::RawHttp2(sender.clone()),
-            Inner::Reuse(pool) => WorkerClient::Reuse(pool.clone()),
+            Inner::Reuse(client) => WorkerClient::Reuse(client.clone()),
+            Inner::Pool(pool) => WorkerClient::Pool(pool.clone()),
             Inner::ReuseOtel { client, .. } => WorkerClient::ReuseOtel(client.clone()),
             Inner::ReuseSpan { pool, span, .. } => {
                 WorkerClient::ReuseSpan(pool.clone(), span.clone())

@@ -5,11 +5,15 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Serialize;
+use tokio::time::Instant;
 use tower_layer::Layer;
+use tower_reuse_adaptive::events::{AdaptiveEvents, Change, Decision};
+use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveLayer, Mode};
 use tower_reuse_pool::events::{CheckedOut, Closed, ConnectReason, Connected, PoolEvents};
 use tower_reuse_pool::tls::TlsLayer;
 use tower_reuse_pool::{ConnId, Pool, PoolConfig, PoolLayer};
@@ -39,27 +43,116 @@ impl Controller {
     }
 }
 
-/// The `reuse` and `reuse-static` stacks: `layer` with the lab's hooks
-/// (TLS handshakes counted in `stats`, pre-warmed connections in the
-/// returned [`PrewarmCounts`]) over [`reuse_connector`], under the
-/// controller when `controller` is on.
+/// The `reuse` stacks' client: the adaptive layer over the pool.
+pub type AdaptivePool = Adaptive<Pool<ReuseConnector, Full<Bytes>>>;
+
+/// A `reuse` or `reuse-static` stack's client and what the lab reads of it.
+pub(super) struct ReuseStack {
+    pub(super) client: AdaptivePool,
+    pub(super) prewarm: PrewarmCounts,
+    pub(super) decisions: DecisionLog,
+}
+
+/// The `reuse` and `reuse-static` stacks: the adaptive layer with its
+/// defaults (on for `reuse`; off, the pool exactly as configured, for
+/// `reuse-static`) over `layer` with the lab's hooks (TLS handshakes
+/// counted in `stats`, pre-warmed connections in [`PrewarmCounts`]) over
+/// [`reuse_connector`]. Off, the layer's hook still counts what it sees: the
+/// two stacks differ by the controller's decisions alone.
 pub(super) fn reuse_stack(
     controller: Controller,
     layer: PoolLayer<Full<Bytes>>,
     protocol: Protocol,
     tls: rustls::ClientConfig,
     stats: &ClientStats,
-) -> (Pool<ReuseConnector, Full<Bytes>>, PrewarmCounts) {
+) -> Result<ReuseStack, StackError> {
+    let mode = match controller {
+        Controller::On => Mode::On,
+        Controller::Off => Mode::Off,
+    };
+    let decisions = DecisionLog::default();
+    let adaptive =
+        AdaptiveLayer::with_events(AdaptiveConfig::default().mode(mode), decisions.clone())
+            .map_err(|e| StackError::new(format!("adaptive controller: {e}")))?;
     let prewarm = PrewarmCounts::default();
     let pool = layer
-        .events((stats.clone(), prewarm.clone()))
+        .events(((stats.clone(), prewarm.clone()), adaptive.pool_events()))
         .layer(reuse_connector(protocol, tls, stats));
-    let pool = match controller {
-        // The adaptive controller (issue 17) is stacked over the pool
-        // here, for `Controller::On` only.
-        Controller::On | Controller::Off => pool,
-    };
-    (pool, prewarm)
+    Ok(ReuseStack {
+        client: adaptive.layer(pool),
+        prewarm,
+        decisions,
+    })
+}
+
+/// The controller's decisions, each with its time from the stack's start.
+#[derive(Clone, Debug)]
+pub struct DecisionLog {
+    start: Instant,
+    decisions: Arc<Mutex<Vec<DecisionRecord>>>,
+}
+
+impl Default for DecisionLog {
+    fn default() -> Self {
+        DecisionLog {
+            start: Instant::now(),
+            decisions: Arc::default(),
+        }
+    }
+}
+
+impl DecisionLog {
+    /// Every decision so far.
+    pub fn records(&self) -> Vec<DecisionRecord> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// One decision of the controller, as results.json carries it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DecisionRecord {
+    /// Seconds from the stack's start (just before its load).
+    pub at_s: f64,
+    /// The setting: `idle_timeout`, `min_idle_per_target`,
+    /// `max_requests_per_connection` or `tickets_per_server`.
+    pub knob: &'static str,
+    /// Its value before (seconds for a duration; `null`: none).
+    pub from: Option<f64>,
+    /// Its value after.
+    pub to: Option<f64>,
+    /// Why (`server_idle_limit`, `idle_gaps`, `request_limit`, ...).
+    pub reason: &'static str,
+    /// Whether the pool took it.
+    pub applied: bool,
+}
+
+impl AdaptiveEvents for DecisionLog {
+    fn on_decision(&self, decision: &Decision) {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let count = |n: Option<u64>| n.map(|n| n as f64);
+        let (from, to) = match decision.change() {
+            Change::IdleTimeout { from, to } => (secs(from), secs(to)),
+            Change::MinIdle { from, to } => (Some(from as f64), Some(to as f64)),
+            Change::MaxRequests { from, to } => (count(from), count(to)),
+            Change::TlsTickets { from, to } => (Some(from as f64), Some(to as f64)),
+            _ => (None, None),
+        };
+        let record = DecisionRecord {
+            at_s: self.start.elapsed().as_secs_f64(),
+            knob: decision.change().knob(),
+            from,
+            to,
+            reason: decision.reason().as_str(),
+            applied: decision.applied(),
+        };
+        self.decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+    }
 }
 
 /// Pre-warmed connections a pool opened and how many of them served a

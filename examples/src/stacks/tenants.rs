@@ -136,7 +136,7 @@ impl Stack {
                 let control = pool.control();
                 Inner::ReuseAffinity(affinity.layer(pool), control)
             }
-            None => Inner::Reuse(pool),
+            None => Inner::Pool(pool),
         };
         Ok(Self::from_parts(kind, protocol, connector_stats, inner))
     }

@@ -21,7 +21,7 @@ use tower_service::Service;
 
 use super::{Instruments, TracedClient};
 
-use super::{BareSpan, BoxError, LabConnector, P2cClient, Protocol, ReuseConnector};
+use super::{AdaptivePool, BareSpan, BoxError, LabConnector, P2cClient, Protocol, ReuseConnector};
 use crate::server::{X_REQUEST_ID, X_SERVED_BY};
 use crate::target::Target;
 
@@ -43,8 +43,10 @@ pub enum WorkerClient {
     RawHttp1(http1::SendRequest<Full<Bytes>>),
     /// A handle on the shared pre-established HTTP/2 connection.
     RawHttp2(http2::SendRequest<Full<Bytes>>),
-    /// A clone of this workspace's pool.
-    Reuse(Pool<ReuseConnector, Full<Bytes>>),
+    /// A clone of this workspace's stack: the adaptive layer over the pool.
+    Reuse(AdaptivePool),
+    /// A clone of the pool alone (`reuse-shared`).
+    Pool(Pool<ReuseConnector, Full<Bytes>>),
     /// A clone of the pool under `OtelLayer`.
     ReuseOtel(Otel<Pool<ReuseConnector, Full<Bytes>>, SdkTracer>),
     /// A clone of the pool, and a bare span per request.
@@ -247,6 +249,25 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// `request` through the pool (or a layer over it with the pool's errors).
+async fn send_pooled<S>(
+    client: &mut S,
+    request: Request<Full<Bytes>>,
+) -> Result<Completed, RequestError>
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_reuse_pool::PoolBody>,
+            Error = tower_reuse_pool::Error,
+        >,
+{
+    std::future::poll_fn(|cx| client.poll_ready(cx))
+        .await
+        .map_err(pool_error)?;
+    let response = client.call(request).await.map_err(pool_error)?;
+    complete(response).await
+}
+
 fn pool_error(e: tower_reuse_pool::Error) -> RequestError {
     let kind = if e.is_connect() {
         RequestErrorKind::Connect
@@ -370,13 +391,8 @@ impl WorkerClient {
                 let response = sender.send_request(request).await.map_err(hyper_error)?;
                 complete(response).await
             }
-            WorkerClient::Reuse(pool) => {
-                std::future::poll_fn(|cx| pool.poll_ready(cx))
-                    .await
-                    .map_err(pool_error)?;
-                let response = pool.call(request).await.map_err(pool_error)?;
-                complete(response).await
-            }
+            WorkerClient::Reuse(client) => send_pooled(client, request).await,
+            WorkerClient::Pool(pool) => send_pooled(pool, request).await,
             WorkerClient::ReuseOtel(client) => {
                 std::future::poll_fn(|cx| client.poll_ready(cx))
                     .await
