@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use tower::Layer;
+use tower::{Layer, Service, ServiceExt};
 use tower_reuse_pool::events::{
     CheckedOut, CloseReason, Closed, ConnectReason, ConnectStarted, PoolEvents, RetryReason, Stale,
 };
@@ -349,6 +349,43 @@ async fn no_replacement_while_another_connection_is_idle() {
     );
     let (parts, _) = send(&mut client, get(URL, 11)).await.unwrap();
     assert_eq!(info(&parts).wait(), Duration::ZERO);
+}
+
+/// A moment's idle connection among busy ones is not spare (a closed
+/// loop's connections are idle between their requests): with one of four
+/// connections idle and two busy, the fourth's last request still starts
+/// its replacement.
+#[tokio::test(start_paused = true)]
+async fn a_replacement_starts_when_few_of_many_connections_are_idle() {
+    let config = PoolConfig::default().max_requests_per_connection(Some(10));
+    let (client, recorder) = recorded(slow_responses(), config);
+    // Four connections, one request served on each.
+    let opened = tower_reuse_tests::concurrently(4, |i| {
+        let mut client = client.clone();
+        async move { send(&mut client, get(URL, i)).await.unwrap() }
+    })
+    .await;
+    assert_eq!(opened.len(), 4);
+    // Two held busy: their responses' bodies unread.
+    let mut busy = Vec::new();
+    for i in 0..2 {
+        let mut client = client.clone();
+        let response = client.ready().await.unwrap().call(get(URL, 10 + i)).await;
+        busy.push(response.unwrap());
+    }
+    // One serves 9 more; its 10th with one other idle and two busy.
+    let mut serial = client.clone();
+    for i in 0..9 {
+        let (parts, _) = send(&mut serial, get(URL, 20 + i)).await.unwrap();
+        assert!(info(&parts).reused());
+    }
+    assert_eq!(
+        recorder.starts().last(),
+        Some(&ConnectReason::Replacement),
+        "{:?}",
+        recorder.starts()
+    );
+    drop(busy);
 }
 
 /// A replacement takes a free slot of the pool-wide budget or none: with

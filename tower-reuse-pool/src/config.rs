@@ -202,8 +202,9 @@ impl PoolConfig {
         /// A connection is closed after serving this many requests. Defaults
         /// to `None`.
         ///
-        /// When a request takes a connection for its last request and no
-        /// other connection of the target is free, the pool opens its
+        /// When a request takes a connection for its last request and the
+        /// target has no spare connection (fewer idle than busy, and no
+        /// HTTP/2 one with room), the pool opens its
         /// replacement at once ([`ConnectReason::Replacement`](crate::events::ConnectReason::Replacement),
         /// make-before-break), so the next request finds a connection
         /// ready instead of waiting for a handshake. One replacement per

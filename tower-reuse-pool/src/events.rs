@@ -138,7 +138,8 @@ pub enum ConnectReason {
     /// The kill switch is on: one connection for one request.
     Dedicated,
     /// A request took a connection for its last request under
-    /// `max_requests_per_connection` while no other connection was idle:
+    /// `max_requests_per_connection` while the target had no spare
+    /// connection (fewer idle than busy, no HTTP/2 one with room):
     /// its replacement is opened at once (make-before-break), so the next
     /// request finds a connection ready instead of waiting for a handshake.
     Replacement,

@@ -151,7 +151,13 @@ impl<B> TargetPool<B> {
             }
             let revalidate = conn.life.needs_revalidation(now, config);
             let idle_for = conn.life.checkout(now);
-            let others_free = !state.idle.is_empty() || state.h2.iter().any(open_to);
+            // Spare connections: at least as many idle as busy (this one
+            // among the busy), or an HTTP/2 one with room. A closed loop's
+            // connections are idle a moment between requests: a few idle
+            // among many busy are not spare.
+            let idle = state.idle.len();
+            let busy = state.open.saturating_sub(idle);
+            let others_free = (idle > 0 && idle >= busy) || state.h2.iter().any(open_to);
             start_replacement(
                 (&mut state.connecting, &mut state.slots, &self.common.budget),
                 config,
@@ -237,7 +243,8 @@ impl<B> TargetPool<B> {
 /// A request took `life` for its last request under
 /// `max_requests_per_connection` and no other connection is free
 /// (`others_free`): start its replacement now (make-before-break), so the
-/// next request finds a connection ready. Admitted as a rotation is: reuse
+/// next request finds a connection ready, unless the target has spare
+/// connections (`others_free`). Admitted as a rotation is: reuse
 /// on, a connect slot and a budget slot free; it may exceed
 /// `max_connections_per_target` by the connects in flight. One per
 /// connection; without a slot the connection simply retires after this
