@@ -241,8 +241,17 @@ fn idle_timeout(
     }
     let change = |to| Change::IdleTimeout { from: current, to };
     // A server that closes connections before the pool does fails requests
-    // on them: no cool-down, no step bound, straight to safe.
-    if let Some(safe) = server_safe.filter(|&s| current.is_none_or(|c| c > s)) {
+    // on them: past half the margin (the learned limit moves by a few
+    // milliseconds from close to close), no cool-down, no step bound,
+    // straight to safe.
+    let risky = view
+        .learned
+        .idle_limit
+        .zip(inputs.margin)
+        .map(|(limit, margin)| limit.saturating_sub(margin / 2));
+    if let Some(safe) =
+        server_safe.filter(|_| risky.is_some_and(|risky| current.is_none_or(|c| c > risky)))
+    {
         return Some((change(Some(safe)), Reason::ServerIdleLimit));
     }
     if !knob.cooled(view.now, config.cool_down) {

@@ -17,16 +17,34 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        noted: Option<(Arc<Live>, Instant)>,
+        noted: Option<Noted>,
+    }
+}
+
+/// A request counted in its target's demand until its response head, its
+/// failure or its drop.
+#[derive(Debug)]
+struct Noted {
+    live: Arc<Live>,
+    start: Instant,
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        self.live.demand_ended();
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, live: Option<Arc<Live>>) -> Self {
-        ResponseFuture {
-            inner,
-            noted: live.map(|live| (live, Instant::now())),
-        }
+        let noted = live.map(|live| {
+            live.demand_started();
+            Noted {
+                live,
+                start: Instant::now(),
+            }
+        });
+        ResponseFuture { inner, noted }
     }
 }
 
@@ -39,8 +57,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some((live, start)) = this.noted.take() {
-            live.request(start.elapsed(), result.is_err());
+        if let Some(noted) = this.noted.take() {
+            noted.live.request(noted.start.elapsed(), result.is_err());
         }
         Poll::Ready(result)
     }

@@ -40,6 +40,12 @@ pub(crate) struct Live {
     peak: AtomicUsize,
     /// The most in flight since the current burst started.
     burst_peak: AtomicUsize,
+    /// Requests through the layer waiting for their response head (those
+    /// waiting for a connection included, which the pool's checkouts do
+    /// not count).
+    demand: AtomicUsize,
+    /// The most of them since the current burst started.
+    burst_demand: AtomicUsize,
     requests: AtomicU64,
     errors: AtomicU64,
     pub(crate) wait: LiveHistogram,
@@ -125,14 +131,31 @@ impl Live {
         if rare.burst_start.is_some() && quiet.is_some_and(|q| q < BURST_QUIET) {
             return;
         }
-        // The previous burst's peak; this request counts in the new one.
+        // The previous burst's peak; this request counts in the new one,
+        // as do the requests waiting through the layer.
         let peak = self.burst_peak.swap(1, Ordering::Relaxed);
+        let demand = self.demand.load(Ordering::Relaxed);
+        let peak = peak.max(self.burst_demand.swap(demand, Ordering::Relaxed));
         if let Some(start) = rare.burst_start.replace(now) {
             if rare.bursts.len() == BURSTS_KEPT {
                 rare.bursts.pop_front();
             }
             rare.bursts.push_back(Burst { start, peak });
         }
+    }
+
+    /// A request through the layer went out.
+    pub(crate) fn demand_started(&self) {
+        let before = self.demand.fetch_add(1, Ordering::Relaxed);
+        self.burst_demand.fetch_max(before + 1, Ordering::Relaxed);
+    }
+
+    /// A request through the layer got its response head, failed or was
+    /// given up.
+    pub(crate) fn demand_ended(&self) {
+        let _ = self
+            .demand
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// A request through the layer ended, after `latency`.

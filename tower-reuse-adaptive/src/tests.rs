@@ -394,3 +394,51 @@ async fn tunes_within_a_tiers_settings_without_fighting_them() {
     // One change per tier change at most, none in between.
     assert!(changes <= 6, "{changes} changes");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_learned_limit_that_moves_a_few_milliseconds_changes_nothing() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(2, 2).await;
+    rig.server_closed_idle(Duration::from_millis(2010));
+    rig.tick().await;
+    rig.noted.take();
+    for ms in [2004, 2001, 1998, 2003, 1996] {
+        rig.server_closed_idle(Duration::from_millis(ms));
+        rig.load(2, 50, Duration::from_millis(1));
+        rig.tick().await;
+    }
+    let changes: Vec<_> = rig
+        .noted
+        .take()
+        .into_iter()
+        .filter(|d| d.reason() == Reason::ServerIdleLimit)
+        .collect();
+    assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bursts_peak_counts_the_requests_waiting_for_a_connection() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.server_closed_idle(Duration::from_secs(2));
+    // Bursts of 16 through the layer, of which the pool serves 4 at once.
+    for _ in 0..5 {
+        rig.controller.with_live(&rig.target, |live| {
+            for _ in 0..16 {
+                live.demand_started();
+            }
+            for _ in 0..4 {
+                for _ in 0..4 {
+                    live.checkout(false, Duration::ZERO, None);
+                }
+                for _ in 0..4 {
+                    live.checkin();
+                    live.demand_ended();
+                }
+            }
+        });
+        for _ in 0..3 {
+            rig.tick().await;
+        }
+    }
+    assert_eq!(rig.min_idle(), 16);
+}
