@@ -236,6 +236,12 @@ pub struct RunResult {
     /// request (closed ones by their `Closed` event, open ones by their
     /// first checkout).
     pub prewarmed_served: Option<u64>,
+    /// `reuse`, `reuse-static`: replacements the pool opened ahead of a
+    /// connection's last request (`ConnectReason::Replacement`); `null`
+    /// for other stacks.
+    pub replacements_opened: Option<u64>,
+    /// Of `replacements_opened`, the connections that served a request.
+    pub replacements_served: Option<u64>,
     /// `shift`: when each step of the load started, seconds from the
     /// load's start (the nominal boundaries: a step ends at its
     /// duration, plus the last responses); empty for other scenarios.

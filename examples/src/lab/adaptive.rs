@@ -53,6 +53,10 @@ pub(super) fn figures(row: &mut RunResult, load: &Load, stack: &Stack, before: &
         .stale_skips()
         .map(|now| now.saturating_sub(before.stale_skips.unwrap_or(0)));
     row.decisions = stack.decisions();
+    if let Some(ahead) = stack.replacements() {
+        row.replacements_opened = Some(ahead.opened);
+        row.replacements_served = Some(ahead.served);
+    }
     if let Some(prewarm) = stack.prewarm() {
         row.prewarmed_opened = Some(prewarm.opened);
         row.prewarmed_served = Some(prewarm.served);

@@ -84,6 +84,11 @@ pub(crate) fn line(r: &RunResult) -> String {
                 2 * SHIFT_LOW_WORKERS
             )
         }
+        "tls-churn" if r.replacements_opened.is_some() => format!(
+            "replacements opened ahead {}, of them served a request {}; {decisions} decisions",
+            count(r.replacements_opened),
+            count(r.replacements_served)
+        ),
         _ if decisions > 0 => format!("{decisions} decisions of the controller"),
         _ => return String::new(),
     };

@@ -91,6 +91,9 @@ pub struct Stack {
     inner: Inner,
     /// The `reuse` stacks' count of pre-warmed connections.
     prewarm: Option<PrewarmCounts>,
+    /// The `reuse` stacks' count of replacements opened ahead of a
+    /// connection's last request.
+    replacements: Option<PrewarmCounts>,
     /// The `reuse` stacks' controller decisions.
     decisions: Option<DecisionLog>,
     /// With a client per worker ([`Stack::build_per_worker`]): the
@@ -236,6 +239,7 @@ impl Stack {
         }
         .counted_by(connector_stats.clone());
         let mut prewarm = None;
+        let mut replacements = None;
         let mut decisions = None;
         let inner = match kind {
             StackKind::Fresh => Inner::Fresh(connector),
@@ -271,6 +275,7 @@ impl Stack {
                 let stack =
                     reuse_stack(Controller::of(kind), layer, protocol, tls, &connector_stats)?;
                 prewarm = Some(stack.prewarm);
+                replacements = Some(stack.replacements);
                 decisions = Some(stack.decisions);
                 Inner::Reuse(stack.client)
             }
@@ -328,6 +333,7 @@ impl Stack {
         };
         Ok(Self {
             prewarm,
+            replacements,
             decisions,
             ..Self::from_parts(kind, protocol, connector_stats, inner)
         })
@@ -346,6 +352,7 @@ impl Stack {
             connector_stats,
             inner,
             prewarm: None,
+            replacements: None,
             decisions: None,
             per_worker: Vec::new(),
         }
@@ -405,17 +412,27 @@ impl Stack {
     /// Pre-warmed connections opened and served (`reuse`, `reuse-static`,
     /// summed over the workers' own stacks); `None` for other stacks.
     pub fn prewarm(&self) -> Option<PrewarmSnapshot> {
+        self.opened_ahead(|s| s.prewarm.as_ref())
+    }
+
+    /// Replacements opened ahead of a connection's last request, and
+    /// served (as [`prewarm`](Self::prewarm)).
+    pub fn replacements(&self) -> Option<PrewarmSnapshot> {
+        self.opened_ahead(|s| s.replacements.as_ref())
+    }
+
+    fn opened_ahead(&self, own: fn(&Stack) -> Option<&PrewarmCounts>) -> Option<PrewarmSnapshot> {
         match &self.inner {
             Inner::PerWorker => self
                 .per_worker
                 .iter()
-                .map(Stack::prewarm)
+                .map(|s| s.opened_ahead(own))
                 .collect::<Option<Vec<_>>>()
                 .map(|all| PrewarmSnapshot {
                     opened: all.iter().map(|p| p.opened).sum(),
                     served: all.iter().map(|p| p.served).sum(),
                 }),
-            _ => self.prewarm.as_ref().map(PrewarmCounts::snapshot),
+            _ => own(self).map(PrewarmCounts::snapshot),
         }
     }
 

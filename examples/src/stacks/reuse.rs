@@ -50,6 +50,7 @@ pub type AdaptivePool = Adaptive<Pool<ReuseConnector, Full<Bytes>>>;
 pub(super) struct ReuseStack {
     pub(super) client: AdaptivePool,
     pub(super) prewarm: PrewarmCounts,
+    pub(super) replacements: PrewarmCounts,
     pub(super) decisions: DecisionLog,
 }
 
@@ -75,12 +76,15 @@ pub(super) fn reuse_stack(
         AdaptiveLayer::with_events(AdaptiveConfig::default().mode(mode), decisions.clone())
             .map_err(|e| StackError::new(format!("adaptive controller: {e}")))?;
     let prewarm = PrewarmCounts::default();
+    let replacements = PrewarmCounts::of(ConnectReason::Replacement);
+    let hooks = (stats.clone(), (prewarm.clone(), replacements.clone()));
     let pool = layer
-        .events(((stats.clone(), prewarm.clone()), adaptive.pool_events()))
+        .events((hooks, adaptive.pool_events()))
         .layer(reuse_connector(protocol, tls, stats));
     Ok(ReuseStack {
         client: adaptive.layer(pool),
         prewarm,
+        replacements,
         decisions,
     })
 }
@@ -155,14 +159,22 @@ impl AdaptiveEvents for DecisionLog {
     }
 }
 
-/// Pre-warmed connections a pool opened and how many of them served a
-/// request, from its events: a connection opened for
-/// [`ConnectReason::Prewarm`] counts as served at its first checkout, or,
-/// if it closes first, when its [`Closed`] event says it served one.
-/// Connections still open at the end are counted by their checkouts.
-#[derive(Clone, Debug, Default)]
+/// Connections a pool opened ahead of demand, for one reason (pre-warm by
+/// default, or [`ConnectReason::Replacement`]), and how many of them served
+/// a request, from its events: such a connection counts as served at its
+/// first checkout, or, if it closes first, when its [`Closed`] event says
+/// it served one. Connections still open at the end are counted by their
+/// checkouts.
+#[derive(Clone, Debug)]
 pub struct PrewarmCounts {
+    reason: ConnectReason,
     inner: Arc<PrewarmInner>,
+}
+
+impl Default for PrewarmCounts {
+    fn default() -> Self {
+        Self::of(ConnectReason::Prewarm)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +195,14 @@ pub struct PrewarmSnapshot {
 }
 
 impl PrewarmCounts {
+    /// Counts of the connections opened for `reason`.
+    pub fn of(reason: ConnectReason) -> Self {
+        PrewarmCounts {
+            reason,
+            inner: Arc::default(),
+        }
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> PrewarmSnapshot {
         PrewarmSnapshot {
@@ -203,7 +223,7 @@ impl PrewarmCounts {
 
 impl PoolEvents for PrewarmCounts {
     fn on_connect(&self, event: &Connected<'_>) {
-        if event.reason() == ConnectReason::Prewarm {
+        if event.reason() == self.reason {
             self.inner.opened.fetch_add(1, Relaxed);
             self.inner
                 .waiting
@@ -222,7 +242,8 @@ impl PoolEvents for PrewarmCounts {
     }
 
     fn on_close(&self, event: &Closed<'_>) {
-        if event.prewarmed() && self.take(event.id()) && event.requests_served() > 0 {
+        if event.opened_for() == self.reason && self.take(event.id()) && event.requests_served() > 0
+        {
             self.inner.served.fetch_add(1, Relaxed);
         }
     }
