@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tower_reuse_pool::{PoolControl, Target, TargetConfig};
@@ -55,6 +56,9 @@ struct TargetState {
     inputs: Inputs,
     inherited: Inherited,
     decisions: u64,
+    /// What the recent missed reuses ask of the idle timeout, and when
+    /// they last did.
+    miss_floor: Option<(Duration, Instant)>,
 }
 
 impl TargetState {
@@ -71,6 +75,7 @@ impl TargetState {
             inputs: Inputs::default(),
             inherited: Inherited::default(),
             decisions: 0,
+            miss_floor: None,
         }
     }
 }
@@ -249,10 +254,12 @@ impl Controller {
         }
         state.inherited = inherited(control, target, state.base.as_ref());
         let total = state.window.total();
+        state.miss_floor = miss_floor(state.miss_floor, &total, now, self.config.forget_after);
         let view = View {
             now,
             window: &total,
             connect_burst: state.window.busiest(|c| c.tls_full + c.tls_resumed),
+            miss_floor: state.miss_floor.map(|(floor, _)| floor),
             learned: &state.learned,
             periodic: periodic(&state.bursts, now),
             inherited: state.inherited,
@@ -427,6 +434,24 @@ impl std::fmt::Debug for Controller {
             .field("mode", &self.mode())
             .finish_non_exhaustive()
     }
+}
+
+/// The floor the missed reuses set under the idle timeout: raised to 1.5
+/// times their median gap while the window holds a few, kept for
+/// `forget_after` after the last, so that the timeout does not go down and
+/// back up as the window forgets them.
+fn miss_floor(
+    floor: Option<(Duration, Instant)>,
+    window: &crate::window::Bucket,
+    now: Instant,
+    forget_after: Duration,
+) -> Option<(Duration, Instant)> {
+    let floor = floor.filter(|&(_, at)| now.saturating_duration_since(at) < forget_after);
+    if window.missed.count() < crate::decide::MIN_MISSES {
+        return floor;
+    }
+    let asked = window.missed.quantile(0.5)?.mul_f64(1.5);
+    Some((floor.map_or(asked, |(f, _)| f.max(asked)), now))
 }
 
 /// The target's settings without the controller: its own (the base), its

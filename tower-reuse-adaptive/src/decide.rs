@@ -29,6 +29,10 @@ const PERIOD_STARTS: usize = 4;
 /// Each of those intervals within this share of their median.
 const PERIOD_TOLERANCE: f64 = 0.2;
 
+/// Missed reuses (demand connects after an expiry) in the window that set
+/// a floor under the idle timeout.
+pub(crate) const MIN_MISSES: u64 = 3;
+
 /// Shorter periods are not kept warm for: connections outlive such gaps.
 const MIN_PERIOD: Duration = Duration::from_millis(500);
 
@@ -148,6 +152,9 @@ pub(crate) struct View<'a> {
     pub(crate) window: &'a Bucket,
     /// The most TLS connects in one bucket of the window.
     pub(crate) connect_burst: u64,
+    /// The idle timeout that would have kept the connections a recent
+    /// demand connect replaced (a floor kept for a while after).
+    pub(crate) miss_floor: Option<Duration>,
     pub(crate) learned: &'a Learned,
     pub(crate) periodic: Option<Periodic>,
     pub(crate) inherited: Inherited,
@@ -169,6 +176,7 @@ pub(crate) fn decide(config: &AdaptiveConfig, view: &View<'_>) -> (Inputs, Vec<(
         period: view.periodic.map(|p| p.period),
         burst_peak: view.periodic.map(|p| p.peak),
         connect_burst: view.connect_burst,
+        miss_floor: view.miss_floor,
     };
     let mut changes = Vec::new();
     changes.extend(idle_timeout(config, view, &inputs));
@@ -206,18 +214,16 @@ fn idle_timeout(
         .map(|(limit, margin)| limit.saturating_sub(margin).max(config.idle_timeout_min));
     let knob = view.knobs.idle_timeout;
     let current = knob.current(view.inherited.idle_timeout);
-    // The gaps set the timeout once there are enough of them; a few are
-    // enough to lengthen it (a gap longer than the timeout cost a connect).
-    let gaps = view.window.gaps.count();
-    let workload = (gaps > 0)
-        .then(|| {
-            view.window
-                .gaps
-                .quantile(if gaps >= MIN_GAPS { 0.99 } else { 1.0 })
-        })
+    // The gaps set the timeout once there are enough of them, and never
+    // below what the recent missed reuses (gaps a connect paid for) ask.
+    let gaps = (view.window.gaps.count() >= MIN_GAPS)
+        .then_some(inputs.gap_p99)
         .flatten()
-        .map(|gap| gap.mul_f64(GAP_HEADROOM).max(KEEP_FLOOR))
-        .filter(|&w| gaps >= MIN_GAPS || current.is_some_and(|c| w > c));
+        .map(|gap| gap.mul_f64(GAP_HEADROOM).max(KEEP_FLOOR));
+    let workload = match (gaps, view.miss_floor) {
+        (Some(g), Some(m)) => Some(g.max(m)),
+        (g, m) => g.or(m),
+    };
     // With no opinion of the gaps, the timeout stays as it is.
     let (mut want, mut why) = match knob.ours {
         Some(ours) => (ours, Reason::IdleGaps),

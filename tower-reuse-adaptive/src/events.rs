@@ -104,8 +104,9 @@ pub enum Reason {
     /// [`Inputs::margin`].
     ServerIdleLimit,
     /// The idle gaps between a connection's requests
-    /// ([`Inputs::gap_p99`]): connections are kept as long as the
-    /// workload's gaps need, and no longer.
+    /// ([`Inputs::gap_p99`], and [`Inputs::miss_floor`] for the gaps a
+    /// connect paid for): connections are kept as long as the workload's
+    /// gaps need, and no longer.
     IdleGaps,
     /// The server closes a connection after this many requests
     /// ([`Inputs::request_limit`]): the pool retires it there and opens
@@ -165,6 +166,10 @@ pub struct Inputs {
     pub burst_peak: Option<usize>,
     /// The most TLS connects to the target in one tenth of the window.
     pub connect_burst: u64,
+    /// The idle timeout the recent missed reuses ask for: 1.5 times the
+    /// median idle gap of the connections that expired before a request
+    /// came that a connect then served (kept for `forget_after`).
+    pub miss_floor: Option<Duration>,
 }
 
 /// A change of one target's setting. See [`AdaptiveEvents`].

@@ -49,9 +49,11 @@ pub(crate) struct Live {
     requests: AtomicU64,
     errors: AtomicU64,
     pub(crate) wait: LiveHistogram,
-    /// Idle ages at which connections were reused, and those at which
-    /// expired connections would have been.
+    /// Idle ages at which connections were reused.
     pub(crate) gaps: LiveHistogram,
+    /// Idle ages at which connections closed at their idle timeout would
+    /// have been reused (a demand connect after the expiry).
+    pub(crate) missed: LiveHistogram,
     pub(crate) connect: LiveHistogram,
     pub(crate) latency: LiveHistogram,
     demand_connects: AtomicU64,
@@ -175,7 +177,7 @@ impl Live {
         }
         let now = Instant::now();
         if let Some(last_used) = self.lock().expired.pop_back() {
-            self.gaps.record(now.saturating_duration_since(last_used));
+            self.missed.record(now.saturating_duration_since(last_used));
         }
     }
 
@@ -276,6 +278,7 @@ impl Live {
         }
         self.wait.drain_into(&mut bucket.wait);
         self.gaps.drain_into(&mut bucket.gaps);
+        self.missed.drain_into(&mut bucket.missed);
         self.connect.drain_into(&mut bucket.connect);
         self.latency.drain_into(&mut bucket.latency);
         let mut rare = self.lock();
@@ -377,7 +380,7 @@ mod tests {
         live.connect_started(true);
         let mut bucket = Bucket::default();
         live.drain(&mut bucket, Instant::now() - Duration::from_secs(60));
-        assert_eq!(bucket.gaps.count(), 1);
-        assert!(bucket.gaps.quantile(1.0).unwrap() >= Duration::from_secs(5));
+        assert_eq!(bucket.missed.count(), 1);
+        assert!(bucket.missed.quantile(1.0).unwrap() >= Duration::from_secs(5));
     }
 }

@@ -442,3 +442,41 @@ async fn a_bursts_peak_counts_the_requests_waiting_for_a_connection() {
     }
     assert_eq!(rig.min_idle(), 16);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_pauses_longer_than_the_timeout_keeps_its_connections() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.steady(15, 8).await;
+    assert_eq!(rig.idle_timeout(), Some(Duration::from_secs(1)));
+    rig.noted.take();
+    // Busy a second, quiet two: the eight connections expire in each quiet
+    // spell and the next busy second opens them again, while thousands of
+    // reuses a millisecond apart fill the gaps' percentiles.
+    for _ in 0..20 {
+        let expired = rig
+            .idle_timeout()
+            .is_some_and(|t| t < Duration::from_secs(2));
+        rig.controller.with_live(&rig.target, |live| {
+            if expired {
+                for _ in 0..8 {
+                    live.closed(CloseReason::IdleTimeout, rig.idle_timeout(), 100);
+                }
+            }
+        });
+        rig.tick().await;
+        rig.tick().await;
+        rig.controller.with_live(&rig.target, |live| {
+            if expired {
+                for _ in 0..8 {
+                    live.connect_started(true);
+                }
+            }
+        });
+        rig.load(8, 100, Duration::from_millis(1));
+        rig.tick().await;
+    }
+    let idle = rig.idle_timeout().unwrap();
+    assert!(idle >= Duration::from_secs(2), "{idle:?}");
+    let changes = rig.noted.take();
+    assert!(changes.len() <= 2, "{changes:?}");
+}

@@ -67,6 +67,7 @@ pub(crate) struct Bucket {
     pub(crate) counts: Counts,
     pub(crate) wait: Histogram,
     pub(crate) gaps: Histogram,
+    pub(crate) missed: Histogram,
     pub(crate) connect: Histogram,
     pub(crate) latency: Histogram,
 }
@@ -76,6 +77,7 @@ impl Bucket {
         self.counts.merge(&other.counts);
         self.wait.merge(&other.wait);
         self.gaps.merge(&other.gaps);
+        self.missed.merge(&other.missed);
         self.connect.merge(&other.connect);
         self.latency.merge(&other.latency);
     }
