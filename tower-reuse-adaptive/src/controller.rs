@@ -172,11 +172,31 @@ impl Controller {
         let mut forgotten = Vec::new();
         {
             let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-            for (target, live) in &lives {
+            for (i, (target, live)) in lives.iter().enumerate() {
                 let state = states
                     .entry(target.clone())
                     .or_insert_with(|| TargetState::new(&self.config, now));
                 let forget_before = now.checked_sub(self.config.window).unwrap_or(now);
+                let ticks = self.ticks.load(Ordering::Relaxed);
+                if !live.is_touched() {
+                    // Quiet since the last tick: forgotten in time, and
+                    // looked at every tenth tick only, a tenth of them at
+                    // each tick (for what time alone
+                    // changes: a window emptying), unless it has warm
+                    // connections to release or settings to take back.
+                    if now.saturating_duration_since(state.last_active) >= self.config.forget_after
+                    {
+                        forgotten.push(target.clone());
+                    } else if state.pooled
+                        && ((ticks + i as u64) % 10 == 0
+                            || state.knobs.min_idle.ours.is_some()
+                            || (mode == Mode::Off && state.written.is_some()))
+                    {
+                        state.window.at(now);
+                        decisions.extend(self.decide_one(control, target, state, mode, now));
+                    }
+                    continue;
+                }
                 let bucket = state.window.at(now);
                 let before = (
                     bucket.counts.checkouts,
@@ -491,7 +511,16 @@ async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
         let Some(controller) = controller.upgrade() else {
             return;
         };
+        let t = std::time::Instant::now();
         controller.tick(now);
+        let e = t.elapsed();
+        if e > std::time::Duration::from_micros(500) {
+            eprintln!(
+                "TICK {:?} targets {}",
+                e,
+                controller.live.read().unwrap().len()
+            );
+        }
     }
 }
 

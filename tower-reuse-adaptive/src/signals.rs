@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -66,6 +66,9 @@ pub(crate) struct Live {
     refused: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     rare: Mutex<Rare>,
+    /// Something was recorded since the last drain: a quiet target costs
+    /// the controller's tick nothing.
+    touched: AtomicBool,
 }
 
 /// What the rare events leave for the controller.
@@ -95,8 +98,17 @@ pub(crate) struct Burst {
 }
 
 impl Live {
+    /// Mark the target as having news for the next tick (a load, and a
+    /// store only on the first event since the tick).
+    fn touch(&self) {
+        if !self.touched.load(Ordering::Relaxed) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// A request got a connection.
     pub(crate) fn checkout(&self, reused: bool, wait: Duration, idle_for: Option<Duration>) {
+        self.touch();
         self.checkouts.fetch_add(1, Ordering::Relaxed);
         if reused {
             self.reused.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +127,7 @@ impl Live {
 
     /// A request gave its connection back.
     pub(crate) fn checkin(&self) {
+        self.touch();
         let before = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -148,6 +161,7 @@ impl Live {
 
     /// A request through the layer went out.
     pub(crate) fn demand_started(&self) {
+        self.touch();
         let before = self.demand.fetch_add(1, Ordering::Relaxed);
         self.burst_demand.fetch_max(before + 1, Ordering::Relaxed);
     }
@@ -162,6 +176,7 @@ impl Live {
 
     /// A request through the layer ended, after `latency`.
     pub(crate) fn request(&self, latency: Duration, failed: bool) {
+        self.touch();
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -172,6 +187,7 @@ impl Live {
     /// A connect started: a demand connect after connections expired at the
     /// idle timeout tells how long one of them would have waited.
     pub(crate) fn connect_started(&self, demand: bool) {
+        self.touch();
         if !demand {
             return;
         }
@@ -182,6 +198,7 @@ impl Live {
     }
 
     pub(crate) fn connected(&self, demand: bool, duration: Duration, resumed: Option<bool>) {
+        self.touch();
         let count = if demand {
             &self.demand_connects
         } else {
@@ -197,11 +214,13 @@ impl Live {
     }
 
     pub(crate) fn connect_failed(&self) {
+        self.touch();
         self.connect_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection closed: what it says of the server's limits.
     pub(crate) fn closed(&self, reason: CloseReason, idle_for: Option<Duration>, served: u64) {
+        self.touch();
         if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
             self.closes[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -232,6 +251,7 @@ impl Live {
     /// A request found a reused connection the server had closed, taken
     /// after `idle_for` idle: the server's idle limit is at most that.
     pub(crate) fn stale(&self, idle_for: Option<Duration>) {
+        self.touch();
         self.stale.fetch_add(1, Ordering::Relaxed);
         if let Some(idle) = idle_for.filter(|d| *d >= IDLE_SAMPLE_FLOOR) {
             self.lock().idle_closes.push(idle);
@@ -239,10 +259,12 @@ impl Live {
     }
 
     pub(crate) fn retried(&self) {
+        self.touch();
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn refused(&self) {
+        self.touch();
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -251,10 +273,16 @@ impl Live {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether anything was recorded since the last drain.
+    pub(crate) fn is_touched(&self) -> bool {
+        self.touched.load(Ordering::Relaxed)
+    }
+
     /// Move everything recorded since the last drain into `bucket`; the
     /// samples of the server's limits are returned. `forget_before`: the
     /// expired connections last used before it can no longer be reused.
     pub(crate) fn drain(&self, bucket: &mut Bucket, forget_before: Instant) -> Samples {
+        self.touched.store(false, Ordering::Relaxed);
         let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
         let counts: &mut Counts = &mut bucket.counts;
         counts.checkouts += take(&self.checkouts);
