@@ -511,16 +511,7 @@ async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
         let Some(controller) = controller.upgrade() else {
             return;
         };
-        let t = std::time::Instant::now();
         controller.tick(now);
-        let e = t.elapsed();
-        if e > std::time::Duration::from_micros(500) {
-            eprintln!(
-                "TICK {:?} targets {}",
-                e,
-                controller.live.read().unwrap().len()
-            );
-        }
     }
 }
 
