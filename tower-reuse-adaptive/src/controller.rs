@@ -188,7 +188,7 @@ impl Controller {
                     {
                         forgotten.push(target.clone());
                     } else if state.pooled
-                        && ((ticks + i as u64) % 10 == 0
+                        && ((ticks + i as u64).is_multiple_of(10)
                             || state.knobs.min_idle.ours.is_some()
                             || (mode == Mode::Off && state.written.is_some()))
                     {
