@@ -23,7 +23,7 @@
 //! - **`min_idle_per_target`**: the recent bursts' peak, kept warm while
 //!   bursts come at a steady period with gaps longer than connections
 //!   live, and released at most half at a time when they stop;
-//! - with the `tls` feature and [`AdaptiveLayer::session_cache`], the
+//! - with the `tls` feature and `AdaptiveLayer::session_cache`, the
 //!   session cache's **tickets per server**: enough for every connection
 //!   of the largest recent connect burst to one server to resume.
 //!
