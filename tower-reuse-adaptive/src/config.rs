@@ -297,34 +297,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Durations in policy files: a number of seconds, or `"250ms"`, `"30s"`,
-/// `"5m"`; `"off"` only where the duration is optional.
+/// Durations in policy files: the pool's forms (`"250ms"`, `"30s"`, a
+/// number of seconds; `"off"` only where the duration is optional).
 #[cfg(feature = "serde")]
-mod secs {
-    use std::time::Duration;
-
-    use serde::de::{Deserialize, Deserializer, Error};
-
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Seconds(f64),
-        Text(String),
-    }
-
-    pub(super) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        optional(d)?.ok_or_else(|| D::Error::custom("this duration cannot be off"))
-    }
-
-    pub(super) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Form::deserialize(d)? {
-            Form::Seconds(s) => Duration::try_from_secs_f64(s)
-                .map(Some)
-                .map_err(|_| D::Error::custom(format!("{s} is not a valid number of seconds"))),
-            Form::Text(text) => tower_reuse_pool::parse_duration(&text).map_err(D::Error::custom),
-        }
-    }
-}
+use tower_reuse_pool::serde_duration as secs;
 
 #[cfg(test)]
 mod tests {

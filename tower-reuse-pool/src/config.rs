@@ -9,6 +9,8 @@ mod target;
 #[cfg(feature = "serde")]
 pub(crate) use duration::duration_opt;
 pub use duration::parse_duration;
+#[cfg(feature = "serde")]
+pub use duration::serde_duration;
 pub use target::TargetConfig;
 
 /// The pool's policy. Build it from [`PoolConfig::default`] with the by-value

@@ -108,6 +108,8 @@ pub mod tls;
 
 pub use body::PoolBody;
 pub use buffer::{BufferBody, BufferBodyLayer, BufferedBody};
+#[cfg(feature = "serde")]
+pub use config::serde_duration;
 pub use config::{ConfigError, PoolConfig, TargetConfig, parse_duration};
 pub use conn::{ConnId, Protocol, State, TlsHandshake};
 pub use connect::{Connect, ConnectError, Established};

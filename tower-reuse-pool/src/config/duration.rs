@@ -40,6 +40,46 @@ pub(crate) mod duration_opt {
     }
 }
 
+/// Durations in policy files, for `#[serde(deserialize_with = ...)]` in
+/// the other tower-reuse crates' configurations (and yours): the forms of
+/// [`parse_duration`], or a number of seconds.
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// use std::time::Duration;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Policy {
+///     #[serde(deserialize_with = "tower_reuse_pool::serde_duration::required")]
+///     tick: Duration,
+///     #[serde(deserialize_with = "tower_reuse_pool::serde_duration::optional")]
+///     timeout: Option<Duration>,
+/// }
+///
+/// let policy: Policy = toml::from_str("tick = \"250ms\"\ntimeout = \"off\"").unwrap();
+/// assert_eq!(policy.tick, Duration::from_millis(250));
+/// assert_eq!(policy.timeout, None);
+/// assert!(toml::from_str::<Policy>("tick = \"off\"\ntimeout = 1").is_err());
+/// # }
+/// ```
+#[cfg(feature = "serde")]
+pub mod serde_duration {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+    use serde::de::Error;
+
+    /// A duration that may be `"off"` (`None`).
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration_opt::deserialize(d)
+    }
+
+    /// A duration that may not be `"off"`.
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        optional(d)?.ok_or_else(|| D::Error::custom("this duration cannot be off"))
+    }
+}
+
 /// A duration a target may set (`Some`), in a policy file's forms.
 #[cfg(feature = "serde")]
 pub(crate) fn duration_override<'de, D: serde::Deserializer<'de>>(
