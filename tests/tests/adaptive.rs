@@ -311,3 +311,18 @@ async fn backpressure_passes_through_and_a_cancelled_request_is_not_left_in_flig
         "a clone took the readiness"
     );
 }
+
+/// Under the kill switch each request has a connection of its own: its
+/// end still reaches the controller, which counts nothing left in flight.
+#[tokio::test(start_paused = true)]
+async fn requests_under_the_kill_switch_end_for_the_controller_too() {
+    let config = PoolConfig::default().reuse(false);
+    let (mut client, _recorder, adaptive) = client(ServerOptions::default(), config, Mode::On);
+    for id in 0..5 {
+        one(&mut client, id).await;
+    }
+    settle().await;
+    adaptive.handle().tick();
+    let estimates = adaptive.handle().snapshot();
+    assert_eq!(estimates.target(&target()).expect("tracked").in_flight, 0);
+}

@@ -237,6 +237,9 @@ impl<B> TargetPool<B> {
         };
         let now = Instant::now();
         let mut fx = Effects::new();
+        // Its request gave it back (a hook counting requests in flight
+        // sees the end of every checkout), and it closes.
+        fx.checkin = Some((life.id, false));
         fx.close(&mut life, CloseReason::KillSwitch, now);
         {
             let mut state = self.lock();
