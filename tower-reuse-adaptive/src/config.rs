@@ -156,7 +156,7 @@ knobs! {
     max_step, get_max_step: usize;
     /// The most one decision multiplies or divides the idle timeout by
     /// (a lowering for a server's observed closes excepted). Defaults to 8;
-    /// above 1.
+    /// above 1, at most 1 000.
     max_factor, get_max_factor: f64;
     /// The most connections the controller keeps warm ahead of a periodic
     /// burst, per target. Defaults to 256.
@@ -227,8 +227,11 @@ impl AdaptiveConfig {
         if self.max_step == 0 {
             return Err(ConfigError::new("max_step", "must be at least 1"));
         }
-        if !(self.max_factor > 1.0 && self.max_factor.is_finite()) {
-            return Err(ConfigError::new("max_factor", "must be above 1 and finite"));
+        if !(self.max_factor > 1.0 && self.max_factor <= 1000.0) {
+            return Err(ConfigError::new(
+                "max_factor",
+                "must be above 1 and at most 1000",
+            ));
         }
         if self.idle_timeout_min.is_zero() {
             return Err(ConfigError::new("idle_timeout_min", "must be above zero"));
@@ -323,6 +326,7 @@ mod tests {
             (d().max_factor(1.0), "max_factor"),
             (d().max_factor(f64::INFINITY), "max_factor"),
             (d().max_factor(f64::NAN), "max_factor"),
+            (d().max_factor(1e20), "max_factor"),
             (
                 d().idle_timeout_bounds(Duration::ZERO, None),
                 "idle_timeout_min",

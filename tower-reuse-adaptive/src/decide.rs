@@ -273,7 +273,7 @@ fn idle_timeout(
     let stepped = if to < from {
         to.max(from.div_f64(config.max_factor))
     } else {
-        to.min(from.mul_f64(config.max_factor))
+        to.min(Duration::try_from_secs_f64(from.as_secs_f64() * config.max_factor).unwrap_or(to))
     };
     Some((change(Some(stepped)), why))
 }

@@ -28,22 +28,35 @@ pub(crate) struct Learned {
 impl Learned {
     /// Take in a drain's samples.
     pub(crate) fn observe(&mut self, samples: &Samples) {
-        for &idle in &samples.idle_closes {
+        if !is_mass_close(&samples.idle_closes) {
+            self.observe_idle(&samples.idle_closes);
+        }
+        self.observe_requests(&samples.request_closes);
+    }
+
+    fn observe_idle(&mut self, idle_closes: &[Duration]) {
+        for &idle in idle_closes {
             if self.idle_closes.len() == IDLE_KEPT {
                 self.idle_closes.pop_front();
             }
             self.idle_closes.push_back(idle);
         }
-        if !samples.idle_closes.is_empty() {
+        if !idle_closes.is_empty() {
             self.idle_limit = self.idle_estimate();
         }
-        for &served in &samples.request_closes {
+    }
+
+    fn observe_requests(&mut self, request_closes: &[u64]) {
+        for &served in request_closes {
             if self.request_closes.len() == REQUEST_AGREE {
                 self.request_closes.pop_front();
             }
             self.request_closes.push_back(served);
             let first = self.request_closes[0];
-            if self.request_closes.len() == REQUEST_AGREE
+            // One request per connection is what error pages closing
+            // their connection look like, not a limit to keep.
+            if first > 1
+                && self.request_closes.len() == REQUEST_AGREE
                 && self.request_closes.iter().all(|&n| n == first)
             {
                 self.request_limit = Some(first);
@@ -61,6 +74,19 @@ impl Learned {
         sorted.get(at).copied()
     }
 }
+
+/// Many idle connections closed by the server within one tick at idle ages
+/// far apart: a restart, a reload or a server shedding connections, not an
+/// idle timeout (whose closes come at one age).
+fn is_mass_close(idle_closes: &[Duration]) -> bool {
+    let (Some(min), Some(max)) = (idle_closes.iter().min(), idle_closes.iter().max()) else {
+        return false;
+    };
+    idle_closes.len() >= MASS_CLOSE && *max > min.mul_f64(1.5)
+}
+
+/// Idle closes in one tick that may be a mass close.
+const MASS_CLOSE: usize = 4;
 
 /// How far below the server's idle limit the pool closes: the time a
 /// request needs to reach the server (at most the connect time, which
@@ -109,6 +135,29 @@ mod tests {
         assert_eq!(learned.request_limit, Some(10));
         learned.observe(&served(&[7, 3]));
         assert_eq!(learned.request_limit, Some(10));
+    }
+
+    #[test]
+    fn a_mass_close_at_scattered_ages_is_not_an_idle_limit() {
+        let mut learned = Learned::default();
+        learned.observe(&idle(&[1004]));
+        // A restart: every idle connection at once, whatever its age.
+        learned.observe(&idle(&[120, 340, 560, 900, 1003]));
+        assert_eq!(learned.idle_limit, Some(Duration::from_millis(1004)));
+        // Many closes at one age are the limit (the one close before them
+        // is outvoted).
+        learned.observe(&idle(&[2001, 2003, 2002, 2004, 2001]));
+        assert_eq!(learned.idle_limit, Some(Duration::from_millis(2001)));
+    }
+
+    #[test]
+    fn connections_closed_after_one_request_teach_no_limit() {
+        let mut learned = Learned::default();
+        learned.observe(&Samples {
+            request_closes: vec![1, 1, 1],
+            ..Samples::default()
+        });
+        assert_eq!(learned.request_limit, None);
     }
 
     #[test]

@@ -226,11 +226,14 @@ impl Live {
         }
         let idle_sample = idle_for.filter(|d| *d >= IDLE_SAMPLE_FLOOR);
         let after_response = idle_for.is_some_and(|d| d < IDLE_SAMPLE_FLOOR);
+        // An HTTP/2 server ends a connection with GOAWAY where an HTTP/1.1
+        // one closes it.
+        let server = matches!(reason, CloseReason::ServerClosed | CloseReason::GoAway);
         match reason {
-            CloseReason::ServerClosed if idle_sample.is_some() => {
+            _ if server && idle_sample.is_some() => {
                 self.lock().idle_closes.extend(idle_sample);
             }
-            CloseReason::ServerClosed if after_response && served > 0 => {
+            _ if server && after_response && served > 0 => {
                 self.lock().request_closes.push(served);
             }
             CloseReason::ServerHint if served > 0 => self.lock().request_closes.push(served),
@@ -389,15 +392,21 @@ mod tests {
         live.closed(CloseReason::ServerHint, None, 10);
         live.closed(CloseReason::ServerClosed, None, 4); // mid-request: neither
         live.stale(Some(Duration::from_millis(990)));
+        // HTTP/2: a GOAWAY on an idle connection.
+        live.closed(CloseReason::GoAway, Some(Duration::from_millis(995)), 7);
         let mut bucket = Bucket::default();
         let samples = live.drain(&mut bucket, Instant::now());
         assert_eq!(
             samples.idle_closes,
-            [Duration::from_millis(1000), Duration::from_millis(990)]
+            [
+                Duration::from_millis(1000),
+                Duration::from_millis(990),
+                Duration::from_millis(995)
+            ]
         );
         assert_eq!(samples.request_closes, [10, 10]);
         assert_eq!(bucket.counts.stale, 1);
-        assert_eq!(bucket.counts.closes.iter().sum::<u64>(), 4);
+        assert_eq!(bucket.counts.closes.iter().sum::<u64>(), 5);
     }
 
     #[tokio::test(start_paused = true)]
