@@ -185,6 +185,7 @@ impl Controller {
                     // changes: a window emptying), unless it has warm
                     // connections to release or settings to take back.
                     if now.saturating_duration_since(state.last_active) >= self.config.forget_after
+                        && !is_held(live)
                     {
                         forgotten.push(target.clone());
                     } else if state.pooled
@@ -215,7 +216,9 @@ impl Controller {
                 state.pooled |= before.0 != after.0 || before.2 != after.2;
                 state.learned.observe(&samples);
                 state.bursts = samples;
-                if now.saturating_duration_since(state.last_active) >= self.config.forget_after {
+                if now.saturating_duration_since(state.last_active) >= self.config.forget_after
+                    && !is_held(live)
+                {
                     forgotten.push(target.clone());
                     continue;
                 }
@@ -294,7 +297,13 @@ impl Controller {
             return Vec::new();
         }
         for (change, _) in &changes {
-            state.knobs.record(*change, &state.inherited, now);
+            if mode == Mode::On {
+                state.knobs.record(*change, &state.inherited, now);
+            } else {
+                // Observing: the pool keeps what it has, and the same
+                // decision is told again only after a cool-down.
+                state.knobs.cool(*change, now);
+            }
         }
         let applied = mode == Mode::On && self.write(control, target, state);
         state.decisions += changes.len() as u64;
@@ -454,6 +463,13 @@ impl std::fmt::Debug for Controller {
             .field("mode", &self.mode())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a service handle of the layer holds `live` (its last target's
+/// signals, besides the map's and the tick's): such a target is in use
+/// and not forgotten, or the handle would write into signals no one reads.
+fn is_held(live: &Arc<Live>) -> bool {
+    Arc::strong_count(live) > 2
 }
 
 /// The floor the missed reuses set under the idle timeout: raised to 1.5

@@ -91,6 +91,18 @@ impl Knobs {
             Change::TlsTickets { .. } => {}
         }
     }
+
+    /// Start `change`'s knob's cool-down without changing it (a decision
+    /// observed, not applied).
+    pub(crate) fn cool(&mut self, change: Change, now: Instant) {
+        let at = Some(now);
+        match change {
+            Change::IdleTimeout { .. } => self.idle_timeout.changed_at = at,
+            Change::MinIdle { .. } => self.min_idle.changed_at = at,
+            Change::MaxRequests { .. } => self.max_requests.changed_at = at,
+            Change::TlsTickets { .. } => {}
+        }
+    }
 }
 
 /// What a target has without the controller. A knob the operator set on

@@ -281,6 +281,22 @@ async fn observe_only_freezes_and_off_takes_every_setting_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn back_on_after_observing_applies_what_was_decided() {
+    let rig = rig(AdaptiveConfig::default().mode(Mode::Observe));
+    rig.steady(10, 4).await;
+    rig.server_closed_idle(Duration::from_millis(1000));
+    rig.steady(2, 4).await;
+    assert_eq!(rig.control.target_config(&rig.target), None);
+    assert!(rig.noted.take().iter().all(|d| !d.applied()));
+    rig.controller.set_mode(Mode::On);
+    rig.steady(6, 4).await;
+    let idle = rig.idle_timeout().unwrap();
+    assert!(idle <= Duration::from_millis(900), "{idle:?}");
+    let applied = rig.noted.take();
+    assert!(applied.iter().any(|d| d.applied()), "{applied:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn operator_bounds_and_own_settings_are_never_crossed() {
     let config = AdaptiveConfig::default()
         .idle_timeout_bounds(Duration::from_millis(800), None)
@@ -479,4 +495,24 @@ async fn a_load_that_pauses_longer_than_the_timeout_keeps_its_connections() {
     assert!(idle >= Duration::from_secs(2), "{idle:?}");
     let changes = rig.noted.take();
     assert!(changes.len() <= 2, "{changes:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_a_service_handle_holds_is_not_forgotten() {
+    let config = AdaptiveConfig::default()
+        .window(Duration::from_secs(10))
+        .forget_after(Duration::from_secs(20));
+    let rig = rig(config);
+    rig.steady(10, 4).await;
+    // A service handle keeps its last target's signals.
+    let held = rig.controller.live_of(&rig.target).unwrap();
+    for _ in 0..25 {
+        rig.tick().await;
+    }
+    assert_eq!(rig.controller.snapshot().tracked, 1);
+    drop(held);
+    for _ in 0..10 {
+        rig.tick().await;
+    }
+    assert_eq!(rig.controller.snapshot().tracked, 0);
 }
