@@ -261,6 +261,10 @@ pub struct RunResult {
     /// this run (every worker's own in `keepalive-race`), in time order;
     /// `reuse-static`'s controller is off and decides nothing.
     pub decisions: Vec<DecisionRecord>,
+    /// `reuse`, `reuse-static`: the most decisions for one target within
+    /// any 10 s of the run (warm-up and load changes included, so at least
+    /// what any 10 s of steady load saw); `null` for other stacks.
+    pub max_decisions_per_10s: Option<u64>,
 }
 
 /// One service's figures in a scenario with several.

@@ -11,7 +11,7 @@ use crate::relay::Relay;
 use crate::results::RunResult;
 use crate::scenarios::SHIFT_LOW_WORKERS;
 use crate::server::{OpenSample, Server};
-use crate::stacks::Stack;
+use crate::stacks::{DecisionRecord, Stack};
 
 /// How long after `shift`'s step down its open connections are counted
 /// (`connections_5s_after_step_down`).
@@ -30,6 +30,26 @@ pub(super) async fn relays(server: &Server, delay: Duration) -> io::Result<Vec<R
 pub(super) fn relayed_url(server: &Server, relay: &Relay) -> String {
     let scheme = if server.is_tls() { "https" } else { "http" };
     format!("{scheme}://{}", relay.addr())
+}
+
+/// The most decisions for one target within any 10 s.
+fn most_in_10s(decisions: &[DecisionRecord]) -> u64 {
+    let mut targets: Vec<&str> = decisions.iter().map(|d| d.target.as_str()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut most = 0;
+    for target in targets {
+        let times: Vec<f64> = decisions
+            .iter()
+            .filter(|d| d.target == target)
+            .map(|d| d.at_s)
+            .collect();
+        for (i, start) in times.iter().enumerate() {
+            let within = times[i..].iter().take_while(|&&t| t < start + 10.0).count();
+            most = most.max(within as u64);
+        }
+    }
+    most
 }
 
 /// The pool's counters before the measured load.
@@ -53,6 +73,9 @@ pub(super) fn figures(row: &mut RunResult, load: &Load, stack: &Stack, before: &
         .stale_skips()
         .map(|now| now.saturating_sub(before.stale_skips.unwrap_or(0)));
     row.decisions = stack.decisions();
+    if stack.prewarm().is_some() {
+        row.max_decisions_per_10s = Some(most_in_10s(&row.decisions));
+    }
     if let Some(ahead) = stack.replacements() {
         row.replacements_opened = Some(ahead.opened);
         row.replacements_served = Some(ahead.served);
@@ -111,6 +134,34 @@ fn settled(samples: &[OpenSample], from: f64, to: f64, goal: u64) -> Option<f64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decision(target: &str, at_s: f64) -> DecisionRecord {
+        DecisionRecord {
+            at_s,
+            target: target.to_owned(),
+            knob: "idle_timeout",
+            from: None,
+            to: None,
+            reason: "idle_gaps",
+            applied: true,
+        }
+    }
+
+    /// Per target, within a sliding 10 s: three decisions of one target
+    /// 9 s apart count together, two targets' never do.
+    #[test]
+    fn most_decisions_in_10s_is_per_target_and_sliding() {
+        let decisions = [
+            decision("a", 1.0),
+            decision("b", 1.5),
+            decision("a", 5.0),
+            decision("a", 10.0),
+            decision("a", 11.5),
+            decision("b", 2.0),
+        ];
+        assert_eq!(most_in_10s(&decisions), 3);
+        assert_eq!(most_in_10s(&[]), 0);
+    }
 
     fn trace(points: &[(f64, u64)]) -> Vec<OpenSample> {
         points

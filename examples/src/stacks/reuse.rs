@@ -120,6 +120,8 @@ impl DecisionLog {
 pub struct DecisionRecord {
     /// Seconds from the stack's start (just before its load).
     pub at_s: f64,
+    /// The target (`scheme://authority`, with its endpoint's address).
+    pub target: String,
     /// The setting: `idle_timeout`, `min_idle_per_target`,
     /// `max_requests_per_connection` or `tickets_per_server`.
     pub knob: &'static str,
@@ -146,6 +148,7 @@ impl AdaptiveEvents for DecisionLog {
         };
         let record = DecisionRecord {
             at_s: self.start.elapsed().as_secs_f64(),
+            target: decision.target().to_string(),
             knob: decision.change().knob(),
             from,
             to,
