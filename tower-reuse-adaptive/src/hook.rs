@@ -15,9 +15,11 @@ use crate::controller::Controller;
 /// with another hook as `(hook, adaptive.pool_events())`). Without it the
 /// controller sees no connection and tunes nothing.
 ///
-/// Per request it costs a read lock of the target map and a few relaxed
-/// atomic adds; a lock of the target's own state only at a burst's start
-/// and end, a connect and a close.
+/// Per request it costs two lookups in the target map (a read lock and a
+/// hash each, at checkout and check-in) and about a dozen relaxed atomic
+/// operations; a lock of the target's own state at a connect, a close, and
+/// when in-flight requests go from none to one and back (every request of
+/// a sequential client).
 #[derive(Clone, Debug)]
 pub struct AdaptivePoolEvents {
     pub(crate) controller: Arc<Controller>,
