@@ -516,3 +516,84 @@ async fn a_target_a_service_handle_holds_is_not_forgotten() {
     }
     assert_eq!(rig.controller.snapshot().tracked, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_changes_are_bounded_in_step_and_a_cool_down_apart() {
+    let rig = rig(AdaptiveConfig::default());
+    let mut changed_at = Vec::new();
+    for tick in 0..30 {
+        rig.steady(1, 8).await;
+        for decision in rig.noted.take() {
+            let Change::IdleTimeout {
+                from: Some(from),
+                to: Some(to),
+            } = decision.change()
+            else {
+                panic!("{decision:?}");
+            };
+            // At most 8 times shorter per decision (`max_factor`).
+            assert!(to >= from / 8, "{from:?} -> {to:?}");
+            changed_at.push(tick);
+        }
+    }
+    assert_eq!(rig.idle_timeout(), Some(Duration::from_secs(1)));
+    assert!(changed_at.len() >= 2, "{changed_at:?}");
+    for pair in changed_at.windows(2) {
+        assert!(pair[1] - pair[0] >= 5, "{changed_at:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_connections_rise_by_max_step_and_not_within_the_dead_band() {
+    let rig = rig(AdaptiveConfig::default().max_step(8));
+    rig.server_closed_idle(Duration::from_secs(2));
+    bursts(&rig, 32, Duration::from_secs(3), 5).await;
+    let raised: Vec<_> = rig
+        .noted
+        .take()
+        .into_iter()
+        .filter_map(|d| match d.change() {
+            Change::MinIdle { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(raised.first(), Some(&(0, 8)), "{raised:?}");
+    for (from, to) in &raised {
+        assert!(to - from <= 8, "{raised:?}");
+    }
+    // Up to the peak, a cool-down at a time.
+    bursts(&rig, 32, Duration::from_secs(3), 10).await;
+    assert_eq!(rig.min_idle(), 32);
+    rig.noted.take();
+    // Bursts a little larger (36 against 32: within the dead band).
+    bursts(&rig, 36, Duration::from_secs(3), 8).await;
+    assert_eq!(rig.min_idle(), 32);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operators_longest_idle_timeout_caps_the_controllers() {
+    let config = AdaptiveConfig::default()
+        .idle_timeout_bounds(Duration::from_millis(100), Some(Duration::from_secs(20)));
+    let rig = rig(config);
+    rig.steady(2, 2).await;
+    // Missed reuses 30 s apart ask for 45 s; the bound says 20.
+    for _ in 0..4 {
+        rig.controller.with_live(&rig.target, |live| {
+            for _ in 0..3 {
+                live.closed(CloseReason::IdleTimeout, Some(Duration::from_secs(20)), 1);
+            }
+        });
+        for _ in 0..10 {
+            rig.tick().await;
+        }
+        rig.controller.with_live(&rig.target, |live| {
+            for _ in 0..3 {
+                live.connect_started(true);
+            }
+        });
+    }
+    for _ in 0..10 {
+        rig.tick().await;
+    }
+    assert_eq!(rig.idle_timeout(), Some(Duration::from_secs(20)));
+}
