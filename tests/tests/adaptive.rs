@@ -326,3 +326,23 @@ async fn requests_under_the_kill_switch_end_for_the_controller_too() {
     let estimates = adaptive.handle().snapshot();
     assert_eq!(estimates.target(&target()).expect("tracked").in_flight, 0);
 }
+
+/// A server error counts against the target's success rate, as an error
+/// does; a 404 does not.
+#[tokio::test(start_paused = true)]
+async fn server_errors_count_against_the_success_rate() {
+    for (status, rate) in [(503, 0.0), (404, 1.0)] {
+        let options = ServerOptions {
+            status: Some(status),
+            ..ServerOptions::default()
+        };
+        let (mut client, _recorder, adaptive) = client(options, PoolConfig::default(), Mode::On);
+        for id in 0..4 {
+            one(&mut client, id).await;
+        }
+        adaptive.handle().tick();
+        let estimates = adaptive.handle().snapshot();
+        let target = estimates.target(&target()).expect("tracked");
+        assert_eq!(target.success_rate, Some(rate), "status {status}");
+    }
+}

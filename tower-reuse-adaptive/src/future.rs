@@ -48,17 +48,22 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+/// A request fails for the controller when it errors or its status is a
+/// server error (5xx).
+impl<F, B, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<B>, E>>,
 {
-    type Output = Result<T, E>;
+    type Output = Result<http::Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         if let Some(noted) = this.noted.take() {
-            noted.live.request(noted.start.elapsed(), result.is_err());
+            let failed = result
+                .as_ref()
+                .map_or(true, |response| response.status().is_server_error());
+            noted.live.request(noted.start.elapsed(), failed);
         }
         Poll::Ready(result)
     }

@@ -71,9 +71,9 @@ impl<S> PoolHandle for Adaptive<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Adaptive<S>
+impl<S, B, RB> Service<Request<B>> for Adaptive<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = http::Response<RB>>,
 {
     type Response = S::Response;
     type Error = S::Error;

@@ -47,8 +47,8 @@ pub struct TargetEstimates {
     pub in_flight: usize,
     /// The most requests in flight at once.
     pub peak: usize,
-    /// Requests through the layer that got a response, of all that ended
-    /// (none through the layer: `None`).
+    /// Requests through the layer that got a response other than a server
+    /// error (5xx), of all that ended (none through the layer: `None`).
     pub success_rate: Option<f64>,
     /// Median time to the response head, through the layer.
     pub latency_p50: Option<Duration>,
