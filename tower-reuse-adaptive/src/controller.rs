@@ -465,11 +465,13 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-/// Whether a service handle of the layer holds `live` (its last target's
-/// signals, besides the map's and the tick's): such a target is in use
-/// and not forgotten, or the handle would write into signals no one reads.
+/// Whether `live`'s target is in use: a service handle of the layer holds
+/// its signals (its last target's, besides the map's and the tick's), or a
+/// request is on one of its connections (one longer than `forget_after`).
+/// Such a target is not forgotten, or its signals would go where no one
+/// reads them.
 fn is_held(live: &Arc<Live>) -> bool {
-    Arc::strong_count(live) > 2
+    Arc::strong_count(live) > 2 || live.in_flight() > 0
 }
 
 /// The floor the missed reuses set under the idle timeout: raised to 1.5

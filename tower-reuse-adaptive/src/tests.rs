@@ -511,6 +511,18 @@ async fn a_target_a_service_handle_holds_is_not_forgotten() {
     }
     assert_eq!(rig.controller.snapshot().tracked, 1);
     drop(held);
+    // A request longer than `forget_after` keeps it too.
+    rig.controller.with_live(&rig.target, |live| {
+        live.checkout(true, Duration::ZERO, None)
+    });
+    for _ in 0..25 {
+        rig.tick().await;
+    }
+    assert_eq!(rig.controller.snapshot().tracked, 1);
+    rig.controller.with_live(&rig.target, |live| live.checkin());
+    for _ in 0..25 {
+        rig.tick().await;
+    }
     for _ in 0..10 {
         rig.tick().await;
     }
