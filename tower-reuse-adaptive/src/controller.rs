@@ -173,9 +173,14 @@ impl Controller {
         {
             let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
             for (i, (target, live)) in lives.iter().enumerate() {
-                let state = states
-                    .entry(target.clone())
-                    .or_insert_with(|| TargetState::new(&self.config, now));
+                // The key is cloned once, when the target is new: not at
+                // every tick.
+                if !states.contains_key(target) {
+                    states.insert(target.clone(), TargetState::new(&self.config, now));
+                }
+                let Some(state) = states.get_mut(target) else {
+                    continue;
+                };
                 let forget_before = now.checked_sub(self.config.window).unwrap_or(now);
                 let ticks = self.ticks.load(Ordering::Relaxed);
                 if !live.is_touched() {
