@@ -98,6 +98,24 @@ impl Rig {
         });
     }
 
+    /// `n` connections expire idle `idle`; `ticks` ticks later, `n` demand
+    /// connects would have reused them (missed reuses).
+    async fn missed_reuses(&self, n: usize, idle: Option<Duration>, ticks: usize) {
+        self.controller.with_live(&self.target, |live| {
+            for _ in 0..n {
+                live.closed(CloseReason::IdleTimeout, idle, 1);
+            }
+        });
+        for _ in 0..ticks {
+            self.tick().await;
+        }
+        self.controller.with_live(&self.target, |live| {
+            for _ in 0..n {
+                live.connect_started(true);
+            }
+        });
+    }
+
     async fn tick(&self) {
         advance(TICK).await;
         self.controller.tick(Instant::now());
@@ -338,14 +356,8 @@ async fn sparse_requests_raise_a_short_idle_timeout_and_then_hold() {
     // Now one request every 4 s: each finds its connection expired, and
     // its demand connect tells the gap it would have had.
     for _ in 0..30 {
+        rig.missed_reuses(1, Some(Duration::from_secs(1)), 4).await;
         rig.controller.with_live(&rig.target, |live| {
-            live.closed(CloseReason::IdleTimeout, Some(Duration::from_secs(1)), 1);
-        });
-        for _ in 0..4 {
-            rig.tick().await;
-        }
-        rig.controller.with_live(&rig.target, |live| {
-            live.connect_started(true);
             live.checkout(false, Duration::ZERO, None);
             live.checkin();
         });
@@ -356,12 +368,16 @@ async fn sparse_requests_raise_a_short_idle_timeout_and_then_hold() {
     assert!(raised.len() <= 3, "{raised:?}");
 }
 
+/// Targets forgotten after 20 s of quiet.
+fn forgetful() -> AdaptiveConfig {
+    AdaptiveConfig::default()
+        .window(Duration::from_secs(10))
+        .forget_after(Duration::from_secs(20))
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_quiet_target_is_forgotten_with_its_settings() {
-    let config = AdaptiveConfig::default()
-        .window(Duration::from_secs(10))
-        .forget_after(Duration::from_secs(20));
-    let rig = rig(config);
+    let rig = rig(forgetful());
     rig.steady(10, 4).await;
     assert!(rig.control.target_config(&rig.target).is_some());
     for _ in 0..25 {
@@ -472,22 +488,8 @@ async fn a_load_that_pauses_longer_than_the_timeout_keeps_its_connections() {
         let expired = rig
             .idle_timeout()
             .is_some_and(|t| t < Duration::from_secs(2));
-        rig.controller.with_live(&rig.target, |live| {
-            if expired {
-                for _ in 0..8 {
-                    live.closed(CloseReason::IdleTimeout, rig.idle_timeout(), 100);
-                }
-            }
-        });
-        rig.tick().await;
-        rig.tick().await;
-        rig.controller.with_live(&rig.target, |live| {
-            if expired {
-                for _ in 0..8 {
-                    live.connect_started(true);
-                }
-            }
-        });
+        let missed = if expired { 8 } else { 0 };
+        rig.missed_reuses(missed, rig.idle_timeout(), 2).await;
         rig.load(8, 100, Duration::from_millis(1));
         rig.tick().await;
     }
@@ -499,10 +501,7 @@ async fn a_load_that_pauses_longer_than_the_timeout_keeps_its_connections() {
 
 #[tokio::test(start_paused = true)]
 async fn a_target_a_service_handle_holds_is_not_forgotten() {
-    let config = AdaptiveConfig::default()
-        .window(Duration::from_secs(10))
-        .forget_after(Duration::from_secs(20));
-    let rig = rig(config);
+    let rig = rig(forgetful());
     rig.steady(10, 4).await;
     // A service handle keeps its last target's signals.
     let held = rig.controller.live_of(&rig.target).unwrap();
@@ -590,19 +589,8 @@ async fn the_operators_longest_idle_timeout_caps_the_controllers() {
     rig.steady(2, 2).await;
     // Missed reuses 30 s apart ask for 45 s; the bound says 20.
     for _ in 0..4 {
-        rig.controller.with_live(&rig.target, |live| {
-            for _ in 0..3 {
-                live.closed(CloseReason::IdleTimeout, Some(Duration::from_secs(20)), 1);
-            }
-        });
-        for _ in 0..10 {
-            rig.tick().await;
-        }
-        rig.controller.with_live(&rig.target, |live| {
-            for _ in 0..3 {
-                live.connect_started(true);
-            }
-        });
+        rig.missed_reuses(3, Some(Duration::from_secs(20)), 10)
+            .await;
     }
     for _ in 0..10 {
         rig.tick().await;
