@@ -46,8 +46,8 @@ struct TargetState {
     /// The bursts as last drained.
     bursts: Samples,
     last_active: Instant,
-    /// Whether the pool has told anything of it (a target seen only by
-    /// the request path, over an affinity layer, has no settings to tune).
+    /// Whether the pool serves it (a service's target over a router such
+    /// as the affinity layer has no connections: its endpoints do).
     pooled: bool,
     /// The target's own settings as the controller last wrote them, and
     /// what they were without the controller's knobs.
@@ -109,7 +109,11 @@ impl Controller {
 
     /// Run `f` on `target`'s live signals, tracking it if it is new and
     /// the cap allows.
-    pub(crate) fn with_live<R>(&self, target: &Target, f: impl FnOnce(&Live) -> R) -> Option<R> {
+    pub(crate) fn with_live<R>(
+        self: &Arc<Self>,
+        target: &Target,
+        f: impl FnOnce(&Live) -> R,
+    ) -> Option<R> {
         {
             let live = self.live.read().unwrap_or_else(|e| e.into_inner());
             if let Some(signals) = live.get(target) {
@@ -120,7 +124,7 @@ impl Controller {
     }
 
     /// `target`'s live signals, tracked from now if the cap allows.
-    pub(crate) fn live_of(&self, target: &Target) -> Option<Arc<Live>> {
+    pub(crate) fn live_of(self: &Arc<Self>, target: &Target) -> Option<Arc<Live>> {
         {
             let live = self.live.read().unwrap_or_else(|e| e.into_inner());
             if let Some(signals) = live.get(target) {
@@ -130,7 +134,7 @@ impl Controller {
         self.track(target)
     }
 
-    fn track(&self, target: &Target) -> Option<Arc<Live>> {
+    fn track(self: &Arc<Self>, target: &Target) -> Option<Arc<Live>> {
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         if let Some(signals) = live.get(target) {
             return Some(signals.clone());
@@ -139,7 +143,7 @@ impl Controller {
             self.untracked.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let signals = Arc::new(Live::default());
+        let signals = Arc::new(Live::tracked(target.clone(), Arc::downgrade(self)));
         live.insert(target.clone(), signals.clone());
         Some(signals)
     }
@@ -218,7 +222,14 @@ impl Controller {
                 if before != after || live.in_flight() > 0 {
                     state.last_active = now;
                 }
-                state.pooled |= before.0 != after.0 || before.2 != after.2;
+                // Its connections are the pool's, or the requests in flight
+                // wait for them; unless a router below sends its requests
+                // to endpoints (targets of their own).
+                state.pooled = (state.pooled
+                    || before.0 != after.0
+                    || before.2 != after.2
+                    || live.in_flight() > 0)
+                    && !live.routes();
                 state.learned.observe(&samples);
                 state.bursts = samples;
                 if now.saturating_duration_since(state.last_active) >= self.config.forget_after
@@ -538,8 +549,8 @@ async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
     }
 }
 
-/// The target map's hasher, looked up twice per request by the pool's
-/// hook: a multiply and rotate per word (as rustc's own maps hash) rather
+/// The target map's hasher, looked up at each of the pool's rare events
+/// and when a service handle's target changes: a multiply and rotate per word (as rustc's own maps hash) rather
 /// than SipHash, whose resistance to chosen keys the map does not need
 /// (at most `max_targets` entries, each one of the client's own targets).
 #[derive(Default)]

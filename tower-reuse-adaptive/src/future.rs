@@ -1,5 +1,5 @@
-//! The response future: notes the request's time to its response head and
-//! whether it failed.
+//! The response future: notes the request's time to its response head,
+//! whether it failed, and what the pool says of its connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+
+use tower_reuse_pool::ConnectionInfo;
 
 use crate::signals::Live;
 
@@ -21,27 +23,32 @@ pin_project! {
     }
 }
 
-/// A request counted in its target's demand until its response head, its
-/// failure or its drop.
+/// A request counted in its target's in-flight requests until its
+/// response head, its failure or its drop.
 #[derive(Debug)]
 struct Noted {
     live: Arc<Live>,
     start: Instant,
+    ended: bool,
 }
 
 impl Drop for Noted {
     fn drop(&mut self) {
-        self.live.demand_ended();
+        if !self.ended {
+            self.live.ended(Instant::now());
+        }
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, live: Option<Arc<Live>>) -> Self {
         let noted = live.map(|live| {
-            live.demand_started();
+            let start = Instant::now();
+            live.started(start);
             Noted {
                 live,
-                start: Instant::now(),
+                start,
+                ended: false,
             }
         });
         ResponseFuture { inner, noted }
@@ -59,11 +66,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some(noted) = this.noted.take() {
-            let failed = result
-                .as_ref()
-                .map_or(true, |response| response.status().is_server_error());
-            noted.live.request(noted.start.elapsed(), failed);
+        if let Some(mut noted) = this.noted.take() {
+            let now = Instant::now();
+            noted.ended = true;
+            noted.live.ended(now);
+            let response = result.as_ref().ok();
+            let failed = response.is_none_or(|r| r.status().is_server_error());
+            noted
+                .live
+                .answered(now.saturating_duration_since(noted.start), failed);
+            // The pool's account of the connection, on every response.
+            if let Some(info) = response.and_then(|r| r.extensions().get::<ConnectionInfo>()) {
+                noted.live.served(info);
+            }
         }
         Poll::Ready(result)
     }

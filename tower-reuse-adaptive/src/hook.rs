@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tower_reuse_pool::TlsHandshake;
 use tower_reuse_pool::events::{
-    CheckedIn, CheckedOut, Closed, ConnectFailed, ConnectReason, ConnectStarted, Connected,
-    PoolEvents, Refused, Retried, Stale,
+    Closed, ConnectFailed, ConnectReason, ConnectStarted, Connected, PoolEvents, Refused, Retried,
+    Stale,
 };
 
 use crate::controller::Controller;
@@ -15,11 +15,11 @@ use crate::controller::Controller;
 /// with another hook as `(hook, adaptive.pool_events())`). Without it the
 /// controller sees no connection and tunes nothing.
 ///
-/// Per request it costs two lookups in the target map (a read lock and a
-/// hash each, at checkout and check-in) and about a dozen relaxed atomic
-/// operations; a lock of the target's own state at a connect, a close, and
-/// when in-flight requests go from none to one and back (every request of
-/// a sequential client).
+/// It costs requests nothing: what each request says (its connection's
+/// reuse, idle gap and wait) the layer's service reads from the
+/// response's [`ConnectionInfo`](tower_reuse_pool::ConnectionInfo); the
+/// hook takes the rare events (connects, closes, stale connections,
+/// retries, refusals), a lookup in the target map each.
 #[derive(Clone, Debug)]
 pub struct AdaptivePoolEvents {
     pub(crate) controller: Arc<Controller>,
@@ -43,17 +43,6 @@ impl PoolEvents for AdaptivePoolEvents {
     fn on_connect_error(&self, event: &ConnectFailed<'_>) {
         self.controller
             .with_live(event.target(), |live| live.connect_failed());
-    }
-
-    fn on_checkout(&self, event: &CheckedOut<'_>) {
-        self.controller.with_live(event.target(), |live| {
-            live.checkout(event.reused(), event.wait(), event.idle_for())
-        });
-    }
-
-    fn on_checkin(&self, event: &CheckedIn<'_>) {
-        self.controller
-            .with_live(event.target(), |live| live.checkin());
     }
 
     fn on_close(&self, event: &Closed<'_>) {

@@ -4,19 +4,23 @@
 //! drained by the controller every tick.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_reuse_pool::events::CloseReason;
+use tower_reuse_pool::{ConnectionInfo, Endpoint, Target};
 
+use crate::controller::Controller;
 use crate::histogram::LiveHistogram;
 use crate::window::{Bucket, Counts};
 
 /// A quiet spell at least this long between two requests starts a new
 /// burst.
 pub(crate) const BURST_QUIET: Duration = Duration::from_millis(100);
+
+const BURST_QUIET_NANOS: u64 = BURST_QUIET.as_nanos() as u64;
 
 /// A server's close of a connection idle at least this long is taken for
 /// its idle timeout; a shorter idle age, for a close after a response (its
@@ -31,21 +35,25 @@ const BURSTS_KEPT: usize = 8;
 const EXPIRED_KEPT: usize = 256;
 
 /// One target's signals as they happen.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Live {
+    /// What the target is and who tracks it: where the signals of the
+    /// endpoint a router below chose are found.
+    home: Option<Home>,
+    /// The origin of `quiet_since`.
+    epoch: Instant,
     checkouts: AtomicU64,
     reused: AtomicU64,
+    /// Requests through the layer waiting for their response head (those
+    /// waiting for a connection included).
     in_flight: AtomicUsize,
     /// The most requests in flight since the last drain.
     peak: AtomicUsize,
     /// The most in flight since the current burst started.
     burst_peak: AtomicUsize,
-    /// Requests through the layer waiting for their response head (those
-    /// waiting for a connection included, which the pool's checkouts do
-    /// not count).
-    demand: AtomicUsize,
-    /// The most of them since the current burst started.
-    burst_demand: AtomicUsize,
+    /// When the last request in flight ended: nanoseconds after `epoch`,
+    /// plus one (zero: none has ended yet).
+    quiet_since: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
     pub(crate) wait: LiveHistogram,
@@ -69,13 +77,21 @@ pub(crate) struct Live {
     /// Something was recorded since the last drain: a quiet target costs
     /// the controller's tick nothing.
     touched: AtomicBool,
+    /// A router below the layer sends this target's requests to its
+    /// endpoints: their connections are theirs, not this target's.
+    routes: AtomicBool,
+}
+
+/// A tracked target and its controller.
+#[derive(Debug)]
+struct Home {
+    target: Target,
+    controller: Weak<Controller>,
 }
 
 /// What the rare events leave for the controller.
 #[derive(Debug, Default)]
 pub(crate) struct Rare {
-    /// When the last request in flight ended (none in flight since).
-    quiet_since: Option<Instant>,
     /// The current burst's start.
     burst_start: Option<Instant>,
     /// Finished bursts, oldest first.
@@ -97,12 +113,132 @@ pub(crate) struct Burst {
     pub(crate) peak: usize,
 }
 
+impl Default for Live {
+    fn default() -> Self {
+        Live::new(None)
+    }
+}
+
 impl Live {
+    fn new(home: Option<Home>) -> Self {
+        Live {
+            home,
+            epoch: Instant::now(),
+            checkouts: AtomicU64::default(),
+            reused: AtomicU64::default(),
+            in_flight: AtomicUsize::default(),
+            peak: AtomicUsize::default(),
+            burst_peak: AtomicUsize::default(),
+            quiet_since: AtomicU64::default(),
+            requests: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            wait: LiveHistogram::default(),
+            gaps: LiveHistogram::default(),
+            missed: LiveHistogram::default(),
+            connect: LiveHistogram::default(),
+            latency: LiveHistogram::default(),
+            demand_connects: AtomicU64::default(),
+            other_connects: AtomicU64::default(),
+            connect_errors: AtomicU64::default(),
+            tls_full: AtomicU64::default(),
+            tls_resumed: AtomicU64::default(),
+            stale: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            closes: Default::default(),
+            rare: Mutex::default(),
+            touched: AtomicBool::default(),
+            routes: AtomicBool::default(),
+        }
+    }
+
+    /// `target`'s signals, tracked by `controller`.
+    pub(crate) fn tracked(target: Target, controller: Weak<Controller>) -> Self {
+        Live::new(Some(Home { target, controller }))
+    }
+
     /// Mark the target as having news for the next tick (a load, and a
     /// store only on the first event since the tick).
     fn touch(&self) {
         if !self.touched.load(Ordering::Relaxed) {
             self.touched.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `now` as stored in `quiet_since`.
+    fn stamp(&self, now: Instant) -> u64 {
+        let nanos = now.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// A request through the layer went out at `now`.
+    pub(crate) fn started(&self, now: Instant) {
+        self.touch();
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if before == 0 {
+            self.busy(now);
+        }
+        self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
+    }
+
+    /// A request through the layer got its response head, failed or was
+    /// given up, at `now`.
+    pub(crate) fn ended(&self, now: Instant) {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            self.quiet_since.store(self.stamp(now), Ordering::Relaxed);
+        }
+    }
+
+    /// A request went out with nothing in flight: a new burst if the
+    /// target was quiet long enough (a lock only then).
+    fn busy(&self, now: Instant) {
+        let quiet_since = self.quiet_since.load(Ordering::Relaxed);
+        // A request has ended, so a burst has started.
+        if quiet_since != 0 && self.stamp(now).saturating_sub(quiet_since) < BURST_QUIET_NANOS {
+            return;
+        }
+        let mut rare = self.lock();
+        // The previous burst's peak; this request counts in the new one.
+        let peak = self.burst_peak.swap(0, Ordering::Relaxed);
+        if let Some(start) = rare.burst_start.replace(now) {
+            if rare.bursts.len() == BURSTS_KEPT {
+                rare.bursts.pop_front();
+            }
+            rare.bursts.push_back(Burst { start, peak });
+        }
+    }
+
+    /// A request through the layer ended after `latency`; `failed` if it
+    /// errored or its status is a server error.
+    pub(crate) fn answered(&self, latency: Duration, failed: bool) {
+        self.touch();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.record(latency);
+    }
+
+    /// What a response's connection said: whether it was reused, after
+    /// how long idle, and how long the request waited for it. When a
+    /// router below the layer chose the connection's endpoint, they belong
+    /// to that endpoint's target (a lookup, only then).
+    pub(crate) fn served(&self, info: &ConnectionInfo) {
+        let (reused, wait, idle_for) = (info.reused(), info.wait(), info.idle_for());
+        match info.endpoint() {
+            Some(endpoint) if !self.has_endpoint() => {
+                if !self.routes.load(Ordering::Relaxed) {
+                    self.routes.store(true, Ordering::Relaxed);
+                }
+                if let Some(live) = self.routed(endpoint) {
+                    live.checkout(reused, wait, idle_for);
+                }
+            }
+            _ => self.checkout(reused, wait, idle_for),
         }
     }
 
@@ -117,71 +253,27 @@ impl Live {
         if let Some(idle) = idle_for {
             self.gaps.record(idle);
         }
-        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.peak.fetch_max(before + 1, Ordering::Relaxed);
-        self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
-        if before == 0 {
-            self.busy(Instant::now());
-        }
     }
 
-    /// A request gave its connection back.
-    pub(crate) fn checkin(&self) {
-        self.touch();
-        let before = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if before == Ok(1) {
-            self.lock().quiet_since = Some(Instant::now());
-        }
+    /// The signals of `endpoint` of this target, when a router below the
+    /// layer sent a request there: the connection's facts belong to it.
+    pub(crate) fn routed(&self, endpoint: Endpoint) -> Option<Arc<Live>> {
+        let home = self.home.as_ref()?;
+        let target = home.target.clone().with_endpoint(Some(endpoint));
+        home.controller.upgrade()?.live_of(&target)
     }
 
-    /// A request went out with nothing in flight: a new burst if the
-    /// target was quiet long enough.
-    fn busy(&self, now: Instant) {
-        let mut rare = self.lock();
-        let quiet = rare
-            .quiet_since
-            .map(|since| now.saturating_duration_since(since));
-        if rare.burst_start.is_some() && quiet.is_some_and(|q| q < BURST_QUIET) {
-            return;
-        }
-        // The previous burst's peak; this request counts in the new one,
-        // as do the requests waiting through the layer.
-        let peak = self.burst_peak.swap(1, Ordering::Relaxed);
-        let demand = self.demand.load(Ordering::Relaxed);
-        let peak = peak.max(self.burst_demand.swap(demand, Ordering::Relaxed));
-        if let Some(start) = rare.burst_start.replace(now) {
-            if rare.bursts.len() == BURSTS_KEPT {
-                rare.bursts.pop_front();
-            }
-            rare.bursts.push_back(Burst { start, peak });
-        }
+    /// Whether a router below the layer sends this target's requests to
+    /// its endpoints.
+    pub(crate) fn routes(&self) -> bool {
+        self.routes.load(Ordering::Relaxed)
     }
 
-    /// A request through the layer went out.
-    pub(crate) fn demand_started(&self) {
-        self.touch();
-        let before = self.demand.fetch_add(1, Ordering::Relaxed);
-        self.burst_demand.fetch_max(before + 1, Ordering::Relaxed);
-    }
-
-    /// A request through the layer got its response head, failed or was
-    /// given up.
-    pub(crate) fn demand_ended(&self) {
-        let _ = self
-            .demand
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// A request through the layer ended, after `latency`.
-    pub(crate) fn request(&self, latency: Duration, failed: bool) {
-        self.touch();
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency.record(latency);
+    /// Whether this target names an endpoint itself.
+    pub(crate) fn has_endpoint(&self) -> bool {
+        self.home
+            .as_ref()
+            .is_some_and(|home| home.target.endpoint().is_some())
     }
 
     /// A connect started: a demand connect after connections expired at the
@@ -329,6 +421,20 @@ impl Live {
     }
 }
 
+#[cfg(test)]
+impl Live {
+    /// A request out now, on a connection with these facts.
+    pub(crate) fn out(&self, reused: bool, wait: Duration, idle_for: Option<Duration>) {
+        self.started(Instant::now());
+        self.checkout(reused, wait, idle_for);
+    }
+
+    /// A request back now.
+    pub(crate) fn back(&self) {
+        self.ended(Instant::now());
+    }
+}
+
 /// What one drain found of the server's limits and the bursts.
 #[derive(Debug, Default)]
 pub(crate) struct Samples {
@@ -349,30 +455,30 @@ mod tests {
         let live = Live::default();
         for _ in 0..3 {
             for _ in 0..4 {
-                live.checkout(true, Duration::ZERO, None);
+                live.out(true, Duration::ZERO, None);
             }
             tokio::time::advance(Duration::from_millis(10)).await;
             for _ in 0..4 {
-                live.checkin();
+                live.back();
             }
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         // Requests a few milliseconds apart are one burst.
-        live.checkout(true, Duration::ZERO, None);
-        live.checkin();
+        live.out(true, Duration::ZERO, None);
+        live.back();
         tokio::time::advance(Duration::from_millis(5)).await;
-        live.checkout(true, Duration::ZERO, None);
-        live.checkin();
+        live.out(true, Duration::ZERO, None);
+        live.back();
         let samples = live.drain(&mut Bucket::default(), Instant::now());
         assert_eq!(samples.bursts.len(), 3);
         assert!(samples.bursts.iter().all(|b| b.peak == 4));
         assert!(samples.burst_start.is_some());
     }
 
-    #[test]
-    fn a_checkin_without_its_checkout_does_not_wrap() {
+    #[tokio::test]
+    async fn an_end_without_its_start_does_not_wrap() {
         let live = Live::default();
-        live.checkin();
+        live.back();
         assert_eq!(live.in_flight(), 0);
     }
 

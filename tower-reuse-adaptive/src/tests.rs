@@ -71,10 +71,10 @@ impl Rig {
         self.controller.with_live(&self.target, |live| {
             for _ in 0..rounds {
                 for _ in 0..workers {
-                    live.checkout(true, Duration::ZERO, Some(gap));
+                    live.out(true, Duration::ZERO, Some(gap));
                 }
                 for _ in 0..workers {
-                    live.checkin();
+                    live.back();
                 }
             }
         });
@@ -84,10 +84,10 @@ impl Rig {
     fn burst(&self, size: usize) {
         self.controller.with_live(&self.target, |live| {
             for _ in 0..size {
-                live.checkout(false, Duration::ZERO, None);
+                live.out(false, Duration::ZERO, None);
             }
             for _ in 0..size {
-                live.checkin();
+                live.back();
             }
         });
     }
@@ -334,8 +334,8 @@ async fn operator_bounds_and_own_settings_are_never_crossed() {
         .unwrap();
     rig.controller.with_live(&other, |live| {
         live.closed(CloseReason::ServerClosed, Some(Duration::from_secs(1)), 1);
-        live.checkout(true, Duration::ZERO, Some(Duration::from_millis(1)));
-        live.checkin();
+        live.out(true, Duration::ZERO, Some(Duration::from_millis(1)));
+        live.back();
     });
     rig.tick().await;
     assert_eq!(
@@ -358,8 +358,8 @@ async fn sparse_requests_raise_a_short_idle_timeout_and_then_hold() {
     for _ in 0..30 {
         rig.missed_reuses(1, Some(Duration::from_secs(1)), 4).await;
         rig.controller.with_live(&rig.target, |live| {
-            live.checkout(false, Duration::ZERO, None);
-            live.checkin();
+            live.out(false, Duration::ZERO, None);
+            live.back();
         });
     }
     let idle = rig.idle_timeout().unwrap();
@@ -456,15 +456,14 @@ async fn a_bursts_peak_counts_the_requests_waiting_for_a_connection() {
     for _ in 0..5 {
         rig.controller.with_live(&rig.target, |live| {
             for _ in 0..16 {
-                live.demand_started();
+                live.started(Instant::now());
             }
             for _ in 0..4 {
                 for _ in 0..4 {
                     live.checkout(false, Duration::ZERO, None);
                 }
                 for _ in 0..4 {
-                    live.checkin();
-                    live.demand_ended();
+                    live.back();
                 }
             }
         });
@@ -511,14 +510,13 @@ async fn a_target_a_service_handle_holds_is_not_forgotten() {
     assert_eq!(rig.controller.snapshot().tracked, 1);
     drop(held);
     // A request longer than `forget_after` keeps it too.
-    rig.controller.with_live(&rig.target, |live| {
-        live.checkout(true, Duration::ZERO, None)
-    });
+    rig.controller
+        .with_live(&rig.target, |live| live.out(true, Duration::ZERO, None));
     for _ in 0..25 {
         rig.tick().await;
     }
     assert_eq!(rig.controller.snapshot().tracked, 1);
-    rig.controller.with_live(&rig.target, |live| live.checkin());
+    rig.controller.with_live(&rig.target, |live| live.back());
     for _ in 0..25 {
         rig.tick().await;
     }

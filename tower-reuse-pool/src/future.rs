@@ -517,6 +517,7 @@ where
         idle_for: checkout.idle_for,
         retried,
         refusals,
+        endpoint: checkout.pool.target.endpoint(),
     });
     let guard: Option<Box<dyn BodyGuard>> = if body.is_end_stream() {
         checkout.finish(Outcome::Done);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::conn::{ConnId, Protocol, TlsHandshake};
+use crate::endpoint::Endpoint;
 use crate::events::RetryReason;
 
 /// Inserted into every response's extensions by the pool.
@@ -26,6 +27,7 @@ pub struct ConnectionInfo {
     pub(crate) idle_for: Option<Duration>,
     pub(crate) retried: Option<RetryReason>,
     pub(crate) refusals: u32,
+    pub(crate) endpoint: Option<Endpoint>,
 }
 
 impl ConnectionInfo {
@@ -69,5 +71,13 @@ impl ConnectionInfo {
     /// back to the pool's queue, which is not a retry.
     pub fn refusals(&self) -> u32 {
         self.refusals
+    }
+
+    /// The address the connection was opened to, when the request named
+    /// one ([`Endpoint`], set by its caller or by a router such as the
+    /// affinity layer): a layer above a router learns from it which of the
+    /// service's endpoints served the request.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint
     }
 }
