@@ -26,9 +26,10 @@ pub enum Mode {
 /// The adaptive controller's configuration.
 ///
 /// Every tick the controller reads each target's signals over its sliding
-/// `window` and may change three of the target's settings through
+/// `window` and may change four of the target's settings through
 /// `PoolControl::set_target_config`: `idle_timeout`,
-/// `max_requests_per_connection` and `min_idle_per_target`. A change
+/// `max_requests_per_connection`, `min_idle_per_target` and
+/// `max_idle_per_target`. A change
 /// happens only when the wanted value is outside `dead_band` of the
 /// current one, no sooner than `cool_down` after the knob's last change,
 /// and by at most `max_step` connections or `max_factor` times a duration;

@@ -49,6 +49,8 @@ struct TargetState {
     /// Whether the pool serves it (a service's target over a router such
     /// as the affinity layer has no connections: its endpoints do).
     pooled: bool,
+    /// Connections open at the last drain.
+    open: usize,
     /// The target's own settings as the controller last wrote them, and
     /// what they were without the controller's knobs.
     written: Option<Option<TargetConfig>>,
@@ -70,6 +72,7 @@ impl TargetState {
             bursts: Samples::default(),
             last_active: now,
             pooled: false,
+            open: 0,
             written: None,
             base: None,
             inputs: Inputs::default(),
@@ -230,6 +233,7 @@ impl Controller {
                     || before.2 != after.2
                     || live.in_flight() > 0)
                     && !live.routes();
+                state.open = live.open();
                 state.learned.observe(&samples);
                 state.bursts = samples;
                 if now.saturating_duration_since(state.last_active) >= self.config.forget_after
@@ -297,6 +301,7 @@ impl Controller {
         let view = View {
             now,
             window: &total,
+            open: state.open,
             connect_burst: state.window.busiest(|c| c.tls_full + c.tls_resumed),
             miss_floor: state.miss_floor.map(|(floor, _)| floor),
             learned: &state.learned,
@@ -382,6 +387,9 @@ impl Controller {
         if let Some(min) = knobs.min_idle.ours {
             own = own.min_idle_per_target(min);
         }
+        if let Some(max) = knobs.max_idle.ours {
+            own = own.max_idle_per_target(max);
+        }
         if let Some(max) = knobs.max_requests.ours {
             own = own.max_requests_per_connection(max);
         }
@@ -422,6 +430,12 @@ impl Controller {
             changes.push(Change::MinIdle {
                 from,
                 to: inherited.min_idle,
+            });
+        }
+        if let Some(from) = knobs.max_idle.ours {
+            changes.push(Change::MaxIdle {
+                from,
+                to: inherited.max_idle,
             });
         }
         if let Some(from) = knobs.max_requests.ours {
@@ -525,12 +539,25 @@ fn inherited(control: &PoolControl, target: &Target, base: Option<&TargetConfig>
     let pick_max = levels()
         .find_map(TargetConfig::get_max_requests_per_connection)
         .unwrap_or(pool.get_max_requests_per_connection());
+    let pick_max_idle = levels()
+        .find_map(TargetConfig::get_max_idle_per_target)
+        .unwrap_or(pool.get_max_idle_per_target());
+    let pick_max_connections = levels()
+        .find_map(TargetConfig::get_max_connections_per_target)
+        .unwrap_or(pool.get_max_connections_per_target());
+    let pick_min_connections = levels()
+        .find_map(TargetConfig::get_min_connections_per_target)
+        .unwrap_or(pool.get_min_connections_per_target());
     Inherited {
         idle_timeout: pick_duration,
         min_idle: pick_min,
+        max_idle: pick_max_idle,
+        min_connections: pick_min_connections,
+        max_connections: pick_max_connections,
         max_requests: pick_max,
         own_idle_timeout: base.is_some_and(|b| b.get_idle_timeout().is_some()),
         own_min_idle: base.is_some_and(|b| b.get_min_idle_per_target().is_some()),
+        own_max_idle: base.is_some_and(|b| b.get_max_idle_per_target().is_some()),
         own_max_requests: base.is_some_and(|b| b.get_max_requests_per_connection().is_some()),
     }
 }

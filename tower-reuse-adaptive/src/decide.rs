@@ -61,6 +61,7 @@ impl<T: Copy> Knob<T> {
 pub(crate) struct Knobs {
     pub(crate) idle_timeout: Knob<Option<Duration>>,
     pub(crate) min_idle: Knob<usize>,
+    pub(crate) max_idle: Knob<Option<usize>>,
     pub(crate) max_requests: Knob<Option<u64>>,
 }
 
@@ -78,6 +79,12 @@ impl Knobs {
             Change::MinIdle { to, .. } => {
                 self.min_idle = Knob {
                     ours: (to != inherited.min_idle).then_some(to),
+                    changed_at: Some(now),
+                };
+            }
+            Change::MaxIdle { to, .. } => {
+                self.max_idle = Knob {
+                    ours: (to != inherited.max_idle).then_some(to),
                     changed_at: Some(now),
                 };
             }
@@ -99,6 +106,7 @@ impl Knobs {
         match change {
             Change::IdleTimeout { .. } => self.idle_timeout.changed_at = at,
             Change::MinIdle { .. } => self.min_idle.changed_at = at,
+            Change::MaxIdle { .. } => self.max_idle.changed_at = at,
             Change::MaxRequests { .. } => self.max_requests.changed_at = at,
             Change::TlsTickets { .. } => {}
         }
@@ -111,9 +119,15 @@ impl Knobs {
 pub(crate) struct Inherited {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) min_idle: usize,
+    pub(crate) max_idle: Option<usize>,
+    /// Connections kept open (busy or idle): an affinity tier's dedicated
+    /// pool sets it.
+    pub(crate) min_connections: usize,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) max_requests: Option<u64>,
     pub(crate) own_idle_timeout: bool,
     pub(crate) own_min_idle: bool,
+    pub(crate) own_max_idle: bool,
     pub(crate) own_max_requests: bool,
 }
 
@@ -162,6 +176,8 @@ pub(crate) fn periodic(samples: &Samples, now: Instant) -> Option<Periodic> {
 pub(crate) struct View<'a> {
     pub(crate) now: Instant,
     pub(crate) window: &'a Bucket,
+    /// Connections open now.
+    pub(crate) open: usize,
     /// The most TLS connects in one bucket of the window.
     pub(crate) connect_burst: u64,
     /// The idle timeout that would have kept the connections a recent
@@ -181,6 +197,7 @@ pub(crate) fn decide(config: &AdaptiveConfig, view: &View<'_>) -> (Inputs, Vec<(
     let inputs = Inputs {
         rate: window.counts.checkouts as f64 / config.window.as_secs_f64(),
         peak: window.counts.peak,
+        open: view.open,
         gap_p99: window.gaps.quantile(0.99),
         server_idle_limit: view.learned.idle_limit,
         margin,
@@ -192,7 +209,13 @@ pub(crate) fn decide(config: &AdaptiveConfig, view: &View<'_>) -> (Inputs, Vec<(
     };
     let mut changes = Vec::new();
     changes.extend(idle_timeout(config, view, &inputs));
-    changes.extend(min_idle(config, view));
+    let min_idle = min_idle(config, view);
+    let warm = min_idle.map(|(change, _)| match change {
+        Change::MinIdle { to, .. } => to,
+        _ => 0,
+    });
+    changes.extend(min_idle);
+    changes.extend(max_idle(config, view, warm));
     changes.extend(max_requests(config, view));
     (inputs, changes)
 }
@@ -327,6 +350,73 @@ fn min_idle(config: &AdaptiveConfig, view: &View<'_>) -> Option<(Change, Reason)
         .max(current / 2)
         .max(current.saturating_sub(config.max_step));
     Some((change(to), Reason::Released))
+}
+
+/// Keep no more idle connections than the window's peak in flight needs
+/// (a quarter more, the dead band): a spike's connections go once it
+/// leaves the window, half of them at a time, rather than each at its idle
+/// timeout. Only while more connections are open than that: a steady load
+/// gets no cap. Never under the connections kept warm or open, never above the
+/// target's own caps. `warm`: the warm connections this tick decided.
+fn max_idle(
+    config: &AdaptiveConfig,
+    view: &View<'_>,
+    warm: Option<usize>,
+) -> Option<(Change, Reason)> {
+    let inherited = &view.inherited;
+    if inherited.own_max_idle {
+        return None;
+    }
+    let floor = [
+        view.knobs.min_idle.current(inherited.min_idle),
+        warm.unwrap_or(0),
+        inherited.min_connections,
+        1,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1);
+    let ceiling = match (inherited.max_idle, inherited.max_connections) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if ceiling.is_some_and(|c| c < floor) {
+        return None;
+    }
+    let peak = view.window.counts.peak;
+    let headroom = (peak as f64 * config.dead_band).ceil() as usize;
+    let want = peak.saturating_add(headroom).max(floor);
+    let want = ceiling.map_or(want, |c| want.min(c));
+    let knob = view.knobs.max_idle;
+    let current = knob.current(inherited.max_idle);
+    let change = |to| Change::MaxIdle { from: current, to };
+    match current {
+        // Under what the load needs (the peak, not its headroom): closing
+        // connections it reuses.
+        Some(c) if c < want && (c < peak || c < floor) => {
+            Some((change(Some(want)), Reason::RecentPeak))
+        }
+        // Lowered only while connections beyond the need are open.
+        Some(c) if c <= want || view.open <= want => None,
+        // Over: lowered after the cool-down, outside the dead band, by at
+        // most half (or `max_step`) at a time.
+        Some(c) => {
+            if !knob.cooled(view.now, config.cool_down)
+                || (c - want) as f64 <= c as f64 * config.dead_band
+            {
+                return None;
+            }
+            let to = want.max(c / 2).max(c.saturating_sub(config.max_step));
+            Some((change(Some(to)), Reason::RecentPeak))
+        }
+        // No cap yet: one once more connections are open than the load
+        // needs.
+        None if view.open > want && knob.cooled(view.now, config.cool_down) => {
+            let to = want.max(view.open / 2);
+            Some((change(Some(to)), Reason::RecentPeak))
+        }
+        None => None,
+    }
 }
 
 /// Retire connections at the server's request limit, so the pool opens the

@@ -63,6 +63,13 @@ pub enum Change {
         /// After.
         to: usize,
     },
+    /// `max_idle_per_target` (`None`: no cap).
+    MaxIdle {
+        /// Before.
+        from: Option<usize>,
+        /// After.
+        to: Option<usize>,
+    },
     /// `max_requests_per_connection` (`None`: no limit).
     MaxRequests {
         /// Before.
@@ -83,12 +90,13 @@ pub enum Change {
 
 impl Change {
     /// The setting's name, as in `PoolConfig` and `SessionCacheConfig`:
-    /// `"idle_timeout"`, `"min_idle_per_target"`,
+    /// `"idle_timeout"`, `"min_idle_per_target"`, `"max_idle_per_target"`,
     /// `"max_requests_per_connection"` or `"tickets_per_server"`.
     pub fn knob(&self) -> &'static str {
         match self {
             Change::IdleTimeout { .. } => "idle_timeout",
             Change::MinIdle { .. } => "min_idle_per_target",
+            Change::MaxIdle { .. } => "max_idle_per_target",
             Change::MaxRequests { .. } => "max_requests_per_connection",
             Change::TlsTickets { .. } => "tickets_per_server",
         }
@@ -119,6 +127,11 @@ pub enum Reason {
     /// The bursts stopped, or no longer need connections kept warm: the
     /// warm connections are released, at most half of them per decision.
     Released,
+    /// The most requests in flight over the window ([`Inputs::peak`]):
+    /// idle connections beyond it (with a quarter more, the dead band) are
+    /// not kept. Raised at once when the load needs more; lowered at most
+    /// by half per decision.
+    RecentPeak,
     /// TLS connects come in bursts ([`Inputs::connect_burst`]): the
     /// session cache keeps a ticket for each connection of a burst, so
     /// that all of them resume; released gradually when bursts shrink.
@@ -137,6 +150,7 @@ impl Reason {
             Reason::RequestLimit => "request_limit",
             Reason::PeriodicBurst => "periodic_burst",
             Reason::Released => "released",
+            Reason::RecentPeak => "recent_peak",
             Reason::ConnectBursts => "connect_bursts",
             Reason::Restored => "restored",
         }
@@ -151,6 +165,8 @@ pub struct Inputs {
     pub rate: f64,
     /// The most requests in flight at once in the window.
     pub peak: usize,
+    /// Connections open to the target at the tick.
+    pub open: usize,
     /// The 99th percentile of the idle gaps at which connections were
     /// reused (or would have been, had they not expired).
     pub gap_p99: Option<Duration>,

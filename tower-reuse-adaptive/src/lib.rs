@@ -6,8 +6,10 @@
 //! burst's connections long after it, a short one turns bursty requests
 //! into new connections, and a server that closes idle connections before
 //! the pool does fails the requests sent on them. [`AdaptiveLayer`] watches
-//! each target through the pool's events and, every tick, sets three of
-//! its settings through the pool's control handle
+//! each target through its requests (the pool's
+//! [`ConnectionInfo`](tower_reuse_pool::ConnectionInfo) on each
+//! response) and the pool's events (connects and closes) and, every tick,
+//! sets four of its settings through the pool's control handle
 //! (`PoolControl::set_target_config`):
 //!
 //! - **`idle_timeout`**: below the server's own, learned from the idle ages
@@ -23,6 +25,12 @@
 //! - **`min_idle_per_target`**: the recent bursts' peak, kept warm while
 //!   bursts come at a steady period with gaps longer than connections
 //!   live, and released at most half at a time when they stop;
+//! - **`max_idle_per_target`**: once more connections are open than the
+//!   window's peak in flight needs (with a quarter more), a cap that
+//!   closes the idle ones beyond it, lowered by halves a cool-down apart:
+//!   a spike's sockets go soon after it, not each at its idle timeout;
+//!   raised at once when the load needs more, never under the
+//!   connections kept warm or open (an affinity tier's);
 //! - with the `tls` feature and `AdaptiveLayer::session_cache`, the
 //!   session cache's **tickets per server**: enough for every connection
 //!   of the largest recent connect burst to one server to resume.
@@ -39,6 +47,9 @@
 //! reason, and [`AdaptiveHandle::snapshot`] shows every target's
 //! estimates. [`Mode::Observe`] freezes the settings; [`Mode::Off`] takes
 //! them back, and the pool runs exactly as without the layer.
+//!
+//! Over a router (the affinity layer), each response's connection facts go
+//! to the endpoint that served it, whose connections the controller tunes.
 //!
 //! ```
 //! use hyper_util::client::legacy::connect::HttpConnector;

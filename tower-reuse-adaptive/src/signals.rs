@@ -44,6 +44,8 @@ pub(crate) struct Live {
     epoch: Instant,
     checkouts: AtomicU64,
     reused: AtomicU64,
+    /// Connections open (connected and not yet closed).
+    open: AtomicUsize,
     /// Requests through the layer waiting for their response head (those
     /// waiting for a connection included).
     in_flight: AtomicUsize,
@@ -126,6 +128,7 @@ impl Live {
             epoch: Instant::now(),
             checkouts: AtomicU64::default(),
             reused: AtomicU64::default(),
+            open: AtomicUsize::default(),
             in_flight: AtomicUsize::default(),
             peak: AtomicUsize::default(),
             burst_peak: AtomicUsize::default(),
@@ -291,6 +294,7 @@ impl Live {
 
     pub(crate) fn connected(&self, demand: bool, duration: Duration, resumed: Option<bool>) {
         self.touch();
+        self.open.fetch_add(1, Ordering::Relaxed);
         let count = if demand {
             &self.demand_connects
         } else {
@@ -313,6 +317,9 @@ impl Live {
     /// A connection closed: what it says of the server's limits.
     pub(crate) fn closed(&self, reason: CloseReason, idle_for: Option<Duration>, served: u64) {
         self.touch();
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
             self.closes[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -361,6 +368,11 @@ impl Live {
     pub(crate) fn refused(&self) {
         self.touch();
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.

@@ -94,6 +94,9 @@ pub struct TargetEstimates {
     pub idle_timeout: Option<Option<Duration>>,
     /// The `min_idle_per_target` the controller set, if it set one.
     pub min_idle: Option<usize>,
+    /// The `max_idle_per_target` the controller set, if it set one
+    /// (`Some(None)`: no cap).
+    pub max_idle: Option<Option<usize>>,
     /// The `max_requests_per_connection` the controller set, if it set one.
     pub max_requests: Option<Option<u64>>,
     /// Decisions made for this target so far.
@@ -143,6 +146,7 @@ impl TargetEstimates {
             burst_peak: inputs.burst_peak,
             idle_timeout: knobs.idle_timeout.ours,
             min_idle: knobs.min_idle.ours,
+            max_idle: knobs.max_idle.ours,
             max_requests: knobs.max_requests.ours,
             decisions,
         }

@@ -139,6 +139,31 @@ impl Rig {
             .unwrap_or(self.control.config().get_idle_timeout())
     }
 
+    fn max_idle(&self) -> Option<usize> {
+        self.own().get_max_idle_per_target().flatten()
+    }
+
+    /// `n` connections open.
+    fn connected(&self, n: usize) {
+        self.controller.with_live(&self.target, |live| {
+            for _ in 0..n {
+                live.connected(true, Duration::from_millis(1), None);
+            }
+        });
+    }
+
+    /// What the pool does with a lowered cap: the idle connections above
+    /// it close.
+    fn close_above_cap(&self) {
+        let open = self.controller.live_of(&self.target).unwrap().open();
+        let cap = self.max_idle().unwrap_or(usize::MAX);
+        self.controller.with_live(&self.target, |live| {
+            for _ in cap..open {
+                live.closed(CloseReason::OverLimit, Some(Duration::from_secs(1)), 1);
+            }
+        });
+    }
+
     fn min_idle(&self) -> usize {
         self.own().get_min_idle_per_target().unwrap_or(0)
     }
@@ -594,4 +619,68 @@ async fn the_operators_longest_idle_timeout_caps_the_controllers() {
         rig.tick().await;
     }
     assert_eq!(rig.idle_timeout(), Some(Duration::from_secs(20)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spikes_idle_connections_are_capped_then_released_by_halves() {
+    let rig = rig(AdaptiveConfig::default());
+    // A spike of 64 connections, then 4 workers.
+    rig.connected(64);
+    rig.load(64, 1, Duration::from_millis(1));
+    let mut decided = Vec::new();
+    for second in 0..80 {
+        rig.load(4, 50, Duration::from_millis(1));
+        rig.tick().await;
+        rig.close_above_cap();
+        for decision in rig.noted.take() {
+            if let Change::MaxIdle { from, to } = decision.change() {
+                decided.push((second, from, to));
+            }
+        }
+    }
+    // Nothing while the spike is in the window (30 s); then halves, a
+    // cool-down apart, down to the peak and a quarter (5).
+    let seconds: Vec<_> = decided.iter().map(|d| d.0).collect();
+    let caps: Vec<_> = decided.iter().map(|d| d.2).collect();
+    assert_eq!(caps, [Some(32), Some(16), Some(8), Some(5)], "{decided:?}");
+    assert!(seconds[0] >= 29, "{decided:?}");
+    assert!(seconds.windows(2).all(|w| w[1] - w[0] >= 5), "{decided:?}");
+    // The load grows past the cap: raised at once.
+    rig.load(16, 50, Duration::from_millis(1));
+    rig.tick().await;
+    assert_eq!(rig.max_idle(), Some(20));
+    rig.noted.take();
+    // A steady load inside the cap: no change.
+    for _ in 0..60 {
+        rig.load(16, 50, Duration::from_millis(1));
+        rig.tick().await;
+    }
+    let changed: Vec<_> = rig
+        .noted
+        .take()
+        .into_iter()
+        .filter(|d| d.change().knob() == "max_idle_per_target")
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "changed under a steady load: {changed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_cap_keeps_a_tiers_connections() {
+    let rig = rig(AdaptiveConfig::default());
+    // The affinity tier keeps 8 connections open for a hot service.
+    let hot = TargetConfig::default().min_connections_per_target(8);
+    rig.control
+        .set_service_config(&rig.target, Some(hot))
+        .unwrap();
+    rig.connected(64);
+    rig.load(64, 1, Duration::from_millis(1));
+    for _ in 0..80 {
+        rig.load(2, 50, Duration::from_millis(1));
+        rig.tick().await;
+        rig.close_above_cap();
+    }
+    assert_eq!(rig.max_idle(), Some(8));
 }
