@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveLayer, Mode};
+use tower_reuse_affinity::{AffinityConfig, AffinityLayer};
 use tower_reuse_pool::events::{
     CheckedOut, CloseReason, Closed, ConnectReason, ConnectStarted, PoolEvents, Stale,
 };
@@ -344,5 +345,47 @@ async fn server_errors_count_against_the_success_rate() {
         let estimates = adaptive.handle().snapshot();
         let target = estimates.target(&target()).expect("tracked");
         assert_eq!(target.success_rate, Some(rate), "status {status}");
+    }
+}
+
+/// Over a router (the affinity layer), each response's connection facts
+/// go to the endpoint that served it: the controller tunes the endpoints'
+/// targets, which hold the connections, and leaves the service's alone.
+#[tokio::test(start_paused = true)]
+async fn over_a_router_each_endpoint_gets_its_connections_facts() {
+    let adaptive = AdaptiveLayer::new(AdaptiveConfig::default()).unwrap();
+    let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
+        .unwrap()
+        .events(adaptive.pool_events());
+    let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
+    let endpoints: [std::net::SocketAddr; 2] = [
+        "127.0.0.2:80".parse().unwrap(),
+        "127.0.0.3:80".parse().unwrap(),
+    ];
+    affinity
+        .endpoints()
+        .set("http://adaptive.test", endpoints)
+        .unwrap();
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = adaptive.layer(affinity.layer(pool.layer(connector)));
+    for id in 0..40 {
+        let response = client.ready().await.unwrap().call(get(URL, id));
+        let body = response.await.unwrap().into_body();
+        http_body_util::BodyExt::collect(body).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    adaptive.handle().tick();
+    let targets = adaptive.handle().snapshot().targets;
+    let served: Vec<_> = targets
+        .iter()
+        .map(|t| (t.target.endpoint().map(|e| e.addr()), t.reuse_ratio))
+        .collect();
+    assert_eq!(served.len(), 2, "{served:?}");
+    for (endpoint, reuse) in served {
+        assert!(
+            endpoint.is_some_and(|e| endpoints.contains(&e)),
+            "{targets:?}"
+        );
+        assert!(reuse.is_some_and(|r| r > 0.5), "{targets:?}");
     }
 }
