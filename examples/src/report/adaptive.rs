@@ -84,7 +84,7 @@ pub(crate) fn line(r: &RunResult) -> String {
                 2 * SHIFT_LOW_WORKERS
             )
         }
-        "tls-churn" if r.replacements_opened.is_some() => format!(
+        "tls-churn" | "tls-churn-paced" if r.replacements_opened.is_some() => format!(
             "replacements opened ahead {}, of them served a request {}; {decisions} decisions",
             count(r.replacements_opened),
             count(r.replacements_served)

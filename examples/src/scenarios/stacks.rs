@@ -7,7 +7,7 @@ use crate::stacks::StackKind;
 
 /// Adds the stacks `built` skips, and those it leaves out by default.
 pub(super) fn choose(built: &mut Scenario) {
-    if built.name != "tls-churn" {
+    if !built.name.starts_with("tls-churn") {
         built
             .skip
             .push((StackKind::HyperUtilCache, CACHE_IN_TLS_CHURN_ONLY));
@@ -19,7 +19,7 @@ pub(super) fn choose(built: &mut Scenario) {
     }
     if !matches!(
         built.name,
-        "steady-h1" | "bursty" | "keepalive-race" | "tls-churn"
+        "steady-h1" | "bursty" | "keepalive-race" | "tls-churn" | "tls-churn-paced"
     ) {
         built
             .skip
@@ -73,8 +73,8 @@ const TUNED_ADDS_NOTHING: &str = "hyper-util-tuned (2 s idle, 8 idle per host) i
 fn default_skip(name: &str) -> Vec<(StackKind, &'static str)> {
     let (fresh, tuned) = match name {
         "steady-h1-tls" => (false, true),
-        "steady-h2" | "h2-stream-limit" | "h2-refuse" | "tls-churn" | "zipf-endpoints"
-        | "bursty" => (true, true),
+        "steady-h2" | "h2-stream-limit" | "h2-refuse" | "tls-churn" | "tls-churn-paced"
+        | "zipf-endpoints" | "bursty" => (true, true),
         "scale-targets" => (false, true),
         _ => (false, false),
     };
