@@ -272,6 +272,13 @@ fn idle_timeout(
     {
         return Some((change(Some(safe)), Reason::ServerIdleLimit));
     }
+    // What the target inherits fell below the controller's value (a tier
+    // demoted it, the operator lowered it): back under it at once, with no
+    // cool-down, dead band or step bound, or the controller would keep
+    // connections longer than the target allows without it.
+    if let Some(c) = ceiling.filter(|&c| current.is_none_or(|current| current > c)) {
+        return Some((change(Some(c)), Reason::Restored));
+    }
     if !knob.cooled(view.now, config.cool_down) {
         return None;
     }

@@ -428,6 +428,29 @@ async fn tunes_within_a_tiers_settings_without_fighting_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_quiet_target_is_taken_under_a_demoted_tier_at_the_next_tick() {
+    // Hot, the gaps set the controller's own idle timeout (3.75 s, above
+    // the cold tier's); quiet, then demoted: the next tick, not the tenth,
+    // gives the target the cold tier's back.
+    let pool = PoolConfig::default().idle_timeout(Some(Duration::from_millis(1500)));
+    let rig = rig_with(AdaptiveConfig::default(), pool);
+    let hot = TargetConfig::default().idle_timeout(Some(Duration::from_secs(30)));
+    rig.control
+        .set_service_config(&rig.target, Some(hot))
+        .unwrap();
+    for _ in 0..20 {
+        rig.load(8, 2, Duration::from_secs(2));
+        rig.tick().await;
+    }
+    let ours = rig.own().get_idle_timeout().flatten();
+    assert!(ours > Some(Duration::from_millis(1500)), "{ours:?}");
+    rig.tick().await;
+    rig.control.set_service_config(&rig.target, None).unwrap();
+    rig.tick().await;
+    assert_eq!(rig.own().get_idle_timeout(), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_learned_limit_that_moves_a_few_milliseconds_changes_nothing() {
     let rig = rig(AdaptiveConfig::default());
     rig.steady(2, 2).await;
