@@ -298,10 +298,16 @@ impl Controller {
             inherited: state.inherited,
             knobs: state.knobs,
         };
-        let (inputs, changes) = decide(&self.config, &view);
+        let (inputs, mut changes) = decide(&self.config, &view);
         state.inputs = inputs;
         if mode == Mode::Off {
             return self.restore(control, target, state);
+        }
+        if mode == Mode::Observe {
+            // A lowering made at once when on (for a server's closes, or
+            // under what the target inherits) is told once per cool-down.
+            let cool_down = self.config.cool_down;
+            changes.retain(|(change, _)| state.knobs.cooled(*change, now, cool_down));
         }
         if changes.is_empty() {
             return Vec::new();

@@ -92,6 +92,16 @@ impl Knobs {
         }
     }
 
+    /// Whether `change`'s knob last changed at least `cool_down` ago.
+    pub(crate) fn cooled(&self, change: Change, now: Instant, cool_down: Duration) -> bool {
+        match change {
+            Change::IdleTimeout { .. } => self.idle_timeout.cooled(now, cool_down),
+            Change::MinIdle { .. } => self.min_idle.cooled(now, cool_down),
+            Change::MaxRequests { .. } => self.max_requests.cooled(now, cool_down),
+            Change::TlsTickets { .. } => true,
+        }
+    }
+
     /// Start `change`'s knob's cool-down without changing it (a decision
     /// observed, not applied).
     pub(crate) fn cool(&mut self, change: Change, now: Instant) {
