@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_adaptive::events::{AdaptiveEvents, Change, Decision};
-use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveLayer};
+use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveHandle, AdaptiveLayer};
 use tower_reuse_affinity::events::{AffinityEvents, Demoted, Promoted};
 use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityLayer, TierConfig};
 use tower_reuse_pool::events::{CloseReason, Closed, ConnectStarted, PoolEvents};
@@ -88,24 +88,20 @@ impl Log {
         self.since(from, |e| (e == entry).then_some(())).len()
     }
 
-    fn decisions(&self, from: Instant) -> Vec<(Instant, Change, Option<Duration>)> {
+    /// Each decision with its change, and the tier's idle timeout then.
+    fn decisions(&self, from: Instant) -> Vec<(Instant, (Change, Option<Duration>))> {
         self.since(from, |e| match e {
             Entry::Decided { change, tier } => Some((*change, *tier)),
             _ => None,
         })
-        .into_iter()
-        .map(|(at, (change, tier))| (at, change, tier))
-        .collect()
     }
 
-    fn samples(&self, from: Instant) -> Vec<(Instant, Option<Duration>, Option<Duration>)> {
+    /// Each sample: the effective idle timeout, and the tier's.
+    fn samples(&self, from: Instant) -> Vec<(Instant, (Option<Duration>, Option<Duration>))> {
         self.since(from, |e| match e {
             Entry::Sampled { effective, tier } => Some((*effective, *tier)),
             _ => None,
         })
-        .into_iter()
-        .map(|(at, (effective, tier))| (at, effective, tier))
-        .collect()
     }
 
     fn sample(&self) {
@@ -168,6 +164,7 @@ struct Rig {
     client: Client,
     log: Log,
     control: PoolControl,
+    adaptive: AdaptiveHandle,
 }
 
 /// The controller (defaults) over the tiers (defaults) over a pool
@@ -201,6 +198,7 @@ fn rig() -> Rig {
         client,
         log,
         control,
+        adaptive: adaptive.handle(),
     }
 }
 
@@ -234,12 +232,21 @@ impl Rig {
     fn effective_idle_timeout(&self) -> Option<Duration> {
         idle_timeouts(&self.control).0
     }
+
+    /// The idle timeout the gaps ask of the controller now (1.5 times
+    /// their 99th percentile), and the service's rate as the tiers see it.
+    fn asked(&self) -> (Duration, f64) {
+        let estimates = self.adaptive.snapshot();
+        let gap = estimates.target(&target()).and_then(|t| t.gap_p99);
+        let tiers = self.client.get_ref().tiers().unwrap();
+        (gap.unwrap().mul_f64(1.5), tiers.keys[0].rate)
+    }
 }
 
 /// Every controller decision kept the idle timeout within the tier the
 /// target was in when it was made, and above the controller's floor.
 fn assert_within_the_tiers(log: &Log, from: Instant) {
-    for (at, change, tier) in log.decisions(from) {
+    for (at, (change, tier)) in log.decisions(from) {
         if let Change::IdleTimeout { to, .. } = change {
             let within = to.zip(tier).is_some_and(|(to, tier)| to <= tier);
             assert!(within, "{at:?}: {change:?} beyond the tier's {tier:?}");
@@ -271,7 +278,7 @@ async fn a_steady_hot_service_is_promoted_once_and_tuned_within_its_tier() {
     assert_eq!(log.count(warm, &Entry::Connect), 0);
     let closes = log.since(warm, |e| matches!(e, Entry::Closed(_)).then_some(()));
     assert!(closes.is_empty());
-    for (at, effective, tier) in log.samples(start) {
+    for (at, (effective, tier)) in log.samples(start) {
         let under = effective.zip(tier).is_some_and(|(e, t)| e <= t && t <= HOT);
         assert!(under, "{at:?}: {effective:?} over the tier's {tier:?}");
     }
@@ -315,7 +322,7 @@ async fn a_service_gone_quiet_is_demoted_once_and_keeps_the_cold_tiers_idle_time
     let log = &rig.log;
     assert_eq!(log.count(start, &Entry::Promoted), 1, "no second promotion");
     assert_eq!(log.count(start, &Entry::Demoted), 1);
-    for (at, effective, _) in log.samples(demoted_at + TICK) {
+    for (at, (effective, _)) in log.samples(demoted_at + TICK) {
         assert!(
             effective.is_some_and(|e| e <= COLD),
             "{:?} after the demotion: {effective:?} over the cold tier's",
@@ -343,8 +350,18 @@ async fn a_load_inside_both_dead_bands_changes_nothing() {
     rig.bursts(10, &[GAP], WARM_UP).await;
     assert!(!rig.log.decisions(start).is_empty(), "tuned in warm-up");
     let warm = Instant::now();
+    let (before, _) = rig.asked();
     let gaps = [Duration::from_millis(1000), Duration::from_millis(1400)];
     rig.bursts(5, &gaps, Duration::from_secs(60)).await;
+    // The load moved, inside both bands.
+    let (asked, rate) = rig.asked();
+    let current = rig.effective_idle_timeout().unwrap();
+    assert!(asked > before, "{asked:?} against {before:?}");
+    assert!(
+        asked.abs_diff(current) < current / 4,
+        "{asked:?} against {current:?}"
+    );
+    assert!(rate > 1.0 && rate < 5.0, "{rate}");
     let log = &rig.log;
     assert_eq!(log.decisions(warm), vec![]);
     assert_eq!(log.count(start, &Entry::Promoted), 1);
