@@ -42,6 +42,9 @@ const GAP: Duration = Duration::from_millis(1200);
 /// Promoted after 5 s, tuned within the hot tier by then.
 const WARM_UP: Duration = Duration::from_secs(30);
 
+/// The idle timeout in force for the target, and its tier's.
+type Timeouts = (Option<Duration>, Option<Duration>);
+
 /// What happened, in order, each at its time.
 #[derive(Clone, Debug, PartialEq)]
 enum Entry {
@@ -97,7 +100,7 @@ impl Log {
     }
 
     /// Each sample: the effective idle timeout, and the tier's.
-    fn samples(&self, from: Instant) -> Vec<(Instant, (Option<Duration>, Option<Duration>))> {
+    fn samples(&self, from: Instant) -> Vec<(Instant, Timeouts)> {
         self.since(from, |e| match e {
             Entry::Sampled { effective, tier } => Some((*effective, *tier)),
             _ => None,
@@ -121,7 +124,7 @@ fn tier_idle_timeout(control: &PoolControl, target: &Target) -> Option<Duration>
 
 /// The idle timeout in force for the test's target (its own, set by the
 /// controller, over its tier's), and its tier's.
-fn idle_timeouts(control: &PoolControl) -> (Option<Duration>, Option<Duration>) {
+fn idle_timeouts(control: &PoolControl) -> Timeouts {
     let target = target();
     let tier = tier_idle_timeout(control, &target);
     let own = control.target_config(&target);
