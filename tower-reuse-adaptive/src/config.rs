@@ -33,8 +33,9 @@ pub enum Mode {
 /// happens only when the wanted value is outside `dead_band` of the
 /// current one, no sooner than `cool_down` after the knob's last change,
 /// and by at most `max_step` connections or `max_factor` times a duration;
-/// the one exception is a server seen closing connections earlier than the
-/// current idle timeout allows, which lowers it at once.
+/// the exceptions lower the idle timeout at once: a server seen closing
+/// connections earlier than the current one allows, and an idle timeout
+/// the target inherits (its tier's, say) falling below the controller's.
 ///
 /// ```
 /// use std::time::Duration;
@@ -192,7 +193,9 @@ impl AdaptiveConfig {
     /// controller's own). Whatever the bounds, the controller never sets an
     /// idle timeout longer than the one the target has without it (its
     /// own, its service's or partition's, or the pool's): it shortens a
-    /// timeout, it never lengthens one.
+    /// timeout, it never lengthens one, and when that one falls below the
+    /// controller's (a tier's demotion), the controller's follows at its
+    /// next tick.
     #[must_use]
     pub fn idle_timeout_bounds(mut self, min: Duration, max: Option<Duration>) -> Self {
         self.idle_timeout_min = min;

@@ -195,7 +195,9 @@ impl Controller {
                     // looked at every tenth tick only, a tenth of them at
                     // each tick (for what time alone
                     // changes: a window emptying), unless it has warm
-                    // connections to release or settings to take back.
+                    // connections to release, settings to take back, or
+                    // an idle timeout of the controller's under settings
+                    // it inherits that changed (a tier's demotion).
                     if now.saturating_duration_since(state.last_active) >= self.config.forget_after
                         && !is_held(live)
                     {
@@ -203,7 +205,10 @@ impl Controller {
                     } else if state.pooled
                         && ((ticks + i as u64).is_multiple_of(10)
                             || state.knobs.min_idle.ours.is_some()
-                            || (mode == Mode::Off && state.written.is_some()))
+                            || (mode == Mode::Off && state.written.is_some())
+                            || (state.knobs.idle_timeout.ours.is_some()
+                                && inherited(control, target, state.base.as_ref())
+                                    != state.inherited))
                     {
                         state.window.at(now);
                         decisions.extend(self.decide_one(control, target, state, mode, now));
@@ -309,10 +314,16 @@ impl Controller {
             inherited: state.inherited,
             knobs: state.knobs,
         };
-        let (inputs, changes) = decide(&self.config, &view);
+        let (inputs, mut changes) = decide(&self.config, &view);
         state.inputs = inputs;
         if mode == Mode::Off {
             return self.restore(control, target, state);
+        }
+        if mode == Mode::Observe {
+            // A lowering made at once when on (for a server's closes, or
+            // under what the target inherits) is told once per cool-down.
+            let cool_down = self.config.cool_down;
+            changes.retain(|(change, _)| state.knobs.cooled(*change, now, cool_down));
         }
         if changes.is_empty() {
             return Vec::new();

@@ -99,6 +99,16 @@ impl Knobs {
         }
     }
 
+    /// Whether `change`'s knob last changed at least `cool_down` ago.
+    pub(crate) fn cooled(&self, change: Change, now: Instant, cool_down: Duration) -> bool {
+        match change {
+            Change::IdleTimeout { .. } => self.idle_timeout.cooled(now, cool_down),
+            Change::MinIdle { .. } => self.min_idle.cooled(now, cool_down),
+            Change::MaxRequests { .. } => self.max_requests.cooled(now, cool_down),
+            Change::TlsTickets { .. } => true,
+        }
+    }
+
     /// Start `change`'s knob's cool-down without changing it (a decision
     /// observed, not applied).
     pub(crate) fn cool(&mut self, change: Change, now: Instant) {
@@ -294,6 +304,13 @@ fn idle_timeout(
         server_safe.filter(|_| risky.is_some_and(|risky| current.is_none_or(|c| c > risky)))
     {
         return Some((change(Some(safe)), Reason::ServerIdleLimit));
+    }
+    // What the target inherits fell below the controller's value (a tier
+    // demoted it, the operator lowered it): back under it at once, with no
+    // cool-down, dead band or step bound, or the controller would keep
+    // connections longer than the target allows without it.
+    if let Some(c) = ceiling.filter(|&c| current.is_none_or(|current| current > c)) {
+        return Some((change(Some(c)), Reason::Restored));
     }
     if !knob.cooled(view.now, config.cool_down) {
         return None;

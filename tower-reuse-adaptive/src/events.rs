@@ -136,8 +136,9 @@ pub enum Reason {
     /// session cache keeps a ticket for each connection of a burst, so
     /// that all of them resume; released gradually when bursts shrink.
     ConnectBursts,
-    /// The controller was switched off or the target's own settings
-    /// changed: its setting is taken back.
+    /// The controller was switched off, the target's own settings
+    /// changed, or what it inherits fell below the controller's value (a
+    /// tier's demotion): its setting is taken back.
     Restored,
 }
 

@@ -37,11 +37,13 @@
 //!
 //! Against oscillation, each change needs the wanted value outside a dead
 //! band of the current one, waits a cool-down after the knob's last change
-//! and moves by a bounded step; the one exception is a server seen closing
-//! connections before the pool would, which lowers the idle timeout at
-//! once. The controller only shortens the idle timeout the target would
-//! have without it, never lengthens it, and leaves alone any knob set on
-//! the target itself with `set_target_config`; over an affinity layer's
+//! and moves by a bounded step. Two lowerings of the idle timeout skip
+//! those rules and happen at once: for a server seen closing connections
+//! before the pool would, and when what the target inherits falls below
+//! the controller's value (over an affinity layer's tiers, a demotion),
+//! from the next tick. The controller only shortens the idle timeout the
+//! target would have without it, never lengthens it, and leaves alone any
+//! knob set on the target itself with `set_target_config`; over the
 //! tiers it tunes within the tier's settings. Every decision goes to the
 //! [`AdaptiveEvents`](events::AdaptiveEvents) hook with its inputs and
 //! reason, and [`AdaptiveHandle::snapshot`] shows every target's
