@@ -104,6 +104,7 @@ impl Knobs {
         match change {
             Change::IdleTimeout { .. } => self.idle_timeout.cooled(now, cool_down),
             Change::MinIdle { .. } => self.min_idle.cooled(now, cool_down),
+            Change::MaxIdle { .. } => self.max_idle.cooled(now, cool_down),
             Change::MaxRequests { .. } => self.max_requests.cooled(now, cool_down),
             Change::TlsTickets { .. } => true,
         }
