@@ -3,7 +3,7 @@
 //! pool through its control handle and told to the events hook.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -18,6 +18,12 @@ use crate::learn::Learned;
 use crate::signals::{Live, Samples};
 use crate::snapshot::{AdaptiveSnapshot, TargetEstimates};
 use crate::window::Window;
+
+mod apply;
+mod targets;
+
+use apply::inherited;
+use targets::{TargetHasher, is_held};
 
 /// What the layer, its services, the pool's hook and the task share.
 pub(crate) struct Controller {
@@ -108,47 +114,6 @@ impl Controller {
 
     pub(crate) fn set_mode(&self, mode: Mode) {
         self.mode.store(mode_index(mode), Ordering::Relaxed);
-    }
-
-    /// Run `f` on `target`'s live signals, tracking it if it is new and
-    /// the cap allows.
-    pub(crate) fn with_live<R>(
-        self: &Arc<Self>,
-        target: &Target,
-        f: impl FnOnce(&Live) -> R,
-    ) -> Option<R> {
-        {
-            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(signals) = live.get(target) {
-                return Some(f(signals));
-            }
-        }
-        self.track(target).map(|signals| f(&signals))
-    }
-
-    /// `target`'s live signals, tracked from now if the cap allows.
-    pub(crate) fn live_of(self: &Arc<Self>, target: &Target) -> Option<Arc<Live>> {
-        {
-            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(signals) = live.get(target) {
-                return Some(signals.clone());
-            }
-        }
-        self.track(target)
-    }
-
-    fn track(self: &Arc<Self>, target: &Target) -> Option<Arc<Live>> {
-        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(signals) = live.get(target) {
-            return Some(signals.clone());
-        }
-        if live.len() >= self.config.max_targets {
-            self.untracked.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let signals = Arc::new(Live::tracked(target.clone(), Arc::downgrade(self)));
-        live.insert(target.clone(), signals.clone());
-        Some(signals)
     }
 
     /// Start the ticking task once, on the runtime of the first request.
@@ -388,85 +353,6 @@ impl Controller {
         })
     }
 
-    /// Write the base settings with the controller's knobs over them.
-    fn write(&self, control: &PoolControl, target: &Target, state: &mut TargetState) -> bool {
-        let mut own = state.base.clone().unwrap_or_default();
-        let knobs = state.knobs;
-        if let Some(idle) = knobs.idle_timeout.ours {
-            own = own.idle_timeout(idle);
-        }
-        if let Some(min) = knobs.min_idle.ours {
-            own = own.min_idle_per_target(min);
-        }
-        if let Some(max) = knobs.max_idle.ours {
-            own = own.max_idle_per_target(max);
-        }
-        if let Some(max) = knobs.max_requests.ours {
-            own = own.max_requests_per_connection(max);
-        }
-        let own = (own != TargetConfig::default() || state.base.is_some()).then_some(own);
-        let ok = control.set_target_config(target, own.clone()).is_ok();
-        state.written = Some(if ok {
-            own
-        } else {
-            control.target_config(target)
-        });
-        ok
-    }
-
-    /// Switched off: take back every knob the controller set.
-    fn restore(
-        &self,
-        control: &PoolControl,
-        target: &Target,
-        state: &mut TargetState,
-    ) -> Vec<Decision> {
-        if state.written.is_none() {
-            return Vec::new();
-        }
-        let inherited = state.inherited;
-        let knobs = std::mem::take(&mut state.knobs);
-        let applied = control
-            .set_target_config(target, state.base.clone())
-            .is_ok();
-        state.written = None;
-        let mut changes = Vec::new();
-        if let Some(from) = knobs.idle_timeout.ours {
-            changes.push(Change::IdleTimeout {
-                from,
-                to: inherited.idle_timeout,
-            });
-        }
-        if let Some(from) = knobs.min_idle.ours {
-            changes.push(Change::MinIdle {
-                from,
-                to: inherited.min_idle,
-            });
-        }
-        if let Some(from) = knobs.max_idle.ours {
-            changes.push(Change::MaxIdle {
-                from,
-                to: inherited.max_idle,
-            });
-        }
-        if let Some(from) = knobs.max_requests.ours {
-            changes.push(Change::MaxRequests {
-                from,
-                to: inherited.max_requests,
-            });
-        }
-        changes
-            .into_iter()
-            .map(|change| Decision {
-                target: target.clone(),
-                change,
-                reason: Reason::Restored,
-                applied,
-                inputs: state.inputs.clone(),
-            })
-            .collect()
-    }
-
     pub(crate) fn snapshot(&self) -> AdaptiveSnapshot {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.live.read().unwrap_or_else(|e| e.into_inner());
@@ -506,15 +392,6 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-/// Whether `live`'s target is in use: a service handle of the layer holds
-/// its signals (its last target's, besides the map's and the tick's), or a
-/// request is on one of its connections (one longer than `forget_after`).
-/// Such a target is not forgotten, or its signals would go where no one
-/// reads them.
-fn is_held(live: &Arc<Live>) -> bool {
-    Arc::strong_count(live) > 2 || live.in_flight() > 0
-}
-
 /// The floor the missed reuses set under the idle timeout: raised to 1.5
 /// times their median gap while the window holds a few, kept for
 /// `forget_after` after the last, so that the timeout does not go down and
@@ -533,46 +410,6 @@ fn miss_floor(
     Some((floor.map_or(asked, |(f, _)| f.max(asked)), now))
 }
 
-/// The target's settings without the controller: its own (the base), its
-/// service's, its partition's, the pool's, first set wins.
-fn inherited(control: &PoolControl, target: &Target, base: Option<&TargetConfig>) -> Inherited {
-    let pool = control.config();
-    let service = control.service_config(target);
-    let partition = target.partition().and_then(|p| control.partition_config(p));
-    let levels = [base, service.as_ref(), partition.as_ref()];
-    let levels = || levels.into_iter().flatten();
-    let pick_duration = levels()
-        .find_map(TargetConfig::get_idle_timeout)
-        .unwrap_or(pool.get_idle_timeout());
-    let pick_min = levels()
-        .find_map(TargetConfig::get_min_idle_per_target)
-        .unwrap_or(pool.get_min_idle_per_target());
-    let pick_max = levels()
-        .find_map(TargetConfig::get_max_requests_per_connection)
-        .unwrap_or(pool.get_max_requests_per_connection());
-    let pick_max_idle = levels()
-        .find_map(TargetConfig::get_max_idle_per_target)
-        .unwrap_or(pool.get_max_idle_per_target());
-    let pick_max_connections = levels()
-        .find_map(TargetConfig::get_max_connections_per_target)
-        .unwrap_or(pool.get_max_connections_per_target());
-    let pick_min_connections = levels()
-        .find_map(TargetConfig::get_min_connections_per_target)
-        .unwrap_or(pool.get_min_connections_per_target());
-    Inherited {
-        idle_timeout: pick_duration,
-        min_idle: pick_min,
-        max_idle: pick_max_idle,
-        min_connections: pick_min_connections,
-        max_connections: pick_max_connections,
-        max_requests: pick_max,
-        own_idle_timeout: base.is_some_and(|b| b.get_idle_timeout().is_some()),
-        own_min_idle: base.is_some_and(|b| b.get_min_idle_per_target().is_some()),
-        own_max_idle: base.is_some_and(|b| b.get_max_idle_per_target().is_some()),
-        own_max_requests: base.is_some_and(|b| b.get_max_requests_per_connection().is_some()),
-    }
-}
-
 /// Tick until the controller is dropped.
 async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
     let mut interval = tokio::time::interval(tick);
@@ -584,43 +421,6 @@ async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
             return;
         };
         controller.tick(now);
-    }
-}
-
-/// The target map's hasher, looked up at each of the pool's rare events
-/// and when a service handle's target changes: a multiply and rotate per word (as rustc's own maps hash) rather
-/// than SipHash, whose resistance to chosen keys the map does not need
-/// (at most `max_targets` entries, each one of the client's own targets).
-#[derive(Default)]
-struct TargetHasher(u64);
-
-impl Hasher for TargetHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-            self.add(word);
-        }
-        let mut last = [0u8; 8];
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.add(word);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl TargetHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
