@@ -13,7 +13,9 @@ use tower_reuse_pool::{PoolControl, Target, TargetConfig};
 
 use crate::config::{AdaptiveConfig, Mode};
 use crate::decide::{Inherited, Knobs, View, decide, periodic};
-use crate::events::{AdaptiveEvents, Change, Decision, Inputs, Reason};
+use crate::events::{AdaptiveEvents, Decision, Inputs};
+#[cfg(feature = "tls")]
+use crate::events::{Change, Reason};
 use crate::learn::Learned;
 use crate::signals::{Live, Samples};
 use crate::snapshot::{AdaptiveSnapshot, TargetEstimates};
