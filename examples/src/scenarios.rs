@@ -371,11 +371,11 @@ pub fn build(name: &str, sizes: &Sizes) -> Option<Scenario> {
             s.skip.push((StackKind::Raw, RAW_NEEDS_STEADY));
             s
         }
-        // `tls-churn`'s server, under Poisson arrivals at about 40 % of what
+        // `tls-churn`'s server, under Poisson arrivals at about a quarter of what
         // its closed loop sustains: the latency of a request, not of the
         // queue a closed loop forms behind the CPU.
         "tls-churn-paced" => {
-            let rate = if sizes.quick { 2_000.0 } else { 8_000.0 };
+            let rate = if sizes.quick { 2_000.0 } else { 5_000.0 };
             let mut s = scenario(
                 "tls-churn-paced",
                 format!(
