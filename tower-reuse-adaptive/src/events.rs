@@ -137,8 +137,9 @@ pub enum Reason {
     /// that all of them resume; released gradually when bursts shrink.
     ConnectBursts,
     /// The controller was switched off, the target's own settings
-    /// changed, or what it inherits fell below the controller's value (a
-    /// tier's demotion): its setting is taken back.
+    /// changed, what it inherits fell below the controller's value (a
+    /// tier's demotion), or the target was forgotten (quiet for
+    /// `forget_after`): its setting is taken back.
     Restored,
 }
 

@@ -118,7 +118,8 @@ impl Controller {
         self.mode.store(mode_index(mode), Ordering::Relaxed);
     }
 
-    /// Start the ticking task once, on the runtime of the first request.
+    /// Start the ticking task once, on the runtime of the first request;
+    /// again on a later request's runtime if that one has shut down.
     pub(crate) fn start(self: &Arc<Self>) {
         if self.started.load(Ordering::Relaxed) || self.started.swap(true, Ordering::AcqRel) {
             return;
@@ -221,11 +222,11 @@ impl Controller {
             }
             #[cfg(feature = "tls")]
             decisions.extend(self.decide_tickets(&states, mode, now));
+            // A forgotten target's settings go back to its own, told as
+            // any other change.
             for target in &forgotten {
-                if let Some(state) = states.remove(target)
-                    && state.written.is_some()
-                {
-                    let _ = control.set_target_config(target, state.base);
+                if let Some(mut state) = states.remove(target) {
+                    decisions.extend(self.restore(control, target, &mut state));
                 }
             }
         }
@@ -414,6 +415,7 @@ fn miss_floor(
 
 /// Tick until the controller is dropped.
 async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
+    let _running = Running(controller.clone());
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval.tick().await;
@@ -423,6 +425,18 @@ async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
             return;
         };
         controller.tick(now);
+    }
+}
+
+/// Held by the ticking task: when its runtime shuts down and drops it,
+/// the next request starts it again on its own runtime.
+struct Running(Weak<Controller>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(controller) = self.0.upgrade() {
+            controller.started.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -87,11 +87,52 @@ async fn a_quiet_target_is_forgotten_with_its_settings() {
     let rig = rig(forgetful());
     rig.steady(10, 4).await;
     assert!(rig.control.target_config(&rig.target).is_some());
+    rig.noted.take();
     for _ in 0..25 {
         rig.tick().await;
     }
     assert_eq!(rig.control.target_config(&rig.target), None);
     assert_eq!(rig.controller.snapshot().tracked, 0);
+    // Taken back, and told.
+    let told = rig.noted.take();
+    assert!(!told.is_empty());
+    assert!(
+        told.iter()
+            .all(|d| d.reason() == Reason::Restored && d.applied()),
+        "{told:?}"
+    );
+}
+
+/// The ticking task runs on the runtime of the first request; when that
+/// runtime shuts down, the next request's runtime gets it back.
+#[test]
+fn the_tick_task_starts_again_on_a_new_runtime() {
+    let controller = Arc::new(Controller::new(
+        AdaptiveConfig::default().validate().unwrap(),
+        Arc::new(Noted::default()),
+    ));
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let ticks = |c: &Controller| c.snapshot().ticks;
+    let first = runtime();
+    first.block_on(async {
+        controller.start();
+        tokio::time::sleep(TICK * 3).await;
+    });
+    let before = ticks(&controller);
+    assert!(before >= 2, "{before} ticks");
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        controller.start();
+        tokio::time::sleep(TICK * 3).await;
+    });
+    assert!(ticks(&controller) >= before + 2, "not restarted");
 }
 
 #[tokio::test(start_paused = true)]
