@@ -54,6 +54,12 @@ impl LiveHistogram {
         self.counts[index(d)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Record a count (requests in flight): exact below 8, within a
+    /// quarter octave above.
+    pub(crate) fn record_count(&self, n: usize) {
+        self.record(Duration::from_micros(n as u64));
+    }
+
     /// Move the counts into `into`, leaving zeros.
     pub(crate) fn drain_into(&self, into: &mut Histogram) {
         for (i, count) in self.counts.iter().enumerate() {
@@ -118,6 +124,14 @@ impl Histogram {
         }
         None
     }
+
+    /// The `q` quantile of counts recorded with
+    /// [`LiveHistogram::record_count`]: the bucket's smallest count.
+    pub(crate) fn quantile_count(&self, q: f64) -> Option<usize> {
+        let upper = self.quantile(q)?;
+        let i = index(upper).saturating_sub(1);
+        Some(lower(i).as_micros() as usize)
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +151,27 @@ mod tests {
         }
         assert_eq!(index(Duration::MAX), BUCKETS - 1);
         assert_eq!(index(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn counts_are_exact_to_eight_and_within_a_quarter_octave_below_above() {
+        let live = LiveHistogram::default();
+        for n in [1, 1, 2, 3, 5, 7] {
+            live.record_count(n);
+        }
+        let mut h = Histogram::default();
+        live.drain_into(&mut h);
+        assert_eq!(h.quantile_count(0.0), Some(1));
+        assert_eq!(h.quantile_count(0.5), Some(2));
+        assert_eq!(h.quantile_count(1.0), Some(7));
+        let live = LiveHistogram::default();
+        for n in 1..=100 {
+            live.record_count(n);
+        }
+        let mut h = Histogram::default();
+        live.drain_into(&mut h);
+        let p50 = h.quantile_count(0.5).unwrap();
+        assert!((42..=50).contains(&p50), "{p50}");
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub struct TargetEstimates {
     pub in_flight: usize,
     /// The most requests in flight at once.
     pub peak: usize,
+    /// The median and 99th percentile of the requests in flight as each
+    /// request went out, over the window (exact to 8, within a fifth
+    /// above).
+    pub in_flight_p50: Option<usize>,
+    /// See `in_flight_p50`.
+    pub in_flight_p99: Option<usize>,
     /// Requests through the layer that got a response other than a server
     /// error (5xx), of all that ended (none through the layer: `None`).
     pub success_rate: Option<f64>,
@@ -120,6 +126,8 @@ impl TargetEstimates {
             rate: c.checkouts as f64 / config.window.as_secs_f64(),
             in_flight,
             peak: c.peak,
+            in_flight_p50: window.in_flight.quantile_count(0.5),
+            in_flight_p99: window.in_flight.quantile_count(0.99),
             success_rate: share(c.requests - c.errors.min(c.requests), c.requests),
             latency_p50: window.latency.quantile(0.5),
             latency_p99: window.latency.quantile(0.99),

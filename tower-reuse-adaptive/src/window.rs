@@ -61,7 +61,7 @@ impl Counts {
 }
 
 /// One bucket: counts and the distributions of waits, idle gaps, connect
-/// times and request latencies.
+/// times, request latencies and requests in flight.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Bucket {
     pub(crate) counts: Counts,
@@ -70,6 +70,9 @@ pub(crate) struct Bucket {
     pub(crate) missed: Histogram,
     pub(crate) connect: Histogram,
     pub(crate) latency: Histogram,
+    /// Requests in flight as each request went out (counts, kept as
+    /// microseconds).
+    pub(crate) in_flight: Histogram,
 }
 
 impl Bucket {
@@ -80,6 +83,7 @@ impl Bucket {
         self.missed.merge(&other.missed);
         self.connect.merge(&other.connect);
         self.latency.merge(&other.latency);
+        self.in_flight.merge(&other.in_flight);
     }
 }
 

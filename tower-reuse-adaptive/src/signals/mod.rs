@@ -66,6 +66,8 @@ pub(crate) struct Live {
     pub(crate) missed: LiveHistogram,
     pub(crate) connect: LiveHistogram,
     pub(crate) latency: LiveHistogram,
+    /// Requests in flight as each went out.
+    pub(crate) concurrency: LiveHistogram,
     demand_connects: AtomicU64,
     other_connects: AtomicU64,
     connect_errors: AtomicU64,
@@ -140,6 +142,7 @@ impl Live {
             missed: LiveHistogram::default(),
             connect: LiveHistogram::default(),
             latency: LiveHistogram::default(),
+            concurrency: LiveHistogram::default(),
             demand_connects: AtomicU64::default(),
             other_connects: AtomicU64::default(),
             connect_errors: AtomicU64::default(),
@@ -183,6 +186,7 @@ impl Live {
         }
         self.peak.fetch_max(before + 1, Ordering::Relaxed);
         self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
+        self.concurrency.record_count(before + 1);
     }
 
     /// A request through the layer got its response head, failed or was
@@ -416,6 +420,7 @@ impl Live {
         self.missed.drain_into(&mut bucket.missed);
         self.connect.drain_into(&mut bucket.connect);
         self.latency.drain_into(&mut bucket.latency);
+        self.concurrency.drain_into(&mut bucket.in_flight);
         let mut rare = self.lock();
         while rare.expired.front().is_some_and(|&at| at < forget_before) {
             rare.expired.pop_front();

@@ -22,6 +22,12 @@ async fn converges_on_steady_load_then_makes_no_change() {
     }
     rig.steady(60, 8).await;
     assert!(rig.noted.take().len() <= 3);
+    // Eight in flight at the most, each request counted as it went out.
+    let snapshot = rig.controller.snapshot();
+    let estimates = snapshot.target(&rig.target).unwrap();
+    assert_eq!(estimates.peak, 8);
+    assert_eq!(estimates.in_flight_p99, Some(8));
+    assert_eq!(estimates.in_flight_p50, Some(4));
 }
 
 #[tokio::test(start_paused = true)]
