@@ -152,6 +152,16 @@ impl Target {
     /// Whether `req` goes to this target: the check a pool handle makes
     /// against the target it served last, without building a `Target`.
     pub(crate) fn is_for<B>(&self, req: &Request<B>, endpoint: Option<Endpoint>) -> bool {
+        let uri = req.uri();
+        // The common case first, without looking for user info: the
+        // authority's very bytes (a target's never hold user info).
+        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority())
+            && authority.as_str() == self.authority.as_str()
+        {
+            return *scheme == self.scheme
+                && req.extensions().get::<Partition>() == self.partition.as_ref()
+                && endpoint == self.endpoint;
+        }
         TargetKey::of_request(req, endpoint).is_some_and(|key| key == self.key())
     }
 
@@ -426,6 +436,31 @@ mod tests {
     use std::hash::BuildHasher;
 
     use super::*;
+
+    #[test]
+    fn a_request_is_for_its_target_with_or_without_user_info() {
+        let target = Target::from_uri(&"http://a.test:8080".parse().unwrap(), None).unwrap();
+        let req = |uri: &str| Request::get(uri).body(()).unwrap();
+        assert!(target.is_for(&req("http://a.test:8080/x"), None));
+        assert!(target.is_for(&req("http://user:pw@a.test:8080/x"), None));
+        assert!(target.is_for(&req("http://A.TEST:8080/x"), None));
+        assert!(!target.is_for(&req("https://a.test:8080/x"), None));
+        assert!(!target.is_for(&req("http://a.test:8081/x"), None));
+        let endpoint = Endpoint::new("127.0.0.2:8080".parse().unwrap());
+        assert!(!target.is_for(&req("http://a.test:8080/x"), Some(endpoint)));
+        let mut partitioned = req("http://a.test:8080/x");
+        partitioned
+            .extensions_mut()
+            .insert(Partition::new("tenant-a"));
+        assert!(!target.is_for(&partitioned, None));
+        let tenant = Target::from_uri(
+            &"http://a.test:8080".parse().unwrap(),
+            Some(Partition::new("tenant-a")),
+        )
+        .unwrap();
+        assert!(tenant.is_for(&partitioned, None));
+        assert!(!tenant.is_for(&req("http://a.test:8080/x"), None));
+    }
 
     #[test]
     fn authorities_differing_in_case_are_one_target() {
