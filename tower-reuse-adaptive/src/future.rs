@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 
 use tower_reuse_pool::ConnectionInfo;
 
-use crate::signals::Live;
+use crate::signals::{Live, Stamp};
 
 pin_project! {
     /// The response future of [`Adaptive`](crate::Adaptive).
@@ -28,14 +27,14 @@ pin_project! {
 #[derive(Debug)]
 struct Noted {
     live: Arc<Live>,
-    start: Instant,
+    start: Stamp,
     ended: bool,
 }
 
 impl Drop for Noted {
     fn drop(&mut self) {
         if !self.ended {
-            self.live.ended(Instant::now());
+            self.live.ended(self.live.now());
         }
     }
 }
@@ -43,7 +42,7 @@ impl Drop for Noted {
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, live: Option<Arc<Live>>) -> Self {
         let noted = live.map(|live| {
-            let start = Instant::now();
+            let start = live.now();
             live.started(start);
             Noted {
                 live,
@@ -67,14 +66,12 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         if let Some(mut noted) = this.noted.take() {
-            let now = Instant::now();
+            let now = noted.live.now();
             noted.ended = true;
             noted.live.ended(now);
             let response = result.as_ref().ok();
             let failed = response.is_none_or(|r| r.status().is_server_error());
-            noted
-                .live
-                .answered(now.saturating_duration_since(noted.start), failed);
+            noted.live.answered(now.since(noted.start), failed);
             // The pool's account of the connection, on every response.
             if let Some(info) = response.and_then(|r| r.extensions().get::<ConnectionInfo>()) {
                 noted.live.served(info);

@@ -110,6 +110,18 @@ pub(crate) struct Rare {
     expired: VecDeque<Instant>,
 }
 
+/// An instant of the request path: nanoseconds after its `Live`'s epoch,
+/// plus one (zero stands for none in `quiet_since`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u64);
+
+impl Stamp {
+    /// The time from `earlier` to this stamp.
+    pub(crate) fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
 /// One finished burst.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Burst {
@@ -171,18 +183,21 @@ impl Live {
         }
     }
 
-    /// `now` as stored in `quiet_since`.
-    fn stamp(&self, now: Instant) -> u64 {
-        let nanos = now.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
+    /// Now, as the request path stamps it: one clock read, and integer
+    /// arithmetic from there.
+    pub(crate) fn now(&self) -> Stamp {
+        let nanos = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos();
+        Stamp(u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1)
     }
 
-    /// A request through the layer went out at `now`.
-    pub(crate) fn started(&self, now: Instant) {
+    /// A request through the layer went out at `at`.
+    pub(crate) fn started(&self, at: Stamp) {
         self.touch();
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
-            self.busy(now);
+            self.busy(at);
         }
         self.peak.fetch_max(before + 1, Ordering::Relaxed);
         self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
@@ -190,24 +205,25 @@ impl Live {
     }
 
     /// A request through the layer got its response head, failed or was
-    /// given up, at `now`.
-    pub(crate) fn ended(&self, now: Instant) {
+    /// given up, at `at`.
+    pub(crate) fn ended(&self, at: Stamp) {
         let before = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if before == Ok(1) {
-            self.quiet_since.store(self.stamp(now), Ordering::Relaxed);
+            self.quiet_since.store(at.0, Ordering::Relaxed);
         }
     }
 
     /// A request went out with nothing in flight: a new burst if the
     /// target was quiet long enough (a lock only then).
-    fn busy(&self, now: Instant) {
+    fn busy(&self, at: Stamp) {
         let quiet_since = self.quiet_since.load(Ordering::Relaxed);
         // A request has ended, so a burst has started.
-        if quiet_since != 0 && self.stamp(now).saturating_sub(quiet_since) < BURST_QUIET_NANOS {
+        if quiet_since != 0 && at.0.saturating_sub(quiet_since) < BURST_QUIET_NANOS {
             return;
         }
+        let now = self.epoch + Duration::from_nanos(at.0 - 1);
         let mut rare = self.lock();
         // The previous burst's peak; this request counts in the new one.
         let peak = self.burst_peak.swap(0, Ordering::Relaxed);
@@ -442,13 +458,13 @@ impl Live {
 impl Live {
     /// A request out now, on a connection with these facts.
     pub(crate) fn out(&self, reused: bool, wait: Duration, idle_for: Option<Duration>) {
-        self.started(Instant::now());
+        self.started(self.now());
         self.checkout(reused, wait, idle_for);
     }
 
     /// A request back now.
     pub(crate) fn back(&self) {
-        self.ended(Instant::now());
+        self.ended(self.now());
     }
 }
 

@@ -54,7 +54,7 @@ async fn a_bursts_peak_counts_the_requests_waiting_for_a_connection() {
     for _ in 0..5 {
         rig.controller.with_live(&rig.target, |live| {
             for _ in 0..16 {
-                live.started(Instant::now());
+                live.started(live.now());
             }
             for _ in 0..4 {
                 for _ in 0..4 {
