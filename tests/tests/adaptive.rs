@@ -389,3 +389,147 @@ async fn over_a_router_each_endpoint_gets_its_connections_facts() {
         assert!(reuse.is_some_and(|r| r > 0.5), "{targets:?}");
     }
 }
+
+/// A connection stays busy until its response's body is read, past the
+/// request's response head (when the layer stops counting it in flight):
+/// the idle cap counts the connections the pool has serving requests, so
+/// bodies read late never make it close connections the next round needs.
+#[tokio::test(start_paused = true)]
+async fn bodies_read_late_keep_their_connections() {
+    for mode in [Mode::Off, Mode::On] {
+        let options = ServerOptions::default();
+        let (mut client, recorder, _adaptive) = client(options, PoolConfig::default(), mode);
+        let mut late = 0;
+        for round in 0..16 {
+            // Eight responses one after another, their bodies held.
+            let mut held = Vec::new();
+            for id in 0..8 {
+                let call = client.ready().await.unwrap().call(get(URL, id));
+                held.push(call.await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for response in held {
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let seen = recorder.take();
+            let connects = seen
+                .iter()
+                .filter(|s| matches!(s, Seen::Connect(_)))
+                .count();
+            if round >= 8 {
+                late += connects;
+            }
+        }
+        assert_eq!(late, 0, "{mode:?}: connects after warm-up");
+    }
+}
+
+/// Over a router the endpoints' requests are counted in flight on their
+/// service: the endpoints get no idle cap of their own (one from a peak
+/// of zero would close the connections every burst needs), and the
+/// controller makes bursts open no more connections than without it.
+#[tokio::test(start_paused = true)]
+async fn over_a_router_bursts_keep_their_connections() {
+    for mode in [Mode::Off, Mode::On] {
+        let adaptive = AdaptiveLayer::new(AdaptiveConfig::default().mode(mode)).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
+            .unwrap()
+            .events((SharedRecorder(recorder.clone()), adaptive.pool_events()));
+        let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
+        let endpoints: [std::net::SocketAddr; 2] = [
+            "127.0.0.2:80".parse().unwrap(),
+            "127.0.0.3:80".parse().unwrap(),
+        ];
+        affinity
+            .endpoints()
+            .set("http://adaptive.test", endpoints)
+            .unwrap();
+        let options = ServerOptions {
+            delay: Some(Duration::from_millis(5)),
+            ..ServerOptions::default()
+        };
+        let connector = DuplexConnector::new(options);
+        let client = adaptive.layer(affinity.layer(pool.layer(connector)));
+        let mut late = 0;
+        for round in 0..40 {
+            let burst: Vec<_> = (0..16)
+                .map(|id| {
+                    let mut client = client.clone();
+                    tokio::spawn(async move {
+                        let call = client.ready().await.unwrap().call(get(URL, id));
+                        let body = call.await.unwrap().into_body();
+                        http_body_util::BodyExt::collect(body).await.unwrap();
+                    })
+                })
+                .collect();
+            for request in burst {
+                request.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let seen = recorder.take();
+            if round >= 20 {
+                late += seen
+                    .iter()
+                    .filter(|s| matches!(s, Seen::Connect(_)))
+                    .count();
+            }
+        }
+        assert_eq!(late, 0, "{mode:?}: connects after warm-up");
+        let capped: Vec<_> = adaptive
+            .handle()
+            .snapshot()
+            .targets
+            .into_iter()
+            .filter(|t| t.max_idle.is_some())
+            .collect();
+        assert!(capped.is_empty(), "{capped:?}");
+    }
+}
+
+/// A service whose router stops routing (its endpoints forgotten) is the
+/// pool's target again: the controller tunes it and shows it.
+#[tokio::test(start_paused = true)]
+async fn a_service_no_longer_routed_is_tuned_again() {
+    let adaptive = AdaptiveLayer::new(AdaptiveConfig::default()).unwrap();
+    let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
+        .unwrap()
+        .events(adaptive.pool_events());
+    let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
+    let endpoints: [std::net::SocketAddr; 1] = ["127.0.0.2:80".parse().unwrap()];
+    affinity
+        .endpoints()
+        .set("http://adaptive.test", endpoints)
+        .unwrap();
+    let connector = DuplexConnector::new(ServerOptions::default());
+    let mut client = adaptive.layer(affinity.layer(pool.layer(connector)));
+    let mut send = async |n: u64| {
+        for id in 0..n {
+            let call = client.ready().await.unwrap().call(get(URL, id));
+            let body = call.await.unwrap().into_body();
+            http_body_util::BodyExt::collect(body).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        adaptive.handle().tick();
+    };
+    send(20).await;
+    let shown = |adaptive: &AdaptiveLayer| {
+        adaptive
+            .handle()
+            .snapshot()
+            .targets
+            .iter()
+            .map(|t| t.target.endpoint().is_some())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shown(&adaptive), [true], "the endpoint's target only");
+    affinity.endpoints().forget("http://adaptive.test").unwrap();
+    send(20).await;
+    assert!(
+        shown(&adaptive).contains(&false),
+        "the service's own target, once requests go to it"
+    );
+}

@@ -350,6 +350,8 @@ fn min_idle(config: &AdaptiveConfig, view: &View<'_>) -> Option<(Change, Reason)
         .periodic
         .filter(|p| config.prewarm && p.ongoing && outlasted(p))
         .map_or(floor, |p| p.peak.min(config.max_prewarm).max(floor));
+    // The pool refuses more warm connections than the target may keep idle.
+    let want = idle_cap(&view.inherited).map_or(want, |c| want.min(c).max(floor));
     let knob = view.knobs.min_idle;
     let current = knob.current(floor);
     if want == current || !knob.cooled(view.now, config.cool_down) {
@@ -394,14 +396,17 @@ fn max_idle(
     .into_iter()
     .max()
     .unwrap_or(1);
-    let ceiling = match (inherited.max_idle, inherited.max_connections) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let ceiling = idle_cap(inherited);
     if ceiling.is_some_and(|c| c < floor) {
         return None;
     }
-    let peak = view.window.counts.peak;
+    // No request seen in flight through the layer in the window (a quiet
+    // target, whose idle timeout lets its connections go; or a router's
+    // endpoint, whose requests are counted on its service): no opinion.
+    if view.window.counts.peak == 0 {
+        return None;
+    }
+    let peak = view.window.counts.peak.max(view.window.counts.busy);
     let headroom = (peak as f64 * config.dead_band).ceil() as usize;
     let want = peak.saturating_add(headroom).max(floor);
     let want = ceiling.map_or(want, |c| want.min(c));
@@ -434,6 +439,15 @@ fn max_idle(
             Some((change(Some(to)), Reason::RecentPeak))
         }
         None => None,
+    }
+}
+
+/// The most idle connections the target may keep without the controller:
+/// its `max_idle_per_target`, or its `max_connections_per_target`.
+fn idle_cap(inherited: &Inherited) -> Option<usize> {
+    match (inherited.max_idle, inherited.max_connections) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

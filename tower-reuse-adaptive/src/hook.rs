@@ -13,7 +13,9 @@ use crate::controller::Controller;
 /// The pool's events hook of an [`AdaptiveLayer`](crate::AdaptiveLayer):
 /// give it to the pool below the layer with `PoolLayer::events` (paired
 /// with another hook as `(hook, adaptive.pool_events())`). Without it the
-/// controller sees no connection and tunes nothing.
+/// controller sees no connect or close: it learns no server limit, keeps
+/// nothing warm and caps nothing, and tunes the idle timeout from the
+/// requests' idle gaps alone.
 ///
 /// It costs requests nothing: what each request says (its connection's
 /// reuse, idle gap and wait) the layer's service reads from the

@@ -41,7 +41,8 @@ impl AdaptiveSnapshot {
 pub struct TargetEstimates {
     /// The target.
     pub target: Target,
-    /// Requests per second (checkouts).
+    /// Requests per second that got a connection (responses that came on
+    /// one of the target's connections).
     pub rate: f64,
     /// Requests in flight now.
     pub in_flight: usize,

@@ -18,6 +18,10 @@ pub(crate) struct Counts {
     pub(crate) reused: u64,
     /// The most requests in flight at once.
     pub(crate) peak: usize,
+    /// The most connections the pool had serving requests, at the ticks
+    /// that looked (a slow body keeps a connection busy past its
+    /// response head, when the request is no longer in flight).
+    pub(crate) busy: usize,
     pub(crate) requests: u64,
     pub(crate) errors: u64,
     pub(crate) demand_connects: u64,
@@ -36,6 +40,7 @@ impl Counts {
         self.checkouts += other.checkouts;
         self.reused += other.reused;
         self.peak = self.peak.max(other.peak);
+        self.busy = self.busy.max(other.busy);
         self.requests += other.requests;
         self.errors += other.errors;
         self.demand_connects += other.demand_connects;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
-use tower_reuse_pool::{PoolControl, Target, TargetConfig};
+use tower_reuse_pool::{PoolControl, PoolSnapshot, Target, TargetConfig};
 
 use crate::config::{AdaptiveConfig, Mode};
 use crate::decide::{Inherited, Knobs, View, decide, periodic};
@@ -124,9 +124,21 @@ impl Controller {
         if self.started.load(Ordering::Relaxed) || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Outside a runtime there is nothing to tick on: the next request
+        // from inside one starts it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.started.store(false, Ordering::Release);
+            return;
+        };
         let me = Arc::downgrade(self);
         let tick = self.config.tick;
-        tokio::spawn(run(me, tick));
+        // Made before the task is spawned: a runtime that shuts down before
+        // polling it still drops it, and the next request starts another.
+        let running = Running(me.clone());
+        runtime.spawn(async move {
+            let _running = running;
+            run(me, tick).await;
+        });
     }
 
     /// One tick: drain, learn, decide, write, tell.
@@ -145,6 +157,8 @@ impl Controller {
             .collect();
         let mut decisions = Vec::new();
         let mut forgotten = Vec::new();
+        // Taken at most once a tick, for the targets that need it.
+        let mut pool_snapshot = None;
         {
             let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
             for (i, (target, live)) in lives.iter().enumerate() {
@@ -179,7 +193,14 @@ impl Controller {
                                     != state.inherited))
                     {
                         state.window.at(now);
-                        decisions.extend(self.decide_one(control, target, state, mode, now));
+                        decisions.extend(self.decide_one(
+                            control,
+                            &mut pool_snapshot,
+                            target,
+                            state,
+                            mode,
+                            now,
+                        ));
                     }
                     continue;
                 }
@@ -218,7 +239,14 @@ impl Controller {
                 if !state.pooled {
                     continue;
                 }
-                decisions.extend(self.decide_one(control, target, state, mode, now));
+                decisions.extend(self.decide_one(
+                    control,
+                    &mut pool_snapshot,
+                    target,
+                    state,
+                    mode,
+                    now,
+                ));
             }
             #[cfg(feature = "tls")]
             decisions.extend(self.decide_tickets(&states, mode, now));
@@ -253,6 +281,7 @@ impl Controller {
     fn decide_one(
         &self,
         control: &PoolControl,
+        pool_snapshot: &mut Option<PoolSnapshot>,
         target: &Target,
         state: &mut TargetState,
         mode: Mode,
@@ -269,7 +298,18 @@ impl Controller {
             state.base = own.clone();
         }
         state.inherited = inherited(control, target, state.base.as_ref());
-        let total = state.window.total();
+        let mut total = state.window.total();
+        if state.open > total.counts.peak.max(total.counts.busy) {
+            // More connections open than requests were seen in flight: how
+            // many serve requests now, before the idle cap counts the rest
+            // as spare.
+            let snapshot = pool_snapshot.get_or_insert_with(|| control.snapshot());
+            if let Some(busy) = snapshot.target(target).map(|t| t.active()) {
+                let counts = &mut state.window.at(now).counts;
+                counts.busy = counts.busy.max(busy);
+                total = state.window.total();
+            }
+        }
         state.miss_floor = miss_floor(state.miss_floor, &total, now, self.config.forget_after);
         let view = View {
             now,
@@ -296,6 +336,7 @@ impl Controller {
         if changes.is_empty() {
             return Vec::new();
         }
+        let before = state.knobs;
         for (change, _) in &changes {
             if mode == Mode::On {
                 state.knobs.record(*change, &state.inherited, now);
@@ -306,6 +347,15 @@ impl Controller {
             }
         }
         let applied = mode == Mode::On && self.write(control, target, state);
+        if mode == Mode::On && !applied {
+            // The pool refused the settings: the knobs stay as the pool has
+            // them, and the decision waits a cool-down before it is tried
+            // again.
+            state.knobs = before;
+            for (change, _) in &changes {
+                state.knobs.cool(*change, now);
+            }
+        }
         state.decisions += changes.len() as u64;
         changes
             .into_iter()
@@ -415,7 +465,6 @@ fn miss_floor(
 
 /// Tick until the controller is dropped.
 async fn run(controller: Weak<Controller>, tick: std::time::Duration) {
-    let _running = Running(controller.clone());
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval.tick().await;

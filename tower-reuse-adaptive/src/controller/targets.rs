@@ -55,11 +55,12 @@ impl Controller {
 
 /// Whether `live`'s target is in use: a service handle of the layer holds
 /// its signals (its last target's, besides the map's and the tick's), or a
-/// request is on one of its connections (one longer than `forget_after`).
-/// Such a target is not forgotten, or its signals would go where no one
-/// reads them.
+/// request is on one of its connections (one longer than `forget_after`),
+/// or it has connections open. Such a target is not forgotten, or its
+/// signals would go where no one reads them (and its open connections'
+/// closes would be lost to a new count).
 pub(super) fn is_held(live: &Arc<Live>) -> bool {
-    Arc::strong_count(live) > 2 || live.in_flight() > 0
+    Arc::strong_count(live) > 2 || live.in_flight() > 0 || live.open() > 0
 }
 
 /// The target map's hasher, looked up at each of the pool's rare events

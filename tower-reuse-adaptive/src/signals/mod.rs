@@ -207,11 +207,22 @@ impl Live {
     /// A request through the layer got its response head, failed or was
     /// given up, at `at`.
     pub(crate) fn ended(&self, at: Stamp) {
-        let before = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if before == Ok(1) {
-            self.quiet_since.store(at.0, Ordering::Relaxed);
+        let mut n = self.in_flight.load(Ordering::Relaxed);
+        while n > 0 {
+            // The quiet spell's start is stamped before the count reaches
+            // zero: a request that starts then sees it.
+            if n == 1 {
+                self.quiet_since.store(at.0, Ordering::Relaxed);
+            }
+            match self.in_flight.compare_exchange_weak(
+                n,
+                n - 1,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => n = now,
+            }
         }
     }
 
@@ -225,8 +236,11 @@ impl Live {
         }
         let now = self.epoch + Duration::from_nanos(at.0 - 1);
         let mut rare = self.lock();
-        // The previous burst's peak; this request counts in the new one.
-        let peak = self.burst_peak.swap(0, Ordering::Relaxed);
+        // The previous burst's peak; the requests in flight now (this one
+        // included) count in the new one.
+        let peak = self
+            .burst_peak
+            .swap(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(start) = rare.burst_start.replace(now) {
             if rare.bursts.len() == BURSTS_KEPT {
                 rare.bursts.pop_front();
@@ -261,7 +275,14 @@ impl Live {
                     live.checkout(reused, wait, idle_for);
                 }
             }
-            _ => self.checkout(reused, wait, idle_for),
+            _ => {
+                // No router (or no longer one): the connection is this
+                // target's.
+                if self.routes.load(Ordering::Relaxed) {
+                    self.routes.store(false, Ordering::Relaxed);
+                }
+                self.checkout(reused, wait, idle_for);
+            }
         }
     }
 

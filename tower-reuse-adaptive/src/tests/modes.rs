@@ -107,19 +107,9 @@ async fn a_quiet_target_is_forgotten_with_its_settings() {
 /// runtime shuts down, the next request's runtime gets it back.
 #[test]
 fn the_tick_task_starts_again_on_a_new_runtime() {
-    let controller = Arc::new(Controller::new(
-        AdaptiveConfig::default().validate().unwrap(),
-        Arc::new(Noted::default()),
-    ));
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
+    let controller = bare_controller();
     let ticks = |c: &Controller| c.snapshot().ticks;
-    let first = runtime();
+    let first = paused_runtime();
     first.block_on(async {
         controller.start();
         tokio::time::sleep(TICK * 3).await;
@@ -127,12 +117,29 @@ fn the_tick_task_starts_again_on_a_new_runtime() {
     let before = ticks(&controller);
     assert!(before >= 2, "{before} ticks");
     drop(first);
-    let second = runtime();
+    let second = paused_runtime();
     second.block_on(async {
         controller.start();
         tokio::time::sleep(TICK * 3).await;
     });
     assert!(ticks(&controller) >= before + 2, "not restarted");
+}
+
+/// Nor is it lost when the first runtime shuts down before it ever ran.
+#[test]
+fn the_tick_task_starts_again_when_its_runtime_never_ran_it() {
+    let controller = bare_controller();
+    let first = paused_runtime();
+    first.block_on(async { controller.start() });
+    drop(first);
+    let second = paused_runtime();
+    second.block_on(async {
+        controller.start();
+        tokio::time::sleep(TICK * 3).await;
+    });
+    assert!(controller.snapshot().ticks >= 2, "not restarted");
+    // And outside any runtime, a request starts nothing and panics not.
+    controller.start();
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,4 +168,20 @@ async fn a_target_a_service_handle_holds_is_not_forgotten() {
         rig.tick().await;
     }
     assert_eq!(rig.controller.snapshot().tracked, 0);
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A controller with no pool: it ticks, and decides nothing.
+fn bare_controller() -> Arc<Controller> {
+    Arc::new(Controller::new(
+        AdaptiveConfig::default().validate().unwrap(),
+        Arc::new(Noted::default()),
+    ))
 }

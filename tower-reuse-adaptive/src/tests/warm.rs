@@ -1,4 +1,5 @@
-//! Warm connections ahead of periodic bursts, and the cap that lets a spike's idle connections go.
+//! Warm connections ahead of periodic bursts, and the cap that lets a
+//! spike's idle connections go.
 
 use super::*;
 
@@ -134,4 +135,23 @@ async fn the_idle_cap_keeps_a_tiers_connections() {
         rig.close_above_cap();
     }
     assert_eq!(rig.max_idle(), Some(8));
+}
+
+/// The pool refuses more warm connections than a target may keep idle:
+/// the controller keeps as many as the operator's cap allows, and every
+/// decision is applied.
+#[tokio::test(start_paused = true)]
+async fn warm_connections_stay_within_the_operators_idle_cap() {
+    let pool = PoolConfig::default().max_idle_per_target(Some(4));
+    let rig = rig_with(AdaptiveConfig::default(), pool);
+    rig.server_closed_idle(Duration::from_secs(2));
+    bursts(&rig, 32, Duration::from_secs(3), 5).await;
+    assert_eq!(rig.min_idle(), 4);
+    let refused: Vec<_> = rig
+        .noted
+        .take()
+        .into_iter()
+        .filter(|d| !d.applied())
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }
