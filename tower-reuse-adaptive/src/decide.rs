@@ -189,6 +189,8 @@ pub(crate) struct View<'a> {
     pub(crate) window: &'a Bucket,
     /// Connections open now.
     pub(crate) open: usize,
+    /// Its connections speak HTTP/2.
+    pub(crate) http2: bool,
     /// The most TLS connects in one bucket of the window.
     pub(crate) connect_burst: u64,
     /// The idle timeout that would have kept the connections a recent
@@ -349,7 +351,12 @@ fn min_idle(config: &AdaptiveConfig, view: &View<'_>) -> Option<(Change, Reason)
     let want = view
         .periodic
         .filter(|p| config.prewarm && p.ongoing && outlasted(p))
-        .map_or(floor, |p| p.peak.min(config.max_prewarm).max(floor));
+        // One HTTP/2 connection carries a burst's streams (the pool opens
+        // more if the server's stream limit binds).
+        .map_or(floor, |p| {
+            let peak = if view.http2 { 1 } else { p.peak };
+            peak.min(config.max_prewarm).max(floor)
+        });
     // The pool refuses more warm connections than the target may keep idle.
     let want = idle_cap(&view.inherited).map_or(want, |c| want.min(c).max(floor));
     let knob = view.knobs.min_idle;

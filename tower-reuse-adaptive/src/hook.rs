@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use tower_reuse_pool::TlsHandshake;
 use tower_reuse_pool::events::{
     Closed, ConnectFailed, ConnectReason, ConnectStarted, Connected, PoolEvents, Refused, Retried,
     Stale,
 };
+use tower_reuse_pool::{Protocol, TlsHandshake};
 
 use crate::controller::Controller;
 
@@ -37,8 +37,9 @@ impl PoolEvents for AdaptivePoolEvents {
     fn on_connect(&self, event: &Connected<'_>) {
         let demand = event.reason() == ConnectReason::Demand;
         let resumed = event.tls().map(|tls| tls == TlsHandshake::Resumed);
+        let http2 = event.protocol() == Protocol::Http2;
         self.controller.with_live(event.target(), |live| {
-            live.connected(demand, event.duration(), resumed)
+            live.connected(demand, event.duration(), resumed, http2)
         });
     }
 

@@ -59,6 +59,8 @@ struct TargetState {
     pooled: bool,
     /// Connections open at the last drain.
     open: usize,
+    /// Whether its connections speak HTTP/2.
+    http2: bool,
     /// The target's own settings as the controller last wrote them, and
     /// what they were without the controller's knobs.
     written: Option<Option<TargetConfig>>,
@@ -81,6 +83,7 @@ impl TargetState {
             last_active: now,
             pooled: false,
             open: 0,
+            http2: false,
             written: None,
             base: None,
             inputs: Inputs::default(),
@@ -228,6 +231,7 @@ impl Controller {
                     || live.in_flight() > 0)
                     && !live.routes();
                 state.open = live.open();
+                state.http2 = live.is_http2();
                 state.learned.observe(&samples);
                 state.bursts = samples;
                 if now.saturating_duration_since(state.last_active) >= self.config.forget_after
@@ -315,6 +319,7 @@ impl Controller {
             now,
             window: &total,
             open: state.open,
+            http2: state.http2,
             connect_burst: state.window.busiest(|c| c.tls_full + c.tls_resumed),
             miss_floor: state.miss_floor.map(|(floor, _)| floor),
             learned: &state.learned,

@@ -46,6 +46,8 @@ pub(crate) struct Live {
     reused: AtomicU64,
     /// Connections open (connected and not yet closed).
     open: AtomicUsize,
+    /// The last connection opened speaks HTTP/2: one carries a burst.
+    http2: AtomicBool,
     /// Requests through the layer waiting for their response head (those
     /// waiting for a connection included).
     in_flight: AtomicUsize,
@@ -143,6 +145,7 @@ impl Live {
             checkouts: AtomicU64::default(),
             reused: AtomicU64::default(),
             open: AtomicUsize::default(),
+            http2: AtomicBool::default(),
             in_flight: AtomicUsize::default(),
             peak: AtomicUsize::default(),
             burst_peak: AtomicUsize::default(),
@@ -199,8 +202,13 @@ impl Live {
         if before == 0 {
             self.busy(at);
         }
-        self.peak.fetch_max(before + 1, Ordering::Relaxed);
-        self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
+        // A load first: in a steady load the peaks are rarely raised.
+        if self.peak.load(Ordering::Relaxed) <= before {
+            self.peak.fetch_max(before + 1, Ordering::Relaxed);
+        }
+        if self.burst_peak.load(Ordering::Relaxed) <= before {
+            self.burst_peak.fetch_max(before + 1, Ordering::Relaxed);
+        }
         self.concurrency.record_count(before + 1);
     }
 
@@ -333,9 +341,16 @@ impl Live {
         }
     }
 
-    pub(crate) fn connected(&self, demand: bool, duration: Duration, resumed: Option<bool>) {
+    pub(crate) fn connected(
+        &self,
+        demand: bool,
+        duration: Duration,
+        resumed: Option<bool>,
+        http2: bool,
+    ) {
         self.touch();
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.http2.store(http2, Ordering::Relaxed);
         let count = if demand {
             &self.demand_connects
         } else {
@@ -409,6 +424,11 @@ impl Live {
     pub(crate) fn refused(&self) {
         self.touch();
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the target's connections speak HTTP/2.
+    pub(crate) fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// Connections open now.

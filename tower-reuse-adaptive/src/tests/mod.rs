@@ -149,11 +149,16 @@ impl Rig {
         self.own().get_max_idle_per_target().flatten()
     }
 
-    /// `n` connections open.
+    /// `n` HTTP/1.1 connections open.
     fn connected(&self, n: usize) {
+        self.connected_as(n, false);
+    }
+
+    /// `n` connections open, HTTP/2 ones with `http2`.
+    fn connected_as(&self, n: usize, http2: bool) {
         self.controller.with_live(&self.target, |live| {
             for _ in 0..n {
-                live.connected(true, Duration::from_millis(1), None);
+                live.connected(true, Duration::from_millis(1), None, http2);
             }
         });
     }

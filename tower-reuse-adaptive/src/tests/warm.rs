@@ -155,3 +155,13 @@ async fn warm_connections_stay_within_the_operators_idle_cap() {
         .collect();
     assert!(refused.is_empty(), "{refused:?}");
 }
+
+/// One HTTP/2 connection carries a burst's streams: one is kept warm.
+#[tokio::test(start_paused = true)]
+async fn an_http2_target_keeps_one_connection_warm_for_its_bursts() {
+    let rig = rig(AdaptiveConfig::default());
+    rig.connected_as(1, true);
+    rig.server_closed_idle(Duration::from_secs(2));
+    bursts(&rig, 32, Duration::from_secs(3), 5).await;
+    assert_eq!(rig.min_idle(), 1);
+}
