@@ -22,12 +22,14 @@
 //!   connection, learned from the requests its connections had served
 //!   when it closed them, so that the pool opens the replacement before a
 //!   connection's last request;
-//! - **`min_idle_per_target`**: the recent bursts' peak, kept warm while
-//!   bursts come at a steady period with gaps longer than connections
-//!   live, and released at most half at a time when they stop;
+//! - **`min_idle_per_target`**: the recent bursts' peak (one connection
+//!   for an HTTP/2 target), kept warm while bursts come at a steady period
+//!   with gaps longer than connections live, and released at most half at
+//!   a time when they stop;
 //! - **`max_idle_per_target`**: once more connections are open than the
-//!   window's peak in flight needs (with a quarter more), a cap that
-//!   closes the idle ones beyond it, lowered by halves a cool-down apart:
+//!   window's peak in flight needs (with a quarter more; the connections
+//!   the pool has serving requests count too), a cap that closes the idle
+//!   ones beyond it, lowered by halves a cool-down apart:
 //!   a spike's sockets go soon after it, not each at its idle timeout;
 //!   raised at once when the load needs more, never under the
 //!   connections kept warm or open (an affinity tier's);
