@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_adaptive::{Adaptive, AdaptiveConfig, AdaptiveLayer, Mode};
-use tower_reuse_affinity::{AffinityConfig, AffinityLayer};
+use tower_reuse_affinity::{Affinity, AffinityConfig, AffinityLayer};
 use tower_reuse_pool::events::{
     CheckedOut, CloseReason, Closed, ConnectReason, ConnectStarted, PoolEvents, Stale,
 };
@@ -110,6 +110,32 @@ async fn one(client: &mut Client, id: u64) {
         .unwrap();
     let (_, body) = response.into_parts();
     http_body_util::BodyExt::collect(body).await.unwrap();
+}
+
+type Routed = Adaptive<Affinity<Pool<DuplexConnector>>>;
+
+/// The controller (in `mode`) over the affinity layer, which routes
+/// `URL`'s service to `endpoints`, over a pool to an in-process server
+/// with `options`.
+fn routed(
+    options: ServerOptions,
+    mode: Mode,
+    endpoints: &[&str],
+) -> (Routed, Arc<Recorder>, AdaptiveLayer, AffinityLayer) {
+    let adaptive = AdaptiveLayer::new(AdaptiveConfig::default().mode(mode)).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
+        .unwrap()
+        .events((SharedRecorder(recorder.clone()), adaptive.pool_events()));
+    let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
+    let addrs = endpoints.iter().map(|a| a.parse().unwrap());
+    affinity
+        .endpoints()
+        .set("http://adaptive.test", addrs)
+        .unwrap();
+    let connector = DuplexConnector::new(options);
+    let client = adaptive.layer(affinity.layer(pool.layer(connector)));
+    (client, recorder, adaptive, affinity)
 }
 
 fn target() -> Target {
@@ -353,21 +379,8 @@ async fn server_errors_count_against_the_success_rate() {
 /// targets, which hold the connections, and leaves the service's alone.
 #[tokio::test(start_paused = true)]
 async fn over_a_router_each_endpoint_gets_its_connections_facts() {
-    let adaptive = AdaptiveLayer::new(AdaptiveConfig::default()).unwrap();
-    let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
-        .unwrap()
-        .events(adaptive.pool_events());
-    let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
-    let endpoints: [std::net::SocketAddr; 2] = [
-        "127.0.0.2:80".parse().unwrap(),
-        "127.0.0.3:80".parse().unwrap(),
-    ];
-    affinity
-        .endpoints()
-        .set("http://adaptive.test", endpoints)
-        .unwrap();
-    let connector = DuplexConnector::new(ServerOptions::default());
-    let mut client = adaptive.layer(affinity.layer(pool.layer(connector)));
+    let endpoints = ["127.0.0.2:80", "127.0.0.3:80"];
+    let (mut client, _, adaptive, _) = routed(ServerOptions::default(), Mode::On, &endpoints);
     for id in 0..40 {
         let response = client.ready().await.unwrap().call(get(URL, id));
         let body = response.await.unwrap().into_body();
@@ -378,12 +391,17 @@ async fn over_a_router_each_endpoint_gets_its_connections_facts() {
     let targets = adaptive.handle().snapshot().targets;
     let served: Vec<_> = targets
         .iter()
-        .map(|t| (t.target.endpoint().map(|e| e.addr()), t.reuse_ratio))
+        .map(|t| {
+            (
+                t.target.endpoint().map(|e| e.addr().to_string()),
+                t.reuse_ratio,
+            )
+        })
         .collect();
     assert_eq!(served.len(), 2, "{served:?}");
     for (endpoint, reuse) in served {
         assert!(
-            endpoint.is_some_and(|e| endpoints.contains(&e)),
+            endpoint.is_some_and(|e| endpoints.contains(&e.as_str())),
             "{targets:?}"
         );
         assert!(reuse.is_some_and(|r| r > 0.5), "{targets:?}");
@@ -434,26 +452,12 @@ async fn bodies_read_late_keep_their_connections() {
 #[tokio::test(start_paused = true)]
 async fn over_a_router_bursts_keep_their_connections() {
     for mode in [Mode::Off, Mode::On] {
-        let adaptive = AdaptiveLayer::new(AdaptiveConfig::default().mode(mode)).unwrap();
-        let recorder = Arc::new(Recorder::default());
-        let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
-            .unwrap()
-            .events((SharedRecorder(recorder.clone()), adaptive.pool_events()));
-        let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
-        let endpoints: [std::net::SocketAddr; 2] = [
-            "127.0.0.2:80".parse().unwrap(),
-            "127.0.0.3:80".parse().unwrap(),
-        ];
-        affinity
-            .endpoints()
-            .set("http://adaptive.test", endpoints)
-            .unwrap();
         let options = ServerOptions {
             delay: Some(Duration::from_millis(5)),
             ..ServerOptions::default()
         };
-        let connector = DuplexConnector::new(options);
-        let client = adaptive.layer(affinity.layer(pool.layer(connector)));
+        let endpoints = ["127.0.0.2:80", "127.0.0.3:80"];
+        let (client, recorder, adaptive, _) = routed(options, mode, &endpoints);
         let mut late = 0;
         for round in 0..40 {
             let burst: Vec<_> = (0..16)
@@ -494,18 +498,9 @@ async fn over_a_router_bursts_keep_their_connections() {
 /// pool's target again: the controller tunes it and shows it.
 #[tokio::test(start_paused = true)]
 async fn a_service_no_longer_routed_is_tuned_again() {
-    let adaptive = AdaptiveLayer::new(AdaptiveConfig::default()).unwrap();
-    let pool = PoolLayer::<Full<Bytes>>::new(PoolConfig::default())
-        .unwrap()
-        .events(adaptive.pool_events());
-    let affinity = AffinityLayer::new(AffinityConfig::default()).unwrap();
-    let endpoints: [std::net::SocketAddr; 1] = ["127.0.0.2:80".parse().unwrap()];
-    affinity
-        .endpoints()
-        .set("http://adaptive.test", endpoints)
-        .unwrap();
-    let connector = DuplexConnector::new(ServerOptions::default());
-    let mut client = adaptive.layer(affinity.layer(pool.layer(connector)));
+    let endpoints = ["127.0.0.2:80"];
+    let (mut client, _, adaptive, affinity) =
+        routed(ServerOptions::default(), Mode::On, &endpoints);
     let mut send = async |n: u64| {
         for id in 0..n {
             let call = client.ready().await.unwrap().call(get(URL, id));
