@@ -1,7 +1,7 @@
 //! One target's live signals: what the pool's events and the request path
 //! record as they happen (relaxed atomics on the per-request path, a lock
-//! only for the rare events: a burst's start and end, a close, a connect),
-//! drained by the controller every tick.
+//! only for the rare events: a burst's start, a close, a connect), drained
+//! by the controller every tick.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
