@@ -10,7 +10,7 @@ use http_body_util::Full;
 use tower::Layer;
 use tower_reuse_adaptive::{AdaptiveConfig, AdaptiveLayer, Mode};
 use tower_reuse_pool::tls::{SessionCache, SessionCacheConfig, TlsLayer};
-use tower_reuse_pool::{PoolConfig, PoolLayer};
+use tower_reuse_pool::{PoolConfig, PoolLayer, Target};
 use tower_reuse_tests::tls_server::{Alpn, TestCa, TlsServer, TlsServerOptions};
 use tower_reuse_tests::{concurrently, get, send};
 
@@ -61,6 +61,14 @@ async fn bursts_of_connects_get_a_ticket_each() {
             full.push(control.snapshot().total(|t| t.tls_full()) - before);
             adaptive.handle().tick();
         }
+        // The server holds each handshake a second: the TLS part of the
+        // connect time, measured on its own.
+        let target = Target::from_uri(&url.parse().unwrap(), None).unwrap();
+        let snapshot = adaptive.handle().snapshot();
+        let estimates = snapshot.target(&target).expect("tracked");
+        let tls = estimates.tls_handshake_p50.expect("TLS handshakes timed");
+        assert!(tls >= std::time::Duration::from_secs(1), "{tls:?}");
+        assert!(estimates.connect_p50.is_some_and(|c| c >= tls));
         match mode {
             // The first round's tickets were kept 4 at most; the second
             // round's, one per connection of a burst and a quarter more.

@@ -39,7 +39,7 @@ impl PoolEvents for AdaptivePoolEvents {
         let resumed = event.tls().map(|tls| tls == TlsHandshake::Resumed);
         let http2 = event.protocol() == Protocol::Http2;
         self.controller.with_live(event.target(), |live| {
-            live.connected(demand, event.duration(), resumed, http2)
+            live.connected(demand, event.duration(), event.tls_time(), resumed, http2)
         });
     }
 

@@ -76,6 +76,9 @@ pub struct TargetEstimates {
     pub connect_errors: u64,
     /// Median connect time (TCP, TLS, HTTP handshake).
     pub connect_p50: Option<Duration>,
+    /// Median TLS handshake time (within the connect time), for the
+    /// connections the pool's TLS connector encrypted.
+    pub tls_handshake_p50: Option<Duration>,
     /// TLS handshakes resumed, of all.
     pub tls_resumption: Option<f64>,
     /// Requests that found a reused connection closed by the server.
@@ -139,6 +142,7 @@ impl TargetEstimates {
             other_connects: c.other_connects,
             connect_errors: c.connect_errors,
             connect_p50: window.connect.quantile(0.5),
+            tls_handshake_p50: window.tls.quantile(0.5),
             tls_resumption: share(c.tls_resumed, c.tls_resumed + c.tls_full),
             stale: c.stale,
             retries: c.retries,

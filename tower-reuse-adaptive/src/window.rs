@@ -74,6 +74,8 @@ pub(crate) struct Bucket {
     pub(crate) gaps: Histogram,
     pub(crate) missed: Histogram,
     pub(crate) connect: Histogram,
+    /// TLS handshakes, within the connects.
+    pub(crate) tls: Histogram,
     pub(crate) latency: Histogram,
     /// Requests in flight as each request went out (counts, kept as
     /// microseconds).
@@ -87,6 +89,7 @@ impl Bucket {
         self.gaps.merge(&other.gaps);
         self.missed.merge(&other.missed);
         self.connect.merge(&other.connect);
+        self.tls.merge(&other.tls);
         self.latency.merge(&other.latency);
         self.in_flight.merge(&other.in_flight);
     }

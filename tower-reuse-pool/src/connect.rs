@@ -83,6 +83,7 @@ pub struct Established<Io> {
     pub(crate) io: Io,
     negotiated_h2: bool,
     tls: Option<TlsHandshake>,
+    tls_time: Option<Duration>,
     pub(crate) max_age: Option<Duration>,
 }
 
@@ -94,6 +95,7 @@ impl<Io> Established<Io> {
             io,
             negotiated_h2: false,
             tls: None,
+            tls_time: None,
             max_age: None,
         }
     }
@@ -112,6 +114,13 @@ impl<Io> Established<Io> {
         self
     }
 
+    /// How long the TLS handshake took (the pool's TLS connector sets it).
+    #[must_use]
+    pub fn tls_time(mut self, took: Duration) -> Self {
+        self.tls_time = Some(took);
+        self
+    }
+
     /// Retire the connection (make-before-break, as for `max_lifetime`) at
     /// this age at the latest.
     #[must_use]
@@ -126,6 +135,7 @@ impl<Io> Established<Io> {
             io: f(self.io),
             negotiated_h2: self.negotiated_h2,
             tls: self.tls,
+            tls_time: self.tls_time,
             max_age: self.max_age,
         }
     }
@@ -323,6 +333,7 @@ pub(crate) fn land<B>(
                 id,
                 protocol,
                 tls: facts.tls,
+                tls_time: facts.tls_time,
                 reason,
                 duration,
             });
@@ -392,6 +403,7 @@ impl<B> Opened<B> {
 /// What the transport told the pool about a new connection.
 pub(crate) struct TransportFacts {
     pub(crate) tls: Option<TlsHandshake>,
+    pub(crate) tls_time: Option<Duration>,
     pub(crate) max_age: Option<Duration>,
 }
 
@@ -413,9 +425,14 @@ where
         io,
         negotiated_h2,
         tls,
+        tls_time,
         max_age,
     } = connecting.await.map_err(|e| e.into_error(target))?;
-    let facts = TransportFacts { tls, max_age };
+    let facts = TransportFacts {
+        tls,
+        tls_time,
+        max_age,
+    };
     let h2 = config.http2_prior_knowledge || negotiated_h2;
     let id = pool.common.next_id();
     let weak = Arc::downgrade(pool);

@@ -301,6 +301,9 @@ event! {
         protocol: Protocol,
         /// The TLS handshake, for an encrypted connection.
         tls: Option<TlsHandshake>,
+        /// How long the TLS handshake took, for a connection the pool's
+        /// TLS connector encrypted (part of `duration`).
+        tls_time: Option<Duration>,
         /// Why it was opened.
         reason: ConnectReason,
         /// Connector (TCP, TLS) plus HTTP handshake time.

@@ -67,6 +67,8 @@ pub(crate) struct Live {
     /// have been reused (a demand connect after the expiry).
     pub(crate) missed: LiveHistogram,
     pub(crate) connect: LiveHistogram,
+    /// TLS handshakes, within the connects.
+    pub(crate) tls: LiveHistogram,
     pub(crate) latency: LiveHistogram,
     /// Requests in flight as each went out.
     pub(crate) concurrency: LiveHistogram,
@@ -156,6 +158,7 @@ impl Live {
             gaps: LiveHistogram::default(),
             missed: LiveHistogram::default(),
             connect: LiveHistogram::default(),
+            tls: LiveHistogram::default(),
             latency: LiveHistogram::default(),
             concurrency: LiveHistogram::default(),
             demand_connects: AtomicU64::default(),
@@ -345,6 +348,7 @@ impl Live {
         &self,
         demand: bool,
         duration: Duration,
+        tls: Option<Duration>,
         resumed: Option<bool>,
         http2: bool,
     ) {
@@ -358,6 +362,9 @@ impl Live {
         };
         count.fetch_add(1, Ordering::Relaxed);
         self.connect.record(duration);
+        if let Some(tls) = tls {
+            self.tls.record(tls);
+        }
         match resumed {
             Some(true) => self.tls_resumed.fetch_add(1, Ordering::Relaxed),
             Some(false) => self.tls_full.fetch_add(1, Ordering::Relaxed),
@@ -476,6 +483,7 @@ impl Live {
         self.gaps.drain_into(&mut bucket.gaps);
         self.missed.drain_into(&mut bucket.missed);
         self.connect.drain_into(&mut bucket.connect);
+        self.tls.drain_into(&mut bucket.tls);
         self.latency.drain_into(&mut bucket.latency);
         self.concurrency.drain_into(&mut bucket.in_flight);
         let mut rare = self.lock();

@@ -158,7 +158,7 @@ impl Rig {
     fn connected_as(&self, n: usize, http2: bool) {
         self.controller.with_live(&self.target, |live| {
             for _ in 0..n {
-                live.connected(true, Duration::from_millis(1), None, http2);
+                live.connected(true, Duration::from_millis(1), None, None, http2);
             }
         });
     }

@@ -220,6 +220,7 @@ impl Dial<Body> for FakeDial {
             } else {
                 let facts = TransportFacts {
                     tls: None,
+                    tls_time: None,
                     max_age: None,
                 };
                 let opened = fake_connection(speaks, &kept).await;

@@ -346,6 +346,7 @@ where
     let transport_age = transport.max_age;
     let connecting =
         tokio_rustls::TlsConnector::from(config).connect(server, TokioIo::new(transport.io));
+    let started = tokio::time::Instant::now();
     let stream = match tls.handshake_timeout {
         Some(limit) => tokio::time::timeout(limit, connecting)
             .await
@@ -353,6 +354,7 @@ where
         None => connecting.await,
     }
     .map_err(|e| TlsError::handshake(&name, e))?;
+    let took = started.elapsed();
     let session = stream.get_ref().1;
     // The configuration always offers ALPN (see `config_for`).
     let h2 = match session.alpn_protocol() {
@@ -380,7 +382,8 @@ where
         .map(|every| KeyUpdate::new(every, tls.stats.key_updates.clone()));
     let mut established = Established::new(TlsIo::encrypted(stream, key_update))
         .negotiated_h2(h2)
-        .tls(kind);
+        .tls(kind)
+        .tls_time(took);
     established.max_age = match (transport_age, tls.max_age) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
