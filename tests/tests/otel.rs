@@ -243,6 +243,10 @@ async fn every_instrument_in_the_docs_table_is_emitted_with_its_unit_and_attribu
         handshakes.total(&[("tower_reuse.tls.handshake", "resumed")]),
         1.0
     );
+    // Each TLS handshake timed, by kind (a histogram's count).
+    let took = &metrics["tower_reuse.tls.handshake.duration"];
+    assert_eq!(took.total(&[("tower_reuse.tls.handshake", "full")]), 1.0);
+    assert_eq!(took.total(&[("tower_reuse.tls.handshake", "resumed")]), 1.0);
     let retries = &metrics["tower_reuse.retries"];
     assert_eq!(
         retries.total(&[("tower_reuse.retry.reason", "closed_idempotent")]),

@@ -32,8 +32,9 @@ const CONNECTION_DURATION_BOUNDARIES: [f64; 14] = [
     0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-/// Bucket boundaries for `tower_reuse.checkout.wait`, in seconds: most
-/// checkouts take microseconds, a connect takes milliseconds.
+/// Bucket boundaries for `tower_reuse.checkout.wait` and
+/// `tower_reuse.tls.handshake.duration`, in seconds: most checkouts take
+/// microseconds, a connect (and its handshake) milliseconds.
 const CHECKOUT_WAIT_BOUNDARIES: [f64; 15] = [
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -125,6 +126,7 @@ struct Instruments {
     closed: Counter<u64>,
     connect_errors: Counter<u64>,
     tls_handshakes: Counter<u64>,
+    tls_handshake_duration: Histogram<f64>,
     retries: Counter<u64>,
     prewarm: Counter<u64>,
     prewarm_closed: Counter<u64>,
@@ -203,6 +205,12 @@ impl OtelPoolEvents {
                 .u64_counter("tower_reuse.tls.handshakes")
                 .with_description("TLS handshakes on new connections, by kind.")
                 .with_unit("{handshake}")
+                .build(),
+            tls_handshake_duration: meter
+                .f64_histogram("tower_reuse.tls.handshake.duration")
+                .with_description("How long TLS handshakes on new connections took, by kind.")
+                .with_unit("s")
+                .with_boundaries(CHECKOUT_WAIT_BOUNDARIES.to_vec())
                 .build(),
             retries: meter
                 .u64_counter("tower_reuse.retries")
@@ -346,8 +354,12 @@ impl PoolEvents for OtelPoolEvents {
             .tls()
             .map(|handshake| KeyValue::new(TLS_HANDSHAKE, handshake.as_str()));
         if let Some(handshake) = &handshake {
-            i.tls_handshakes
-                .add(1, &with(target.clone(), [handshake.clone()]));
+            let attributes = with(target.clone(), [handshake.clone()]);
+            i.tls_handshakes.add(1, &attributes);
+            if let Some(took) = event.tls_time() {
+                i.tls_handshake_duration
+                    .record(took.as_secs_f64(), &attributes);
+            }
         }
         if event.reason() == ConnectReason::Prewarm {
             i.prewarm.add(

@@ -62,6 +62,7 @@
 //! | `tower_reuse.connection.closed` | Counter | `{connection}` | `server.address`, `server.port`, `url.scheme`, `network.protocol.version`, `tower_reuse.close.reason` | [`OtelPoolEvents`] |
 //! | `tower_reuse.connect.errors` | Counter | `{connect}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.connect.reason`, `error.type` | [`OtelPoolEvents`] |
 //! | `tower_reuse.tls.handshakes` | Counter | `{handshake}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.tls.handshake` | [`OtelPoolEvents`], per new TLS connection |
+//! | `tower_reuse.tls.handshake.duration` | Histogram | `s` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.tls.handshake` | [`OtelPoolEvents`], per new connection the pool's TLS connector encrypted (buckets 100 us to 10 s) |
 //! | `tower_reuse.retries` | Counter | `{retry}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.retry.reason` | [`OtelPoolEvents`] |
 //! | `tower_reuse.prewarm.connects` | Counter | `{connect}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.prewarm.outcome`, `error.type` (when failed) | [`OtelPoolEvents`], per pre-warming connect |
 //! | `tower_reuse.prewarm.connections` | Counter | `{connection}` | `server.address`, `server.port`, `url.scheme`, `tower_reuse.prewarm.served` | [`OtelPoolEvents`], per pre-warmed connection at its close: whether it served a request before it closed |
