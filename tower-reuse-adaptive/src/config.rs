@@ -1,7 +1,6 @@
 //! `AdaptiveConfig`: the controller's tick, windows, anti-oscillation rules
 //! and the operator's bounds.
 
-use std::fmt;
 use std::time::Duration;
 
 /// What the controller does, switched at run time with
@@ -211,61 +210,49 @@ impl AdaptiveConfig {
     /// The configuration if every field is valid, or the first error.
     pub fn validate(self) -> Result<Self, ConfigError> {
         if self.tick.is_zero() || self.tick > Duration::from_secs(60) {
-            return Err(ConfigError::new(
-                "tick",
-                "must be above zero and at most a minute",
-            ));
+            return Err(invalid("tick", "must be above zero and at most a minute"));
         }
         if self.window < self.tick * 2 {
-            return Err(ConfigError::new("window", "must be at least two ticks"));
+            return Err(invalid("window", "must be at least two ticks"));
         }
         if self.window > Duration::from_secs(3600) {
-            return Err(ConfigError::new("window", "must be at most an hour"));
+            return Err(invalid("window", "must be at most an hour"));
         }
         if self.cool_down < self.tick {
-            return Err(ConfigError::new("cool_down", "must be at least one tick"));
+            return Err(invalid("cool_down", "must be at least one tick"));
         }
         if !(0.0..1.0).contains(&self.dead_band) {
-            return Err(ConfigError::new("dead_band", "must be from 0 to below 1"));
+            return Err(invalid("dead_band", "must be from 0 to below 1"));
         }
         if self.max_step == 0 {
-            return Err(ConfigError::new("max_step", "must be at least 1"));
+            return Err(invalid("max_step", "must be at least 1"));
         }
         if !(self.max_factor > 1.0 && self.max_factor <= 1000.0) {
-            return Err(ConfigError::new(
-                "max_factor",
-                "must be above 1 and at most 1000",
-            ));
+            return Err(invalid("max_factor", "must be above 1 and at most 1000"));
         }
         if self.idle_timeout_min.is_zero() {
-            return Err(ConfigError::new("idle_timeout_min", "must be above zero"));
+            return Err(invalid("idle_timeout_min", "must be above zero"));
         }
         if self
             .idle_timeout_max
             .is_some_and(|max| max < self.idle_timeout_min)
         {
-            return Err(ConfigError::new(
+            return Err(invalid(
                 "idle_timeout_max",
                 "must be at least idle_timeout_min",
             ));
         }
         if self.max_prewarm > MAX_PREWARM {
-            return Err(ConfigError::new("max_prewarm", "must be at most 1024"));
+            return Err(invalid("max_prewarm", "must be at most 1024"));
         }
         if self.max_tickets_per_server == 0 {
-            return Err(ConfigError::new(
-                "max_tickets_per_server",
-                "must be at least 1",
-            ));
+            return Err(invalid("max_tickets_per_server", "must be at least 1"));
         }
         if self.max_targets == 0 {
-            return Err(ConfigError::new("max_targets", "must be at least 1"));
+            return Err(invalid("max_targets", "must be at least 1"));
         }
         if self.forget_after < self.window {
-            return Err(ConfigError::new(
-                "forget_after",
-                "must be at least the window",
-            ));
+            return Err(invalid("forget_after", "must be at least the window"));
         }
         Ok(self)
     }
@@ -274,35 +261,14 @@ impl AdaptiveConfig {
 /// The pool's own cap on `min_idle_per_target`.
 const MAX_PREWARM: usize = 1024;
 
-/// A rejected configuration value, naming the field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: &'static str,
+/// A rejected configuration value, naming the field: the pool's error type,
+/// for the `adaptive` configuration.
+pub use tower_reuse_pool::ConfigError;
+
+/// `field` of the adaptive configuration rejected, for `reason`.
+fn invalid(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::of("adaptive", field, reason)
 }
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
-        ConfigError { field, reason }
-    }
-
-    /// The field at fault.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid adaptive configuration: {} {}",
-            self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Durations in policy files: the pool's forms (`"250ms"`, `"30s"`, a
 /// number of seconds; `"off"` only where the duration is optional).

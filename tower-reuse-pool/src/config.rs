@@ -443,8 +443,19 @@ impl ConfigError {
     }
 
     /// A field of the configuration `config` (`"pool"`, `"TLS session
-    /// cache"`) rejected.
-    pub(crate) fn of(config: &'static str, field: &'static str, reason: &'static str) -> Self {
+    /// cache"`, or a configuration of a layer over the pool) rejected.
+    ///
+    /// ```
+    /// use tower_reuse_pool::ConfigError;
+    ///
+    /// let error = ConfigError::of("adaptive", "window", "must be at least two ticks");
+    /// assert_eq!(error.field(), "window");
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "invalid adaptive configuration: window must be at least two ticks"
+    /// );
+    /// ```
+    pub fn of(config: &'static str, field: &'static str, reason: &'static str) -> Self {
         ConfigError {
             config,
             field,
