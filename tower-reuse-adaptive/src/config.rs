@@ -313,7 +313,9 @@ mod tests {
         for (config, field) in cases {
             let err = config.validate().unwrap_err();
             assert_eq!(err.field(), field, "{err}");
-            assert!(err.to_string().contains(field));
+            let message = err.to_string();
+            assert!(message.starts_with("invalid adaptive configuration: "));
+            assert!(message.contains(field));
         }
         assert!(d().validate().is_ok());
     }
