@@ -175,82 +175,66 @@ impl Controller {
                 };
                 let forget_before = now.checked_sub(self.config.window).unwrap_or(now);
                 let ticks = self.ticks.load(Ordering::Relaxed);
-                if !live.is_touched() {
-                    // Quiet since the last tick: forgotten in time, and
-                    // looked at every tenth tick only, a tenth of them at
-                    // each tick (for what time alone
-                    // changes: a window emptying), unless it has warm
-                    // connections to release, settings to take back, or
-                    // an idle timeout of the controller's under settings
-                    // it inherits that changed (a tier's demotion).
-                    if now.saturating_duration_since(state.last_active) >= self.config.forget_after
-                        && !is_held(live)
-                    {
-                        forgotten.push(target.clone());
-                    } else if state.pooled
-                        && ((ticks + i as u64).is_multiple_of(10)
-                            || state.knobs.min_idle.ours.is_some()
-                            || (mode == Mode::Off && state.written.is_some())
-                            || (state.knobs.idle_timeout.ours.is_some()
-                                && inherited(control, target, state.base.as_ref())
-                                    != state.inherited))
-                    {
-                        state.window.at(now);
-                        decisions.extend(self.decide_one(
-                            control,
-                            &mut pool_snapshot,
-                            target,
-                            state,
-                            mode,
-                            now,
-                        ));
+                let touched = live.is_touched();
+                if touched {
+                    let bucket = state.window.at(now);
+                    let before = (
+                        bucket.counts.checkouts,
+                        bucket.counts.requests,
+                        bucket.counts.closes,
+                    );
+                    let samples = live.drain(bucket, forget_before);
+                    let after = (
+                        bucket.counts.checkouts,
+                        bucket.counts.requests,
+                        bucket.counts.closes,
+                    );
+                    if before != after || live.in_flight() > 0 {
+                        state.last_active = now;
                     }
-                    continue;
+                    // Its connections are the pool's, or the requests in
+                    // flight wait for them; unless a router below sends its
+                    // requests to endpoints (targets of their own).
+                    state.pooled = (state.pooled
+                        || before.0 != after.0
+                        || before.2 != after.2
+                        || live.in_flight() > 0)
+                        && !live.routes();
+                    state.open = live.open();
+                    state.http2 = live.is_http2();
+                    state.learned.observe(&samples);
+                    state.bursts = samples;
                 }
-                let bucket = state.window.at(now);
-                let before = (
-                    bucket.counts.checkouts,
-                    bucket.counts.requests,
-                    bucket.counts.closes,
-                );
-                let samples = live.drain(bucket, forget_before);
-                let after = (
-                    bucket.counts.checkouts,
-                    bucket.counts.requests,
-                    bucket.counts.closes,
-                );
-                if before != after || live.in_flight() > 0 {
-                    state.last_active = now;
-                }
-                // Its connections are the pool's, or the requests in flight
-                // wait for them; unless a router below sends its requests
-                // to endpoints (targets of their own).
-                state.pooled = (state.pooled
-                    || before.0 != after.0
-                    || before.2 != after.2
-                    || live.in_flight() > 0)
-                    && !live.routes();
-                state.open = live.open();
-                state.http2 = live.is_http2();
-                state.learned.observe(&samples);
-                state.bursts = samples;
                 if now.saturating_duration_since(state.last_active) >= self.config.forget_after
                     && !is_held(live)
                 {
                     forgotten.push(target.clone());
                     continue;
                 }
-                if !state.pooled {
-                    continue;
+                // A target quiet since the last tick is looked at every
+                // tenth tick only, a tenth of them at each tick (for what
+                // time alone changes: a window emptying), unless it has
+                // warm connections to release, settings to take back, or
+                // an idle timeout of the controller's under settings it
+                // inherits that changed (a tier's demotion).
+                let due = state.pooled
+                    && (touched
+                        || (ticks + i as u64).is_multiple_of(10)
+                        || state.knobs.min_idle.ours.is_some()
+                        || (mode == Mode::Off && state.written.is_some())
+                        || (state.knobs.idle_timeout.ours.is_some()
+                            && inherited(control, target, state.base.as_ref()) != state.inherited));
+                if due {
+                    state.window.at(now);
+                    decisions.extend(self.decide_one(
+                        control,
+                        &mut pool_snapshot,
+                        target,
+                        state,
+                        mode,
+                        now,
+                    ));
                 }
-                decisions.extend(self.decide_one(
-                    control,
-                    &mut pool_snapshot,
-                    target,
-                    state,
-                    mode,
-                    now,
-                ));
             }
             #[cfg(feature = "tls")]
             decisions.extend(self.decide_tickets(&states, mode, now));
