@@ -101,8 +101,12 @@ async fn endpoints_of_one_service_never_share_connections() {
             .with_endpoint(Some(Endpoint::new(server.addr)));
         let counts = snapshot.target(&target).expect("a target per endpoint");
         assert_eq!((counts.opened(), counts.reused()), (1, 2));
+        // One target's snapshot alone says the same.
+        let alone = client.control().target_snapshot(&target).unwrap();
+        assert_eq!((alone.opened(), alone.reused()), (1, 2));
     }
     assert!(snapshot.target(&service).is_none());
+    assert!(client.control().target_snapshot(&service).is_none());
 
     // Warm means this endpoint has a free connection, not the service.
     let control = client.control();

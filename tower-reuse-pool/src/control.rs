@@ -263,6 +263,7 @@ impl PoolSnapshot {
 /// state so that the handle has no type parameters.
 pub(crate) trait Controlled: Send + Sync {
     fn snapshot(&self) -> PoolSnapshot;
+    fn target_snapshot(&self, target: &Target) -> Option<TargetSnapshot>;
     fn config(&self) -> Arc<PoolConfig>;
     /// Stores a valid pool-wide configuration and resolves every target's
     /// own settings over it again; rejected if that makes one invalid.
@@ -321,6 +322,12 @@ impl PoolControl {
     /// Per-target counts now.
     pub fn snapshot(&self) -> PoolSnapshot {
         self.inner.snapshot()
+    }
+
+    /// One target's counts now, if the pool knows it: what
+    /// [`snapshot`](Self::snapshot) gives for it, without the others'.
+    pub fn target_snapshot(&self, target: &Target) -> Option<TargetSnapshot> {
+        self.inner.target_snapshot(target)
     }
 
     /// The pool-wide configuration in force.

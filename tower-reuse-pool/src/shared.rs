@@ -9,7 +9,7 @@ use http_body::Body;
 
 use crate::config::{ConfigError, PoolConfig, TargetConfig};
 use crate::connect::{Connect, Dialer};
-use crate::control::{BudgetSnapshot, Controlled, PoolSnapshot};
+use crate::control::{BudgetSnapshot, Controlled, PoolSnapshot, TargetSnapshot};
 use crate::error::BoxError;
 use crate::events::PoolEvents;
 use crate::target::{Keyed, Target, TargetKey};
@@ -203,6 +203,10 @@ where
 
     fn config(&self) -> Arc<PoolConfig> {
         self.common.config.load_full()
+    }
+
+    fn target_snapshot(&self, target: &Target) -> Option<TargetSnapshot> {
+        self.find(target.key()).map(|pool| pool.snapshot())
     }
 
     fn is_warm(&self, key: TargetKey<'_>) -> bool {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
-use tower_reuse_pool::{PoolControl, PoolSnapshot, Target, TargetConfig};
+use tower_reuse_pool::{PoolControl, Target, TargetConfig};
 
 use crate::config::{AdaptiveConfig, Mode};
 use crate::decide::{Inherited, Knobs, View, decide, periodic};
@@ -160,8 +160,6 @@ impl Controller {
             .collect();
         let mut decisions = Vec::new();
         let mut forgotten = Vec::new();
-        // Taken at most once a tick, for the targets that need it.
-        let mut pool_snapshot = None;
         {
             let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
             for (i, (target, live)) in lives.iter().enumerate() {
@@ -226,14 +224,7 @@ impl Controller {
                             && inherited(control, target, state.base.as_ref()) != state.inherited));
                 if due {
                     state.window.at(now);
-                    decisions.extend(self.decide_one(
-                        control,
-                        &mut pool_snapshot,
-                        target,
-                        state,
-                        mode,
-                        now,
-                    ));
+                    decisions.extend(self.decide_one(control, target, state, mode, now));
                 }
             }
             #[cfg(feature = "tls")]
@@ -269,7 +260,6 @@ impl Controller {
     fn decide_one(
         &self,
         control: &PoolControl,
-        pool_snapshot: &mut Option<PoolSnapshot>,
         target: &Target,
         state: &mut TargetState,
         mode: Mode,
@@ -291,8 +281,7 @@ impl Controller {
             // More connections open than requests were seen in flight: how
             // many serve requests now, before the idle cap counts the rest
             // as spare.
-            let snapshot = pool_snapshot.get_or_insert_with(|| control.snapshot());
-            if let Some(busy) = snapshot.target(target).map(|t| t.active()) {
+            if let Some(busy) = control.target_snapshot(target).map(|t| t.active()) {
                 let counts = &mut state.window.at(now).counts;
                 counts.busy = counts.busy.max(busy);
                 total = state.window.total();
