@@ -890,3 +890,46 @@ fn tenants_never_share_connections_or_sessions() {
     println!("{coverage:?}");
     assert!(coverage.resumed.load(Ordering::Relaxed) > 0, "{coverage:?}");
 }
+
+/// A case the property once found: request 1 reaches the server, which
+/// drops its connection; its replay meets a connection the server closes
+/// while idle, before anything is written. The request's error must still
+/// say it may have been processed (its first attempt was).
+#[test]
+fn a_replay_that_fails_unwritten_still_says_the_first_attempt_may_have_been_processed() {
+    let plain = || Op {
+        method: Method::Get,
+        cancel: None,
+        fault: false,
+        delay_ms: 0,
+        large_body: false,
+        with_previous: false,
+        pause_ms: 0,
+    };
+    let mut ops = vec![plain()];
+    ops.push(Op {
+        fault: true,
+        delay_ms: 10,
+        pause_ms: 1,
+        ..plain()
+    });
+    ops.push(Op {
+        cancel: Some(Cancel::Unpolled(14)),
+        with_previous: true,
+        ..plain()
+    });
+    for _ in 0..17 {
+        ops.push(plain());
+    }
+    let scenario = Scenario {
+        http2: false,
+        connect_delay_ms: 4,
+        max_connections: None,
+        max_requests_per_connection: None,
+        server_close_after: None,
+        server_idle_close_ms: Some(10),
+        ops,
+    };
+    let coverage = Coverage::default();
+    on_paused_time(cancellation_case(scenario, &coverage)).unwrap();
+}

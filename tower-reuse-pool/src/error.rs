@@ -291,6 +291,34 @@ impl Error {
         err
     }
 
+    /// This error ends a request whose bytes reached a server on an earlier
+    /// attempt (then replayed): whatever it says of its last attempt, the
+    /// request may have been processed. An error shared with other requests
+    /// (a connect's failure) is kept as the source of this request's own.
+    pub(crate) fn after_written_attempt(mut self) -> Self {
+        const NOTE: &str = "; an earlier attempt was written and may have been processed";
+        if self.inner.may_have_been_processed {
+            return self;
+        }
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.may_have_been_processed = true;
+            inner.message.push_str(NOTE);
+            return self;
+        }
+        let shared = &self.inner;
+        Error {
+            inner: Arc::new(Inner {
+                kind: shared.kind,
+                phase: shared.phase,
+                message: format!("{}{NOTE}", shared.message),
+                target: shared.target.clone(),
+                cause: shared.cause.clone(),
+                may_have_been_processed: true,
+                source: Some(Box::new(self.clone())),
+            }),
+        }
+    }
+
     /// A request the server refused (or left unprocessed in a GOAWAY) more
     /// often than a request may be queued again: never processed.
     pub(crate) fn refused(target: &Target, source: hyper::Error, refusals: u32) -> Self {
@@ -482,4 +510,30 @@ fn cause_of(source: &(dyn StdError + Send + Sync + 'static)) -> String {
         current = error.source();
     }
     words.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target::from_uri(&"http://pool.test".parse().unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn an_error_after_a_written_attempt_may_have_been_processed() {
+        // This request's own error: marked in place.
+        let own = Error::unsent(&target()).after_written_attempt();
+        assert!(own.may_have_been_processed());
+        assert!(own.to_string().contains("an earlier attempt was written"));
+        // A connect's failure shared with other requests: they keep theirs,
+        // this request gets its own, with the shared one as its source.
+        let shared = Error::connect(&target(), "refused");
+        let waiter = shared.clone();
+        let mine = shared.after_written_attempt();
+        assert!(mine.may_have_been_processed());
+        assert!(!waiter.may_have_been_processed());
+        assert_eq!(mine.kind(), waiter.kind());
+        assert!(std::error::Error::source(&mine).is_some());
+    }
 }

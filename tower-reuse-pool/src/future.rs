@@ -619,8 +619,21 @@ where
         let mut avoid = None;
         let mut refusals = 0;
         let mut since = None;
+        // An attempt that failed after its bytes were written, then
+        // replayed: the request's error says so, whatever ends it.
+        let mut written = false;
+        let fail = |error: Error, written: bool| {
+            if written {
+                error.after_written_attempt()
+            } else {
+                error
+            }
+        };
         loop {
-            let checkout = Checkout::acquire_since(&pool, avoid, &mut since).await?;
+            let checkout = match Checkout::acquire_since(&pool, avoid, &mut since).await {
+                Ok(checkout) => checkout,
+                Err(error) => return Err(fail(error, written)),
+            };
             let failed_on = checkout.id();
             let idle_for = checkout.idle_for;
             match exchange(checkout, &mut slot, true, retried, refusals, &mut permit).await {
@@ -640,13 +653,13 @@ where
                     error,
                     retry: Some(reason),
                 } => {
-                    let written = reason == RetryReason::ClosedIdempotent;
-                    if written || reason == RetryReason::Unwritten {
+                    let sent = reason == RetryReason::ClosedIdempotent;
+                    if sent || reason == RetryReason::Unwritten {
                         pool.common.events.on_stale(&Stale {
                             target: &pool.target,
                             id: failed_on,
                             idle_for,
-                            written,
+                            written: sent,
                         });
                     }
                     if reason == RetryReason::Unwritten && stale < 8 {
@@ -654,6 +667,7 @@ where
                         pool.count_stale_skip();
                     } else if retried.is_none() {
                         retried = Some(reason);
+                        written |= sent;
                         pool.count_retry();
                         pool.common.events.on_retry(&Retried {
                             target: &pool.target,
@@ -661,11 +675,11 @@ where
                             failed_on,
                         });
                     } else {
-                        return Err(error);
+                        return Err(fail(error, written));
                     }
                     avoid = Some(failed_on);
                 }
-                Exchange::Failed { error, retry: None } => return Err(error),
+                Exchange::Failed { error, retry: None } => return Err(fail(error, written)),
             }
         }
     }
