@@ -60,9 +60,8 @@ pub struct MemoryConn {
     pub peak_busy: usize,
     /// The server's end has closed.
     pub closed: bool,
-    /// Asks the server to send SETTINGS lowering or raising
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; the sender fires on the client's ACK.
-    settings: mpsc::UnboundedSender<(u32, oneshot::Sender<()>)>,
+    /// What a test asks the server to send.
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 /// An HTTP/2 server over in-memory pipes (see the module's docs). It
@@ -75,6 +74,15 @@ pub struct MemoryH2 {
     respond_after: Option<Duration>,
     release_after: Option<Duration>,
     conns: Arc<Mutex<Vec<MemoryConn>>>,
+}
+
+/// What a test asks a connection's server to send.
+enum Command {
+    /// SETTINGS lowering or raising `SETTINGS_MAX_CONCURRENT_STREAMS`; the
+    /// sender fires on the client's ACK.
+    MaxStreams(u32, oneshot::Sender<()>),
+    /// A graceful GOAWAY; the sender fires just before it is written.
+    Drain(oneshot::Sender<()>),
 }
 
 /// What the timers of one connection tell its loop.
@@ -152,9 +160,25 @@ impl MemoryH2 {
     /// at `max`; returns once the client has acknowledged them.
     pub async fn set_max_streams(&self, conn: usize, max: u32) {
         let (acked, on_ack) = oneshot::channel();
-        let sent = self.conns()[conn].settings.send((max, acked));
+        let sent = self.conns()[conn]
+            .commands
+            .send(Command::MaxStreams(max, acked));
         sent.expect("the connection is open");
         on_ack.await.expect("the client acknowledged the SETTINGS");
+    }
+
+    /// Have connection `conn` start a graceful drain, as grpc-core and
+    /// hyper's servers do: a GOAWAY with `NO_ERROR` and the largest stream
+    /// id (2^31 - 1), after which it still answers every stream. Returns
+    /// as the GOAWAY is written, with the caller's task woken before the
+    /// client's connection task: on a current-thread runtime a request the
+    /// caller sends at once is queued on the connection before the client
+    /// reads the GOAWAY, deterministically.
+    pub async fn drain_racing(&self, conn: usize) {
+        let (started, on_start) = oneshot::channel();
+        let sent = self.conns()[conn].commands.send(Command::Drain(started));
+        sent.expect("the connection is open");
+        on_start.await.expect("the server drains");
     }
 
     /// Serve connection `conn` until either end closes it.
@@ -162,9 +186,9 @@ impl MemoryH2 {
         self,
         mut io: DuplexStream,
         conn: usize,
-        mut settings: mpsc::UnboundedReceiver<(u32, oneshot::Sender<()>)>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
     ) {
-        let _ = self.converse(&mut io, conn, &mut settings).await;
+        let _ = self.converse(&mut io, conn, &mut commands).await;
         drop(io);
         self.conns()[conn].closed = true;
     }
@@ -173,7 +197,7 @@ impl MemoryH2 {
         &self,
         io: &mut DuplexStream,
         conn: usize,
-        settings: &mut mpsc::UnboundedReceiver<(u32, oneshot::Sender<()>)>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> std::io::Result<()> {
         // One entry per SETTINGS sent and not acknowledged yet, in order:
         // `Some` for those a test is waiting on.
@@ -268,10 +292,19 @@ impl MemoryH2 {
                 read = io.read_buf(&mut buf) => if read? == 0 {
                     return Ok(());
                 },
-                Some((max, acked)) = settings.recv() => {
-                    unacked.push_back(Some(acked));
-                    io.write_all(Frame::settings_max_streams(max).as_bytes()).await?;
-                }
+                Some(command) = commands.recv() => match command {
+                    Command::MaxStreams(max, acked) => {
+                        unacked.push_back(Some(acked));
+                        io.write_all(Frame::settings_max_streams(max).as_bytes()).await?;
+                    }
+                    Command::Drain(started) => {
+                        // Wakes the test's task before the write wakes the
+                        // client's connection task.
+                        let _ = started.send(());
+                        let goaway = Frame::goaway_with(u32::MAX >> 1, Reason::NO_ERROR);
+                        io.write_all(goaway.as_bytes()).await?;
+                    }
+                },
                 Some(timer) = fired.recv() => match timer {
                     Timer::Answer(stream) => {
                         self.answer(io, conn, stream, &timers).await?;
@@ -315,7 +348,7 @@ impl Connect for MemoryH2 {
         let server = self.clone();
         Box::pin(async move {
             let (client, server_end) = tokio::io::duplex(64 * 1024);
-            let (settings, on_settings) = mpsc::unbounded_channel();
+            let (commands, on_command) = mpsc::unbounded_channel();
             let conn = {
                 let mut conns = server.conns();
                 conns.push(MemoryConn {
@@ -324,11 +357,11 @@ impl Connect for MemoryH2 {
                     refused: 0,
                     peak_busy: 0,
                     closed: false,
-                    settings,
+                    commands,
                 });
                 conns.len() - 1
             };
-            tokio::spawn(server.serve(server_end, conn, on_settings));
+            tokio::spawn(server.serve(server_end, conn, on_command));
             Ok(Established::new(TokioIo::new(client)))
         })
     }

@@ -371,9 +371,8 @@ async fn lowered_max_streams_is_honoured_once_the_pool_has_read_it() {
     assert_eq!(server.seen().streams_on(0), 3);
 }
 
-/// hyper's dispatch task is not woken by a SETTINGS frame: the pool reads
-/// the live limit at checkout, so the next request goes elsewhere instead of
-/// queueing in h2 behind the held stream.
+/// The pool reads the server's live stream limit at checkout, so the next
+/// request goes elsewhere instead of queueing in h2 behind the held stream.
 #[tokio::test]
 async fn lowering_max_streams_to_one_sends_new_requests_elsewhere() {
     let server = H2Server::start(H2Options::replying(|s| {
@@ -579,6 +578,42 @@ async fn stays_quiet_for_an_hour(client: &Pool<MemoryH2>, server: &MemoryH2) {
             "{target:?}"
         );
     }
+}
+
+/// A request sent as a graceful GOAWAY arrives, before the client has read
+/// it, is answered on its connection: its stream is below the GOAWAY's last
+/// stream id, so the server processes it. (Over hyper's HTTP/2 client it
+/// failed, "dispatch task is gone", after its HEADERS had gone out: the
+/// pool could neither call it unprocessed nor replay it.)
+#[test]
+fn a_request_racing_a_graceful_goaway_is_answered_on_its_connection() {
+    on_paused_time_within(REAL_TIME_BOUND, || async {
+        let server = MemoryH2::new(Behaviour::Respond);
+        let mut client = memory_pool(&server, PoolConfig::default().retry(false));
+        let (first, _) = send(&mut client, get(URL, 1)).await.expect("answered");
+        // From a task of its own: woken as the GOAWAY is written, it runs
+        // before the client's connection task reads it (the runtime's main
+        // future would run after).
+        let racing = {
+            let (server, mut client) = (server.clone(), client.clone());
+            tokio::spawn(async move {
+                server.drain_racing(0).await;
+                send(&mut client, get(URL, 2)).await
+            })
+        };
+        let (second, _) = racing
+            .await
+            .expect("no panic")
+            .expect("a stream below the GOAWAY's last stream id is answered");
+        assert_eq!(info(&second).id(), info(&first).id());
+        assert_eq!(info(&second).retried(), None);
+        assert_eq!(server.streams(), (2, 2));
+        // The draining connection takes no new stream: the next request
+        // opens another.
+        let (third, _) = send(&mut client, get(URL, 3)).await.expect("answered");
+        assert_ne!(info(&third).id(), info(&first).id());
+        assert_eq!(server.accepted(), 2);
+    });
 }
 
 /// Case 10 of the fault matrix (faults.rs), the GOAWAY storm, on paused

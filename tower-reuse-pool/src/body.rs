@@ -10,7 +10,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::error::Error;
+use crate::error::{BoxError, Error};
+use crate::h2_client::H2Body;
 use crate::target::Target;
 use crate::target_pool::Outcome;
 
@@ -22,6 +23,46 @@ pub(crate) trait BodyGuard: Send {
     fn target(&self) -> &Target;
 }
 
+/// A response body as the connection's protocol delivers it.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    Http1(Incoming),
+    /// Boxed: a response body stays as small as hyper's.
+    Http2(Box<H2Body>),
+}
+
+impl Body for Wire {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match self.get_mut() {
+            Wire::Http1(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(Into::into))
+            }
+            Wire::Http2(body) => ready!(Pin::new(&mut **body).poll_frame(cx)),
+        };
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Wire::Http1(body) => body.is_end_stream(),
+            Wire::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Wire::Http1(body) => body.size_hint(),
+            Wire::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body from the pool.
     ///
@@ -30,7 +71,7 @@ pin_project_lite::pin_project! {
     /// connection. For HTTP/2 the stream slot is released either way.
     pub struct PoolBody {
         #[pin]
-        inner: Incoming,
+        inner: Wire,
         // Only ever reached through `&mut self` (`get_mut`, no locking): the
         // mutex makes the body `Sync` without asking it of the guard.
         guard: Mutex<Option<Box<dyn BodyGuard>>>,
@@ -40,7 +81,7 @@ pin_project_lite::pin_project! {
 
 impl PoolBody {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: Wire,
         guard: Option<Box<dyn BodyGuard>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
@@ -317,8 +317,8 @@ pub(crate) struct Http1Conn<B> {
 
 /// An HTTP/2 connection: shared by its streams, always in the pool.
 #[derive(Debug)]
-pub(crate) struct Http2Conn<B> {
-    pub(crate) tx: http2::SendRequest<B>,
+pub(crate) struct Http2Conn {
+    pub(crate) tx: crate::h2_client::H2Sender,
     pub(crate) life: Lifecycle,
     /// Streams checked out now.
     pub(crate) streams: usize,
@@ -401,7 +401,7 @@ impl LearnedLimit {
     }
 }
 
-impl<B> Http2Conn<B> {
+impl Http2Conn {
     /// Streams this connection may carry: the server's limit once its
     /// SETTINGS have been seen (less what its refusals taught), until then
     /// the limit this target's servers advertised before (`learned`), or

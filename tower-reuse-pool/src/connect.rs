@@ -5,16 +5,15 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::Poll;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::Uri;
 use http_body::Body;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::rt::{Read, Write};
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -22,6 +21,7 @@ use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::error::{BoxError, Error};
 use crate::events::{ConnectFailed, ConnectReason, ConnectStarted, Connected};
+use crate::h2_client::{self, ASSUMED_MAX_STREAMS, H2Sender};
 use crate::target::Target;
 use crate::target_pool::{Dial, Grant, Granted, Http2Parts, Lease, TargetPool};
 
@@ -375,11 +375,6 @@ pub(crate) fn land<B>(
     }
 }
 
-/// The stream limit assumed until the server's SETTINGS arrive. A connection
-/// whose limit still reads this has not been heard from (or the server chose
-/// this very value): it carries one stream until its first response.
-const ASSUMED_MAX_STREAMS: usize = 100;
-
 /// hyper's default HTTP/1.1 read buffer limit, which also bounds a response
 /// head.
 const HTTP1_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
@@ -388,7 +383,7 @@ const HTTP1_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
 #[derive(Debug)]
 pub(crate) enum Opened<B> {
     Http1(http1::SendRequest<B>),
-    Http2(http2::SendRequest<B>, Http2Parts),
+    Http2(H2Sender, Http2Parts),
 }
 
 impl<B> Opened<B> {
@@ -437,32 +432,27 @@ where
     let id = pool.common.next_id();
     let weak = Arc::downgrade(pool);
     if h2 {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_max_send_streams(ASSUMED_MAX_STREAMS);
-        if let Some(every) = config.http2_ping_interval {
-            builder
-                .keep_alive_interval(every)
-                .keep_alive_timeout(every)
-                .keep_alive_while_idle(true);
-        }
-        if let Some(max) = config.max_response_header_bytes {
-            // `validate` keeps it within 32 bits.
-            builder.max_header_list_size(u32::try_from(max).unwrap_or(u32::MAX));
-        }
-        let (tx, conn) = builder
-            .handshake(io)
+        let (tx, conn, senders_gone) = h2_client::handshake(TokioIo::new(io), config)
             .await
             .map_err(|e| Error::handshake(target, e))?;
         // The server's SETTINGS may already have been read.
-        let now = conn.current_max_send_streams();
-        let conn = Arc::new(SharedH2(Mutex::new(Some(Box::pin(conn)))));
+        let now = conn.max_concurrent_send_streams();
         let parts = Http2Parts {
-            limit: conn.clone(),
+            limit: Arc::new(tx.clone()),
             settled: Arc::new(AtomicBool::new(now != ASSUMED_MAX_STREAMS)),
         };
-        tokio::spawn(drive_h2(conn, parts.settled.clone(), weak, id));
+        let events = H2Events {
+            pool: weak,
+            id,
+            settled: parts.settled.clone(),
+        };
+        tokio::spawn(h2_client::drive(
+            conn,
+            tx.clone(),
+            senders_gone,
+            config.http2_ping_interval,
+            events,
+        ));
         Ok((id, Opened::Http2(tx, parts), facts))
     } else {
         let mut builder = http1::Builder::new();
@@ -488,102 +478,30 @@ where
     }
 }
 
-/// An HTTP/2 connection shared by the task that drives it and the pool,
-/// which reads the server's live stream limit at checkout: hyper's
-/// connection task is not woken by a SETTINGS frame, so a limit kept by the
-/// task alone would be stale until the next request, which is too late for
-/// that request. Once the connection ends it is dropped here, whoever
-/// still holds the `SharedH2`: hyper closes its request channel on drop.
-pub(crate) struct SharedH2<F>(Mutex<Option<Pin<Box<F>>>>);
-
-impl<F> fmt::Debug for SharedH2<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SharedH2")
-    }
-}
-
-impl<F> SharedH2<F> {
-    fn lock(&self) -> MutexGuard<'_, Option<Pin<Box<F>>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The live `SETTINGS_MAX_CONCURRENT_STREAMS` of one HTTP/2 connection.
 pub(crate) trait StreamLimit: fmt::Debug + Send + Sync {
     fn current(&self) -> usize;
 }
 
-impl<F: MaxStreams + Send> StreamLimit for SharedH2<F> {
-    /// 0 once the connection has ended.
-    fn current(&self) -> usize {
-        self.lock()
-            .as_ref()
-            .map_or(0, |conn| conn.max_send_streams())
-    }
-}
-
-/// Drives an HTTP/2 connection, telling the pool when the server's stream
-/// limit changes and when the connection ends. Holds the pool weakly: a
-/// dropped pool closes its connections.
-async fn drive_h2<F, B>(
-    conn: Arc<SharedH2<F>>,
-    settled: Arc<AtomicBool>,
+/// An HTTP/2 connection's task reports to its pool, held weakly: a dropped
+/// pool closes its connections.
+struct H2Events<B> {
     pool: Weak<TargetPool<B>>,
     id: ConnId,
-) where
-    F: Future<Output = hyper::Result<()>> + MaxStreams,
-    B: Send + 'static,
-{
-    let mut last = ASSUMED_MAX_STREAMS;
-    let result = poll_fn(|cx| {
-        let (polled, now) = {
-            let mut guard = conn.lock();
-            let Some(inner) = guard.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            let polled = inner.as_mut().poll(cx);
-            let now = inner.max_send_streams();
-            if polled.is_ready() {
-                *guard = None;
-            }
-            (polled, now)
-        };
-        if now != last {
-            last = now;
-            settled.store(true, Ordering::Release);
-            if let Some(pool) = pool.upgrade() {
-                pool.h2_capacity_changed(now);
-            }
+    settled: Arc<AtomicBool>,
+}
+
+impl<B: Send + 'static> h2_client::ConnectionEvents for H2Events<B> {
+    fn limit_changed(&mut self, limit: usize) {
+        self.settled.store(true, Ordering::Release);
+        if let Some(pool) = self.pool.upgrade() {
+            pool.h2_capacity_changed(limit);
         }
-        polled
-    })
-    .await;
-    if let Some(pool) = pool.upgrade() {
-        let calm = result.as_ref().err().is_some_and(is_calm);
-        pool.connection_ended(id, result.is_ok(), calm);
     }
-}
 
-/// Whether an HTTP/2 error carries `ENHANCE_YOUR_CALM` (on a stream, or
-/// in the GOAWAY that ended the connection).
-pub(crate) fn is_calm(error: &hyper::Error) -> bool {
-    crate::future::source_of::<h2::Error>(error)
-        .is_some_and(|h2| h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
-}
-
-/// Reads an HTTP/2 connection's current `SETTINGS_MAX_CONCURRENT_STREAMS`.
-pub(crate) trait MaxStreams {
-    fn max_send_streams(&self) -> usize;
-}
-
-impl<T, B> MaxStreams for http2::Connection<T, B, TokioExecutor>
-where
-    T: Read + Write + Unpin + Send + 'static,
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    fn max_send_streams(&self) -> usize {
-        self.current_max_send_streams()
+    fn closed(&mut self, graceful: bool, calm: bool) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.connection_ended(self.id, graceful, calm);
+        }
     }
 }

@@ -193,7 +193,7 @@ impl Error {
         .with_target(target)
     }
 
-    pub(crate) fn handshake(target: &Target, source: hyper::Error) -> Self {
+    pub(crate) fn handshake(target: &Target, source: impl Into<BoxError>) -> Self {
         Error::new(
             ErrorKind::Handshake,
             Phase::Connect,
@@ -223,7 +223,7 @@ impl Error {
     }
 
     /// The server answered with a head over the limit: it took the request.
-    pub(crate) fn response_too_large(target: &Target, source: hyper::Error) -> Self {
+    pub(crate) fn response_too_large(target: &Target, source: BoxError) -> Self {
         let mut error = Error::new(
             ErrorKind::ResponseTooLarge,
             Phase::Send,
@@ -277,7 +277,7 @@ impl Error {
 
     /// A send failure. `processed` says whether the request's bytes may have
     /// reached the server.
-    pub(crate) fn send(target: &Target, source: hyper::Error, processed: bool) -> Self {
+    pub(crate) fn send(target: &Target, source: BoxError, processed: bool) -> Self {
         let message = if processed {
             "request failed; it may have been processed by the server"
         } else {
@@ -321,7 +321,7 @@ impl Error {
 
     /// A request the server refused (or left unprocessed in a GOAWAY) more
     /// often than a request may be queued again: never processed.
-    pub(crate) fn refused(target: &Target, source: hyper::Error, refusals: u32) -> Self {
+    pub(crate) fn refused(target: &Target, source: BoxError, refusals: u32) -> Self {
         Error::new(
             ErrorKind::Send,
             Phase::Send,
@@ -333,7 +333,7 @@ impl Error {
 
     /// A stream the server reset, or a connection it closed, with
     /// `ENHANCE_YOUR_CALM`: the pool backs off from the target.
-    pub(crate) fn calm(target: &Target, source: hyper::Error, processed: bool) -> Self {
+    pub(crate) fn calm(target: &Target, source: BoxError, processed: bool) -> Self {
         let message = if processed {
             "the server asked the client to calm down (ENHANCE_YOUR_CALM): backing off; \
              the request may have been processed"
@@ -348,7 +348,7 @@ impl Error {
         err
     }
 
-    pub(crate) fn body(target: Option<&Target>, source: hyper::Error) -> Self {
+    pub(crate) fn body(target: Option<&Target>, source: BoxError) -> Self {
         let mut err = Error::new(ErrorKind::Body, Phase::Body, "response body failed")
             .with_source(source)
             .with_cause();

@@ -16,10 +16,11 @@ use hyper::client::conn::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use crate::body::{BodyGuard, PoolBody};
+use crate::body::{BodyGuard, PoolBody, Wire};
 use crate::conn::{ConnId, Protocol, TlsHandshake};
 use crate::error::{BoxError, Error};
 use crate::events::{CheckedOut, Retried, RetryReason, Stale};
+use crate::h2_client::{H2Body, Unsent, find};
 use crate::hints::{self, ServerHints};
 use crate::info::ConnectionInfo;
 use crate::replay::SentHead;
@@ -308,9 +309,9 @@ where
             // The send inline (not through `send`): one copy of the request
             // fewer in a future allocated for every request.
             None => match checkout.lease() {
-                Lease::Http1(conn) => conn.tx.try_send_request(take(slot)).await,
+                Lease::Http1(conn) => sent_http1(conn.tx.try_send_request(take(slot)).await),
                 Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => {
-                    tx.try_send_request(take(slot)).await
+                    sent_http2(tx.send(take(slot)).await)
                 }
             },
             // Boxed: the timer stays out of every request's future unless used.
@@ -337,12 +338,13 @@ where
                 refusals,
                 permit.take(),
             )),
-            Err(mut failed) => {
-                let unwritten = failed.take_message();
-                let error = failed.into_error();
-                let (outcome, reason) =
-                    classify(&error, checkout.protocol, unwritten.is_some(), refusals);
-                let written = unwritten.is_none();
+            Err(failed) => {
+                let Failed {
+                    error,
+                    unwritten,
+                    written,
+                } = *failed;
+                let (outcome, reason) = classify(&*error, checkout.protocol, !written, refusals);
                 let again = match (reason, unwritten) {
                     (Some(RetryReason::Unwritten), Some(req)) => Some(req),
                     (Some(_), _) => copy.and_then(SentHead::into_request),
@@ -372,7 +374,7 @@ where
                 });
                 *slot = retry.and(again);
                 let processed = written && !unprocessed;
-                let error = if is_too_large(&error) {
+                let error = if is_too_large(&*error) {
                     Error::response_too_large(&checkout.pool.target, error)
                 } else if outcome == Outcome::Calm {
                     Error::calm(&checkout.pool.target, error, processed)
@@ -388,18 +390,53 @@ where
     }
 }
 
-async fn send<B>(
-    lease: &mut Lease<B>,
-    req: Request<B>,
-) -> Result<Response<Incoming>, TrySendError<Request<B>>>
+async fn send<B>(lease: &mut Lease<B>, req: Request<B>) -> Result<Response<Wire>, Box<Failed<B>>>
 where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     match lease {
-        Lease::Http1(conn) => conn.tx.try_send_request(req).await,
-        Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => tx.try_send_request(req).await,
+        Lease::Http1(conn) => sent_http1(conn.tx.try_send_request(req).await),
+        Lease::Http2 { tx, .. } | Lease::Dedicated2 { tx, .. } => sent_http2(tx.send(req).await),
+    }
+}
+
+/// An attempt that got no response: its error, the request itself when
+/// none of it was written, and whether any of it may have reached the
+/// server.
+struct Failed<B> {
+    error: BoxError,
+    unwritten: Option<Request<B>>,
+    written: bool,
+}
+
+fn sent_http1<B>(
+    sent: Result<Response<Incoming>, TrySendError<Request<B>>>,
+) -> Result<Response<Wire>, Box<Failed<B>>> {
+    match sent {
+        Ok(response) => Ok(response.map(Wire::Http1)),
+        Err(mut failed) => {
+            let unwritten = failed.take_message();
+            Err(Box::new(Failed {
+                written: unwritten.is_none(),
+                unwritten,
+                error: failed.into_error().into(),
+            }))
+        }
+    }
+}
+
+fn sent_http2<B>(
+    sent: Result<Response<H2Body>, Unsent<B>>,
+) -> Result<Response<Wire>, Box<Failed<B>>> {
+    match sent {
+        Ok(response) => Ok(response.map(|body| Wire::Http2(Box::new(body)))),
+        Err(unsent) => Err(Box::new(Failed {
+            error: unsent.error,
+            unwritten: unsent.message,
+            written: unsent.sent,
+        })),
     }
 }
 
@@ -412,7 +449,7 @@ where
 /// graceful GOAWAY's last stream id) is this request's refusal number
 /// `refusals + 1`; `ENHANCE_YOUR_CALM` is never replayed.
 fn classify(
-    error: &hyper::Error,
+    error: &(dyn std::error::Error + 'static),
     protocol: Protocol,
     unwritten: bool,
     refusals: u32,
@@ -421,7 +458,7 @@ fn classify(
         return (Outcome::Failed, Some(RetryReason::Unwritten));
     }
     if protocol == Protocol::Http2 {
-        if let Some(h2) = source_of::<h2::Error>(error) {
+        if let Some(h2) = find::<h2::Error>(error) {
             let refused = |refused_stream| Outcome::Refused {
                 refused_stream,
                 refusals: refusals + 1,
@@ -442,10 +479,9 @@ fn classify(
         }
         return (Outcome::Failed, None);
     }
-    let closed = error.is_incomplete_message()
-        || error.is_canceled()
-        || error.is_closed()
-        || is_reset(error);
+    let closed = find::<hyper::Error>(error).is_some_and(|error| {
+        error.is_incomplete_message() || error.is_canceled() || error.is_closed()
+    }) || is_reset(error);
     (
         Outcome::Failed,
         closed.then_some(RetryReason::ClosedIdempotent),
@@ -454,8 +490,8 @@ fn classify(
 
 /// Whether the connection was reset or broken under the request: for a
 /// reused connection the same race as a close.
-fn is_reset(error: &hyper::Error) -> bool {
-    source_of::<std::io::Error>(error).is_some_and(|io| {
+fn is_reset(error: &(dyn std::error::Error + 'static)) -> bool {
+    find::<std::io::Error>(error).is_some_and(|io| {
         matches!(
             io.kind(),
             std::io::ErrorKind::ConnectionReset
@@ -466,25 +502,23 @@ fn is_reset(error: &hyper::Error) -> bool {
 }
 
 /// Whether the response head was over the connection's limit.
-fn is_too_large(error: &hyper::Error) -> bool {
-    error.is_parse_too_large() || source_of::<hyper::Error>(error).is_some_and(is_too_large)
-}
-
-/// The first error of type `T` in `error`'s source chain.
-pub(crate) fn source_of<T: std::error::Error + 'static>(error: &hyper::Error) -> Option<&T> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(err) = source {
-        if let Some(found) = err.downcast_ref::<T>() {
-            return Some(found);
+fn is_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+        {
+            return true;
         }
-        source = err.source();
+        current = error.source();
     }
-    None
+    false
 }
 
 fn respond<B>(
     mut checkout: Checkout<B>,
-    response: Response<Incoming>,
+    response: Response<Wire>,
     client_close: bool,
     retried: Option<RetryReason>,
     refusals: u32,

@@ -89,6 +89,7 @@ mod endpoint;
 mod error;
 pub mod events;
 mod future;
+mod h2_client;
 mod hints;
 mod info;
 mod layer;

@@ -97,7 +97,7 @@ impl<B> TargetPool<B> {
     ) -> Option<Granted<B>> {
         state.probe_learned_limits(now);
         let learned = state.h2_learned;
-        let open_to = |c: &Http2Conn<B>| {
+        let open_to = |c: &Http2Conn| {
             c.has_room(learned)
                 && config
                     .max_requests_per_connection

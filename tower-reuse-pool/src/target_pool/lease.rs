@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http2;
 use tokio::sync::oneshot;
 
 use crate::config::PoolConfig;
 use crate::conn::{ConnId, Http1Conn, Lifecycle, Protocol, TlsHandshake};
 use crate::connect::StreamLimit;
 use crate::error::Error;
+use crate::h2_client::H2Sender;
 
 /// A sender that hands a connection (or an error) to one waiting request.
 pub(crate) type Grant<B> = oneshot::Sender<Result<Granted<B>, Error>>;
@@ -21,12 +21,12 @@ pub(crate) type Grant<B> = oneshot::Sender<Result<Granted<B>, Error>>;
 pub(crate) enum Lease<B> {
     Http1(Http1Conn<B>),
     Http2 {
-        tx: http2::SendRequest<B>,
+        tx: H2Sender,
         id: ConnId,
     },
     /// An HTTP/2 connection dedicated to one request (the kill switch).
     Dedicated2 {
-        tx: http2::SendRequest<B>,
+        tx: H2Sender,
         life: Lifecycle,
     },
 }

@@ -96,7 +96,7 @@ impl Counters {
 
 struct State<B> {
     idle: Vec<Http1Conn<B>>,
-    h2: Vec<Http2Conn<B>>,
+    h2: Vec<Http2Conn>,
     waiters: VecDeque<Waiter<B>>,
     next_waiter: u64,
     /// Connects in flight, of which `prewarming` are pre-warm connects.

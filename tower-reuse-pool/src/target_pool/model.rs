@@ -84,7 +84,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use shuttle::future::{JoinHandle, block_on, spawn, yield_now};
 use shuttle::rand::{Rng, thread_rng};
@@ -247,27 +247,17 @@ async fn fake_connection(speaks: Speaks, kept: &Kept) -> Opened<Body> {
             Opened::Http1(tx)
         }
         Speaks::Http2 { streams } => {
-            let (tx, conn) = http2::Builder::new(KeepTasks(kept.clone()))
-                .handshake(TokioIo::new(client))
-                .await
-                .expect("an HTTP/2 handshake only writes its preface");
-            lock(kept).push(Box::new(conn));
+            let (tx, conn, senders_gone) =
+                crate::h2_client::handshake(client, &PoolConfig::default())
+                    .await
+                    .expect("an HTTP/2 handshake only writes its preface");
+            lock(kept).push(Box::new((conn, senders_gone)));
             let parts = Http2Parts {
                 limit: Arc::new(FixedLimit(streams)),
                 settled: Arc::new(AtomicBool::new(true)),
             };
             Opened::Http2(tx, parts)
         }
-    }
-}
-
-/// hyper's executor for HTTP/2 connection tasks: keeps them, never runs them.
-#[derive(Clone)]
-struct KeepTasks(Kept);
-
-impl<F: Send + 'static> hyper::rt::Executor<F> for KeepTasks {
-    fn execute(&self, task: F) {
-        lock(&self.0).push(Box::new(task));
     }
 }
 
