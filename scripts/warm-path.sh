@@ -23,7 +23,7 @@ set -euo pipefail
 
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 
-stacks=(raw hyper-util pool span otel otel-unsampled affinity adaptive)
+stacks=(raw hyper-util pool span otel otel-unsampled affinity adaptive hyper-util-h2 pool-h2)
 two_target_stacks=(hyper-util pool otel)
 bin=target/release/examples/warm_path
 out=target/warm-path.json

@@ -34,7 +34,8 @@
 //! requests and one key: with one server, the cost of routing and of
 //! carrying the endpoint), `adaptive` (`AdaptiveLayer` over the pool,
 //! the pool's events going to its controller: what the controller's
-//! signals cost the request path).
+//! signals cost the request path), and over h2c (prior knowledge)
+//! `hyper-util-h2` (the legacy `Client`, `http2_only`) and `pool-h2`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -183,6 +184,18 @@ fn main() -> Result<(), BoxError> {
             }
             "pool" => {
                 let mut client = PoolLayer::new(PoolConfig::default())?.layer(connector());
+                run(&mut client, &uris, n, None).await
+            }
+            "hyper-util-h2" => {
+                let mut client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .http2_only(true)
+                    .build::<_, Full<Bytes>>(connector());
+                run(&mut client, &uris, n, None).await
+            }
+            "pool-h2" => {
+                let config = PoolConfig::default().http2_prior_knowledge(true);
+                let mut client = PoolLayer::new(config)?.layer(connector());
                 run(&mut client, &uris, n, None).await
             }
             "span" => {

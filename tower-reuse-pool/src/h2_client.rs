@@ -14,7 +14,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ struct Shared {
     /// Set by the connection's task once it takes no new stream (GOAWAY,
     /// an error, or its end).
     closed: AtomicBool,
+    /// Requests between `send` and their response head.
+    sending: Arc<AtomicUsize>,
     /// Set when the connection was closed for an unanswered PING.
     ping_timed_out: AtomicBool,
     /// Dropped with the last sender: tells the connection's task to let
@@ -113,6 +115,7 @@ impl H2Sender {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        let _sending = Sending::new(&self.0.sending);
         let mut send = self.0.send.clone();
         if let Err(error) = poll_fn(|cx| send.poll_ready(cx)).await {
             // The connection takes no new stream (a GOAWAY, or its end):
@@ -197,6 +200,7 @@ where
         send,
         closed: AtomicBool::new(false),
         ping_timed_out: AtomicBool::new(false),
+        sending: Arc::default(),
         _senders_gone: senders_gone,
     }));
     Ok((sender, conn, gone))
@@ -235,11 +239,12 @@ pub(crate) async fn drive<T, E>(
     // connection can close.
     let shared = Arc::downgrade(&sender.0);
     let mut probe = Some(sender.0.send.clone());
+    let sending = sender.0.sending.clone();
     drop(sender);
     let mut open = true;
-    let ended = poll_fn(|cx| {
+    let mut step = |cx: &mut Context<'_>| {
         if let Poll::Ready(result) = Pin::new(&mut conn).poll(cx) {
-            return Poll::Ready(result.map_err(Some));
+            return Step::Ended(result.map_err(Some));
         }
         if let Some(keep_alive) = &mut keep_alive
             && keep_alive.poll_timed_out(cx)
@@ -248,7 +253,7 @@ pub(crate) async fn drive<T, E>(
             if let Some(shared) = shared.upgrade() {
                 shared.ping_timed_out.store(true, Ordering::Release);
             }
-            return Poll::Ready(Err(None));
+            return Step::Ended(Err(None));
         }
         let limit = conn.max_concurrent_send_streams();
         if limit != last_limit {
@@ -269,9 +274,26 @@ pub(crate) async fn drive<T, E>(
             }
             events.closed(is_graceful(&error), is_calm(&error));
         }
-        Poll::Pending
-    })
-    .await;
+        // With other requests on their way, more are likely to come from
+        // other tasks.
+        Step::Pending {
+            busy: sending.load(Ordering::Relaxed) > 1,
+        }
+    };
+    let ended = loop {
+        let busy = match poll_fn(|cx| Poll::Ready(step(cx))).await {
+            Step::Ended(ended) => break ended,
+            Step::Pending { busy } => busy,
+        };
+        woken().await;
+        if busy {
+            // Let the tasks already scheduled run before this one writes:
+            // the requests they send go out together. Run at once (woken
+            // by each request's stream, it runs next), the task would
+            // write each request on its own.
+            tokio::task::yield_now().await;
+        }
+    };
     // Dropped before the pool hears of it: the streams left fail now.
     drop(conn);
     if let Some(shared) = shared.upgrade() {
@@ -286,6 +308,42 @@ pub(crate) async fn drive<T, E>(
         };
         events.closed(graceful, calm);
     }
+}
+
+/// Counts a request from `send` to its response head.
+struct Sending<'a>(&'a AtomicUsize);
+
+impl<'a> Sending<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Sending(count)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One poll of a connection's task: its end (`Err(None)`: the keep-alive
+/// PING went unanswered), or whether requests are being sent at once.
+enum Step {
+    Ended(Result<(), Option<h2::Error>>),
+    Pending { busy: bool },
+}
+
+/// Pending once, then ready: completes when the task is next polled, i.e.
+/// woken by whatever its last poll registered with.
+fn woken() -> impl Future<Output = ()> {
+    let mut first = true;
+    poll_fn(move |_| {
+        if std::mem::take(&mut first) {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
 }
 
 fn is_graceful(error: &h2::Error) -> bool {
