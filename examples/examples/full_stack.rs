@@ -134,7 +134,7 @@ async fn fetch(client: &Client, url: &str) -> Result<Fetched, BoxError> {
     let request = Request::get(url).body(Full::<Bytes>::default())?;
     let response = client.clone().oneshot(request).await?;
     let status = response.status();
-    let connection = response.extensions().get::<ConnectionInfo>().cloned();
+    let connection = ConnectionInfo::of(&response).cloned();
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Fetched {
         status,

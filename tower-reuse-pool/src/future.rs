@@ -508,7 +508,7 @@ where
         checkout.pool.h2_settled(checkout.id());
     }
     let (mut parts, body) = response.into_parts();
-    parts.extensions.insert(ConnectionInfo {
+    let info = ConnectionInfo {
         id: checkout.id(),
         protocol: checkout.protocol,
         tls: checkout.tls,
@@ -518,14 +518,17 @@ where
         retried,
         refusals,
         endpoint: checkout.pool.target.endpoint(),
-    });
+    };
+    if checkout.policy.info_extension {
+        parts.extensions.insert(info.clone());
+    }
     let guard: Option<Box<dyn BodyGuard>> = if body.is_end_stream() {
         checkout.finish(Outcome::Done);
         None
     } else {
         Some(Box::new(checkout))
     };
-    Response::from_parts(parts, PoolBody::new(body, guard, permit))
+    Response::from_parts(parts, PoolBody::new(body, guard, permit, info))
 }
 
 /// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2,
