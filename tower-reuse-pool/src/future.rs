@@ -227,6 +227,9 @@ impl<B: Send + 'static> Drop for WaitGuard<'_, B> {
 }
 
 /// What one exchange on one connection came to.
+// The response is the common case, moved once: boxed, it would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Exchange {
     Response(Response<PoolBody>),
     Failed {
