@@ -74,6 +74,7 @@ pub(crate) struct Checkout<B: Send + 'static> {
 
 impl<B: Send + 'static> Checkout<B> {
     /// `waited_since` is `None` for a grant made at once: no wait to time.
+    #[inline(always)] // once per request: the grant is moved once, not copied into a call
     fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, waited_since: Option<Instant>) -> Self {
         let checkout = Checkout {
             lease: Some(granted.lease),
@@ -485,6 +486,7 @@ pub(crate) fn source_of<T: std::error::Error + 'static>(error: &hyper::Error) ->
     None
 }
 
+#[inline(always)] // once per request: the checkout and response are not copied into a call
 fn respond<B>(
     mut checkout: Checkout<B>,
     response: Response<Incoming>,
