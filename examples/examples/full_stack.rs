@@ -98,7 +98,9 @@ fn client(
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
-    let pool = PoolLayer::new(PoolConfig::default())?
+    // Decompression and the boxing below replace the pool's body: the
+    // connection facts ride in the responses' extensions too.
+    let pool = PoolLayer::new(PoolConfig::default().connection_info_extension(true))?
         .events(OtelPoolEvents::new(meter))
         .layer(TlsLayer::new(Arc::new(tls)).layer(tcp));
     let control = pool.control();
