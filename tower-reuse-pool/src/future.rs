@@ -58,6 +58,9 @@ impl fmt::Debug for ResponseFuture {
 }
 
 /// A checked-out lease; dropping it gives the lease back as abandoned.
+///
+/// Boxed from the grant on ([`Checkout::new`]): the request path moves a
+/// pointer, not the lease, and the box becomes the response body's guard.
 pub(crate) struct Checkout<B: Send + 'static> {
     pool: Arc<TargetPool<B>>,
     lease: Option<Lease<B>>,
@@ -75,8 +78,12 @@ pub(crate) struct Checkout<B: Send + 'static> {
 impl<B: Send + 'static> Checkout<B> {
     /// `waited_since` is `None` for a grant made at once: no wait to time.
     #[inline(always)] // once per request: the grant is moved once, not copied into a call
-    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, waited_since: Option<Instant>) -> Self {
-        let checkout = Checkout {
+    fn new(
+        pool: Arc<TargetPool<B>>,
+        granted: Granted<B>,
+        waited_since: Option<Instant>,
+    ) -> Box<Self> {
+        let checkout = Box::new(Checkout {
             lease: Some(granted.lease),
             protocol: granted.protocol,
             tls: granted.tls,
@@ -88,7 +95,7 @@ impl<B: Send + 'static> Checkout<B> {
             policy: granted.policy,
             wait: waited_since.map_or(Duration::ZERO, |start| start.elapsed()),
             pool,
-        };
+        });
         checkout.pool.common.events.on_checkout(&CheckedOut {
             target: &checkout.pool.target,
             id: checkout.id(),
@@ -106,7 +113,7 @@ impl<B: Send + 'static> Checkout<B> {
     pub(crate) async fn acquire(
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Box<Self>, Error> {
         Checkout::acquire_since(pool, avoid, &mut None).await
     }
 
@@ -118,7 +125,7 @@ impl<B: Send + 'static> Checkout<B> {
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
         since: &mut Option<Instant>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Box<Self>, Error> {
         let start = Instant::now();
         let since = *since.get_or_insert(start);
         let waiting = match pool.checkout(start, avoid) {
@@ -163,7 +170,7 @@ impl<B: Send + 'static> Checkout<B> {
         self.lease.as_mut().expect("a checkout holds its lease")
     }
 
-    pub(crate) fn finish(mut self, outcome: Outcome) {
+    pub(crate) fn finish(mut self: Box<Self>, outcome: Outcome) {
         if let Some(lease) = self.lease.take() {
             give_back(&self.pool, lease, self.dedicated, outcome);
         }
@@ -258,7 +265,7 @@ pub(crate) const MAX_REFUSALS: u32 = 10;
 /// that allocation in the allocator's fast per-thread cache.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn exchange<'a, B>(
-    mut checkout: Checkout<B>,
+    mut checkout: Box<Checkout<B>>,
     slot: &'a mut Option<Request<B>>,
     may_retry: bool,
     retried: Option<RetryReason>,
@@ -488,7 +495,7 @@ pub(crate) fn source_of<T: std::error::Error + 'static>(error: &hyper::Error) ->
 
 #[inline(always)] // once per request: the checkout and response are not copied into a call
 fn respond<B>(
-    mut checkout: Checkout<B>,
+    mut checkout: Box<Checkout<B>>,
     response: Response<Incoming>,
     client_close: bool,
     retried: Option<RetryReason>,
@@ -531,7 +538,7 @@ where
         checkout.finish(Outcome::Done);
         None
     } else {
-        Some(Box::new(checkout))
+        Some(checkout)
     };
     Response::from_parts(parts, PoolBody::new(body, guard, permit, info))
 }

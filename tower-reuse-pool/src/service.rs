@@ -280,7 +280,7 @@ where
 /// to the pool when that response's body ends, for HTTP/2 the stream slot
 /// does. Dropped unused, it returns at once.
 pub struct Pooled<B: Send + 'static> {
-    checkout: Option<Checkout<B>>,
+    checkout: Option<Box<Checkout<B>>>,
 }
 
 impl<B: Send + 'static> fmt::Debug for Pooled<B> {
