@@ -19,6 +19,7 @@ impl<B> TargetPool<B> {
     /// Check out at once if a connection is free; otherwise join the queue.
     /// A retry names the connection that failed it in `avoid`: it goes
     /// there again only if nothing else is open or coming.
+    #[inline(always)] // once per request: the grant is written where the caller keeps it
     pub(crate) fn checkout(
         self: &Arc<Self>,
         now: Instant,
