@@ -76,13 +76,9 @@ pub(crate) struct Checkout<B: Send + 'static> {
 }
 
 impl<B: Send + 'static> Checkout<B> {
-    /// `waited_since` is `None` for a grant made at once: no wait to time.
+    /// `since` (when it began waiting) is `None` for a grant made at once.
     #[inline(always)] // once per request: the grant is moved once, not copied into a call
-    fn new(
-        pool: Arc<TargetPool<B>>,
-        granted: Granted<B>,
-        waited_since: Option<Instant>,
-    ) -> Box<Self> {
+    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, since: Option<Instant>) -> Box<Self> {
         let checkout = Box::new(Checkout {
             lease: Some(granted.lease),
             protocol: granted.protocol,
@@ -93,7 +89,7 @@ impl<B: Send + 'static> Checkout<B> {
             settling: granted.settling,
             dedicated: granted.dedicated,
             policy: granted.policy,
-            wait: waited_since.map_or(Duration::ZERO, |start| start.elapsed()),
+            wait: since.map_or(Duration::ZERO, |start| start.elapsed()),
             pool,
         });
         checkout.pool.common.events.on_checkout(&CheckedOut {
@@ -170,7 +166,8 @@ impl<B: Send + 'static> Checkout<B> {
         self.lease.as_mut().expect("a checkout holds its lease")
     }
 
-    pub(crate) fn finish(mut self: Box<Self>, outcome: Outcome) {
+    /// Give the lease back with `outcome`; the checkout is spent.
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
         if let Some(lease) = self.lease.take() {
             give_back(&self.pool, lease, self.dedicated, outcome);
         }
@@ -199,7 +196,7 @@ impl<B: Send + 'static> Drop for Checkout<B> {
 }
 
 impl<B: Send + 'static> BodyGuard for Checkout<B> {
-    fn release(self: Box<Self>, outcome: Outcome) {
+    fn release(mut self: Box<Self>, outcome: Outcome) {
         self.finish(outcome);
     }
 

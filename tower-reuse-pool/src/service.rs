@@ -301,7 +301,7 @@ impl<B: Send + 'static> Pooled<B> {
 
 impl<B: Send + 'static> Drop for Pooled<B> {
     fn drop(&mut self) {
-        if let Some(checkout) = self.checkout.take() {
+        if let Some(mut checkout) = self.checkout.take() {
             checkout.finish(crate::target_pool::Outcome::Unused);
         }
     }
