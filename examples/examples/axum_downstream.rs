@@ -72,10 +72,7 @@ async fn item(
         .body(Full::<Bytes>::default())
         .map_err(bad_gateway)?;
     let response = shop.client.oneshot(request).await.map_err(bad_gateway)?;
-    let connection = response
-        .extensions()
-        .get::<ConnectionInfo>()
-        .map_or(0, |info| info.id().get());
+    let connection = ConnectionInfo::of(&response).map_or(0, |info| info.id().get());
     if !response.status().is_success() {
         return Err(bad_gateway(format!(
             "inventory answered {}",

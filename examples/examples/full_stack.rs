@@ -98,7 +98,9 @@ fn client(
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
-    let pool = PoolLayer::new(PoolConfig::default())?
+    // Decompression and the boxing below replace the pool's body: the
+    // connection facts ride in the responses' extensions too.
+    let pool = PoolLayer::new(PoolConfig::default().connection_info_extension(true))?
         .events(OtelPoolEvents::new(meter))
         .layer(TlsLayer::new(Arc::new(tls)).layer(tcp));
     let control = pool.control();
@@ -134,7 +136,7 @@ async fn fetch(client: &Client, url: &str) -> Result<Fetched, BoxError> {
     let request = Request::get(url).body(Full::<Bytes>::default())?;
     let response = client.clone().oneshot(request).await?;
     let status = response.status();
-    let connection = response.extensions().get::<ConnectionInfo>().cloned();
+    let connection = ConnectionInfo::of(&response).cloned();
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Fetched {
         status,

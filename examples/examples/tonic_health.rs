@@ -2,7 +2,9 @@
 //! whose transport is a tower-reuse `Pool` speaking HTTP/2 by prior
 //! knowledge (h2c), against tonic's own health service on `127.0.0.1`.
 //! The checks share one pooled connection; the pool's `ConnectionInfo`
-//! rides along in each tonic response's extensions, and `OtelLayer`
+//! rides along in each tonic response's extensions (tonic decodes the
+//! body away, so the pool puts it there too:
+//! `PoolConfig::connection_info_extension`), and `OtelLayer`
 //! (tower-reuse-otel) on top of the pool records a client span per call
 //! with the connection's facts.
 //!
@@ -50,7 +52,10 @@ type Transport = Otel<GrpcPool, SdkTracer>;
 fn pool(hook: OtelPoolEvents) -> Result<GrpcPool, BoxError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let config = PoolConfig::default().http2_prior_knowledge(true);
+    // tonic keeps the response's extensions, not its body.
+    let config = PoolConfig::default()
+        .http2_prior_knowledge(true)
+        .connection_info_extension(true);
     Ok(PoolLayer::new(config)?.events(hook).layer(connector))
 }
 

@@ -158,7 +158,8 @@ pub fn get(uri: &str, id: u64) -> http::Request<Full<Bytes>> {
         .expect("valid request")
 }
 
-/// Send `req`, read the whole body; returns the response head and body.
+/// Send `req`, read the whole body; returns the response head, with the
+/// body's [`ConnectionInfo`] put in its extensions, and the body.
 pub async fn send<S>(
     client: &mut S,
     req: http::Request<Full<Bytes>>,
@@ -167,7 +168,10 @@ where
     S: Service<http::Request<Full<Bytes>>, Response = http::Response<PoolBody>, Error = Error>,
 {
     let response = client.ready().await?.call(req).await?;
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // The body carries the connection's facts: kept with the head, for
+    // `info` and the tests that read them from the parts.
+    parts.extensions.insert(body.connection_info().clone());
     let body = body.collect().await?.to_bytes();
     Ok((parts, body))
 }

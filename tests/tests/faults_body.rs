@@ -138,10 +138,7 @@ async fn reset_midway(
     let response = bounded(async { client.ready().await?.call(get(url, 2)).await })
         .await
         .expect("a response head");
-    let second = response
-        .extensions()
-        .get::<ConnectionInfo>()
-        .expect("every response carries ConnectionInfo");
+    let second = ConnectionInfo::of(&response).expect("every response carries ConnectionInfo");
     assert!(second.reused());
     assert_eq!(second.id(), info(&first).id());
     let mut body = response.into_body();

@@ -27,6 +27,41 @@ async fn reuses_one_connection_for_sequential_requests() {
     assert_eq!((target.opened(), target.reused(), target.idle()), (1, 9, 1));
 }
 
+/// The connection's facts ride in the pool's body, and in the response's
+/// extensions only when asked for: a layer that replaces the body then
+/// still finds them.
+#[tokio::test]
+async fn connection_info_rides_in_the_body_and_in_extensions_when_asked() {
+    let server = TestServer::start(ServerOptions::default()).await;
+    for extension in [false, true] {
+        let mut client = pool(PoolConfig::default().connection_info_extension(extension));
+        for i in 0..2 {
+            let response = client
+                .ready()
+                .await
+                .unwrap()
+                .call(get(&server.url("/"), i))
+                .await
+                .unwrap();
+            let info = ConnectionInfo::of(&response).unwrap().clone();
+            assert_eq!(info.reused(), i > 0);
+            assert_eq!(response.body().connection_info().id(), info.id());
+            let in_extensions = response.extensions().get::<ConnectionInfo>();
+            assert_eq!(
+                in_extensions.map(ConnectionInfo::id),
+                extension.then_some(info.id())
+            );
+            // With another body, only the extension is left to read.
+            let mapped = response.map(BodyExt::boxed);
+            assert_eq!(
+                ConnectionInfo::of(&mapped).map(ConnectionInfo::id),
+                extension.then_some(info.id())
+            );
+            mapped.into_body().collect().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn partitions_never_share_connections() {
     let server = TestServer::start(ServerOptions::default()).await;

@@ -37,9 +37,7 @@ use tower_reuse_tests::{
 const URL: &str = "http://pool.test/";
 
 fn info_of(response: &http::Response<PoolBody>) -> ConnectionInfo {
-    response
-        .extensions()
-        .get::<ConnectionInfo>()
+    ConnectionInfo::of(response)
         .expect("every response carries ConnectionInfo")
         .clone()
 }

@@ -59,6 +59,7 @@ impl<F> ResponseFuture<F> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
+    B: 'static,
 {
     type Output = Result<http::Response<B>, E>;
 
@@ -73,7 +74,7 @@ where
             let failed = response.is_none_or(|r| r.status().is_server_error());
             noted.live.answered(now.since(noted.start), failed);
             // The pool's account of the connection, on every response.
-            if let Some(info) = response.and_then(|r| r.extensions().get::<ConnectionInfo>()) {
+            if let Some(info) = response.and_then(ConnectionInfo::of) {
                 noted.live.served(info);
             }
         }

@@ -74,6 +74,7 @@ impl<S> PoolHandle for Adaptive<S> {
 impl<S, B, RB> Service<Request<B>> for Adaptive<S>
 where
     S: Service<Request<B>, Response = http::Response<RB>>,
+    RB: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;

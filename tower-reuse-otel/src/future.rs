@@ -47,6 +47,7 @@ impl<F, S> fmt::Debug for ResponseFuture<F, S> {
 impl<F, S, B, E> Future for ResponseFuture<F, S>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: 'static,
     E: 'static,
     S: Span,
 {
@@ -111,12 +112,10 @@ impl<S: Span> Recording<S> {
         &self.otel_cx
     }
 
-    fn response<B>(mut self, response: &Response<B>) {
+    fn response<B: 'static>(mut self, response: &Response<B>) {
         let status = response.status().as_u16();
         #[cfg(feature = "pool")]
-        let info = response
-            .extensions()
-            .get::<tower_reuse_pool::ConnectionInfo>();
+        let info = tower_reuse_pool::ConnectionInfo::of(response);
         #[cfg(feature = "pool")]
         let version = match info {
             Some(info) => Some(info.protocol().as_str()),

@@ -8,7 +8,10 @@
 //!   Response = http::Response<ResB>>`): a client span per request and the
 //!   request metrics. Over a tower-reuse [`Pool`](tower_reuse_pool::Pool) it
 //!   adds the connection facts the pool puts in each response
-//!   ([`ConnectionInfo`](tower_reuse_pool::ConnectionInfo)).
+//!   ([`ConnectionInfo`](tower_reuse_pool::ConnectionInfo), read with
+//!   `ConnectionInfo::of`: from the pool's body, or from the response's
+//!   extensions when a layer in between replaced the body and the pool
+//!   puts them there, `PoolConfig::connection_info_extension`).
 //! - [`OtelPoolEvents`] (feature `pool`, on by default) is the pool's
 //!   [`PoolEvents`](tower_reuse_pool::events::PoolEvents) hook: what
 //!   connections exist, why they opened and closed, how long requests

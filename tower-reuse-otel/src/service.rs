@@ -309,6 +309,7 @@ impl<S: fmt::Debug, T> fmt::Debug for Otel<S, T> {
 impl<S, T, B, ResB> Service<Request<B>> for Otel<S, T>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: 'static,
     S::Error: 'static,
     T: Tracer,
     T::Span: Send + Sync + 'static,

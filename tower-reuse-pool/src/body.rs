@@ -12,6 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{BoxError, Error};
 use crate::h2_client::H2Body;
+use crate::info::ConnectionInfo;
 use crate::target::Target;
 use crate::target_pool::Outcome;
 
@@ -69,6 +70,9 @@ pin_project_lite::pin_project! {
     /// For HTTP/1.1 the connection goes back to the pool when the body has
     /// been read to its end; a body dropped before its end closes the
     /// connection. For HTTP/2 the stream slot is released either way.
+    ///
+    /// It carries the [`ConnectionInfo`] of the connection that served
+    /// the response ([`connection_info`](Self::connection_info)).
     pub struct PoolBody {
         #[pin]
         inner: Wire,
@@ -76,6 +80,7 @@ pin_project_lite::pin_project! {
         // mutex makes the body `Sync` without asking it of the guard.
         guard: Mutex<Option<Box<dyn BodyGuard>>>,
         permit: Option<OwnedSemaphorePermit>,
+        info: ConnectionInfo,
     }
 }
 
@@ -84,12 +89,27 @@ impl PoolBody {
         inner: Wire,
         guard: Option<Box<dyn BodyGuard>>,
         permit: Option<OwnedSemaphorePermit>,
+        info: ConnectionInfo,
     ) -> Self {
         PoolBody {
             inner,
             guard: Mutex::new(guard),
             permit,
+            info,
         }
+    }
+
+    /// The connection that carried the response, and how the request got
+    /// it. [`ConnectionInfo::of`] reads it from a response.
+    ///
+    /// ```no_run
+    /// # async fn demo(response: http::Response<tower_reuse_pool::PoolBody>) {
+    /// let info = response.body().connection_info();
+    /// println!("{} reused={}", info.id(), info.reused());
+    /// # }
+    /// ```
+    pub fn connection_info(&self) -> &ConnectionInfo {
+        &self.info
     }
 }
 

@@ -63,6 +63,7 @@ pub struct PoolConfig {
     pub(crate) reuse: bool,
     pub(crate) max_requests_in_flight: Option<usize>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) connection_info_extension: bool,
 }
 
 impl Default for PoolConfig {
@@ -90,6 +91,7 @@ impl Default for PoolConfig {
             reuse: true,
             max_requests_in_flight: None,
             max_connections: None,
+            connection_info_extension: false,
         }
     }
 }
@@ -295,6 +297,17 @@ impl PoolConfig {
         /// it at once (as `Evicted`); those in use count until they go.
         /// Defaults to `None` (no budget).
         max_connections, get_max_connections: Option<usize>
+    }
+    knob! {
+        /// Put each response's [`ConnectionInfo`](crate::ConnectionInfo) in
+        /// its `http::Extensions` too, for a caller that reads it after a
+        /// layer replaced the [`PoolBody`](crate::PoolBody) (a decompression
+        /// or body-mapping layer between the pool and the reader). Without
+        /// it, [`ConnectionInfo::of`](crate::ConnectionInfo::of) and
+        /// [`PoolBody::connection_info`](crate::PoolBody::connection_info)
+        /// read it from the body, and a response costs no extensions map.
+        /// Defaults to `false`.
+        connection_info_extension, get_connection_info_extension: bool
     }
 
     /// The largest `min_idle_per_target`: 1 024 warm connections to one

@@ -213,15 +213,21 @@ impl Lifecycle {
         }
     }
 
-    /// Idle -> Revalidating, when it has been idle longer than the threshold.
-    pub(crate) fn needs_revalidation(&mut self, now: Instant, config: &PoolConfig) -> bool {
+    /// An idle HTTP/1.1 connection taken for a request: Idle -> Active(1),
+    /// through Revalidating when it has been idle `revalidate_after_idle`
+    /// or longer. Returns how long it had been idle, and whether to
+    /// revalidate it: one reading of its idle time for both.
+    pub(crate) fn checkout_idle(&mut self, now: Instant, config: &PoolConfig) -> (Duration, bool) {
+        let idle = now.saturating_duration_since(self.last_used);
         let stale = config
             .revalidate_after_idle
-            .is_some_and(|after| now.saturating_duration_since(self.last_used) >= after);
+            .is_some_and(|after| idle >= after);
         if stale && self.state == State::Idle {
             self.transition(State::Revalidating);
         }
-        stale
+        self.served += 1;
+        self.transition(State::Active(1));
+        (idle, stale)
     }
 
     /// Active(n) -> Active(n - 1) or Idle; Draining stays Draining.
@@ -479,9 +485,11 @@ mod tests {
         life.checkin(now);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(life.idle_for(Instant::now()), Some(Duration::from_secs(3)));
-        assert!(life.needs_revalidation(Instant::now(), &config));
-        assert_eq!(life.state(), State::Revalidating);
-        assert_eq!(life.checkout(Instant::now()), Some(Duration::from_secs(3)));
+        assert_eq!(
+            life.checkout_idle(Instant::now(), &config),
+            (Duration::from_secs(3), true)
+        );
+        assert_eq!(life.state(), State::Active(1));
         life.drain();
         assert_eq!(life.state(), State::Draining);
         assert_eq!(life.retire_reason(&config), Some(CloseReason::GoAway));

@@ -59,6 +59,9 @@ impl fmt::Debug for ResponseFuture {
 }
 
 /// A checked-out lease; dropping it gives the lease back as abandoned.
+///
+/// Boxed from the grant on ([`Checkout::new`]): the request path moves a
+/// pointer, not the lease, and the box becomes the response body's guard.
 pub(crate) struct Checkout<B: Send + 'static> {
     pool: Arc<TargetPool<B>>,
     lease: Option<Lease<B>>,
@@ -74,9 +77,10 @@ pub(crate) struct Checkout<B: Send + 'static> {
 }
 
 impl<B: Send + 'static> Checkout<B> {
-    /// `waited_since` is `None` for a grant made at once: no wait to time.
-    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, waited_since: Option<Instant>) -> Self {
-        let checkout = Checkout {
+    /// `since` (when it began waiting) is `None` for a grant made at once.
+    #[inline(always)] // once per request: the grant is moved once, not copied into a call
+    fn new(pool: Arc<TargetPool<B>>, granted: Granted<B>, since: Option<Instant>) -> Box<Self> {
+        let checkout = Box::new(Checkout {
             lease: Some(granted.lease),
             protocol: granted.protocol,
             tls: granted.tls,
@@ -86,9 +90,9 @@ impl<B: Send + 'static> Checkout<B> {
             settling: granted.settling,
             dedicated: granted.dedicated,
             policy: granted.policy,
-            wait: waited_since.map_or(Duration::ZERO, |start| start.elapsed()),
+            wait: since.map_or(Duration::ZERO, |start| start.elapsed()),
             pool,
-        };
+        });
         checkout.pool.common.events.on_checkout(&CheckedOut {
             target: &checkout.pool.target,
             id: checkout.id(),
@@ -106,7 +110,7 @@ impl<B: Send + 'static> Checkout<B> {
     pub(crate) async fn acquire(
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Box<Self>, Error> {
         Checkout::acquire_since(pool, avoid, &mut None).await
     }
 
@@ -118,7 +122,7 @@ impl<B: Send + 'static> Checkout<B> {
         pool: &Arc<TargetPool<B>>,
         avoid: Option<ConnId>,
         since: &mut Option<Instant>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Box<Self>, Error> {
         let start = Instant::now();
         let since = *since.get_or_insert(start);
         let waiting = match pool.checkout(start, avoid) {
@@ -163,7 +167,8 @@ impl<B: Send + 'static> Checkout<B> {
         self.lease.as_mut().expect("a checkout holds its lease")
     }
 
-    pub(crate) fn finish(mut self, outcome: Outcome) {
+    /// Give the lease back with `outcome`; the checkout is spent.
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
         if let Some(lease) = self.lease.take() {
             give_back(&self.pool, lease, self.dedicated, outcome);
         }
@@ -192,7 +197,7 @@ impl<B: Send + 'static> Drop for Checkout<B> {
 }
 
 impl<B: Send + 'static> BodyGuard for Checkout<B> {
-    fn release(self: Box<Self>, outcome: Outcome) {
+    fn release(mut self: Box<Self>, outcome: Outcome) {
         self.finish(outcome);
     }
 
@@ -228,6 +233,9 @@ impl<B: Send + 'static> Drop for WaitGuard<'_, B> {
 }
 
 /// What one exchange on one connection came to.
+// The response is the common case, moved once: boxed, it would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Exchange {
     Response(Response<PoolBody>),
     Failed {
@@ -255,7 +263,7 @@ pub(crate) const MAX_REFUSALS: u32 = 10;
 /// that allocation in the allocator's fast per-thread cache.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn exchange<'a, B>(
-    mut checkout: Checkout<B>,
+    mut checkout: Box<Checkout<B>>,
     slot: &'a mut Option<Request<B>>,
     may_retry: bool,
     retried: Option<RetryReason>,
@@ -516,8 +524,9 @@ fn is_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+#[inline(always)] // once per request: the checkout and response are not copied into a call
 fn respond<B>(
-    mut checkout: Checkout<B>,
+    mut checkout: Box<Checkout<B>>,
     response: Response<Wire>,
     client_close: bool,
     retried: Option<RetryReason>,
@@ -542,7 +551,7 @@ where
         checkout.pool.h2_settled(checkout.id());
     }
     let (mut parts, body) = response.into_parts();
-    parts.extensions.insert(ConnectionInfo {
+    let info = ConnectionInfo {
         id: checkout.id(),
         protocol: checkout.protocol,
         tls: checkout.tls,
@@ -552,14 +561,17 @@ where
         retried,
         refusals,
         endpoint: checkout.pool.target.endpoint(),
-    });
+    };
+    if checkout.policy.info_extension {
+        parts.extensions.insert(info.clone());
+    }
     let guard: Option<Box<dyn BodyGuard>> = if body.is_end_stream() {
         checkout.finish(Outcome::Done);
         None
     } else {
-        Some(Box::new(checkout))
+        Some(checkout)
     };
-    Response::from_parts(parts, PoolBody::new(body, guard, permit))
+    Response::from_parts(parts, PoolBody::new(body, guard, permit, info))
 }
 
 /// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2,

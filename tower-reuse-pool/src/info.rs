@@ -1,18 +1,22 @@
 //! What a response tells its caller about the connection it came on.
 
+use std::any::Any;
 use std::time::Duration;
 
 use crate::conn::{ConnId, Protocol, TlsHandshake};
 use crate::endpoint::Endpoint;
 use crate::events::RetryReason;
 
-/// Inserted into every response's extensions by the pool.
+/// The connection that carried a response, and how its request got it:
+/// carried by every response's [`PoolBody`](crate::PoolBody), and by its
+/// `http::Extensions` too with
+/// [`PoolConfig::connection_info_extension`](crate::PoolConfig::connection_info_extension).
 ///
 /// ```no_run
 /// # async fn demo(response: http::Response<tower_reuse_pool::PoolBody>) {
 /// use tower_reuse_pool::ConnectionInfo;
 ///
-/// let info = response.extensions().get::<ConnectionInfo>().unwrap();
+/// let info = ConnectionInfo::of(&response).unwrap();
 /// println!("{} reused={} waited {:?}", info.id(), info.reused(), info.wait());
 /// # }
 /// ```
@@ -31,6 +35,20 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
+    /// The pool's account of `response`'s connection: from its body when
+    /// the body is the pool's [`PoolBody`](crate::PoolBody), otherwise from
+    /// its extensions (present with
+    /// [`PoolConfig::connection_info_extension`](crate::PoolConfig::connection_info_extension)).
+    /// `None` for a response that did not come from the pool, or whose
+    /// body a layer replaced without the extension on.
+    pub fn of<B: 'static>(response: &http::Response<B>) -> Option<&ConnectionInfo> {
+        let body: &dyn Any = response.body();
+        match body.downcast_ref::<crate::PoolBody>() {
+            Some(body) => Some(body.connection_info()),
+            None => response.extensions().get::<ConnectionInfo>(),
+        }
+    }
+
     /// The connection that carried the response.
     pub fn id(&self) -> ConnId {
         self.id

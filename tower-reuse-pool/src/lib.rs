@@ -35,8 +35,8 @@
 //!   under it and its body is empty or can be made again ([`ReplayBody`]);
 //! - pre-warming (`min_idle_per_target`), a kill switch (`reuse(false)`);
 //! - [`PoolEvents`](events::PoolEvents) hooks, a [`PoolControl`] handle with
-//!   per-target snapshots and run-time knobs, and [`ConnectionInfo`] in every
-//!   response's extensions;
+//!   per-target snapshots and run-time knobs, and [`ConnectionInfo`] on every
+//!   response (carried by its [`PoolBody`], in its extensions on request);
 //! - with the `tls` feature, module `tls`: a rustls `TlsConnector` whose
 //!   `SessionCache` is partitioned like the pool and sized for reconnect
 //!   bursts, with handshake kinds reported to the pool.
@@ -54,7 +54,7 @@
 //!     .service(HttpConnector::new());
 //! let request = http::Request::get("http://127.0.0.1:8080/").body(Full::<Bytes>::default())?;
 //! let response = client.ready().await?.call(request).await?;
-//! let reused = response.extensions().get::<ConnectionInfo>().unwrap().reused();
+//! let reused = ConnectionInfo::of(&response).unwrap().reused();
 //! let body = response.into_body().collect().await?.to_bytes();
 //! println!("{} bytes, reused connection: {reused}", body.len());
 //! # Ok(()) }

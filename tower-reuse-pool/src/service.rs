@@ -280,7 +280,7 @@ where
 /// to the pool when that response's body ends, for HTTP/2 the stream slot
 /// does. Dropped unused, it returns at once.
 pub struct Pooled<B: Send + 'static> {
-    checkout: Option<Checkout<B>>,
+    checkout: Option<Box<Checkout<B>>>,
 }
 
 impl<B: Send + 'static> fmt::Debug for Pooled<B> {
@@ -301,7 +301,7 @@ impl<B: Send + 'static> Pooled<B> {
 
 impl<B: Send + 'static> Drop for Pooled<B> {
     fn drop(&mut self) {
-        if let Some(checkout) = self.checkout.take() {
+        if let Some(mut checkout) = self.checkout.take() {
             checkout.finish(crate::target_pool::Outcome::Unused);
         }
     }

@@ -19,6 +19,7 @@ impl<B> TargetPool<B> {
     /// Check out at once if a connection is free; otherwise join the queue.
     /// A retry names the connection that failed it in `avoid`: it goes
     /// there again only if nothing else is open or coming.
+    #[inline(always)] // once per request: the grant is written where the caller keeps it
     pub(crate) fn checkout(
         self: &Arc<Self>,
         now: Instant,
@@ -149,8 +150,7 @@ impl<B> TargetPool<B> {
                 state.closed(&mut conn.life, reason, now, fx);
                 continue;
             }
-            let revalidate = conn.life.needs_revalidation(now, config);
-            let idle_for = conn.life.checkout(now);
+            let (idle_for, revalidate) = conn.life.checkout_idle(now, config);
             // Spare connections: at least as many idle as busy (this one
             // among the busy), or an HTTP/2 one with room. A closed loop's
             // connections are idle a moment between requests: a few idle
@@ -174,7 +174,7 @@ impl<B> TargetPool<B> {
                 protocol: Protocol::Http1,
                 tls,
                 reused,
-                idle_for: idle_for.filter(|_| reused),
+                idle_for: reused.then_some(idle_for),
                 revalidate,
                 settling: false,
                 dedicated: false,

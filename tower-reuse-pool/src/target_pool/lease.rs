@@ -63,6 +63,8 @@ pub(crate) struct Granted<B> {
 pub(crate) struct RequestPolicy {
     pub(crate) retry: bool,
     pub(crate) response_timeout: Option<Duration>,
+    /// [`PoolConfig::connection_info_extension`].
+    pub(crate) info_extension: bool,
 }
 
 impl RequestPolicy {
@@ -70,6 +72,7 @@ impl RequestPolicy {
         RequestPolicy {
             retry: config.retry,
             response_timeout: config.response_timeout,
+            info_extension: config.connection_info_extension,
         }
     }
 }

@@ -335,7 +335,7 @@ impl Model {
         };
         let mut refusals = 0;
         loop {
-            let checkout = match within(Checkout::acquire(&self.pool, avoid), patience).await {
+            let mut checkout = match within(Checkout::acquire(&self.pool, avoid), patience).await {
                 None => return Ended::Left,
                 Some(Err(error)) => {
                     assert!(error.is_connect(), "unexpected error: {error}");
