@@ -23,6 +23,10 @@ use tower_reuse_tests::{concurrently, get, info, only, send};
 /// The pool steps a learned limit up by one stream this often.
 const PROBE_AFTER: Duration = Duration::from_millis(10);
 
+/// The longest release lag the pool learns (`conn.rs`): ends longer over
+/// than this explain no refusal.
+const MAX_RELEASE_LAG: Duration = Duration::from_millis(100);
+
 /// The first back-off after `ENHANCE_YOUR_CALM`.
 const CALM_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -121,11 +125,14 @@ async fn crowd(config: PoolConfig) -> Crowded {
 }
 
 /// A request made while every stream slot of the server is still counted
-/// busy is refused; it waits for a stream of its connection to end (none
-/// is sent meanwhile), and the connection carries at most the streams the
-/// server had accepted, stepping back up to the advertised limit later.
+/// busy is refused. The refusal is explained by the stream that ended
+/// last (A, 10 ms before): the connection keeps its advertised limit but
+/// holds each slot freed by a stream's end for a release lag (10 ms and
+/// one), and the request waits it out (nothing is sent meanwhile). Sent
+/// again at 61 ms, while the server still counts A's slot (until 70 ms), it
+/// is refused once more, which doubles the lag; at 72 ms it is taken.
 #[test]
-fn a_refusal_limits_the_connection_to_the_streams_in_flight_until_it_probes_back_up() {
+fn a_refusal_explained_by_a_late_release_waits_out_a_learned_lag() {
     on_paused_time_within(REAL_TIME_BOUND, || async {
         let Crowded {
             server,
@@ -137,38 +144,49 @@ fn a_refusal_limits_the_connection_to_the_streams_in_flight_until_it_probes_back
         assert_eq!(conn_of(&client).advertised_limit(), 4);
         let mut e_client = client.clone();
         let e = tokio::spawn(async move { send(&mut e_client, get(URL, 4)).await });
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_micros(500)).await;
         let conn = conn_of(&client);
         assert_eq!(
             (conn.refused(), conn.streams(), conn.effective_limit()),
-            (1, 3, 3),
-            "the server had accepted the 3 in flight"
+            (1, 3, 4),
+            "the limit stands: a lingering slot explains the refusal"
         );
-        assert_eq!(only(&client).waiting(), 1, "E waits for a stream to end");
+        assert_eq!(conn.release_lag(), Some(Duration::from_millis(11)));
+        assert_eq!(only(&client).waiting(), 1, "E waits out the lag");
         assert_eq!(
             *seen.refused.lock().unwrap(),
-            [(conn.id(), 1, 3, 4)],
+            [(conn.id(), 1, 4, 4)],
             "connection, refusals of the request, effective, advertised"
         );
-        // Nothing is sent while no stream ends (no spin, no second stream
-        // over the learned limit), though the limit probes back up.
-        tokio::time::sleep_until(start + Duration::from_millis(61) + PROBE_AFTER / 2).await;
-        assert_eq!(server.streams().0, 5);
-        tokio::time::sleep_until(start + Duration::from_millis(61) + PROBE_AFTER).await;
-        assert_eq!(conn_of(&client).effective_limit(), 4, "probed back up");
+        assert_eq!(server.streams().0, 5, "nothing sent within the lag");
+        tokio::time::sleep_until(start + Duration::from_millis(61) + Duration::from_micros(500))
+            .await;
+        assert_eq!(
+            (server.streams().0, server.refused()),
+            (6, 2),
+            "sent again at 61 ms"
+        );
+        assert_eq!(
+            conn_of(&client).release_lag(),
+            Some(Duration::from_millis(22))
+        );
         for task in three {
             task.await.unwrap().unwrap();
         }
-        let (parts, _) = e.await.unwrap().expect("E is served after a refusal");
-        assert_eq!(info(&parts).refusals(), 1);
+        let (parts, _) = e.await.unwrap().expect("E is served after its refusals");
+        assert_eq!(info(&parts).refusals(), 2);
         assert_eq!(info(&parts).retried(), None, "the one retry is left");
         let target = only(&client);
         assert_eq!(
             (target.refused(), target.requeued(), target.retries()),
-            (1, 1, 0)
+            (2, 2, 0)
         );
-        assert_eq!((server.refused(), server.accepted()), (1, 1));
+        assert_eq!((server.refused(), server.accepted()), (2, 1));
         assert_eq!(*seen.retries.lock().unwrap(), 0);
+        // Without refusals the lag wears off, an eighth every probe, and
+        // is forgotten.
+        tokio::time::sleep(PROBE_AFTER * 40).await;
+        assert_eq!(conn_of(&client).release_lag(), None);
     });
 }
 
@@ -225,6 +243,9 @@ fn a_request_refused_ten_times_fails_unprocessed_and_the_limit_steps_back_up() {
         for i in 0..4 {
             send(&mut client.clone(), get(URL, i)).await.unwrap();
         }
+        // Their ends are too long over to explain a refusal (a server
+        // enforcing less than it advertises): refusals lower the limit.
+        tokio::time::sleep(MAX_RELEASE_LAG).await;
         let start = Instant::now();
         let error = send(&mut client.clone(), get(URL, 4))
             .await
@@ -274,6 +295,7 @@ fn refusals_end_at_the_checkout_timeout() {
         for i in 0..4 {
             send(&mut client.clone(), get(URL, i)).await.unwrap();
         }
+        tokio::time::sleep(MAX_RELEASE_LAG).await;
         let start = Instant::now();
         let error = send(&mut client.clone(), get(URL, 4))
             .await

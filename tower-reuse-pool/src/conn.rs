@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::PoolConfig;
 use crate::events::{CloseReason, ConnectReason};
+pub(crate) use crate::learned::LearnedLimit;
 
 /// A connection's id, unique within its pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -337,76 +338,6 @@ pub(crate) struct Http2Conn {
     pub(crate) learned: LearnedLimit,
 }
 
-/// How long a connection keeps a limit learned from a refusal before it
-/// tries one stream more, and again after each step up.
-pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(10);
-
-/// The stream limit a server enforces, learned from its refusals.
-///
-/// A server may count a stream's slot busy for a while after the stream
-/// has ended on the client's side (grpc-core does), and refuse a new
-/// stream (`REFUSED_STREAM`) that the advertised limit allows. After such a
-/// refusal the connection carries at most the streams that were in flight
-/// then, which the server had accepted; every [`PROBE_AFTER`] it allows
-/// more, one stream at first and twice as many at each step after, back up
-/// to the advertised limit: a few steps even where a server advertises no
-/// limit (`usize::MAX`) or 2^31 - 1.
-#[derive(Debug, Default)]
-pub(crate) struct LearnedLimit {
-    /// The limit in force, below the advertised one; `None`: the advertised one.
-    effective: Option<usize>,
-    /// When the limit goes up, and by how many streams.
-    probe_at: Option<Instant>,
-    step: usize,
-    /// Streams the server refused on this connection.
-    pub(crate) refused: u64,
-}
-
-impl LearnedLimit {
-    /// The server refused a stream while `in_flight` others were open on
-    /// the connection.
-    pub(crate) fn refused(&mut self, in_flight: usize, now: Instant) {
-        self.refused += 1;
-        self.effective = Some(self.effective.map_or(in_flight, |e| e.min(in_flight)));
-        self.probe_at = now.checked_add(PROBE_AFTER);
-        self.step = 1;
-    }
-
-    /// Step the limit up for every [`PROBE_AFTER`] passed, each step twice
-    /// the last; at the advertised limit the learned one is forgotten.
-    pub(crate) fn probe(&mut self, advertised: usize, now: Instant) {
-        while let (Some(effective), Some(at)) = (self.effective, self.probe_at) {
-            if at > now {
-                return;
-            }
-            let raised = effective.saturating_add(self.step);
-            if raised >= advertised {
-                self.effective = None;
-                self.probe_at = None;
-            } else {
-                self.effective = Some(raised);
-                self.probe_at = at.checked_add(PROBE_AFTER);
-                self.step = self.step.saturating_mul(2);
-            }
-        }
-    }
-
-    /// `advertised`, or less after a refusal.
-    pub(crate) fn cap(&self, advertised: usize) -> usize {
-        self.effective.map_or(advertised, |e| e.min(advertised))
-    }
-
-    /// Whether a refusal holds the limit below the advertised one.
-    pub(crate) fn is_lowered(&self) -> bool {
-        self.effective.is_some()
-    }
-
-    /// When the limit next goes up, if it is below the advertised one.
-    pub(crate) fn probe_at(&self) -> Option<Instant> {
-        self.probe_at
-    }
-}
-
 impl Http2Conn {
     /// Streams this connection may carry: the server's limit once its
     /// SETTINGS have been seen (less what its refusals taught), until then
@@ -429,8 +360,10 @@ impl Http2Conn {
         self.settled.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub(crate) fn has_room(&self, learned: Option<usize>) -> bool {
-        !self.life.is_draining() && !self.tx.is_closed() && self.streams < self.capacity(learned)
+    pub(crate) fn has_room(&self, learned: Option<usize>, now: Instant) -> bool {
+        !self.life.is_draining()
+            && !self.tx.is_closed()
+            && self.streams + self.learned.lingering(now) < self.capacity(learned)
     }
 }
 
@@ -441,36 +374,6 @@ mod tests {
     /// An HTTP/1.1 connection opened on demand.
     fn opened(id: ConnId, now: Instant, config: &PoolConfig) -> Lifecycle {
         Lifecycle::established(id, Protocol::Http1, now, config, ConnectReason::Demand)
-    }
-
-    #[test]
-    fn a_learned_limit_steps_back_up_doubling_its_step() {
-        let now = Instant::now();
-        let mut learned = LearnedLimit::default();
-        learned.refused(15, now);
-        assert_eq!(learned.cap(20), 15);
-        let mut at = now;
-        for cap in [16, 18] {
-            at += PROBE_AFTER;
-            learned.probe(20, at);
-            assert_eq!(learned.cap(20), cap);
-        }
-        at += PROBE_AFTER;
-        learned.probe(20, at);
-        assert!(!learned.is_lowered(), "forgotten at the advertised limit");
-    }
-
-    #[test]
-    fn a_learned_limit_under_no_advertised_limit_is_forgotten_in_few_steps() {
-        let now = Instant::now();
-        let mut learned = LearnedLimit::default();
-        learned.refused(16, now);
-        let mut steps = 0;
-        while learned.is_lowered() {
-            steps += 1;
-            assert!(steps <= usize::BITS, "still lowered after {steps} steps");
-            learned.probe(usize::MAX, now + PROBE_AFTER * steps);
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -532,25 +435,5 @@ mod tests {
             assert!(deadline <= now + Duration::from_secs(100));
             assert!(deadline >= now + Duration::from_secs(80));
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_learned_limit_steps_back_up_to_the_advertised_one() {
-        let mut learned = LearnedLimit::default();
-        assert_eq!(learned.cap(16), 16);
-        let start = Instant::now();
-        learned.refused(14, start);
-        learned.refused(15, start);
-        assert_eq!((learned.cap(16), learned.refused), (14, 2));
-        learned.probe(16, start + PROBE_AFTER - Duration::from_millis(1));
-        assert_eq!(learned.cap(16), 14);
-        learned.probe(16, start + PROBE_AFTER);
-        assert_eq!(learned.cap(16), 15);
-        assert_eq!(learned.probe_at(), Some(start + PROBE_AFTER * 2));
-        learned.probe(16, start + PROBE_AFTER * 2);
-        assert_eq!((learned.cap(16), learned.probe_at()), (16, None));
-        // A server that lowers its advertised limit below the learned one wins.
-        learned.refused(10, start);
-        assert_eq!(learned.cap(8), 8);
     }
 }

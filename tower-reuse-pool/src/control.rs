@@ -163,6 +163,7 @@ pub struct Http2Snapshot {
     pub(crate) advertised_limit: usize,
     pub(crate) effective_limit: usize,
     pub(crate) refused: u64,
+    pub(crate) release_lag: Option<std::time::Duration>,
     pub(crate) draining: bool,
 }
 
@@ -189,6 +190,12 @@ impl Http2Snapshot {
     /// Streams the server refused on it.
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+    /// How long the pool holds a stream slot after its stream ended,
+    /// learned from refusals the server's lingering slots explain (it
+    /// shrinks by a quarter every 10 ms without one).
+    pub fn release_lag(&self) -> Option<std::time::Duration> {
+        self.release_lag
     }
     /// Whether it takes no new stream (GOAWAY, `ENHANCE_YOUR_CALM`, retiring).
     pub fn draining(&self) -> bool {

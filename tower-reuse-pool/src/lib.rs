@@ -93,6 +93,7 @@ mod h2_client;
 mod hints;
 mod info;
 mod layer;
+mod learned;
 #[cfg(test)]
 mod parsers_fuzz;
 #[cfg(all(test, feature = "serde"))]

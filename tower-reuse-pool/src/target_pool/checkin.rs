@@ -125,6 +125,11 @@ impl<B> TargetPool<B> {
         let learned = state.h2_learned;
         let conn = &mut state.h2[pos];
         conn.streams -= 1;
+        if !matches!(outcome, Outcome::Refused { .. }) {
+            conn.learned.ended(now);
+            // A slot freed under a learned release lag is free at its end.
+            fx.wake_at(conn.learned.next_free(now));
+        }
         if matches!(outcome, Outcome::Unused | Outcome::Refused { .. }) {
             conn.life.served -= 1;
         }
@@ -135,8 +140,9 @@ impl<B> TargetPool<B> {
             } => {
                 if refused_stream {
                     // The server had accepted the streams still in flight.
-                    conn.learned.refused(conn.streams, now);
-                    fx.wake_at(conn.learned.probe_at());
+                    let advertised = conn.advertised(learned);
+                    conn.learned.refused(conn.streams, advertised, now);
+                    fx.wake_at(conn.learned.next_event(now));
                 } else {
                     conn.life.drain();
                 }

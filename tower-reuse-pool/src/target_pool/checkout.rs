@@ -99,7 +99,7 @@ impl<B> TargetPool<B> {
         state.probe_learned_limits(now);
         let learned = state.h2_learned;
         let open_to = |c: &Http2Conn| {
-            c.has_room(learned)
+            c.has_room(learned, now)
                 && config
                     .max_requests_per_connection
                     .is_none_or(|max| c.life.served < max)

@@ -105,7 +105,7 @@ impl<B> TargetPool<B> {
             // Limits learned from refusals step back up: serve waiters.
             state.probe_learned_limits(now);
             for conn in &state.h2 {
-                soonest(conn.learned.probe_at());
+                soonest(conn.learned.next_event(now));
             }
             self.dispatch(state, &config, now, &mut fx);
             self.plan(state, &config, now, &mut fx);

@@ -37,17 +37,17 @@ impl<B> State<B> {
         }
     }
 
-    /// Whether limits learned from refusals keep a connect back: they may
-    /// cost one connection more than the advertised limits call for (the
-    /// streams in flight and waiting), not more. A server that refuses
-    /// below its advertised limit frees its slots later, and the learned
-    /// limits step back up.
+    /// Whether what refusals taught (lower limits, release lags) keeps a
+    /// connect back: it may cost one connection more than the advertised
+    /// limits call for (the streams in flight and waiting), not more. A
+    /// server that refuses below its advertised limit frees its slots
+    /// later, and what was learned wears off.
     pub(super) fn learned_limits_hold_back(&self) -> bool {
         let (mut live, mut in_flight, mut lowered) = (0, 0, false);
         for conn in self.h2.iter().filter(|c| !c.life.is_draining()) {
             live += 1;
             in_flight += conn.streams;
-            lowered |= conn.learned.is_lowered();
+            lowered |= conn.learned.is_lowered() || conn.learned.lag().is_some();
         }
         let demand = in_flight + self.waiters.len();
         lowered && live + self.connecting > demand.div_ceil(self.h2_streams_hint.max(1))

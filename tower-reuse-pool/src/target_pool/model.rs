@@ -443,15 +443,16 @@ impl Model {
             let h2_out = state.h2.iter().any(|c| c.streams > 0);
             // A limit learned from a refusal steps up when the reaper
             // probes (the model's reaper task below).
-            let probing = state.h2.iter().any(|c| c.learned.probe_at().is_some());
+            let now = tokio::time::Instant::now();
+            let probing = state.h2.iter().any(|c| c.learned.next_event(now).is_some());
             assert!(
                 state.connecting > 0 || h1_out || h2_out || probing,
                 "a waiter nothing will wake: {counts}"
             );
             // Only a retry avoiding the one free connection waits beside
             // it, and only while a connect is coming.
-            let free =
-                !state.idle.is_empty() || state.h2.iter().any(|c| c.has_room(state.h2_learned));
+            let free = !state.idle.is_empty()
+                || state.h2.iter().any(|c| c.has_room(state.h2_learned, now));
             assert!(
                 !free || state.connecting > 0,
                 "a waiter waits while a connection is free: {counts}"

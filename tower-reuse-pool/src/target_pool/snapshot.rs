@@ -26,6 +26,7 @@ impl<B> TargetPool<B> {
                 advertised_limit: c.advertised(learned),
                 effective_limit: c.capacity(learned),
                 refused: c.learned.refused,
+                release_lag: c.learned.lag(),
                 draining: c.life.is_draining(),
             })
             .collect();

@@ -35,11 +35,7 @@ impl<B> TargetPool<B> {
     pub(crate) fn is_warm(&self) -> bool {
         let state = self.lock();
         let learned = state.h2_learned;
-        !state.idle.is_empty()
-            || state
-                .h2
-                .iter()
-                .any(|c| !c.life.is_draining() && c.streams < c.capacity(learned))
+        !state.idle.is_empty() || state.h2.iter().any(|c| c.has_room(learned, Instant::now()))
     }
 
     /// Open one connection ahead, for a request that could not wait for
