@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use tower_reuse_pool::{ConnectionInfo, PoolConfig, Protocol};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceExt};
+use tower_reuse_pool::{ConnectionInfo, PoolConfig, Protocol, Target};
 use tower_reuse_tests::duplex::DuplexConnector;
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::{client, concurrently, echoed_id, get, only, pool, send, until};
@@ -104,4 +106,26 @@ async fn max_requests_per_connection_holds_for_http2() {
         target.closed(tower_reuse_pool::events::CloseReason::MaxRequests) >= 2,
         "{target:?}"
     );
+}
+
+/// A connection-level checkout takes an origin-form request over HTTP/2
+/// as it does over HTTP/1.1: the target gives the `:scheme` and
+/// `:authority` the request's URI leaves out.
+#[tokio::test]
+async fn a_checkout_sends_an_origin_form_request_over_http2() {
+    let server = TestServer::start(ServerOptions::default()).await;
+    let client = pool(PoolConfig::default().http2_prior_knowledge(true));
+    let target = Target::from_uri(&server.url("/").parse().unwrap(), None).unwrap();
+    let mut handle = client.checkout(&target).await.unwrap();
+    let response = handle
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/origin-form", 5))
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    assert_eq!(parts.status, http::StatusCode::OK);
+    assert_eq!(echoed_id(&parts), Some(5));
+    body.collect().await.unwrap();
 }

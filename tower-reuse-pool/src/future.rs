@@ -574,7 +574,8 @@ where
     Response::from_parts(parts, PoolBody::new(body, guard, permit, info))
 }
 
-/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2,
+/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2 (an
+/// origin-form one completed with the target's scheme and authority),
 /// without user info (its authority is `:authority`). Returns whether the
 /// caller asked for `Connection: close`.
 fn prepare<B>(
@@ -610,12 +611,16 @@ fn prepare<B>(
             tokens.close
         }
         Protocol::Http2 => {
-            if req
-                .uri()
-                .authority()
-                .is_some_and(|a| a.as_str().contains('@'))
+            // An origin-form URI (a connection-level checkout) takes the
+            // target's scheme and authority, as HTTP/1.1 takes its `Host`.
+            if req.uri().scheme().is_none()
+                || req
+                    .uri()
+                    .authority()
+                    .is_none_or(|a| a.as_str().contains('@'))
             {
                 let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(target.scheme().clone());
                 parts.authority = Some(target.authority().clone());
                 if let Ok(uri) = Uri::from_parts(parts) {
                     *req.uri_mut() = uri;
