@@ -10,6 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{Layer, Service, ServiceExt};
 use tower_reuse_pool::{ConnectionInfo, PoolConfig, PoolLayer, Protocol, Target};
 use tower_reuse_tests::duplex::DuplexConnector;
+use tower_reuse_tests::h2server::{H2Options, H2Server};
 use tower_reuse_tests::server::{ServerOptions, TestServer};
 use tower_reuse_tests::{bounded, client, concurrently, echoed_id, get, only, pool, send, until};
 
@@ -275,4 +276,22 @@ async fn a_dropped_response_ends_a_request_body_that_never_ends() {
         drop(response);
     }
     drop(tx);
+}
+
+/// A dropped pool closes its idle HTTP/2 connections, with or without a
+/// keep-alive PING: no connection task outlives it.
+#[tokio::test]
+async fn a_dropped_pool_closes_its_http2_connections() {
+    for ping in [None, Some(Duration::from_secs(30))] {
+        let server = H2Server::start(H2Options::default()).await;
+        let mut client = pool(
+            PoolConfig::default()
+                .http2_prior_knowledge(true)
+                .http2_ping_interval(ping),
+        );
+        send(&mut client, get(&server.url("/"), 1)).await.unwrap();
+        assert!(!server.seen().conns[0].closed);
+        drop(client);
+        bounded(server.wait_until(|seen| seen.conns[0].closed)).await;
+    }
 }
