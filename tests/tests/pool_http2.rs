@@ -295,3 +295,45 @@ async fn a_dropped_pool_closes_its_http2_connections() {
         bounded(server.wait_until(|seen| seen.conns[0].closed)).await;
     }
 }
+
+/// A caller's `Host` names the request's authority over HTTP/2 as it does
+/// over HTTP/1.1: it becomes `:authority`, not a second, differing field
+/// (RFC 9113, 8.3.1).
+#[tokio::test]
+async fn a_host_header_becomes_the_authority_over_http2() {
+    let addr = h2c_server(
+        100,
+        |req: http::Request<hyper::body::Incoming>| async move {
+            let authority = req.uri().authority().map(|a| a.to_string());
+            let hosts = req.headers().get_all(http::header::HOST).iter().count();
+            http::Response::builder()
+                .header("x-authority", authority.unwrap_or_default())
+                .header("x-hosts", hosts)
+                .body(Full::<Bytes>::default())
+                .unwrap()
+        },
+    )
+    .await;
+    let mut client = pool(PoolConfig::default().http2_prior_knowledge(true));
+    let mut req = get(&format!("http://{addr}/"), 1);
+    req.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("api.example.test"),
+    );
+    let (parts, _) = send(&mut client, req).await.unwrap();
+    assert_eq!(parts.headers["x-authority"], "api.example.test");
+    assert_eq!(parts.headers["x-hosts"], "0");
+    // Without one, the URI's authority; one with user info is dropped.
+    let (parts, _) = send(&mut client, get(&format!("http://{addr}/"), 2))
+        .await
+        .unwrap();
+    assert_eq!(parts.headers["x-authority"], addr.to_string().as_str());
+    let mut req = get(&format!("http://{addr}/"), 3);
+    req.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("user:secret@api.example.test"),
+    );
+    let (parts, _) = send(&mut client, req).await.unwrap();
+    assert_eq!(parts.headers["x-authority"], addr.to_string().as_str());
+    assert_eq!(parts.headers["x-hosts"], "0");
+}
