@@ -574,8 +574,10 @@ where
     Response::from_parts(parts, PoolBody::new(body, guard, permit, info))
 }
 
-/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2,
-/// without user info (its authority is `:authority`). Returns whether the
+/// Origin-form URI and `Host` for HTTP/1.1; the absolute URI for HTTP/2 (an
+/// origin-form one completed with the target's scheme and authority, a
+/// caller's `Host` as its authority), without user info (its authority is
+/// `:authority`). Returns whether the
 /// caller asked for `Connection: close`.
 fn prepare<B>(
     req: &mut Request<B>,
@@ -610,13 +612,32 @@ fn prepare<B>(
             tokens.close
         }
         Protocol::Http2 => {
-            if req
-                .uri()
-                .authority()
-                .is_some_and(|a| a.as_str().contains('@'))
+            // A caller's `Host` is the request's authority: over HTTP/2 it
+            // is `:authority`, never a second, differing field (RFC 9113,
+            // 8.3.1); one with user info is dropped.
+            let host = req
+                .headers_mut()
+                .remove(HOST)
+                .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
+                .filter(|host| !host.as_str().contains('@'));
+            // An origin-form URI (a connection-level checkout) takes the
+            // target's scheme and authority, as HTTP/1.1 takes its `Host`.
+            if host.is_some()
+                || req.uri().scheme().is_none()
+                || req
+                    .uri()
+                    .authority()
+                    .is_none_or(|a| a.as_str().contains('@'))
             {
                 let mut parts = req.uri().clone().into_parts();
-                parts.authority = Some(target.authority().clone());
+                parts.scheme = parts.scheme.or_else(|| Some(target.scheme().clone()));
+                parts.authority = host.or_else(|| {
+                    parts
+                        .authority
+                        .take()
+                        .filter(|a| !a.as_str().contains('@'))
+                        .or_else(|| Some(target.authority().clone()))
+                });
                 if let Ok(uri) = Uri::from_parts(parts) {
                     *req.uri_mut() = uri;
                 }
