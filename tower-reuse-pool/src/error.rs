@@ -475,14 +475,23 @@ const NO_TLS: &str = "the connector does not speak TLS; an https target needs a 
 /// Whether `source` is hyper-util's `HttpConnector` refusing a URI that is
 /// not `http`: for an `https` target, a pool built without TLS.
 fn refused_https(source: Option<&(dyn StdError + Send + Sync + 'static)>) -> bool {
-    let mut current = source.map(|e| e as &(dyn StdError + 'static));
-    while let Some(error) = current {
-        if error.to_string() == "invalid URL, scheme is not http" {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+    source.is_some_and(|source| {
+        chain(source).any(|error| error.to_string() == "invalid URL, scheme is not http")
+    })
+}
+
+/// `error`, then its sources, outermost first.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&error| error.source())
+}
+
+/// The first error of type `T` in `error` or its sources.
+pub(crate) fn find<'a, T: StdError + 'static>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
+    chain(error).find_map(|error| error.downcast_ref::<T>())
 }
 
 /// The immediate cause of an error, in words: the messages of `source`'s
@@ -490,9 +499,11 @@ fn refused_https(source: Option<&(dyn StdError + Send + Sync + 'static)>) -> boo
 /// operating-system error is named by its kind, without its code.
 fn cause_of(source: &(dyn StdError + Send + Sync + 'static)) -> String {
     let mut words: Vec<String> = Vec::new();
-    let mut current = Some(source as &(dyn StdError + 'static));
-    // A chain is short; a few levels say what happened.
-    while let Some(error) = current.take().filter(|_| words.len() < 4) {
+    for error in chain(source) {
+        // A chain is short; a few levels say what happened.
+        if words.len() == 4 {
+            break;
+        }
         let said = match error.downcast_ref::<std::io::Error>() {
             Some(io) if io.raw_os_error().is_some() => {
                 let kind = io.kind().to_string();
@@ -507,7 +518,6 @@ fn cause_of(source: &(dyn StdError + Send + Sync + 'static)) -> String {
         if words.last() != Some(&said) && !said.is_empty() {
             words.push(said);
         }
-        current = error.source();
     }
     words.join(": ")
 }

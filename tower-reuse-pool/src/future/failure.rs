@@ -79,14 +79,14 @@ pub(super) fn classify(
                 refused_stream,
                 refusals: refusals + 1,
             };
-            if h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+            if is_calm(h2) {
                 return (Outcome::Calm, None);
             }
             if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
                 return (refused(true), Some(RetryReason::RefusedStream));
             }
             if h2.is_go_away() {
-                return if h2.reason() == Some(h2::Reason::NO_ERROR) {
+                return if is_graceful(h2) {
                     (refused(false), Some(RetryReason::GoAway))
                 } else {
                     (Outcome::GoAway, None)
@@ -119,15 +119,7 @@ pub(super) fn is_reset(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Whether the response head was over the connection's limit.
 pub(super) fn is_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse_too_large)
-        {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+    chain(error)
+        .filter_map(|error| error.downcast_ref::<hyper::Error>())
+        .any(hyper::Error::is_parse_too_large)
 }

@@ -21,9 +21,9 @@ mod failure;
 
 use crate::body::{BodyGuard, PoolBody, Wire};
 use crate::conn::{ConnId, Protocol, TlsHandshake};
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, chain, find};
 use crate::events::{CheckedOut, Retried, RetryReason, Stale};
-use crate::h2_client::{H2Body, Unsent, find};
+use crate::h2_client::{H2Body, Unsent, is_calm, is_graceful};
 use crate::hints::{self, ServerHints};
 use crate::info::ConnectionInfo;
 use crate::replay::SentHead;

@@ -142,13 +142,14 @@ fn woken() -> impl Future<Output = ()> {
     })
 }
 
-fn is_graceful(error: &h2::Error) -> bool {
+/// Whether an HTTP/2 error is a graceful GOAWAY (`NO_ERROR`).
+pub(crate) fn is_graceful(error: &h2::Error) -> bool {
     error.is_go_away() && error.reason() == Some(h2::Reason::NO_ERROR)
 }
 
 /// Whether an HTTP/2 error carries `ENHANCE_YOUR_CALM` (on a stream, or in
 /// the GOAWAY that ended the connection).
-fn is_calm(error: &h2::Error) -> bool {
+pub(crate) fn is_calm(error: &h2::Error) -> bool {
     error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
 }
 

@@ -32,7 +32,7 @@ mod drive;
 
 pub(crate) use body::H2Body;
 use body::pipe_body;
-pub(crate) use drive::{ConnectionEvents, drive};
+pub(crate) use drive::{ConnectionEvents, drive, is_calm, is_graceful};
 
 /// The streams a connection may carry before the server's SETTINGS say
 /// (RFC 9113's recommended minimum for servers to advertise).
@@ -290,18 +290,4 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The first error of type `T` in `error` or its sources.
-pub(crate) fn find<'a, T: StdError + 'static>(
-    error: &'a (dyn StdError + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = error.source();
-    }
-    None
 }
